@@ -1,0 +1,81 @@
+"""Model-server command lines (vLLM, llama.cpp) for a validated stack. Pure.
+
+The model server always binds to loopback: only the gateway is reachable from outside.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from coderig.catalog import Preset
+from coderig.settings import ModelSettings
+
+MODEL_HOST = "127.0.0.1"
+MODEL_PORT = 8000
+LITELLM_PORT = 4000
+CACHE_MOUNT = "/cache"  # the weights volume inside containers; HF_HOME lives below it
+HF_HOME = f"{CACHE_MOUNT}/hf"
+
+
+def vllm_args(model: ModelSettings, gpu_count: int, host: str = MODEL_HOST, port: int = MODEL_PORT) -> list[str]:
+    """Arguments after `vllm serve`. Tool calling and reasoning parsers come from the preset."""
+    p = model.spec
+    args = [
+        p.hf_repo,
+        "--served-model-name", model.served_name,
+        "--host", host,
+        "--port", str(port),
+        "--tensor-parallel-size", str(gpu_count),
+        "--max-model-len", str(model.max_model_len),
+        "--gpu-memory-utilization", f"{model.gpuMemoryUtilization:.2f}",
+        "--kv-cache-dtype", "fp8" if model.kvCacheDtype == "fp8" else "auto",
+        "--enable-prefix-caching",
+        "--enable-auto-tool-choice",
+    ]  # fmt: skip
+    args += _parser_flags(p)
+    args += list(p.extra_args)
+    args += list(model.extraArgs)
+    return args
+
+
+def _parser_flags(p: Preset) -> list[str]:
+    out: list[str] = []
+    if p.tool_call_parser:
+        out += ["--tool-call-parser", p.tool_call_parser]
+    if p.reasoning_parser:
+        out += ["--reasoning-parser", p.reasoning_parser]
+    if p.tokenizer_mode:
+        out += ["--tokenizer-mode", p.tokenizer_mode]
+    return out
+
+
+def llamacpp_args(model: ModelSettings, gguf_path: str, host: str = MODEL_HOST, port: int = MODEL_PORT) -> list[str]:
+    """Arguments for `llama-server` (the official server image's entrypoint)."""
+    return [
+        "--model", gguf_path,
+        "--alias", model.served_name,
+        "--host", host,
+        "--port", str(port),
+        "--ctx-size", str(model.max_model_len),
+        "--jinja",  # the model's chat template, needed for tool calls
+        "--metrics",
+        "--parallel", "2",
+        "--cache-type-k", "q8_0",
+        "--cache-type-v", "q8_0",
+        *model.extraArgs,
+    ]  # fmt: skip
+
+
+def gguf_path(preset: Preset, cache_mount: str = CACHE_MOUNT) -> str:
+    """Where the weights step leaves the GGUF file (a stable link into the HF cache)."""
+    if not preset.gguf_file:
+        raise ValueError(f"{preset.id} has no GGUF file")
+    return f"{cache_mount}/models/{preset.gguf_file}"
+
+
+def command_line(model: ModelSettings, gpu_count: int) -> str:
+    """The model server's command as one shell-quoted line (what `coderig render` writes)."""
+    p = model.spec
+    if p.engine == "llama.cpp":
+        return shlex.join(["llama-server", *llamacpp_args(model, gguf_path(p))])
+    return shlex.join(["vllm", "serve", *vllm_args(model, gpu_count)])

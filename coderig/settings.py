@@ -1,0 +1,554 @@
+"""Stack settings: the whole `coderig:` config namespace as pydantic models.
+
+The Pulumi program reads these keys from Pulumi config; `coderig plan` / `coderig render` read the
+same keys from a `Pulumi.<stack>.yaml` file. Both go through `parse_settings`, so validation and
+its messages are identical. Every error names the key path (`coderig:target.gpu.count`), what was
+given and what is allowed.
+
+Secrets (`coderig:sshPrivateKey`, `coderig:hfToken`, …) are never needed to plan or render: in a
+stack file they are `{secure: v1:…}` and are kept as the opaque `SECRET` marker.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from coderig import catalog
+
+NAMESPACE = "coderig"
+
+
+class SettingsError(ValueError):
+    """Invalid stack settings; `str()` is one line per problem, each naming the config key."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class Secret:
+    """A config value that is present but encrypted in the stack file (`secure: v1:…`)."""
+
+    def __repr__(self) -> str:
+        return "[secret]"
+
+
+SECRET = Secret()
+
+# Keys whose values are secrets. They are top-level so `pulumi config set --secret` works on them.
+SECRET_KEYS = ("sshPrivateKey", "hfToken", "tlsCertificate", "tlsPrivateKey", "externalApiKey")
+
+
+class GpuSpec(_Model):
+    model: str = Field(description="GPU model on each host, e.g. H100, H200, B200")
+    count: int = Field(description="GPUs per host used by the model server")
+
+    @field_validator("model")
+    @classmethod
+    def _known_gpu(cls, v: str) -> str:
+        gpu = catalog.GPUS.get(v.upper())
+        if gpu is None:
+            raise ValueError(f"unknown GPU model {v!r}; allowed: {', '.join(catalog.GPUS)}")
+        return gpu.name
+
+    @field_validator("count")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"got {v}; a host needs at least 1 GPU (allowed: 1, 2, 4, 8)")
+        if v not in (1, 2, 4, 8):
+            raise ValueError(f"got {v}; tensor parallelism splits attention heads evenly, use 1, 2, 4 or 8")
+        return v
+
+
+class SshHost(_Model):
+    address: str
+    user: str = "ubuntu"
+    port: int = Field(default=22, ge=1, le=65535)
+    hostKey: str | None = Field(
+        default=None, description="the host's public key line, e.g. 'ssh-ed25519 AAAA…' (ssh-keyscan)"
+    )
+    cacheDevice: str | None = Field(
+        default=None, description="block device for the weights cache, formatted only if blank"
+    )
+
+    @field_validator("hostKey")
+    @classmethod
+    def _key_shape(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = v.split()
+        # accept a known_hosts line ("host ssh-ed25519 AAAA") or a bare key ("ssh-ed25519 AAAA")
+        if len(parts) >= 3 and not parts[0].startswith(("ssh-", "ecdsa-")):
+            parts = parts[1:]
+        if len(parts) < 2 or not parts[0].startswith(("ssh-", "ecdsa-")):
+            raise ValueError("expected a public key line like 'ssh-ed25519 AAAA…' (from `ssh-keyscan -t ed25519 HOST`)")
+        return " ".join(parts[:2])
+
+
+def _check_cache_path(v: str) -> str:
+    if not v.startswith("/"):
+        raise ValueError(f"got {v!r}; the weights cache path must be absolute, e.g. /var/lib/coderig")
+    return v
+
+
+class LocalTarget(_Model):
+    kind: Literal["local"]
+    gpu: GpuSpec | None = Field(default=None, description="GPUs on this machine; omit for CPU (llama.cpp)")
+    cachePath: str = "~/.cache/coderig"
+
+
+class SshTarget(_Model):
+    kind: Literal["ssh"]
+    hosts: list[SshHost] = Field(min_length=1)
+    gpu: GpuSpec | None = None
+    cachePath: str = "/var/lib/coderig"
+    insecureSkipHostKeyCheck: bool = False
+
+    _cache = field_validator("cachePath")(_check_cache_path)
+
+    @model_validator(mode="after")
+    def _pinned(self) -> SshTarget:
+        if not self.insecureSkipHostKeyCheck:
+            for i, h in enumerate(self.hosts):
+                if not h.hostKey:
+                    raise _KeyError(
+                        f"hosts[{i}].hostKey",
+                        f"missing for {h.address}: refusing to connect to an unpinned host; paste the line "
+                        "printed by `ssh-keyscan -t ed25519 HOST` (or, knowingly, set insecureSkipHostKeyCheck: true)",
+                    )
+        addresses = [h.address for h in self.hosts]
+        if len(set(addresses)) != len(addresses):
+            raise ValueError(f"hosts lists an address twice: {addresses}")
+        return self
+
+
+class AwsTarget(_Model):
+    kind: Literal["aws"]
+    instanceType: str
+    count: int = Field(default=1, ge=1, le=16)
+    region: str = "us-east-1"
+    availabilityZone: str | None = None
+    vpcId: str | None = None
+    subnetId: str | None = None
+    ami: str | None = Field(default=None, description="override the Deep Learning Base GPU AMI lookup")
+    allowedCidrs: list[str] = Field(default_factory=list, description="who may reach the gateway port")
+    adminCidr: str | None = Field(default=None, description="who may SSH in; none when unset")
+    retainWeights: bool = True
+    capacityReservationId: str | None = None
+    spot: bool = False
+    volumeSizeGb: int | None = Field(default=None, ge=100, le=16384)
+
+    @field_validator("instanceType")
+    @classmethod
+    def _known_type(cls, v: str) -> str:
+        if v not in catalog.AWS_INSTANCES:
+            raise ValueError(f"unknown instance type {v!r}; allowed: {', '.join(catalog.AWS_INSTANCES)}")
+        return v
+
+    @field_validator("allowedCidrs")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for c in v:
+            _cidr(c)
+        return v
+
+    @field_validator("adminCidr")
+    @classmethod
+    def _admin(cls, v: str | None) -> str | None:
+        return None if v is None else _cidr(v)
+
+    @model_validator(mode="after")
+    def _subnet_needs_vpc(self) -> AwsTarget:
+        if self.subnetId and not self.vpcId:
+            raise ValueError("subnetId is set without vpcId: set both, or neither for a new minimal VPC")
+        return self
+
+
+def _cidr(c: str) -> str:
+    try:
+        ipaddress.ip_network(c, strict=False)
+    except ValueError:
+        raise ValueError(f"{c!r} is not a CIDR like 203.0.113.0/24") from None
+    return c
+
+
+class Toleration(_Model):
+    key: str
+    operator: Literal["Exists", "Equal"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class KubernetesTarget(_Model):
+    kind: Literal["kubernetes"]
+    gpu: GpuSpec
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str = "coderig"
+    storageClass: str | None = None
+    replicas: int = Field(default=1, ge=0, le=64)
+    frontDoorReplicas: int = Field(default=2, ge=1, le=16)
+    nodeSelector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(
+        default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
+    )
+    serviceType: Literal["LoadBalancer", "ClusterIP", "NodePort"] = "LoadBalancer"
+    ingressHost: str | None = None
+    ingressClass: str | None = None
+
+
+class ExternalTarget(_Model):
+    kind: Literal["external"]
+    endpoint: str = Field(description="OpenAI-compatible base URL ending in /v1")
+    frontDoor: Literal["local", "ssh"] = "local"
+    host: SshHost | None = Field(default=None, description="where the front door runs when frontDoor is ssh")
+    insecureSkipHostKeyCheck: bool = False
+
+    @field_validator("endpoint")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+(/.*)?$", v):
+            raise ValueError(f"got {v!r}; expected an http(s) URL like https://llm.internal/v1")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _host_for_ssh(self) -> ExternalTarget:
+        if self.frontDoor == "ssh" and self.host is None:
+            raise ValueError("frontDoor is ssh but host is not set: add host: {address, user, hostKey}")
+        if self.host and not self.host.hostKey and not self.insecureSkipHostKeyCheck:
+            raise ValueError("host.hostKey is missing: paste `ssh-keyscan -t ed25519 HOST` output")
+        return self
+
+
+Target = Annotated[
+    LocalTarget | SshTarget | AwsTarget | KubernetesTarget | ExternalTarget,
+    Field(discriminator="kind"),
+]
+TARGET_KINDS = ("local", "ssh", "aws", "kubernetes", "external")
+
+
+class ModelSettings(_Model):
+    preset: str
+    servedName: str | None = None
+    maxModelLen: int | None = None
+    kvCacheDtype: Literal["fp8", "auto", "bf16"] = "fp8"
+    gpuMemoryUtilization: float = Field(default=0.90, gt=0.1, le=0.98)
+    maxOutputTokens: int | None = Field(default=None, ge=256)
+    extraArgs: list[str] = Field(default_factory=list, description="extra model-server flags, appended")
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, v: str) -> str:
+        if v not in catalog.PRESETS:
+            raise ValueError(f"unknown preset {v!r}; allowed: {', '.join(catalog.PRESETS)}")
+        return v
+
+    @field_validator("servedName")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}", v):
+            raise ValueError(f"got {v!r}; use letters, digits, '.', '_', ':' or '-' (max 64)")
+        return v
+
+    @model_validator(mode="after")
+    def _len_within_preset(self) -> ModelSettings:
+        preset = catalog.PRESETS[self.preset]
+        if self.maxModelLen is not None and not 1 <= self.maxModelLen <= preset.max_context:
+            raise _KeyError(
+                "maxModelLen",
+                f"got {self.maxModelLen}; {self.preset} allows 1..{preset.max_context} tokens",
+            )
+        if self.maxOutputTokens is not None and self.maxOutputTokens >= self.max_model_len:
+            raise _KeyError(
+                "maxOutputTokens",
+                f"got {self.maxOutputTokens}; it must be below maxModelLen ({self.max_model_len})",
+            )
+        return self
+
+    @property
+    def spec(self) -> catalog.Preset:
+        return catalog.PRESETS[self.preset]
+
+    @property
+    def served_name(self) -> str:
+        return self.servedName or self.spec.served_name
+
+    @property
+    def max_model_len(self) -> int:
+        return self.maxModelLen or self.spec.default_context
+
+    @property
+    def max_output_tokens(self) -> int:
+        """Output cap sent to clients: the preset's default, never more than a quarter of the context."""
+        if self.maxOutputTokens is not None:
+            return self.maxOutputTokens
+        return min(self.spec.default_max_tokens, self.max_model_len // 4)
+
+
+class OfficeHours(_Model):
+    timezone: str = "UTC"
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
+        default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"]
+    )
+    start: str = "08:00"
+    end: str = "19:00"
+
+    @field_validator("start", "end")
+    @classmethod
+    def _hhmm(cls, v: str) -> str:
+        if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", v):
+            raise ValueError(f"got {v!r}; expected HH:MM (24h)")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"got {v!r}; expected an IANA time zone like Europe/Paris") from None
+        return v
+
+
+class IdlePolicy(_Model):
+    stopAfterMinutes: int | None = Field(default=None, ge=5, le=7 * 24 * 60)
+    officeHours: OfficeHours | None = None
+    dryRun: bool = False
+
+
+class GatewaySettings(_Model):
+    port: int = Field(default=8443, ge=1, le=65535)
+    rateLimitPerMinute: int = Field(default=600, ge=1)
+    hostnames: list[str] = Field(default_factory=list, description="extra DNS names for the certificate")
+
+
+DEVELOPER_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+
+
+class StackSettings(_Model):
+    target: Target
+    model: ModelSettings
+    developers: list[str] = Field(default_factory=list)
+    idle: IdlePolicy = Field(default_factory=IdlePolicy)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    environment: str | None = Field(default=None, description="tag value; defaults to the stack name")
+    # secrets: only their presence matters here
+    sshPrivateKey: Any = None
+    hfToken: Any = None
+    tlsCertificate: Any = None
+    tlsPrivateKey: Any = None
+    externalApiKey: Any = None
+
+    @field_validator("developers")
+    @classmethod
+    def _developers(cls, v: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for name in v:
+            if not DEVELOPER_RE.fullmatch(name):
+                raise ValueError(f"{name!r} is not a valid name; use lowercase letters, digits, '.', '_', '-'")
+            if name in seen:
+                raise ValueError(f"{name!r} is listed twice; each developer gets exactly one key")
+            seen.add(name)
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> StackSettings:
+        t = self.target
+        if (self.tlsCertificate is None) != (self.tlsPrivateKey is None):
+            raise _KeyError("tlsCertificate", "set both tlsCertificate and tlsPrivateKey (secrets), or neither")
+        if t.kind == "ssh" and self.sshPrivateKey is None:
+            raise _KeyError(
+                "sshPrivateKey", "the ssh target needs it: `pulumi config set --secret coderig:sshPrivateKey < KEY`"
+            )
+        engine = self.model.spec.engine
+        if t.kind in ("local", "ssh", "kubernetes"):
+            gpu = getattr(t, "gpu", None)
+            if engine == "vllm" and gpu is None:
+                raise _KeyError(
+                    "target.gpu",
+                    f"preset {self.model.preset} runs on vLLM and needs GPUs: "
+                    "set target.gpu: {model: H200, count: 8}",
+                )
+            heads = self.model.spec.attention.attention_heads
+            if gpu is not None and heads % gpu.count:
+                raise _KeyError(
+                    "target.gpu.count",
+                    f"got {gpu.count}; tensor parallelism must divide {self.model.preset}'s {heads} attention heads",
+                )
+        return self
+
+    @property
+    def stack_file_secrets(self) -> dict[str, bool]:
+        return {k: getattr(self, k) is not None for k in SECRET_KEYS}
+
+
+class _KeyError(ValueError):
+    """A model-level problem that belongs to one sub-key (so the message can name it)."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"{key}: {message}")
+
+
+_TOP_KEYS = set(StackSettings.model_fields)
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
+        elif item in TARGET_KINDS and parts and parts[-1] == "target":
+            continue  # the discriminated-union branch name is not a key
+        elif isinstance(item, str) and item.startswith(("function-", "list[", "dict[")):
+            continue
+        else:
+            parts.append(str(item))
+    return f"{NAMESPACE}:" + ".".join(parts)
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    msg = str(err.get("msg", ""))
+    ctx_err = (err.get("ctx") or {}).get("error")
+    if isinstance(ctx_err, _KeyError):
+        loc = (*loc, *ctx_err.key.split("."))
+        msg = str(ctx_err).split(": ", 1)[1]
+    else:
+        msg = msg.removeprefix("Value error, ")
+    path = _key_path(loc)
+    given = err.get("input")
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        parent = loc[:-1]
+        allowed = _allowed_keys(parent)
+        return f"{path}: unknown key; allowed here: {', '.join(sorted(allowed))}"
+    if kind == "union_tag_invalid":
+        return f"{_key_path((*loc, 'kind'))}: got {err['ctx']['tag']!r}; allowed: {', '.join(TARGET_KINDS)}"
+    if kind == "union_tag_not_found":
+        return f"{_key_path((*loc, 'kind'))}: missing; allowed: {', '.join(TARGET_KINDS)}"
+    if kind == "missing":
+        return f"{path}: required but not set"
+    if kind == "literal_error":
+        return f"{path}: got {given!r}; {msg.lower()}"
+    if kind.endswith(("_type", "_parsing")) or kind in ("greater_than_equal", "less_than_equal", "greater_than"):
+        return f"{path}: got {given!r}; {msg.lower()}"
+    return f"{path}: {msg}"
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> set[str]:
+    model: Any = StackSettings
+    for item in loc:
+        if item in TARGET_KINDS:
+            model = {
+                "local": LocalTarget,
+                "ssh": SshTarget,
+                "aws": AwsTarget,
+                "kubernetes": KubernetesTarget,
+                "external": ExternalTarget,
+            }[item]
+            continue
+        if isinstance(item, int):
+            continue
+        field = model.model_fields.get(item) if hasattr(model, "model_fields") else None
+        if field is None:
+            return set()
+        model = _inner_model(field.annotation)
+    return set(model.model_fields) if hasattr(model, "model_fields") else set()
+
+
+def _inner_model(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def parse_settings(raw: dict[str, Any]) -> StackSettings:
+    """Validate the `coderig:` namespace (keys without the prefix). Raises SettingsError."""
+    problems: list[str] = []
+    unknown = sorted(set(raw) - _TOP_KEYS)
+    for key in unknown:
+        problems.append(f"{NAMESPACE}:{key}: unknown key; allowed: {', '.join(sorted(_TOP_KEYS))}")
+    known = {k: v for k, v in raw.items() if k in _TOP_KEYS}
+    try:
+        settings = StackSettings.model_validate(known)
+    except ValidationError as exc:
+        problems.extend(_format_error(dict(e)) for e in exc.errors())
+        raise SettingsError(problems) from None
+    if problems:
+        raise SettingsError(problems)
+    return settings
+
+
+def _opaque_secrets(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"secure"}:
+            return SECRET
+        return {k: _opaque_secrets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_opaque_secrets(v) for v in value]
+    return value
+
+
+def namespace_from_stack_file(data: dict[str, Any]) -> dict[str, Any]:
+    """The `coderig:` keys of a parsed `Pulumi.<stack>.yaml`, prefix stripped, secrets opaque."""
+    config = data.get("config") or {}
+    if not isinstance(config, dict):
+        raise SettingsError(["config: expected a mapping of keys to values"])
+    out: dict[str, Any] = {}
+    problems: list[str] = []
+    for key, value in config.items():
+        ns, sep, name = str(key).partition(":")
+        if not sep:
+            problems.append(f"{key}: config keys need a namespace, e.g. {NAMESPACE}:{key}")
+            continue
+        if ns != NAMESPACE:
+            continue  # aws:region, kubernetes:context… belong to providers
+        out[name] = _opaque_secrets(value)
+    if problems:
+        raise SettingsError(problems)
+    return out
+
+
+def load_stack_file(path: str | Path) -> StackSettings:
+    """Read and validate `Pulumi.<stack>.yaml`, the file `coderig plan/render` take."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except FileNotFoundError:
+        raise SettingsError([f"{p}: no such file (expected a Pulumi.<stack>.yaml)"]) from None
+    except yaml.YAMLError as exc:
+        raise SettingsError([f"{p}: not valid YAML: {exc}"]) from None
+    if not isinstance(data, dict):
+        raise SettingsError([f"{p}: expected a mapping with a config: section"])
+    return parse_settings(namespace_from_stack_file(data))
+
+
+def stack_name_from_path(path: str | Path) -> str:
+    name = Path(path).name
+    m = re.fullmatch(r"Pulumi\.(.+)\.ya?ml", name)
+    return m.group(1) if m else Path(path).stem

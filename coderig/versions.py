@@ -1,0 +1,17 @@
+"""Every version a node pulls, pinned in one place.
+
+Images are pinned by tag (and digest where we have verified one); LiteLLM by PyPI version.
+LiteLLM 1.82.7 and 1.82.8 were compromised releases: never pin them (a test enforces this).
+"""
+
+from __future__ import annotations
+
+LITELLM_VERSION = "1.106.2"
+LITELLM_IMAGE = f"ghcr.io/berriai/litellm:v{LITELLM_VERSION}-stable"
+VLLM_IMAGE = "vllm/vllm-openai:v0.28.0"
+LLAMACPP_IMAGE = "ghcr.io/ggml-org/llama.cpp:server-b9603"
+NGINX_IMAGE = "nginx:1.29.3-alpine"
+HF_DOWNLOADER_IMAGE = "python:3.12-slim"
+HF_HUB_VERSION = "0.36.0"
+
+FORBIDDEN_LITELLM_VERSIONS = frozenset({"1.82.7", "1.82.8"})

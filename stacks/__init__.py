@@ -1,0 +1,80 @@
+"""One module per target kind; `build` picks it from `settings.target.kind`.
+
+Each target module exposes `build(ctx: StackContext) -> dict[str, object]` returning the stack
+outputs. Config is read and validated once, here, before any resource is registered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+import pulumi.runtime.config as runtime_config
+
+from coderig import planner
+from coderig.settings import NAMESPACE, SECRET, SECRET_KEYS, SettingsError, StackSettings, parse_settings
+
+TARGET_MODULES = {
+    "local": "stacks.local",
+    "ssh": "stacks.ssh",
+    "aws": "stacks.aws",
+    "kubernetes": "stacks.kubernetes",
+    "external": "stacks.external",
+}
+
+
+@dataclass
+class StackContext:
+    settings: StackSettings
+    stack: str
+    project: str
+    plan: planner.Plan
+    secrets: dict[str, pulumi.Output[Any]] = field(default_factory=dict)
+
+
+def _raw_config() -> dict[str, Any]:
+    """Every `coderig:` key Pulumi passed to the program (prefix stripped), JSON decoded."""
+    merged = {**(runtime_config.get_config_env() or {}), **runtime_config.CONFIG.get()}
+    out: dict[str, Any] = {}
+    for key, value in merged.items():
+        ns, _, name = key.partition(":")
+        if ns != NAMESPACE:
+            continue
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):  # a plain string stays a string
+                value = json.loads(value)
+        out[name] = value
+    return out
+
+
+def read_settings() -> tuple[StackSettings, dict[str, pulumi.Output[Any]]]:
+    """Validate the stack's config. Secrets are validated for presence and kept as secret Outputs."""
+    raw = _raw_config()
+    config = pulumi.Config(NAMESPACE)
+    secrets: dict[str, pulumi.Output[Any]] = {}
+    for key in SECRET_KEYS:
+        if key in raw:
+            raw[key] = SECRET
+            secrets[key] = config.require_secret(key)
+    return parse_settings(raw), secrets
+
+
+class ConfigError(Exception):
+    """Raised before any resource exists; pulumi prints the message and stops."""
+
+
+def build() -> dict[str, object]:
+    try:
+        settings, secrets = read_settings()
+    except SettingsError as exc:
+        raise ConfigError("invalid coderig config:\n  " + "\n  ".join(exc.problems)) from None
+    p = planner.plan_stack(settings)
+    if not p.fits:
+        raise ConfigError(f"coderig:model: {p.reason}" + (f"; {p.suggestion}" if p.suggestion else ""))
+    ctx = StackContext(settings, pulumi.get_stack(), pulumi.get_project(), p, secrets)
+    module = importlib.import_module(TARGET_MODULES[settings.target.kind])
+    return module.build(ctx)

@@ -1,0 +1,9 @@
+"""`aws` target (not implemented yet)."""
+
+from __future__ import annotations
+
+from stacks import StackContext
+
+
+def build(ctx: StackContext) -> dict[str, object]:
+    raise NotImplementedError("the aws target is not implemented yet")
