@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,20 @@ class ProgramRun:
         return found[0]
 
 
+def fake_outputs(typ: str, name: str) -> dict[str, Any]:
+    """Provider-computed outputs the mocks must invent (deterministic per resource name)."""
+    pem = f"-----BEGIN FAKE {typ.split(':')[-1].upper()}-----\n{name}\n-----END FAKE-----\n"
+    return {
+        "random:index/randomPassword:RandomPassword": {"result": f"pw{zlib.crc32(name.encode()):010d}{name}"},
+        "tls:index/privateKey:PrivateKey": {"private_key_pem": pem, "public_key_openssh": f"ssh-ed25519 AAAA{name}"},
+        "tls:index/selfSignedCert:SelfSignedCert": {"cert_pem": pem},
+        "tls:index/certRequest:CertRequest": {"cert_request_pem": pem},
+        "tls:index/locallySignedCert:LocallySignedCert": {"cert_pem": pem},
+        "command:remote:Command": {"stdout": "", "stderr": ""},
+        "command:local:Command": {"stdout": "", "stderr": ""},
+    }.get(typ, {})
+
+
 CallHandler = Callable[[str, dict[str, Any]], dict[str, Any]]
 
 
@@ -82,10 +97,7 @@ class Recorder(pulumi.runtime.Mocks):
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         self.run.resources.append(Registered(args.typ, args.name, dict(args.inputs), args.provider))
-        outputs = dict(args.inputs)
-        if args.typ == "command:remote:Command" or args.typ == "command:local:Command":
-            outputs.setdefault("stdout", "")
-            outputs.setdefault("stderr", "")
+        outputs = {**fake_outputs(args.typ, args.name), **dict(args.inputs)}
         return f"{args.name}-id", outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list[tuple[str, str]] | None]:
