@@ -10,6 +10,8 @@ import sys
 COMMAND_MODULES: tuple[str, ...] = (
     "coderig.commands",
     "coderig.frontdoor_run",
+    "coderig.onboard",
+    "coderig.aws_ops",
 )
 
 

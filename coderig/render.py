@@ -42,7 +42,24 @@ def model_server_files(settings: StackSettings, stack: str) -> Bundle:
     return {"model-server/command.sh": RenderedFile(f"#!/bin/sh\nexec {line}\n", 0o755)}
 
 
-CONTRIBUTORS: list[Callable[[StackSettings, str], Bundle]] = [plan_files, model_server_files]
+def kubernetes_manifests(settings: StackSettings, stack: str) -> Bundle:
+    from coderig.kube import render_manifests  # late: coderig.kube imports this module
+
+    return render_manifests(settings, stack)
+
+
+def node_bundles(settings: StackSettings, stack: str) -> Bundle:
+    from coderig.node import render_node_files  # late: coderig.node imports this module
+
+    return render_node_files(settings, stack)
+
+
+CONTRIBUTORS: list[Callable[[StackSettings, str], Bundle]] = [
+    plan_files,
+    model_server_files,
+    kubernetes_manifests,
+    node_bundles,
+]
 
 
 def render_stack(settings: StackSettings, stack: str) -> Bundle:

@@ -152,8 +152,9 @@ class AwsTarget(_Model):
     allowedCidrs: list[str] = Field(default_factory=list, description="who may reach the gateway port")
     adminCidr: str | None = Field(default=None, description="who may SSH in; none when unset")
     retainWeights: bool = True
-    capacityReservationId: str | None = None
-    spot: bool = False
+    capacityReservationId: str | None = Field(default=None, description="cr-…: an On-Demand Capacity Reservation")
+    capacityBlock: bool = Field(default=False, description="capacityReservationId is a Capacity Block for ML")
+    spot: bool = Field(default=False, description="spot capacity, stopped (not terminated) on interruption")
     volumeSizeGb: int | None = Field(default=None, ge=100, le=16384)
 
     @field_validator("instanceType")
@@ -175,10 +176,29 @@ class AwsTarget(_Model):
     def _admin(cls, v: str | None) -> str | None:
         return None if v is None else _cidr(v)
 
+    @field_validator("capacityReservationId")
+    @classmethod
+    def _cr_id(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"cr-[0-9a-f]{8,17}", v):
+            raise ValueError(f"got {v!r}; expected a capacity reservation id like cr-0123456789abcdef0")
+        return v
+
     @model_validator(mode="after")
     def _subnet_needs_vpc(self) -> AwsTarget:
         if self.subnetId and not self.vpcId:
             raise ValueError("subnetId is set without vpcId: set both, or neither for a new minimal VPC")
+        if self.vpcId and not self.subnetId:
+            raise _KeyError("subnetId", "vpcId is set without subnetId: set both, or neither for a new minimal VPC")
+        if self.spot and self.capacityReservationId:
+            raise _KeyError("spot", "spot cannot use capacityReservationId: choose one (reserved capacity is not spot)")
+        if self.capacityBlock and not self.capacityReservationId:
+            raise _KeyError("capacityBlock", "needs capacityReservationId (the Capacity Block's cr-… id)")
+        if self.count > 1 and self.subnetId:
+            raise _KeyError(
+                "count",
+                f"got {self.count} with subnetId: replicas need fixed private addresses, which coderig assigns "
+                "in a subnet it creates; unset vpcId/subnetId or use count: 1",
+            )
         return self
 
 
@@ -213,6 +233,25 @@ class KubernetesTarget(_Model):
     serviceType: Literal["LoadBalancer", "ClusterIP", "NodePort"] = "LoadBalancer"
     ingressHost: str | None = None
     ingressClass: str | None = None
+
+    @field_validator("namespace")
+    @classmethod
+    def _k8s_namespace(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", v):
+            raise ValueError(f"got {v!r}; a namespace is lowercase letters, digits and '-' (max 63)")
+        return v
+
+    @model_validator(mode="after")
+    def _shared_weights(self) -> KubernetesTarget:
+        if self.replicas > 1 and not self.storageClass:
+            raise _KeyError(
+                "storageClass",
+                f"replicas is {self.replicas}: the replicas share one weights volume, name a ReadWriteMany "
+                "storage class (EFS, CephFS, Filestore, NFS); the default class is usually ReadWriteOnce",
+            )
+        if self.ingressClass and not self.ingressHost:
+            raise _KeyError("ingressClass", "is set without ingressHost: set the host the Ingress serves")
+        return self
 
 
 class ExternalTarget(_Model):

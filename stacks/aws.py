@@ -1,9 +1,137 @@
-"""`aws` target (not implemented yet)."""
+"""`aws` target: GPU instances with a persistent weights volume, the node runtime over SSH, and the
+idle reaper.
+
+Per node: an instance from the Deep Learning Base GPU AMI (Ubuntu; looked up by filter unless
+`ami` is set), an Elastic IP (the endpoint survives stop/start and the TLS certificate names it),
+a gp3 weights volume kept on replacement and on destroy unless `retainWeights: false`, and an
+SSH host key generated here and installed by cloud-init, so the node runtime's SSH connection is
+pinned from the first boot. The first node runs LiteLLM and the gateway; others are replicas on
+fixed private addresses. The planner has already refused a type whose GPUs cannot hold the preset
+(stacks.build) before anything here is registered.
+"""
 
 from __future__ import annotations
 
+from typing import Any, cast
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_command as command
+import pulumi_tls as tls
+
+from coderig import aws_plan, engine, node
+from coderig.settings import SshHost
+from components.aws import GpuNodes, IdleReaper, Network, NodeArgs, ReaperArgs
+from components.node import Connection, NodeStack, front_door_access
 from stacks import StackContext
+from stacks.outputs import client_outputs
+
+CACHE_PATH = node.AWS_CACHE_PATH
+
+
+def _login_key(ctx: StackContext) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
+    """(private, public) login key: `coderig:sshPrivateKey` when set, else one the stack generates."""
+    supplied = ctx.secrets.get("sshPrivateKey")
+    if supplied is not None:
+        public = tls.get_public_key_output(private_key_openssh=supplied).public_key_openssh
+        return pulumi.Output.secret(supplied), public
+    key = tls.PrivateKey("login-key", algorithm="ED25519")
+    return pulumi.Output.secret(key.private_key_openssh), key.public_key_openssh
+
+
+def _placement(ctx: StackContext, provider: aws.Provider) -> tuple[Any, Any, Any, list[str | None], list[Any]]:
+    """(vpc_id, subnet_id, availability_zone, private_ips, resources the nodes must wait for)."""
+    t = aws_plan.aws_target(ctx.settings)
+    invoke = pulumi.InvokeOutputOptions(provider=provider)
+    if t.subnetId:
+        subnet = aws.ec2.get_subnet_output(id=t.subnetId, opts=invoke)
+        return t.vpcId, t.subnetId, subnet.availability_zone, aws_plan.private_ips(ctx.settings), []
+    az: Any = t.availabilityZone
+    if az is None:
+        offers = aws.ec2.get_instance_type_offerings_output(
+            location_type="availability-zone",
+            filters=[aws.ec2.GetInstanceTypeOfferingsFilterArgs(name="instance-type", values=[t.instanceType])],
+            opts=invoke,
+        )
+        az = offers.locations.apply(lambda locs: _first_zone(locs, t.instanceType, t.region))
+    tags = aws_plan.tags(ctx.stack, aws_plan.environment(ctx.settings, ctx.stack), "network")
+    net = Network("network", availability_zone=az, tags=tags, opts=pulumi.ResourceOptions(provider=provider))
+    ips = aws_plan.private_ips(ctx.settings)
+    # the Elastic IP association needs the internet gateway attached: wait for the whole network
+    return net.vpc_id, net.subnet_id, az, ips, [net]
+
+
+def _first_zone(locations: list[str], instance_type: str, region: str) -> str:
+    if not locations:
+        raise ValueError(f"coderig:target.instanceType: {instance_type} is not offered in any zone of {region}")
+    return sorted(locations)[0]
 
 
 def build(ctx: StackContext) -> dict[str, object]:
-    raise NotImplementedError("the aws target is not implemented yet")
+    s = ctx.settings
+    t = aws_plan.aws_target(s)
+    env = aws_plan.environment(s, ctx.stack)
+    if not t.allowedCidrs:
+        pulumi.log.warn("coderig:target.allowedCidrs is empty: nobody can reach the gateway")
+    if not t.adminCidr:
+        pulumi.log.warn(
+            "coderig:target.adminCidr is unset: SSH is closed, so `pulumi up` cannot run the node steps "
+            "until it is set to a range that includes this machine"
+        )
+    provider = aws.Provider("aws", region=t.region)
+    filters = [aws.ec2.GetAmiFilterArgs(name=f["name"], values=f["values"]) for f in aws_plan.ami_filters()]
+    ami: Any = t.ami or aws.ec2.get_ami_output(
+        most_recent=True, owners=["amazon"], filters=filters,
+        opts=pulumi.InvokeOutputOptions(provider=provider),
+    ).id  # fmt: skip
+    vpc_id, subnet_id, az, private_ips, network = _placement(ctx, provider)
+    login_private, login_public = _login_key(ctx)
+    gpu = GpuNodes(
+        "gpu",
+        NodeArgs(
+            stack=ctx.stack, environment=env, region=t.region, target=t, ami=ami, vpc_id=vpc_id,
+            subnet_id=subnet_id, availability_zone=az, private_ips=private_ips,
+            rules=aws_plan.ingress_rules(s), replica_port=engine.MODEL_PORT if t.count > 1 else None,
+            volume=aws_plan.weights_volume(s), login_public_key=login_public, eip_waits_for=network,
+        ),
+        opts=pulumi.ResourceOptions(provider=provider),
+    )  # fmt: skip
+    first_ip = gpu.nodes[0].eip.public_ip
+    names = cast(list[str], [first_ip, *s.gateway.hostnames])
+    access = front_door_access(s, names, ctx.secrets)
+    stacks_ready = []
+    for i, (n, spec) in enumerate(zip(gpu.nodes, node.node_specs(ctx.settings, CACHE_PATH), strict=True)):
+        conn = Connection(
+            "ssh",
+            command.remote.ConnectionArgs(
+                host=n.eip.public_ip, user=aws_plan.LOGIN_USER, private_key=login_private,
+                host_key=n.host_key.public_key_openssh.apply(lambda k: " ".join(k.split()[:2])),
+                dial_error_limit=60, per_dial_timeout=30,
+            ),
+            aws_plan.LOGIN_USER,
+        )  # fmt: skip
+        runtime = NodeStack(
+            f"node-{i}", settings=s, spec=spec, conn=conn, secrets=access.secrets,
+            host=SshHost(address=f"aws-node-{i}", cacheDevice=aws_plan.WEIGHTS_DEVICE),
+            opts=pulumi.ResourceOptions(depends_on=[n.attachment, n.eip_association]),
+        )  # fmt: skip
+        stacks_ready.append(runtime.ready)
+    outputs: dict[str, object] = {
+        **client_outputs(ctx, host=first_ip, port=s.gateway.port, ca_pem=access.ca_pem, tokens=access.developer_keys),
+        "endpoint": pulumi.Output.concat("https://", first_ip, f":{s.gateway.port}"),
+        "nodes": gpu.public_ips,
+        "instanceIds": gpu.instance_ids,
+        "hostKeys": gpu.host_keys,
+        "region": t.region,
+        "ready": stacks_ready[0],
+    }
+    if "sshPrivateKey" not in ctx.secrets:
+        outputs["sshPrivateKey"] = login_private  # secret
+    if aws_plan.reaper_enabled(s):
+        reaper = IdleReaper(
+            "idle-reaper",
+            ReaperArgs(stack=ctx.stack, environment=env, config=aws_plan.reaper_config(s, ctx.stack)),
+            opts=pulumi.ResourceOptions(provider=provider),
+        )
+        outputs["idleReaper"] = reaper.function_name
+    return outputs

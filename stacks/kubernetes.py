@@ -1,9 +1,25 @@
-"""`kubernetes` target (not implemented yet)."""
+"""`kubernetes` target: the same request path on an existing cluster's GPU nodes (pulumi-kubernetes).
+
+The model server is a Deployment of `replicas` vLLM pods sharing one weights PVC; the front door
+(nginx gateway + LiteLLM in one pod) scales independently; an optional CronJob scales the model
+server to zero when idle. Manifests: `coderig.kube`; resources: `components.kube`.
+"""
 
 from __future__ import annotations
 
+from coderig import kube
+from components.kube import GATEWAY_PORT, KubernetesStack
+from components.node import front_door_access
 from stacks import StackContext
+from stacks.outputs import client_outputs
 
 
 def build(ctx: StackContext) -> dict[str, object]:
-    raise NotImplementedError("the kubernetes target is not implemented yet")
+    s = ctx.settings
+    assert s.target.kind == "kubernetes"
+    access = front_door_access(s, kube.certificate_names(s), ctx.secrets)
+    cluster = KubernetesStack("k8s", settings=s, stack=ctx.stack, plan=ctx.plan, secrets=access.secrets)
+    return {
+        **client_outputs(ctx, host=cluster.host, port=GATEWAY_PORT, ca_pem=access.ca_pem, tokens=access.developer_keys),
+        "namespace": s.target.namespace,
+    }

@@ -1,9 +1,37 @@
-"""`local` target: the node bundle on this workstation (Docker Compose)."""
+"""`local` target: the node bundle on this workstation, through local commands (Docker Compose).
+
+The dev stack (`Pulumi.dev.yaml`): the CPU preset on llama.cpp, LiteLLM and the gateway on
+https://localhost:<gateway.port>. Nothing is installed with apt here: preflight says what is missing.
+The bundle lives in `.coderig/<stack>/node` under the project directory (git-ignored).
+"""
 
 from __future__ import annotations
 
+import os
+
+from coderig import node
+from components.node import NodeStack, front_door_access, local_connection
 from stacks import StackContext
+from stacks.outputs import client_outputs
+
+
+def bundle_dir(stack: str) -> str:
+    return os.path.abspath(os.path.join(".coderig", stack, "node"))
 
 
 def build(ctx: StackContext) -> dict[str, object]:
-    return {"plan": ctx.plan.summary()}
+    s = ctx.settings
+    assert s.target.kind == "local"
+    spec = node.node_specs(s)[0]
+    access = front_door_access(s, ["localhost", "127.0.0.1", *s.gateway.hostnames], ctx.secrets)
+    stack = NodeStack(
+        "node-local", settings=s, spec=spec, conn=local_connection(), secrets=access.secrets,
+        bundle_dir=bundle_dir(ctx.stack),
+    )  # fmt: skip
+    return {
+        **client_outputs(
+            ctx, host="localhost", port=s.gateway.port, ca_pem=access.ca_pem, tokens=access.developer_keys
+        ),
+        "endpoint": f"https://localhost:{s.gateway.port}",
+        "ready": stack.ready,
+    }

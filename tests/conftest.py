@@ -103,8 +103,8 @@ class Recorder(pulumi.runtime.Mocks):
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list[tuple[str, str]] | None]:
         self.run.calls.append((args.token, dict(args.args)))
         if self.calls is not None:
-            return self.calls(args.token, dict(args.args)), None
-        return {}, None
+            return self.calls(args.token, dict(args.args)), []
+        return {}, []
 
 
 def run_program(

@@ -1,0 +1,289 @@
+"""A node as Pulumi resources: the command steps that turn a machine into a running, ready stack.
+
+Thin: every command string and file comes from `coderig.node`; this module only wires them into
+`command.remote.Command` (an `ssh` host) or `command.local.Command` (this workstation).
+
+Steps, each a child named f"{name}-<step>", each depending on the one before:
+  preflight  read-only checks, one line per problem               (re-runs when its command changes)
+  install    Docker + compose + NVIDIA toolkit when missing       (ssh only: never apt on a laptop)
+  volume     the cache directory, or a block device formatted only when blank, mounted by UUID
+  bundle     the bundle unpacked from a base64 tar.gz on stdin   (secrets: logging off, outputs secret)
+  up         `docker compose up -d`, replaced when the model half of the bundle changes;
+             its delete is `docker compose down` (weights stay on the volume), so it is
+             delete-before-replace: the old stack stops before the new one starts
+  frontdoor  recreates only LiteLLM + gateway when their half changes (a new developer key does
+             not restart the model server)
+  ready      readiness wait streaming progress, within a budget sized from the weights
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_command as command
+
+from coderig import node
+from coderig.render import Bundle
+from coderig.settings import SshHost, StackSettings
+
+BASH = ["/bin/bash", "-c"]
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How commands reach the node: `ssh` (pulumi-command remote) or `local`."""
+
+    kind: str  # "ssh" | "local"
+    args: command.remote.ConnectionArgs | None = None
+    user: str | None = None  # remote user; not root -> commands use `sudo -n`
+
+
+def ssh_connection(host: SshHost, private_key: pulumi.Input[str], *, insecure_skip: bool, where: str) -> Connection:
+    """A pinned connection. Raises (naming the config key) when the host key is missing and the
+    stack has not knowingly set insecureSkipHostKeyCheck."""
+    pinned = node.pinned_host_key(host, insecure_skip, where)
+    if pinned is None:
+        pulumi.log.warn(
+            f"{where}: insecureSkipHostKeyCheck is true: connecting to {host.address} WITHOUT verifying its host key"
+        )
+    args = command.remote.ConnectionArgs(
+        host=host.address,
+        port=host.port,
+        user=host.user,
+        private_key=pulumi.Output.secret(private_key),
+        host_key=pinned,
+        dial_error_limit=20,
+        per_dial_timeout=30,
+    )
+    return Connection("ssh", args, host.user)
+
+
+def local_connection() -> Connection:
+    return Connection("local")
+
+
+def _cmd(
+    conn: Connection,
+    name: str,
+    opts: pulumi.ResourceOptions,
+    *,
+    create: pulumi.Input[str],
+    delete: pulumi.Input[str] | None = None,
+    stdin: pulumi.Input[str] | None = None,
+    triggers: Sequence[Any] | None = None,
+    secret: bool = False,
+) -> pulumi.CustomResource:
+    """One step. `secret`: the step carries secrets (stdin), so nothing is logged and stdout/stderr
+    (and stdin) are stored as secrets."""
+    if secret:
+        opts = pulumi.ResourceOptions.merge(
+            opts, pulumi.ResourceOptions(additional_secret_outputs=["stdout", "stderr", "stdin"])
+        )
+    if conn.kind == "ssh":
+        assert conn.args is not None
+        return command.remote.Command(
+            name,
+            connection=conn.args,
+            create=create,
+            delete=delete,
+            stdin=stdin,
+            triggers=list(triggers) if triggers is not None else None,
+            logging=command.remote.Logging.NONE if secret else command.remote.Logging.STDOUT_AND_STDERR,
+            add_previous_output_in_env=False,
+            opts=opts,
+        )
+    return command.local.Command(
+        name,
+        create=create,
+        delete=delete,
+        stdin=stdin,
+        triggers=list(triggers) if triggers is not None else None,
+        interpreter=BASH,
+        logging=command.local.Logging.NONE if secret else command.local.Logging.STDOUT_AND_STDERR,
+        add_previous_output_in_env=False,
+        opts=opts,
+    )
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """Everything non-secret a node's steps need, computed once (pure)."""
+
+    preflight: str
+    install: str | None
+    volume: str
+    copy: str
+    bundle_dir: str
+    user: str | None
+    up: str
+    down: str
+    frontdoor_reload: str | None
+    wait: str
+    wait_budget_s: int
+
+
+def node_plan(
+    settings: StackSettings,
+    spec: node.NodeSpec,
+    *,
+    bundle_dir: str,
+    host: SshHost | None,
+    user: str | None,
+    install: bool,
+) -> NodePlan:
+    device = host.cacheDevice if host else None
+    weights = settings.model.spec.weight_bytes if spec.role != "frontdoor" else 0
+    return NodePlan(
+        preflight=node.script_command("preflight.sh", node.preflight_env(settings, spec, device), user=user),
+        install=node.install_command(spec, user) if install else None,
+        volume=node.volume_command(spec, device, user),
+        copy=node.copy_command(bundle_dir, user),
+        bundle_dir=bundle_dir,
+        user=user,
+        up=node.up_command(bundle_dir, user),
+        down=node.down_command(bundle_dir, user),
+        frontdoor_reload=node.frontdoor_reload_command(bundle_dir, user) if spec.role != "replica" else None,
+        wait=node.wait_command(settings, spec, bundle_dir, user),
+        wait_budget_s=node.ready_budget_seconds(weights, download=spec.role != "frontdoor"),
+    )
+
+
+class NodeStack(pulumi.ComponentResource):
+    """One machine's stack: preflight → install → volume → bundle → up → frontdoor → ready."""
+
+    ready: pulumi.Output[str]
+    bundle_hash: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        settings: StackSettings,
+        spec: node.NodeSpec,
+        conn: Connection,
+        secrets: pulumi.Output[node.NodeSecrets],
+        bundle_dir: str = node.REMOTE_BUNDLE_DIR,
+        host: SshHost | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("coderig:node:NodeStack", name, None, opts)
+        plan = node_plan(settings, spec, bundle_dir=bundle_dir, host=host, user=conn.user, install=conn.kind == "ssh")
+        files = secrets.apply(lambda s: node.node_files(settings, spec) | node.node_secret_files(spec, s))
+        self.ready, self.bundle_hash = build_steps(self, name, conn, plan, settings, spec, files)
+        self.register_outputs({"ready": self.ready, "bundle_hash": self.bundle_hash})
+
+
+def build_steps(
+    parent: pulumi.Resource,
+    name: str,
+    conn: Connection,
+    plan: NodePlan,
+    settings: StackSettings,
+    spec: node.NodeSpec,
+    files: pulumi.Output[Bundle],
+) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
+    def child(*after: pulumi.Resource, **extra: Any) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(parent=parent, depends_on=list(after), **extra)
+
+    preflight = _cmd(conn, f"{name}-preflight", child(), create=plan.preflight)
+    last = preflight
+    if plan.install:
+        last = _cmd(conn, f"{name}-install", child(preflight), create=plan.install)
+    volume = _cmd(conn, f"{name}-volume", child(last), create=plan.volume)
+
+    archive = pulumi.Output.secret(files.apply(lambda f: node.bundle_archive(node.with_hash_file(f))))
+    full_hash = pulumi.Output.secret(files.apply(node.bundle_hash))
+    halves = pulumi.Output.secret(files.apply(lambda f: node.service_hashes(settings, spec, _secret_part(f))))
+    model_hash = halves.apply(lambda h: h["model"])
+    frontdoor_hash = halves.apply(lambda h: h["frontdoor"])
+
+    # Not delete-before-replace: its delete is guarded by the bundle hash, so replacing the bundle
+    # (create new, then delete old) never removes the new secrets, and never restarts the model.
+    bundle = _cmd(
+        conn,
+        f"{name}-bundle",
+        child(volume),
+        create=plan.copy,
+        delete=full_hash.apply(lambda h: node.remove_secrets_command(h, plan.bundle_dir, plan.user)),
+        stdin=archive,
+        triggers=[full_hash],
+        secret=True,
+    )
+    up = _cmd(
+        conn,
+        f"{name}-up",
+        child(bundle, delete_before_replace=True),
+        create=plan.up,
+        delete=plan.down,
+        triggers=[model_hash],
+    )
+    waits_on: list[pulumi.Resource] = [up]
+    if plan.frontdoor_reload:
+        waits_on.append(
+            _cmd(conn, f"{name}-frontdoor", child(up), create=plan.frontdoor_reload, triggers=[frontdoor_hash])
+        )
+    ready = _cmd(
+        conn,
+        f"{name}-ready",
+        child(*waits_on, custom_timeouts=pulumi.CustomTimeouts(create=f"{plan.wait_budget_s + 600}s")),
+        create=plan.wait,
+        triggers=[model_hash, frontdoor_hash],
+    )
+    return ready.stdout, full_hash  # type: ignore[attr-defined]
+
+
+def _secret_part(files: Bundle) -> Bundle:
+    return {p: f for p, f in files.items() if p.startswith((f"{node.SECRETS_DIR}/", f"{node.TLS_DIR}/"))}
+
+
+@dataclass(frozen=True)
+class FrontDoorAccess:
+    """The secrets every node of a stack shares, and what developers need from them."""
+
+    secrets: pulumi.Output[node.NodeSecrets]
+    developer_keys: pulumi.Output[dict[str, str]]
+    ca_pem: pulumi.Output[str] | None
+
+
+def front_door_access(
+    settings: StackSettings, names: Sequence[str], config_secrets: dict[str, pulumi.Output[Any]]
+) -> FrontDoorAccess:
+    """Developer keys, LiteLLM's master key, the model servers' API key and the gateway TLS
+    (components.frontdoor), gathered into one secret NodeSecrets for the node bundles."""
+    import pulumi_random as random
+
+    from components.frontdoor import DeveloperKeys, GatewayTls, MasterKey
+
+    keys = DeveloperKeys("developers", settings.developers)
+    master = MasterKey("litellm")
+    model_key = random.RandomPassword("model-api-key", length=48, special=False)
+    tls = GatewayTls(
+        "gateway-tls",
+        list(names),
+        supplied_cert=config_secrets.get("tlsCertificate"),
+        supplied_key=config_secrets.get("tlsPrivateKey"),
+    )
+    empty = pulumi.Output.from_input("")
+    secrets = pulumi.Output.all(
+        model_key.result,
+        master.value,
+        keys.tokens,
+        config_secrets.get("hfToken", empty),
+        tls.cert_pem,
+        tls.key_pem,
+        config_secrets.get("externalApiKey", empty),
+    ).apply(
+        lambda v: node.NodeSecrets(
+            model_api_key=v[0],
+            litellm_master_key=v[1],
+            developer_keys=dict(v[2]),
+            hf_token=str(v[3] or ""),
+            tls_cert=v[4],
+            tls_key=v[5],
+            external_api_key=str(v[6] or ""),
+        )
+    )
+    return FrontDoorAccess(pulumi.Output.secret(secrets), keys.tokens, tls.ca_pem)

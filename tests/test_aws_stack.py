@@ -1,0 +1,506 @@
+"""The `aws` target's Pulumi program under mocks: the resource graph, IAM as JSON, tags, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+import pulumi.runtime.config as runtime_config
+import pytest
+import yaml
+from conftest import fake_outputs
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+from coderig import aws_ops, aws_plan, idle
+from coderig.settings import SECRET_KEYS, SettingsError, parse_settings
+
+STACK = "prod"
+AMI_FROM_LOOKUP = "ami-0dlami24040000000"
+TAGGABLE_PREFIXES = (
+    "aws:ec2/vpc:",
+    "aws:ec2/internetGateway:",
+    "aws:ec2/subnet:",
+    "aws:ec2/routeTable:",
+    "aws:ec2/securityGroup:",
+    "aws:ec2/instance:",
+    "aws:ec2/eip:",
+    "aws:ebs/volume:",
+    "aws:iam/role:",
+    "aws:iam/instanceProfile:",
+    "aws:lambda/function:",
+    "aws:cloudwatch/logGroup:",
+    "aws:cloudwatch/eventRule:",
+)
+
+
+@dataclass
+class Res:
+    typ: str
+    name: str
+    inputs: dict[str, Any]
+    custom: bool
+    parent: str | None = None
+
+
+@dataclass
+class Run:
+    resources: list[Res] = field(default_factory=list)
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    secret_outputs: set[str] = field(default_factory=set)
+    error: BaseException | None = None
+
+    def of_type(self, prefix: str) -> list[Res]:
+        return [r for r in self.resources if r.typ.startswith(prefix)]
+
+    def named(self, name: str) -> Res:
+        found = [r for r in self.resources if r.name == name]
+        assert len(found) == 1, f"{name}: {[r.name for r in self.resources]}"
+        return found[0]
+
+
+class Mocks(pulumi.runtime.Mocks):
+    def __init__(self, run: Run):
+        self.run = run
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        self.run.resources.append(Res(args.typ, args.name, dict(args.inputs), bool(args.custom)))
+        extra: dict[str, Any] = dict(fake_outputs(args.typ, args.name))
+        if args.typ == "tls:index/privateKey:PrivateKey":
+            key = base64.b64encode(args.name.encode()).decode()
+            pem = f"-----BEGIN OPENSSH PRIVATE KEY-----\n{key}\n-----END OPENSSH PRIVATE KEY-----\n"
+            extra = {
+                "private_key_openssh": pem,
+                "public_key_openssh": f"ssh-ed25519 {key}\n",
+                "private_key_pem": "-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n",
+            }
+        if args.typ == "aws:ec2/eip:Eip":
+            extra = {
+                "public_ip": "198.51.100." + str(9 + len(self.run.of_type("aws:ec2/eip:Eip"))),
+                "allocation_id": "eipalloc-1",
+            }
+        if args.typ == "aws:ebs/volume:Volume":
+            return "vol-0123456789abcdef0", {**dict(args.inputs), "arn": "arn:aws:ec2:vol"}
+        if args.typ == "aws:cloudwatch/logGroup:LogGroup":
+            extra = {"arn": f"arn:aws:logs:us-east-1:123456789012:log-group:{args.inputs.get('name')}"}
+        if args.typ in ("aws:iam/instanceProfile:InstanceProfile", "aws:iam/role:Role"):
+            extra = {"name": args.name, "arn": f"arn:aws:mock:::{args.name}"}
+        if args.typ in ("aws:lambda/function:Function", "aws:cloudwatch/eventRule:EventRule"):
+            extra = {"arn": f"arn:aws:mock:::{args.name}"}
+        return f"{args.name}-id", {**extra, **dict(args.inputs)}
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        self.run.calls.append((args.token, dict(args.args)))
+        if args.token == "aws:ec2/getAmi:getAmi":
+            return {"id": AMI_FROM_LOOKUP, "name": "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 24.04)"}, []
+        if args.token == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
+            return {"id": "us-east-1", "locations": ["us-east-1d", "us-east-1b"], "instanceTypes": []}, []
+        if args.token == "aws:ec2/getSubnet:getSubnet":
+            return {"id": args.args["id"], "availabilityZone": "us-east-1f"}, []
+        if args.token == "tls:index/getPublicKey:getPublicKey":
+            return {"id": "k", "publicKeyOpenssh": "ssh-ed25519 AAAAsupplied\n"}, []
+        return {}, []
+
+
+SECRET_SIG = "4dabf18193072939515e22adb298388d"  # how mocks see a secret input
+
+
+def is_secret(value: Any) -> bool:
+    return (
+        isinstance(value, dict) and SECRET_SIG in value and value.get(SECRET_SIG) == "1b47061264138c4ac30d75fd1eb44270"
+    )
+
+
+def unsecret(value: Any) -> Any:
+    return value["value"] if is_secret(value) else value
+
+
+def run_stack(config: dict[str, Any]) -> Run:
+    """stacks.build() under mocks: fresh event loop, reset options and config for every run."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    pulumi.runtime.reset_options(project="coderig", stack=STACK, preview=False)
+    run = Run()
+    pulumi.runtime.set_mocks(Mocks(run), project="coderig", stack=STACK, preview=False)
+    flat = {f"coderig:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
+    runtime_config.set_all_config(flat, [f"coderig:{k}" for k in config if k in SECRET_KEYS])
+    import stacks
+
+    exported: dict[str, Any] = {}
+
+    def body() -> None:
+        try:
+            exported.update(stacks.build())
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            run.error = exc
+
+    try:
+        _sync_await(run_pulumi_func(body))
+        for key, value in exported.items():
+            out = pulumi.Output.from_input(value)
+            run.outputs[key] = _sync_await(out.future())
+            if _sync_await(out.is_secret()):
+                run.secret_outputs.add(key)
+    finally:
+        runtime_config.set_all_config({}, [])
+        loop.close()
+        asyncio.set_event_loop(None)
+    return run
+
+
+def aws_config(**target: Any) -> dict[str, Any]:
+    return {
+        "target": {
+            "kind": "aws",
+            "instanceType": "p5en.48xlarge",
+            "region": "us-east-1",
+            "availabilityZone": "us-east-1a",
+            "allowedCidrs": ["203.0.113.0/24", "2001:db8::/48"],
+            "adminCidr": "198.51.100.7/32",
+            **target,
+        },
+        "model": {"preset": "deepseek-v3.2", "maxModelLen": 131072},
+        "developers": ["alice", "bob"],
+        "idle": {"stopAfterMinutes": 45, "officeHours": {"timezone": "Europe/Paris", "start": "08:00", "end": "19:00"}},
+    }
+
+
+@pytest.fixture(scope="module")
+def default_run() -> Run:
+    run = run_stack(aws_config())
+    assert run.error is None, run.error
+    return run
+
+
+def test_instance_type_ami_lookup_and_placement(default_run: Run) -> None:
+    (inst,) = default_run.of_type("aws:ec2/instance:")
+    assert inst.inputs["instanceType"] == "p5en.48xlarge"
+    assert inst.inputs["ami"] == AMI_FROM_LOOKUP
+    ami_calls = [a for t, a in default_run.calls if t == "aws:ec2/getAmi:getAmi"]
+    assert len(ami_calls) == 1
+    assert ami_calls[0]["owners"] == ["amazon"] and ami_calls[0]["mostRecent"] is True
+    names = {f["name"]: f["values"] for f in ami_calls[0]["filters"]}
+    assert names["name"] == ["Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 24.04) *"]
+    assert names["architecture"] == ["x86_64"]
+    assert inst.inputs["metadataOptions"]["httpTokens"] == "required"
+    assert inst.inputs["privateIp"] == "10.77.0.10"
+    (subnet,) = default_run.of_type("aws:ec2/subnet:")
+    assert subnet.inputs["availabilityZone"] == "us-east-1a"
+    (vol,) = default_run.of_type("aws:ebs/volume:")
+    assert vol.inputs["availabilityZone"] == "us-east-1a"
+    assert "instanceMarketOptions" not in inst.inputs and "capacityReservationSpecification" not in inst.inputs
+
+
+def test_ami_override_skips_the_lookup() -> None:
+    run = run_stack(aws_config(ami="ami-0pinned000000000"))
+    assert run.error is None, run.error
+    assert run.of_type("aws:ec2/instance:")[0].inputs["ami"] == "ami-0pinned000000000"
+    assert not [t for t, _ in run.calls if t == "aws:ec2/getAmi:getAmi"]
+
+
+def test_elastic_ip_is_the_endpoint_and_in_the_certificate(default_run: Run) -> None:
+    (eip,) = default_run.of_type("aws:ec2/eip:Eip")
+    assert eip.inputs["domain"] == "vpc"
+    (assoc,) = default_run.of_type("aws:ec2/eipAssociation:")
+    assert assoc.inputs["instanceId"] == "gpu-0-id"
+    assert default_run.outputs["endpoint"] == "https://198.51.100.10:8443"
+    (csr,) = default_run.of_type("tls:index/certRequest:")
+    assert "198.51.100.10" in csr.inputs["ipAddresses"]
+
+
+def test_weights_volume_is_gp3_at_max_and_retained(default_run: Run) -> None:
+    (vol,) = default_run.of_type("aws:ebs/volume:")
+    assert vol.inputs["type"] == "gp3"
+    assert vol.inputs["throughput"] == aws_plan.GP3_MAX_THROUGHPUT_MIBS == 2000
+    assert vol.inputs["iops"] == aws_plan.GP3_MAX_IOPS
+    assert vol.inputs["size"] >= 690 * 1.2  # DeepSeek V3.2 weights plus headroom
+    assert vol.inputs["encrypted"] is True
+    (attach,) = default_run.of_type("aws:ec2/volumeAttachment:")
+    assert attach.inputs["volumeId"] == "vol-0123456789abcdef0" and attach.inputs["stopInstanceBeforeDetaching"]
+
+
+def volume_opts(config: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> pulumi.ResourceOptions:
+    """The ResourceOptions the weights volume was created with (mocks do not see retainOnDelete)."""
+    import pulumi_aws
+
+    seen: list[pulumi.ResourceOptions | None] = []
+    real = pulumi_aws.ebs.Volume
+
+    class Recording(real):  # type: ignore[misc,valid-type]
+        def __init__(self, name: str, *args: Any, opts: pulumi.ResourceOptions | None = None, **kwargs: Any):
+            seen.append(opts)
+            super().__init__(name, *args, opts=opts, **kwargs)
+
+    monkeypatch.setattr(pulumi_aws.ebs, "Volume", Recording)
+    try:
+        run = run_stack(config)
+    finally:
+        monkeypatch.setattr(pulumi_aws.ebs, "Volume", real)
+    assert run.error is None, run.error
+    assert len(seen) == 1 and seen[0] is not None
+    return seen[0]
+
+
+def test_volume_retention_follows_retain_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    kept = volume_opts(aws_config(), monkeypatch)
+    assert kept.retain_on_delete is True
+    assert set(kept.ignore_changes or []) >= {"availabilityZone", "snapshotId", "encrypted", "kmsKeyId"}
+    dropped = volume_opts(aws_config(retainWeights=False), monkeypatch)
+    assert not dropped.retain_on_delete
+    # even then, no config change can replace (and so delete) the weights volume
+    assert "availabilityZone" in (dropped.ignore_changes or [])
+
+
+def test_security_group_rules_exactly_as_configured(default_run: Run) -> None:
+    (sg,) = default_run.of_type("aws:ec2/securityGroup:")
+    rules = sorted(
+        (
+            r["fromPort"],
+            r["toPort"],
+            r["protocol"],
+            tuple(r.get("cidrBlocks") or ()),
+            tuple(r.get("ipv6CidrBlocks") or ()),
+        )
+        for r in sg.inputs["ingress"]
+    )
+    assert rules == [
+        (22, 22, "tcp", ("198.51.100.7/32",), ()),
+        (8443, 8443, "tcp", (), ("2001:db8::/48",)),
+        (8443, 8443, "tcp", ("203.0.113.0/24",), ()),
+    ]
+
+
+def test_no_admin_cidr_means_no_ssh_rule() -> None:
+    run = run_stack(aws_config(adminCidr=None, allowedCidrs=["192.0.2.0/24"]))
+    assert run.error is None, run.error
+    (sg,) = run.of_type("aws:ec2/securityGroup:")
+    assert [(int(r["fromPort"]), r["cidrBlocks"]) for r in sg.inputs["ingress"]] == [(8443, ["192.0.2.0/24"])]
+
+
+def test_node_iam_is_ssm_and_namespaced_metrics_only(default_run: Run) -> None:
+    roles = {r.name: r for r in default_run.of_type("aws:iam/role:")}
+    trust = json.loads(roles["gpu-role"].inputs["assumeRolePolicy"])
+    assert trust["Statement"] == [
+        {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
+    ]
+    (ssm,) = default_run.of_type("aws:iam/rolePolicyAttachment:")
+    assert ssm.inputs["policyArn"] == "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+    policy = json.loads(default_run.named("gpu-metrics").inputs["policy"])
+    assert policy["Statement"] == [
+        {
+            "Sid": "PutCoderigMetrics",
+            "Effect": "Allow",
+            "Action": "cloudwatch:PutMetricData",
+            "Resource": "*",
+            "Condition": {"StringEquals": {"cloudwatch:namespace": "Coderig"}},
+        }
+    ]
+    (profile,) = default_run.of_type("aws:iam/instanceProfile:")
+    assert default_run.of_type("aws:ec2/instance:")[0].inputs["iamInstanceProfile"] == "gpu-profile"
+    assert profile.inputs["role"] == "gpu-role"
+
+
+def test_reaper_iam_is_least_privilege(default_run: Run) -> None:
+    policy = json.loads(default_run.named("idle-reaper-policy").inputs["policy"])
+    by_sid = {s["Sid"]: s for s in policy["Statement"]}
+    assert set(by_sid) == {"ListInstances", "StopStartThisStack", "ReadMetrics", "WriteOwnLog"}
+    assert by_sid["ListInstances"]["Action"] == "ec2:DescribeInstances"
+    stop = by_sid["StopStartThisStack"]
+    assert sorted(stop["Action"]) == ["ec2:StartInstances", "ec2:StopInstances"]
+    assert stop["Condition"] == {"StringEquals": {"aws:ResourceTag/coderig:stack": STACK}}
+    assert stop["Resource"] == "arn:aws:ec2:*:*:instance/*"
+    assert by_sid["ReadMetrics"]["Action"] == "cloudwatch:GetMetricData"
+    assert by_sid["WriteOwnLog"]["Resource"].endswith(":log-group:/aws/lambda/coderig-prod-idle-reaper:*")
+    actions = [a for s in policy["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])]
+    assert not any("*" in a for a in actions)
+    assert all(s["Effect"] == "Allow" for s in policy["Statement"])
+
+
+def test_reaper_lambda_package_env_and_schedule(default_run: Run) -> None:
+    (fn,) = default_run.of_type("aws:lambda/function:")
+    assert fn.inputs["handler"] == "coderig.aws_ops.handler"
+    assert fn.inputs["runtime"] == "python3.12"
+    env = fn.inputs["environment"]["variables"]
+    cfg = aws_ops.ReaperConfig.from_env(env)
+    assert cfg.stack == STACK and cfg.tag_key == "coderig:stack" and cfg.tag_value == STACK
+    assert cfg.stop_after_minutes == 45 and not cfg.dry_run
+    assert cfg.schedule == idle.OfficeHours.from_dict(
+        {"timezone": "Europe/Paris", "days": "mon-fri", "start": "08:00", "end": "19:00"}
+    )
+    assert "gateway_requests" not in cfg.signals  # the gateway has no counter yet: not required
+    (rule,) = default_run.of_type("aws:cloudwatch/eventRule:")
+    assert rule.inputs["scheduleExpression"] == "rate(5 minutes)"
+    (target,) = default_run.of_type("aws:cloudwatch/eventTarget:")
+    assert target.inputs["arn"] == "arn:aws:mock:::idle-reaper-fn"
+    (perm,) = default_run.of_type("aws:lambda/permission:")
+    assert perm.inputs["principal"] == "events.amazonaws.com"
+
+
+def test_lambda_zip_holds_only_the_handler_modules() -> None:
+    files = aws_plan.lambda_files()
+    assert sorted(files) == ["coderig/__init__.py", "coderig/aws_ops.py", "coderig/idle.py"]
+    assert files["coderig/__init__.py"] == ""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for path, text in files.items():
+            z.writestr(path, text)
+    assert buf.tell() < 200_000
+
+
+def test_no_reaper_without_an_idle_policy() -> None:
+    config = aws_config()
+    config["idle"] = {}
+    run = run_stack(config)
+    assert run.error is None, run.error
+    assert not run.of_type("aws:lambda/") and "idleReaper" not in run.outputs
+
+
+def test_tags_on_everything(default_run: Run) -> None:
+    taggable = [r for r in default_run.resources if r.typ.startswith(TAGGABLE_PREFIXES)]
+    assert len(taggable) >= 13
+    for r in taggable:
+        tags = r.inputs.get("tags") or {}
+        assert tags.get("coderig:stack") == STACK, r.name
+        assert tags.get("coderig:environment") == STACK, r.name
+        assert tags.get("coderig:role"), r.name
+    (inst,) = default_run.of_type("aws:ec2/instance:")
+    assert inst.inputs["tags"]["coderig:role"] == "gpu-node"
+    assert inst.inputs["rootBlockDevice"]["tags"]["coderig:stack"] == STACK
+    assert default_run.of_type("aws:ebs/volume:")[0].inputs["tags"]["coderig:role"] == "weights"
+
+
+def test_host_key_is_pinned_from_user_data(default_run: Run) -> None:
+    (inst,) = default_run.of_type("aws:ec2/instance:")
+    assert is_secret(inst.inputs["userDataBase64"])  # it carries the host's private key
+    cloud = gzip.decompress(base64.b64decode(unsecret(inst.inputs["userDataBase64"]))).decode()
+    assert cloud.startswith("#cloud-config\n")
+    doc = yaml.safe_load(cloud)
+    host_key_b64 = base64.b64encode(b"gpu-0-host-key").decode()
+    assert doc["ssh_keys"]["ed25519_public"].split()[1] == host_key_b64
+    assert "OPENSSH PRIVATE KEY" in doc["ssh_keys"]["ed25519_private"]
+    assert doc["ssh_genkeytypes"] == [] and doc["ssh_deletekeys"] is True
+    login_b64 = base64.b64encode(b"login-key").decode()
+    assert doc["ssh_authorized_keys"] == [f"ssh-ed25519 {login_b64}\n"]
+    udev = next(f for f in doc["write_files"] if f["path"].endswith("90-coderig-weights.rules"))
+    assert 'ENV{ID_SERIAL_SHORT}=="vol0123456789abcdef0*", SYMLINK+="coderig-weights"' in udev["content"]
+    unit = next(f for f in doc["write_files"] if f["path"].endswith("coderig-metrics.service"))
+    assert "--stack prod --region us-east-1" in unit["content"]
+    # the node runtime's SSH connection pins exactly that key, from the first connection
+    preflight = default_run.named("node-0-preflight")
+    conn = unsecret(preflight.inputs["connection"])  # secret: it holds the login key
+    assert conn["hostKey"] == f"ssh-ed25519 {host_key_b64}"
+    assert conn["host"] == "198.51.100.10" and conn["user"] == "ubuntu"
+    assert "/dev/coderig-weights" in default_run.named("node-0-volume").inputs["create"]
+
+
+def test_secrets_stay_secret(default_run: Run) -> None:
+    assert {"developerTokens", "sshPrivateKey"} <= default_run.secret_outputs
+    assert default_run.outputs["clientBundle"]["endpoint"]["anthropic_base_url"].startswith(
+        "https://198.51.100.10:8443"
+    )
+    assert "endpoint" not in default_run.secret_outputs
+    public = json.dumps({k: v for k, v in default_run.outputs.items() if k not in default_run.secret_outputs})
+    assert "PRIVATE KEY" not in public
+    for token in default_run.outputs["developerTokens"].values():
+        assert token not in public
+
+
+def test_user_data_fits_ec2_limit() -> None:
+    cloud = aws_plan.cloud_init(
+        host_private_key="-----BEGIN OPENSSH PRIVATE KEY-----\n" + "A" * 600 + "\n-----END OPENSSH PRIVATE KEY-----\n",
+        host_public_key="ssh-ed25519 " + "A" * 68,
+        login_public_key="ssh-ed25519 " + "B" * 68,
+        weights_volume_id="vol-0123456789abcdef0",
+        stack="a-long-stack-name-for-production",
+        region="ap-southeast-2",
+    )
+    raw = gzip.compress(cloud.encode(), mtime=0)
+    assert len(raw) < aws_plan.USER_DATA_LIMIT - 2048  # keep headroom for the code to grow
+    # the minified publisher still runs: compile every shipped module
+    doc = yaml.safe_load(cloud)
+    for f in doc["write_files"]:
+        if f["path"].endswith(".py"):
+            compile(f["content"], f["path"], "exec")
+
+
+def test_count_two_gets_replicas_on_fixed_addresses() -> None:
+    run = run_stack(aws_config(count=2))
+    assert run.error is None, run.error
+    insts = sorted(run.of_type("aws:ec2/instance:"), key=lambda r: r.name)
+    assert [i.inputs["privateIp"] for i in insts] == ["10.77.0.10", "10.77.0.11"]
+    assert len(run.of_type("aws:ebs/volume:")) == 2 and len(run.of_type("aws:ec2/eip:Eip")) == 2
+    (sg,) = run.of_type("aws:ec2/securityGroup:")
+    internal = [r for r in sg.inputs["ingress"] if r.get("self")]
+    assert [(int(r["fromPort"]), int(r["toPort"])) for r in internal] == [(8000, 8000)]
+    assert len({(r.typ, r.name) for r in run.resources}) == len(run.resources)
+
+
+def test_existing_subnet_and_zone_lookup() -> None:
+    run = run_stack(aws_config(vpcId="vpc-0abc", subnetId="subnet-0abc", availabilityZone=None))
+    assert run.error is None, run.error
+    assert not run.of_type("aws:ec2/vpc:")
+    (inst,) = run.of_type("aws:ec2/instance:")
+    assert inst.inputs["subnetId"] == "subnet-0abc" and "privateIp" not in inst.inputs
+    assert run.of_type("aws:ebs/volume:")[0].inputs["availabilityZone"] == "us-east-1f"
+    # no zone, no subnet: the first zone offering the instance type
+    run = run_stack(aws_config(availabilityZone=None))
+    assert run.error is None, run.error
+    assert run.of_type("aws:ebs/volume:")[0].inputs["availabilityZone"] == "us-east-1b"
+
+
+def test_spot_and_capacity_block_options() -> None:
+    run = run_stack(aws_config(spot=True))
+    assert run.error is None, run.error
+    market = run.of_type("aws:ec2/instance:")[0].inputs["instanceMarketOptions"]
+    assert market["marketType"] == "spot"
+    assert market["spotOptions"] == {"instanceInterruptionBehavior": "stop", "spotInstanceType": "persistent"}
+    run = run_stack(aws_config(capacityReservationId="cr-0123456789abcdef0", capacityBlock=True))
+    assert run.error is None, run.error
+    inst = run.of_type("aws:ec2/instance:")[0].inputs
+    assert inst["instanceMarketOptions"] == {"marketType": "capacity-block"}
+    assert inst["capacityReservationSpecification"]["capacityReservationTarget"] == {
+        "capacityReservationId": "cr-0123456789abcdef0"
+    }
+
+
+def test_supplied_login_key_is_used_and_not_exported() -> None:
+    config = aws_config()
+    config["sshPrivateKey"] = "-----BEGIN OPENSSH PRIVATE KEY-----\nsupplied\n-----END OPENSSH PRIVATE KEY-----\n"
+    run = run_stack(config)
+    assert run.error is None, run.error
+    assert "sshPrivateKey" not in run.outputs
+    assert not [r for r in run.resources if r.name == "login-key"]
+    assert [t for t, _ in run.calls if t == "tls:index/getPublicKey:getPublicKey"]
+
+
+@pytest.mark.parametrize("instance_type", ["p5.48xlarge", "g6e.12xlarge"])
+def test_planner_refuses_a_type_too_small_before_any_resource(instance_type: str) -> None:
+    run = run_stack(aws_config(instanceType=instance_type))
+    assert run.error is not None and "do not fit" in str(run.error)
+    assert run.resources == [] and run.calls == []
+
+
+@pytest.mark.parametrize(
+    ("target", "key"),
+    [
+        ({"spot": True, "capacityReservationId": "cr-0123456789abcdef0"}, "coderig:target.spot"),
+        ({"capacityBlock": True}, "coderig:target.capacityBlock"),
+        ({"capacityReservationId": "reservation-1"}, "coderig:target.capacityReservationId"),
+        ({"count": 2, "vpcId": "vpc-1", "subnetId": "subnet-1"}, "coderig:target.count"),
+        ({"vpcId": "vpc-1"}, "coderig:target.subnetId"),
+        ({"allowedCidrs": ["everyone"]}, "coderig:target.allowedCidrs"),
+    ],
+)
+def test_aws_settings_errors_name_the_key(target: dict[str, Any], key: str) -> None:
+    config = aws_config(**target)
+    with pytest.raises(SettingsError) as err:
+        parse_settings(config)
+    assert key in str(err.value)

@@ -1,0 +1,443 @@
+"""Pure tests of the front-door renderers and of `coderig frontdoor run`'s decisions, plus
+`nginx -t` on the rendered gateway (with its keys include, with and without TLS)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from frontdoor_fixtures import require_tool  # noqa: E402
+from standin import plan_reply, split_args  # noqa: E402
+
+from coderig import frontdoor_run  # noqa: E402
+from coderig.cli import build_parser  # noqa: E402
+from coderig.frontdoor import (  # noqa: E402
+    CLAUDE_WILDCARD,
+    GatewaySpec,
+    ModelRoute,
+    is_loopback,
+    litellm_config,
+    parse_listen,
+    render_gateway_conf,
+    render_gateway_keys,
+    render_litellm_config,
+    validate_keys,
+)
+from coderig.versions import FORBIDDEN_LITELLM_VERSIONS, LITELLM_VERSION  # noqa: E402
+
+ROUTE = ModelRoute(
+    served_name="umans-coder-v0",
+    backends=("http://127.0.0.1:8000/v1", "http://127.0.0.1:8001/v1"),
+    max_tokens=32000,
+    temperature=0.6,
+    top_p=0.95,
+    chat_template_kwargs={"thinking": True},
+    aliases=("deepseek-v3.2",),
+)
+KEYS = {"alice": "alice-0123456789abcdefXYZ", "bob": "bob.0123456789+abcdefXYZ"}
+MASTER = "master-0123456789abcdefghijkl"
+
+
+def spec(tmp: Path | None = None, **overrides: object) -> GatewaySpec:
+    base = Path(tmp or "/srv/coderig")
+    values: dict[str, object] = {
+        "listen": "0.0.0.0:8443",
+        "litellm": "127.0.0.1:4000",
+        "model_health_url": "http://127.0.0.1:8000/health",
+        "keys_include": str(base / "keys.conf"),
+        "tls_cert": str(base / "server.pem"),
+        "tls_key": str(base / "server.key"),
+        "pid_path": str(base / "nginx.pid"),
+        "error_log": str(base / "error.log"),
+        "access_log": str(base / "access.log"),
+        "temp_dir": str(base / "tmp"),
+    }
+    values.update(overrides)
+    return GatewaySpec(**values)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- LiteLLM
+
+
+def test_litellm_pin_is_not_a_compromised_release() -> None:
+    assert LITELLM_VERSION not in FORBIDDEN_LITELLM_VERSIONS
+    assert re.fullmatch(r"\d+\.\d+\.\d+", LITELLM_VERSION)
+
+
+def test_litellm_one_deployment_per_name_and_replica() -> None:
+    cfg = litellm_config(ROUTE)
+    pairs = [(d["model_name"], d["litellm_params"]["api_base"]) for d in cfg["model_list"]]
+    names = ["umans-coder-v0", "deepseek-v3.2", CLAUDE_WILDCARD]
+    assert pairs == [(n, b) for n in names for b in ROUTE.backends]
+    ids = [d["model_info"]["id"] for d in cfg["model_list"]]
+    assert len(set(ids)) == len(ids)
+    assert {
+        (d["model_info"]["input_cost_per_token"], d["model_info"]["output_cost_per_token"]) for d in cfg["model_list"]
+    } == {(0.0, 0.0)}
+    for deployment in cfg["model_list"]:
+        params = deployment["litellm_params"]
+        # every name, claude-* included, is sent to the served model on a hosted_vllm backend
+        assert params["model"] == "hosted_vllm/umans-coder-v0"
+        assert params["temperature"] == 0.6 and params["top_p"] == 0.95
+        assert params["max_tokens"] == 32000
+        assert params["extra_body"] == {"chat_template_kwargs": {"thinking": True}}
+        assert params["use_chat_completions_api"] is True
+        assert params["timeout"] >= 1800 and params["stream_timeout"] >= 1800
+
+
+def test_litellm_settings_no_db_master_key_from_env_drop_params() -> None:
+    cfg = yaml.safe_load(render_litellm_config(ROUTE))
+    assert cfg["general_settings"]["master_key"] == "os.environ/LITELLM_MASTER_KEY"
+    assert "database_url" not in cfg["general_settings"]
+    assert cfg["litellm_settings"]["drop_params"] is True
+    assert cfg["litellm_settings"]["request_timeout"] >= 1800
+    assert cfg["router_settings"]["timeout"] >= 1800 and cfg["router_settings"]["stream_timeout"] >= 1800
+
+
+def test_litellm_optional_defaults_are_omitted() -> None:
+    route = ModelRoute("m", ("http://h:1/v1",), max_tokens=10)
+    params = litellm_config(route)["model_list"][0]["litellm_params"]
+    assert "temperature" not in params and "top_p" not in params and "extra_body" not in params
+
+
+@pytest.mark.parametrize(
+    ("route", "message"),
+    [
+        (ModelRoute("m", (), 10), "at least one"),
+        (ModelRoute("m", ("http://h:1",), 10), "ending in /v1"),
+        (ModelRoute("m", ("ftp://h/v1",), 10), "ending in /v1"),
+        (ModelRoute("m", ("http://h:1/v1",), 0), "max_tokens"),
+    ],
+)
+def test_litellm_route_validation(route: ModelRoute, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        litellm_config(route)
+
+
+# ---------------------------------------------------------------- gateway
+
+
+def _locations(conf: str) -> dict[str, str]:
+    """location header -> body, matching braces outside quoted strings."""
+    found = {}
+    for match in re.finditer(r"location ([^{;]+)\{", conf):
+        depth, i, quote = 1, match.end(), ""
+        while depth:
+            ch = conf[i]
+            if quote:
+                quote = "" if ch == quote else quote
+            elif ch in "'\"":
+                quote = ch
+            elif ch == "{":
+                depth += 1
+            elif ch == "}":
+                depth -= 1
+            i += 1
+        found[match.group(1).strip()] = conf[match.end() : i - 1]
+    return found
+
+
+def test_gateway_conf_holds_no_key_material() -> None:
+    conf = render_gateway_conf(spec())
+    for secret in [*KEYS.values(), MASTER]:
+        assert secret not in conf
+    assert "include /srv/coderig/keys.conf;" in conf
+
+
+def test_every_proxying_location_replaces_both_key_headers() -> None:
+    """nginx forgets inherited proxy_set_header lines in a location that sets any: each proxying
+    location must itself drop x-api-key and overwrite Authorization."""
+    locs = _locations(render_gateway_conf(spec(direct_chat_backends=("127.0.0.1:8000",))))
+    proxying = {h: b for h, b in locs.items() if "proxy_pass" in b}
+    assert len(proxying) >= 5
+    for header, body in proxying.items():
+        assert 'proxy_set_header x-api-key "";' in body, header
+        assert "proxy_set_header Authorization " in body, header
+        assert 'proxy_set_header Connection "";' in body, header
+        assert "proxy_set_header X-Coderig-Developer $coderig_developer;" in body, header
+
+
+def test_llm_locations_require_a_developer_and_answer_in_their_shape() -> None:
+    locs = _locations(render_gateway_conf(spec()))
+    messages = locs["/v1/messages"]
+    assert 'if ($coderig_developer = "")' in messages
+    assert '"type": "authentication_error"' in messages
+    assert "proxy_set_header Authorization $coderig_upstream_authorization;" in messages
+    openai = locs["~ ^/v1/(chat/completions|completions|responses|models)(/|$)"]
+    assert '"code": "invalid_api_key"' in openai
+    assert "limit_req zone=coderig_per_developer" in openai and "limit_req zone=coderig_per_developer" in messages
+    assert "return 404" in locs["/"]  # LiteLLM's admin/UI routes are not exposed
+
+
+def test_gateway_streaming_sizes_timeouts_keepalive() -> None:
+    conf = render_gateway_conf(spec())
+    for line in (
+        "proxy_buffering off;",
+        "proxy_request_buffering off;",
+        "client_max_body_size 32m;",
+        "proxy_http_version 1.1;",
+        "keepalive 128;",
+        "gzip off;",
+        "listen 0.0.0.0:8443 ssl;",
+    ):
+        assert line in conf
+    health_probe = _locations(conf)["= /_coderig_model_health"]  # the one short timeout, on purpose
+    request_path = conf.replace(health_probe, "")
+    for directive in ("proxy_read_timeout", "proxy_send_timeout", "client_body_timeout", "send_timeout"):
+        values = [int(v) for v in re.findall(rf"^\s*{directive} (\d+)s;", request_path, re.M)]
+        assert values and min(values) >= 1800, directive
+    assert "limit_req_zone $coderig_developer zone=coderig_per_developer" in conf
+
+
+def test_probes_and_healthz() -> None:
+    locs = _locations(render_gateway_conf(spec()))
+    assert "return 200" in locs["= /api/hello"] and "proxy_pass" not in locs["= /api/hello"]
+    assert "return 200" in locs["= /api/event_logging/batch"]
+    healthz = locs["= /healthz"]
+    assert "auth_request /_coderig_model_health;" in healthz and "if ($coderig_developer" not in healthz
+    assert "proxy_pass http://127.0.0.1:8000/health;" in locs["= /_coderig_model_health"]
+
+
+def test_access_log_is_json_and_never_logs_a_key() -> None:
+    conf = render_gateway_conf(spec())
+    fmt = next(line for line in conf.splitlines() if "log_format coderig_json" in line)
+    assert "escape=json" in fmt
+    for field in (
+        '"developer":"$coderig_developer"',
+        '"status":"$status"',
+        '"duration_s":"$request_time"',
+        '"bytes_sent":"$bytes_sent"',
+    ):
+        assert field in fmt
+    for leaky in ("$http_authorization", "$http_x_api_key", "$request_uri", "$args", "$request "):
+        assert leaky not in fmt
+    assert "access_log /srv/coderig/access.log coderig_json;" in conf
+
+
+def test_direct_chat_routes_openai_native_chat_straight_to_the_model() -> None:
+    plain = _locations(render_gateway_conf(spec()))
+    assert "= /v1/chat/completions" not in plain
+    direct = _locations(render_gateway_conf(spec(direct_chat_backends=("127.0.0.1:8000", "127.0.0.1:8001"))))
+    body = direct["= /v1/chat/completions"]
+    assert "proxy_pass http://coderig_model;" in body
+    assert 'proxy_set_header Authorization "";' in body  # the master key never reaches the model server
+    conf = render_gateway_conf(spec(direct_chat_backends=("127.0.0.1:8000", "127.0.0.1:8001")))
+    assert "server 127.0.0.1:8000 max_fails=0;" in conf and "server 127.0.0.1:8001 max_fails=0;" in conf
+
+
+def test_plain_http_and_paths_are_parameters() -> None:
+    conf = render_gateway_conf(
+        spec(tls_cert=None, tls_key=None, listen="[::1]:9000", user="nginx", daemon=True, temp_dir=None)
+    )
+    assert "listen [::1]:9000;" in conf and "ssl_certificate" not in conf
+    assert conf.startswith("user nginx;") and "daemon off;" not in conf and "_temp_path" not in conf
+    with pytest.raises(ValueError, match="together"):
+        render_gateway_conf(spec(tls_key=None))
+
+
+def test_keys_include_maps_both_headers_case_sensitively() -> None:
+    text = render_gateway_keys(KEYS, MASTER)
+    assert '"~^(?i:bearer) +alice-0123456789abcdefXYZ$" "alice";' in text
+    assert r'"~^bob\.0123456789\+abcdefXYZ$" "bob";' in text  # regex metacharacters escaped
+    assert f'default "Bearer {MASTER}";' in text
+    # removing a developer removes exactly their lines
+    without_bob = render_gateway_keys({"alice": KEYS["alice"]}, MASTER)
+    assert "bob" not in without_bob and without_bob.count('"alice"') == 2
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"alice": "short"}, "16-512"),
+        ({"alice": 'quote"0123456789abcdef'}, "16-512"),
+        ({"alice": "space 0123456789abcdef"}, "16-512"),
+        ({"alice": "dollar$0123456789abcdef"}, "16-512"),
+        ({"bad name": "0123456789abcdef0123"}, "developer name"),
+        ({"a": "0123456789abcdef0123", "b": "0123456789abcdef0123"}, "share a key"),
+    ],
+)
+def test_keys_validation(keys: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        validate_keys(keys)
+
+
+def test_nginx_accepts_the_rendered_config_with_tls_and_keys(tmp_path: Path) -> None:
+    nginx = require_tool("nginx")
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "keys.conf").write_text(render_gateway_keys(KEYS, MASTER))
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(tmp_path / "server.key"),
+            "-out",
+            str(tmp_path / "server.pem"),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    for variant in (
+        spec(tmp_path, listen="127.0.0.1:18443"),
+        spec(tmp_path, listen="127.0.0.1:18080", tls_cert=None, tls_key=None, direct_chat_backends=("127.0.0.1:8000",)),
+    ):
+        conf = tmp_path / "nginx.conf"
+        conf.write_text(render_gateway_conf(variant))
+        result = subprocess.run(
+            [nginx, "-t", "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log")],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stderr
+
+
+def test_nginx_rejects_the_config_without_its_keys_include(tmp_path: Path) -> None:
+    nginx = require_tool("nginx")
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(render_gateway_conf(spec(tmp_path, tls_cert=None, tls_key=None)))
+    result = subprocess.run(
+        [nginx, "-t", "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+
+
+# ---------------------------------------------------------------- frontdoor run decisions
+
+
+def test_parse_listen_and_loopback() -> None:
+    assert parse_listen("127.0.0.1:8443") == ("127.0.0.1", 8443)
+    assert parse_listen("[::1]:443") == ("::1", 443)
+    for bad in ("8443", "host:", "host:99999", "::1:443"):
+        with pytest.raises(ValueError):
+            parse_listen(bad)
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.5")
+
+
+def test_plain_http_only_on_loopback() -> None:
+    assert frontdoor_run.listen_error("127.0.0.1:8080", plain_http=True) is None
+    assert frontdoor_run.listen_error("0.0.0.0:8443", plain_http=False) is None
+    err = frontdoor_run.listen_error("0.0.0.0:8080", plain_http=True)
+    assert err and "loopback" in err
+    assert frontdoor_run.listen_error("nonsense", plain_http=False)
+
+
+def test_run_helpers() -> None:
+    assert frontdoor_run.health_url("http://127.0.0.1:8000/v1", "/health") == "http://127.0.0.1:8000/health"
+    assert frontdoor_run.health_url("http://h:1/v1/", "healthz") == "http://h:1/healthz"
+    assert frontdoor_run.upstream_hostport("http://127.0.0.1:8000/v1") == "127.0.0.1:8000"
+    assert frontdoor_run.upstream_hostport("http://model/v1") == "model:80"
+    dns, ips = frontdoor_run.tls_names("10.0.0.5", ["gpu1.example.internal"])
+    assert "10.0.0.5" in ips and "127.0.0.1" in ips and "gpu1.example.internal" in dns
+    env = frontdoor_run.litellm_env("mk", {"PATH": "/bin"})
+    assert env["LITELLM_MASTER_KEY"] == "mk" and env["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"
+    cmd = frontdoor_run.litellm_command("/x/litellm", Path("/c.yaml"), 4000, 2)
+    assert cmd[-4:] == ["--num_workers", "2", "--timeout_worker_healthcheck", "300"] and "127.0.0.1" in cmd
+    assert "--timeout_worker_healthcheck" not in frontdoor_run.litellm_command("l", Path("c"), 1, 1)
+
+
+def test_keys_file_errors_name_the_file() -> None:
+    assert frontdoor_run.parse_keys(json.dumps(KEYS), "k.json") == KEYS
+    for text in ("[]", "{", '{"alice": 1}', '{"alice": "short"}'):
+        with pytest.raises(ValueError, match="k.json|16-512"):
+            frontdoor_run.parse_keys(text, "k.json")
+
+
+def test_cli_registers_frontdoor_run() -> None:
+    args = build_parser().parse_args(
+        [
+            "frontdoor",
+            "run",
+            "--backend",
+            "http://127.0.0.1:8000/v1",
+            "--model",
+            "m",
+            "--listen",
+            "127.0.0.1:8443",
+            "--keys-file",
+            "k.json",
+            "--plain-http",
+        ]
+    )
+    assert args.func is not None and args.plain_http and args.backend == ["http://127.0.0.1:8000/v1"]
+    assert args.timeout >= 1800
+
+
+# ---------------------------------------------------------------- the stand-in's script
+
+
+def test_standin_answers_a_create_request_with_a_write_call_then_text() -> None:
+    tools = [{"type": "function", "function": {"name": n}} for n in ("Bash", "Write")]
+    body = {
+        "messages": [
+            {"role": "system", "content": "Primary working directory: /w"},
+            {"role": "user", "content": "Create a file notes.txt containing hi there"},
+            {"role": "user", "content": "<system-reminder>env</system-reminder>"},
+        ],
+        "tools": tools,
+    }
+    plan = plan_reply(body, 16)
+    assert plan.tool_name == "Write" and plan.tool_args == {"file_path": "/w/notes.txt", "content": "hi there\n"}
+    body["messages"] += [{"role": "assistant", "content": None}, {"role": "tool", "content": "ok"}]
+    assert plan_reply(body, 16).text == "Done."
+
+
+def test_standin_shell_tool_and_directives() -> None:
+    body = {
+        "messages": [{"role": "user", "content": "create a file /t/a.txt containing x"}],
+        "tools": [{"type": "function", "function": {"name": "exec_command"}}],
+    }
+    plan = plan_reply(body, 16)
+    assert plan.tool_name == "exec_command" and "/t/a.txt" in plan.tool_args["cmd"]
+    knobs = plan_reply({"messages": [{"role": "user", "content": "[standin tokens=5 first_delay=2]"}]}, 16)
+    assert knobs.tokens == 5 and knobs.first_delay == 2
+    assert plan_reply({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}, 16).tokens == 3
+    args = json.dumps({"file_path": "/a", "content": "b" * 40})
+    assert len(split_args(args)) > 3 and "".join(split_args(args)) == args
+
+
+def test_model_gate_is_optional_and_answers_503_with_retry_after() -> None:
+    assert "auth_request /_coderig_model_health;" not in _locations(render_gateway_conf(spec()))["/v1/messages"]
+    conf = render_gateway_conf(spec(model_gate_retry_after_s=15, direct_chat_backends=("127.0.0.1:8000",)))
+    locs = _locations(conf)
+    openai = "~ ^/v1/(chat/completions|completions|responses|models)(/|$)"
+    for header in ("/v1/messages", "= /v1/chat/completions", openai):
+        body = locs[header]
+        # the key check (rewrite phase) still comes first: no key is a 401 even with the model down
+        assert body.index('if ($coderig_developer = "")') < body.index("auth_request /_coderig_model_health;")
+    assert "add_header Retry-After 15 always;" in locs["@coderig_gate_anthropic"]
+    assert '"overloaded_error"' in locs["@coderig_gate_anthropic"]
+    assert '"upstream_unavailable"' in locs["@coderig_gate_openai"]
+
+
+def test_litellm_venv_requirements_are_pinned() -> None:
+    reqs = frontdoor_run.litellm_requirements(LITELLM_VERSION)
+    assert reqs[0] == f"litellm[proxy]=={LITELLM_VERSION}"
+    assert all("==" in r for r in reqs)
+
+
+def test_secret_files_are_written_0600(tmp_path: Path) -> None:
+    target = tmp_path / "gateway-keys.conf"
+    target.write_text("old")
+    target.chmod(0o644)
+    frontdoor_run.write_secret(target, render_gateway_keys(KEYS, MASTER))
+    assert target.stat().st_mode & 0o777 == 0o600 and MASTER in target.read_text()

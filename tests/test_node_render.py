@@ -1,0 +1,353 @@
+"""The node bundle renderer: compose files valid against the Compose Specification's JSON schema,
+host networking with only the gateway public, pinned images, secrets only in 0600 env files, and the
+deploy command strings run for real against a stand-in `docker`.
+
+The schema is the compose-spec JSON schema (github.com/compose-spec/compose-spec, schema/compose-spec.json)
+as vendored by the check-jsonschema package (a dev dependency), so no copy is kept here.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.resources
+import io
+import json
+import math
+import os
+import stat
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from conftest import HOST_KEY, ssh_config
+
+from coderig import engine, node, render, versions
+from coderig.settings import StackSettings, parse_settings
+
+
+def compose_schema() -> dict[str, Any]:
+    ref = importlib.resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
+    return json.loads(ref.read_text())
+
+
+def settings_ssh(hosts: int = 1) -> StackSettings:
+    c = ssh_config()
+    c["sshPrivateKey"] = "present"
+    for i in range(1, hosts):
+        c["target"]["hosts"].append({"address": f"10.0.0.{10 + i}", "user": "ubuntu", "hostKey": HOST_KEY})
+    return parse_settings(c)
+
+
+def settings_local() -> StackSettings:
+    return parse_settings({"target": {"kind": "local"}, "model": {"preset": "qwen3-1.7b-cpu"}, "developers": ["dev"]})
+
+
+def settings_external() -> StackSettings:
+    return parse_settings(
+        {
+            "target": {"kind": "external", "endpoint": "https://kserve.internal/v1"},
+            "model": {"preset": "glm-4.7"},
+            "developers": ["dev"],
+        }
+    )
+
+
+def settings_aws() -> StackSettings:
+    return parse_settings(
+        {
+            "target": {"kind": "aws", "instanceType": "p5en.48xlarge", "count": 2},
+            "model": {"preset": "deepseek-v3.2"},
+            "developers": ["dev"],
+        }
+    )
+
+
+ALL = {
+    "aws-2": settings_aws,
+    "ssh-1": lambda: settings_ssh(1),
+    "ssh-3": lambda: settings_ssh(3),
+    "local": settings_local,
+    "external": settings_external,
+}
+
+
+@pytest.mark.parametrize("kind", list(ALL))
+def test_compose_is_valid_against_the_compose_spec_schema(kind: str) -> None:
+    settings = ALL[kind]()
+    schema = compose_schema()
+    for spec in node.node_specs(settings):
+        doc = yaml.safe_load(node.compose_text(settings, spec))
+        jsonschema.validate(doc, schema, cls=jsonschema.Draft202012Validator)
+        assert doc == node.compose_dict(settings, spec)
+
+
+def test_schema_catches_a_broken_compose_file() -> None:
+    """Guard: the schema really checks what we rely on."""
+    doc = node.compose_dict(settings_ssh(), node.node_specs(settings_ssh())[0])
+    doc["services"]["model"]["healthcheck"]["retires"] = 5  # misspelt key
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, compose_schema(), cls=jsonschema.Draft202012Validator)
+
+
+@pytest.mark.parametrize("kind", list(ALL))
+def test_only_the_gateway_is_public(kind: str) -> None:
+    settings = ALL[kind]()
+    specs = node.node_specs(settings)
+    for i, spec in enumerate(specs):
+        services = node.compose_dict(settings, spec)["services"]
+        for name, svc in services.items():
+            assert svc["network_mode"] == "host", name
+            assert "ports" not in svc, name
+        if "litellm" in services:
+            cmd = services["litellm"]["command"]
+            assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+            conf = node.node_files(settings, spec)[node.GATEWAY_CONF].content
+            assert f"listen 0.0.0.0:{settings.gateway.port} ssl" in conf or f"0.0.0.0:{settings.gateway.port}" in conf
+        if "model" in services:
+            cmd = services["model"]["command"]
+            bind = cmd[cmd.index("--host") + 1]
+            assert bind == ("127.0.0.1" if i == 0 else spec.model_bind)
+
+
+def test_images_are_pinned_from_versions() -> None:
+    pinned = {
+        versions.VLLM_IMAGE,
+        versions.LLAMACPP_IMAGE,
+        versions.LITELLM_IMAGE,
+        versions.NGINX_IMAGE,
+        versions.HF_DOWNLOADER_IMAGE,
+    }
+    for kind in ALL:
+        settings = ALL[kind]()
+        for spec in node.node_specs(settings):
+            for svc in node.compose_dict(settings, spec)["services"].values():
+                assert svc["image"] in pinned
+                tag = svc["image"].rsplit(":", 1)[1]
+                assert tag not in ("latest", "stable", "main", "server") and any(ch.isdigit() for ch in tag)
+    assert versions.LITELLM_VERSION not in versions.FORBIDDEN_LITELLM_VERSIONS
+
+
+def test_vllm_service_gpus_ipc_cache_health() -> None:
+    settings = settings_ssh()
+    spec = node.node_specs(settings)[0]
+    svc = node.compose_dict(settings, spec)["services"]
+    model = svc["model"]
+    assert model["image"] == versions.VLLM_IMAGE and model["ipc"] == "host"
+    assert model["deploy"]["resources"]["reservations"]["devices"] == [
+        {"driver": "nvidia", "count": 8, "capabilities": ["gpu"]}
+    ]
+    assert model["environment"]["HF_HOME"] == engine.HF_HOME and model["environment"]["HF_HUB_OFFLINE"] == "1"
+    assert model["environment"]["VLLM_CACHE_ROOT"].startswith("/cache/")  # compile cache on the volume
+    assert f"{settings.target.cachePath}:/cache" in model["volumes"]  # type: ignore[union-attr]
+    assert model["command"] == engine.vllm_args(settings.model, 8)
+    assert "--tool-call-parser" in model["command"]
+    assert model["depends_on"] == {"weights": {"condition": "service_completed_successfully"}}
+    start = int(model["healthcheck"]["start_period"].rstrip("s"))
+    assert start == math.ceil(settings.model.spec.weight_bytes / node.LOAD_BYTES_PER_S) + node.WARMUP_S
+    assert "/health" in " ".join(model["healthcheck"]["test"])
+    assert model["restart"] == "unless-stopped"
+    w = svc["weights"]
+    assert w["restart"] == "no" and w["environment"]["CODERIG_REPO"] == settings.model.spec.hf_repo
+    assert "./scripts/fetch_weights.py:/coderig/fetch_weights.py:ro" in w["volumes"]
+    assert {s["restart"] for n, s in svc.items() if n != "weights"} == {"unless-stopped"}
+
+
+def test_llamacpp_dev_preset() -> None:
+    settings = settings_local()
+    spec = node.node_specs(settings)[0]
+    svc = node.compose_dict(settings, spec)["services"]
+    model = svc["model"]
+    assert model["image"] == versions.LLAMACPP_IMAGE and "deploy" not in model and "ipc" not in model
+    gguf = engine.gguf_path(settings.model.spec, node.CACHE_MOUNT)
+    assert model["command"][model["command"].index("--model") + 1] == gguf
+    assert svc["weights"]["environment"]["CODERIG_LINK_TO"] == gguf
+    assert svc["weights"]["environment"]["CODERIG_ALLOW_PATTERNS"] == settings.model.spec.gguf_file
+    assert spec.cache_path == os.path.expanduser("~/.cache/coderig")
+
+
+def test_secrets_only_in_0600_env_files() -> None:
+    settings = settings_ssh(2)
+    secrets = node.NodeSecrets(
+        model_api_key="model-key-0123456789abcdef",
+        litellm_master_key="sk-master-0123456789abcdef",
+        developer_keys={"alice": "crk-alice-0123456789abcdef"},
+        hf_token="hf_secret_token",
+        tls_cert="CERT",
+        tls_key="KEY",
+    )
+    for spec in node.node_specs(settings):
+        public = node.node_files(settings, spec)
+        private = node.node_secret_files(spec, secrets)
+        text = "".join(f.content for f in public.values())
+        for value in ("model-key-0123", "sk-master-0123", "crk-alice", "hf_secret_token"):
+            assert value not in text
+        for path, f in private.items():
+            assert f.mode == (0o644 if path.endswith(".crt") else 0o600), path
+        compose = node.compose_dict(settings, spec)
+        referenced = {e for s in compose["services"].values() for e in s.get("env_file", [])}
+        assert referenced <= set(private)
+    gateway = node.compose_dict(settings, node.node_specs(settings)[0])["services"]["gateway"]
+    assert not any(v.startswith("./secrets:") or ".env" in v for v in gateway["volumes"])  # least privilege
+    env = node.node_secret_files(node.node_specs(settings)[0], secrets)["secrets/weights.env"].content
+    assert env == "HF_TOKEN=hf_secret_token\n"
+    with pytest.raises(ValueError, match="newline"):
+        node.node_secret_files(
+            node.node_specs(settings)[0], node.NodeSecrets(model_api_key="a\nb", litellm_master_key="x" * 20)
+        )
+
+
+def test_render_contributor_writes_every_node() -> None:
+    files = node.render_node_files(settings_ssh(2), "prod")
+    assert "node/0-full/compose.yaml" in files and "node/1-replica/compose.yaml" in files
+    assert "node/0-full/litellm/config.yaml" in files and "node/0-full/gateway/nginx.conf" in files
+    for script in node.SCRIPT_NAMES:
+        assert f"node/0-full/scripts/{script}" in files
+    assert not any("/secrets/" in p for p in files)
+    assert set(node.render_node_files(settings_local(), "dev")) >= {"node/compose.yaml", "node/scripts/volume.sh"}
+
+
+def test_coderig_render_writes_the_node_bundle(tmp_path: Path) -> None:
+    names = [getattr(c, "__name__", "") for c in render.CONTRIBUTORS]
+    assert any("node" in n for n in names), f"node bundle not registered in render.CONTRIBUTORS: {names}"
+    bundle = render.render_stack(settings_ssh(2), "prod")
+    assert "node/0-full/compose.yaml" in bundle
+
+
+def test_archive_is_deterministic_and_keeps_modes() -> None:
+    settings = settings_ssh()
+    spec = node.node_specs(settings)[0]
+    secrets = node.NodeSecrets(
+        model_api_key="m" * 20,
+        litellm_master_key="sk-" + "x" * 20,
+        developer_keys={"a": "crk-" + "a" * 20},
+        tls_cert="C",
+        tls_key="K",
+    )
+    files = node.with_hash_file(node.node_files(settings, spec) | node.node_secret_files(spec, secrets))
+    a, b = node.bundle_archive(files), node.bundle_archive(dict(reversed(list(files.items()))))
+    assert a == b
+    with tarfile.open(fileobj=io.BytesIO(base64.b64decode(a))) as tar:
+        modes = {m.name: m.mode for m in tar.getmembers()}
+    assert modes["secrets/litellm.env"] == 0o600 and modes["scripts/preflight.sh"] == 0o755
+
+
+def test_hashes_split_model_and_front_door() -> None:
+    settings = settings_ssh()
+    spec = node.node_specs(settings)[0]
+    s1 = node.NodeSecrets(
+        model_api_key="m" * 20,
+        litellm_master_key="sk-" + "x" * 20,
+        developer_keys={"a": "crk-" + "a" * 20},
+        tls_cert="C",
+        tls_key="K",
+    )
+    s2 = node.NodeSecrets(
+        model_api_key="m" * 20,
+        litellm_master_key="sk-" + "x" * 20,
+        developer_keys={"a": "crk-" + "a" * 20, "b": "crk-" + "b" * 20},
+        tls_cert="C",
+        tls_key="K",
+    )
+    h1 = node.service_hashes(settings, spec, node.node_secret_files(spec, s1))
+    h2 = node.service_hashes(settings, spec, node.node_secret_files(spec, s2))
+    assert h1["model"] == h2["model"] and h1["frontdoor"] != h2["frontdoor"]
+
+
+# ---------------------------------------------------------------- the command strings, run for real
+
+
+def fake_docker(tmp_path: Path) -> dict[str, str]:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    exe = bindir / "docker"
+    exe.write_text(f'#!/usr/bin/env bash\necho "docker $*" >> {tmp_path}/docker.calls\nexit "${{FAKE_RC:-0}}"\n')
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    return {"PATH": f"{bindir}:{os.environ['PATH']}"}
+
+
+def sh(cmd: str, env: dict[str, str] | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-c", cmd], env={**os.environ, **(env or {})}, input=stdin, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the command strings are built for root here (no sudo)")
+def test_copy_then_up_then_guarded_delete(tmp_path: Path) -> None:
+    settings = settings_ssh()
+    spec = node.node_specs(settings)[0]
+    d = tmp_path / "bundle"
+    secrets = node.NodeSecrets(
+        model_api_key="m" * 20,
+        litellm_master_key="sk-" + "x" * 20,
+        developer_keys={"a": "crk-" + "a" * 20},
+        tls_cert="C",
+        tls_key="K",
+    )
+    files = node.node_files(settings, spec) | node.node_secret_files(spec, secrets)
+    old_hash = node.bundle_hash(files)
+    d.mkdir()
+    (d / "scripts").mkdir()
+    (d / "scripts" / "stale.sh").write_text("old")
+    result = sh(node.copy_command(str(d), "root"), stdin=node.bundle_archive(node.with_hash_file(files)))
+    assert result.returncode == 0, result.stderr
+    assert not (d / "scripts" / "stale.sh").exists()
+    assert stat.S_IMODE((d / "secrets" / "litellm.env").stat().st_mode) == 0o600
+    assert stat.S_IMODE((d / "secrets").stat().st_mode) == 0o700
+    assert (d / "compose.yaml").read_text() == files["compose.yaml"].content
+    assert not list(d.glob(".incoming*"))
+
+    env = fake_docker(tmp_path)
+    up = sh(node.up_command(str(d), "root"), env)
+    assert up.returncode == 0, up.stderr
+    for _ in range(100):
+        if "compose-up-exit=" in (d / "up.log").read_text():
+            break
+        import time
+
+        time.sleep(0.05)
+    assert "compose-up-exit=0" in (d / "up.log").read_text()
+    calls = (tmp_path / "docker.calls").read_text()
+    assert f"docker compose --project-directory {d} -p coderig up -d --remove-orphans" in calls
+
+    # a newer bundle replaced this one: the old resource's delete must leave its secrets alone
+    newer = files | {"compose.yaml": render.RenderedFile("# newer\n")}
+    assert sh(node.copy_command(str(d), "root"), stdin=node.bundle_archive(node.with_hash_file(newer))).returncode == 0
+    out = sh(node.remove_secrets_command(old_hash, str(d), "root"))
+    assert "newer bundle" in out.stdout and (d / "secrets" / "litellm.env").exists()
+    out = sh(node.remove_secrets_command(node.bundle_hash(newer), str(d), "root"))
+    assert "removed secrets" in out.stdout and not (d / "secrets").exists()
+
+    down = sh(node.down_command(str(d), "root"), env)
+    assert down.returncode == 0
+    assert (
+        f"docker compose --project-directory {d} -p coderig down --remove-orphans"
+        in (tmp_path / "docker.calls").read_text()
+    )
+
+
+def test_non_root_user_commands_use_sudo() -> None:
+    settings = settings_ssh()
+    spec = node.node_specs(settings)[0]
+    host = settings.target.hosts[0]  # type: ignore[union-attr]
+    assert node.preflight_command(settings, spec, host).startswith("sudo -n env ")
+    assert node.volume_command(spec, "/dev/sdb", "ubuntu").startswith("sudo -n env ")
+    assert node.up_command("/opt/coderig", "ubuntu").startswith("sudo -n bash -c ")
+    assert node.copy_command("/opt/coderig", "root").startswith("bash -c ")
+
+
+def test_known_hosts_line() -> None:
+    assert node.known_hosts_line("h", 22, HOST_KEY + " comment") == f"h {HOST_KEY}\n"
+    assert node.known_hosts_line("10.1.2.3", 2222, HOST_KEY).startswith("[10.1.2.3]:2222 ssh-ed25519 ")
+    with pytest.raises(ValueError):
+        node.parse_host_key("not-a-key")
+
+
+def test_aws_replicas_use_the_fixed_private_addresses_of_the_stack_subnet():
+    first, replica = node.node_specs(settings_aws())
+    assert first.backends == ("http://127.0.0.1:8000/v1", "http://10.77.0.11:8000/v1")
+    assert replica.role == "replica" and replica.model_bind == "10.77.0.11"
+    assert first.cache_path == replica.cache_path == node.AWS_CACHE_PATH

@@ -1,0 +1,288 @@
+"""The node resource graph under Pulumi mocks, per target: step order, triggers, delete-before-replace
+where a delete is destructive, secrets kept secret, logging off where secrets flow."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi.runtime.mocks as mocks
+import pytest
+from conftest import HOST_KEY, ProgramRun, run_program, ssh_config
+
+SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
+SIG_KEY = "4dabf18193072939515e22adb298388d"
+OTHER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBX4Cb1bVdp0Zq1kG0Bmb3x4d0Vv3fW2bQ2Yc7cQvN1a"
+
+
+@dataclass
+class Request:
+    name: str
+    typ: str
+    parent: str
+    dependencies: list[str]
+    delete_before_replace: bool
+    additional_secret_outputs: list[str]
+    custom_timeouts: Any
+
+
+@dataclass
+class Graph:
+    requests: dict[str, Request] = field(default_factory=dict)
+
+    def deps(self, name: str) -> set[str]:
+        return {urn.rsplit("::", 1)[-1] for urn in self.requests[name].dependencies}
+
+
+@pytest.fixture
+def graph(monkeypatch: pytest.MonkeyPatch) -> Iterator[Graph]:
+    """Records what the mock monitor is asked (dependencies, options), which Mocks do not see."""
+    g = Graph()
+    original = mocks.MockMonitor.RegisterResource
+
+    def spy(self, request):
+        g.requests[request.name] = Request(
+            request.name,
+            request.type,
+            request.parent,
+            list(request.dependencies),
+            request.deleteBeforeReplace,
+            list(request.additionalSecretOutputs),
+            request.customTimeouts,
+        )
+        return original(self, request)
+
+    monkeypatch.setattr(mocks.MockMonitor, "RegisterResource", spy)
+    yield g
+
+
+def is_secret(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(SIG_KEY) == SECRET_SIG
+
+
+def unwrap(value: Any) -> Any:
+    return value["value"] if is_secret(value) else value
+
+
+def two_host_config() -> dict[str, Any]:
+    c = ssh_config()
+    c["sshPrivateKey"] = "-----BEGIN OPENSSH PRIVATE KEY-----\nfake\n-----END OPENSSH PRIVATE KEY-----"
+    c["target"]["hosts"][0]["cacheDevice"] = "/dev/nvme1n1"
+    c["target"]["hosts"].append({"address": "10.0.0.6", "user": "root", "hostKey": OTHER_KEY})
+    return c
+
+
+def ok(run: ProgramRun) -> ProgramRun:
+    assert run.error is None, repr(run.error)
+    return run
+
+
+STEPS = ["preflight", "install", "volume", "bundle", "up", "frontdoor", "ready"]
+
+
+def test_ssh_steps_run_in_order_on_every_host(graph: Graph) -> None:
+    run = ok(run_program(two_host_config()))
+    names = {r.name for r in run.resources}
+    assert {f"node-0-{s}" for s in STEPS} <= names
+    assert {f"node-1-{s}" for s in STEPS if s != "frontdoor"} <= names
+    assert "node-1-frontdoor" not in names  # replicas run no LiteLLM/gateway
+    for i in (0, 1):
+        n = f"node-{i}"
+        assert graph.deps(f"{n}-install") == {f"{n}-preflight"}
+        assert graph.deps(f"{n}-volume") == {f"{n}-install"}
+        assert f"{n}-volume" in graph.deps(f"{n}-bundle")
+        assert f"{n}-bundle" in graph.deps(f"{n}-up")
+        assert f"{n}-up" in graph.deps(f"{n}-ready")
+        for step in STEPS:
+            if f"{n}-{step}" in graph.requests:
+                assert graph.requests[f"{n}-{step}"].parent.endswith(f"coderig:node:NodeStack::{n}")
+    assert "node-0-up" in graph.deps("node-0-frontdoor")
+    assert {"node-0-up", "node-0-frontdoor"} <= graph.deps("node-0-ready")
+    # all command resources ssh to the right host with the pinned key
+    for r in run.of_type("command:remote:Command"):
+        conn = unwrap(r.inputs["connection"])
+        assert is_secret(r.inputs["connection"])
+        expected = ("gpu1.internal", HOST_KEY) if r.name.startswith("node-0") else ("10.0.0.6", OTHER_KEY)
+        assert (conn["host"], conn["hostKey"]) == expected
+
+
+def test_destructive_deletes_are_delete_before_replace_and_weights_are_kept(graph: Graph) -> None:
+    run = ok(run_program(two_host_config()))
+    up = run.named("node-0-up")
+    assert "docker compose" in up.inputs["delete"] and " down " in up.inputs["delete"]
+    assert graph.requests["node-0-up"].delete_before_replace is True
+    # the bundle's delete is guarded by its hash: a replacement (create first) keeps the new secrets
+    bundle = run.named("node-0-bundle")
+    delete = unwrap(bundle.inputs["delete"])
+    assert ".bundle-hash" in delete and "rm -rf /opt/coderig/secrets" in delete
+    assert graph.requests["node-0-bundle"].delete_before_replace is False
+    # nothing ever deletes the weights: no step's delete touches the cache or formats anything
+    for r in run.of_type("command:remote:Command"):
+        d = str(unwrap(r.inputs.get("delete", "")))
+        assert "/var/lib/coderig" not in d and "mkfs" not in d and "volumes" not in d and "-v" not in d.split()
+    assert "delete" not in run.named("node-0-volume").inputs
+    assert "mkfs" in run.named("node-0-volume").inputs["create"]  # the script, guarded by blkid
+    assert "CODERIG_CACHE_DEVICE=/dev/nvme1n1" in run.named("node-0-volume").inputs["create"]
+
+
+def test_secrets_flow_only_through_the_bundle_step_with_logging_off(graph: Graph) -> None:
+    run = ok(run_program(two_host_config()))
+    bundle = run.named("node-0-bundle")
+    assert bundle.inputs["logging"] == "none"
+    assert is_secret(bundle.inputs["stdin"]) and is_secret(bundle.inputs["triggers"])
+    assert set(graph.requests["node-0-bundle"].additional_secret_outputs) >= {"stdout", "stderr", "stdin"}
+    # the archive: modes kept, secrets 0600, real key material inside
+    raw = base64.b64decode(unwrap(bundle.inputs["stdin"]))
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        keys = tar.extractfile("secrets/gateway-keys.conf").read().decode()  # type: ignore[union-attr]
+        compose = tar.extractfile("compose.yaml").read().decode()  # type: ignore[union-attr]
+    for name in (
+        "secrets/gateway-keys.conf",
+        "secrets/litellm.env",
+        "secrets/model.env",
+        "secrets/server.key",
+        "secrets/weights.env",
+    ):
+        assert members[name].mode == 0o600, name
+    assert members["secrets"].mode == 0o700
+    assert members["compose.yaml"].mode == 0o644 and ".bundle-hash" in members
+    assert '"alice";' in keys and '"bob";' in keys
+    assert "crk-" in keys and "crk-" not in compose and "sk-" not in compose
+    # every other step carries no secret and logs normally
+    secret_values = {unwrap(bundle.inputs["stdin"])}
+    for r in run.of_type("command:remote:Command"):
+        if r.name.endswith("-bundle"):
+            continue
+        assert r.inputs["logging"] == "stdoutAndStderr", r.name
+        for key in ("create", "delete"):
+            value = r.inputs.get(key, "")
+            assert not is_secret(value), (r.name, key)
+            assert "crk-" not in str(value) and "sk-pw" not in str(value)
+        assert not (secret_values & {str(v) for v in r.inputs.values()})
+    assert "developerTokens" in run.secret_outputs and "developerKeys" not in run.outputs
+
+
+def _trigger(run: ProgramRun, name: str) -> list[Any]:
+    return [unwrap(t) for t in unwrap(run.named(name).inputs["triggers"])]
+
+
+def test_triggers_new_developer_reloads_front_door_only() -> None:
+    base = ok(run_program(two_host_config()))
+    again = ok(run_program(two_host_config()))
+    more = two_host_config()
+    more["developers"] = ["alice", "bob", "carol"]
+    changed = ok(run_program(more))
+    # identical config -> identical triggers (nothing re-runs on a plain `pulumi up`)
+    for step in ("bundle", "up", "frontdoor", "ready"):
+        assert _trigger(base, f"node-0-{step}") == _trigger(again, f"node-0-{step}")
+    # a new developer: bundle re-copied, gateway recreated, model server untouched
+    assert _trigger(base, "node-0-bundle") != _trigger(changed, "node-0-bundle")
+    assert _trigger(base, "node-0-frontdoor") != _trigger(changed, "node-0-frontdoor")
+    assert _trigger(base, "node-0-up") == _trigger(changed, "node-0-up")
+    assert _trigger(base, "node-1-up") == _trigger(changed, "node-1-up")
+
+
+def test_triggers_model_change_restarts_the_stack() -> None:
+    base = ok(run_program(two_host_config()))
+    c = two_host_config()
+    c["model"]["maxModelLen"] = 65536
+    changed = ok(run_program(c))
+    assert _trigger(base, "node-0-up") != _trigger(changed, "node-0-up")
+    assert _trigger(base, "node-1-up") != _trigger(changed, "node-1-up")
+    assert "--max-model-len 65536" not in str(changed.named("node-0-up").inputs["create"])  # in the bundle
+
+
+def test_readiness_budget_is_sized_from_the_weights(graph: Graph) -> None:
+    run = ok(run_program(two_host_config()))
+    wait = run.named("node-0-ready").inputs["create"]
+    budget = int(wait.split("CODERIG_BUDGET_SECONDS=")[1].split()[0])
+    assert budget > 2 * 3600  # 689 GB: download + load take hours at 100 MB/s
+    timeouts = graph.requests["node-0-ready"].custom_timeouts
+    assert timeouts.create == f"{budget + 600}s"
+
+
+def test_missing_host_key_is_refused_naming_the_key() -> None:
+    from coderig.settings import SshHost
+    from components.node import ssh_connection
+
+    with pytest.raises(ValueError, match=r"coderig:target\.hosts\[1\]\.hostKey is missing for 10\.0\.0\.7"):
+        ssh_connection(SshHost(address="10.0.0.7"), "k", insecure_skip=False, where="coderig:target.hosts[1]")
+
+
+def test_insecure_skip_connects_without_a_pin() -> None:
+    c = two_host_config()
+    c["target"]["insecureSkipHostKeyCheck"] = True
+    del c["target"]["hosts"][1]["hostKey"]
+    run = ok(run_program(c))
+    conn = unwrap(run.named("node-1-preflight").inputs["connection"])
+    assert "hostKey" not in conn or not conn["hostKey"]
+    assert unwrap(run.named("node-0-preflight").inputs["connection"])["hostKey"] == HOST_KEY
+
+
+def test_multi_host_litellm_balances_across_replicas() -> None:
+    import yaml
+
+    run = ok(run_program(two_host_config()))
+    raw = base64.b64decode(unwrap(run.named("node-0-bundle").inputs["stdin"]))
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        litellm = yaml.safe_load(tar.extractfile("litellm/config.yaml").read())  # type: ignore[union-attr]
+    bases = {m["litellm_params"]["api_base"] for m in litellm["model_list"]}
+    assert bases == {"http://127.0.0.1:8000/v1", "http://10.0.0.6:8000/v1"}
+    raw1 = base64.b64decode(unwrap(run.named("node-1-bundle").inputs["stdin"]))
+    with tarfile.open(fileobj=io.BytesIO(raw1)) as tar:
+        names = set(tar.getnames())
+        compose1 = yaml.safe_load(tar.extractfile("compose.yaml").read())  # type: ignore[union-attr]
+    assert set(compose1["services"]) == {"weights", "model"}
+    assert "--host" in compose1["services"]["model"]["command"]
+    cmd = compose1["services"]["model"]["command"]
+    assert cmd[cmd.index("--host") + 1] == "10.0.0.6"  # reachable by host 0's LiteLLM, behind the API key
+    assert "secrets/model.env" in names and "secrets/gateway-keys.conf" not in names
+
+
+def test_local_target_uses_local_commands_without_install(graph: Graph) -> None:
+    from test_program import dev_config  # the real Pulumi.dev.yaml
+
+    run = ok(run_program(dev_config(), stack="dev"))
+    local = run.of_type("command:local:Command")
+    assert not run.of_type("command:remote:Command")
+    assert {r.name for r in local} == {f"node-local-{s}" for s in STEPS if s != "install"}
+    for r in local:
+        assert r.inputs["interpreter"] == ["/bin/bash", "-c"]
+        assert "sudo" not in str(unwrap(r.inputs["create"]))
+    pre = run.named("node-local-preflight").inputs["create"]
+    assert "CODERIG_MODE=cpu" in pre and "CODERIG_TARGET=local" in pre
+    assert run.named("node-local-bundle").inputs["logging"] == "none"
+    assert graph.requests["node-local-up"].delete_before_replace is True
+    assert ".coderig/dev/node" in run.named("node-local-up").inputs["create"]
+    assert run.outputs["endpoint"] == "https://localhost:8443"
+
+
+def test_external_target_gets_only_the_front_door() -> None:
+    c = copy.deepcopy(two_host_config())
+    c["target"] = {
+        "kind": "external",
+        "endpoint": "https://llm.internal/v1",
+        "frontDoor": "ssh",
+        "host": {"address": "gw.internal", "user": "ubuntu", "hostKey": HOST_KEY},
+    }
+    c["externalApiKey"] = "upstream-secret-key-123456"
+    run = ok(run_program(c))
+    names = {r.name for r in run.of_type("command:remote:Command")}
+    assert names == {f"frontdoor-{s}" for s in STEPS}
+    raw = base64.b64decode(unwrap(run.named("frontdoor-bundle").inputs["stdin"]))
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        compose = tar.extractfile("compose.yaml").read().decode()  # type: ignore[union-attr]
+        env = tar.extractfile("secrets/litellm.env").read().decode()  # type: ignore[union-attr]
+        litellm = tar.extractfile("litellm/config.yaml").read().decode()  # type: ignore[union-attr]
+    assert "weights:" not in compose and "vllm" not in compose
+    assert "CODERIG_MODEL_API_KEY=upstream-secret-key-123456" in env
+    assert "https://llm.internal/v1" in litellm
+    pre = run.named("frontdoor-preflight").inputs["create"]
+    assert "CODERIG_MODE=cpu" in pre and "CODERIG_TARGET=node" in pre and "CODERIG_WEIGHTS_BYTES=0" in pre
+    assert run.outputs["upstream"] == "https://llm.internal/v1"
