@@ -126,6 +126,29 @@ def litellm_config(route: ModelRoute) -> dict[str, Any]:
     }
 
 
+# Measured (bench/frontdoor_bench.py): LiteLLM spends ~1.4 ms of CPU per streamed chunk, so one
+# worker carries ~600 tokens/s of /v1/messages streams; agents stream ~50 tokens/s each.
+TOKENS_PER_S_PER_WORKER = 600
+TOKENS_PER_S_PER_STREAM = 50
+MAX_LITELLM_WORKERS = 16
+
+
+def litellm_workers(concurrent_streams: int) -> int:
+    """Workers for a front door expected to carry `concurrent_streams` streams at once."""
+    need = -(-max(concurrent_streams, 1) * TOKENS_PER_S_PER_STREAM // TOKENS_PER_S_PER_WORKER)
+    return max(1, min(MAX_LITELLM_WORKERS, need))
+
+
+def litellm_args(config_path: str, host: str, port: int, workers: int) -> list[str]:
+    """Arguments after the `litellm` executable (the image's entrypoint takes the same)."""
+    args = ["--config", config_path, "--host", host, "--port", str(port), "--num_workers", str(workers)]
+    if workers > 1:
+        # uvicorn kills workers that miss a 5 s health check; LiteLLM's import alone takes ~10 s
+        # per worker on loaded cores, so several workers never come up without this.
+        args += ["--timeout_worker_healthcheck", "300"]
+    return args
+
+
 def render_litellm_config(route: ModelRoute) -> str:
     return yaml.safe_dump(litellm_config(route), sort_keys=False)
 

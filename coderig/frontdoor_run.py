@@ -116,22 +116,7 @@ def litellm_env(master_key: str, base: dict[str, str]) -> dict[str, str]:
 
 
 def litellm_command(executable: str, config: Path, port: int, workers: int) -> list[str]:
-    cmd = [
-        executable,
-        "--config",
-        str(config),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--num_workers",
-        str(workers),
-    ]
-    if workers > 1:
-        # uvicorn kills workers that miss a 5 s health check; LiteLLM's import alone takes ~10 s
-        # per worker on 2 loaded cores, so several workers never come up without this.
-        cmd += ["--timeout_worker_healthcheck", "300"]
-    return cmd
+    return [executable, *frontdoor.litellm_args(str(config), "127.0.0.1", port, workers)]
 
 
 def litellm_requirements(version: str) -> list[str]:

@@ -581,16 +581,12 @@ def frontdoor_deployment(settings: StackSettings, stack: str) -> Obj:
     litellm: Obj = {
         "name": "litellm",
         "image": versions.LITELLM_IMAGE,
-        "args": [
-            "--config",
+        "args": frontdoor.litellm_args(
             f"{LITELLM_CONF_DIR}/config.yaml",
-            "--host",
             engine.MODEL_HOST,
-            "--port",
-            str(engine.LITELLM_PORT),
-            "--num_workers",
-            "2",
-        ],
+            engine.LITELLM_PORT,
+            frontdoor.litellm_workers(planner.plan_stack(settings).max_concurrent_requests),
+        ),
         "env": [
             *_env({"LITELLM_TELEMETRY": "False", "LITELLM_LOG": "ERROR", "HOME": "/tmp"}),
             _secret_env(frontdoor.MASTER_KEY_ENV, SECRET_FRONTDOOR, frontdoor.MASTER_KEY_ENV),

@@ -90,6 +90,7 @@ class NodeSpec:
     backends: tuple[str, ...] = ()
     tls: bool = True
     extra_model_env: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    litellm_workers: int = 1  # full/frontdoor: sized from the concurrency the plan allows
 
 
 def _backend_url(host: str, port: int = engine.MODEL_PORT) -> str:
@@ -97,6 +98,7 @@ def _backend_url(host: str, port: int = engine.MODEL_PORT) -> str:
 
 
 AWS_CACHE_PATH = "/var/lib/coderig"
+EXTERNAL_LITELLM_WORKERS = 4  # the endpoint's capacity is unknown: room for ~48 streams
 
 
 def node_specs(settings: StackSettings, cache_path: str | None = None) -> list[NodeSpec]:
@@ -119,6 +121,7 @@ def node_specs(settings: StackSettings, cache_path: str | None = None) -> list[N
             gpu_count=p.gpu_count,
             gateway_listen=f"0.0.0.0:{port}",
             backends=(_backend_url(engine.MODEL_HOST), *(_backend_url(a) for a in replicas)),
+            litellm_workers=frontdoor.litellm_workers(p.max_concurrent_requests * p.replicas),
         )
         return [first, *(NodeSpec(role="replica", cache_path=path, model_bind=a, gpu_count=p.gpu_count)
                          for a in replicas)]  # fmt: skip
@@ -139,6 +142,7 @@ def node_specs(settings: StackSettings, cache_path: str | None = None) -> list[N
                 cache_path=cache_path or "/var/lib/coderig",
                 gateway_listen=f"0.0.0.0:{port}",
                 backends=(t.endpoint,),
+                litellm_workers=EXTERNAL_LITELLM_WORKERS,
             )
         ]
     raise ValueError(f"coderig:target.kind: {t.kind} nodes are not rendered by the node bundle")
@@ -284,16 +288,9 @@ def litellm_service(spec: NodeSpec) -> dict[str, Any]:
         "image": versions.LITELLM_IMAGE,
         "network_mode": "host",
         "restart": "unless-stopped",
-        "command": [
-            "--config",
-            "/etc/litellm/config.yaml",
-            "--host",
-            engine.MODEL_HOST,
-            "--port",
-            str(engine.LITELLM_PORT),
-            "--num_workers",
-            "2",
-        ],  # fmt: skip
+        "command": frontdoor.litellm_args(
+            "/etc/litellm/config.yaml", engine.MODEL_HOST, engine.LITELLM_PORT, spec.litellm_workers
+        ),
         "env_file": [f"{SECRETS_DIR}/litellm.env"],
         "environment": {"LITELLM_TELEMETRY": "False", "LITELLM_LOG": "ERROR"},
         "volumes": [f"./{LITELLM_CONFIG}:/etc/litellm/config.yaml:ro"],
