@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # What the front-door tests need (sourced by .ci/run; owned by the front-door work):
 #   nginx, openssl                  - Debian packages: the gateway and its generated CA
-#   @anthropic-ai/claude-code, @openai/codex - pinned npm CLIs, into the project-local prefix
+#   @anthropic-ai/claude-code, @openai/codex, opencode-ai - pinned npm CLIs, into the project-local prefix
 #                                     .coderig/npm (git-ignored); tests look there
 #   LiteLLM                         - the pinned litellm[proxy] in its own venv under
 #                                     ~/.cache/coderig (never in the project venv)
 # Installs only what is missing, so a warm machine pays nothing.
 CLAUDE_CODE_VERSION="2.1.330"
 CODEX_VERSION="0.169.0"
+OPENCODE_VERSION="1.18.33"
 
 _fd_missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || _fd_missing+=(nginx)
@@ -28,6 +29,8 @@ _fd_npm=()
   || _fd_npm+=("@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION")
 [ "$("$_fd_prefix/bin/codex" --version 2>/dev/null | cut -d' ' -f2)" = "$CODEX_VERSION" ] \
   || _fd_npm+=("@openai/codex@$CODEX_VERSION")
+[ "$("$_fd_prefix/bin/opencode" --version 2>/dev/null)" = "$OPENCODE_VERSION" ] \
+  || _fd_npm+=("opencode-ai@$OPENCODE_VERSION")
 if [ "${#_fd_npm[@]}" -gt 0 ]; then
   echo "frontdoor-deps: npm installing ${_fd_npm[*]} into $_fd_prefix"
   # Claude Code's postinstall copies its native binary (an optional npm dependency) into place.

@@ -184,7 +184,9 @@ PRESETS: dict[str, Preset] = {
             source="huggingface.co/MiniMaxAI/MiniMax-M2.1/blob/main/config.json "
             "(num_hidden_layers 62, num_key_value_heads 8, head_dim 128)",
             tool_call_parser="minimax_m2",
-            reasoning_parser="minimax_m2_append_think",
+            # minimax_m2 separates the thinking into reasoning_content (LiteLLM turns it into thinking
+            # blocks); minimax_m2_append_think would leave <think> text in what Claude Code shows.
+            reasoning_parser="minimax_m2",
             # pure TP8 is not supported for this checkpoint (vLLM recipe): shard experts instead
             extra_args=("--trust-remote-code", "--enable-expert-parallel"),
             temperature=1.0,
@@ -202,7 +204,7 @@ PRESETS: dict[str, Preset] = {
             default_context=131072,
             source="huggingface.co/Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8/blob/main/config.json "
             "(num_hidden_layers 62, num_key_value_heads 8, head_dim 128)",
-            tool_call_parser="qwen3_coder",
+            tool_call_parser="qwen3_coder",  # no reasoning parser: Qwen3-Coder does not think
             # the FP8 checkpoint fails with pure TP8 (vLLM recipe): shard experts instead
             extra_args=("--enable-expert-parallel",),
             temperature=0.7,

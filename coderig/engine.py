@@ -5,6 +5,7 @@ The model server always binds to loopback: only the gateway is reachable from ou
 
 from __future__ import annotations
 
+import json
 import shlex
 
 from coderig.catalog import Preset
@@ -33,6 +34,7 @@ def vllm_args(model: ModelSettings, gpu_count: int, host: str = MODEL_HOST, port
         "--enable-auto-tool-choice",
     ]  # fmt: skip
     args += _parser_flags(p)
+    args += _default_flags(p)
     args += list(p.extra_args)
     args += list(model.extraArgs)
     return args
@@ -46,6 +48,18 @@ def _parser_flags(p: Preset) -> list[str]:
         out += ["--reasoning-parser", p.reasoning_parser]
     if p.tokenizer_mode:
         out += ["--tokenizer-mode", p.tokenizer_mode]
+    return out
+
+
+def _default_flags(p: Preset) -> list[str]:
+    """The preset's sampling and thinking defaults, on the server itself, so every path (LiteLLM,
+    a direct /v1/chat/completions, an external caller) gets them; a request's own values win."""
+    out: list[str] = []
+    sampling = {k: v for k, v in (("temperature", p.temperature), ("top_p", p.top_p)) if v is not None}
+    if sampling:
+        out += ["--override-generation-config", json.dumps(sampling, separators=(",", ":"))]
+    if p.chat_template_kwargs:
+        out += ["--default-chat-template-kwargs", json.dumps(p.chat_template_kwargs, separators=(",", ":"))]
     return out
 
 

@@ -24,7 +24,6 @@ Pods carry a checksum of the ConfigMaps/Secrets they use, so a content change ro
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -46,7 +45,7 @@ MODEL = "coderig-model"
 MODEL_PODS = "coderig-model-pods"  # headless: per-replica /metrics for the idle reaper
 FRONTDOOR = "coderig-frontdoor"
 GATEWAY = "coderig-gateway"  # the Service (and Ingress) developers reach
-WEIGHTS = "coderig-weights"  # PVC and download Job
+WEIGHTS = "coderig-weights"  # download Job (and the PVC's default name: coderig:target.weightsVolumeName)
 WEIGHTS_SCRIPT = "coderig-weights-script"
 IDLE = "coderig-idle"  # CronJob, ServiceAccount, Role, RoleBinding
 IDLE_CODE = "coderig-idle-code"
@@ -96,19 +95,10 @@ STREAMING_INGRESS_ANNOTATIONS = {
 
 
 def target(settings: StackSettings) -> KubernetesTarget:
+    """The kubernetes target of validated settings (what it cannot run is refused by the settings)."""
     t = settings.target
     if not isinstance(t, KubernetesTarget):
         raise ValueError(f"coderig:target.kind: {t.kind} is not kubernetes")
-    if settings.model.spec.engine != "vllm":
-        raise ValueError(
-            f"coderig:model.preset: {settings.model.preset} runs on llama.cpp; the kubernetes target "
-            "runs vLLM presets on GPU nodes (use the local target for the CPU dev preset)"
-        )
-    if settings.gateway.port < 1024:
-        raise ValueError(
-            f"coderig:gateway.port: got {settings.gateway.port}; on the kubernetes target the gateway runs as "
-            f"non-root and listens on a port >= 1024 (its Service exposes {GATEWAY_SERVICE_PORT})"
-        )
     return t
 
 
@@ -137,6 +127,19 @@ def _meta(name: str, ns: str, stack: str, component: str, **extra: Any) -> Obj:
 
 def checksum(data: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+# The weights PVC's spec is immutable (only a storage increase is allowed, and only with an expandable
+# class): pulumi-kubernetes replaces the PVC when any of these fields changes, and a replacement deletes
+# the old claim and, with the usual Delete reclaim policy, ~700 GB of downloaded weights. Pulumi ignores
+# changes to them once the PVC exists (and never deletes the PVC or the Namespace holding it); a real move
+# is a new PVC: a new coderig:target.weightsVolumeName (docs/kubernetes.md, "Weights volume").
+WEIGHTS_PVC_FIXED_FIELDS = ("spec.accessModes", "spec.storageClassName", "spec.resources.requests.storage")
+
+
+def weights_claim(settings: StackSettings) -> str:
+    """The weights PVC's name: coderig:target.weightsVolumeName (default coderig-weights)."""
+    return target(settings).weightsVolumeName
 
 
 # --- sizing from the plan -------------------------------------------------------------------------
@@ -256,7 +259,7 @@ def weights_pvc(settings: StackSettings, stack: str) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": _meta(WEIGHTS, t.namespace, stack, "weights"),
+        "metadata": _meta(t.weightsVolumeName, t.namespace, stack, "weights"),
         "spec": spec,
     }
 
@@ -342,7 +345,7 @@ def weights_job(settings: StackSettings, stack: str) -> Obj:
             }
         ],
         "volumes": [
-            {"name": "cache", "persistentVolumeClaim": {"claimName": WEIGHTS}},
+            {"name": "cache", "persistentVolumeClaim": {"claimName": t.weightsVolumeName}},
             {"name": "script", "configMap": {"name": WEIGHTS_SCRIPT}},
             _empty_dir("deps", "2Gi"),
             _empty_dir("tmp", "2Gi"),
@@ -431,7 +434,7 @@ def model_deployment(settings: StackSettings, stack: str, plan: planner.Plan | N
         "initContainers": [wait],
         "containers": [container],
         "volumes": [
-            {"name": "cache", "persistentVolumeClaim": {"claimName": WEIGHTS}},
+            {"name": "cache", "persistentVolumeClaim": {"claimName": t.weightsVolumeName}},
             _empty_dir("dshm", f"{shm_size_gi(gpus)}Gi", memory=True),
             _empty_dir("tmp", "50Gi"),
         ],
@@ -505,20 +508,10 @@ def litellm_config_text(settings: StackSettings) -> str:
     return node.litellm_config_text(settings, spec)
 
 
-# The gateway's answer while the model is at zero (or loading): 503 + Retry-After, never LiteLLM's
-# 500/502. Needs the optional GatewaySpec field below in coderig.frontdoor (the front-door renderer);
-# until it exists there, the k8s gateway renders without it and test_kube's gate test is an xfail.
-GATE_FIELD = "model_gate_retry_after_s"
-
-
-def _gate_kwargs() -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(frontdoor.GatewaySpec)}
-    return {GATE_FIELD: RETRY_AFTER_S} if GATE_FIELD in names else {}
-
-
 def gateway_spec(settings: StackSettings) -> frontdoor.GatewaySpec:
     return frontdoor.GatewaySpec(
-        **_gate_kwargs(),
+        # while the model is at zero (or loading): 503 + Retry-After, never LiteLLM's 500/502
+        model_gate_retry_after_s=RETRY_AFTER_S,
         listen=f"0.0.0.0:{settings.gateway.port}",
         litellm=f"{engine.MODEL_HOST}:{engine.LITELLM_PORT}",
         model_health_url=f"{model_url(settings)}/health",
@@ -549,6 +542,19 @@ def frontdoor_configmaps(settings: StackSettings, stack: str) -> list[Obj]:
             "data": {"nginx.conf": frontdoor.render_gateway_conf(gateway_spec(settings))},
         },
     ]
+
+
+def frontdoor_streams_per_pod(settings: StackSettings) -> int:
+    """Concurrent streams each front-door pod carries: every model replica's capacity, spread over the
+    front-door pods (kube-proxy balances connections across them). At replicas 0, what `coderig start`
+    brings back (at least one replica)."""
+    t = target(settings)
+    total = planner.plan_stack(settings).max_concurrent_requests * max(1, t.replicas)
+    return math.ceil(total / t.frontDoorReplicas)
+
+
+def frontdoor_litellm_workers(settings: StackSettings) -> int:
+    return frontdoor.litellm_workers(frontdoor_streams_per_pod(settings))
 
 
 def _py_exec_probe(url: str) -> list[str]:
@@ -585,7 +591,7 @@ def frontdoor_deployment(settings: StackSettings, stack: str) -> Obj:
             f"{LITELLM_CONF_DIR}/config.yaml",
             engine.MODEL_HOST,
             engine.LITELLM_PORT,
-            frontdoor.litellm_workers(planner.plan_stack(settings).max_concurrent_requests),
+            frontdoor_litellm_workers(settings),
         ),
         "env": [
             *_env({"LITELLM_TELEMETRY": "False", "LITELLM_LOG": "ERROR", "HOME": "/tmp"}),

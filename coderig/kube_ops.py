@@ -34,9 +34,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coderig import idle
+
+if TYPE_CHECKING:  # the reaper's image has no pydantic: settings are imported only by the ops commands
+    from coderig.settings import StackSettings
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 REQUIRED_SIGNALS = ("running", "completed")  # the gateway keeps no counter on this target
@@ -393,18 +396,30 @@ class KubeStack:
     frontdoor: str = "coderig-frontdoor"
     metrics_host: str = ""
     state_configmap: str = "coderig-idle-state"
+    served_name: str = ""
+
+
+def stack_file(args: argparse.Namespace) -> Path:
+    """The stack file the ops commands read: --config, else Pulumi.<stack>.yaml in the current directory."""
+    return Path(getattr(args, "config", None) or f"Pulumi.{args.stack}.yaml")
+
+
+def load_settings(args: argparse.Namespace) -> StackSettings:
+    """The validated settings of the stack file; KubeOpsError naming each bad key."""
+    from coderig.settings import SettingsError, load_stack_file
+
+    path = stack_file(args)
+    try:
+        return load_stack_file(path)
+    except SettingsError as exc:
+        raise KubeOpsError(f"{path}: " + "; ".join(exc.problems)) from None
 
 
 def load_kube_stack(args: argparse.Namespace) -> KubeStack:
     from coderig import kube, planner
-    from coderig.settings import SettingsError, load_stack_file
 
     stack: str = args.stack
-    path = Path(getattr(args, "config", None) or f"Pulumi.{stack}.yaml")
-    try:
-        settings = load_stack_file(path)
-    except SettingsError as exc:
-        raise KubeOpsError(f"{path}: " + "; ".join(exc.problems)) from None
+    settings = load_settings(args)
     t = kube.target(settings)
     budget = planner.load_budget_seconds(settings.model.spec) + kube.IMAGE_PULL_S
     return KubeStack(
@@ -418,6 +433,7 @@ def load_kube_stack(args: argparse.Namespace) -> KubeStack:
         frontdoor=kube.FRONTDOOR,
         metrics_host=kube.idle_env(settings, stack)["CODERIG_METRICS_HOST"],
         state_configmap=kube.IDLE_STATE,
+        served_name=settings.model.served_name,
     )
 
 
@@ -505,12 +521,9 @@ def cmd_start(args: argparse.Namespace, run: Runner = _run) -> int:
 
 def cmd_stop(args: argparse.Namespace, run: Runner = _run) -> int:
     """Scale the model server to zero now (weights stay on the PVC); refuses while requests run."""
-    from coderig.settings import load_stack_file
-
     k = load_kube_stack(args)
-    settings = load_stack_file(Path(getattr(args, "config", None) or f"Pulumi.{k.stack}.yaml"))
     if not getattr(args, "force", False):
-        running = running_requests(k, settings.model.served_name, run)
+        running = running_requests(k, k.served_name, run)
         if running is None:
             print("coderig stop: cannot read the model's running requests: not stopping (use --force)", file=sys.stderr)
             return 1
@@ -556,18 +569,17 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def target_kind(args: argparse.Namespace) -> str | None:
-    """`coderig:target.kind` of the stack file the ops commands read (None when there is none)."""
-    path = Path(getattr(args, "config", None) or f"Pulumi.{args.stack}.yaml")
-    if not path.exists():
+    """`coderig:target.kind` of the validated stack file the ops commands read; None when there is no
+    file (the AWS commands then work from tags and flags). An invalid file is never guessed at: the
+    command stops here with exit 2 and one line per bad key, as `coderig plan` prints them."""
+    if not stack_file(args).exists():
         return None
-    import yaml
-
     try:
-        config = (yaml.safe_load(path.read_text()) or {}).get("config") or {}
-    except (OSError, yaml.YAMLError, AttributeError):
-        return None
-    target = config.get("coderig:target") if isinstance(config, dict) else None
-    return str(target.get("kind")) if isinstance(target, dict) else None
+        return load_settings(args).target.kind
+    except KubeOpsError as exc:
+        command = getattr(args, "command", None) or "ops"
+        print(f"coderig {command}: invalid stack file {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def dispatch(command: str, args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ import math
 import os
 import shlex
 import tarfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -551,9 +551,18 @@ def copy_command(bundle_dir: str = REMOTE_BUNDLE_DIR, user: str | None = None) -
 BUNDLE_HASH_FILE = ".bundle-hash"
 
 
-def with_hash_file(files: render.Bundle) -> render.Bundle:
-    """The files plus `.bundle-hash`, which tells whose bundle is on disk."""
-    return files | {BUNDLE_HASH_FILE: render.RenderedFile(bundle_hash(files) + "\n")}
+def bundle_guard(content_hash: str, deployment: Sequence[str] = ()) -> str:
+    """What `.bundle-hash` holds: the content hash, or (on a machine that can be replaced, e.g. an
+    AWS instance) a hash of it and the machine's identity. A replaced machine gets the same content
+    again; the old bundle's delete must then find another value on disk and keep the new secrets."""
+    if not deployment:
+        return content_hash
+    return hashlib.sha256("\0".join((content_hash, *deployment)).encode()).hexdigest()
+
+
+def with_hash_file(files: render.Bundle, guard: str | None = None) -> render.Bundle:
+    """The files plus `.bundle-hash` (default: the content hash), which tells whose bundle is on disk."""
+    return files | {BUNDLE_HASH_FILE: render.RenderedFile((guard or bundle_hash(files)) + "\n")}
 
 
 def remove_secrets_command(bundle_hash_hex: str, bundle_dir: str = REMOTE_BUNDLE_DIR, user: str | None = None) -> str:

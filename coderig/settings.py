@@ -233,12 +233,23 @@ class KubernetesTarget(_Model):
     serviceType: Literal["LoadBalancer", "ClusterIP", "NodePort"] = "LoadBalancer"
     ingressHost: str | None = None
     ingressClass: str | None = None
+    weightsVolumeName: str = Field(
+        default="coderig-weights",
+        description="the weights PVC's name; a new name makes a new PVC (the old one is kept, never deleted)",
+    )
 
     @field_validator("namespace")
     @classmethod
     def _k8s_namespace(cls, v: str) -> str:
         if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", v):
             raise ValueError(f"got {v!r}; a namespace is lowercase letters, digits and '-' (max 63)")
+        return v
+
+    @field_validator("weightsVolumeName")
+    @classmethod
+    def _k8s_pvc_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", v):
+            raise ValueError(f"got {v!r}; a PVC name is lowercase letters, digits and '-' (max 63)")
         return v
 
     @model_validator(mode="after")
@@ -357,16 +368,21 @@ class OfficeHours(_Model):
             raise ValueError(f"got {v!r}; expected HH:MM (24h)")
         return v
 
-    @field_validator("timezone")
-    @classmethod
-    def _tz(cls, v: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+    @model_validator(mode="after")
+    def _window(self) -> OfficeHours:
+        """The reaper's own schedule type decides what a usable window is (one rule, two callers:
+        this validation and the Lambda / CronJob, which cannot import pydantic)."""
+        from coderig.idle import OfficeHours as Schedule
+        from coderig.idle import ScheduleError
 
         try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"got {v!r}; expected an IANA time zone like Europe/Paris") from None
-        return v
+            Schedule.from_dict(self.model_dump())
+        except ScheduleError as exc:
+            key, _, why = str(exc).partition(": ")
+            if key not in type(self).model_fields:
+                key, why = "end", str(exc)
+            raise _KeyError(key, why) from None
+        return self
 
 
 class IdlePolicy(_Model):
@@ -415,11 +431,29 @@ class StackSettings(_Model):
         t = self.target
         if (self.tlsCertificate is None) != (self.tlsPrivateKey is None):
             raise _KeyError("tlsCertificate", "set both tlsCertificate and tlsPrivateKey (secrets), or neither")
-        if t.kind == "ssh" and self.sshPrivateKey is None:
+        over_ssh = t.kind == "ssh" or (t.kind == "external" and t.frontDoor == "ssh")
+        if over_ssh and self.sshPrivateKey is None:
             raise _KeyError(
-                "sshPrivateKey", "the ssh target needs it: `pulumi config set --secret coderig:sshPrivateKey < KEY`"
+                "sshPrivateKey",
+                f"the {t.kind} target connects over SSH and needs it: "
+                "`pulumi config set --secret coderig:sshPrivateKey < KEY`",
             )
         engine = self.model.spec.engine
+        if t.kind == "kubernetes":
+            # what this target cannot run: refused here, so `coderig plan` says so (not `pulumi up`)
+            if engine != "vllm":
+                vllm = ", ".join(name for name, p in catalog.PRESETS.items() if p.engine == "vllm")
+                raise _KeyError(
+                    "model.preset",
+                    f"{self.model.preset} runs on llama.cpp; the kubernetes target runs vLLM presets on GPU nodes "
+                    f"(allowed: {vllm}; use the local target for the CPU preset)",
+                )
+            if self.gateway.port < 1024:
+                raise _KeyError(
+                    "gateway.port",
+                    f"got {self.gateway.port}; on the kubernetes target the gateway runs as non-root and listens "
+                    "on a port >= 1024 (allowed: 1024-65535; its Service still exposes 443)",
+                )
         if t.kind in ("local", "ssh", "kubernetes"):
             gpu = getattr(t, "gpu", None)
             if engine == "vllm" and gpu is None:

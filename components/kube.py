@@ -10,6 +10,8 @@ Ordering (the manifests name each other by plain strings, so dependencies are ex
   Job + model Secret + model Services → model Deployment (awaited to ready, budget from the weights)
   ConfigMaps + Secrets + model Service (nginx resolves it at start) → front door Deployment
   front door → gateway Service (its await needs ready endpoints; then the LB address is known)
+
+Kept on delete (`keep_options`): the Namespace and the weights PVC; the PVC's immutable fields are ignored.
 """
 
 from __future__ import annotations
@@ -55,6 +57,21 @@ FIELDS = {
 }
 SKIP_AWAIT = "pulumi.com/skipAwait"
 GATEWAY_PORT = kube.GATEWAY_SERVICE_PORT  # developers reach the gateway on 443 (Service, Ingress)
+
+
+def keep_options(settings: StackSettings) -> dict[str, dict[str, Any]]:
+    """ResourceOptions for the objects that hold the weights, by object key. DESIGN: never delete
+    cached weights. `pulumi destroy`, a renamed namespace or PVC leave them in the cluster (deleting a
+    Namespace deletes its PVCs, so it is kept too); a change to an immutable PVC field is ignored instead
+    of replacing (deleting) the claim."""
+    t = kube.target(settings)
+    return {
+        f"namespace-{t.namespace}": {"retain_on_delete": True},
+        f"persistentvolumeclaim-{t.weightsVolumeName}": {
+            "retain_on_delete": True,
+            "ignore_changes": list(kube.WEIGHTS_PVC_FIXED_FIELDS),
+        },
+    }
 
 
 def provider(name: str, t: KubernetesTarget, parent: pulumi.Resource) -> k8s.Provider:
@@ -184,8 +201,11 @@ def build_resources(
     def on(*keys: str) -> list[pulumi.Resource]:
         return [made[k] for k in keys if k in made]
 
+    keep = keep_options(settings)
+
     def add(key: str, deps: Sequence[pulumi.Resource] = (), **extra: Any) -> None:
         obj = objs.pop(key)
+        extra = {**keep.get(key, {}), **extra}
         made[key] = resource(name, obj, pulumi.ResourceOptions.merge(base, pulumi.ResourceOptions(
             depends_on=list(deps), **extra)))  # fmt: skip
 
@@ -196,11 +216,11 @@ def build_resources(
     secret_objs, sums = secret_resources(name, settings, stack, secrets, in_ns)
     made.update({f"secret-{n}": r for n, r in secret_objs.items()})
 
-    _no_await(objs[f"persistentvolumeclaim-{kube.WEIGHTS}"])
-    add(f"persistentvolumeclaim-{kube.WEIGHTS}", ns)
+    pvc_key = f"persistentvolumeclaim-{kube.weights_claim(settings)}"
+    _no_await(objs[pvc_key])
+    add(pvc_key, ns)
     add(f"configmap-{kube.WEIGHTS_SCRIPT}", ns)
-    add(f"job-{kube.WEIGHTS}", [*ns, *on(f"persistentvolumeclaim-{kube.WEIGHTS}", f"configmap-{kube.WEIGHTS_SCRIPT}",
-                                        f"secret-{kube.SECRET_HF}")])  # fmt: skip
+    add(f"job-{kube.WEIGHTS}", [*ns, *on(pvc_key, f"configmap-{kube.WEIGHTS_SCRIPT}", f"secret-{kube.SECRET_HF}")])
     for svc in (kube.MODEL, kube.MODEL_PODS):
         _no_await(objs[f"service-{svc}"])
         add(f"service-{svc}", ns)

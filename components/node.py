@@ -13,7 +13,14 @@ Steps, each a child named f"{name}-<step>", each depending on the one before:
              delete-before-replace: the old stack stops before the new one starts
   frontdoor  recreates only LiteLLM + gateway when their half changes (a new developer key does
              not restart the model server)
-  ready      readiness wait streaming progress, within a budget sized from the weights
+  ready      readiness wait streaming progress, within a budget sized from the weights; on the
+             first host it also waits for every replica's ready step (`after`), so LiteLLM never
+             balances onto a replica that is still loading
+
+`machine`: the identity of a machine that can be replaced under the same address (an AWS instance id
+and its volume attachment id). Every step's triggers include it, so a new instance behind the same
+Elastic IP and host key is preflighted, installed, mounted, given the bundle and started again.
+Empty for `ssh` and `local`: their triggers are unchanged.
 """
 
 from __future__ import annotations
@@ -167,12 +174,18 @@ class NodeStack(pulumi.ComponentResource):
         secrets: pulumi.Output[node.NodeSecrets],
         bundle_dir: str = node.REMOTE_BUNDLE_DIR,
         host: SshHost | None = None,
+        machine: Sequence[pulumi.Input[str]] = (),
+        after: Sequence[NodeStack] = (),
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("coderig:node:NodeStack", name, None, opts)
         plan = node_plan(settings, spec, bundle_dir=bundle_dir, host=host, user=conn.user, install=conn.kind == "ssh")
         files = secrets.apply(lambda s: node.node_files(settings, spec) | node.node_secret_files(spec, s))
-        self.ready, self.bundle_hash = build_steps(self, name, conn, plan, settings, spec, files)
+        self.ready_step: pulumi.Resource
+        self.ready_step, self.ready, self.bundle_hash = build_steps(
+            self, name, conn, plan, settings, spec, files,
+            machine=list(machine), after=[n.ready_step for n in after],
+        )  # fmt: skip
         self.register_outputs({"ready": self.ready, "bundle_hash": self.bundle_hash})
 
 
@@ -184,32 +197,47 @@ def build_steps(
     settings: StackSettings,
     spec: node.NodeSpec,
     files: pulumi.Output[Bundle],
-) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
-    def child(*after: pulumi.Resource, **extra: Any) -> pulumi.ResourceOptions:
-        return pulumi.ResourceOptions(parent=parent, depends_on=list(after), **extra)
+    *,
+    machine: Sequence[pulumi.Input[str]] = (),
+    after: Sequence[pulumi.Resource] = (),
+) -> tuple[pulumi.Resource, pulumi.Output[str], pulumi.Output[str]]:
+    """The steps; returns (the ready step, its stdout, the bundle hash). `machine` joins every
+    step's triggers; `after` are other nodes' ready steps this node's ready step waits for."""
 
-    preflight = _cmd(conn, f"{name}-preflight", child(), create=plan.preflight)
+    def child(*deps: pulumi.Resource, **extra: Any) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(parent=parent, depends_on=list(deps), **extra)
+
+    def triggers(*values: Any) -> list[Any] | None:
+        return [*values, *machine] or None
+
+    preflight = _cmd(conn, f"{name}-preflight", child(), create=plan.preflight, triggers=triggers())
     last = preflight
     if plan.install:
-        last = _cmd(conn, f"{name}-install", child(preflight), create=plan.install)
-    volume = _cmd(conn, f"{name}-volume", child(last), create=plan.volume)
+        last = _cmd(conn, f"{name}-install", child(preflight), create=plan.install, triggers=triggers())
+    volume = _cmd(conn, f"{name}-volume", child(last), create=plan.volume, triggers=triggers())
 
-    archive = pulumi.Output.secret(files.apply(lambda f: node.bundle_archive(node.with_hash_file(f))))
     full_hash = pulumi.Output.secret(files.apply(node.bundle_hash))
+    guard = pulumi.Output.secret(
+        pulumi.Output.all(full_hash, *machine).apply(lambda v: node.bundle_guard(v[0], [str(x) for x in v[1:]]))
+    )
+    archive = pulumi.Output.secret(
+        pulumi.Output.all(files, guard).apply(lambda v: node.bundle_archive(node.with_hash_file(v[0], v[1])))
+    )
     halves = pulumi.Output.secret(files.apply(lambda f: node.service_hashes(settings, spec, _secret_part(f))))
     model_hash = halves.apply(lambda h: h["model"])
     frontdoor_hash = halves.apply(lambda h: h["frontdoor"])
 
-    # Not delete-before-replace: its delete is guarded by the bundle hash, so replacing the bundle
-    # (create new, then delete old) never removes the new secrets, and never restarts the model.
+    # Not delete-before-replace: its delete is guarded by the bundle hash (and the machine), so
+    # replacing the bundle (create new, then delete old) never removes the new secrets, and never
+    # restarts the model.
     bundle = _cmd(
         conn,
         f"{name}-bundle",
         child(volume),
         create=plan.copy,
-        delete=full_hash.apply(lambda h: node.remove_secrets_command(h, plan.bundle_dir, plan.user)),
+        delete=guard.apply(lambda h: node.remove_secrets_command(h, plan.bundle_dir, plan.user)),
         stdin=archive,
-        triggers=[full_hash],
+        triggers=triggers(full_hash),
         secret=True,
     )
     up = _cmd(
@@ -218,21 +246,21 @@ def build_steps(
         child(bundle, delete_before_replace=True),
         create=plan.up,
         delete=plan.down,
-        triggers=[model_hash],
+        triggers=triggers(model_hash),
     )
     waits_on: list[pulumi.Resource] = [up]
     if plan.frontdoor_reload:
         waits_on.append(
-            _cmd(conn, f"{name}-frontdoor", child(up), create=plan.frontdoor_reload, triggers=[frontdoor_hash])
+            _cmd(conn, f"{name}-frontdoor", child(up), create=plan.frontdoor_reload, triggers=triggers(frontdoor_hash))
         )
     ready = _cmd(
         conn,
         f"{name}-ready",
-        child(*waits_on, custom_timeouts=pulumi.CustomTimeouts(create=f"{plan.wait_budget_s + 600}s")),
+        child(*waits_on, *after, custom_timeouts=pulumi.CustomTimeouts(create=f"{plan.wait_budget_s + 600}s")),
         create=plan.wait,
-        triggers=[model_hash, frontdoor_hash],
+        triggers=triggers(model_hash, frontdoor_hash),
     )
-    return ready.stdout, full_hash  # type: ignore[attr-defined]
+    return ready, ready.stdout, full_hash  # type: ignore[attr-defined]
 
 
 def _secret_part(files: Bundle) -> Bundle:

@@ -113,6 +113,8 @@ def build(ctx: StackContext) -> dict[str, object]:
         runtime = NodeStack(
             f"node-{i}", settings=s, spec=spec, conn=conn, secrets=access.secrets,
             host=SshHost(address=f"aws-node-{i}", cacheDevice=aws_plan.WEIGHTS_DEVICE),
+            # the Elastic IP and host key survive a replaced instance: its id makes every step re-run
+            machine=[n.instance.id, n.attachment.id],
             opts=pulumi.ResourceOptions(depends_on=[n.attachment, n.eip_association]),
         )  # fmt: skip
         stacks_ready.append(runtime.ready)

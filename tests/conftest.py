@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import pulumi
 import pulumi.runtime.config as runtime_config
 import pytest
 import yaml
+from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
@@ -54,6 +56,23 @@ class Registered:
     name: str
     inputs: dict[str, Any]
     provider: str | None
+    # what the engine is asked besides the inputs (from the monitor's RegisterResourceRequest;
+    # left at these defaults for reads)
+    custom: bool = False
+    parent: str = ""  # URN
+    dependencies: list[str] = field(default_factory=list)  # URNs of depends_on (and parents' deps)
+    delete_before_replace: bool = False
+    additional_secret_outputs: list[str] = field(default_factory=list)
+    ignore_changes: list[str] = field(default_factory=list)
+    replace_on_changes: list[str] = field(default_factory=list)
+    retain_on_delete: bool | None = None  # None: not set
+    custom_timeouts: Any = None  # the request's CustomTimeouts (.create, .update, .delete) or None
+    id: str | None = None
+
+    @property
+    def dependency_names(self) -> set[str]:
+        """The names (last URN segment) of the resources this one explicitly depends on."""
+        return {urn.rsplit("::", 1)[-1] for urn in self.dependencies}
 
 
 @dataclass
@@ -72,6 +91,14 @@ class ProgramRun:
         assert len(found) == 1, f"{name}: {len(found)} resources; have {[r.name for r in self.resources]}"
         return found[0]
 
+    def of_prefix(self, prefix: str) -> list[Registered]:
+        """Resources whose type token starts with `prefix` (e.g. "aws:ec2/instance:")."""
+        return [r for r in self.resources if r.typ.startswith(prefix)]
+
+    def deps(self, name: str) -> set[str]:
+        """Names of the resources `name` explicitly depends on."""
+        return self.named(name).dependency_names
+
 
 def fake_outputs(typ: str, name: str) -> dict[str, Any]:
     """Provider-computed outputs the mocks must invent (deterministic per resource name)."""
@@ -88,17 +115,37 @@ def fake_outputs(typ: str, name: str) -> dict[str, Any]:
 
 
 CallHandler = Callable[[str, dict[str, Any]], dict[str, Any]]
+# Per-test provider outputs: given the resource (already recorded in the run) return None for the
+# defaults, or (id or None for the default id, outputs laid over fake_outputs and under the inputs).
+ResourceHook = Callable[[pulumi.runtime.MockResourceArgs, ProgramRun], tuple[str | None, dict[str, Any]] | None]
 
 
 class Recorder(pulumi.runtime.Mocks):
-    def __init__(self, run: ProgramRun, calls: CallHandler | None = None):
+    def __init__(self, run: ProgramRun, calls: CallHandler | None = None, resources: ResourceHook | None = None):
         self.run = run
         self.calls = calls
+        self.resources = resources
+        self.requests = threading.local()  # the monitor request being served on this thread
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
-        self.run.resources.append(Registered(args.typ, args.name, dict(args.inputs), args.provider))
-        outputs = {**fake_outputs(args.typ, args.name), **dict(args.inputs)}
-        return f"{args.name}-id", outputs
+        reg = Registered(args.typ, args.name, dict(args.inputs), args.provider, custom=bool(args.custom))
+        request = getattr(self.requests, "current", None)
+        if request is not None and request.name == args.name and request.type == args.typ:
+            reg.parent = request.parent
+            reg.dependencies = list(request.dependencies)
+            reg.delete_before_replace = bool(request.deleteBeforeReplace)
+            reg.additional_secret_outputs = list(request.additionalSecretOutputs)
+            reg.ignore_changes = list(request.ignoreChanges)
+            reg.replace_on_changes = list(request.replaceOnChanges)
+            reg.retain_on_delete = request.retainOnDelete if request.HasField("retainOnDelete") else None
+            reg.custom_timeouts = request.customTimeouts if request.HasField("customTimeouts") else None
+        self.run.resources.append(reg)
+        rid, extra = f"{args.name}-id", {}
+        hooked = self.resources(args, self.run) if self.resources is not None else None
+        if hooked is not None:
+            rid, extra = hooked[0] or rid, hooked[1]
+        reg.id = rid
+        return rid, {**fake_outputs(args.typ, args.name), **extra, **dict(args.inputs)}
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list[tuple[str, str]] | None]:
         self.run.calls.append((args.token, dict(args.args)))
@@ -107,16 +154,34 @@ class Recorder(pulumi.runtime.Mocks):
         return {}, []
 
 
+class RecordingMonitor(MockMonitor):
+    """The mock monitor, also handing the Recorder the request (dependencies, options), which
+    MockResourceArgs does not carry."""
+
+    def __init__(self, recorder: Recorder):
+        super().__init__(recorder)
+        self.recorder = recorder
+
+    def RegisterResource(self, request):  # noqa: N802 - the gRPC method name
+        self.recorder.requests.current = request
+        try:
+            return super().RegisterResource(request)
+        finally:
+            self.recorder.requests.current = None
+
+
 def run_program(
     config: dict[str, Any],
     program: Callable[[], dict[str, Any]] | None = None,
     *,
     stack: str = "test",
     calls: CallHandler | None = None,
+    resources: ResourceHook | None = None,
 ) -> ProgramRun:
     """Run `stacks.build()` (or `program`) under mocks with the given `coderig:` config.
 
     Values of the keys in settings.SECRET_KEYS are passed as Pulumi secrets, like `--secret`.
+    `calls` answers invokes; `resources` overrides provider outputs (see ResourceHook).
     """
     from coderig.settings import SECRET_KEYS
 
@@ -124,7 +189,10 @@ def run_program(
     asyncio.set_event_loop(loop)
     pulumi.runtime.reset_options(project="coderig", stack=stack, preview=False)
     run = ProgramRun()
-    pulumi.runtime.set_mocks(Recorder(run, calls), project="coderig", stack=stack, preview=False)
+    recorder = Recorder(run, calls, resources)
+    pulumi.runtime.set_mocks(
+        recorder, project="coderig", stack=stack, preview=False, monitor=RecordingMonitor(recorder)
+    )
     flat = {f"coderig:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
     runtime_config.set_all_config(flat, [f"coderig:{k}" for k in config if k in SECRET_KEYS])
 

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import gzip
 import io
 import json
 import zipfile
-from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
-import pulumi.runtime.config as runtime_config
 import pytest
 import yaml
-from conftest import fake_outputs
-from pulumi.runtime.stack import run_pulumi_func
-from pulumi.runtime.sync_await import _sync_await
+from conftest import ProgramRun, Registered, ResourceHook, run_program
 
 from coderig import aws_ops, aws_plan, idle
-from coderig.settings import SECRET_KEYS, SettingsError, parse_settings
+from coderig.settings import SettingsError, parse_settings
 
 STACK = "prod"
 AMI_FROM_LOOKUP = "ami-0dlami24040000000"
@@ -41,73 +36,43 @@ TAGGABLE_PREFIXES = (
 )
 
 
-@dataclass
-class Res:
-    typ: str
-    name: str
-    inputs: dict[str, Any]
-    custom: bool
-    parent: str | None = None
+def aws_outputs(args: pulumi.runtime.MockResourceArgs, run: ProgramRun) -> tuple[str | None, dict[str, Any]] | None:
+    """What AWS and TLS would compute for the resources this target creates."""
+    if args.typ == "tls:index/privateKey:PrivateKey":
+        key = base64.b64encode(args.name.encode()).decode()
+        pem = f"-----BEGIN OPENSSH PRIVATE KEY-----\n{key}\n-----END OPENSSH PRIVATE KEY-----\n"
+        return None, {
+            "private_key_openssh": pem,
+            "public_key_openssh": f"ssh-ed25519 {key}\n",
+            "private_key_pem": "-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n",
+        }
+    if args.typ == "aws:ec2/eip:Eip":
+        # this EIP is already recorded: the first one gets .10
+        return None, {
+            "public_ip": "198.51.100." + str(9 + len(run.of_type("aws:ec2/eip:Eip"))),
+            "allocation_id": "eipalloc-1",
+        }
+    if args.typ == "aws:ebs/volume:Volume":
+        return "vol-0123456789abcdef0", {"arn": "arn:aws:ec2:vol"}
+    if args.typ == "aws:cloudwatch/logGroup:LogGroup":
+        return None, {"arn": f"arn:aws:logs:us-east-1:123456789012:log-group:{args.inputs.get('name')}"}
+    if args.typ in ("aws:iam/instanceProfile:InstanceProfile", "aws:iam/role:Role"):
+        return None, {"name": args.name, "arn": f"arn:aws:mock:::{args.name}"}
+    if args.typ in ("aws:lambda/function:Function", "aws:cloudwatch/eventRule:EventRule"):
+        return None, {"arn": f"arn:aws:mock:::{args.name}"}
+    return None
 
 
-@dataclass
-class Run:
-    resources: list[Res] = field(default_factory=list)
-    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    outputs: dict[str, Any] = field(default_factory=dict)
-    secret_outputs: set[str] = field(default_factory=set)
-    error: BaseException | None = None
-
-    def of_type(self, prefix: str) -> list[Res]:
-        return [r for r in self.resources if r.typ.startswith(prefix)]
-
-    def named(self, name: str) -> Res:
-        found = [r for r in self.resources if r.name == name]
-        assert len(found) == 1, f"{name}: {[r.name for r in self.resources]}"
-        return found[0]
-
-
-class Mocks(pulumi.runtime.Mocks):
-    def __init__(self, run: Run):
-        self.run = run
-
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
-        self.run.resources.append(Res(args.typ, args.name, dict(args.inputs), bool(args.custom)))
-        extra: dict[str, Any] = dict(fake_outputs(args.typ, args.name))
-        if args.typ == "tls:index/privateKey:PrivateKey":
-            key = base64.b64encode(args.name.encode()).decode()
-            pem = f"-----BEGIN OPENSSH PRIVATE KEY-----\n{key}\n-----END OPENSSH PRIVATE KEY-----\n"
-            extra = {
-                "private_key_openssh": pem,
-                "public_key_openssh": f"ssh-ed25519 {key}\n",
-                "private_key_pem": "-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n",
-            }
-        if args.typ == "aws:ec2/eip:Eip":
-            extra = {
-                "public_ip": "198.51.100." + str(9 + len(self.run.of_type("aws:ec2/eip:Eip"))),
-                "allocation_id": "eipalloc-1",
-            }
-        if args.typ == "aws:ebs/volume:Volume":
-            return "vol-0123456789abcdef0", {**dict(args.inputs), "arn": "arn:aws:ec2:vol"}
-        if args.typ == "aws:cloudwatch/logGroup:LogGroup":
-            extra = {"arn": f"arn:aws:logs:us-east-1:123456789012:log-group:{args.inputs.get('name')}"}
-        if args.typ in ("aws:iam/instanceProfile:InstanceProfile", "aws:iam/role:Role"):
-            extra = {"name": args.name, "arn": f"arn:aws:mock:::{args.name}"}
-        if args.typ in ("aws:lambda/function:Function", "aws:cloudwatch/eventRule:EventRule"):
-            extra = {"arn": f"arn:aws:mock:::{args.name}"}
-        return f"{args.name}-id", {**extra, **dict(args.inputs)}
-
-    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-        self.run.calls.append((args.token, dict(args.args)))
-        if args.token == "aws:ec2/getAmi:getAmi":
-            return {"id": AMI_FROM_LOOKUP, "name": "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 24.04)"}, []
-        if args.token == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
-            return {"id": "us-east-1", "locations": ["us-east-1d", "us-east-1b"], "instanceTypes": []}, []
-        if args.token == "aws:ec2/getSubnet:getSubnet":
-            return {"id": args.args["id"], "availabilityZone": "us-east-1f"}, []
-        if args.token == "tls:index/getPublicKey:getPublicKey":
-            return {"id": "k", "publicKeyOpenssh": "ssh-ed25519 AAAAsupplied\n"}, []
-        return {}, []
+def aws_calls(token: str, args: dict[str, Any]) -> dict[str, Any]:
+    if token == "aws:ec2/getAmi:getAmi":
+        return {"id": AMI_FROM_LOOKUP, "name": "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 24.04)"}
+    if token == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
+        return {"id": "us-east-1", "locations": ["us-east-1d", "us-east-1b"], "instanceTypes": []}
+    if token == "aws:ec2/getSubnet:getSubnet":
+        return {"id": args["id"], "availabilityZone": "us-east-1f"}
+    if token == "tls:index/getPublicKey:getPublicKey":
+        return {"id": "k", "publicKeyOpenssh": "ssh-ed25519 AAAAsupplied\n"}
+    return {}
 
 
 SECRET_SIG = "4dabf18193072939515e22adb298388d"  # how mocks see a secret input
@@ -123,37 +88,9 @@ def unsecret(value: Any) -> Any:
     return value["value"] if is_secret(value) else value
 
 
-def run_stack(config: dict[str, Any]) -> Run:
-    """stacks.build() under mocks: fresh event loop, reset options and config for every run."""
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    pulumi.runtime.reset_options(project="coderig", stack=STACK, preview=False)
-    run = Run()
-    pulumi.runtime.set_mocks(Mocks(run), project="coderig", stack=STACK, preview=False)
-    flat = {f"coderig:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
-    runtime_config.set_all_config(flat, [f"coderig:{k}" for k in config if k in SECRET_KEYS])
-    import stacks
-
-    exported: dict[str, Any] = {}
-
-    def body() -> None:
-        try:
-            exported.update(stacks.build())
-        except BaseException as exc:  # noqa: BLE001 - reported to the test
-            run.error = exc
-
-    try:
-        _sync_await(run_pulumi_func(body))
-        for key, value in exported.items():
-            out = pulumi.Output.from_input(value)
-            run.outputs[key] = _sync_await(out.future())
-            if _sync_await(out.is_secret()):
-                run.secret_outputs.add(key)
-    finally:
-        runtime_config.set_all_config({}, [])
-        loop.close()
-        asyncio.set_event_loop(None)
-    return run
+def run_stack(config: dict[str, Any], resources: ResourceHook = aws_outputs) -> ProgramRun:
+    """stacks.build() under the shared mocks (conftest.run_program) with AWS's computed outputs."""
+    return run_program(config, stack=STACK, calls=aws_calls, resources=resources)
 
 
 def aws_config(**target: Any) -> dict[str, Any]:
@@ -174,14 +111,14 @@ def aws_config(**target: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def default_run() -> Run:
+def default_run() -> ProgramRun:
     run = run_stack(aws_config())
     assert run.error is None, run.error
     return run
 
 
-def test_instance_type_ami_lookup_and_placement(default_run: Run) -> None:
-    (inst,) = default_run.of_type("aws:ec2/instance:")
+def test_instance_type_ami_lookup_and_placement(default_run: ProgramRun) -> None:
+    (inst,) = default_run.of_prefix("aws:ec2/instance:")
     assert inst.inputs["instanceType"] == "p5en.48xlarge"
     assert inst.inputs["ami"] == AMI_FROM_LOOKUP
     ami_calls = [a for t, a in default_run.calls if t == "aws:ec2/getAmi:getAmi"]
@@ -192,9 +129,9 @@ def test_instance_type_ami_lookup_and_placement(default_run: Run) -> None:
     assert names["architecture"] == ["x86_64"]
     assert inst.inputs["metadataOptions"]["httpTokens"] == "required"
     assert inst.inputs["privateIp"] == "10.77.0.10"
-    (subnet,) = default_run.of_type("aws:ec2/subnet:")
+    (subnet,) = default_run.of_prefix("aws:ec2/subnet:")
     assert subnet.inputs["availabilityZone"] == "us-east-1a"
-    (vol,) = default_run.of_type("aws:ebs/volume:")
+    (vol,) = default_run.of_prefix("aws:ebs/volume:")
     assert vol.inputs["availabilityZone"] == "us-east-1a"
     assert "instanceMarketOptions" not in inst.inputs and "capacityReservationSpecification" not in inst.inputs
 
@@ -202,65 +139,51 @@ def test_instance_type_ami_lookup_and_placement(default_run: Run) -> None:
 def test_ami_override_skips_the_lookup() -> None:
     run = run_stack(aws_config(ami="ami-0pinned000000000"))
     assert run.error is None, run.error
-    assert run.of_type("aws:ec2/instance:")[0].inputs["ami"] == "ami-0pinned000000000"
+    assert run.of_prefix("aws:ec2/instance:")[0].inputs["ami"] == "ami-0pinned000000000"
     assert not [t for t, _ in run.calls if t == "aws:ec2/getAmi:getAmi"]
 
 
-def test_elastic_ip_is_the_endpoint_and_in_the_certificate(default_run: Run) -> None:
-    (eip,) = default_run.of_type("aws:ec2/eip:Eip")
+def test_elastic_ip_is_the_endpoint_and_in_the_certificate(default_run: ProgramRun) -> None:
+    (eip,) = default_run.of_prefix("aws:ec2/eip:Eip")
     assert eip.inputs["domain"] == "vpc"
-    (assoc,) = default_run.of_type("aws:ec2/eipAssociation:")
+    (assoc,) = default_run.of_prefix("aws:ec2/eipAssociation:")
     assert assoc.inputs["instanceId"] == "gpu-0-id"
     assert default_run.outputs["endpoint"] == "https://198.51.100.10:8443"
-    (csr,) = default_run.of_type("tls:index/certRequest:")
+    (csr,) = default_run.of_prefix("tls:index/certRequest:")
     assert "198.51.100.10" in csr.inputs["ipAddresses"]
 
 
-def test_weights_volume_is_gp3_at_max_and_retained(default_run: Run) -> None:
-    (vol,) = default_run.of_type("aws:ebs/volume:")
+def test_weights_volume_is_gp3_at_max_and_retained(default_run: ProgramRun) -> None:
+    (vol,) = default_run.of_prefix("aws:ebs/volume:")
     assert vol.inputs["type"] == "gp3"
     assert vol.inputs["throughput"] == aws_plan.GP3_MAX_THROUGHPUT_MIBS == 2000
     assert vol.inputs["iops"] == aws_plan.GP3_MAX_IOPS
     assert vol.inputs["size"] >= 690 * 1.2  # DeepSeek V3.2 weights plus headroom
     assert vol.inputs["encrypted"] is True
-    (attach,) = default_run.of_type("aws:ec2/volumeAttachment:")
+    (attach,) = default_run.of_prefix("aws:ec2/volumeAttachment:")
     assert attach.inputs["volumeId"] == "vol-0123456789abcdef0" and attach.inputs["stopInstanceBeforeDetaching"]
 
 
-def volume_opts(config: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> pulumi.ResourceOptions:
-    """The ResourceOptions the weights volume was created with (mocks do not see retainOnDelete)."""
-    import pulumi_aws
-
-    seen: list[pulumi.ResourceOptions | None] = []
-    real = pulumi_aws.ebs.Volume
-
-    class Recording(real):  # type: ignore[misc,valid-type]
-        def __init__(self, name: str, *args: Any, opts: pulumi.ResourceOptions | None = None, **kwargs: Any):
-            seen.append(opts)
-            super().__init__(name, *args, opts=opts, **kwargs)
-
-    monkeypatch.setattr(pulumi_aws.ebs, "Volume", Recording)
-    try:
-        run = run_stack(config)
-    finally:
-        monkeypatch.setattr(pulumi_aws.ebs, "Volume", real)
+def weights_volume(config: dict[str, Any]) -> Registered:
+    """The weights volume as registered (with its options: retainOnDelete, ignoreChanges)."""
+    run = run_stack(config)
     assert run.error is None, run.error
-    assert len(seen) == 1 and seen[0] is not None
-    return seen[0]
+    (vol,) = run.of_prefix("aws:ebs/volume:")
+    return vol
 
 
-def test_volume_retention_follows_retain_weights(monkeypatch: pytest.MonkeyPatch) -> None:
-    kept = volume_opts(aws_config(), monkeypatch)
+def test_volume_retention_follows_retain_weights() -> None:
+    kept = weights_volume(aws_config())
     assert kept.retain_on_delete is True
     assert set(kept.ignore_changes or []) >= {"availabilityZone", "snapshotId", "encrypted", "kmsKeyId"}
-    dropped = volume_opts(aws_config(retainWeights=False), monkeypatch)
+    dropped = weights_volume(aws_config(retainWeights=False))
     assert not dropped.retain_on_delete
     # even then, no config change can replace (and so delete) the weights volume
     assert "availabilityZone" in (dropped.ignore_changes or [])
 
 
-def test_security_group_rules_exactly_as_configured(default_run: Run) -> None:
-    (sg,) = default_run.of_type("aws:ec2/securityGroup:")
+def test_security_group_rules_exactly_as_configured(default_run: ProgramRun) -> None:
+    (sg,) = default_run.of_prefix("aws:ec2/securityGroup:")
     rules = sorted(
         (
             r["fromPort"],
@@ -281,17 +204,17 @@ def test_security_group_rules_exactly_as_configured(default_run: Run) -> None:
 def test_no_admin_cidr_means_no_ssh_rule() -> None:
     run = run_stack(aws_config(adminCidr=None, allowedCidrs=["192.0.2.0/24"]))
     assert run.error is None, run.error
-    (sg,) = run.of_type("aws:ec2/securityGroup:")
+    (sg,) = run.of_prefix("aws:ec2/securityGroup:")
     assert [(int(r["fromPort"]), r["cidrBlocks"]) for r in sg.inputs["ingress"]] == [(8443, ["192.0.2.0/24"])]
 
 
-def test_node_iam_is_ssm_and_namespaced_metrics_only(default_run: Run) -> None:
-    roles = {r.name: r for r in default_run.of_type("aws:iam/role:")}
+def test_node_iam_is_ssm_and_namespaced_metrics_only(default_run: ProgramRun) -> None:
+    roles = {r.name: r for r in default_run.of_prefix("aws:iam/role:")}
     trust = json.loads(roles["gpu-role"].inputs["assumeRolePolicy"])
     assert trust["Statement"] == [
         {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
     ]
-    (ssm,) = default_run.of_type("aws:iam/rolePolicyAttachment:")
+    (ssm,) = default_run.of_prefix("aws:iam/rolePolicyAttachment:")
     assert ssm.inputs["policyArn"] == "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
     policy = json.loads(default_run.named("gpu-metrics").inputs["policy"])
     assert policy["Statement"] == [
@@ -303,12 +226,12 @@ def test_node_iam_is_ssm_and_namespaced_metrics_only(default_run: Run) -> None:
             "Condition": {"StringEquals": {"cloudwatch:namespace": "Coderig"}},
         }
     ]
-    (profile,) = default_run.of_type("aws:iam/instanceProfile:")
-    assert default_run.of_type("aws:ec2/instance:")[0].inputs["iamInstanceProfile"] == "gpu-profile"
+    (profile,) = default_run.of_prefix("aws:iam/instanceProfile:")
+    assert default_run.of_prefix("aws:ec2/instance:")[0].inputs["iamInstanceProfile"] == "gpu-profile"
     assert profile.inputs["role"] == "gpu-role"
 
 
-def test_reaper_iam_is_least_privilege(default_run: Run) -> None:
+def test_reaper_iam_is_least_privilege(default_run: ProgramRun) -> None:
     policy = json.loads(default_run.named("idle-reaper-policy").inputs["policy"])
     by_sid = {s["Sid"]: s for s in policy["Statement"]}
     assert set(by_sid) == {"ListInstances", "StopStartThisStack", "ReadMetrics", "WriteOwnLog"}
@@ -324,8 +247,8 @@ def test_reaper_iam_is_least_privilege(default_run: Run) -> None:
     assert all(s["Effect"] == "Allow" for s in policy["Statement"])
 
 
-def test_reaper_lambda_package_env_and_schedule(default_run: Run) -> None:
-    (fn,) = default_run.of_type("aws:lambda/function:")
+def test_reaper_lambda_package_env_and_schedule(default_run: ProgramRun) -> None:
+    (fn,) = default_run.of_prefix("aws:lambda/function:")
     assert fn.inputs["handler"] == "coderig.aws_ops.handler"
     assert fn.inputs["runtime"] == "python3.12"
     env = fn.inputs["environment"]["variables"]
@@ -336,11 +259,11 @@ def test_reaper_lambda_package_env_and_schedule(default_run: Run) -> None:
         {"timezone": "Europe/Paris", "days": "mon-fri", "start": "08:00", "end": "19:00"}
     )
     assert "gateway_requests" not in cfg.signals  # the gateway has no counter yet: not required
-    (rule,) = default_run.of_type("aws:cloudwatch/eventRule:")
+    (rule,) = default_run.of_prefix("aws:cloudwatch/eventRule:")
     assert rule.inputs["scheduleExpression"] == "rate(5 minutes)"
-    (target,) = default_run.of_type("aws:cloudwatch/eventTarget:")
+    (target,) = default_run.of_prefix("aws:cloudwatch/eventTarget:")
     assert target.inputs["arn"] == "arn:aws:mock:::idle-reaper-fn"
-    (perm,) = default_run.of_type("aws:lambda/permission:")
+    (perm,) = default_run.of_prefix("aws:lambda/permission:")
     assert perm.inputs["principal"] == "events.amazonaws.com"
 
 
@@ -360,10 +283,10 @@ def test_no_reaper_without_an_idle_policy() -> None:
     config["idle"] = {}
     run = run_stack(config)
     assert run.error is None, run.error
-    assert not run.of_type("aws:lambda/") and "idleReaper" not in run.outputs
+    assert not run.of_prefix("aws:lambda/") and "idleReaper" not in run.outputs
 
 
-def test_tags_on_everything(default_run: Run) -> None:
+def test_tags_on_everything(default_run: ProgramRun) -> None:
     taggable = [r for r in default_run.resources if r.typ.startswith(TAGGABLE_PREFIXES)]
     assert len(taggable) >= 13
     for r in taggable:
@@ -371,14 +294,14 @@ def test_tags_on_everything(default_run: Run) -> None:
         assert tags.get("coderig:stack") == STACK, r.name
         assert tags.get("coderig:environment") == STACK, r.name
         assert tags.get("coderig:role"), r.name
-    (inst,) = default_run.of_type("aws:ec2/instance:")
+    (inst,) = default_run.of_prefix("aws:ec2/instance:")
     assert inst.inputs["tags"]["coderig:role"] == "gpu-node"
     assert inst.inputs["rootBlockDevice"]["tags"]["coderig:stack"] == STACK
-    assert default_run.of_type("aws:ebs/volume:")[0].inputs["tags"]["coderig:role"] == "weights"
+    assert default_run.of_prefix("aws:ebs/volume:")[0].inputs["tags"]["coderig:role"] == "weights"
 
 
-def test_host_key_is_pinned_from_user_data(default_run: Run) -> None:
-    (inst,) = default_run.of_type("aws:ec2/instance:")
+def test_host_key_is_pinned_from_user_data(default_run: ProgramRun) -> None:
+    (inst,) = default_run.of_prefix("aws:ec2/instance:")
     assert is_secret(inst.inputs["userDataBase64"])  # it carries the host's private key
     cloud = gzip.decompress(base64.b64decode(unsecret(inst.inputs["userDataBase64"]))).decode()
     assert cloud.startswith("#cloud-config\n")
@@ -401,7 +324,7 @@ def test_host_key_is_pinned_from_user_data(default_run: Run) -> None:
     assert "/dev/coderig-weights" in default_run.named("node-0-volume").inputs["create"]
 
 
-def test_secrets_stay_secret(default_run: Run) -> None:
+def test_secrets_stay_secret(default_run: ProgramRun) -> None:
     assert {"developerTokens", "sshPrivateKey"} <= default_run.secret_outputs
     assert default_run.outputs["clientBundle"]["endpoint"]["anthropic_base_url"].startswith(
         "https://198.51.100.10:8443"
@@ -434,10 +357,10 @@ def test_user_data_fits_ec2_limit() -> None:
 def test_count_two_gets_replicas_on_fixed_addresses() -> None:
     run = run_stack(aws_config(count=2))
     assert run.error is None, run.error
-    insts = sorted(run.of_type("aws:ec2/instance:"), key=lambda r: r.name)
+    insts = sorted(run.of_prefix("aws:ec2/instance:"), key=lambda r: r.name)
     assert [i.inputs["privateIp"] for i in insts] == ["10.77.0.10", "10.77.0.11"]
-    assert len(run.of_type("aws:ebs/volume:")) == 2 and len(run.of_type("aws:ec2/eip:Eip")) == 2
-    (sg,) = run.of_type("aws:ec2/securityGroup:")
+    assert len(run.of_prefix("aws:ebs/volume:")) == 2 and len(run.of_type("aws:ec2/eip:Eip")) == 2
+    (sg,) = run.of_prefix("aws:ec2/securityGroup:")
     internal = [r for r in sg.inputs["ingress"] if r.get("self")]
     assert [(int(r["fromPort"]), int(r["toPort"])) for r in internal] == [(8000, 8000)]
     assert len({(r.typ, r.name) for r in run.resources}) == len(run.resources)
@@ -446,25 +369,25 @@ def test_count_two_gets_replicas_on_fixed_addresses() -> None:
 def test_existing_subnet_and_zone_lookup() -> None:
     run = run_stack(aws_config(vpcId="vpc-0abc", subnetId="subnet-0abc", availabilityZone=None))
     assert run.error is None, run.error
-    assert not run.of_type("aws:ec2/vpc:")
-    (inst,) = run.of_type("aws:ec2/instance:")
+    assert not run.of_prefix("aws:ec2/vpc:")
+    (inst,) = run.of_prefix("aws:ec2/instance:")
     assert inst.inputs["subnetId"] == "subnet-0abc" and "privateIp" not in inst.inputs
-    assert run.of_type("aws:ebs/volume:")[0].inputs["availabilityZone"] == "us-east-1f"
+    assert run.of_prefix("aws:ebs/volume:")[0].inputs["availabilityZone"] == "us-east-1f"
     # no zone, no subnet: the first zone offering the instance type
     run = run_stack(aws_config(availabilityZone=None))
     assert run.error is None, run.error
-    assert run.of_type("aws:ebs/volume:")[0].inputs["availabilityZone"] == "us-east-1b"
+    assert run.of_prefix("aws:ebs/volume:")[0].inputs["availabilityZone"] == "us-east-1b"
 
 
 def test_spot_and_capacity_block_options() -> None:
     run = run_stack(aws_config(spot=True))
     assert run.error is None, run.error
-    market = run.of_type("aws:ec2/instance:")[0].inputs["instanceMarketOptions"]
+    market = run.of_prefix("aws:ec2/instance:")[0].inputs["instanceMarketOptions"]
     assert market["marketType"] == "spot"
     assert market["spotOptions"] == {"instanceInterruptionBehavior": "stop", "spotInstanceType": "persistent"}
     run = run_stack(aws_config(capacityReservationId="cr-0123456789abcdef0", capacityBlock=True))
     assert run.error is None, run.error
-    inst = run.of_type("aws:ec2/instance:")[0].inputs
+    inst = run.of_prefix("aws:ec2/instance:")[0].inputs
     assert inst["instanceMarketOptions"] == {"marketType": "capacity-block"}
     assert inst["capacityReservationSpecification"]["capacityReservationTarget"] == {
         "capacityReservationId": "cr-0123456789abcdef0"

@@ -61,7 +61,9 @@ def test_render_writes_vllm_command_and_plan(stack_file, tmp_path):
     cmd = (out / "model-server" / "command.sh").read_text()
     for flag in ("--tensor-parallel-size 8", "--tool-call-parser deepseek_v32", "--reasoning-parser deepseek_v3",
                  "--tokenizer-mode deepseek_v32", "--enable-auto-tool-choice", "--max-model-len 131072",
-                 "--host 127.0.0.1", "--served-model-name umans-coder-v0"):
+                 "--host 127.0.0.1", "--served-model-name umans-coder-v0",
+                 """--default-chat-template-kwargs '{"thinking":true}'""",
+                 """--override-generation-config '{"temperature":1.0,"top_p":0.95}'"""):
         assert flag in cmd
     assert json.loads((out / "plan.json").read_text())["fits"] is True
 

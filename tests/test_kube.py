@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
+import pulumi
 import pytest
 import yaml
 from conftest import run_program, write_stack
+from frontdoor_fixtures import require_tool
 from standin import StandIn, start_standin
 
 from coderig import engine, idle, kube, kube_ops, planner, render, versions
@@ -344,15 +346,36 @@ def test_ingress_is_streaming_safe() -> None:
     assert glm[f"service-{kube.GATEWAY}"]["spec"]["type"] == "ClusterIP"
 
 
-def test_llama_cpp_presets_are_refused_naming_the_key() -> None:
-    s = parse_settings(
-        {"target": {"kind": "kubernetes", "gpu": {"model": "L4", "count": 1}}, "model": {"preset": "qwen3-1.7b-cpu"}}
-    )
-    with pytest.raises(ValueError, match="coderig:model.preset"):
-        kube.objects(s, "x")
-    low = parse_settings({**glm_config(), "gateway": {"port": 443}})
-    with pytest.raises(ValueError, match="coderig:gateway.port"):
-        kube.objects(low, "x")
+@pytest.mark.parametrize(
+    ("config", "key", "allowed"),
+    [
+        (
+            {"target": {"kind": "kubernetes", "gpu": {"model": "L4", "count": 1}}, "model": {"preset": "qwen3-1.7b-cpu"}},
+            "coderig:model.preset: qwen3-1.7b-cpu runs on llama.cpp",
+            "allowed: deepseek-v3.2, glm-4.7",
+        ),
+        ({**glm_config(), "gateway": {"port": 443}}, "coderig:gateway.port: got 443", "allowed: 1024-65535"),
+    ],
+)
+def test_what_the_target_cannot_run_fails_coderig_plan_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], config: dict[str, Any], key: str, allowed: str
+) -> None:
+    """Refused when the settings are read (`coderig plan`, `coderig render`, `pulumi up` alike), not
+    first by the manifest renderer."""
+    from coderig.cli import main
+
+    path = write_stack(tmp_path, config, "bad")
+    assert main(["plan", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert key in err and allowed in err, err
+    assert main(["render", "--config", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SettingsError) as problems:
+        parse_settings(config)
+    assert [p for p in problems.value.problems if p.startswith(key)], problems.value.problems
+    # the same settings on a node target are fine (port 443 as root, llama.cpp on CPU)
+    ok = write_stack(tmp_path, {**config, "target": {"kind": "local", "gpu": config["target"]["gpu"]}}, "ok")
+    assert main(["plan", "--config", str(ok)]) != 2, capsys.readouterr().err
 
 
 # --- the Pulumi graph (mocks) ---------------------------------------------------------------------
@@ -411,6 +434,129 @@ def test_pulumi_graph_for_glm_without_idle_or_ingress() -> None:
     assert f"k8s-cronjob-{kube.IDLE}" not in names and f"k8s-ingress-{kube.GATEWAY}" not in names
     assert f"k8s-secret-{kube.SECRET_HF}" not in names
     assert run.outputs["anthropicBaseUrl"].startswith(f"https://{kube.GATEWAY}.coderig.svc.cluster.local")
+
+
+# --- the weights survive destroy, renames and spec changes ----------------------------------------
+
+
+def creation_opts(config: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, pulumi.ResourceOptions]:
+    """The ResourceOptions the Namespace and the PVCs were created with, by resource name (the mocks do
+    not see retainOnDelete or ignoreChanges)."""
+    import components.kube as ck
+
+    seen: dict[str, pulumi.ResourceOptions] = {}
+
+    def recording(real: Any) -> Any:
+        class Recording(real):  # type: ignore[misc,valid-type]
+            def __init__(self, name: str, *args: Any, opts: pulumi.ResourceOptions | None = None, **kw: Any):
+                seen[name] = opts or pulumi.ResourceOptions()
+                super().__init__(name, *args, opts=opts, **kw)
+
+        return Recording
+
+    for kind in (("v1", "Namespace"), ("v1", "PersistentVolumeClaim")):
+        monkeypatch.setitem(ck.KINDS, kind, recording(ck.KINDS[kind]))
+    run = run_program(config)
+    assert run.error is None, run.error
+    return seen
+
+
+def _leaves(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out |= _leaves(v, f"{prefix}.{k}" if prefix else k)
+        return out
+    return {prefix: obj}
+
+
+def pvc_of(config: dict[str, Any]) -> dict[str, Any]:
+    (pvc,) = [o for o in kube.objects(settings_of(config), "prod") if o["kind"] == "PersistentVolumeClaim"]
+    return pvc
+
+
+def test_destroy_and_config_changes_never_delete_the_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DESIGN: never delete cached weights on replace. Deleting the Namespace deletes its PVCs, and with
+    the usual Delete reclaim policy a deleted PVC takes ~700 GB of downloaded weights with it."""
+    opts = creation_opts(k8s_config(), monkeypatch)
+    ns = opts["k8s-namespace-coderig-prod"]
+    pvc = opts[f"k8s-persistentvolumeclaim-{kube.WEIGHTS}"]
+    assert ns.retain_on_delete is True and pvc.retain_on_delete is True
+    assert set(pvc.ignore_changes or []) >= {"spec.accessModes", "spec.storageClassName",
+                                             "spec.resources.requests.storage"}  # fmt: skip
+    # nothing else is kept behind by `pulumi destroy`
+    assert set(opts) == {"k8s-namespace-coderig-prod", f"k8s-persistentvolumeclaim-{kube.WEIGHTS}"}
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        # 1 -> 2 replicas flips ReadWriteOnce -> ReadWriteMany
+        (k8s_config(replicas=1), k8s_config(replicas=2)),
+        (k8s_config(), k8s_config(storageClass="cephfs")),
+        # another preset: another size (a shrink, here)
+        (k8s_config(), {**k8s_config(), "model": {"preset": "glm-4.7"}}),
+        (glm_config(), {**glm_config(), "target": {**glm_config()["target"], "storageClass": "gp3"}}),
+    ],
+)
+def test_every_pvc_change_a_stack_edit_can_make_is_ignored_not_replaced(
+    before: dict[str, Any], after: dict[str, Any]
+) -> None:
+    """A PVC's spec is immutable: pulumi-kubernetes would replace (delete) the claim for any of these
+    changes. Each one must be under ignore_changes, so the old PVC and its weights stay."""
+    old, new = _leaves(pvc_of(before)["spec"]), _leaves(pvc_of(after)["spec"])
+    changed = {f"spec.{k}" for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
+    assert changed, "the variation should touch the PVC"
+    assert changed <= set(kube.WEIGHTS_PVC_FIXED_FIELDS), changed
+    assert pvc_of(before)["metadata"]["name"] == pvc_of(after)["metadata"]["name"]
+
+
+def test_a_new_weights_volume_name_makes_a_new_pvc_and_keeps_the_old(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The documented way to really move the weights (new storage class, RWO -> RWX): a new PVC name."""
+    cfg = k8s_config(weightsVolumeName="coderig-weights-rwx")
+    objs = by_key(kube.objects(settings_of(cfg), "prod"))
+    assert f"persistentvolumeclaim-{kube.WEIGHTS}" not in objs
+    assert objs["persistentvolumeclaim-coderig-weights-rwx"]["metadata"]["name"] == "coderig-weights-rwx"
+    for key in (f"job-{kube.WEIGHTS}", f"deployment-{kube.MODEL}"):
+        pod = kube.pod_spec(objs[key])
+        assert pod is not None
+        claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
+        assert claims == ["coderig-weights-rwx"], key
+    opts = creation_opts(cfg, monkeypatch)
+    assert opts["k8s-persistentvolumeclaim-coderig-weights-rwx"].retain_on_delete is True
+    with pytest.raises(SettingsError) as err:
+        parse_settings({**k8s_config(weightsVolumeName="Weights_2"), "hfToken": "x"})
+    assert err.value.problems[0].startswith("coderig:target.weightsVolumeName: got 'Weights_2'")
+
+
+# --- front door sizing ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("replicas", "front", "per_pod_factor"), [(2, 2, 1), (4, 2, 2), (2, 4, 0.5), (0, 1, 1)])
+def test_litellm_workers_follow_the_streams_each_front_door_pod_carries(
+    replicas: int, front: int, per_pod_factor: float
+) -> None:
+    """Every model replica's concurrency, spread over the front-door pods (at zero: what start brings)."""
+    from coderig import frontdoor
+
+    s = settings_of(k8s_config(replicas=replicas, frontDoorReplicas=front))
+    per_replica = planner.plan_stack(s).max_concurrent_requests
+    expected = math.ceil(per_replica * max(1, replicas) / front)
+    assert expected == math.ceil(per_replica * per_pod_factor)
+    assert kube.frontdoor_streams_per_pod(s) == expected
+    dep = by_key(kube.objects(s, "prod"))[f"deployment-{kube.FRONTDOOR}"]
+    args = dep["spec"]["template"]["spec"]["containers"][1]["args"]
+    assert args[args.index("--num_workers") + 1] == str(frontdoor.litellm_workers(expected))
+
+
+def test_more_model_replicas_per_front_door_pod_get_more_litellm_workers() -> None:
+    def workers(**target: Any) -> int:
+        dep = by_key(kube.objects(settings_of(k8s_config(**target)), "prod"))[f"deployment-{kube.FRONTDOOR}"]
+        args = dep["spec"]["template"]["spec"]["containers"][1]["args"]
+        return int(args[args.index("--num_workers") + 1])
+
+    assert workers(replicas=4, frontDoorReplicas=2) > workers(replicas=2, frontDoorReplicas=2)
+    assert workers(replicas=2, frontDoorReplicas=4) < workers(replicas=2, frontDoorReplicas=2)
 
 
 # --- scale to zero: the reaper on real metrics text -----------------------------------------------
@@ -845,23 +991,14 @@ class _Ok(BaseHTTPRequestHandler):
     do_GET = do_POST = _ok
 
 
-_GATE_READY = kube.GATE_FIELD in {f.name for f in __import__("dataclasses").fields(kube.frontdoor.GatewaySpec)}
-
-
 @pytest.mark.integration
-@pytest.mark.xfail(
-    not _GATE_READY, strict=True, reason=f"coderig.frontdoor.GatewaySpec has no {kube.GATE_FIELD} field yet"
-)
 def test_gateway_answers_503_with_retry_after_while_the_model_is_at_zero(tmp_path: Path) -> None:
     """The k8s gateway config (kube.gateway_spec) in real nginx, on loopback, plain HTTP: a model with
     no ready replica (connection refused, as a Service without endpoints) gives 503 + Retry-After in
     the client's error shape; a missing key is still a 401; with the model up, requests go through."""
     import dataclasses
-    import shutil
 
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(nginx).exists():
-        pytest.skip("nginx is not installed (.ci/frontdoor-deps.sh installs it)")
+    nginx = require_tool("nginx")  # skipped on a workstation without nginx, a failure in CI
     from coderig import frontdoor
 
     lite_port, model_port, gw_port = _free_port(), _free_port(), _free_port()

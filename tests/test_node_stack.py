@@ -7,58 +7,14 @@ import base64
 import copy
 import io
 import tarfile
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-import pulumi.runtime.mocks as mocks
 import pytest
 from conftest import HOST_KEY, ProgramRun, run_program, ssh_config
 
 SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
 SIG_KEY = "4dabf18193072939515e22adb298388d"
 OTHER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBX4Cb1bVdp0Zq1kG0Bmb3x4d0Vv3fW2bQ2Yc7cQvN1a"
-
-
-@dataclass
-class Request:
-    name: str
-    typ: str
-    parent: str
-    dependencies: list[str]
-    delete_before_replace: bool
-    additional_secret_outputs: list[str]
-    custom_timeouts: Any
-
-
-@dataclass
-class Graph:
-    requests: dict[str, Request] = field(default_factory=dict)
-
-    def deps(self, name: str) -> set[str]:
-        return {urn.rsplit("::", 1)[-1] for urn in self.requests[name].dependencies}
-
-
-@pytest.fixture
-def graph(monkeypatch: pytest.MonkeyPatch) -> Iterator[Graph]:
-    """Records what the mock monitor is asked (dependencies, options), which Mocks do not see."""
-    g = Graph()
-    original = mocks.MockMonitor.RegisterResource
-
-    def spy(self, request):
-        g.requests[request.name] = Request(
-            request.name,
-            request.type,
-            request.parent,
-            list(request.dependencies),
-            request.deleteBeforeReplace,
-            list(request.additionalSecretOutputs),
-            request.customTimeouts,
-        )
-        return original(self, request)
-
-    monkeypatch.setattr(mocks.MockMonitor, "RegisterResource", spy)
-    yield g
 
 
 def is_secret(value: Any) -> bool:
@@ -85,7 +41,7 @@ def ok(run: ProgramRun) -> ProgramRun:
 STEPS = ["preflight", "install", "volume", "bundle", "up", "frontdoor", "ready"]
 
 
-def test_ssh_steps_run_in_order_on_every_host(graph: Graph) -> None:
+def test_ssh_steps_run_in_order_on_every_host() -> None:
     run = ok(run_program(two_host_config()))
     names = {r.name for r in run.resources}
     assert {f"node-0-{s}" for s in STEPS} <= names
@@ -93,16 +49,16 @@ def test_ssh_steps_run_in_order_on_every_host(graph: Graph) -> None:
     assert "node-1-frontdoor" not in names  # replicas run no LiteLLM/gateway
     for i in (0, 1):
         n = f"node-{i}"
-        assert graph.deps(f"{n}-install") == {f"{n}-preflight"}
-        assert graph.deps(f"{n}-volume") == {f"{n}-install"}
-        assert f"{n}-volume" in graph.deps(f"{n}-bundle")
-        assert f"{n}-bundle" in graph.deps(f"{n}-up")
-        assert f"{n}-up" in graph.deps(f"{n}-ready")
+        assert run.deps(f"{n}-install") == {f"{n}-preflight"}
+        assert run.deps(f"{n}-volume") == {f"{n}-install"}
+        assert f"{n}-volume" in run.deps(f"{n}-bundle")
+        assert f"{n}-bundle" in run.deps(f"{n}-up")
+        assert f"{n}-up" in run.deps(f"{n}-ready")
         for step in STEPS:
-            if f"{n}-{step}" in graph.requests:
-                assert graph.requests[f"{n}-{step}"].parent.endswith(f"coderig:node:NodeStack::{n}")
-    assert "node-0-up" in graph.deps("node-0-frontdoor")
-    assert {"node-0-up", "node-0-frontdoor"} <= graph.deps("node-0-ready")
+            if f"{n}-{step}" in names:
+                assert run.named(f"{n}-{step}").parent.endswith(f"coderig:node:NodeStack::{n}")
+    assert "node-0-up" in run.deps("node-0-frontdoor")
+    assert {"node-0-up", "node-0-frontdoor"} <= run.deps("node-0-ready")
     # all command resources ssh to the right host with the pinned key
     for r in run.of_type("command:remote:Command"):
         conn = unwrap(r.inputs["connection"])
@@ -111,16 +67,16 @@ def test_ssh_steps_run_in_order_on_every_host(graph: Graph) -> None:
         assert (conn["host"], conn["hostKey"]) == expected
 
 
-def test_destructive_deletes_are_delete_before_replace_and_weights_are_kept(graph: Graph) -> None:
+def test_destructive_deletes_are_delete_before_replace_and_weights_are_kept() -> None:
     run = ok(run_program(two_host_config()))
     up = run.named("node-0-up")
     assert "docker compose" in up.inputs["delete"] and " down " in up.inputs["delete"]
-    assert graph.requests["node-0-up"].delete_before_replace is True
+    assert up.delete_before_replace is True
     # the bundle's delete is guarded by its hash: a replacement (create first) keeps the new secrets
     bundle = run.named("node-0-bundle")
     delete = unwrap(bundle.inputs["delete"])
     assert ".bundle-hash" in delete and "rm -rf /opt/coderig/secrets" in delete
-    assert graph.requests["node-0-bundle"].delete_before_replace is False
+    assert bundle.delete_before_replace is False
     # nothing ever deletes the weights: no step's delete touches the cache or formats anything
     for r in run.of_type("command:remote:Command"):
         d = str(unwrap(r.inputs.get("delete", "")))
@@ -130,12 +86,12 @@ def test_destructive_deletes_are_delete_before_replace_and_weights_are_kept(grap
     assert "CODERIG_CACHE_DEVICE=/dev/nvme1n1" in run.named("node-0-volume").inputs["create"]
 
 
-def test_secrets_flow_only_through_the_bundle_step_with_logging_off(graph: Graph) -> None:
+def test_secrets_flow_only_through_the_bundle_step_with_logging_off() -> None:
     run = ok(run_program(two_host_config()))
     bundle = run.named("node-0-bundle")
     assert bundle.inputs["logging"] == "none"
     assert is_secret(bundle.inputs["stdin"]) and is_secret(bundle.inputs["triggers"])
-    assert set(graph.requests["node-0-bundle"].additional_secret_outputs) >= {"stdout", "stderr", "stdin"}
+    assert set(bundle.additional_secret_outputs) >= {"stdout", "stderr", "stdin"}
     # the archive: modes kept, secrets 0600, real key material inside
     raw = base64.b64decode(unwrap(bundle.inputs["stdin"]))
     with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
@@ -198,12 +154,12 @@ def test_triggers_model_change_restarts_the_stack() -> None:
     assert "--max-model-len 65536" not in str(changed.named("node-0-up").inputs["create"])  # in the bundle
 
 
-def test_readiness_budget_is_sized_from_the_weights(graph: Graph) -> None:
+def test_readiness_budget_is_sized_from_the_weights() -> None:
     run = ok(run_program(two_host_config()))
     wait = run.named("node-0-ready").inputs["create"]
     budget = int(wait.split("CODERIG_BUDGET_SECONDS=")[1].split()[0])
     assert budget > 2 * 3600  # 689 GB: download + load take hours at 100 MB/s
-    timeouts = graph.requests["node-0-ready"].custom_timeouts
+    timeouts = run.named("node-0-ready").custom_timeouts
     assert timeouts.create == f"{budget + 600}s"
 
 
@@ -245,7 +201,7 @@ def test_multi_host_litellm_balances_across_replicas() -> None:
     assert "secrets/model.env" in names and "secrets/gateway-keys.conf" not in names
 
 
-def test_local_target_uses_local_commands_without_install(graph: Graph) -> None:
+def test_local_target_uses_local_commands_without_install() -> None:
     from test_program import dev_config  # the real Pulumi.dev.yaml
 
     run = ok(run_program(dev_config(), stack="dev"))
@@ -258,7 +214,7 @@ def test_local_target_uses_local_commands_without_install(graph: Graph) -> None:
     pre = run.named("node-local-preflight").inputs["create"]
     assert "CODERIG_MODE=cpu" in pre and "CODERIG_TARGET=local" in pre
     assert run.named("node-local-bundle").inputs["logging"] == "none"
-    assert graph.requests["node-local-up"].delete_before_replace is True
+    assert run.named("node-local-up").delete_before_replace is True
     assert ".coderig/dev/node" in run.named("node-local-up").inputs["create"]
     assert run.outputs["endpoint"] == "https://localhost:8443"
 

@@ -9,8 +9,6 @@ is the onboarded one.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -155,10 +153,8 @@ def test_opencode_reply_after_sourcing_use_script(
 ) -> None:
     """opencode through the onboarded provider: baseURL, the token via {file:…}, the CA via
     NODE_EXTRA_CA_CERTS. (The stand-in scripts tool calls for Claude Code's and Codex's tools, not
-    opencode's, so this checks a reply, not a file.) Skipped where opencode-ai is not installed."""
-    found = shutil.which("opencode", path=f"{NPM_PREFIX / 'bin'}:{os.environ.get('PATH', '')}")
-    if not found:
-        pytest.skip("opencode is not installed (npm package opencode-ai)")
+    opencode's, so this checks a reply, not a file.)"""
+    found = require_tool("opencode")
     _bundle, home = onboarded
     work = tmp_path / "work"
     work.mkdir()

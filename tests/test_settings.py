@@ -136,3 +136,28 @@ def test_unpinned_host_allowed_only_when_explicit():
     c["target"]["insecureSkipHostKeyCheck"] = True
     target = parse_settings(c).target
     assert isinstance(target, SshTarget) and target.hosts[0].hostKey is None
+
+
+@pytest.mark.parametrize(
+    ("hours", "expected"),
+    [
+        ({"timezone": "Mars/Base"}, ["coderig:idle.officeHours.timezone", "'Mars/Base'"]),
+        ({"start": "08:00", "end": "08:00"}, ["coderig:idle.officeHours.end", "empty"]),
+        ({"start": "25:00"}, ["coderig:idle.officeHours.start", "'25:00'"]),
+        ({"days": ["mon", "funday"]}, ["coderig:idle.officeHours.days[1]", "'funday'"]),
+    ],
+)
+def test_office_hours_are_checked_by_the_reapers_own_rules(hours, expected):
+    c = base()
+    c["idle"] = {"stopAfterMinutes": 30, "officeHours": hours}
+    message = problems(c)
+    for part in expected:
+        assert part in message, message
+
+
+def test_external_front_door_over_ssh_needs_the_ssh_key():
+    c = base()
+    c.pop("sshPrivateKey")
+    c["target"] = {"kind": "external", "endpoint": "https://kserve.internal/v1", "frontDoor": "ssh",
+                   "host": {"address": "fd.internal", "hostKey": HOST_KEY}}
+    assert "coderig:sshPrivateKey" in problems(c)
