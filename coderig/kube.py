@@ -73,7 +73,6 @@ PYTHON_UID = 1000
 CACHE_MOUNT = engine.CACHE_MOUNT
 HF_HOME = engine.HF_HOME
 MARKER_DIR = "coderig-markers"  # fetch_weights.py's completion markers, below HF_HOME
-IMAGE_PULL_S = 900  # first pull of the vLLM image on a fresh node
 IDLE_PERIOD_S = 300  # the reaper's period; 60 s when the policy window is under 15 minutes
 RETRY_AFTER_S = 120  # Retry-After the gateway sends while the model is at zero or loading
 
@@ -448,7 +447,7 @@ def model_deployment(settings: StackSettings, stack: str, plan: planner.Plan | N
             stack,
             "model",
             annotations={
-                PULUMI_TIMEOUT: str(budget + IMAGE_PULL_S),
+                PULUMI_TIMEOUT: str(budget + planner.IMAGE_PULL_S),
                 PULUMI_PATCH_FORCE: "true",
             },
         ),

@@ -421,7 +421,7 @@ def load_kube_stack(args: argparse.Namespace) -> KubeStack:
     stack: str = args.stack
     settings = load_settings(args)
     t = kube.target(settings)
-    budget = planner.load_budget_seconds(settings.model.spec) + kube.IMAGE_PULL_S
+    budget = planner.load_budget_seconds(settings.model.spec) + planner.IMAGE_PULL_S
     return KubeStack(
         stack=stack,
         namespace=t.namespace,
@@ -569,17 +569,16 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def target_kind(args: argparse.Namespace) -> str | None:
-    """`coderig:target.kind` of the validated stack file the ops commands read; None when there is no
-    file (the AWS commands then work from tags and flags). An invalid file is never guessed at: the
-    command stops here with exit 2 and one line per bad key, as `coderig plan` prints them."""
+    """`coderig:target.kind` of the validated stack file the ops commands read. None when there is no
+    file (the AWS commands then work from tags and flags) or when it is invalid: the kind of an invalid
+    file is never guessed from raw YAML; the command it guards loads the same file and exits 2 with one
+    line per bad key (`coderig:…`)."""
     if not stack_file(args).exists():
         return None
     try:
         return load_settings(args).target.kind
-    except KubeOpsError as exc:
-        command = getattr(args, "command", None) or "ops"
-        print(f"coderig {command}: invalid stack file {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except KubeOpsError:
+        return None
 
 
 def dispatch(command: str, args: argparse.Namespace) -> int:

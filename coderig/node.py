@@ -44,11 +44,7 @@ SECRETS_DIR = "secrets"
 UP_LOG = "up.log"
 TLS_DIR = "tls"
 
-# Throughput assumptions behind the time budgets (conservative; see README "first up").
-DOWNLOAD_BYTES_PER_S = 100 * 10**6  # ~0.8 Gbit/s sustained from the Hub
-LOAD_BYTES_PER_S = 500 * 10**6  # safetensors from the cache volume into GPU memory
-PULL_S = 900  # first pull of the vLLM image (~10 GB) and the others
-WARMUP_S = 600  # torch.compile, CUDA graphs, llama.cpp mmap
+# Time budgets (throughputs, image pull, warm-up) live in coderig.planner, shared with kube.
 
 
 NodeRole = Literal["full", "replica", "frontdoor"]
@@ -60,18 +56,11 @@ def script_text(name: str) -> str:
     return (importlib.resources.files("coderig") / "scripts" / name).read_text()
 
 
-# ---------------------------------------------------------------- time budgets
-
-
-def load_seconds(weights_bytes: int) -> int:
-    """Model server start period: read the weights from the cache and warm up."""
-    return math.ceil(weights_bytes / LOAD_BYTES_PER_S) + WARMUP_S
-
-
-def ready_budget_seconds(weights_bytes: int, download: bool = True) -> int:
-    """Readiness wait budget for an `up`: pull + (download) + load, with 50% margin."""
-    dl = math.ceil(weights_bytes / DOWNLOAD_BYTES_PER_S) if download else 0
-    return math.ceil((PULL_S + dl + load_seconds(weights_bytes)) * 1.5)
+def ready_budget_seconds(settings: StackSettings, spec: NodeSpec) -> int:
+    """The readiness wait of one machine: planner's budget for its preset (none for a front door)."""
+    if spec.role == "frontdoor":
+        return planner.ready_budget_seconds(None)
+    return planner.ready_budget_seconds(settings.model.spec)
 
 
 # ---------------------------------------------------------------- the node's shape
@@ -196,7 +185,7 @@ def weights_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
 
 def model_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
     preset = settings.model.spec
-    start = load_seconds(preset.weight_bytes)
+    start = planner.load_budget_seconds(preset)
     base: dict[str, Any] = {
         "network_mode": "host",
         "restart": "unless-stopped",
@@ -303,6 +292,23 @@ def litellm_service(spec: NodeSpec) -> dict[str, Any]:
     return svc
 
 
+GATEWAY_HEALTH_START_S = 30
+
+
+def gateway_url(spec: NodeSpec, path: str) -> str:
+    """The gateway as seen from the node itself (host networking): loopback unless it listens on
+    one address only."""
+    host, _, port = spec.gateway_listen.rpartition(":")
+    host = "127.0.0.1" if host in ("", "0.0.0.0", "*", "[::]") else host  # noqa: S104 - a wildcard listen, not a bind
+    return f"{'https' if spec.tls else 'http'}://{host}:{port}{path}"
+
+
+def gateway_probe(url: str) -> list[str]:
+    """A GET run inside the gateway container: nginx:*-alpine has busybox wget (no curl, no python).
+    The certificate may not name 127.0.0.1 (or be self-signed): TLS is not what is checked here."""
+    return ["wget", "-q", "-O", "-", "--no-check-certificate", url]
+
+
 def gateway_service(spec: NodeSpec) -> dict[str, Any]:
     return {
         "image": versions.NGINX_IMAGE,
@@ -310,6 +316,9 @@ def gateway_service(spec: NodeSpec) -> dict[str, Any]:
         "restart": "unless-stopped",
         "command": ["nginx", "-c", "/etc/nginx/coderig/nginx.conf"],
         "depends_on": {"litellm": {"condition": "service_started"}},
+        # listening with its certificate and keys loaded (answered by nginx itself, never forwarded);
+        # the whole request path is checked once by wait-ready through /healthz
+        "healthcheck": _healthcheck(["CMD", *gateway_probe(gateway_url(spec, "/api/hello"))], GATEWAY_HEALTH_START_S),
         # only the gateway's own secrets (not the env files of the other services)
         "volumes": [
             f"./{GATEWAY_CONF}:/etc/nginx/coderig/nginx.conf:ro",
@@ -613,14 +622,18 @@ def wait_command(
     settings: StackSettings, spec: NodeSpec, bundle_dir: str = REMOTE_BUNDLE_DIR, user: str | None = None
 ) -> str:
     services = [s for s in ("model", "litellm", "gateway") if s in compose_dict(settings, spec)["services"]]
-    weights = settings.model.spec.weight_bytes if spec.role != "frontdoor" else 0
     env = {
         "CODERIG_BUNDLE_DIR": bundle_dir,
         "CODERIG_PROJECT": PROJECT,
-        "CODERIG_BUDGET_SECONDS": str(ready_budget_seconds(weights, download=spec.role != "frontdoor")),
+        "CODERIG_BUDGET_SECONDS": str(ready_budget_seconds(settings, spec)),
         "CODERIG_SERVICES": " ".join(services),
         "CODERIG_WEIGHTS_SERVICE": "weights" if spec.role != "frontdoor" else "",
     }
+    if "gateway" in services:
+        # last, one request through the gateway: /healthz answers 200 only when LiteLLM is alive and
+        # the model server behind it (the external endpoint for a front door) reports healthy
+        env["CODERIG_GATEWAY_SERVICE"] = "gateway"
+        env["CODERIG_GATEWAY_URL"] = gateway_url(spec, "/healthz")
     return script_command("wait-ready.sh", env, user=user)
 
 

@@ -205,6 +205,19 @@ def download_budget_seconds(preset: Preset) -> int:
     return 300 + 2 * math.ceil(preset.weight_bytes / DOWNLOAD_BYTES_PER_S)
 
 
+IMAGE_PULL_S = 900  # first pull of the images on a fresh machine (vLLM's is ~10 GB)
+
+
+def ready_budget_seconds(preset: Preset | None, *, download: bool = True) -> int:
+    """How long a node's readiness wait may take after `docker compose up`: image pull, the first
+    download (unless `download` is False), then the load, with 50% margin. `preset` None: a front
+    door only (no weights, no model server)."""
+    if preset is None:
+        return math.ceil(IMAGE_PULL_S * 1.5)
+    dl = math.ceil(preset.weight_bytes / DOWNLOAD_BYTES_PER_S) if download else 0
+    return math.ceil((IMAGE_PULL_S + dl + load_budget_seconds(preset)) * 1.5)
+
+
 def plan_stack(settings: StackSettings) -> Plan:
     """The plan for a validated stack: the GPUs of one replica come from the target."""
     t = settings.target

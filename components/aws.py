@@ -253,6 +253,9 @@ def _node(gpu: GpuNodes, name: str, args: NodeArgs, index: int) -> Node:
             # cloud-init only acts on first boot; `pulumi up --replace` takes a new AMI on purpose.
             ignore_changes=["ami", "userData", "userDataBase64"],
             additional_secret_outputs=["userData", "userDataBase64"],
+            # a fixed private address (LiteLLM on node 0 reaches replicas by it) cannot be held by
+            # two instances: a replacement terminates the old one first
+            delete_before_replace=args.private_ips[index] is not None,
         ),
     )
     attachment = aws.ec2.VolumeAttachment(
@@ -261,7 +264,8 @@ def _node(gpu: GpuNodes, name: str, args: NodeArgs, index: int) -> Node:
         volume_id=volume.id,
         instance_id=instance.id,
         stop_instance_before_detaching=True,
-        opts=child,
+        # a gp3 volume attaches to one instance at a time: detach from the old instance first
+        opts=pulumi.ResourceOptions(parent=gpu, delete_before_replace=True),
     )
     eip = aws.ec2.Eip(f"{name}-eip", domain="vpc", tags=_tags(args, "gpu-node", Name=f"{name}-eip"), opts=child)
     association = aws.ec2.EipAssociation(

@@ -142,7 +142,6 @@ def node_plan(
     install: bool,
 ) -> NodePlan:
     device = host.cacheDevice if host else None
-    weights = settings.model.spec.weight_bytes if spec.role != "frontdoor" else 0
     return NodePlan(
         preflight=node.script_command("preflight.sh", node.preflight_env(settings, spec, device), user=user),
         install=node.install_command(spec, user) if install else None,
@@ -154,7 +153,7 @@ def node_plan(
         down=node.down_command(bundle_dir, user),
         frontdoor_reload=node.frontdoor_reload_command(bundle_dir, user) if spec.role != "replica" else None,
         wait=node.wait_command(settings, spec, bundle_dir, user),
-        wait_budget_s=node.ready_budget_seconds(weights, download=spec.role != "frontdoor"),
+        wait_budget_s=node.ready_budget_seconds(settings, spec),
     )
 
 

@@ -99,8 +99,11 @@ def build(ctx: StackContext) -> dict[str, object]:
     first_ip = gpu.nodes[0].eip.public_ip
     names = cast(list[str], [first_ip, *s.gateway.hostnames])
     access = front_door_access(s, names, ctx.secrets)
-    stacks_ready = []
-    for i, (n, spec) in enumerate(zip(gpu.nodes, node.node_specs(ctx.settings, CACHE_PATH), strict=True)):
+    specs = node.node_specs(ctx.settings, CACHE_PATH)
+    assert len(specs) == len(gpu.nodes)
+
+    def node_stack(i: int, after: list[NodeStack]) -> NodeStack:
+        n = gpu.nodes[i]
         conn = Connection(
             "ssh",
             command.remote.ConnectionArgs(
@@ -110,14 +113,26 @@ def build(ctx: StackContext) -> dict[str, object]:
             ),
             aws_plan.LOGIN_USER,
         )  # fmt: skip
-        runtime = NodeStack(
-            f"node-{i}", settings=s, spec=spec, conn=conn, secrets=access.secrets,
+        return NodeStack(
+            f"node-{i}", settings=s, spec=specs[i], conn=conn, secrets=access.secrets,
             host=SshHost(address=f"aws-node-{i}", cacheDevice=aws_plan.WEIGHTS_DEVICE),
             # the Elastic IP and host key survive a replaced instance: its id makes every step re-run
             machine=[n.instance.id, n.attachment.id],
+            after=after,
             opts=pulumi.ResourceOptions(depends_on=[n.attachment, n.eip_association]),
         )  # fmt: skip
-        stacks_ready.append(runtime.ready)
+
+    # replicas first: the first node's ready step waits for every replica's, so "ready" means
+    # LiteLLM balances only onto replicas that serve
+    replicas = [node_stack(i, []) for i in range(1, len(gpu.nodes))]
+    runtimes = [node_stack(0, replicas), *replicas]
+    # No login private key among the outputs: `coderig bundle` reads every output with
+    # --show-secrets into files handed to developers. Ops get the key from the stack state:
+    #   supplied:  pulumi config get coderig:sshPrivateKey   (prints a secret value decrypted)
+    #   generated: pulumi stack export --show-secrets | jq -r '.deployment.resources[]
+    #              | select(.type == "tls:index/privateKey:PrivateKey" and (.urn | endswith("::login-key")))
+    #              | .outputs.privateKeyOpenssh'
+    # (or, with no SSH at all, `aws ssm start-session --target <instance id>`: the role allows SSM).
     outputs: dict[str, object] = {
         **client_outputs(ctx, host=first_ip, port=s.gateway.port, ca_pem=access.ca_pem, tokens=access.developer_keys),
         "endpoint": pulumi.Output.concat("https://", first_ip, f":{s.gateway.port}"),
@@ -125,10 +140,9 @@ def build(ctx: StackContext) -> dict[str, object]:
         "instanceIds": gpu.instance_ids,
         "hostKeys": gpu.host_keys,
         "region": t.region,
-        "ready": stacks_ready[0],
+        "ready": runtimes[0].ready,
+        "nodesReady": [r.ready for r in runtimes],  # every node's readiness wait, first node first
     }
-    if "sshPrivateKey" not in ctx.secrets:
-        outputs["sshPrivateKey"] = login_private  # secret
     if aws_plan.reaper_enabled(s):
         reaper = IdleReaper(
             "idle-reaper",

@@ -17,14 +17,22 @@ def build(ctx: StackContext) -> dict[str, object]:
     t = s.target
     assert t.kind == "ssh"
     specs = node.node_specs(s)
+    assert len(specs) == len(t.hosts)
     first = t.hosts[0]
     access = front_door_access(s, [first.address, *s.gateway.hostnames], ctx.secrets)
-    nodes = []
-    for i, (host, spec) in enumerate(zip(t.hosts, specs, strict=True)):
-        where = f"coderig:target.hosts[{i}]"
-        key = ctx.secrets["sshPrivateKey"]
+    key = ctx.secrets["sshPrivateKey"]
+
+    def node_stack(i: int, after: list[NodeStack]) -> NodeStack:
+        host, where = t.hosts[i], f"coderig:target.hosts[{i}]"
         conn = ssh_connection(host, key, insecure_skip=t.insecureSkipHostKeyCheck, where=where)
-        nodes.append(NodeStack(f"node-{i}", settings=s, spec=spec, conn=conn, secrets=access.secrets, host=host))
+        return NodeStack(
+            f"node-{i}", settings=s, spec=specs[i], conn=conn, secrets=access.secrets, host=host, after=after
+        )
+
+    # replicas first: the first host's ready step waits for every replica's, so "ready" means
+    # LiteLLM balances only onto replicas that serve
+    replicas = [node_stack(i, []) for i in range(1, len(t.hosts))]
+    nodes = [node_stack(0, replicas), *replicas]
     return {
         **client_outputs(
             ctx, host=first.address, port=s.gateway.port, ca_pem=access.ca_pem, tokens=access.developer_keys
@@ -32,4 +40,5 @@ def build(ctx: StackContext) -> dict[str, object]:
         "endpoint": f"https://{first.address}:{s.gateway.port}",
         "nodes": [h.address for h in t.hosts],
         "ready": nodes[0].ready,
+        "nodesReady": [n.ready for n in nodes],  # every host's readiness wait, first host first
     }

@@ -70,6 +70,14 @@ class Registered:
     id: str | None = None
 
     @property
+    def parent_key(self) -> tuple[str, str] | None:
+        """(type, name) of the parent, from its URN (`urn:pulumi:STACK::PROJECT::A$B$TYPE::NAME`)."""
+        if not self.parent:
+            return None
+        _, _, qualified, name = self.parent.split("::", 3)
+        return qualified.rsplit("$", 1)[-1], name
+
+    @property
     def dependency_names(self) -> set[str]:
         """The names (last URN segment) of the resources this one explicitly depends on."""
         return {urn.rsplit("::", 1)[-1] for urn in self.dependencies}

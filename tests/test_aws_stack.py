@@ -325,7 +325,10 @@ def test_host_key_is_pinned_from_user_data(default_run: ProgramRun) -> None:
 
 
 def test_secrets_stay_secret(default_run: ProgramRun) -> None:
-    assert {"developerTokens", "sshPrivateKey"} <= default_run.secret_outputs
+    assert "developerTokens" in default_run.secret_outputs
+    # `coderig bundle` reads every output with --show-secrets: no private key among them at all
+    assert "sshPrivateKey" not in default_run.outputs
+    assert "PRIVATE KEY" not in json.dumps(default_run.outputs)
     assert default_run.outputs["clientBundle"]["endpoint"]["anthropic_base_url"].startswith(
         "https://198.51.100.10:8443"
     )
@@ -427,3 +430,67 @@ def test_aws_settings_errors_name_the_key(target: dict[str, Any], key: str) -> N
     with pytest.raises(SettingsError) as err:
         parse_settings(config)
     assert key in str(err.value)
+
+
+NODE_STEPS = ("preflight", "install", "volume", "bundle", "up", "frontdoor", "ready")
+
+
+def _triggers(run: ProgramRun, name: str) -> list[Any]:
+    return [unsecret(t) for t in unsecret(run.named(name).inputs.get("triggers") or [])]
+
+
+def test_a_replaced_instance_reruns_every_node_step(default_run: ProgramRun) -> None:
+    """The connection (Elastic IP, stack host key) survives `pulumi up --replace` of an instance:
+    only the instance and attachment ids in every step's triggers make the new instance configured."""
+    (inst,) = default_run.of_prefix("aws:ec2/instance:")
+    (attach,) = default_run.of_prefix("aws:ec2/volumeAttachment:")
+    for step in NODE_STEPS:
+        triggers = _triggers(default_run, f"node-0-{step}")
+        assert inst.id in triggers and attach.id in triggers, step
+
+    def replaced(args: pulumi.runtime.MockResourceArgs, run: ProgramRun) -> tuple[str | None, dict[str, Any]] | None:
+        if args.typ == "aws:ec2/instance:Instance":
+            return "i-0replacement000000", {}
+        return aws_outputs(args, run)
+
+    again = run_stack(aws_config(), resources=replaced)
+    assert again.error is None, again.error
+    for step in NODE_STEPS:
+        before, after = _triggers(default_run, f"node-0-{step}"), _triggers(again, f"node-0-{step}")
+        assert before != after, step
+        assert "i-0replacement000000" in after and inst.id not in after, step
+    # same content, same connection: only the machine changed
+    assert unsecret(default_run.named("node-0-bundle").inputs["stdin"]) != unsecret(
+        again.named("node-0-bundle").inputs["stdin"]
+    )  # .bundle-hash names the machine ...
+    old_delete = unsecret(default_run.named("node-0-bundle").inputs["delete"])
+    new_delete = unsecret(again.named("node-0-bundle").inputs["delete"])
+    assert old_delete != new_delete  # ... so the old bundle's delete leaves the new instance's secrets alone
+    assert unsecret(default_run.named("node-0-preflight").inputs["connection"]) == unsecret(
+        again.named("node-0-preflight").inputs["connection"]
+    )
+
+
+def test_first_node_is_ready_only_after_every_replica() -> None:
+    run = run_stack(aws_config(count=2))
+    assert run.error is None, run.error
+    assert {"node-1-ready", "node-0-up", "node-0-frontdoor"} <= run.deps("node-0-ready")
+    assert "node-0-ready" not in run.deps("node-1-ready")
+    assert len(run.outputs["nodesReady"]) == 2
+    # each node's steps re-run when its own instance is replaced
+    for i in (0, 1):
+        assert f"gpu-{i}-id" in _triggers(run, f"node-{i}-ready")
+
+
+def test_instance_replacement_can_happen(default_run: ProgramRun) -> None:
+    """`pulumi up --replace` of an instance: the weights volume attaches to one instance at a time and
+    a fixed private address to one interface, so both go delete-before-replace."""
+    (attach,) = default_run.of_prefix("aws:ec2/volumeAttachment:")
+    assert attach.delete_before_replace is True
+    (inst,) = default_run.of_prefix("aws:ec2/instance:")
+    assert inst.inputs["privateIp"] == "10.77.0.10" and inst.delete_before_replace is True
+    run = run_stack(aws_config(vpcId="vpc-0abc", subnetId="subnet-0abc", availabilityZone=None))
+    assert run.error is None, run.error
+    (inst,) = run.of_prefix("aws:ec2/instance:")
+    assert "privateIp" not in inst.inputs and inst.delete_before_replace is False  # create the new one first
+    assert run.of_prefix("aws:ec2/volumeAttachment:")[0].delete_before_replace is True

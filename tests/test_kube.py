@@ -350,7 +350,10 @@ def test_ingress_is_streaming_safe() -> None:
     ("config", "key", "allowed"),
     [
         (
-            {"target": {"kind": "kubernetes", "gpu": {"model": "L4", "count": 1}}, "model": {"preset": "qwen3-1.7b-cpu"}},
+            {
+                "target": {"kind": "kubernetes", "gpu": {"model": "L4", "count": 1}},
+                "model": {"preset": "qwen3-1.7b-cpu"},
+            },
             "coderig:model.preset: qwen3-1.7b-cpu runs on llama.cpp",
             "allowed: deepseek-v3.2, glm-4.7",
         ),
@@ -891,7 +894,7 @@ def test_start_scales_back_and_waits_for_ready(tmp_path: Path, capsys: pytest.Ca
     prefix = ["kubectl", "--kubeconfig", os.path.expanduser("~/.kube/gpu-cluster"), "--context", "prod-gpu",
               "--namespace", "coderig-prod"]  # fmt: skip
     s = settings_of(k8s_config())
-    budget = planner.load_budget_seconds(s.model.spec) + kube.IMAGE_PULL_S
+    budget = planner.load_budget_seconds(s.model.spec) + planner.IMAGE_PULL_S
     assert kubectl.calls == [
         [*prefix, "scale", f"deployment/{kube.MODEL}", "--replicas=2"],
         [*prefix, "rollout", "status", f"deployment/{kube.MODEL}", f"--timeout={budget}s"],
@@ -929,6 +932,45 @@ def test_ops_commands_dispatch_by_target_kind(tmp_path: Path, capsys: pytest.Cap
     glm = write_stack(tmp_path, {**glm_config(), "gateway": {"port": 80}}, "bad")
     assert kube_ops.dispatch("start", ops_args(glm)) == 2
     assert "coderig:gateway.port" in capsys.readouterr().err
+
+
+def test_target_kind_reads_the_validated_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No guess from raw YAML: an invalid stack file stops `coderig start|stop|idle` with the key named."""
+    from conftest import ssh_config
+
+    ssh = write_stack(tmp_path, {**ssh_config(), "sshPrivateKey": "x"}, "ssh")
+    assert kube_ops.target_kind(ops_args(ssh)) == "ssh"
+    # raw YAML says kubernetes, but the file is invalid: no kind is made up from it
+    bad = write_stack(tmp_path, k8s_config(replicas=3, storageClass=None), "bad")
+    assert kube_ops.target_kind(ops_args(bad)) is None
+    # and the command reports every problem by key (the AWS commands' guard asks target_kind first)
+    from coderig.cli import main
+
+    for command in ("start", "stop", "idle"):
+        assert main([command, "prod", "--config", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert "coderig:target.storageClass: replicas is 3" in err, err
+    # the default path is Pulumi.<stack>.yaml in the current directory
+    assert kube_ops.stack_file(argparse.Namespace(stack="prod", config=None)) == Path("Pulumi.prod.yaml")
+
+
+def test_stop_reads_the_stack_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import coderig.settings as settings_mod
+
+    path = write_stack(tmp_path, k8s_config(), "prod")
+    loads: list[str] = []
+    real = settings_mod.load_stack_file
+
+    def counting(p: str | Path) -> Any:
+        loads.append(str(p))
+        return real(p)
+
+    monkeypatch.setattr(settings_mod, "load_stack_file", counting)
+    quiet = FakeKubectl(running="2 0")
+    assert kube_ops.cmd_stop(ops_args(path), run=quiet) == 0
+    assert loads == [str(path)]
+    # and it probes for the stack's served model name
+    assert quiet.calls[0][-1] == settings_of(k8s_config()).model.served_name
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from conftest import HOST_KEY, ssh_config
 
-from coderig import engine, node, render, versions
+from coderig import engine, node, planner, render, versions
 from coderig.settings import StackSettings, parse_settings
 
 
@@ -147,7 +147,8 @@ def test_vllm_service_gpus_ipc_cache_health() -> None:
     assert "--tool-call-parser" in model["command"]
     assert model["depends_on"] == {"weights": {"condition": "service_completed_successfully"}}
     start = int(model["healthcheck"]["start_period"].rstrip("s"))
-    assert start == math.ceil(settings.model.spec.weight_bytes / node.LOAD_BYTES_PER_S) + node.WARMUP_S
+    assert start == math.ceil(settings.model.spec.weight_bytes / planner.LOAD_BYTES_PER_S) + planner.ENGINE_WARMUP_S
+    assert start == planner.load_budget_seconds(settings.model.spec)
     assert "/health" in " ".join(model["healthcheck"]["test"])
     assert model["restart"] == "unless-stopped"
     w = svc["weights"]
@@ -351,3 +352,54 @@ def test_aws_replicas_use_the_fixed_private_addresses_of_the_stack_subnet():
     assert first.backends == ("http://127.0.0.1:8000/v1", "http://10.77.0.11:8000/v1")
     assert replica.role == "replica" and replica.model_bind == "10.77.0.11"
     assert first.cache_path == replica.cache_path == node.AWS_CACHE_PATH
+
+
+@pytest.mark.parametrize("kind", ["ssh-1", "local", "external"])
+def test_gateway_has_a_health_check_and_wait_ready_checks_through_it(kind: str) -> None:
+    """wait-ready counts a service without a health check ready as soon as it is "running": the
+    gateway gets one (busybox wget in nginx:*-alpine, against its own /api/hello), and the wait ends
+    with one GET of /healthz through the gateway, which needs LiteLLM and the model server."""
+    settings = ALL[kind]()
+    spec = node.node_specs(settings)[0]
+    gateway = node.compose_dict(settings, spec)["services"]["gateway"]
+    assert versions.NGINX_IMAGE.startswith("nginx:") and versions.NGINX_IMAGE.endswith("-alpine")
+    test = gateway["healthcheck"]["test"]
+    port = settings.gateway.port
+    assert test == ["CMD", "wget", "-q", "-O", "-", "--no-check-certificate", f"https://127.0.0.1:{port}/api/hello"]
+    assert gateway["healthcheck"]["start_period"] == f"{node.GATEWAY_HEALTH_START_S}s"
+    wait = node.wait_command(settings, spec)
+    assert f"CODERIG_GATEWAY_URL=https://127.0.0.1:{port}/healthz" in wait
+    assert "CODERIG_GATEWAY_SERVICE=gateway" in wait
+    # what /healthz checks: the model server (the upstream for a front door) behind LiteLLM
+    conf = node.node_files(settings, spec)[node.GATEWAY_CONF].content
+    assert "location = /healthz" in conf and "auth_request /_coderig_model_health;" in conf
+    upstream = "https://kserve.internal/health" if kind == "external" else "http://127.0.0.1:8000/health"
+    assert f"proxy_pass {upstream};" in conf
+
+
+def test_replicas_wait_without_a_gateway_check() -> None:
+    settings = settings_ssh(2)
+    replica = node.node_specs(settings)[1]
+    assert "gateway" not in node.compose_dict(settings, replica)["services"]
+    assert "CODERIG_GATEWAY_URL=" not in node.wait_command(settings, replica)
+
+
+def test_time_budgets_come_from_the_planner_only() -> None:
+    """One set of throughput and pull assumptions (coderig.planner), shared with the kube target."""
+    for name in ("DOWNLOAD_BYTES_PER_S", "LOAD_BYTES_PER_S", "PULL_S", "WARMUP_S", "load_seconds"):
+        assert not hasattr(node, name), name
+    for settings in (settings_ssh(), settings_local()):  # vLLM and llama.cpp
+        spec = node.node_specs(settings)[0]
+        preset = settings.model.spec
+        model = node.compose_dict(settings, spec)["services"]["model"]
+        assert model["healthcheck"]["start_period"] == f"{planner.load_budget_seconds(preset)}s"
+        budget = planner.ready_budget_seconds(preset)
+        assert budget == math.ceil(
+            (planner.IMAGE_PULL_S + math.ceil(preset.weight_bytes / planner.DOWNLOAD_BYTES_PER_S)
+             + planner.load_budget_seconds(preset)) * 1.5
+        )  # fmt: skip
+        assert f"CODERIG_BUDGET_SECONDS={budget} " in node.wait_command(settings, spec)
+    external = settings_external()
+    fd = node.node_specs(external)[0]
+    assert f"CODERIG_BUDGET_SECONDS={planner.ready_budget_seconds(None)} " in node.wait_command(external, fd)
+    assert planner.ready_budget_seconds(None) == math.ceil(planner.IMAGE_PULL_S * 1.5)

@@ -400,6 +400,19 @@ case "$args" in
   *" logs "*model*)
     echo "Loading safetensors checkpoint shards: $((tick * 20))% Completed"
     ;;
+  *" logs "*gateway*)
+    echo "2026/11/21 [notice] 1#1: start worker processes"
+    ;;
+  *" exec -T gateway wget -q -O - --no-check-certificate https://127.0.0.1:8443/healthz")
+    # /healthz through the gateway: fails FAKE_HEALTHZ_FAILS times (default 0), then answers
+    probes=$(cat "$FAKE_STATE_DIR/probes" 2>/dev/null || echo 0)
+    echo $((probes + 1)) > "$FAKE_STATE_DIR/probes"
+    if [ "$probes" -lt "${FAKE_HEALTHZ_FAILS:-0}" ]; then
+      echo "wget: server returned error: HTTP/1.1 503 Service Unavailable"
+      exit 1
+    fi
+    echo '"I'"'"'m alive!"'
+    ;;
   *) echo "unexpected: $args" >&2; exit 3 ;;
 esac
 """
@@ -496,3 +509,29 @@ def test_wait_ready_compose_up_failure_prints_its_log(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "FAIL compose: docker compose up exited with code 18" in result.stdout
     assert "  | Error response from daemon: manifest unknown" in result.stdout
+
+
+HEALTHZ = {"CODERIG_GATEWAY_URL": "https://127.0.0.1:8443/healthz", "CODERIG_GATEWAY_SERVICE": "gateway"}
+
+
+def test_wait_ready_ends_with_a_request_through_the_gateway(tmp_path: Path) -> None:
+    env = wait_env(tmp_path, CODERIG_BUDGET_SECONDS="60", FAKE_HEALTHZ_FAILS="2", **HEALTHZ)
+    result = run("wait-ready.sh", env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    # every service running and healthy is not enough: the gateway's /healthz must answer
+    assert "GET https://127.0.0.1:8443/healthz through the gateway failed: wget: server returned error" in out
+    assert out.count("through the gateway failed") == 1  # progress is printed once, not every poll
+    assert 'through the gateway: "I\'m alive!"' in out.splitlines()[-1]
+    assert (tmp_path / "probes").read_text().strip() == "3"
+
+
+def test_wait_ready_fails_when_the_gateway_never_answers(tmp_path: Path) -> None:
+    # no sleep between polls: every service is healthy within milliseconds, then only /healthz fails
+    env = wait_env(
+        tmp_path, CODERIG_BUDGET_SECONDS="3", CODERIG_POLL_SECONDS="0", FAKE_HEALTHZ_FAILS="999999", **HEALTHZ
+    )
+    result = run("wait-ready.sh", env)
+    assert result.returncode == 1
+    assert "FAIL gateway: not ready within the budget of 3s (GET https://127.0.0.1:8443/healthz" in result.stdout
+    assert "last 60 log lines of gateway:" in result.stdout and "  | 2026/11/21 [notice]" in result.stdout

@@ -45,8 +45,9 @@ case "$*" in
   *" ps -a -q gateway") if [ -f "$state" ]; then echo 4567ef; fi ;;
   *" ps -a --format "*)
     if [ -f "$state" ]; then
-      printf 'weights|exited||0\nmodel|running|healthy|0\nlitellm|running|healthy|0\ngateway|running||0\n'
+      printf 'weights|exited||0\nmodel|running|healthy|0\nlitellm|running|healthy|0\ngateway|running|healthy|0\n'
     fi ;;
+  *" exec -T gateway wget "*/healthz) if [ -f "$state" ]; then echo '"I'"'"'m alive!"'; else exit 1; fi ;;
   *" up -d"*) touch "$state"; echo " Container coderig-model-1  Started" ;;
   *" down "*|*" down") rm -f "$state"; echo " Container coderig-model-1  Removed" ;;
   *" logs "*) echo "weights: 100.0% 1.3/1.3 GB 0 MB/s" ;;
@@ -392,6 +393,10 @@ def test_every_node_step_over_ssh_in_order(ssh_host: SshHost, tmp_path: Path) ->
     out = step(plan.wait)
     assert "wait-ready: ready after" in out
     log = calls.read_text()
+    # "ready" ends with one request through the gateway (its /healthz needs LiteLLM and the model)
+    port = settings.gateway.port
+    assert f"exec -T gateway wget -q -O - --no-check-certificate https://127.0.0.1:{port}/healthz" in log
+    assert "through the gateway" in out
     assert f"compose --project-directory {bundle_dir} -p coderig up -d --remove-orphans" in log
     assert "up -d --no-deps --force-recreate litellm gateway" in log
 

@@ -242,3 +242,31 @@ def test_external_target_gets_only_the_front_door() -> None:
     pre = run.named("frontdoor-preflight").inputs["create"]
     assert "CODERIG_MODE=cpu" in pre and "CODERIG_TARGET=node" in pre and "CODERIG_WEIGHTS_BYTES=0" in pre
     assert run.outputs["upstream"] == "https://llm.internal/v1"
+
+
+def test_ssh_steps_have_no_machine_triggers() -> None:
+    """ssh hosts are not replaced under the kit: read-only and install steps keep no triggers, and
+    `.bundle-hash` on disk is the plain content hash (what the delete guard compares)."""
+    from coderig import node
+
+    run = ok(run_program(two_host_config()))
+    for step in ("preflight", "install", "volume"):
+        assert "triggers" not in run.named(f"node-0-{step}").inputs, step
+    assert len(_trigger(run, "node-0-bundle")) == 1 and len(_trigger(run, "node-0-up")) == 1
+    raw = base64.b64decode(unwrap(run.named("node-0-bundle").inputs["stdin"]))
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        on_disk = tar.extractfile(node.BUNDLE_HASH_FILE).read().decode().strip()  # type: ignore[union-attr]
+    assert on_disk == _trigger(run, "node-0-bundle")[0]
+    assert on_disk in unwrap(run.named("node-0-bundle").inputs["delete"])
+
+
+def test_first_host_is_ready_only_after_every_replica() -> None:
+    """LiteLLM on host 0 balances across every replica: its ready step (the stack's `ready`) waits for
+    each replica's ready step, and every host's readiness is exported."""
+    c = two_host_config()
+    c["target"]["hosts"].append({"address": "10.0.0.7", "user": "root", "hostKey": OTHER_KEY})
+    run = ok(run_program(c))
+    assert {"node-1-ready", "node-2-ready", "node-0-up", "node-0-frontdoor"} <= run.deps("node-0-ready")
+    assert "node-0-ready" not in run.deps("node-1-ready") | run.deps("node-2-ready")
+    assert len(run.outputs["nodesReady"]) == 3
+    assert run.outputs["ready"] == run.outputs["nodesReady"][0]

@@ -11,6 +11,10 @@
 #   CODERIG_WEIGHTS_SERVICE  one-shot download service, must exit 0 (default weights; "" for none)
 #   CODERIG_POLL_SECONDS     seconds between checks (default 10)
 #   CODERIG_LOG_LINES        log lines printed on failure (default 60)
+#   CODERIG_GATEWAY_URL      when set, ready also needs one GET of this URL (the gateway's /healthz, which
+#                            answers 200 only when LiteLLM and the model server behind it are ready) to
+#                            succeed, run with busybox wget inside the gateway container (default: none)
+#   CODERIG_GATEWAY_SERVICE  the service that runs that GET (default gateway)
 #   CODERIG_UP_LOG           log of the background `docker compose up -d` (default $CODERIG_BUNDLE_DIR/up.log);
 #                            its last line is the progress while images are pulled, and a line
 #                            "compose-up-exit=N" with N != 0 is a failure
@@ -40,6 +44,8 @@ SERVICES="${CODERIG_SERVICES:-model litellm gateway}"
 WEIGHTS="${CODERIG_WEIGHTS_SERVICE-weights}"
 POLL="${CODERIG_POLL_SECONDS:-10}"
 LOG_LINES="${CODERIG_LOG_LINES:-60}"
+GATEWAY_URL="${CODERIG_GATEWAY_URL:-}"
+GATEWAY_SERVICE="${CODERIG_GATEWAY_SERVICE:-gateway}"
 DOCKER="${DOCKER:-docker}"
 UP_LOG="${CODERIG_UP_LOG:-$BUNDLE_DIR/up.log}"
 
@@ -73,6 +79,10 @@ check_up_log() {
     last_progress="$line"
   fi
 }
+# One request through the gateway, from inside its container (host networking: the node's loopback).
+probe_gateway() {
+  compose exec -T "$GATEWAY_SERVICE" wget -q -O - --no-check-certificate "$GATEWAY_URL" 2>&1
+}
 last_line() { # $1 service, $2 optional grep pattern
   compose logs --no-color --no-log-prefix --tail 50 "$1" 2>/dev/null | tr '\r' '\n' |
     grep -E -- "${2:-.}" | grep -v '^[[:space:]]*$' | tail -n1 || true
@@ -82,6 +92,7 @@ start=$SECONDS
 deadline=$((start + BUDGET))
 say "waiting up to $((BUDGET / 60)) min for: ${WEIGHTS:+$WEIGHTS (download) then }$SERVICES"
 last_progress=""
+why=""
 weights_done=0
 [[ -z "$WEIGHTS" ]] && weights_done=1
 
@@ -125,10 +136,25 @@ while :; do
       fi
     done
     if [[ -z "$not_ready" ]]; then
-      say "ready after ${elapsed}s: $SERVICES"
-      exit 0
+      if [[ -z "$GATEWAY_URL" ]]; then
+        say "ready after ${elapsed}s: $SERVICES"
+        exit 0
+      fi
+      if probe="$(probe_gateway)"; then
+        say "ready after ${elapsed}s: $SERVICES; GET $GATEWAY_URL through the gateway: ${probe:0:200}"
+        exit 0
+      fi
+      not_ready="$GATEWAY_SERVICE"
+      why="GET $GATEWAY_URL through the gateway failed: $(printf '%s' "$probe" | tr '\n' ' ' | cut -c1-200)"
+      if [[ "$why" != "$last_progress" ]]; then
+        say "[$((elapsed / 60))m$((elapsed % 60))s] $why"
+        last_progress="$why"
+      fi
+    else
+      why=""
     fi
-    line="$(last_line "$not_ready")"
+    line=""
+    [[ -z "$why" ]] && line="$(last_line "$not_ready")"
     if [[ -n "$line" && "$line" != "$last_progress" ]]; then
       say "[$((elapsed / 60))m$((elapsed % 60))s] $not_ready: ${line:0:200}"
       last_progress="$line"
@@ -137,7 +163,7 @@ while :; do
   if ((SECONDS >= deadline)); then
     pending="$WEIGHTS"
     ((weights_done)) && pending="${not_ready:-${SERVICES%% *}}"
-    fail "$pending" "not ready within the budget of ${BUDGET}s"
+    fail "$pending" "not ready within the budget of ${BUDGET}s${why:+ ($why)}"
   fi
   sleep "$POLL"
 done
