@@ -403,3 +403,49 @@ def test_time_budgets_come_from_the_planner_only() -> None:
     fd = node.node_specs(external)[0]
     assert f"CODERIG_BUDGET_SECONDS={planner.ready_budget_seconds(None)} " in node.wait_command(external, fd)
     assert planner.ready_budget_seconds(None) == math.ceil(planner.IMAGE_PULL_S * 1.5)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(os.geteuid() != 0, reason="bind-mounting over /etc/nginx in a private mount namespace needs root")
+def test_nginx_accepts_the_gateway_config_coderig_render_writes(tmp_path: Path, stack_file) -> None:
+    """`coderig render` on an ssh stack, then `nginx -t` on exactly the file the gateway container
+    mounts, with the secret files the node step writes, at the container's own paths (/etc/nginx/…,
+    bind-mounted in a private mount namespace so the machine's nginx is untouched)."""
+    from frontdoor_fixtures import require_tool
+
+    from coderig.cli import main
+
+    nginx = require_tool("nginx")
+    out = tmp_path / "rendered"
+    assert main(["render", "--config", str(stack_file(ssh_config())), "--out", str(out)]) == 0
+    etc = tmp_path / "etc-nginx"
+    (etc / "coderig").mkdir(parents=True)
+    (etc / "coderig" / "nginx.conf").write_text((out / "node" / "gateway" / "nginx.conf").read_text())
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", str(tmp_path / "k.pem"), "-out", str(tmp_path / "c.pem"), "-days", "1", "-subj", "/CN=gw"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    secrets = node.NodeSecrets(
+        model_api_key="m" * 32, litellm_master_key="sk-" + "x" * 40,
+        developer_keys={"alice": "crk-" + "a" * 40, "bob": "crk-" + "b" * 40},
+        tls_cert=(tmp_path / "c.pem").read_text(), tls_key=(tmp_path / "k.pem").read_text(),
+    )  # fmt: skip
+    spec = node.node_specs(parse_settings({**ssh_config(), "sshPrivateKey": "k"}))[0]
+    files = node.node_secret_files(spec, secrets)
+    mounts = {  # compose.yaml's gateway volumes: bundle path -> path under /etc/nginx
+        node.GATEWAY_KEYS: "secrets/gateway-keys.conf",
+        f"{node.SECRETS_DIR}/server.key": "secrets/server.key",
+        f"{node.TLS_DIR}/server.crt": "tls/server.crt",
+    }
+    for src, dst in mounts.items():
+        (etc / dst).parent.mkdir(parents=True, exist_ok=True)
+        (etc / dst).write_text(files[src].content)
+    compose = (out / "node" / "compose.yaml").read_text()
+    for dst in ["coderig/nginx.conf", *mounts.values()]:
+        assert f":/etc/nginx/{dst}:ro" in compose or f":/etc/nginx/{Path(dst).parent}:ro" in compose
+    script = f"mount --bind {etc} /etc/nginx && mkdir -p /var/log/nginx && {nginx} -t -c /etc/nginx/coderig/nginx.conf"
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "syntax is ok" in result.stderr and "test is successful" in result.stderr
