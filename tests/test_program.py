@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-import yaml
-import json
-
 import pytest
+import yaml
 from conftest import HOST_KEY, ROOT, run_program, ssh_config
 from test_aws_stack import aws_config, run_stack
 
