@@ -63,8 +63,8 @@ def read_settings() -> tuple[StackSettings, dict[str, pulumi.Output[Any]]]:
     return parse_settings(raw), secrets
 
 
-class ConfigError(Exception):
-    """Raised before any resource exists; pulumi prints the message and stops."""
+class ConfigError(pulumi.RunError):
+    """Raised before any resource exists; pulumi prints the message (no stack trace) and stops."""
 
 
 def build() -> dict[str, object]:
