@@ -78,6 +78,22 @@ def _pretty(path: Path, home: Path) -> str:
 # ---------------------------------------------------------------- coderig bundle
 
 
+STATE_DIR = ".pulumi-state"  # the project-local backend `up.sh` creates (keep the two in step)
+
+
+def project_backend_env(cwd: str | None) -> dict[str, str]:
+    """The environment for `pulumi`: the project-local file backend and passphrase `up.sh` uses,
+    unless the caller already chose a backend or passphrase."""
+    env = dict(os.environ)
+    state = Path(cwd or ".").resolve() / STATE_DIR
+    if "PULUMI_BACKEND_URL" not in env and state.is_dir():
+        env["PULUMI_BACKEND_URL"] = f"file://{state}"
+        passphrase = state / "passphrase"
+        if not ({"PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE"} & set(env)) and passphrase.exists():
+            env["PULUMI_CONFIG_PASSPHRASE_FILE"] = str(passphrase)
+    return env
+
+
 def pulumi_outputs(stack: str, cwd: str | None) -> dict[str, Any]:
     exe = shutil.which("pulumi")
     if not exe:
@@ -88,7 +104,7 @@ def pulumi_outputs(stack: str, cwd: str | None) -> dict[str, Any]:
         )
     proc = subprocess.run(
         [exe, "stack", "output", "--json", "--show-secrets", "--stack", stack],
-        capture_output=True, text=True, cwd=cwd, check=False,
+        capture_output=True, text=True, cwd=cwd, check=False, env=project_backend_env(cwd),
     )  # fmt: skip
     if proc.returncode != 0:
         raise BundleError(f"`pulumi stack output --stack {stack}` failed:\n{proc.stderr.strip()}")

@@ -301,9 +301,18 @@ def test_bundle_runs_pulumi_stack_output(tmp_path: Path, monkeypatch: pytest.Mon
     fake = tmp_path / "bin" / "pulumi"
     fake.parent.mkdir()
     (tmp_path / "outputs.json").write_text(json.dumps(outputs()))
-    fake.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/args\ncat {tmp_path}/outputs.json\n')
+    fake.write_text(
+        f'#!/bin/sh\necho "$@" > {tmp_path}/args\n'
+        '[ -n "$PULUMI_BACKEND_URL" ] && '
+        f'echo "$PULUMI_BACKEND_URL $PULUMI_CONFIG_PASSPHRASE_FILE" > {tmp_path}/backend\n'
+        f"cat {tmp_path}/outputs.json\n"
+    )
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    monkeypatch.delenv("PULUMI_BACKEND_URL", raising=False)
+    monkeypatch.delenv("PULUMI_CONFIG_PASSPHRASE", raising=False)
+    monkeypatch.delenv("PULUMI_CONFIG_PASSPHRASE_FILE", raising=False)
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "bob.json"
     rc = main(["bundle", "--stack", "dev", "--developer", "bob", "--out", str(out)])
     captured = capsys.readouterr()
@@ -313,11 +322,18 @@ def test_bundle_runs_pulumi_stack_output(tmp_path: Path, monkeypatch: pytest.Mon
     ]  # fmt: skip
     assert json.loads(out.read_text())["token"] == BOB_TOKEN
     assert_no_token(captured.out, captured.err)
+    assert not (tmp_path / "backend").exists()  # no project-local state here: pulumi's own default
     rc = main(["bundle", "--stack", "dev", "--developer", "mallory", "--out", str(tmp_path / "m.json")])
     err = capsys.readouterr().err
     assert rc == 2 and "mallory" in err and "coderig:developers" in err
     assert not (tmp_path / "m.json").exists()
     assert_no_token(err)
+    # where up.sh made the project-local backend, bundle uses it (and its passphrase file)
+    (tmp_path / ".pulumi-state").mkdir()
+    (tmp_path / ".pulumi-state" / "passphrase").write_text("p")
+    assert main(["bundle", "--stack", "dev", "--developer", "bob", "--out", str(out)]) == 0
+    state = tmp_path.resolve() / ".pulumi-state"
+    assert (tmp_path / "backend").read_text().split() == [f"file://{state}", str(state / "passphrase")]
 
 
 # ---------------------------------------------------------------- coderig onboard
