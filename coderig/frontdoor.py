@@ -182,11 +182,20 @@ class GatewaySpec:
     # Model servers (host:port) to send OpenAI-native /v1/chat/completions to directly,
     # bypassing LiteLLM; empty -> everything goes through LiteLLM.
     direct_chat_backends: tuple[str, ...] = ()
+    # Direct chat to model servers that require their API key (`vllm --api-key`): send the
+    # `$coderig_model_authorization` the keys include defines (render_gateway_keys(model_key=…)).
+    direct_chat_authorization: bool = False
     daemon: bool = False  # False: nginx stays in the foreground (containers, child processes)
     # Scale-to-zero / model loading: when set, every model request first checks the model
     # server's health; if it is not ready the gateway answers 503 + Retry-After (client's error
     # shape) instead of LiteLLM's 500/502. None: no per-request check (one subrequest less).
     model_gate_retry_after_s: int | None = None
+
+
+def upstream_hostport(backend: str) -> str:
+    """'http://127.0.0.1:8000/v1' -> '127.0.0.1:8000' (for the direct chat upstream)."""
+    rest = backend.split("://", 1)[-1].split("/", 1)[0]
+    return rest if ":" in rest.lstrip("[").split("]")[-1] else rest + ":80"
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -405,7 +414,7 @@ def _server_block(spec: GatewaySpec) -> list[str]:
             "= /v1/chat/completions",
             [
                 *guard_o,
-                *proxy_headers('""'),
+                *proxy_headers("$coderig_model_authorization" if spec.direct_chat_authorization else '""'),
                 "proxy_pass http://coderig_model;",
             ],
         )
@@ -496,11 +505,18 @@ def _regex(token: str) -> str:
     return re.sub(r"([.+])", r"\\\1", token)
 
 
-def render_gateway_keys(keys: Mapping[str, str], master_key: str) -> str:
-    """The 0600 include: key -> developer maps and the header sent to LiteLLM."""
+def render_gateway_keys(keys: Mapping[str, str], master_key: str, model_key: str | None = None) -> str:
+    """The 0600 include: key -> developer maps, the header sent to LiteLLM and, with `model_key`,
+    the one sent to the model servers on the direct chat path."""
     validate_keys(keys)
-    if not _TOKEN_RE.match(master_key):
-        raise ValueError("master key: 16-512 characters from A-Z a-z 0-9 . _ ~ + / = -")
+    for what, secret in (("master key", master_key), ("model key", model_key)):
+        if secret is not None and not _TOKEN_RE.match(secret):
+            raise ValueError(f"{what}: 16-512 characters from A-Z a-z 0-9 . _ ~ + / = -")
+    model_map = (
+        ["map $coderig_developer $coderig_model_authorization {", f'    default "Bearer {model_key}";', "}"]
+        if model_key is not None
+        else []
+    )
     # Regexes, not plain strings: nginx matches map strings case-insensitively, which would
     # accept a key with its letters' case changed.
     bearer = [f'    "~^(?i:bearer) +{_regex(token)}$" "{name}";' for name, token in sorted(keys.items())]
@@ -520,6 +536,7 @@ def render_gateway_keys(keys: Mapping[str, str], master_key: str) -> str:
                 "map $coderig_developer $coderig_upstream_authorization {",
                 f'    default "Bearer {master_key}";',
                 "}",
+                *model_map,
             ]
         )
         + "\n"

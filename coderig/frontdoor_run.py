@@ -67,12 +67,6 @@ def health_url(backend: str, health_path: str) -> str:
     return base + "/" + health_path.lstrip("/")
 
 
-def upstream_hostport(backend: str) -> str:
-    """'http://127.0.0.1:8000/v1' -> '127.0.0.1:8000' (for the direct chat upstream)."""
-    rest = backend.split("://", 1)[-1].split("/", 1)[0]
-    return rest if ":" in rest.lstrip("[").split("]")[-1] else rest + ":80"
-
-
 def parse_keys(text: str, source: str) -> dict[str, str]:
     """The --keys-file JSON: {"developer": "token"}; errors name the file."""
     try:
@@ -384,7 +378,7 @@ def run(opts: RunOptions) -> int:
             timeout_s=opts.timeout_s,
             rate_per_second=opts.rate_per_second,
             rate_burst=opts.rate_burst,
-            direct_chat_backends=tuple(upstream_hostport(b) for b in opts.backends) if opts.direct_chat else (),
+            direct_chat_backends=tuple(map(frontdoor.upstream_hostport, opts.backends)) if opts.direct_chat else (),
         )
         nginx_conf = prefix / "nginx.conf"
         nginx_conf.write_text(frontdoor.render_gateway_conf(spec))

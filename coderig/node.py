@@ -269,6 +269,10 @@ def gateway_spec(settings: StackSettings, spec: NodeSpec) -> frontdoor.GatewaySp
         tls_cert=f"/etc/nginx/{TLS_DIR}/server.crt" if spec.tls else None,
         tls_key=f"/etc/nginx/{SECRETS_DIR}/server.key" if spec.tls else None,
         rate_per_second=max(1, math.ceil(settings.gateway.rateLimitPerMinute / 60)),
+        # OpenAI-native chat goes from nginx straight to our model servers (bench/frontdoor_bench.py:
+        # LiteLLM costs ~1.4 ms CPU per streamed chunk); they require the node's model API key.
+        direct_chat_backends=tuple(map(frontdoor.upstream_hostport, spec.backends)) if spec.role == "full" else (),
+        direct_chat_authorization=spec.role == "full",
     )
 
 
@@ -405,8 +409,9 @@ def node_secret_files(spec: NodeSpec, secrets: NodeSecrets) -> render.Bundle:
             ),
             0o600,
         )
+        model_key = secrets.model_api_key if spec.role == "full" else None  # for the direct chat path
         files[GATEWAY_KEYS] = render.RenderedFile(
-            frontdoor.render_gateway_keys(dict(secrets.developer_keys), secrets.litellm_master_key), 0o600
+            frontdoor.render_gateway_keys(dict(secrets.developer_keys), secrets.litellm_master_key, model_key), 0o600
         )
         if spec.tls:
             files[f"{TLS_DIR}/server.crt"] = render.RenderedFile(secrets.tls_cert, 0o644)

@@ -181,8 +181,10 @@ class StandIn:
         delay: float = 0.0,
         max_reply_tokens: int = 16,
         record: str | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.host = host
+        self.api_key = api_key  # like `vllm --api-key`: /v1/* needs "Authorization: Bearer <key>"
         self.port = port
         self.model = model
         self.delay = delay
@@ -256,7 +258,11 @@ class StandIn:
                     if self.record:
                         with open(self.record, "a") as log:
                             log.write(json.dumps(seen.__dict__) + "\n")
-                keep = await self._route(method, path, body, writer)
+                unauthorized = headers.get("authorization") != f"Bearer {self.api_key}"
+                if self.api_key and path.startswith("/v1/") and unauthorized:
+                    keep = await self._send_json(writer, 401, {"error": "Unauthorized"})
+                else:
+                    keep = await self._route(method, path, body, writer)
                 if not keep or headers.get("connection", "").lower() == "close":
                     break
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
@@ -268,7 +274,7 @@ class StandIn:
                 writer.close()
 
     async def _send(self, writer: asyncio.StreamWriter, status: int, payload: bytes, ctype: str) -> bool:
-        reason = {200: "OK", 404: "Not Found", 400: "Bad Request"}.get(status, "OK")
+        reason = {200: "OK", 401: "Unauthorized", 404: "Not Found", 400: "Bad Request"}.get(status, "OK")
         writer.write(
             f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
             + payload

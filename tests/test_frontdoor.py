@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from frontdoor_fixtures import require_tool  # noqa: E402
 from standin import plan_reply, split_args  # noqa: E402
 
-from coderig import frontdoor_run  # noqa: E402
+from coderig import frontdoor, frontdoor_run  # noqa: E402
 from coderig.cli import build_parser  # noqa: E402
 from coderig.frontdoor import (  # noqa: E402
     CLAUDE_WILDCARD,
@@ -344,8 +344,8 @@ def test_plain_http_only_on_loopback() -> None:
 def test_run_helpers() -> None:
     assert frontdoor_run.health_url("http://127.0.0.1:8000/v1", "/health") == "http://127.0.0.1:8000/health"
     assert frontdoor_run.health_url("http://h:1/v1/", "healthz") == "http://h:1/healthz"
-    assert frontdoor_run.upstream_hostport("http://127.0.0.1:8000/v1") == "127.0.0.1:8000"
-    assert frontdoor_run.upstream_hostport("http://model/v1") == "model:80"
+    assert frontdoor.upstream_hostport("http://127.0.0.1:8000/v1") == "127.0.0.1:8000"
+    assert frontdoor.upstream_hostport("http://model/v1") == "model:80"
     dns, ips = frontdoor_run.tls_names("10.0.0.5", ["gpu1.example.internal"])
     assert "10.0.0.5" in ips and "127.0.0.1" in ips and "gpu1.example.internal" in dns
     env = frontdoor_run.litellm_env("mk", {"PATH": "/bin"})
@@ -441,3 +441,18 @@ def test_secret_files_are_written_0600(tmp_path: Path) -> None:
     target.chmod(0o644)
     frontdoor_run.write_secret(target, render_gateway_keys(KEYS, MASTER))
     assert target.stat().st_mode & 0o777 == 0o600 and MASTER in target.read_text()
+
+
+def test_direct_chat_to_keyed_model_servers_sends_the_model_key_not_the_developers() -> None:
+    keys = render_gateway_keys({"alice": "crk-" + "a" * 40}, "sk-" + "m" * 40, model_key="v" * 32)
+    assert 'map $coderig_developer $coderig_model_authorization {\n    default "Bearer ' + "v" * 32 in keys
+    assert "$coderig_model_authorization" not in render_gateway_keys({"alice": "crk-" + "a" * 40}, "sk-" + "m" * 40)
+    with pytest.raises(ValueError, match="model key"):
+        render_gateway_keys({"alice": "crk-" + "a" * 40}, "sk-" + "m" * 40, model_key="short")
+    conf = render_gateway_conf(
+        GatewaySpec(listen="127.0.0.1:1", litellm="127.0.0.1:2", model_health_url="http://127.0.0.1:3/health",
+                    keys_include="/k", direct_chat_backends=("127.0.0.1:3",), direct_chat_authorization=True)
+    )  # fmt: skip
+    direct = conf.split("location = /v1/chat/completions", 1)[1].split("location ", 1)[0]
+    assert "proxy_set_header Authorization $coderig_model_authorization;" in direct
+    assert "proxy_pass http://coderig_model;" in direct

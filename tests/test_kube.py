@@ -1048,12 +1048,15 @@ def test_gateway_answers_503_with_retry_after_while_the_model_is_at_zero(tmp_pat
     threading.Thread(target=lite.serve_forever, daemon=True).start()
     s = settings_of(k8s_config())
     key = "crk-" + "k" * 40
-    (tmp_path / "keys.conf").write_text(frontdoor.render_gateway_keys({"alice": key}, "sk-" + "m" * 40))
+    (tmp_path / "keys.conf").write_text(
+        frontdoor.render_gateway_keys({"alice": key}, "sk-" + "m" * 40, model_key="v" * 32)
+    )
     spec = dataclasses.replace(
         kube.gateway_spec(s),
         listen=f"127.0.0.1:{gw_port}",
         litellm=f"127.0.0.1:{lite_port}",
         model_health_url=f"http://127.0.0.1:{model_port}/health",
+        direct_chat_backends=(f"127.0.0.1:{model_port}",),
         keys_include=str(tmp_path / "keys.conf"),
         tls_cert=None,
         tls_key=None,
@@ -1090,6 +1093,7 @@ def test_gateway_answers_503_with_retry_after_while_the_model_is_at_zero(tmp_pat
         model = ThreadingHTTPServer(("127.0.0.1", model_port), _Ok)
         threading.Thread(target=model.serve_forever, daemon=True).start()
         assert call("/v1/messages", {"x-api-key": key})[0] == 200
+        assert call("/v1/chat/completions", {"Authorization": f"Bearer {key}"})[0] == 200  # direct path
     finally:
         proc.terminate()
         proc.wait(10)

@@ -17,6 +17,7 @@ import os
 import stat
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -449,3 +450,69 @@ def test_nginx_accepts_the_gateway_config_coderig_render_writes(tmp_path: Path, 
                             capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "syntax is ok" in result.stderr and "test is successful" in result.stderr
+
+
+@pytest.mark.integration
+def test_node_gateway_sends_chat_straight_to_the_model_with_the_model_key(tmp_path: Path) -> None:
+    """The full node's gateway (real nginx) proxies /v1/chat/completions straight to a model server
+    that, like `vllm --api-key`, requires the node's model key: the developer's key is checked at the
+    gateway and replaced by the model key; a wrong developer key reaches nothing."""
+    import dataclasses
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from frontdoor_fixtures import require_tool
+    from standin import start_standin
+
+    from coderig import frontdoor
+
+    nginx = require_tool("nginx")
+    model_key, dev_key = "m" * 40, "crk-" + "a" * 40
+    standin = start_standin(model="umans-coder-v0", api_key=model_key)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        gw_port = sock.getsockname()[1]
+    s = parse_settings({**ssh_config(), "sshPrivateKey": "k"})
+    spec = node.node_specs(s)[0]
+    secrets = node.NodeSecrets(model_api_key=model_key, litellm_master_key="sk-" + "x" * 40,
+                               developer_keys={"alice": dev_key})  # fmt: skip
+    (tmp_path / "keys.conf").write_text(node.node_secret_files(spec, secrets)[node.GATEWAY_KEYS].content)
+    gw = node.gateway_spec(s, spec)
+    assert gw.direct_chat_backends == ("127.0.0.1:8000",) and gw.direct_chat_authorization
+    gw = dataclasses.replace(
+        gw, listen=f"127.0.0.1:{gw_port}", direct_chat_backends=(f"127.0.0.1:{standin.port}",),
+        model_health_url=f"http://127.0.0.1:{standin.port}/health", keys_include=str(tmp_path / "keys.conf"),
+        tls_cert=None, tls_key=None, pid_path=str(tmp_path / "nginx.pid"), temp_dir=str(tmp_path),
+        error_log=str(tmp_path / "error.log"), access_log=str(tmp_path / "access.log"),
+    )  # fmt: skip
+    (tmp_path / "nginx.conf").write_text(frontdoor.render_gateway_conf(gw))
+    proc = subprocess.Popen([nginx, "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)])
+
+    def chat(key: str) -> int:
+        body = json.dumps({"model": "umans-coder-v0", "messages": [{"role": "user", "content": "hi"}]}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{gw_port}/v1/chat/completions", data=body,
+                                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{gw_port}/api/hello", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.05)
+        assert chat("crk-" + "z" * 40) == 401
+        assert standin.seen("/v1/chat/completions") == []
+        assert chat(dev_key) == 200
+        (seen,) = standin.seen("/v1/chat/completions")
+        assert seen.headers["authorization"] == f"Bearer {model_key}"
+        assert dev_key not in json.dumps(seen.headers)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        standin.stop()
