@@ -453,10 +453,11 @@ def test_nginx_accepts_the_gateway_config_coderig_render_writes(tmp_path: Path, 
 
 
 @pytest.mark.integration
-def test_node_gateway_sends_chat_straight_to_the_model_with_the_model_key(tmp_path: Path) -> None:
-    """The full node's gateway (real nginx) proxies /v1/chat/completions straight to a model server
-    that, like `vllm --api-key`, requires the node's model key: the developer's key is checked at the
-    gateway and replaced by the model key; a wrong developer key reaches nothing."""
+def test_node_gateway_forwards_with_its_own_keys_never_the_developers(tmp_path: Path) -> None:
+    """The full node's gateway (real nginx): /v1/chat/completions goes straight to a model server that,
+    like `vllm --api-key`, requires the node's model key; /v1/messages goes to LiteLLM with the master
+    key, the developer's name and the anthropic-* headers. The developer's key is checked at the
+    gateway and never forwarded; a wrong one reaches nothing."""
     import dataclasses
     import socket
     import urllib.error
@@ -467,21 +468,41 @@ def test_node_gateway_sends_chat_straight_to_the_model_with_the_model_key(tmp_pa
 
     from coderig import frontdoor
 
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen_by_litellm: list[dict[str, str]] = []
+
+    class LiteLLM(BaseHTTPRequestHandler):  # records what the gateway forwards on /v1/messages
+        def do_POST(self) -> None:  # noqa: N802
+            seen_by_litellm.append({k.lower(): v for k, v in self.headers.items()})
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
     nginx = require_tool("nginx")
-    model_key, dev_key = "m" * 40, "crk-" + "a" * 40
+    model_key, dev_key, master = "m" * 40, "crk-" + "a" * 40, "sk-" + "x" * 40
     standin = start_standin(model="umans-coder-v0", api_key=model_key)
+    litellm = ThreadingHTTPServer(("127.0.0.1", 0), LiteLLM)
+    threading.Thread(target=litellm.serve_forever, daemon=True).start()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         gw_port = sock.getsockname()[1]
     s = parse_settings({**ssh_config(), "sshPrivateKey": "k"})
     spec = node.node_specs(s)[0]
-    secrets = node.NodeSecrets(model_api_key=model_key, litellm_master_key="sk-" + "x" * 40,
+    secrets = node.NodeSecrets(model_api_key=model_key, litellm_master_key=master,
                                developer_keys={"alice": dev_key})  # fmt: skip
     (tmp_path / "keys.conf").write_text(node.node_secret_files(spec, secrets)[node.GATEWAY_KEYS].content)
     gw = node.gateway_spec(s, spec)
     assert gw.direct_chat_backends == ("127.0.0.1:8000",) and gw.direct_chat_authorization
     gw = dataclasses.replace(
         gw, listen=f"127.0.0.1:{gw_port}", direct_chat_backends=(f"127.0.0.1:{standin.port}",),
+        litellm=f"127.0.0.1:{litellm.server_address[1]}",
         model_health_url=f"http://127.0.0.1:{standin.port}/health", keys_include=str(tmp_path / "keys.conf"),
         tls_cert=None, tls_key=None, pid_path=str(tmp_path / "nginx.pid"), temp_dir=str(tmp_path),
         error_log=str(tmp_path / "error.log"), access_log=str(tmp_path / "access.log"),
@@ -512,7 +533,21 @@ def test_node_gateway_sends_chat_straight_to_the_model_with_the_model_key(tmp_pa
         (seen,) = standin.seen("/v1/chat/completions")
         assert seen.headers["authorization"] == f"Bearer {model_key}"
         assert dev_key not in json.dumps(seen.headers)
+        # /v1/messages goes to LiteLLM: anthropic-* headers pass, the developer key is replaced
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{gw_port}/v1/messages?beta=true", data=b"{}",
+            headers={"x-api-key": dev_key, "anthropic-version": "2023-06-01", "anthropic-beta": "tools-2024",
+                     "X-Claude-Code-Session-Id": "s1", "Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 200
+        (fwd,) = seen_by_litellm
+        assert fwd["anthropic-version"] == "2023-06-01" and fwd["anthropic-beta"] == "tools-2024"
+        assert fwd["x-claude-code-session-id"] == "s1"
+        assert fwd["authorization"] == f"Bearer {master}" and fwd.get("x-api-key", "") == ""
+        assert fwd["x-coderig-developer"] == "alice" and dev_key not in json.dumps(fwd)
     finally:
         proc.terminate()
         proc.wait(10)
         standin.stop()
+        litellm.shutdown()
