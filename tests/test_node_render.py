@@ -460,16 +460,15 @@ def test_node_gateway_forwards_with_its_own_keys_never_the_developers(tmp_path: 
     gateway and never forwarded; a wrong one reaches nothing."""
     import dataclasses
     import socket
+    import threading
     import urllib.error
     import urllib.request
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from frontdoor_fixtures import require_tool
     from standin import start_standin
 
     from coderig import frontdoor
-
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     seen_by_litellm: list[dict[str, str]] = []
 
@@ -482,7 +481,7 @@ def test_node_gateway_forwards_with_its_own_keys_never_the_developers(tmp_path: 
             self.end_headers()
             self.wfile.write(b"{}")
 
-        def log_message(self, *args: object) -> None:
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
             pass
 
     nginx = require_tool("nginx")
