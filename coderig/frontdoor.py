@@ -426,18 +426,34 @@ def _server_block(spec: GatewaySpec) -> list[str]:
     return ["server {", *_indent(body, 1), "}"]
 
 
+# An idle pooled connection is dropped before the upstream's own idle close (uvicorn, which serves
+# LiteLLM and vLLM, closes after 5 s): otherwise a request can land on a connection the server is
+# closing and fail with 502. A busy stream is bounded by proxy_read_timeout, not by this.
+UPSTREAM_IDLE_S = 4
+
+
+def direct_chat_backend(backend: str) -> str | None:
+    """host:port nginx can proxy /v1/chat/completions to as is, or None: only plain http with the
+    path exactly /v1 (TLS upstreams and path prefixes stay on LiteLLM, which handles both)."""
+    scheme, _, rest = backend.partition("://")
+    host, _, path = rest.partition("/")
+    if scheme != "http" or path.rstrip("/") != "v1":
+        return None
+    return upstream_hostport(backend)
+
+
 def _upstreams(spec: GatewaySpec) -> list[str]:
     out = [
         "upstream coderig_litellm {",
         f"    server {spec.litellm} max_fails=0;",
         f"    keepalive {spec.upstream_keepalive};",
-        f"    keepalive_timeout {spec.timeout_s}s;",
+        f"    keepalive_timeout {UPSTREAM_IDLE_S}s;",
         "}",
     ]
     if spec.direct_chat_backends:
         out += ["upstream coderig_model {", "    least_conn;"]
         out += [f"    server {b} max_fails=0;" for b in spec.direct_chat_backends]
-        out += [f"    keepalive {spec.upstream_keepalive};", f"    keepalive_timeout {spec.timeout_s}s;", "}"]
+        out += [f"    keepalive {spec.upstream_keepalive};", f"    keepalive_timeout {UPSTREAM_IDLE_S}s;", "}"]
     return out
 
 

@@ -67,6 +67,18 @@ def health_url(backend: str, health_path: str) -> str:
     return base + "/" + health_path.lstrip("/")
 
 
+def direct_backends(backends: list[str], enabled: bool) -> tuple[str, ...]:
+    """Where nginx sends /v1/chat/completions itself; () keeps it on LiteLLM (and says why)."""
+    if not enabled:
+        return ()
+    direct = [frontdoor.direct_chat_backend(b) for b in backends]
+    if None in direct:
+        print("coderig frontdoor: /v1/chat/completions goes through LiteLLM: a backend is https or has a path "
+              "prefix, which only LiteLLM proxies", file=sys.stderr)  # fmt: skip
+        return ()
+    return tuple(d for d in direct if d)
+
+
 def parse_keys(text: str, source: str) -> dict[str, str]:
     """The --keys-file JSON: {"developer": "token"}; errors name the file."""
     try:
@@ -378,7 +390,7 @@ def run(opts: RunOptions) -> int:
             timeout_s=opts.timeout_s,
             rate_per_second=opts.rate_per_second,
             rate_burst=opts.rate_burst,
-            direct_chat_backends=tuple(map(frontdoor.upstream_hostport, opts.backends)) if opts.direct_chat else (),
+            direct_chat_backends=direct_backends(opts.backends, opts.direct_chat),
         )
         nginx_conf = prefix / "nginx.conf"
         nginx_conf.write_text(frontdoor.render_gateway_conf(spec))

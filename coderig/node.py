@@ -255,6 +255,12 @@ def litellm_config_text(settings: StackSettings, spec: NodeSpec) -> str:
     return yaml.safe_dump(config, sort_keys=False)
 
 
+def direct_chat(spec: NodeSpec) -> bool:
+    """The gateway proxies /v1/chat/completions to our own (keyed) model servers itself; an external
+    endpoint's URL may be https or prefixed, so a front door for one keeps it on LiteLLM."""
+    return spec.role == "full"
+
+
 def gateway_spec(settings: StackSettings, spec: NodeSpec) -> frontdoor.GatewaySpec:
     health = (
         f"{spec.backends[0].removesuffix('/v1')}/health"
@@ -271,8 +277,8 @@ def gateway_spec(settings: StackSettings, spec: NodeSpec) -> frontdoor.GatewaySp
         rate_per_second=max(1, math.ceil(settings.gateway.rateLimitPerMinute / 60)),
         # OpenAI-native chat goes from nginx straight to our model servers (bench/frontdoor_bench.py:
         # LiteLLM costs ~1.4 ms CPU per streamed chunk); they require the node's model API key.
-        direct_chat_backends=tuple(map(frontdoor.upstream_hostport, spec.backends)) if spec.role == "full" else (),
-        direct_chat_authorization=spec.role == "full",
+        direct_chat_backends=tuple(map(frontdoor.upstream_hostport, spec.backends)) if direct_chat(spec) else (),
+        direct_chat_authorization=direct_chat(spec),
     )
 
 
@@ -409,7 +415,7 @@ def node_secret_files(spec: NodeSpec, secrets: NodeSecrets) -> render.Bundle:
             ),
             0o600,
         )
-        model_key = secrets.model_api_key if spec.role == "full" else None  # for the direct chat path
+        model_key = secrets.model_api_key if direct_chat(spec) else None  # the gateway's direct chat path
         files[GATEWAY_KEYS] = render.RenderedFile(
             frontdoor.render_gateway_keys(dict(secrets.developer_keys), secrets.litellm_master_key, model_key), 0o600
         )

@@ -456,3 +456,24 @@ def test_direct_chat_to_keyed_model_servers_sends_the_model_key_not_the_develope
     direct = conf.split("location = /v1/chat/completions", 1)[1].split("location ", 1)[0]
     assert "proxy_set_header Authorization $coderig_model_authorization;" in direct
     assert "proxy_pass http://coderig_model;" in direct
+
+
+def test_direct_chat_only_for_plain_http_backends_at_v1() -> None:
+    assert frontdoor.direct_chat_backend("http://127.0.0.1:8000/v1") == "127.0.0.1:8000"
+    assert frontdoor.direct_chat_backend("http://model/v1/") == "model:80"
+    assert frontdoor.direct_chat_backend("https://kserve.internal/v1") is None  # nginx would speak http to it
+    assert frontdoor.direct_chat_backend("http://h:8000/prefix/v1") is None  # the prefix would be lost
+    conf = render_gateway_conf(
+        GatewaySpec(listen="127.0.0.1:1", litellm="127.0.0.1:2", model_health_url="http://127.0.0.1:3/health",
+                    keys_include="/k", direct_chat_backends=("127.0.0.1:3",))
+    )  # fmt: skip
+    # pooled upstream connections are dropped before uvicorn's 5 s idle close
+    assert conf.count(f"keepalive_timeout {frontdoor.UPSTREAM_IDLE_S}s;") == 2 and frontdoor.UPSTREAM_IDLE_S < 5
+
+
+def test_frontdoor_run_keeps_https_backends_on_litellm(capsys: pytest.CaptureFixture[str]) -> None:
+    local = ["http://127.0.0.1:8000/v1", "http://127.0.0.1:8001/v1"]
+    assert frontdoor_run.direct_backends(local, True) == ("127.0.0.1:8000", "127.0.0.1:8001")
+    assert frontdoor_run.direct_backends(local, False) == ()
+    assert frontdoor_run.direct_backends([*local, "https://kserve.internal/v1"], True) == ()
+    assert "through LiteLLM" in capsys.readouterr().err

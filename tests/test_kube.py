@@ -25,7 +25,7 @@ from conftest import run_program, write_stack
 from frontdoor_fixtures import require_tool
 from standin import StandIn, start_standin
 
-from coderig import engine, idle, kube, kube_ops, planner, render, versions
+from coderig import engine, idle, kube, kube_ops, node, planner, render, versions
 from coderig.settings import SettingsError, parse_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -1033,6 +1033,22 @@ class _Ok(BaseHTTPRequestHandler):
     do_GET = do_POST = _ok
 
 
+class _KeyedModel(_Ok):
+    """Like `vllm --api-key`: /v1/* needs the model key; /health does not."""
+
+    key = "v" * 32
+    seen: list[dict[str, str]] = []
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.seen.append({k.lower(): v for k, v in self.headers.items()})
+        if self.headers.get("Authorization") != f"Bearer {self.key}":
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self._ok()
+
+
 @pytest.mark.integration
 def test_gateway_answers_503_with_retry_after_while_the_model_is_at_zero(tmp_path: Path) -> None:
     """The k8s gateway config (kube.gateway_spec) in real nginx, on loopback, plain HTTP: a model with
@@ -1049,7 +1065,7 @@ def test_gateway_answers_503_with_retry_after_while_the_model_is_at_zero(tmp_pat
     s = settings_of(k8s_config())
     key = "crk-" + "k" * 40
     (tmp_path / "keys.conf").write_text(
-        frontdoor.render_gateway_keys({"alice": key}, "sk-" + "m" * 40, model_key="v" * 32)
+        frontdoor.render_gateway_keys({"alice": key}, "sk-" + "m" * 40, model_key=_KeyedModel.key)
     )
     spec = dataclasses.replace(
         kube.gateway_spec(s),
@@ -1090,10 +1106,13 @@ def test_gateway_answers_503_with_retry_after_while_the_model_is_at_zero(tmp_pat
         status, retry, body = call("/v1/chat/completions", {"Authorization": f"Bearer {key}"})
         assert (status, retry) == (503, str(kube.RETRY_AFTER_S)) and "error" in body
         assert call("/v1/messages", {})[0] == 401
-        model = ThreadingHTTPServer(("127.0.0.1", model_port), _Ok)
+        model = ThreadingHTTPServer(("127.0.0.1", model_port), _KeyedModel)
         threading.Thread(target=model.serve_forever, daemon=True).start()
         assert call("/v1/messages", {"x-api-key": key})[0] == 200
-        assert call("/v1/chat/completions", {"Authorization": f"Bearer {key}"})[0] == 200  # direct path
+        # the direct chat path: the gateway sends the model key from the keys Secret, never the developer's
+        assert call("/v1/chat/completions", {"Authorization": f"Bearer {key}"})[0] == 200
+        assert _KeyedModel.seen[-1]["authorization"] == f"Bearer {_KeyedModel.key}"
+        assert key not in json.dumps(_KeyedModel.seen)
     finally:
         proc.terminate()
         proc.wait(10)
@@ -1150,3 +1169,13 @@ def test_stop_probe_reads_running_requests_from_a_live_model_server(standin: Sta
     out = subprocess.run(probe, capture_output=True, text=True, timeout=30, check=True).stdout.split()
     worker.join()
     assert out == ["1", "1"]
+
+
+def test_gateway_keys_secret_carries_the_model_key_its_direct_chat_path_sends() -> None:
+    s = settings_of(k8s_config())
+    assert kube.gateway_spec(s).direct_chat_authorization
+    secrets = node.NodeSecrets(model_api_key="v" * 32, litellm_master_key="sk-" + "m" * 40,
+                               developer_keys={"alice": "crk-" + "a" * 40})  # fmt: skip
+    (front,) = [o for o in kube.secret_objects(s, "prod", secrets) if o["metadata"]["name"] == kube.SECRET_FRONTDOOR]
+    keys = front["stringData"]["gateway-keys.conf"]
+    assert "$coderig_model_authorization" in keys and "Bearer " + "v" * 32 in keys

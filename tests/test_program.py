@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import HOST_KEY, ROOT, run_program, ssh_config
+from conftest import HOST_KEY, ROOT, fake_outputs, run_program, ssh_config
 from test_aws_stack import aws_config, run_stack
 
 from coderig.settings import namespace_from_stack_file
@@ -98,4 +98,9 @@ def test_every_target_builds_with_unique_parented_names_and_secret_tokens(kind):
     public = json.dumps({k: v for k, v in run.outputs.items() if k not in run.secret_outputs}, default=str)
     for token in tokens.values():
         assert token not in public
+    # no generated secret (developer keys, LiteLLM master key, model API key) in a public output
+    passwords = run.of_type("random:index/randomPassword:RandomPassword")
+    assert len(passwords) >= len(tokens) + 1
+    for r in passwords:
+        assert fake_outputs(r.typ, r.name)["result"] not in public, r.name
     assert "PRIVATE KEY" not in public
