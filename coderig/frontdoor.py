@@ -45,6 +45,9 @@ class ModelRoute:
     top_p: float | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     aliases: tuple[str, ...] = ()
+    # what LiteLLM sends the model servers: "none" for an unkeyed server on loopback, or
+    # "os.environ/VAR" for a key (`vllm --api-key`, an external endpoint's key) kept in the environment
+    api_key: str = "none"
     timeout_s: int = DEFAULT_TIMEOUT_S
     # /v1/responses: translate to chat/completions in LiteLLM (the path every tool parser
     # supports) instead of passing through to the model server's own /v1/responses.
@@ -73,7 +76,7 @@ def _litellm_params(route: ModelRoute, backend: str) -> dict[str, Any]:
     params: dict[str, Any] = {
         "model": f"hosted_vllm/{route.served_name}",
         "api_base": backend,
-        "api_key": "none",  # the model server listens on loopback without auth
+        "api_key": route.api_key,
         "timeout": route.timeout_s,
         "stream_timeout": route.timeout_s,
         "max_tokens": route.max_tokens,  # a default: a request's own max_tokens wins

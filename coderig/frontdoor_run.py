@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ipaddress
 import json
 import os
 import secrets
@@ -35,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from coderig import frontdoor
+from coderig import access, frontdoor
+from coderig.render import write_file
 from coderig.versions import LITELLM_VERSION
 
 READY_LINE = "coderig frontdoor: ready"
@@ -92,17 +92,11 @@ def parse_keys(text: str, source: str) -> dict[str, str]:
 
 
 def tls_names(host: str, extra: list[str]) -> tuple[list[str], list[str]]:
-    """(DNS names, IP addresses) for the server certificate."""
-    dns, ips = ["localhost"], ["127.0.0.1", "::1"]
-    for name in [host, *extra]:
-        if name in ("0.0.0.0", "::"):  # noqa: S104 - naming the wildcard, not binding it
-            dns.append(socket.gethostname())
-            continue
-        try:
-            ips.append(str(ipaddress.ip_address(name)))
-        except ValueError:
-            dns.append(name)
-    return list(dict.fromkeys(dns)), list(dict.fromkeys(ips))
+    """(DNS names, IP addresses) for the server certificate; a wildcard listen address is named by
+    this machine's host name."""
+    wildcard = ("0.0.0.0", "::")  # noqa: S104 - naming the wildcard, not binding it
+    named = [socket.gethostname() if name in wildcard else name for name in [host, *extra]]
+    return access.certificate_sans([*named, "::1"])
 
 
 def litellm_env(master_key: str, base: dict[str, str]) -> dict[str, str]:
@@ -179,13 +173,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def write_secret(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(path, 0o600)
-
-
 def _openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -239,7 +226,7 @@ def ensure_tls(tls_dir: Path, host: str, extra_names: list[str]) -> tuple[Path, 
             "-out",
             str(csr),
             "-subj",
-            f"/CN={dns[-1] if host in dns else host}",
+            "/CN=coderig front door",
         )
         _openssl(
             "x509",
@@ -303,7 +290,7 @@ def reload_keys(keys_file: Path, keys_conf: Path, master_key: str, nginx: subpro
     except (OSError, ValueError) as exc:
         print(f"coderig frontdoor: keys NOT reloaded: {exc}", file=sys.stderr, flush=True)
         return
-    write_secret(keys_conf, frontdoor.render_gateway_keys(keys, master_key))
+    write_file(keys_conf, frontdoor.render_gateway_keys(keys, master_key))
     os.kill(nginx.pid, signal.SIGHUP)
     print(f"coderig frontdoor: keys reloaded ({len(keys)} developer key(s))", flush=True)
 
@@ -373,7 +360,7 @@ def run(opts: RunOptions) -> int:
         litellm_cfg = prefix / "litellm.yaml"
         litellm_cfg.write_text(frontdoor.render_litellm_config(route))
         keys_conf = prefix / "gateway-keys.conf"
-        write_secret(keys_conf, frontdoor.render_gateway_keys(keys, master_key))
+        write_file(keys_conf, frontdoor.render_gateway_keys(keys, master_key))
         os.chmod(prefix, 0o711)  # noqa: S103 - nginx workers (not root) must reach their temp dirs
         spec = frontdoor.GatewaySpec(
             listen=opts.listen,

@@ -521,7 +521,7 @@ def gateway_spec(settings: StackSettings) -> frontdoor.GatewaySpec:
         error_log="/dev/stderr",
         access_log="/dev/stdout",
         temp_dir="/tmp",
-        rate_per_second=max(1, math.ceil(settings.gateway.rateLimitPerMinute / 60)),
+        rate_per_second=settings.gateway.rate_per_second,
         # OpenAI-native chat straight to the model Service (LiteLLM costs ~1.4 ms CPU per streamed
         # chunk), with the model's API key from the keys Secret
         direct_chat_backends=(frontdoor.upstream_hostport(model_url(settings)),),

@@ -22,7 +22,6 @@ import hashlib
 import importlib.resources
 import io
 import json
-import math
 import os
 import shlex
 import tarfile
@@ -241,18 +240,14 @@ def model_route(settings: StackSettings, spec: NodeSpec) -> frontdoor.ModelRoute
         temperature=p.temperature,
         top_p=p.top_p,
         chat_template_kwargs=p.chat_template_kwargs,
+        # every model server (ours) requires the node's model API key; an external endpoint takes
+        # its own key (`coderig:externalApiKey`) through the same variable
+        api_key=f"os.environ/{MODEL_API_KEY_ENV}",
     )
 
 
 def litellm_config_text(settings: StackSettings, spec: NodeSpec) -> str:
-    """frontdoor's LiteLLM config; every model server (ours) requires the node's model API key.
-
-    An external endpoint takes its own key (`coderig:externalApiKey`) through the same variable.
-    """
-    config = frontdoor.litellm_config(model_route(settings, spec))
-    for entry in config["model_list"]:
-        entry["litellm_params"]["api_key"] = f"os.environ/{MODEL_API_KEY_ENV}"
-    return yaml.safe_dump(config, sort_keys=False)
+    return frontdoor.render_litellm_config(model_route(settings, spec))
 
 
 def direct_chat(spec: NodeSpec) -> bool:
@@ -274,7 +269,7 @@ def gateway_spec(settings: StackSettings, spec: NodeSpec) -> frontdoor.GatewaySp
         keys_include=f"/etc/nginx/{GATEWAY_KEYS}",
         tls_cert=f"/etc/nginx/{TLS_DIR}/server.crt" if spec.tls else None,
         tls_key=f"/etc/nginx/{SECRETS_DIR}/server.key" if spec.tls else None,
-        rate_per_second=max(1, math.ceil(settings.gateway.rateLimitPerMinute / 60)),
+        rate_per_second=settings.gateway.rate_per_second,
         # OpenAI-native chat goes from nginx straight to our model servers (bench/frontdoor_bench.py:
         # LiteLLM costs ~1.4 ms CPU per streamed chunk); they require the node's model API key.
         direct_chat_backends=tuple(map(frontdoor.upstream_hostport, spec.backends)) if direct_chat(spec) else (),

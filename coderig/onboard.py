@@ -21,7 +21,6 @@ import ssl
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,27 +30,12 @@ from typing import Any
 
 from coderig import clients
 from coderig.clients import Bundle, BundleError, ClientPaths
+from coderig.render import write_file
 
 CLIENTS = ("claude", "codex", "opencode")
 
 
 # ---------------------------------------------------------------- file helpers
-
-
-def write_private(path: Path, text: str, mode: int = 0o600) -> None:
-    """Atomically write `text` with `mode` (the file never exists with a wider mode)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    os.chmod(path, mode)
 
 
 def _mode(path: Path) -> int | None:
@@ -144,7 +128,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         out = Path(args.out)
         if out.is_dir():
             raise BundleError(f"--out {out} is a directory; give a file name such as {out}/{args.developer}.json")
-        write_private(out, clients.dumps_json(data))
+        write_file(out, clients.dumps_json(data))
     except BundleError as exc:
         print(f"coderig bundle: {exc}", file=sys.stderr)
         return 2
@@ -266,13 +250,13 @@ def apply_changes(changes: list[Change], stamp: str) -> dict[Path, Path]:
             continue
         if change.backup and change.state == "changed":
             backup = change.path.with_name(f"{change.path.name}.coderig-backup-{stamp}")
-            write_private(backup, change.path.read_text(), 0o600)
+            write_file(backup, change.path.read_text(), 0o600)
             backups[change.path] = backup
         # the token's folder is private; a new ~/.claude or ~/.codex is too (they hold tokens and history)
         change.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         # a dotfiles manager's symlink stays a symlink: write the file it points to
         dest = change.path.resolve() if change.path.is_symlink() else change.path
-        write_private(dest, change.text, change.mode)
+        write_file(dest, change.text, change.mode)
     return backups
 
 

@@ -6,8 +6,10 @@ that hold secrets (keys, env files) are produced at deploy time from Pulumi secr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,16 +75,27 @@ def render_stack(settings: StackSettings, stack: str) -> Bundle:
     return out
 
 
+def write_file(path: Path, text: str, mode: int = 0o600) -> None:
+    """Atomically write `text` with `mode` (the file never exists with a wider mode, and a reader
+    never sees it half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def write_bundle(bundle: Bundle, out_dir: Path) -> list[Path]:
     written = []
     for rel, f in sorted(bundle.items()):
-        path = out_dir / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, f.mode)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f.content)
-        os.chmod(path, f.mode)
-        written.append(path)
+        write_file(out_dir / rel, f.content, f.mode)
+        written.append(out_dir / rel)
     return written
 
 

@@ -12,6 +12,7 @@ stack file they are `{secure: v1:…}` and are kept as the opaque `SECRET` marke
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -395,6 +396,11 @@ class GatewaySettings(_Model):
     port: int = Field(default=8443, ge=1, le=65535)
     rateLimitPerMinute: int = Field(default=600, ge=1)
     hostnames: list[str] = Field(default_factory=list, description="extra DNS names for the certificate")
+
+    @property
+    def rate_per_second(self) -> int:
+        """The gateway's per-developer sustained rate (nginx limit_req counts per second)."""
+        return max(1, math.ceil(self.rateLimitPerMinute / 60))
 
 
 DEVELOPER_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")

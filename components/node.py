@@ -31,10 +31,12 @@ from typing import Any
 
 import pulumi
 import pulumi_command as command
+import pulumi_random as random
 
-from coderig import node
+from coderig import access, node
 from coderig.render import Bundle
 from coderig.settings import SshHost, StackSettings
+from components.frontdoor import DeveloperKeys, GatewayTls, MasterKey
 
 BASH = ["/bin/bash", "-c"]
 
@@ -280,13 +282,9 @@ def front_door_access(
 ) -> FrontDoorAccess:
     """Developer keys, LiteLLM's master key, the model servers' API key and the gateway TLS
     (components.frontdoor), gathered into one secret NodeSecrets for the node bundles."""
-    import pulumi_random as random
-
-    from components.frontdoor import DeveloperKeys, GatewayTls, MasterKey
-
     keys = DeveloperKeys("developers", settings.developers)
     master = MasterKey("litellm")
-    model_key = random.RandomPassword("model-api-key", length=48, special=False)
+    model_key = random.RandomPassword("model-api-key", length=access.KEY_LENGTH, special=False)
     tls = GatewayTls(
         "gateway-tls",
         list(names),

@@ -30,6 +30,7 @@ from coderig.frontdoor import (  # noqa: E402
     render_litellm_config,
     validate_keys,
 )
+from coderig.render import write_file  # noqa: E402
 from coderig.versions import FORBIDDEN_LITELLM_VERSIONS, LITELLM_VERSION  # noqa: E402
 
 ROUTE = ModelRoute(
@@ -439,7 +440,7 @@ def test_secret_files_are_written_0600(tmp_path: Path) -> None:
     target = tmp_path / "gateway-keys.conf"
     target.write_text("old")
     target.chmod(0o644)
-    frontdoor_run.write_secret(target, render_gateway_keys(KEYS, MASTER))
+    write_file(target, render_gateway_keys(KEYS, MASTER))
     assert target.stat().st_mode & 0o777 == 0o600 and MASTER in target.read_text()
 
 
