@@ -51,8 +51,8 @@ ENV_STACK = "CODERIG_STACK"
 ENV_TAG_KEY = "CODERIG_TAG_KEY"
 ENV_TAG_VALUE = "CODERIG_TAG_VALUE"
 ENV_STOP_AFTER = "CODERIG_STOP_AFTER_MINUTES"
-ENV_SCHEDULE = "CODERIG_SCHEDULE"  # JSON of idle.OfficeHours.to_dict(), or empty
-ENV_DRY_RUN = "CODERIG_DRY_RUN"
+ENV_SCHEDULE = idle.ENV_SCHEDULE
+ENV_DRY_RUN = idle.ENV_DRY_RUN
 ENV_NAMESPACE = "CODERIG_NAMESPACE"
 ENV_SIGNALS = "CODERIG_SIGNALS"  # comma-separated idle.SIGNALS the reaper requires
 
@@ -94,10 +94,9 @@ class ReaperConfig:
         stack = env.get(ENV_STACK, "")
         if not stack:
             raise OpsError(f"{ENV_STACK} is not set")
-        schedule_text = env.get(ENV_SCHEDULE, "").strip()
         try:
-            schedule = idle.OfficeHours.from_dict(json.loads(schedule_text)) if schedule_text else None
-        except (json.JSONDecodeError, idle.ScheduleError) as exc:
+            schedule = idle.schedule_from_env(env)
+        except idle.ScheduleError as exc:
             raise OpsError(f"{ENV_SCHEDULE}: {exc}") from exc
         try:
             stop_after = float(env.get(ENV_STOP_AFTER, DEFAULT_STOP_AFTER_MINUTES))
@@ -110,7 +109,7 @@ class ReaperConfig:
             tag_value=env.get(ENV_TAG_VALUE) or stack,
             stop_after_minutes=stop_after,
             schedule=schedule,
-            dry_run=env.get(ENV_DRY_RUN, "").strip().lower() in {"1", "true", "yes", "on"},
+            dry_run=idle.dry_run_from_env(env),
             namespace=env.get(ENV_NAMESPACE) or NAMESPACE,
             signals=signals,
         )
@@ -122,8 +121,7 @@ class ReaperConfig:
             ENV_TAG_KEY: self.tag_key,
             ENV_TAG_VALUE: self.tag_value,
             ENV_STOP_AFTER: f"{self.stop_after_minutes:g}",
-            ENV_SCHEDULE: json.dumps(self.schedule.to_dict()) if self.schedule else "",
-            ENV_DRY_RUN: "true" if self.dry_run else "false",
+            **idle.policy_env(self.schedule, self.dry_run),
             ENV_NAMESPACE: self.namespace,
             ENV_SIGNALS: ",".join(self.signals),
         }

@@ -193,9 +193,7 @@ def reaper_enabled(settings: StackSettings) -> bool:
 
 def reaper_config(settings: StackSettings, stack: str, *, gateway_signal: bool = False) -> aws_ops.ReaperConfig:
     policy = settings.idle
-    schedule = None
-    if policy.officeHours is not None:
-        schedule = idle.OfficeHours.from_dict(policy.officeHours.model_dump())
+    schedule = policy.schedule()
     signals = idle.SIGNALS if gateway_signal else tuple(s for s in idle.SIGNALS if s != "gateway_requests")
     return aws_ops.ReaperConfig(
         stack=stack,

@@ -16,6 +16,7 @@ Pieces:
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -262,6 +263,35 @@ class OfficeHours:
         if t < self.end:
             return (local.weekday() - 1) % 7 in self.days
         return False
+
+
+# How the reapers (the AWS Lambda, the Kubernetes CronJob) receive the policy: environment variables.
+ENV_SCHEDULE = "CODERIG_SCHEDULE"  # JSON of OfficeHours.to_dict(), or empty: no office hours
+ENV_DRY_RUN = "CODERIG_DRY_RUN"
+
+
+def policy_env(schedule: OfficeHours | None, dry_run: bool) -> dict[str, str]:
+    return {
+        ENV_SCHEDULE: json.dumps(schedule.to_dict()) if schedule else "",
+        ENV_DRY_RUN: "true" if dry_run else "false",
+    }
+
+
+def schedule_from_env(env: Mapping[str, str]) -> OfficeHours | None:
+    text = env.get(ENV_SCHEDULE, "").strip()
+    if not text:
+        return None
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ScheduleError(f"{ENV_SCHEDULE}: not JSON ({exc})") from None
+    if not isinstance(spec, dict):
+        raise ScheduleError(f"{ENV_SCHEDULE}: expected a JSON object")
+    return OfficeHours.from_dict(spec)
+
+
+def dry_run_from_env(env: Mapping[str, str]) -> bool:
+    return env.get(ENV_DRY_RUN, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 # --- The decision ------------------------------------------------------------------------------------

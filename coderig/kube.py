@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from coderig import engine, frontdoor, node, planner, versions
+from coderig import engine, frontdoor, idle, node, planner, versions
 from coderig.render import Bundle, RenderedFile
 from coderig.settings import KubernetesTarget, StackSettings
 
@@ -757,12 +757,6 @@ def model_network_policy(settings: StackSettings, stack: str) -> Obj:
 
 def idle_env(settings: StackSettings, stack: str) -> dict[str, str]:
     t = target(settings)
-    office = settings.idle.officeHours
-    schedule = (
-        json.dumps({"timezone": office.timezone, "days": list(office.days), "start": office.start, "end": office.end})
-        if office
-        else ""
-    )
     return {
         "CODERIG_STACK": stack,
         "CODERIG_NAMESPACE": t.namespace,
@@ -773,8 +767,7 @@ def idle_env(settings: StackSettings, stack: str) -> dict[str, str]:
         "CODERIG_STATE_CONFIGMAP": IDLE_STATE,
         "CODERIG_STOP_AFTER_MINUTES": str(settings.idle.stopAfterMinutes or 0),
         "CODERIG_PERIOD_SECONDS": str(idle_period_seconds(settings)),
-        "CODERIG_SCHEDULE": schedule,
-        "CODERIG_DRY_RUN": "true" if settings.idle.dryRun else "false",
+        **idle.policy_env(settings.idle.schedule(), settings.idle.dryRun),
         "CODERIG_REPLICAS": str(t.replicas),
     }
 

@@ -75,9 +75,8 @@ class ReaperConfig:
                 raise KubeOpsError(f"{key} is not set")
             return value
 
-        schedule_text = env.get("CODERIG_SCHEDULE", "").strip()
         try:
-            schedule = idle.OfficeHours.from_dict(json.loads(schedule_text)) if schedule_text else None
+            schedule = idle.schedule_from_env(env)
             stop_after = float(need("CODERIG_STOP_AFTER_MINUTES"))
             period = int(env.get("CODERIG_PERIOD_SECONDS", "300"))
             port = int(env.get("CODERIG_METRICS_PORT", "8000"))
@@ -96,7 +95,7 @@ class ReaperConfig:
             period_seconds=period,
             model_name=env.get("CODERIG_MODEL_NAME") or None,
             schedule=schedule,
-            dry_run=env.get("CODERIG_DRY_RUN", "").lower() in ("1", "true", "yes"),
+            dry_run=idle.dry_run_from_env(env),
             replicas=max(1, replicas),
         )
 

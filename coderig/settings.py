@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from coderig import catalog
+from coderig import catalog, idle
 
 NAMESPACE = "coderig"
 
@@ -373,12 +373,9 @@ class OfficeHours(_Model):
     def _window(self) -> OfficeHours:
         """The reaper's own schedule type decides what a usable window is (one rule, two callers:
         this validation and the Lambda / CronJob, which cannot import pydantic)."""
-        from coderig.idle import OfficeHours as Schedule
-        from coderig.idle import ScheduleError
-
         try:
-            Schedule.from_dict(self.model_dump())
-        except ScheduleError as exc:
+            idle.OfficeHours.from_dict(self.model_dump())
+        except idle.ScheduleError as exc:
             key, _, why = str(exc).partition(": ")
             if key not in type(self).model_fields:
                 key, why = "end", str(exc)
@@ -390,6 +387,10 @@ class IdlePolicy(_Model):
     stopAfterMinutes: int | None = Field(default=None, ge=5, le=7 * 24 * 60)
     officeHours: OfficeHours | None = None
     dryRun: bool = False
+
+    def schedule(self) -> idle.OfficeHours | None:
+        """The office hours as the reapers' own type (what they receive through the environment)."""
+        return None if self.officeHours is None else idle.OfficeHours.from_dict(self.officeHours.model_dump())
 
 
 class GatewaySettings(_Model):
