@@ -35,7 +35,6 @@ NAMESPACE = "Coderig"
 TAG_STACK = "coderig:stack"
 TAG_ENVIRONMENT = "coderig:environment"
 TAG_ROLE = "coderig:role"
-ROLE_GPU_NODE = "gpu-node"
 PERIOD_SECONDS = 60
 DEFAULT_STOP_AFTER_MINUTES = 45.0
 

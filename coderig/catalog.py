@@ -19,7 +19,6 @@ GB = 10**9
 class Gpu:
     name: str
     memory_bytes: int
-    fp8: bool = True  # native FP8 (Ada, Hopper, Blackwell)
 
 
 # Usable memory per GPU as the clouds and `nvidia-smi` report it.
@@ -27,9 +26,9 @@ GPUS: dict[str, Gpu] = {
     g.name: g
     for g in (
         Gpu("L4", 24 * GiB),
-        Gpu("A10G", 24 * GiB, fp8=False),
+        Gpu("A10G", 24 * GiB),
         Gpu("L40S", 48 * GiB),
-        Gpu("A100", 80 * GiB, fp8=False),
+        Gpu("A100", 80 * GiB),
         Gpu("H100", 80 * GiB),
         Gpu("H200", 141 * GiB),
         Gpu("B200", 179 * GiB),
@@ -45,20 +44,19 @@ class AwsInstance:
     gpu: str
     gpu_count: int
     usd_per_hour: float  # us-east-1 on-demand, checked 2026-11
-    instance_store_gb: int = 0
 
 
 AWS_INSTANCES: dict[str, AwsInstance] = {
     i.name: i
     for i in (
-        AwsInstance("g6.xlarge", "L4", 1, 0.805, 250),
-        AwsInstance("g6e.xlarge", "L40S", 1, 1.861, 250),
-        AwsInstance("g6e.12xlarge", "L40S", 4, 10.49, 3800),
-        AwsInstance("g6e.48xlarge", "L40S", 8, 30.13, 7600),
-        AwsInstance("p4de.24xlarge", "A100", 8, 40.97, 8000),
-        AwsInstance("p5.48xlarge", "H100", 8, 55.04, 30400),
-        AwsInstance("p5en.48xlarge", "H200", 8, 63.30, 30400),
-        AwsInstance("p6-b200.48xlarge", "B200", 8, 113.93, 30400),
+        AwsInstance("g6.xlarge", "L4", 1, 0.805),
+        AwsInstance("g6e.xlarge", "L40S", 1, 1.861),
+        AwsInstance("g6e.12xlarge", "L40S", 4, 10.49),
+        AwsInstance("g6e.48xlarge", "L40S", 8, 30.13),
+        AwsInstance("p4de.24xlarge", "A100", 8, 40.97),
+        AwsInstance("p5.48xlarge", "H100", 8, 55.04),
+        AwsInstance("p5en.48xlarge", "H200", 8, 63.30),
+        AwsInstance("p6-b200.48xlarge", "B200", 8, 113.93),
     )
 }
 
@@ -280,5 +278,3 @@ PRESETS: dict[str, Preset] = {
         ),
     )
 }
-
-DEV_PRESET = "qwen3-1.7b-cpu"

@@ -77,7 +77,6 @@ class NodeSpec:
     # OpenAI base URLs of every model replica (LiteLLM balances across them); full/frontdoor only
     backends: tuple[str, ...] = ()
     tls: bool = True
-    extra_model_env: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     litellm_workers: int = 1  # full/frontdoor: sized from the concurrency the plan allows
 
 

@@ -11,7 +11,7 @@ Memory model (per model replica, all GPUs of one host or pod):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from coderig.catalog import AWS_INSTANCES, GB, GPU_COUNTS, GPUS, GiB, Preset
@@ -89,9 +89,6 @@ class Plan:
             "usd_per_hour": self.usd_per_hour,
         }
         return out
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 def plan(

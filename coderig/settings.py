@@ -477,10 +477,6 @@ class StackSettings(_Model):
                 )
         return self
 
-    @property
-    def stack_file_secrets(self) -> dict[str, bool]:
-        return {k: getattr(self, k) is not None for k in SECRET_KEYS}
-
 
 class _KeyError(ValueError):
     """A model-level problem that belongs to one sub-key (so the message can name it)."""

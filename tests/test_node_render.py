@@ -67,6 +67,14 @@ def settings_aws() -> StackSettings:
     )
 
 
+def fake_secrets(**overrides: Any) -> node.NodeSecrets:
+    values: dict[str, Any] = {
+        "model_api_key": "m" * 20, "litellm_master_key": "sk-" + "x" * 20,
+        "developer_keys": {"a": "crk-" + "a" * 20}, "tls_cert": "C", "tls_key": "K",
+    }  # fmt: skip
+    return node.NodeSecrets(**{**values, **overrides})
+
+
 ALL = {
     "aws-2": settings_aws,
     "ssh-1": lambda: settings_ssh(1),
@@ -222,13 +230,7 @@ def test_coderig_render_writes_the_node_bundle(tmp_path: Path) -> None:
 def test_archive_is_deterministic_and_keeps_modes() -> None:
     settings = settings_ssh()
     spec = node.node_specs(settings)[0]
-    secrets = node.NodeSecrets(
-        model_api_key="m" * 20,
-        litellm_master_key="sk-" + "x" * 20,
-        developer_keys={"a": "crk-" + "a" * 20},
-        tls_cert="C",
-        tls_key="K",
-    )
+    secrets = fake_secrets()
     files = node.with_hash_file(node.node_files(settings, spec) | node.node_secret_files(spec, secrets))
     a, b = node.bundle_archive(files), node.bundle_archive(dict(reversed(list(files.items()))))
     assert a == b
@@ -240,20 +242,8 @@ def test_archive_is_deterministic_and_keeps_modes() -> None:
 def test_hashes_split_model_and_front_door() -> None:
     settings = settings_ssh()
     spec = node.node_specs(settings)[0]
-    s1 = node.NodeSecrets(
-        model_api_key="m" * 20,
-        litellm_master_key="sk-" + "x" * 20,
-        developer_keys={"a": "crk-" + "a" * 20},
-        tls_cert="C",
-        tls_key="K",
-    )
-    s2 = node.NodeSecrets(
-        model_api_key="m" * 20,
-        litellm_master_key="sk-" + "x" * 20,
-        developer_keys={"a": "crk-" + "a" * 20, "b": "crk-" + "b" * 20},
-        tls_cert="C",
-        tls_key="K",
-    )
+    s1 = fake_secrets()
+    s2 = fake_secrets(developer_keys={"a": "crk-" + "a" * 20, "b": "crk-" + "b" * 20})
     h1 = node.service_hashes(settings, spec, node.node_secret_files(spec, s1))
     h2 = node.service_hashes(settings, spec, node.node_secret_files(spec, s2))
     assert h1["model"] == h2["model"] and h1["frontdoor"] != h2["frontdoor"]
@@ -282,13 +272,7 @@ def test_copy_then_up_then_guarded_delete(tmp_path: Path) -> None:
     settings = settings_ssh()
     spec = node.node_specs(settings)[0]
     d = tmp_path / "bundle"
-    secrets = node.NodeSecrets(
-        model_api_key="m" * 20,
-        litellm_master_key="sk-" + "x" * 20,
-        developer_keys={"a": "crk-" + "a" * 20},
-        tls_cert="C",
-        tls_key="K",
-    )
+    secrets = fake_secrets()
     files = node.node_files(settings, spec) | node.node_secret_files(spec, secrets)
     old_hash = node.bundle_hash(files)
     d.mkdir()

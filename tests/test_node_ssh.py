@@ -214,17 +214,20 @@ def ssh_run(host: SshHost, command: str, *, pinned_key: str | None = None) -> su
     )
 
 
-def ssh_settings(host: SshHost, cache_path: Path, **model: Any) -> StackSettings:
+def ssh_settings(host: SshHost, cache_path: Path, *, cpu: bool = False, **model: Any) -> StackSettings:
+    """One pinned host: DeepSeek V3.2 on 8×H200, or (`cpu`) the llama.cpp dev preset with no GPU."""
+    gpu = {} if cpu else {"gpu": {"model": "H200", "count": 8}}
+    preset = {"preset": "qwen3-1.7b-cpu"} if cpu else {"preset": "deepseek-v3.2", "maxModelLen": 131072}
     return parse_settings(
         {
             "target": {
                 "kind": "ssh",
-                "gpu": {"model": "H200", "count": 8},
+                **gpu,
                 "cachePath": str(cache_path),
                 "hosts": [{"address": host.address, "port": host.port, "user": "root", "hostKey": host.host_key}],
             },
             "sshPrivateKey": "present",
-            "model": {"preset": "deepseek-v3.2", "maxModelLen": 131072, **model},
+            "model": {**preset, **model},
             "developers": ["alice"],
         }
     )
@@ -255,19 +258,7 @@ def test_preflight_over_ssh_reports_no_gpu_and_not_enough_disk(ssh_host: SshHost
 
 def test_preflight_over_ssh_passes_for_cpu_preset_with_room(ssh_host: SshHost) -> None:
     roomy_disk = ssh_host.roomy_disk
-    settings = parse_settings(
-        {
-            "target": {
-                "kind": "ssh",
-                "cachePath": str(roomy_disk / "cache"),
-                "hosts": [
-                    {"address": ssh_host.address, "port": ssh_host.port, "user": "root", "hostKey": ssh_host.host_key}
-                ],
-            },
-            "sshPrivateKey": "present",
-            "model": {"preset": "qwen3-1.7b-cpu"},
-        }
-    )
+    settings = ssh_settings(ssh_host, roomy_disk / "cache", cpu=True)
     result = preflight_over_ssh(ssh_host, settings)
     if ssh_host.netns is None:
         pytest.skip("on loopback the node's ports are this machine's ports")
@@ -335,20 +326,7 @@ def test_every_node_step_over_ssh_in_order(ssh_host: SshHost, tmp_path: Path) ->
     from components.node import node_plan
 
     roomy_disk = ssh_host.roomy_disk
-    settings = parse_settings(
-        {
-            "target": {
-                "kind": "ssh",
-                "cachePath": str(roomy_disk / "cache"),
-                "hosts": [
-                    {"address": ssh_host.address, "port": ssh_host.port, "user": "root", "hostKey": ssh_host.host_key}
-                ],
-            },
-            "sshPrivateKey": "present",
-            "model": {"preset": "qwen3-1.7b-cpu"},
-            "developers": ["alice"],
-        }
-    )
+    settings = ssh_settings(ssh_host, roomy_disk / "cache", cpu=True)
     t = settings.target
     assert t.kind == "ssh"
     spec = node.node_specs(settings)[0]
