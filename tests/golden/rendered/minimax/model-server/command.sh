@@ -1,0 +1,2 @@
+#!/bin/sh
+exec vllm serve MiniMaxAI/MiniMax-M2.1 --served-model-name minimax-m2.1 --host 127.0.0.1 --port 8000 --tensor-parallel-size 4 --max-model-len 131072 --gpu-memory-utilization 0.90 --kv-cache-dtype fp8 --enable-prefix-caching --enable-auto-tool-choice --tool-call-parser minimax_m2 --reasoning-parser minimax_m2 --override-generation-config '{"temperature":1.0,"top_p":0.95}' --trust-remote-code --enable-expert-parallel
