@@ -17,9 +17,10 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_tls as tls
 
-from coderig import aws_ops, aws_plan
-from coderig.aws_plan import Rule, VolumeSpec
-from coderig.settings import AwsTarget
+from coderig.core.settings import AwsTarget
+from coderig.runtime import aws_reaper as aws_ops
+from coderig.targets.aws import plan as aws_plan
+from coderig.targets.aws.plan import Rule, VolumeSpec
 
 # --- network -------------------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import pulumi
 import pulumi_random as random
 import pulumi_tls as tls
 
-from coderig import access
+from coderig.core import access
 
 
 class DeveloperKeys(pulumi.ComponentResource):

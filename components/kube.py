@@ -23,8 +23,11 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from coderig import kube, node, planner
-from coderig.settings import KubernetesTarget, StackSettings
+from coderig.core import planner
+from coderig.core.secrets import NodeSecrets, placeholder_secrets
+from coderig.core.settings import KubernetesTarget, StackSettings
+from coderig.targets.kubernetes import manifests as kube
+from coderig.targets.kubernetes import render as kube_render
 
 # (apiVersion, kind) -> typed resource class
 KINDS: dict[tuple[str, str], Any] = {
@@ -98,19 +101,19 @@ def resource(
     cls = KINDS[(obj["apiVersion"], obj["kind"])]
     args = {FIELDS[k]: v for k, v in obj.items() if k not in ("apiVersion", "kind")}
     args.update(overrides)
-    return cls(f"{name}-{kube.object_key(dict(obj))}", opts=opts, **args)
+    return cls(f"{name}-{kube_render.object_key(dict(obj))}", opts=opts, **args)
 
 
 def secret_resources(
     name: str,
     settings: StackSettings,
     stack: str,
-    secrets: pulumi.Output[node.NodeSecrets],
+    secrets: pulumi.Output[NodeSecrets],
     opts: pulumi.ResourceOptions,
 ) -> tuple[dict[str, pulumi.CustomResource], pulumi.Output[dict[str, str]]]:
     """The Secrets: shapes from placeholders (static names), values from the secret Output.
     Returns them by object name, and their checksums (not secret: hashes of random keys)."""
-    shapes = kube.secret_objects(settings, stack, kube.placeholder_secrets(settings))
+    shapes = kube.secret_objects(settings, stack, placeholder_secrets(settings.developers))
     real = pulumi.Output.secret(secrets.apply(lambda s: kube.secret_objects(settings, stack, s)))
     out: dict[str, pulumi.CustomResource] = {}
     for i, shape in enumerate(shapes):
@@ -174,7 +177,7 @@ class KubernetesStack(pulumi.ComponentResource):
         settings: StackSettings,
         stack: str,
         plan: planner.Plan,
-        secrets: pulumi.Output[node.NodeSecrets],
+        secrets: pulumi.Output[NodeSecrets],
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("coderig:kubernetes:Stack", name, None, opts)
@@ -189,13 +192,13 @@ def build_resources(
     settings: StackSettings,
     stack: str,
     plan: planner.Plan,
-    secrets: pulumi.Output[node.NodeSecrets],
+    secrets: pulumi.Output[NodeSecrets],
     parent: pulumi.Resource,
     k8s_provider: k8s.Provider,
 ) -> dict[str, pulumi.CustomResource]:
     """Register every object; returns them by `kube.object_key` (`deployment-coderig-model`)."""
     base = pulumi.ResourceOptions(parent=parent, provider=k8s_provider)
-    objs = {kube.object_key(o): o for o in kube.objects(settings, stack, plan)}
+    objs = {kube_render.object_key(o): o for o in kube_render.objects(settings, stack, plan)}
     made: dict[str, pulumi.CustomResource] = {}
 
     def on(*keys: str) -> list[pulumi.Resource]:

@@ -33,9 +33,12 @@ import pulumi
 import pulumi_command as command
 import pulumi_random as random
 
-from coderig import access, node
-from coderig.render import Bundle
-from coderig.settings import SshHost, StackSettings
+from coderig.core import access, hostkeys
+from coderig.core.files import Bundle
+from coderig.core.secrets import NodeSecrets
+from coderig.core.settings import SshHost, StackSettings
+from coderig.targets.compose import commands
+from coderig.targets.compose import spec as node
 from components.frontdoor import DeveloperKeys, GatewayTls, MasterKey
 
 BASH = ["/bin/bash", "-c"]
@@ -53,7 +56,7 @@ class Connection:
 def ssh_connection(host: SshHost, private_key: pulumi.Input[str], *, insecure_skip: bool, where: str) -> Connection:
     """A pinned connection. Raises (naming the config key) when the host key is missing and the
     stack has not knowingly set insecureSkipHostKeyCheck."""
-    pinned = node.pinned_host_key(host, insecure_skip, where)
+    pinned = hostkeys.pinned_host_key(host.hostKey, host.address, host.port, insecure_skip=insecure_skip, where=where)
     if pinned is None:
         pulumi.log.warn(
             f"{where}: insecureSkipHostKeyCheck is true: connecting to {host.address} WITHOUT verifying its host key"
@@ -145,16 +148,16 @@ def node_plan(
 ) -> NodePlan:
     device = host.cacheDevice if host else None
     return NodePlan(
-        preflight=node.script_command("preflight.sh", node.preflight_env(settings, spec, device), user=user),
-        install=node.install_command(spec, user) if install else None,
-        volume=node.volume_command(spec, device, user),
-        copy=node.copy_command(bundle_dir, user),
+        preflight=commands.script_command("preflight.sh", commands.preflight_env(settings, spec, device), user=user),
+        install=commands.install_command(spec, user) if install else None,
+        volume=commands.volume_command(spec, device, user),
+        copy=commands.copy_command(bundle_dir, user),
         bundle_dir=bundle_dir,
         user=user,
-        up=node.up_command(bundle_dir, user),
-        down=node.down_command(bundle_dir, user),
-        frontdoor_reload=node.frontdoor_reload_command(bundle_dir, user) if spec.role != "replica" else None,
-        wait=node.wait_command(settings, spec, bundle_dir, user),
+        up=commands.up_command(bundle_dir, user),
+        down=commands.down_command(bundle_dir, user),
+        frontdoor_reload=commands.frontdoor_reload_command(bundle_dir, user) if spec.role != "replica" else None,
+        wait=commands.wait_command(settings, spec, bundle_dir, user),
         wait_budget_s=node.ready_budget_seconds(settings, spec),
     )
 
@@ -172,7 +175,7 @@ class NodeStack(pulumi.ComponentResource):
         settings: StackSettings,
         spec: node.NodeSpec,
         conn: Connection,
-        secrets: pulumi.Output[node.NodeSecrets],
+        secrets: pulumi.Output[NodeSecrets],
         bundle_dir: str = node.REMOTE_BUNDLE_DIR,
         host: SshHost | None = None,
         machine: Sequence[pulumi.Input[str]] = (),
@@ -219,10 +222,10 @@ def build_steps(
 
     full_hash = pulumi.Output.secret(files.apply(node.bundle_hash))
     guard = pulumi.Output.secret(
-        pulumi.Output.all(full_hash, *machine).apply(lambda v: node.bundle_guard(v[0], [str(x) for x in v[1:]]))
+        pulumi.Output.all(full_hash, *machine).apply(lambda v: commands.bundle_guard(v[0], [str(x) for x in v[1:]]))
     )
     archive = pulumi.Output.secret(
-        pulumi.Output.all(files, guard).apply(lambda v: node.bundle_archive(node.with_hash_file(v[0], v[1])))
+        pulumi.Output.all(files, guard).apply(lambda v: node.bundle_archive(commands.with_hash_file(v[0], v[1])))
     )
     halves = pulumi.Output.secret(files.apply(lambda f: node.service_hashes(settings, spec, _secret_part(f))))
     model_hash = halves.apply(lambda h: h["model"])
@@ -236,7 +239,7 @@ def build_steps(
         f"{name}-bundle",
         child(volume),
         create=plan.copy,
-        delete=guard.apply(lambda h: node.remove_secrets_command(h, plan.bundle_dir, plan.user)),
+        delete=guard.apply(lambda h: commands.remove_secrets_command(h, plan.bundle_dir, plan.user)),
         stdin=archive,
         triggers=triggers(full_hash),
         secret=True,
@@ -272,7 +275,7 @@ def _secret_part(files: Bundle) -> Bundle:
 class FrontDoorAccess:
     """The secrets every node of a stack shares, and what developers need from them."""
 
-    secrets: pulumi.Output[node.NodeSecrets]
+    secrets: pulumi.Output[NodeSecrets]
     developer_keys: pulumi.Output[dict[str, str]]
     ca_pem: pulumi.Output[str] | None
 
@@ -301,7 +304,7 @@ def front_door_access(
         tls.key_pem,
         config_secrets.get("externalApiKey", empty),
     ).apply(
-        lambda v: node.NodeSecrets(
+        lambda v: NodeSecrets(
             model_api_key=v[0],
             litellm_master_key=v[1],
             developer_keys=dict(v[2]),

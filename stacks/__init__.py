@@ -15,8 +15,9 @@ from typing import Any
 import pulumi
 import pulumi.runtime.config as runtime_config
 
-from coderig import planner
-from coderig.settings import NAMESPACE, SECRET, SECRET_KEYS, SettingsError, StackSettings, parse_settings
+from coderig.core import planner
+from coderig.core.errors import UserError
+from coderig.core.settings import NAMESPACE, SECRET, SECRET_KEYS, StackSettings, parse_settings
 
 TARGET_MODULES = {
     "local": "stacks.local",
@@ -70,7 +71,7 @@ class ConfigError(pulumi.RunError):
 def build() -> dict[str, object]:
     try:
         settings, secrets = read_settings()
-    except SettingsError as exc:
+    except UserError as exc:
         raise ConfigError("invalid coderig config:\n  " + "\n  ".join(exc.problems)) from None
     p = planner.plan_stack(settings)
     if not p.fits:

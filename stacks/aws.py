@@ -19,14 +19,16 @@ import pulumi_aws as aws
 import pulumi_command as command
 import pulumi_tls as tls
 
-from coderig import aws_plan, engine, node
-from coderig.settings import SshHost
+from coderig.core import engine
+from coderig.core.settings import NODE_CACHE_PATH, SshHost
+from coderig.targets.aws import plan as aws_plan
+from coderig.targets.compose import spec as node
 from components.aws import GpuNodes, IdleReaper, Network, NodeArgs, ReaperArgs
 from components.node import Connection, NodeStack, front_door_access
 from stacks import StackContext
 from stacks.outputs import client_outputs
 
-CACHE_PATH = node.AWS_CACHE_PATH
+CACHE_PATH = NODE_CACHE_PATH
 
 
 def _login_key(ctx: StackContext) -> tuple[pulumi.Output[str], pulumi.Output[str]]:

@@ -4,7 +4,7 @@ InferenceService URL) gets only the front door (LiteLLM + gateway), on this work
 
 from __future__ import annotations
 
-from coderig import node
+from coderig.targets.compose import spec as node
 from components.node import NodeStack, front_door_access, local_connection, ssh_connection
 from stacks import StackContext
 from stacks.local import bundle_dir

@@ -7,7 +7,7 @@ server to zero when idle. Manifests: `coderig.kube`; resources: `components.kube
 
 from __future__ import annotations
 
-from coderig import kube
+from coderig.targets.kubernetes import manifests as kube
 from components.kube import GATEWAY_PORT, KubernetesStack
 from components.node import front_door_access
 from stacks import StackContext

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from coderig import node
+from coderig.targets.compose import spec as node
 from components.node import NodeStack, front_door_access, local_connection
 from stacks import StackContext
 from stacks.outputs import client_outputs

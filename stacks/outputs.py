@@ -14,7 +14,7 @@ from typing import Any
 
 import pulumi
 
-from coderig import clients
+from coderig.client import bundle as clients
 from stacks import StackContext
 
 

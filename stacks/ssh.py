@@ -6,7 +6,7 @@ the gateway, the stack's only public listener.
 
 from __future__ import annotations
 
-from coderig import node
+from coderig.targets.compose import spec as node
 from components.node import NodeStack, front_door_access, ssh_connection
 from stacks import StackContext
 from stacks.outputs import client_outputs

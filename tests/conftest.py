@@ -191,7 +191,7 @@ def run_program(
     Values of the keys in settings.SECRET_KEYS are passed as Pulumi secrets, like `--secret`.
     `calls` answers invokes; `resources` overrides provider outputs (see ResourceHook).
     """
-    from coderig.settings import SECRET_KEYS
+    from coderig.core.settings import SECRET_KEYS
 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)

@@ -28,7 +28,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from standin import StandIn, start_standin  # noqa: E402
 
-from coderig.frontdoor_run import READY_LINE  # noqa: E402
+from coderig.frontdoor.run import READY_LINE  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NPM_PREFIX = Path(os.environ.get("CODERIG_NPM_PREFIX", REPO / ".coderig" / "npm"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pulumi
 from conftest import run_program
 
-from coderig import access
+from coderig.core import access
 from components.frontdoor import DeveloperKeys, GatewayTls, MasterKey
 
 

@@ -20,8 +20,13 @@ from conftest import ssh_config, write_stack
 from moto import mock_aws
 from standin import start_standin
 
-from coderig import aws_ops, idle
-from coderig.aws_ops import ReaperConfig
+from coderig.cli import main
+from coderig.core.settings import load_stack_file
+from coderig.runtime import aws_reaper, idle
+from coderig.runtime.aws_reaper import ReaperConfig
+from coderig.runtime.idle import ReaperError
+from coderig.targets.aws import ops as aws_ops
+from coderig.targets.aws import plan as aws_plan
 
 REGION = "us-east-1"
 STACK = "prod"
@@ -96,12 +101,12 @@ def put_series(
             {"MetricName": m, "Dimensions": dims, "Timestamp": at, "Value": values[m], "Unit": "Count"} for m in metrics
         ]
     for i in range(0, len(data), 500):
-        aws.cw.put_metric_data(Namespace=aws_ops.NAMESPACE, MetricData=data[i : i + 500])
+        aws.cw.put_metric_data(Namespace=aws_reaper.NAMESPACE, MetricData=data[i : i + 500])
 
 
-def run_reaper(aws: Aws, now: datetime, **cfg: Any) -> tuple[list[aws_ops.InstanceReport], list[dict[str, Any]]]:
+def run_reaper(aws: Aws, now: datetime, **cfg: Any) -> tuple[list[aws_reaper.InstanceReport], list[dict[str, Any]]]:
     logs: list[dict[str, Any]] = []
-    reports = aws_ops.reap(ReaperConfig(stack=STACK, **cfg), ec2=aws.ec2, cw=aws.cw, now=now, log=logs.append)
+    reports = aws_reaper.reap(ReaperConfig(stack=STACK, **cfg), ec2=aws.ec2, cw=aws.cw, now=now, log=logs.append)
     return reports, logs
 
 
@@ -109,7 +114,7 @@ def run_reaper(aws: Aws, now: datetime, **cfg: Any) -> tuple[list[aws_ops.Instan
 
 
 def test_idle_instance_is_stopped_and_the_reason_logged(aws: Aws) -> None:
-    iid = launch(aws, {aws_ops.TAG_STACK: STACK})
+    iid = launch(aws, {aws_reaper.TAG_STACK: STACK})
     now = later(aws, iid)
     put_series(aws, iid, now, 60)
     reports, logs = run_reaper(aws, now, stop_after_minutes=45)
@@ -119,7 +124,7 @@ def test_idle_instance_is_stopped_and_the_reason_logged(aws: Aws) -> None:
 
 
 def test_busy_instance_is_kept(aws: Aws) -> None:
-    iid = launch(aws, {aws_ops.TAG_STACK: STACK})
+    iid = launch(aws, {aws_reaper.TAG_STACK: STACK})
     now = later(aws, iid)
     put_series(aws, iid, now, 60, busy_minutes_ago=(30,))
     reports, logs = run_reaper(aws, now, stop_after_minutes=45)
@@ -129,7 +134,7 @@ def test_busy_instance_is_kept(aws: Aws) -> None:
 
 
 def test_request_running_keeps(aws: Aws) -> None:
-    iid = launch(aws, {aws_ops.TAG_STACK: STACK})
+    iid = launch(aws, {aws_reaper.TAG_STACK: STACK})
     now = later(aws, iid)
     put_series(aws, iid, now, 60, running_minutes_ago=(1,))
     reports, _ = run_reaper(aws, now, stop_after_minutes=45)
@@ -138,7 +143,7 @@ def test_request_running_keeps(aws: Aws) -> None:
 
 
 def test_missing_metrics_keep_with_reason(aws: Aws) -> None:
-    iid = launch(aws, {aws_ops.TAG_STACK: STACK})
+    iid = launch(aws, {aws_reaper.TAG_STACK: STACK})
     now = later(aws, iid)
     reports, logs = run_reaper(aws, now, stop_after_minutes=45)
     assert reports[0].action == "keep" and "no metrics" in logs[0]["reason"]
@@ -146,7 +151,7 @@ def test_missing_metrics_keep_with_reason(aws: Aws) -> None:
 
 
 def test_one_missing_metric_keeps(aws: Aws) -> None:
-    iid = launch(aws, {aws_ops.TAG_STACK: STACK})
+    iid = launch(aws, {aws_reaper.TAG_STACK: STACK})
     now = later(aws, iid)
     put_series(aws, iid, now, 60, metrics=("RequestsRunning", "RequestsCompleted"))
     reports, _ = run_reaper(aws, now, stop_after_minutes=45)
@@ -158,7 +163,7 @@ def test_one_missing_metric_keeps(aws: Aws) -> None:
 
 
 def test_stale_metrics_keep_with_reason(aws: Aws) -> None:
-    iid = launch(aws, {aws_ops.TAG_STACK: STACK})
+    iid = launch(aws, {aws_reaper.TAG_STACK: STACK})
     now = later(aws, iid)
     put_series(aws, iid, now, 60, end_ago=15)  # publisher died 15 minutes ago
     reports, _ = run_reaper(aws, now, stop_after_minutes=45)
@@ -167,8 +172,8 @@ def test_stale_metrics_keep_with_reason(aws: Aws) -> None:
 
 
 def test_other_stacks_and_untagged_instances_are_untouched(aws: Aws) -> None:
-    ours = launch(aws, {aws_ops.TAG_STACK: STACK})
-    other = launch(aws, {aws_ops.TAG_STACK: "staging"})
+    ours = launch(aws, {aws_reaper.TAG_STACK: STACK})
+    other = launch(aws, {aws_reaper.TAG_STACK: "staging"})
     untagged = launch(aws, None)
     lookalike = launch(aws, {"Name": STACK, "coderig:stack-old": STACK})
     now = later(aws, ours)
@@ -181,34 +186,34 @@ def test_other_stacks_and_untagged_instances_are_untouched(aws: Aws) -> None:
 
 
 def test_dry_run_changes_nothing(aws: Aws, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    iid = launch(aws, {aws_ops.TAG_STACK: STACK})
+    iid = launch(aws, {aws_reaper.TAG_STACK: STACK})
     now = later(aws, iid)
     put_series(aws, iid, now, 60)
     reports, logs = run_reaper(aws, now, stop_after_minutes=45, dry_run=True)
     assert reports[0].action == "stop" and not reports[0].applied and logs[0]["dry_run"] is True
     assert state(aws, iid) == "running"
     # the Lambda handler honours the environment's dry-run flag too
-    monkeypatch.setenv(aws_ops.ENV_STACK, STACK)
-    monkeypatch.setenv(aws_ops.ENV_DRY_RUN, "true")
-    out = aws_ops.handler({}, None)
+    monkeypatch.setenv(aws_reaper.ENV_STACK, STACK)
+    monkeypatch.setenv(aws_reaper.ENV_DRY_RUN, "true")
+    out = aws_reaper.handler({}, None)
     assert out["dry_run"] is True and state(aws, iid) == "running"
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["instance"] == iid
 
 
 def test_handler_event_can_force_dry_run(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
-    iid = launch(aws, {aws_ops.TAG_STACK: STACK})
+    iid = launch(aws, {aws_reaper.TAG_STACK: STACK})
     aws.ec2.stop_instances(InstanceIds=[iid])
     now = datetime.now(UTC)
     schedule = {"timezone": "UTC", "days": "mon-sun", "start": (now - timedelta(hours=1)).strftime("%H:%M")}
     schedule["end"] = (now + timedelta(hours=1)).strftime("%H:%M")
-    monkeypatch.setenv(aws_ops.ENV_STACK, STACK)
-    monkeypatch.setenv(aws_ops.ENV_SCHEDULE, json.dumps(schedule))
-    out = aws_ops.handler({"dryRun": True}, None)
+    monkeypatch.setenv(aws_reaper.ENV_STACK, STACK)
+    monkeypatch.setenv(aws_reaper.ENV_SCHEDULE, json.dumps(schedule))
+    out = aws_reaper.handler({"dryRun": True}, None)
     assert out["instances"][0]["action"] == "start" and state(aws, iid) == "stopped"
 
 
 def test_schedule_starts_inside_office_hours(aws: Aws) -> None:
-    iid = launch(aws, {aws_ops.TAG_STACK: STACK})
+    iid = launch(aws, {aws_reaper.TAG_STACK: STACK})
     aws.ec2.stop_instances(InstanceIds=[iid])
     now = later(aws, iid)
     inside = idle.OfficeHours.from_dict(
@@ -221,8 +226,8 @@ def test_schedule_starts_inside_office_hours(aws: Aws) -> None:
 
 
 def test_schedule_outside_office_hours_stops_idle_and_does_not_start(aws: Aws) -> None:
-    idle_node = launch(aws, {aws_ops.TAG_STACK: STACK})
-    stopped = launch(aws, {aws_ops.TAG_STACK: STACK})
+    idle_node = launch(aws, {aws_reaper.TAG_STACK: STACK})
+    stopped = launch(aws, {aws_reaper.TAG_STACK: STACK})
     aws.ec2.stop_instances(InstanceIds=[stopped])
     now = later(aws, idle_node)
     outside = idle.OfficeHours.from_dict(
@@ -238,14 +243,14 @@ def test_schedule_outside_office_hours_stops_idle_and_does_not_start(aws: Aws) -
 
 
 def test_metrics_read_failure_keeps(aws: Aws) -> None:
-    iid = launch(aws, {aws_ops.TAG_STACK: STACK})
+    iid = launch(aws, {aws_reaper.TAG_STACK: STACK})
 
     class Broken:
         def get_metric_data(self, **_: Any) -> Any:
             raise RuntimeError("AccessDenied")
 
     logs: list[dict[str, Any]] = []
-    reports = aws_ops.reap(ReaperConfig(stack=STACK), ec2=aws.ec2, cw=Broken(), now=later(aws, iid), log=logs.append)
+    reports = aws_reaper.reap(ReaperConfig(stack=STACK), ec2=aws.ec2, cw=Broken(), now=later(aws, iid), log=logs.append)
     assert reports[0].action == "keep" and "could not read metrics" in reports[0].reason
     assert state(aws, iid) == "running"
 
@@ -260,12 +265,12 @@ def test_config_from_env_round_trip_and_errors() -> None:
     )
     assert ReaperConfig.from_env(cfg.to_env()) == cfg
     assert ReaperConfig(stack="dev").tag_value == "dev"
-    with pytest.raises(aws_ops.OpsError, match="CODERIG_STACK"):
+    with pytest.raises(ReaperError, match="CODERIG_STACK"):
         ReaperConfig.from_env({})
-    with pytest.raises(aws_ops.OpsError, match="CODERIG_SCHEDULE"):
-        ReaperConfig.from_env({aws_ops.ENV_STACK: "x", aws_ops.ENV_SCHEDULE: '{"timezone": "Nowhere/X"}'})
-    with pytest.raises(aws_ops.OpsError, match="CODERIG_STOP_AFTER_MINUTES"):
-        ReaperConfig.from_env({aws_ops.ENV_STACK: "x", aws_ops.ENV_STOP_AFTER: "soon"})
+    with pytest.raises(ReaperError, match="CODERIG_SCHEDULE"):
+        ReaperConfig.from_env({aws_reaper.ENV_STACK: "x", aws_reaper.ENV_SCHEDULE: '{"timezone": "Nowhere/X"}'})
+    with pytest.raises(ReaperError, match="CODERIG_STOP_AFTER_MINUTES"):
+        ReaperConfig.from_env({aws_reaper.ENV_STACK: "x", aws_reaper.ENV_STOP_AFTER: "soon"})
 
 
 # --- node metric publisher ----------------------------------------------------------------------------
@@ -327,16 +332,16 @@ def test_publisher_puts_per_period_increases_from_the_standin(aws: Aws, text_ser
 
         standin.completed, standin.running = 10, 0
         text_server.bodies = [(200, gateway_text(12))]
-        first = aws_ops.publish_node_metrics(gateway_url=gw_url, now=t0, **kw)
+        first = aws_reaper.publish_node_metrics(gateway_url=gw_url, now=t0, **kw)
         assert first == {"RequestsRunning": 0.0, "RequestsCompleted": 10.0, "GatewayRequests": 12.0}
 
         standin.completed, standin.running = 13, 2
         text_server.bodies = [(200, gateway_text(16))]
-        second = aws_ops.publish_node_metrics(gateway_url=gw_url, now=t0 + timedelta(minutes=1), **kw)
+        second = aws_reaper.publish_node_metrics(gateway_url=gw_url, now=t0 + timedelta(minutes=1), **kw)
         assert second == {"RequestsRunning": 2.0, "RequestsCompleted": 3.0, "GatewayRequests": 4.0}
 
         standin.completed, standin.running = 1, 0  # vLLM restarted: its counter reset
-        third = aws_ops.publish_node_metrics(gateway_url=gw_url, now=t0 + timedelta(minutes=2), **kw)
+        third = aws_reaper.publish_node_metrics(gateway_url=gw_url, now=t0 + timedelta(minutes=2), **kw)
         assert third == {"RequestsRunning": 0.0, "RequestsCompleted": 1.0, "GatewayRequests": 0.0}
         assert json.loads(state_file.read_text()) == {"completed_total": 1.0, "gateway_requests_total": 16.0}
     finally:
@@ -344,14 +349,14 @@ def test_publisher_puts_per_period_increases_from_the_standin(aws: Aws, text_ser
 
     # read back the way the reaper does: one Sample per minute, in CloudWatch
     cfg = ReaperConfig(stack=STACK, stop_after_minutes=10)
-    samples = aws_ops.fetch_samples(aws.cw, cfg, "i-0abc", t0 + timedelta(minutes=3))
+    samples = aws_reaper.fetch_samples(aws.cw, cfg, "i-0abc", t0 + timedelta(minutes=3))
     got = [(s.at - t0, s.running, s.completed, s.gateway_requests) for s in samples]
     assert [g[1:] for g in got] == [(0.0, 10.0, 12.0), (2.0, 3.0, 4.0), (0.0, 1.0, 0.0)]
     assert [g[0] for g in got] == [timedelta(0), timedelta(minutes=1), timedelta(minutes=2)]
 
 
 def test_publisher_publishes_nothing_for_a_source_that_is_down(aws: Aws, tmp_path: Path) -> None:
-    got = aws_ops.publish_node_metrics(
+    got = aws_reaper.publish_node_metrics(
         cw=aws.cw,
         stack=STACK,
         instance_id="i-0def",
@@ -360,14 +365,14 @@ def test_publisher_publishes_nothing_for_a_source_that_is_down(aws: Aws, tmp_pat
         state_file=tmp_path / "state.json",
     )
     assert got == {}
-    assert aws.cw.list_metrics(Namespace=aws_ops.NAMESPACE)["Metrics"] == []
+    assert aws.cw.list_metrics(Namespace=aws_reaper.NAMESPACE)["Metrics"] == []
 
 
 def test_publisher_reads_nginx_stub_status_and_vllm_fixture(aws: Aws, text_server: Any, tmp_path: Path) -> None:
     fixture = (Path(__file__).parent / "fixtures" / "vllm_metrics_busy.txt").read_text()
     stub = "Active connections: 1 \nserver accepts handled requests\n 7 7 40 \nReading: 0 Writing: 1 Waiting: 0 \n"
     pages = {"/vllm": fixture, "/gw": stub}
-    got = aws_ops.publish_node_metrics(
+    got = aws_reaper.publish_node_metrics(
         cw=aws.cw,
         stack=STACK,
         instance_id="i-0fix",
@@ -385,13 +390,13 @@ def test_publish_main_reads_instance_identity_from_imds(aws: Aws, text_server: A
     metrics = (Path(__file__).parent / "fixtures" / "vllm_metrics_idle.txt").read_text()
     text_server.bodies = [(200, "i-0imds"), (200, REGION), (200, metrics)]
     base = f"http://127.0.0.1:{text_server.server_port}"
-    rc = aws_ops.publish_main(
+    rc = aws_reaper.publish_main(
         ["--stack", STACK, "--imds-url", base, "--vllm-url", f"{base}/metrics", "--state-file", str(tmp_path / "s")]
     )
     assert rc == 0
-    names = sorted(m["MetricName"] for m in aws.cw.list_metrics(Namespace=aws_ops.NAMESPACE)["Metrics"])
+    names = sorted(m["MetricName"] for m in aws.cw.list_metrics(Namespace=aws_reaper.NAMESPACE)["Metrics"])
     assert names == ["RequestsCompleted", "RequestsRunning"]
-    dims = aws.cw.list_metrics(Namespace=aws_ops.NAMESPACE)["Metrics"][0]["Dimensions"]
+    dims = aws.cw.list_metrics(Namespace=aws_reaper.NAMESPACE)["Metrics"][0]["Dimensions"]
     assert {"Name": "InstanceId", "Value": "i-0imds"} in dims and {"Name": "StackName", "Value": STACK} in dims
 
 
@@ -399,11 +404,7 @@ def test_publish_main_reads_instance_identity_from_imds(aws: Aws, text_server: A
 
 
 def cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command", required=True)
-    aws_ops.add_commands(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    return main(list(argv))
 
 
 def stack_file(tmp_path: Path, **idle_cfg: Any) -> Path:
@@ -418,7 +419,7 @@ def stack_file(tmp_path: Path, **idle_cfg: Any) -> Path:
 def test_cli_idle_reports_without_changing_anything(
     aws: Aws, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    iid = launch(aws, {aws_ops.TAG_STACK: STACK})
+    iid = launch(aws, {aws_reaper.TAG_STACK: STACK})
     assert cli("idle", STACK, "--config", str(stack_file(tmp_path)), "--json") == 0
     out = json.loads(capsys.readouterr().out)
     assert out[0]["instance_id"] == iid and out[0]["action"] == "keep"
@@ -428,7 +429,7 @@ def test_cli_idle_reports_without_changing_anything(
 def test_cli_stop_refuses_with_requests_running_unless_forced(
     aws: Aws, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    iid = launch(aws, {aws_ops.TAG_STACK: STACK})
+    iid = launch(aws, {aws_reaper.TAG_STACK: STACK})
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     put_series(aws, iid, now, 5, running_minutes_ago=(1, 2))
     cfg = str(stack_file(tmp_path))
@@ -440,8 +441,8 @@ def test_cli_stop_refuses_with_requests_running_unless_forced(
 
 
 def test_cli_stop_leaves_other_stacks(aws: Aws, tmp_path: Path) -> None:
-    ours = launch(aws, {aws_ops.TAG_STACK: STACK})
-    other = launch(aws, {aws_ops.TAG_STACK: "staging"})
+    ours = launch(aws, {aws_reaper.TAG_STACK: STACK})
+    other = launch(aws, {aws_reaper.TAG_STACK: "staging"})
     assert cli("stop", STACK, "--config", str(stack_file(tmp_path))) == 0
     assert (state(aws, ours), state(aws, other)) == ("stopped", "running")
 
@@ -472,7 +473,7 @@ def health() -> Iterator[Any]:
 
 
 def test_cli_start_waits_for_gateway_ready(aws: Aws, tmp_path: Path, health: Any) -> None:
-    iid = launch(aws, {aws_ops.TAG_STACK: STACK})
+    iid = launch(aws, {aws_reaper.TAG_STACK: STACK})
     aws.ec2.stop_instances(InstanceIds=[iid])
     url = f"http://127.0.0.1:{health.server_port}/healthz"
     rc = cli("start", STACK, "--config", str(stack_file(tmp_path)), "--health-url", url, "--interval", "0.05")
@@ -484,7 +485,7 @@ def test_cli_start_waits_for_gateway_ready(aws: Aws, tmp_path: Path, health: Any
 def test_cli_start_times_out_when_never_ready(
     aws: Aws, tmp_path: Path, health: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    launch(aws, {aws_ops.TAG_STACK: STACK})
+    launch(aws, {aws_reaper.TAG_STACK: STACK})
     health.ready_after = 10**6
     url = f"http://127.0.0.1:{health.server_port}/healthz"
     rc = cli("start", STACK, "--config", str(stack_file(tmp_path)), "--health-url", url, "--interval", "0.05",
@@ -494,10 +495,11 @@ def test_cli_start_times_out_when_never_ready(
 
 def test_cli_errors_name_the_problem(aws: Aws, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli("stop", STACK, "--config", str(tmp_path / "missing.yaml")) == 2
-    assert "no such stack file" in capsys.readouterr().err
+    assert "missing.yaml: no such file" in capsys.readouterr().err
     ssh = write_stack(tmp_path, ssh_config(), "ssh")
     assert cli("idle", "ssh", "--config", str(ssh)) == 2
-    assert "need 'aws'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "coderig: coderig:target.kind is ssh: `coderig idle` works on aws, kubernetes stacks" in err
     assert cli("stop", STACK, "--config", str(stack_file(tmp_path))) == 1  # no instances
     bad = stack_file(tmp_path, officeHours={"timezone": "UTC", "start": "9", "end": "17:00"})
     assert cli("idle", STACK, "--config", str(bad)) == 2
@@ -510,14 +512,14 @@ def test_cli_reads_region_port_and_idle_policy_from_the_stack_file(tmp_path: Pat
         stack=STACK, config=str(path), region=None, tag_key=None, tag_value=None, port=None,
         stop_after_minutes=None,
     )  # fmt: skip
-    t = aws_ops.resolve_target(args)
+    t = aws_ops.resolve_target(args, load_stack_file(path))
     assert (t.region, t.gateway_port) == (REGION, 8443)
     assert t.reaper.stop_after_minutes == 30 and t.reaper.tag_value == STACK
     assert t.reaper.schedule == idle.OfficeHours.from_dict(
         {"timezone": "Europe/Paris", "days": "mon,tue", "start": "08:00", "end": "19:00"}
     )
     args.region, args.port, args.tag_value, args.stop_after_minutes = "eu-west-1", 443, "blue", 10
-    t = aws_ops.resolve_target(args)
+    t = aws_ops.resolve_target(args, load_stack_file(path))
     assert (t.region, t.gateway_port, t.reaper.tag_value, t.reaper.stop_after_minutes) == ("eu-west-1", 443, "blue", 10)
 
 
@@ -525,14 +527,11 @@ def test_cli_reads_region_port_and_idle_policy_from_the_stack_file(tmp_path: Pat
 
 
 def test_handler_modules_import_with_stdlib_only(tmp_path: Path) -> None:
-    """The Lambda zip holds coderig/__init__.py, idle.py and aws_ops.py: importing them must not need
-    pydantic, yaml or pulumi (boto3 is imported only when the handler runs)."""
-    pkg = tmp_path / "coderig"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    src = Path(aws_ops.__file__).parent
-    for name in ("idle.py", "aws_ops.py"):
-        (pkg / name).write_text((src / name).read_text())
+    """The Lambda zip (exactly aws_plan.lambda_files()) imports with pydantic, yaml, pulumi and boto3
+    blocked (boto3 is imported only when the handler runs)."""
+    for rel, text in aws_plan.lambda_files().items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
     probe = (
         "import sys\n"
         "class Block:\n"
@@ -540,7 +539,7 @@ def test_handler_modules_import_with_stdlib_only(tmp_path: Path) -> None:
         "        if name.split('.')[0] in {'pydantic', 'yaml', 'pulumi', 'boto3', 'botocore'}:\n"
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import coderig.aws_ops as m\n"
+        f"import {aws_plan.REAPER_HANDLER.rsplit('.', 1)[0]} as m\n"
         "assert callable(m.handler)\n"
         "print('ok', m.ReaperConfig.from_env({'CODERIG_STACK': 's'}).tag_value)\n"
     )
@@ -555,7 +554,7 @@ def test_cli_without_a_stack_file_needs_a_region(
     aws: Aws, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    iid = launch(aws, {aws_ops.TAG_STACK: STACK})
+    iid = launch(aws, {aws_reaper.TAG_STACK: STACK})
     assert cli("idle", STACK, "--region", REGION) == 0
     assert iid in capsys.readouterr().out
     monkeypatch.delenv("AWS_REGION")
@@ -567,7 +566,7 @@ def test_cli_without_a_stack_file_needs_a_region(
 def test_publisher_and_reaper_agree_end_to_end(aws: Aws, text_server: Any, tmp_path: Path) -> None:
     """What the node publishes (from vLLM-format text) is what the reaper reads: 50 quiet minutes
     published minute by minute -> stopped; one completed request 10 minutes ago -> kept."""
-    iid = launch(aws, {aws_ops.TAG_STACK: STACK})
+    iid = launch(aws, {aws_reaper.TAG_STACK: STACK})
     now = later(aws, iid)
     fixture = (Path(__file__).parent / "fixtures" / "vllm_metrics_idle.txt").read_text()
     url = f"http://127.0.0.1:{text_server.server_port}/metrics"
@@ -577,7 +576,7 @@ def test_publisher_and_reaper_agree_end_to_end(aws: Aws, text_server: Any, tmp_p
         text = fixture.replace('finished_reason="stop",model_name="umans-coder-v0"} 1270.0',
                                f'finished_reason="stop",model_name="umans-coder-v0"}} {completed_total}')  # fmt: skip
         text_server.bodies = [(200, text)]
-        aws_ops.publish_node_metrics(
+        aws_reaper.publish_node_metrics(
             cw=aws.cw, stack=STACK, instance_id=iid, vllm_url=url, gateway_url=None, state_file=state_file,
             now=now - timedelta(minutes=minutes_ago, seconds=-15),
         )  # fmt: skip

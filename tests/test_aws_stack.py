@@ -14,8 +14,10 @@ import pytest
 import yaml
 from conftest import ProgramRun, Registered, ResourceHook, run_program
 
-from coderig import aws_ops, aws_plan, idle
-from coderig.settings import SettingsError, parse_settings
+from coderig.core.errors import UserError
+from coderig.core.settings import parse_settings
+from coderig.runtime import aws_reaper, idle
+from coderig.targets.aws import plan as aws_plan
 
 STACK = "prod"
 AMI_FROM_LOOKUP = "ami-0dlami24040000000"
@@ -249,10 +251,10 @@ def test_reaper_iam_is_least_privilege(default_run: ProgramRun) -> None:
 
 def test_reaper_lambda_package_env_and_schedule(default_run: ProgramRun) -> None:
     (fn,) = default_run.of_prefix("aws:lambda/function:")
-    assert fn.inputs["handler"] == "coderig.aws_ops.handler"
+    assert fn.inputs["handler"] == "coderig.runtime.aws_reaper.handler"
     assert fn.inputs["runtime"] == "python3.12"
     env = fn.inputs["environment"]["variables"]
-    cfg = aws_ops.ReaperConfig.from_env(env)
+    cfg = aws_reaper.ReaperConfig.from_env(env)
     assert cfg.stack == STACK and cfg.tag_key == "coderig:stack" and cfg.tag_value == STACK
     assert cfg.stop_after_minutes == 45 and not cfg.dry_run
     assert cfg.schedule == idle.OfficeHours.from_dict(
@@ -269,7 +271,13 @@ def test_reaper_lambda_package_env_and_schedule(default_run: ProgramRun) -> None
 
 def test_lambda_zip_holds_only_the_handler_modules() -> None:
     files = aws_plan.lambda_files()
-    assert sorted(files) == ["coderig/__init__.py", "coderig/aws_ops.py", "coderig/idle.py"]
+    assert sorted(files) == [
+        "coderig/__init__.py",
+        "coderig/runtime/__init__.py",
+        "coderig/runtime/aws_reaper.py",
+        "coderig/runtime/http.py",
+        "coderig/runtime/idle.py",
+    ]
     assert files["coderig/__init__.py"] == ""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
@@ -427,7 +435,7 @@ def test_planner_refuses_a_type_too_small_before_any_resource(instance_type: str
 )
 def test_aws_settings_errors_name_the_key(target: dict[str, Any], key: str) -> None:
     config = aws_config(**target)
-    with pytest.raises(SettingsError) as err:
+    with pytest.raises(UserError) as err:
         parse_settings(config)
     assert key in str(err.value)
 

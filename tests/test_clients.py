@@ -19,10 +19,12 @@ import pulumi
 import pytest
 from conftest import ROOT, run_program, ssh_config
 
-from coderig import clients, planner
 from coderig.cli import main
-from coderig.clients import BundleError
-from coderig.settings import parse_settings
+from coderig.client import bundle as clients
+from coderig.client import configs
+from coderig.client.bundle import UserError
+from coderig.core import planner
+from coderig.core.settings import parse_settings
 
 TOKEN = "crk-AliceSecret0123456789abcdefXYZ"
 BOB_TOKEN = "crk-BobSecret0123456789abcdefXYZ"
@@ -119,7 +121,7 @@ def test_provided_certificate_and_plain_http_variants() -> None:
 
 
 def test_output_cap_must_fit_the_context() -> None:
-    with pytest.raises(BundleError, match="below max_model_len"):
+    with pytest.raises(UserError, match="below max_model_len"):
         public(max_output_tokens=131072)
 
 
@@ -139,21 +141,21 @@ def test_stack_outputs_from_real_settings() -> None:
 
 
 def test_developer_bundle_errors_never_show_tokens() -> None:
-    with pytest.raises(BundleError) as exc:
+    with pytest.raises(UserError) as exc:
         clients.developer_bundle(outputs(), "mallory")
     assert "alice, bob" in str(exc.value)
     assert_no_token(str(exc.value))
     masked = outputs()
     masked[clients.TOKENS_OUTPUT] = "[secret]"
-    with pytest.raises(BundleError, match="--show-secrets"):
+    with pytest.raises(UserError, match="--show-secrets"):
         clients.developer_bundle(masked, "alice")
     old = outputs()
     old[clients.BUNDLE_OUTPUT]["schema_version"] = 99
-    with pytest.raises(BundleError, match="schema version 99"):
+    with pytest.raises(UserError, match="schema version 99"):
         clients.developer_bundle(old, "alice")
-    with pytest.raises(BundleError, match="not a developer bundle"):
+    with pytest.raises(UserError, match="not a developer bundle"):
         clients.load_bundle(public())
-    with pytest.raises(BundleError, match="no 'clientBundle'"):
+    with pytest.raises(UserError, match="no 'clientBundle'"):
         clients.developer_bundle({}, "alice")
 
 
@@ -161,14 +163,14 @@ def test_developer_bundle_errors_never_show_tokens() -> None:
 
 
 def test_claude_settings_merge_keeps_unrelated_keys(tmp_path: Path) -> None:
-    paths = clients.ClientPaths.for_home(tmp_path)
+    paths = configs.ClientPaths.for_home(tmp_path)
     existing = {
         "permissions": {"allow": ["Bash(ls:*)"], "deny": ["WebSearch"]},
         "hooks": {"PostToolUse": [{"matcher": "Write", "hooks": [{"type": "command", "command": "make fmt"}]}]},
         "model": "opus",
         "env": {"HTTPS_PROXY": "http://proxy:3128", "ANTHROPIC_SMALL_FAST_MODEL": "claude-haiku-4-5"},
     }
-    merged = clients.claude_settings(existing, bundle(), paths)
+    merged = configs.claude_settings(existing, bundle(), paths)
     for key in ("permissions", "hooks", "model"):
         assert merged[key] == existing[key]
     env = merged["env"]
@@ -178,7 +180,7 @@ def test_claude_settings_merge_keeps_unrelated_keys(tmp_path: Path) -> None:
     assert env["NODE_EXTRA_CA_CERTS"] == str(tmp_path / ".config/coderig/dev/ca.pem")
     assert all(isinstance(v, str) for v in env.values())
     assert existing["env"]["ANTHROPIC_SMALL_FAST_MODEL"] == "claude-haiku-4-5"  # input not mutated
-    lines = clients.env_changes(existing["env"], env, [clients.TOKEN_ENV])
+    lines = configs.env_changes(existing["env"], env, [clients.TOKEN_ENV])
     assert "env.ANTHROPIC_SMALL_FAST_MODEL: removed" in lines
     assert "env.ANTHROPIC_AUTH_TOKEN = <secret, not shown>" in lines
     assert_no_token(*lines)
@@ -208,7 +210,7 @@ command = "docs-mcp"  # a comment that must survive
 
 def test_codex_merge_keeps_everything_else_and_is_stable() -> None:
     b = bundle()
-    text = clients.codex_config(CODEX_EXISTING, b)
+    text = configs.codex_config(CODEX_EXISTING, b)
     data = tomllib.loads(text)
     assert data["model_provider"] == "coderig-dev" and data["model"] == MODEL
     assert data["model_context_window"] == 131072
@@ -221,19 +223,19 @@ def test_codex_merge_keeps_everything_else_and_is_stable() -> None:
     assert data["approval_policy"] == "on-request" and data["mcp_servers"]["docs"]["command"] == "docs-mcp"
     assert "# a comment that must survive" in text and text.startswith("# my codex settings")
     assert TOKEN not in text
-    assert clients.codex_config(text, b) == text  # second run: no change
-    fresh = clients.codex_config("", b)
+    assert configs.codex_config(text, b) == text  # second run: no change
+    fresh = configs.codex_config("", b)
     assert tomllib.loads(fresh)["model_providers"]["coderig-dev"]["wire_api"] == "responses"
-    with pytest.raises(BundleError, match="not valid TOML"):
-        clients.codex_config("model = [", b)
-    with pytest.raises(BundleError, match="add the provider by hand"):  # a dotted key we do not rewrite
-        clients.codex_config('model_providers.coderig-dev.name = "x"\n', b)
+    with pytest.raises(UserError, match="not valid TOML"):
+        configs.codex_config("model = [", b)
+    with pytest.raises(UserError, match="add the provider by hand"):  # a dotted key we do not rewrite
+        configs.codex_config('model_providers.coderig-dev.name = "x"\n', b)
 
 
 def test_opencode_provider(tmp_path: Path) -> None:
-    paths = clients.ClientPaths.for_home(tmp_path)
+    paths = configs.ClientPaths.for_home(tmp_path)
     existing = {"theme": "tokyonight", "provider": {"ollama": {"npm": "@ai-sdk/openai-compatible"}}}
-    merged = clients.opencode_config(existing, bundle(), paths)
+    merged = configs.opencode_config(existing, bundle(), paths)
     assert merged["theme"] == "tokyonight" and "ollama" in merged["provider"]
     ours = merged["provider"]["coderig-dev"]
     assert ours["npm"] == "@ai-sdk/openai-compatible"
@@ -242,7 +244,7 @@ def test_opencode_provider(tmp_path: Path) -> None:
     assert ours["models"][MODEL]["limit"] == {"context": 131072, "output": 20000}
     assert merged["model"] == f"coderig-dev/{MODEL}"
     assert "$schema" not in merged  # only added to a new file
-    assert clients.opencode_config(None, bundle(), paths)["$schema"] == clients.OPENCODE_SCHEMA
+    assert configs.opencode_config(None, bundle(), paths)["$schema"] == clients.OPENCODE_SCHEMA
 
 
 def _source(shell: str, script: Path, env: dict[str, str]) -> dict[str, str]:
@@ -256,11 +258,11 @@ def test_use_script_sources_in_posix_shells(tmp_path: Path, shell: str) -> None:
     if not shutil.which(shell):
         pytest.skip(f"{shell} not installed")
     b = bundle()
-    paths = clients.ClientPaths.for_home(tmp_path)
+    paths = configs.ClientPaths.for_home(tmp_path)
     paths.token_file("dev").parent.mkdir(parents=True)
     paths.token_file("dev").write_text(TOKEN + "\n")
     script = paths.use_script("dev")
-    script.write_text(clients.use_script(b, paths))
+    script.write_text(configs.use_script(b, paths))
     assert TOKEN not in script.read_text()  # the script holds no secret
     env = _source(shell, script, {"PATH": os.environ["PATH"], "ANTHROPIC_API_KEY": "sk-ant-leftover"})
     assert env["ANTHROPIC_AUTH_TOKEN"] == TOKEN

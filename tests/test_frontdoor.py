@@ -16,8 +16,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from frontdoor_fixtures import require_tool  # noqa: E402
 from standin import plan_reply, split_args  # noqa: E402
 
-from coderig import frontdoor, frontdoor_run  # noqa: E402
+from coderig import frontdoor
 from coderig.cli import build_parser  # noqa: E402
+from coderig.core.files import write_file  # noqa: E402
+from coderig.core.versions import FORBIDDEN_LITELLM_VERSIONS, LITELLM_VERSION  # noqa: E402
 from coderig.frontdoor import (  # noqa: E402
     CLAUDE_WILDCARD,
     GatewaySpec,
@@ -30,8 +32,7 @@ from coderig.frontdoor import (  # noqa: E402
     render_litellm_config,
     validate_keys,
 )
-from coderig.render import write_file  # noqa: E402
-from coderig.versions import FORBIDDEN_LITELLM_VERSIONS, LITELLM_VERSION  # noqa: E402
+from coderig.frontdoor import run as frontdoor_run  # noqa: E402
 
 ROUTE = ModelRoute(
     served_name="umans-coder-v0",

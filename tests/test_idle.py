@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from coderig import idle
-from coderig.idle import Decision, OfficeHours, Sample, decide
+from coderig.runtime import idle
+from coderig.runtime.idle import Decision, OfficeHours, Sample, decide
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BUSY = (FIXTURES / "vllm_metrics_busy.txt").read_text()

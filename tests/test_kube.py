@@ -25,8 +25,18 @@ from conftest import run_program, write_stack
 from frontdoor_fixtures import require_tool
 from standin import StandIn, start_standin
 
-from coderig import engine, idle, kube, kube_ops, node, planner, render, versions
-from coderig.settings import SettingsError, parse_settings
+from coderig import frontdoor, targets
+from coderig.cli import main
+from coderig.cli import ops as cli_ops
+from coderig.core import engine, planner, versions
+from coderig.core.errors import UserError
+from coderig.core.secrets import NodeSecrets, placeholder_secrets
+from coderig.core.settings import load_stack_file, parse_settings
+from coderig.runtime import idle, kube_reaper
+from coderig.runtime.idle import ReaperError
+from coderig.targets.kubernetes import manifests as kube
+from coderig.targets.kubernetes import ops as kube_ops
+from coderig.targets.kubernetes import render as kube_render
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -76,13 +86,13 @@ def settings_of(config: dict[str, Any]):
 
 
 def by_key(objs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {kube.object_key(o): o for o in objs}
+    return {kube_render.object_key(o): o for o in objs}
 
 
 def all_objects(config: dict[str, Any]) -> list[dict[str, Any]]:
     s = settings_of(config)
-    secrets = kube.secret_objects(s, "prod", kube.placeholder_secrets(s))
-    return kube.with_secret_checksums(kube.objects(s, "prod"), kube.secret_checksums(secrets)) + secrets
+    secrets = kube.secret_objects(s, "prod", placeholder_secrets(s.developers))
+    return kube.with_secret_checksums(kube_render.objects(s, "prod"), kube.secret_checksums(secrets)) + secrets
 
 
 def containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
@@ -135,7 +145,7 @@ def test_render_writes_nothing_for_other_targets(tmp_path: Path) -> None:
     from conftest import ssh_config
 
     s = parse_settings({**ssh_config(), "sshPrivateKey": "x"})
-    assert kube.render_manifests(s, "x") == {}
+    assert kube_render.render_manifests(s, "x") == {}
 
 
 # --- the model server follows the plan ------------------------------------------------------------
@@ -144,7 +154,7 @@ def test_render_writes_nothing_for_other_targets(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("preset", "gpus"), [("deepseek-v3.2", 8), ("glm-4.7", 4)])
 def test_probe_budget_shm_and_gpus_follow_the_plan(preset: str, gpus: int) -> None:
     s = settings_of(PRESETS[preset])
-    dep = by_key(kube.objects(s, "prod"))[f"deployment-{kube.MODEL}"]
+    dep = by_key(kube_render.objects(s, "prod"))[f"deployment-{kube.MODEL}"]
     pod = dep["spec"]["template"]["spec"]
     vllm = pod["containers"][0]
     probe = vllm["startupProbe"]
@@ -167,7 +177,7 @@ def test_probe_budget_shm_and_gpus_follow_the_plan(preset: str, gpus: int) -> No
     assert {"name": "dshm", "mountPath": "/dev/shm"} in vllm["volumeMounts"]
     assert int(vllm["resources"]["requests"]["memory"].removesuffix("Gi")) > kube.shm_size_gi(gpus)
     # the weights volume: planner size, shared (RWX) only when replicas share it
-    pvc = by_key(kube.objects(s, "prod"))[f"persistentvolumeclaim-{kube.WEIGHTS}"]
+    pvc = by_key(kube_render.objects(s, "prod"))[f"persistentvolumeclaim-{kube.WEIGHTS}"]
     assert pvc["spec"]["resources"]["requests"]["storage"] == f"{planner.weights_volume_gb(s.model.spec)}Gi"
     replicas = PRESETS[preset]["target"].get("replicas", 1)
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany" if replicas > 1 else "ReadWriteOnce"]
@@ -176,8 +186,9 @@ def test_probe_budget_shm_and_gpus_follow_the_plan(preset: str, gpus: int) -> No
 def test_a_700_gb_model_is_not_killed_by_a_ten_minute_budget() -> None:
     big = settings_of(k8s_config())
     small = settings_of(glm_config())
-    big_probe = by_key(kube.objects(big, "p"))[f"deployment-{kube.MODEL}"]["spec"]["template"]["spec"]["containers"][0]
-    small_probe = by_key(kube.objects(small, "p"))[f"deployment-{kube.MODEL}"]["spec"]["template"]["spec"][
+    big_dep = by_key(kube_render.objects(big, "p"))[f"deployment-{kube.MODEL}"]
+    big_probe = big_dep["spec"]["template"]["spec"]["containers"][0]
+    small_probe = by_key(kube_render.objects(small, "p"))[f"deployment-{kube.MODEL}"]["spec"]["template"]["spec"][
         "containers"
     ][0]
     big_s = big_probe["startupProbe"]["failureThreshold"] * big_probe["startupProbe"]["periodSeconds"]
@@ -185,23 +196,23 @@ def test_a_700_gb_model_is_not_killed_by_a_ten_minute_budget() -> None:
     assert big_s > 600 + big.model.spec.weight_bytes / 1e9  # warm-up + at least 1 GB/s of reading
     assert big_s > small_s  # bigger weights, longer budget
     # Pulumi waits at least as long for the rollout and for the download
-    dep = by_key(kube.objects(big, "p"))[f"deployment-{kube.MODEL}"]
+    dep = by_key(kube_render.objects(big, "p"))[f"deployment-{kube.MODEL}"]
     assert int(dep["metadata"]["annotations"][kube.PULUMI_TIMEOUT]) >= big_s
-    job = by_key(kube.objects(big, "p"))[f"job-{kube.WEIGHTS}"]
+    job = by_key(kube_render.objects(big, "p"))[f"job-{kube.WEIGHTS}"]
     assert int(job["metadata"]["annotations"][kube.PULUMI_TIMEOUT]) == planner.download_budget_seconds(big.model.spec)
 
 
 def test_model_pods_wait_for_the_download_jobs_completion_marker() -> None:
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("fetch_weights", ROOT / "coderig" / "scripts" / "fetch_weights.py")
+    spec = importlib.util.spec_from_file_location("fetch_weights", ROOT / "coderig" / "runtime" / "fetch_weights.py")
     assert spec and spec.loader
     fw = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fw)
     s = settings_of(k8s_config())
     expected = fw.marker_path(Path(engine.HF_HOME), s.model.spec.hf_repo)
     assert kube.marker_path(s) == str(expected)
-    objs = by_key(kube.objects(s, "prod"))
+    objs = by_key(kube_render.objects(s, "prod"))
     init = objs[f"deployment-{kube.MODEL}"]["spec"]["template"]["spec"]["initContainers"][0]
     assert str(expected) in init["command"][-1]
     job = objs[f"job-{kube.WEIGHTS}"]
@@ -210,7 +221,7 @@ def test_model_pods_wait_for_the_download_jobs_completion_marker() -> None:
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure"  # retries resume the download
     # the Job runs the node runtime's fetcher, shipped as a ConfigMap
     script = objs[f"configmap-{kube.WEIGHTS_SCRIPT}"]["data"]["fetch_weights.py"]
-    assert script == (ROOT / "coderig" / "scripts" / "fetch_weights.py").read_text()
+    assert script == (ROOT / "coderig" / "runtime" / "fetch_weights.py").read_text()
     # it lands in the GPU pool like the model server (same zone for a ReadWriteOnce volume)
     model_pod = objs[f"deployment-{kube.MODEL}"]["spec"]["template"]["spec"]
     assert job["spec"]["template"]["spec"]["nodeSelector"] == model_pod["nodeSelector"]
@@ -243,7 +254,7 @@ def test_every_pod_is_restricted(preset: str) -> None:
 
 
 def test_only_the_front_door_and_the_reaper_reach_the_model_server() -> None:
-    objs = by_key(kube.objects(settings_of(k8s_config()), "prod"))
+    objs = by_key(kube_render.objects(settings_of(k8s_config()), "prod"))
     pol = objs[f"networkpolicy-{kube.MODEL}"]["spec"]
     model_labels = objs[f"deployment-{kube.MODEL}"]["spec"]["template"]["metadata"]["labels"]
     front_labels = objs[f"deployment-{kube.FRONTDOOR}"]["spec"]["template"]["metadata"]["labels"]
@@ -258,12 +269,12 @@ def test_only_the_front_door_and_the_reaper_reach_the_model_server() -> None:
     assert allowed[1].items() <= idle_labels.items()
     assert not allowed[0].items() <= model_labels.items()
     # without scale-to-zero, only the front door
-    glm = by_key(kube.objects(settings_of(glm_config()), "prod"))
+    glm = by_key(kube_render.objects(settings_of(glm_config()), "prod"))
     assert len(glm[f"networkpolicy-{kube.MODEL}"]["spec"]["ingress"][0]["from"]) == 1
 
 
 def test_reaper_rbac_is_limited_to_scaling_the_model_deployment() -> None:
-    objs = by_key(kube.objects(settings_of(k8s_config()), "prod"))
+    objs = by_key(kube_render.objects(settings_of(k8s_config()), "prod"))
     rules = objs[f"role-{kube.IDLE}"]["rules"]
     assert objs[f"role-{kube.IDLE}"]["kind"] == "Role"  # namespaced, never a ClusterRole
     for rule in rules:
@@ -287,7 +298,7 @@ def test_reaper_rbac_is_limited_to_scaling_the_model_deployment() -> None:
 
 def test_front_door_pod_shares_localhost_and_rolls_when_config_or_secrets_change() -> None:
     s = settings_of(k8s_config())
-    objs = by_key(kube.objects(s, "prod"))
+    objs = by_key(kube_render.objects(s, "prod"))
     dep = objs[f"deployment-{kube.FRONTDOOR}"]
     pod = dep["spec"]["template"]["spec"]
     assert [c["name"] for c in pod["containers"]] == ["gateway", "litellm"]
@@ -304,10 +315,10 @@ def test_front_door_pod_shares_localhost_and_rolls_when_config_or_secrets_change
 
     def sums(config: dict[str, Any], developers: dict[str, str]) -> tuple[str, str]:
         st = settings_of(config)
-        secrets = kube.placeholder_secrets(st)
+        secrets = placeholder_secrets(st.developers)
         secrets = type(secrets)(**{**secrets.__dict__, "developer_keys": developers})
         checks = kube.secret_checksums(kube.secret_objects(st, "prod", secrets))
-        d = by_key(kube.with_secret_checksums(kube.objects(st, "prod"), checks))[f"deployment-{kube.FRONTDOOR}"]
+        d = by_key(kube.with_secret_checksums(kube_render.objects(st, "prod"), checks))[f"deployment-{kube.FRONTDOOR}"]
         ann = d["spec"]["template"]["metadata"]["annotations"]
         return ann[kube.CONFIG_CHECKSUM], ann[kube.SECRET_CHECKSUM]
 
@@ -322,7 +333,7 @@ def test_front_door_pod_shares_localhost_and_rolls_when_config_or_secrets_change
 
 
 def test_front_door_stays_ready_when_the_model_is_at_zero() -> None:
-    dep = by_key(kube.objects(settings_of(k8s_config()), "prod"))[f"deployment-{kube.FRONTDOOR}"]
+    dep = by_key(kube_render.objects(settings_of(k8s_config()), "prod"))[f"deployment-{kube.FRONTDOOR}"]
     gateway = dep["spec"]["template"]["spec"]["containers"][0]
     # readiness is the gateway's own cheap endpoint, never the model's health
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/api/hello"
@@ -330,7 +341,7 @@ def test_front_door_stays_ready_when_the_model_is_at_zero() -> None:
 
 
 def test_ingress_is_streaming_safe() -> None:
-    objs = by_key(kube.objects(settings_of(k8s_config()), "prod"))
+    objs = by_key(kube_render.objects(settings_of(k8s_config()), "prod"))
     ing = objs[f"ingress-{kube.GATEWAY}"]
     ann = ing["metadata"]["annotations"]
     assert ann["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
@@ -341,7 +352,7 @@ def test_ingress_is_streaming_safe() -> None:
     assert ing["spec"]["ingressClassName"] == "nginx"
     assert ing["spec"]["tls"] == [{"hosts": ["llm.example.com"], "secretName": kube.SECRET_TLS}]
     assert objs[f"poddisruptionbudget-{kube.FRONTDOOR}"]["spec"]["maxUnavailable"] == 1
-    glm = by_key(kube.objects(settings_of(glm_config()), "prod"))
+    glm = by_key(kube_render.objects(settings_of(glm_config()), "prod"))
     assert f"ingress-{kube.GATEWAY}" not in glm
     assert glm[f"service-{kube.GATEWAY}"]["spec"]["type"] == "ClusterIP"
 
@@ -373,7 +384,7 @@ def test_what_the_target_cannot_run_fails_coderig_plan_naming_the_key(
     assert key in err and allowed in err, err
     assert main(["render", "--config", str(path), "--out", str(tmp_path / "out")]) == 2
     assert not (tmp_path / "out").exists()
-    with pytest.raises(SettingsError) as problems:
+    with pytest.raises(UserError) as problems:
         parse_settings(config)
     assert [p for p in problems.value.problems if p.startswith(key)], problems.value.problems
     # the same settings on a node target are fine (port 443 as root, llama.cpp on CPU)
@@ -400,7 +411,7 @@ def test_pulumi_graph_names_provider_ordering_and_secrets() -> None:
             "RoleBinding", "NetworkPolicy", "PodDisruptionBudget", "Secret", "ConfigMap"} <= kinds  # fmt: skip
     # every manifest of coderig.kube became a resource, and nothing else
     s = settings_of(k8s_config())
-    expected = {kube.object_key(o) for o in all_objects(k8s_config())}
+    expected = {kube_render.object_key(o) for o in all_objects(k8s_config())}
     assert {r.name.removeprefix("k8s-") for r in k8s_res} == expected
     assert len(s.developers) == 2
 
@@ -474,7 +485,7 @@ def _leaves(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def pvc_of(config: dict[str, Any]) -> dict[str, Any]:
-    (pvc,) = [o for o in kube.objects(settings_of(config), "prod") if o["kind"] == "PersistentVolumeClaim"]
+    (pvc,) = [o for o in kube_render.objects(settings_of(config), "prod") if o["kind"] == "PersistentVolumeClaim"]
     return pvc
 
 
@@ -517,7 +528,7 @@ def test_every_pvc_change_a_stack_edit_can_make_is_ignored_not_replaced(
 def test_a_new_weights_volume_name_makes_a_new_pvc_and_keeps_the_old(monkeypatch: pytest.MonkeyPatch) -> None:
     """The documented way to really move the weights (new storage class, RWO -> RWX): a new PVC name."""
     cfg = k8s_config(weightsVolumeName="coderig-weights-rwx")
-    objs = by_key(kube.objects(settings_of(cfg), "prod"))
+    objs = by_key(kube_render.objects(settings_of(cfg), "prod"))
     assert f"persistentvolumeclaim-{kube.WEIGHTS}" not in objs
     assert objs["persistentvolumeclaim-coderig-weights-rwx"]["metadata"]["name"] == "coderig-weights-rwx"
     for key in (f"job-{kube.WEIGHTS}", f"deployment-{kube.MODEL}"):
@@ -527,7 +538,7 @@ def test_a_new_weights_volume_name_makes_a_new_pvc_and_keeps_the_old(monkeypatch
         assert claims == ["coderig-weights-rwx"], key
     opts = creation_opts(cfg, monkeypatch)
     assert opts["k8s-persistentvolumeclaim-coderig-weights-rwx"].retain_on_delete is True
-    with pytest.raises(SettingsError) as err:
+    with pytest.raises(UserError) as err:
         parse_settings({**k8s_config(weightsVolumeName="Weights_2"), "hfToken": "x"})
     assert err.value.problems[0].startswith("coderig:target.weightsVolumeName: got 'Weights_2'")
 
@@ -540,21 +551,20 @@ def test_litellm_workers_follow_the_streams_each_front_door_pod_carries(
     replicas: int, front: int, per_pod_factor: float
 ) -> None:
     """Every model replica's concurrency, spread over the front-door pods (at zero: what start brings)."""
-    from coderig import frontdoor
 
     s = settings_of(k8s_config(replicas=replicas, frontDoorReplicas=front))
     per_replica = planner.plan_stack(s).max_concurrent_requests
     expected = math.ceil(per_replica * max(1, replicas) / front)
     assert expected == math.ceil(per_replica * per_pod_factor)
     assert kube.frontdoor_streams_per_pod(s) == expected
-    dep = by_key(kube.objects(s, "prod"))[f"deployment-{kube.FRONTDOOR}"]
+    dep = by_key(kube_render.objects(s, "prod"))[f"deployment-{kube.FRONTDOOR}"]
     args = dep["spec"]["template"]["spec"]["containers"][1]["args"]
     assert args[args.index("--num_workers") + 1] == str(frontdoor.litellm_workers(expected))
 
 
 def test_more_model_replicas_per_front_door_pod_get_more_litellm_workers() -> None:
     def workers(**target: Any) -> int:
-        dep = by_key(kube.objects(settings_of(k8s_config(**target)), "prod"))[f"deployment-{kube.FRONTDOOR}"]
+        dep = by_key(kube_render.objects(settings_of(k8s_config(**target)), "prod"))[f"deployment-{kube.FRONTDOOR}"]
         args = dep["spec"]["template"]["spec"]["containers"][1]["args"]
         return int(args[args.index("--num_workers") + 1])
 
@@ -635,11 +645,11 @@ class FakeApiServer:
 
 
 @pytest.fixture
-def api_server(tmp_path: Path) -> Iterator[tuple[FakeApiServer, kube_ops.KubeApi]]:
+def api_server(tmp_path: Path) -> Iterator[tuple[FakeApiServer, kube_reaper.KubeApi]]:
     token_file = tmp_path / "token"
     token_file.write_text("sa-token-123\n")
     srv = FakeApiServer("sa-token-123")
-    yield srv, kube_ops.KubeApi(srv.url, token_file=token_file)
+    yield srv, kube_reaper.KubeApi(srv.url, token_file=token_file)
     srv.stop()
 
 
@@ -650,8 +660,8 @@ def standin() -> Iterator[StandIn]:
     srv.stop()
 
 
-def reaper_cfg(port: int, **kw: Any) -> kube_ops.ReaperConfig:
-    return kube_ops.ReaperConfig(**{
+def reaper_cfg(port: int, **kw: Any) -> kube_reaper.ReaperConfig:
+    return kube_reaper.ReaperConfig(**{
         "namespace": "coderig-prod", "deployment": kube.MODEL, "metrics_host": "model-pods", "metrics_port": port,
         "state_configmap": kube.IDLE_STATE, "stop_after_minutes": 10, "period_seconds": 60,
         "model_name": "umans-coder-v0", **kw,
@@ -660,11 +670,11 @@ def reaper_cfg(port: int, **kw: Any) -> kube_ops.ReaperConfig:
 
 def test_reaper_config_round_trips_from_the_cronjobs_environment() -> None:
     s = settings_of({**k8s_config(), "idle": {"stopAfterMinutes": 45, "officeHours": {"timezone": "Europe/Paris"}}})
-    cron = by_key(kube.objects(s, "prod"))[f"cronjob-{kube.IDLE}"]
+    cron = by_key(kube_render.objects(s, "prod"))[f"cronjob-{kube.IDLE}"]
     env = {
         e["name"]: e["value"] for e in cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["env"]
     }
-    cfg = kube_ops.ReaperConfig.from_env(env)
+    cfg = kube_reaper.ReaperConfig.from_env(env)
     assert cfg.stop_after_minutes == 45 and cfg.period_seconds == 300 and cfg.replicas == 2
     assert cfg.metrics_host == f"{kube.MODEL_PODS}.coderig-prod.svc.cluster.local"
     assert cfg.deployment == kube.MODEL and cfg.namespace == "coderig-prod" and cfg.model_name == "umans-coder-v0"
@@ -677,7 +687,7 @@ def test_reaper_keeps_a_model_with_requests_in_flight_on_real_vllm_metrics(api_s
     busy = (FIXTURES / "vllm_metrics_busy.txt").read_text()
     now = datetime(2026, 11, 18, 3, 0, tzinfo=UTC)
     reports = [
-        kube_ops.reap(reaper_cfg(8000), api, now=now + timedelta(minutes=i),
+        kube_reaper.reap(reaper_cfg(8000), api, now=now + timedelta(minutes=i),
                       addrs=lambda h, p: ["10.0.0.5", "10.0.0.6"], get=lambda url: busy)
         for i in range(30)  # half an hour of runs: a busy server is never stopped
     ]  # fmt: skip
@@ -692,7 +702,7 @@ def test_reaper_scales_to_zero_after_the_window_on_real_idle_metrics(api_server)
     t0 = datetime(2026, 11, 18, 3, 0, tzinfo=UTC)
     actions = []
     for i in range(20):
-        r = kube_ops.reap(reaper_cfg(8000), api, now=t0 + timedelta(minutes=i),
+        r = kube_reaper.reap(reaper_cfg(8000), api, now=t0 + timedelta(minutes=i),
                           addrs=lambda h, p: ["10.0.0.5", "10.0.0.6"], get=lambda url: text)  # fmt: skip
         actions.append(r.action)
         if r.action == "stop":
@@ -706,7 +716,9 @@ def test_reaper_scales_to_zero_after_the_window_on_real_idle_metrics(api_server)
     assert ("PATCH", f"/apis/apps/v1/namespaces/coderig-prod/deployments/{kube.MODEL}/scale",
             "application/merge-patch+json") in srv.requests  # fmt: skip
     # at zero: nothing more to do, and never a stop again
-    r = kube_ops.reap(reaper_cfg(8000), api, now=t0 + timedelta(minutes=30), addrs=lambda h, p: [], get=lambda u: None)
+    r = kube_reaper.reap(
+        reaper_cfg(8000), api, now=t0 + timedelta(minutes=30), addrs=lambda h, p: [], get=lambda u: None
+    )
     assert r.action == "keep" and srv.scales == [0]
 
 
@@ -724,7 +736,8 @@ def test_reaper_never_stops_without_data(api_server) -> None:
     for addrs, get in cases:
         srv.state = "{}"
         reports = [
-            kube_ops.reap(reaper_cfg(8000), api, now=t0 + timedelta(minutes=i), addrs=addrs, get=get) for i in range(40)
+            kube_reaper.reap(reaper_cfg(8000), api, now=t0 + timedelta(minutes=i), addrs=addrs, get=get)
+            for i in range(40)
         ]
         assert {r.action for r in reports} == {"keep"}
         assert "not stopping without data" in reports[-1].reason, reports[-1].reason
@@ -732,16 +745,16 @@ def test_reaper_never_stops_without_data(api_server) -> None:
 
 
 def test_reaper_reports_an_unreachable_api_server_in_one_line() -> None:
-    api = kube_ops.KubeApi(f"http://127.0.0.1:{_free_port()}")
-    with pytest.raises(kube_ops.KubeOpsError, match="GET http://127.0.0.1"):
-        kube_ops.reap(reaper_cfg(8000), api)
+    api = kube_reaper.KubeApi(f"http://127.0.0.1:{_free_port()}")
+    with pytest.raises(ReaperError, match="GET http://127.0.0.1"):
+        kube_reaper.reap(reaper_cfg(8000), api)
 
 
 def test_reaper_leaves_a_rollout_alone(api_server) -> None:
     srv, api = api_server
     srv.ready = 1  # one of two replicas still loading
     text = (FIXTURES / "vllm_metrics_idle.txt").read_text()
-    r = kube_ops.reap(reaper_cfg(8000), api, addrs=lambda h, p: ["10.0.0.5"], get=lambda u: text)
+    r = kube_reaper.reap(reaper_cfg(8000), api, addrs=lambda h, p: ["10.0.0.5"], get=lambda u: text)
     assert r.action == "keep" and "rollout in progress: 1/2" in r.reason
     assert srv.scales == []
 
@@ -774,14 +787,14 @@ def test_reaper_against_a_live_model_server_never_stops_mid_request(api_server, 
     old = [{"at": (t0 - timedelta(minutes=m)).strftime("%Y-%m-%dT%H:%M:%SZ"), "running": 0, "completed": 0}
            for m in range(30, 0, -1)]  # fmt: skip
     srv.state = json.dumps({"samples": old, "counters": {"127.0.0.1": 0}, "up_since": "2026-11-18T01:00:00Z"})
-    r = kube_ops.reap(cfg, api, now=t0, addrs=addrs)
+    r = kube_reaper.reap(cfg, api, now=t0, addrs=addrs)
     assert r.action == "keep" and "1 requests running" in r.reason
     worker.join()
     assert srv.scales == []
     # once it finished, its completion is activity; only a full idle window later does it stop
     stops = []
     for i in range(1, 15):
-        r = kube_ops.reap(cfg, api, now=t0 + timedelta(minutes=i), addrs=addrs)
+        r = kube_reaper.reap(cfg, api, now=t0 + timedelta(minutes=i), addrs=addrs)
         stops.append(r.action == "stop")
     assert stops.index(True) >= 9 and srv.scales == [0]
 
@@ -797,7 +810,7 @@ def test_reaper_final_check_catches_a_request_that_just_arrived(api_server) -> N
     counters = {"10.0.0.5": done, "10.0.0.6": done}
     srv.state = json.dumps({"samples": old, "counters": counters, "up_since": "2026-11-18T01:00:00Z"})
     calls = iter([idle_text, idle_text, idle_text, busy_text])
-    r = kube_ops.reap(reaper_cfg(8000), api, now=t0, addrs=lambda h, p: ["10.0.0.5", "10.0.0.6"],
+    r = kube_reaper.reap(reaper_cfg(8000), api, now=t0, addrs=lambda h, p: ["10.0.0.5", "10.0.0.6"],
                       get=lambda u: next(calls))  # fmt: skip
     assert r.action == "keep" and "started while deciding" in r.reason
     assert srv.scales == []
@@ -807,13 +820,13 @@ def test_reaper_final_check_catches_a_request_that_just_arrived(api_server) -> N
     assert quick != idle_text
     srv.state = json.dumps({"samples": old, "counters": counters, "up_since": "2026-11-18T01:00:00Z"})
     calls = iter([idle_text, idle_text, idle_text, quick])
-    r = kube_ops.reap(reaper_cfg(8000), api, now=t0, addrs=lambda h, p: ["10.0.0.5", "10.0.0.6"],
+    r = kube_reaper.reap(reaper_cfg(8000), api, now=t0, addrs=lambda h, p: ["10.0.0.5", "10.0.0.6"],
                       get=lambda u: next(calls))  # fmt: skip
     assert r.action == "keep" and "completed while deciding" in r.reason, r.reason
     assert srv.scales == []
     # and with nothing new on the final look, it stops
     srv.state = json.dumps({"samples": old, "counters": counters, "up_since": "2026-11-18T01:00:00Z"})
-    r = kube_ops.reap(reaper_cfg(8000), api, now=t0, addrs=lambda h, p: ["10.0.0.5", "10.0.0.6"],
+    r = kube_reaper.reap(reaper_cfg(8000), api, now=t0, addrs=lambda h, p: ["10.0.0.5", "10.0.0.6"],
                       get=lambda u: idle_text)  # fmt: skip
     assert r.action == "stop" and srv.scales == [0]
 
@@ -823,7 +836,7 @@ def test_reaper_dry_run_and_office_hours_start(api_server) -> None:
     text = (FIXTURES / "vllm_metrics_idle.txt").read_text()
     t0 = datetime(2026, 11, 18, 3, 0, tzinfo=UTC)  # a Wednesday, 04:00 in Paris
     reports = [
-        kube_ops.reap(reaper_cfg(8000, dry_run=True), api, now=t0 + timedelta(minutes=i),
+        kube_reaper.reap(reaper_cfg(8000, dry_run=True), api, now=t0 + timedelta(minutes=i),
                       addrs=lambda h, p: ["10.0.0.5", "10.0.0.6"], get=lambda u: text)
         for i in range(25)
     ]  # fmt: skip
@@ -832,16 +845,23 @@ def test_reaper_dry_run_and_office_hours_start(api_server) -> None:
     srv.replicas = 0
     srv.state = json.dumps({"replicas_before": 3})
     hours = idle.OfficeHours.from_dict({"timezone": "Europe/Paris", "start": "08:00", "end": "19:00"})
-    r = kube_ops.reap(reaper_cfg(8000, schedule=hours), api, now=datetime(2026, 11, 18, 8, 30, tzinfo=UTC),
+    r = kube_reaper.reap(reaper_cfg(8000, schedule=hours), api, now=datetime(2026, 11, 18, 8, 30, tzinfo=UTC),
                       addrs=lambda h, p: [], get=lambda u: None)  # fmt: skip
     assert r.action == "start" and r.applied and srv.scales == [3]
+
+
+def cron_mounts(s: Any) -> list[dict[str, Any]]:
+    cron = by_key(kube_render.objects(s, "prod"))[f"cronjob-{kube.IDLE}"]
+    return cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
 
 
 def test_reaper_code_runs_standalone_from_its_configmap(tmp_path: Path) -> None:
     """The CronJob mounts only this ConfigMap into a plain python image: no pydantic, no yaml."""
     s = settings_of(k8s_config())
-    cm = by_key(kube.objects(s, "prod"))[f"configmap-{kube.IDLE_CODE}"]
-    pkg = tmp_path / "opt" / "coderig"
+    cm = by_key(kube_render.objects(s, "prod"))[f"configmap-{kube.IDLE_CODE}"]
+    mount = [m for m in cron_mounts(s) if m["name"] == "code"][0]["mountPath"]
+    assert mount == "/opt/coderig/coderig/runtime"
+    pkg = tmp_path / mount.lstrip("/")
     pkg.mkdir(parents=True)
     for name, text in cm["data"].items():
         (pkg / name).write_text(text)
@@ -850,16 +870,16 @@ def test_reaper_code_runs_standalone_from_its_configmap(tmp_path: Path) -> None:
     for mod in ("pydantic", "yaml", "pulumi", "boto3"):
         (blocker / f"{mod}.py").write_text(f"raise ImportError('{mod} is not in the reaper image')\n")
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": f"{blocker}:{tmp_path / 'opt'}"}
-    res = subprocess.run([sys.executable, "-m", "coderig.kube_ops", "reap"], env=env, cwd=tmp_path,
+    res = subprocess.run([sys.executable, "-m", "coderig.runtime.kube_reaper", "reap"], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert res.returncode == 1, res.stderr
     assert json.loads(res.stdout) == {"level": "error", "error": "CODERIG_STOP_AFTER_MINUTES is not set"}
-    cron = by_key(kube.objects(s, "prod"))[f"cronjob-{kube.IDLE}"]
+    cron = by_key(kube_render.objects(s, "prod"))[f"cronjob-{kube.IDLE}"]
     container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"] == ["python", "-m", "coderig.kube_ops", "reap"]
+    assert container["command"] == ["python", "-m", "coderig.runtime.kube_reaper", "reap"]
     env2 = {e["name"]: e["value"] for e in container["env"]} | {"PATH": os.environ["PATH"]}
     env2["PYTHONPATH"] = f"{blocker}:{tmp_path / 'opt'}"
-    res = subprocess.run([sys.executable, "-m", "coderig.kube_ops", "reap"], env=env2, cwd=tmp_path,
+    res = subprocess.run([sys.executable, "-m", "coderig.runtime.kube_reaper", "reap"], env=env2, cwd=tmp_path,
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert res.returncode == 1 and "not running in a pod" in res.stdout
 
@@ -890,7 +910,7 @@ def ops_args(path: Path, **kw: Any) -> argparse.Namespace:
 def test_start_scales_back_and_waits_for_ready(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_stack(tmp_path, k8s_config(), "prod")
     kubectl = FakeKubectl()
-    assert kube_ops.cmd_start(ops_args(path), run=kubectl) == 0
+    assert kube_ops.cmd_start(ops_args(path), load_stack_file(path), run=kubectl) == 0
     prefix = ["kubectl", "--kubeconfig", os.path.expanduser("~/.kube/gpu-cluster"), "--context", "prod-gpu",
               "--namespace", "coderig-prod"]  # fmt: skip
     s = settings_of(k8s_config())
@@ -902,22 +922,22 @@ def test_start_scales_back_and_waits_for_ready(tmp_path: Path, capsys: pytest.Ca
     assert "ready: 2 model replica(s)" in capsys.readouterr().out
     # an explicit shorter --timeout never cuts the model's load budget
     kubectl = FakeKubectl()
-    assert kube_ops.cmd_start(ops_args(path, timeout=1800.0), run=kubectl) == 0
+    assert kube_ops.cmd_start(ops_args(path, timeout=1800.0), load_stack_file(path), run=kubectl) == 0
     assert kubectl.calls[-1][-1] == f"--timeout={max(budget, 1800)}s"
     failing = FakeKubectl(fail={"rollout"})
-    assert kube_ops.cmd_start(ops_args(path), run=failing) == 1
+    assert kube_ops.cmd_start(ops_args(path), load_stack_file(path), run=failing) == 1
 
 
 def test_stop_refuses_while_requests_run(tmp_path: Path) -> None:
     path = write_stack(tmp_path, k8s_config(), "prod")
     busy = FakeKubectl(running="2 3")
-    assert kube_ops.cmd_stop(ops_args(path), run=busy) == 1
+    assert kube_ops.cmd_stop(ops_args(path), load_stack_file(path), run=busy) == 1
     assert not any("scale" in c for c in busy.calls)
     unknown = FakeKubectl(fail={"exec"})
-    assert kube_ops.cmd_stop(ops_args(path), run=unknown) == 1
+    assert kube_ops.cmd_stop(ops_args(path), load_stack_file(path), run=unknown) == 1
     assert not any("scale" in c for c in unknown.calls)
     quiet = FakeKubectl(running="2 0")
-    assert kube_ops.cmd_stop(ops_args(path), run=quiet) == 0
+    assert kube_ops.cmd_stop(ops_args(path), load_stack_file(path), run=quiet) == 0
     assert quiet.calls[-1][-2:] == [f"deployment/{kube.MODEL}", "--replicas=0"]
     # the probe runs inside the front door (the only pods the NetworkPolicy lets through)
     exec_call = quiet.calls[0]
@@ -926,48 +946,36 @@ def test_stop_refuses_while_requests_run(tmp_path: Path) -> None:
 
 def test_ops_commands_dispatch_by_target_kind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_stack(tmp_path, k8s_config(), "prod")
-    args = ops_args(path)
-    assert kube_ops.target_kind(args) == "kubernetes"
-    assert kube_ops.target_kind(argparse.Namespace(stack="nope", config=None)) is None
+    settings = cli_ops.stack_settings(ops_args(path))
+    assert settings is not None and targets.REGISTRY[settings.target.kind].ops is kube_ops
+    assert cli_ops.stack_settings(argparse.Namespace(stack="nope", config=None)) is None
     glm = write_stack(tmp_path, {**glm_config(), "gateway": {"port": 80}}, "bad")
-    assert kube_ops.dispatch("start", ops_args(glm)) == 2
-    assert "coderig:gateway.port" in capsys.readouterr().err
+    assert main(["start", "prod", "--config", str(glm)]) == 2
+    assert "coderig: coderig:gateway.port" in capsys.readouterr().err
 
 
-def test_target_kind_reads_the_validated_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ops_commands_read_the_validated_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """No guess from raw YAML: an invalid stack file stops `coderig start|stop|idle` with the key named."""
-    from conftest import ssh_config
-
-    ssh = write_stack(tmp_path, {**ssh_config(), "sshPrivateKey": "x"}, "ssh")
-    assert kube_ops.target_kind(ops_args(ssh)) == "ssh"
-    # raw YAML says kubernetes, but the file is invalid: no kind is made up from it
     bad = write_stack(tmp_path, k8s_config(replicas=3, storageClass=None), "bad")
-    assert kube_ops.target_kind(ops_args(bad)) is None
-    # and the command reports every problem by key (the AWS commands' guard asks target_kind first)
-    from coderig.cli import main
-
     for command in ("start", "stop", "idle"):
         assert main([command, "prod", "--config", str(bad)]) == 2
         err = capsys.readouterr().err
-        assert "coderig:target.storageClass: replicas is 3" in err, err
-    # the default path is Pulumi.<stack>.yaml in the current directory
-    assert kube_ops.stack_file(argparse.Namespace(stack="prod", config=None)) == Path("Pulumi.prod.yaml")
+        assert "coderig: coderig:target.storageClass: replicas is 3" in err, err
 
 
 def test_stop_reads_the_stack_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import coderig.settings as settings_mod
-
     path = write_stack(tmp_path, k8s_config(), "prod")
     loads: list[str] = []
-    real = settings_mod.load_stack_file
+    real = cli_ops.load_stack_file
 
     def counting(p: str | Path) -> Any:
         loads.append(str(p))
         return real(p)
 
-    monkeypatch.setattr(settings_mod, "load_stack_file", counting)
+    monkeypatch.setattr(cli_ops, "load_stack_file", counting)
     quiet = FakeKubectl(running="2 0")
-    assert kube_ops.cmd_stop(ops_args(path), run=quiet) == 0
+    monkeypatch.setitem(kube_ops.COMMANDS, "stop", lambda a, st: kube_ops.cmd_stop(a, st, run=quiet))
+    assert main(["stop", "prod", "--config", str(path)]) == 0
     assert loads == [str(path)]
     # and it probes for the stack's served model name
     assert quiet.calls[0][-1] == settings_of(k8s_config()).model.served_name
@@ -983,13 +991,13 @@ def test_stop_reads_the_stack_file_once(tmp_path: Path, monkeypatch: pytest.Monk
     ],
 )
 def test_kubernetes_settings_errors_name_the_key(target: dict[str, Any], key: str) -> None:
-    with pytest.raises(SettingsError) as err:
+    with pytest.raises(UserError) as err:
         parse_settings({**k8s_config(**target), "hfToken": "x"})
     assert any(p.startswith(key) for p in err.value.problems), err.value.problems
 
 
 def test_rendered_render_contributor_is_registered() -> None:
-    assert render.kubernetes_manifests in render.CONTRIBUTORS
+    assert targets.REGISTRY["kubernetes"].render is kube_render.render_manifests
     assert math.isfinite(float(versions.KUBERNETES_SCHEMA_VERSION.rsplit(".", 1)[0]))
 
 
@@ -1000,7 +1008,7 @@ def test_reaper_keeps_when_one_replica_is_silent_even_with_an_idle_history(api_s
     old = [{"at": (t0 - timedelta(minutes=m)).strftime("%Y-%m-%dT%H:%M:%SZ"), "running": 0, "completed": 0}
            for m in range(30, 0, -1)]  # fmt: skip
     srv.state = json.dumps({"samples": old, "counters": {}, "up_since": "2026-11-18T01:00:00Z"})
-    r = kube_ops.reap(reaper_cfg(8000), api, now=t0, addrs=lambda h, p: ["10.0.0.5", "10.0.0.6"],
+    r = kube_reaper.reap(reaper_cfg(8000), api, now=t0, addrs=lambda h, p: ["10.0.0.5", "10.0.0.6"],
                       get=lambda u: text if "10.0.0.5" in u else None)  # fmt: skip
     assert r.action == "keep" and "metrics from 1/2 replicas" in r.reason
     assert srv.scales == []
@@ -1057,7 +1065,6 @@ def test_gateway_answers_503_with_retry_after_while_the_model_is_at_zero(tmp_pat
     import dataclasses
 
     nginx = require_tool("nginx")  # skipped on a workstation without nginx, a failure in CI
-    from coderig import frontdoor
 
     lite_port, model_port, gw_port = _free_port(), _free_port(), _free_port()
     lite = ThreadingHTTPServer(("127.0.0.1", lite_port), _Ok)
@@ -1068,7 +1075,7 @@ def test_gateway_answers_503_with_retry_after_while_the_model_is_at_zero(tmp_pat
         frontdoor.render_gateway_keys({"alice": key}, "sk-" + "m" * 40, model_key=_KeyedModel.key)
     )
     spec = dataclasses.replace(
-        kube.gateway_spec(s),
+        kube.front_door(s)[1],
         listen=f"127.0.0.1:{gw_port}",
         litellm=f"127.0.0.1:{lite_port}",
         model_health_url=f"http://127.0.0.1:{model_port}/health",
@@ -1126,11 +1133,11 @@ def test_the_documented_stack_example_is_valid_and_renders(tmp_path: Path) -> No
     block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
     path = tmp_path / "Pulumi.gpu.yaml"
     path.write_text(block)
-    from coderig.settings import load_stack_file
+    from coderig.core.settings import load_stack_file
 
     s = load_stack_file(path)
     assert s.target.kind == "kubernetes"
-    files = render.render_stack(s, "gpu")
+    files = targets.render_stack(s, "gpu")
     manifests = [yaml.safe_load(f.content) for p, f in files.items() if p.startswith("kubernetes/")]
     assert len(manifests) >= 15
     for obj in manifests:
@@ -1173,8 +1180,8 @@ def test_stop_probe_reads_running_requests_from_a_live_model_server(standin: Sta
 
 def test_gateway_keys_secret_carries_the_model_key_its_direct_chat_path_sends() -> None:
     s = settings_of(k8s_config())
-    assert kube.gateway_spec(s).direct_chat_authorization
-    secrets = node.NodeSecrets(model_api_key="v" * 32, litellm_master_key="sk-" + "m" * 40,
+    assert kube.front_door(s)[1].direct_chat_authorization
+    secrets = NodeSecrets(model_api_key="v" * 32, litellm_master_key="sk-" + "m" * 40,
                                developer_keys={"alice": "crk-" + "a" * 40})  # fmt: skip
     (front,) = [o for o in kube.secret_objects(s, "prod", secrets) if o["metadata"]["name"] == kube.SECRET_FRONTDOOR]
     keys = front["stringData"]["gateway-keys.conf"]

@@ -26,8 +26,12 @@ import pytest
 import yaml
 from conftest import HOST_KEY, ssh_config
 
-from coderig import engine, node, planner, render, versions
-from coderig.settings import StackSettings, parse_settings
+from coderig import frontdoor, targets
+from coderig.core import engine, hostkeys, planner, versions
+from coderig.core.files import RenderedFile
+from coderig.core.settings import NODE_CACHE_PATH, StackSettings, parse_settings
+from coderig.targets.compose import commands
+from coderig.targets.compose import spec as node
 
 
 def compose_schema() -> dict[str, Any]:
@@ -221,9 +225,10 @@ def test_render_contributor_writes_every_node() -> None:
 
 
 def test_coderig_render_writes_the_node_bundle(tmp_path: Path) -> None:
-    names = [getattr(c, "__name__", "") for c in render.CONTRIBUTORS]
-    assert any("node" in n for n in names), f"node bundle not registered in render.CONTRIBUTORS: {names}"
-    bundle = render.render_stack(settings_ssh(2), "prod")
+    assert {k for k, t in targets.REGISTRY.items() if t.render is node.render_node_files} == {
+        "local", "ssh", "aws", "external"
+    }
+    bundle = targets.render_stack(settings_ssh(2), "prod")
     assert "node/0-full/compose.yaml" in bundle
 
 
@@ -231,7 +236,7 @@ def test_archive_is_deterministic_and_keeps_modes() -> None:
     settings = settings_ssh()
     spec = node.node_specs(settings)[0]
     secrets = fake_secrets()
-    files = node.with_hash_file(node.node_files(settings, spec) | node.node_secret_files(spec, secrets))
+    files = commands.with_hash_file(node.node_files(settings, spec) | node.node_secret_files(spec, secrets))
     a, b = node.bundle_archive(files), node.bundle_archive(dict(reversed(list(files.items()))))
     assert a == b
     with tarfile.open(fileobj=io.BytesIO(base64.b64decode(a))) as tar:
@@ -278,7 +283,7 @@ def test_copy_then_up_then_guarded_delete(tmp_path: Path) -> None:
     d.mkdir()
     (d / "scripts").mkdir()
     (d / "scripts" / "stale.sh").write_text("old")
-    result = sh(node.copy_command(str(d), "root"), stdin=node.bundle_archive(node.with_hash_file(files)))
+    result = sh(commands.copy_command(str(d), "root"), stdin=node.bundle_archive(commands.with_hash_file(files)))
     assert result.returncode == 0, result.stderr
     assert not (d / "scripts" / "stale.sh").exists()
     assert stat.S_IMODE((d / "secrets" / "litellm.env").stat().st_mode) == 0o600
@@ -287,7 +292,7 @@ def test_copy_then_up_then_guarded_delete(tmp_path: Path) -> None:
     assert not list(d.glob(".incoming*"))
 
     env = fake_docker(tmp_path)
-    up = sh(node.up_command(str(d), "root"), env)
+    up = sh(commands.up_command(str(d), "root"), env)
     assert up.returncode == 0, up.stderr
     for _ in range(100):
         if "compose-up-exit=" in (d / "up.log").read_text():
@@ -300,14 +305,15 @@ def test_copy_then_up_then_guarded_delete(tmp_path: Path) -> None:
     assert f"docker compose --project-directory {d} -p coderig up -d --remove-orphans" in calls
 
     # a newer bundle replaced this one: the old resource's delete must leave its secrets alone
-    newer = files | {"compose.yaml": render.RenderedFile("# newer\n")}
-    assert sh(node.copy_command(str(d), "root"), stdin=node.bundle_archive(node.with_hash_file(newer))).returncode == 0
-    out = sh(node.remove_secrets_command(old_hash, str(d), "root"))
+    newer = files | {"compose.yaml": RenderedFile("# newer\n")}
+    archive = node.bundle_archive(commands.with_hash_file(newer))
+    assert sh(commands.copy_command(str(d), "root"), stdin=archive).returncode == 0
+    out = sh(commands.remove_secrets_command(old_hash, str(d), "root"))
     assert "newer bundle" in out.stdout and (d / "secrets" / "litellm.env").exists()
-    out = sh(node.remove_secrets_command(node.bundle_hash(newer), str(d), "root"))
+    out = sh(commands.remove_secrets_command(node.bundle_hash(newer), str(d), "root"))
     assert "removed secrets" in out.stdout and not (d / "secrets").exists()
 
-    down = sh(node.down_command(str(d), "root"), env)
+    down = sh(commands.down_command(str(d), "root"), env)
     assert down.returncode == 0
     assert (
         f"docker compose --project-directory {d} -p coderig down --remove-orphans"
@@ -319,24 +325,24 @@ def test_non_root_user_commands_use_sudo() -> None:
     settings = settings_ssh()
     spec = node.node_specs(settings)[0]
     host = settings.target.hosts[0]  # type: ignore[union-attr]
-    assert node.preflight_command(settings, spec, host).startswith("sudo -n env ")
-    assert node.volume_command(spec, "/dev/sdb", "ubuntu").startswith("sudo -n env ")
-    assert node.up_command("/opt/coderig", "ubuntu").startswith("sudo -n bash -c ")
-    assert node.copy_command("/opt/coderig", "root").startswith("bash -c ")
+    assert commands.preflight_command(settings, spec, host).startswith("sudo -n env ")
+    assert commands.volume_command(spec, "/dev/sdb", "ubuntu").startswith("sudo -n env ")
+    assert commands.up_command("/opt/coderig", "ubuntu").startswith("sudo -n bash -c ")
+    assert commands.copy_command("/opt/coderig", "root").startswith("bash -c ")
 
 
 def test_known_hosts_line() -> None:
-    assert node.known_hosts_line("h", 22, HOST_KEY + " comment") == f"h {HOST_KEY}\n"
-    assert node.known_hosts_line("10.1.2.3", 2222, HOST_KEY).startswith("[10.1.2.3]:2222 ssh-ed25519 ")
+    assert hostkeys.known_hosts_line("h", 22, HOST_KEY + " comment") == f"h {HOST_KEY}\n"
+    assert hostkeys.known_hosts_line("10.1.2.3", 2222, HOST_KEY).startswith("[10.1.2.3]:2222 ssh-ed25519 ")
     with pytest.raises(ValueError):
-        node.parse_host_key("not-a-key")
+        hostkeys.parse_host_key("not-a-key")
 
 
 def test_aws_replicas_use_the_fixed_private_addresses_of_the_stack_subnet():
     first, replica = node.node_specs(settings_aws())
     assert first.backends == ("http://127.0.0.1:8000/v1", "http://10.77.0.11:8000/v1")
     assert replica.role == "replica" and replica.model_bind == "10.77.0.11"
-    assert first.cache_path == replica.cache_path == node.AWS_CACHE_PATH
+    assert first.cache_path == replica.cache_path == NODE_CACHE_PATH
 
 
 @pytest.mark.parametrize("kind", ["ssh-1", "local", "external"])
@@ -352,7 +358,7 @@ def test_gateway_has_a_health_check_and_wait_ready_checks_through_it(kind: str) 
     port = settings.gateway.port
     assert test == ["CMD", "wget", "-q", "-O", "-", "--no-check-certificate", f"https://127.0.0.1:{port}/api/hello"]
     assert gateway["healthcheck"]["start_period"] == f"{node.GATEWAY_HEALTH_START_S}s"
-    wait = node.wait_command(settings, spec)
+    wait = commands.wait_command(settings, spec)
     assert f"CODERIG_GATEWAY_URL=https://127.0.0.1:{port}/healthz" in wait
     assert "CODERIG_GATEWAY_SERVICE=gateway" in wait
     # what /healthz checks: the model server (the upstream for a front door) behind LiteLLM
@@ -366,7 +372,7 @@ def test_replicas_wait_without_a_gateway_check() -> None:
     settings = settings_ssh(2)
     replica = node.node_specs(settings)[1]
     assert "gateway" not in node.compose_dict(settings, replica)["services"]
-    assert "CODERIG_GATEWAY_URL=" not in node.wait_command(settings, replica)
+    assert "CODERIG_GATEWAY_URL=" not in commands.wait_command(settings, replica)
 
 
 def test_time_budgets_come_from_the_planner_only() -> None:
@@ -383,10 +389,10 @@ def test_time_budgets_come_from_the_planner_only() -> None:
             (planner.IMAGE_PULL_S + math.ceil(preset.weight_bytes / planner.DOWNLOAD_BYTES_PER_S)
              + planner.load_budget_seconds(preset)) * 1.5
         )  # fmt: skip
-        assert f"CODERIG_BUDGET_SECONDS={budget} " in node.wait_command(settings, spec)
+        assert f"CODERIG_BUDGET_SECONDS={budget} " in commands.wait_command(settings, spec)
     external = settings_external()
     fd = node.node_specs(external)[0]
-    assert f"CODERIG_BUDGET_SECONDS={planner.ready_budget_seconds(None)} " in node.wait_command(external, fd)
+    assert f"CODERIG_BUDGET_SECONDS={planner.ready_budget_seconds(None)} " in commands.wait_command(external, fd)
     assert planner.ready_budget_seconds(None) == math.ceil(planner.IMAGE_PULL_S * 1.5)
 
 
@@ -452,7 +458,6 @@ def test_node_gateway_forwards_with_its_own_keys_never_the_developers(tmp_path: 
     from frontdoor_fixtures import require_tool
     from standin import start_standin
 
-    from coderig import frontdoor
 
     seen_by_litellm: list[dict[str, str]] = []
 
@@ -481,7 +486,7 @@ def test_node_gateway_forwards_with_its_own_keys_never_the_developers(tmp_path: 
     secrets = node.NodeSecrets(model_api_key=model_key, litellm_master_key=master,
                                developer_keys={"alice": dev_key})  # fmt: skip
     (tmp_path / "keys.conf").write_text(node.node_secret_files(spec, secrets)[node.GATEWAY_KEYS].content)
-    gw = node.gateway_spec(s, spec)
+    gw = node.front_door(s, spec)[1]
     assert gw.direct_chat_backends == ("127.0.0.1:8000",) and gw.direct_chat_authorization
     gw = dataclasses.replace(
         gw, listen=f"127.0.0.1:{gw_port}", direct_chat_backends=(f"127.0.0.1:{standin.port}",),

@@ -4,20 +4,25 @@ GPU logic with a stand-in nvidia-smi, the weights fetcher's marker, and the read
 from __future__ import annotations
 
 import contextlib
-import importlib.resources
 import json
 import os
 import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-SCRIPTS = Path(str(importlib.resources.files("coderig") / "scripts"))
+from coderig.runtime.scripts import SCRIPT_NAMES, script_text
+
+# the scripts exactly as a node gets them (the shared argument prelude in place)
+SCRIPTS = Path(tempfile.mkdtemp(prefix="coderig-shipped-"))
+for _name in SCRIPT_NAMES:
+    (SCRIPTS / _name).write_text(script_text(_name))
 SHELL_SCRIPTS = sorted(SCRIPTS.glob("*.sh"))
 
 

@@ -22,8 +22,10 @@ from typing import Any
 
 import pytest
 
-from coderig import node
-from coderig.settings import StackSettings, parse_settings
+from coderig.core import hostkeys
+from coderig.core.settings import StackSettings, parse_settings
+from coderig.targets.compose import commands
+from coderig.targets.compose import spec as node
 
 pytestmark = [
     pytest.mark.integration,
@@ -183,7 +185,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def ssh_run(host: SshHost, command: str, *, pinned_key: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run `command` on the host the way the kit does: strict host key checking against the pin."""
     known_hosts = host.workdir / f"known_hosts.{os.urandom(4).hex()}"
-    known_hosts.write_text(node.known_hosts_line(host.address, host.port, pinned_key or host.host_key))
+    known_hosts.write_text(hostkeys.known_hosts_line(host.address, host.port, pinned_key or host.host_key))
     return subprocess.run(
         [
             "ssh",
@@ -237,7 +239,7 @@ def preflight_over_ssh(host: SshHost, settings: StackSettings) -> subprocess.Com
     t = settings.target
     assert t.kind == "ssh"
     spec = node.node_specs(settings)[0]
-    return ssh_run(host, node.preflight_command(settings, spec, t.hosts[0]))
+    return ssh_run(host, commands.preflight_command(settings, spec, t.hosts[0]))
 
 
 def test_preflight_over_ssh_reports_no_gpu_and_not_enough_disk(ssh_host: SshHost) -> None:
@@ -280,14 +282,16 @@ def test_wrong_host_key_is_refused(ssh_host: SshHost, tmp_path: Path) -> None:
 
 
 def test_unpinned_host_is_refused_unless_insecure_is_set(ssh_host: SshHost) -> None:
-    from coderig.settings import SshHost as HostSettings
+    from coderig.core.settings import SshHost as HostSettings
 
     host = HostSettings(address=ssh_host.address, port=ssh_host.port, user="root")
     with pytest.raises(ValueError, match=r"coderig:target\.hosts\[0\]\.hostKey is missing"):
-        node.pinned_host_key(host, insecure_skip=False, where="coderig:target.hosts[0]")
-    assert node.pinned_host_key(host, insecure_skip=True, where="x") is None
+        hostkeys.pinned_host_key(host.hostKey, host.address, host.port, insecure_skip=False,
+                                 where="coderig:target.hosts[0]")  # fmt: skip
+    assert hostkeys.pinned_host_key(host.hostKey, host.address, host.port, insecure_skip=True, where="x") is None
     pinned = HostSettings(address=ssh_host.address, port=ssh_host.port, user="root", hostKey=ssh_host.host_key)
-    assert node.pinned_host_key(pinned, insecure_skip=False, where="x") == ssh_host.host_key
+    key = hostkeys.pinned_host_key(pinned.hostKey, pinned.address, pinned.port, insecure_skip=False, where="x")
+    assert key == ssh_host.host_key
 
 
 def test_bundle_copy_over_ssh_via_stdin_keeps_secret_modes(ssh_host: SshHost, tmp_path: Path) -> None:
@@ -298,11 +302,11 @@ def test_bundle_copy_over_ssh_via_stdin_keeps_secret_modes(ssh_host: SshHost, tm
         model_api_key="m" * 24, litellm_master_key="sk-" + "x" * 24, developer_keys={"alice": "crk-" + "a" * 24},
         tls_cert="CERT", tls_key="KEY",
     )  # fmt: skip
-    files = node.with_hash_file(node.node_files(settings, spec) | node.node_secret_files(spec, secrets))
+    files = commands.with_hash_file(node.node_files(settings, spec) | node.node_secret_files(spec, secrets))
     dest = tmp_path / "opt-coderig"
     known_hosts = ssh_host.workdir / "known_hosts.copy"
-    known_hosts.write_text(node.known_hosts_line(ssh_host.address, ssh_host.port, ssh_host.host_key))
-    cmd = node.copy_command(str(dest), "root")
+    known_hosts.write_text(hostkeys.known_hosts_line(ssh_host.address, ssh_host.port, ssh_host.host_key))
+    cmd = commands.copy_command(str(dest), "root")
     assert "crk-" not in cmd and "sk-x" not in cmd
     result = subprocess.run(
         ["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}",
@@ -343,7 +347,7 @@ def test_every_node_step_over_ssh_in_order(ssh_host: SshHost, tmp_path: Path) ->
 
     def step(cmd: str, stdin: str | None = None) -> str:
         known_hosts = ssh_host.workdir / "known_hosts.chain"
-        known_hosts.write_text(node.known_hosts_line(ssh_host.address, ssh_host.port, ssh_host.host_key))
+        known_hosts.write_text(hostkeys.known_hosts_line(ssh_host.address, ssh_host.port, ssh_host.host_key))
         r = subprocess.run(
             ["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}",
              "-o", "BatchMode=yes", "-i", str(ssh_host.client_key), "-p", str(ssh_host.port),
@@ -359,7 +363,7 @@ def test_every_node_step_over_ssh_in_order(ssh_host: SshHost, tmp_path: Path) ->
     assert "docker present" in step(plan.install)
     assert "cache is the directory" in step(plan.volume)
     assert (roomy_disk / "cache").is_dir()
-    assert "bundle unpacked" in step(plan.copy, stdin=node.bundle_archive(node.with_hash_file(files)))
+    assert "bundle unpacked" in step(plan.copy, stdin=node.bundle_archive(commands.with_hash_file(files)))
     assert "started docker compose up in the background" in step(plan.up)
     for _ in range(100):
         if "compose-up-exit=0" in Path(bundle_dir, "up.log").read_text():
@@ -383,6 +387,6 @@ def test_every_node_step_over_ssh_in_order(ssh_host: SshHost, tmp_path: Path) ->
     (roomy_disk / "cache" / "hf" / "weights.bin").write_text("kept")
     step(plan.down)
     assert f"compose --project-directory {bundle_dir} -p coderig down --remove-orphans" in calls.read_text()
-    assert "removed secrets" in step(node.remove_secrets_command(node.bundle_hash(files), bundle_dir, "root"))
+    assert "removed secrets" in step(commands.remove_secrets_command(node.bundle_hash(files), bundle_dir, "root"))
     assert not Path(bundle_dir, "secrets").exists() and Path(bundle_dir, "compose.yaml").exists()
     assert (roomy_disk / "cache" / "hf" / "weights.bin").read_text() == "kept"

@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 from conftest import HOST_KEY, ProgramRun, run_program, ssh_config
 
+from coderig.targets.compose import commands
+
 SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
 SIG_KEY = "4dabf18193072939515e22adb298388d"
 OTHER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBX4Cb1bVdp0Zq1kG0Bmb3x4d0Vv3fW2bQ2Yc7cQvN1a"
@@ -164,7 +166,7 @@ def test_readiness_budget_is_sized_from_the_weights() -> None:
 
 
 def test_missing_host_key_is_refused_naming_the_key() -> None:
-    from coderig.settings import SshHost
+    from coderig.core.settings import SshHost
     from components.node import ssh_connection
 
     with pytest.raises(ValueError, match=r"coderig:target\.hosts\[1\]\.hostKey is missing for 10\.0\.0\.7"):
@@ -247,7 +249,6 @@ def test_external_target_gets_only_the_front_door() -> None:
 def test_ssh_steps_have_no_machine_triggers() -> None:
     """ssh hosts are not replaced under the kit: read-only and install steps keep no triggers, and
     `.bundle-hash` on disk is the plain content hash (what the delete guard compares)."""
-    from coderig import node
 
     run = ok(run_program(two_host_config()))
     for step in ("preflight", "install", "volume"):
@@ -255,7 +256,7 @@ def test_ssh_steps_have_no_machine_triggers() -> None:
     assert len(_trigger(run, "node-0-bundle")) == 1 and len(_trigger(run, "node-0-up")) == 1
     raw = base64.b64decode(unwrap(run.named("node-0-bundle").inputs["stdin"]))
     with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
-        on_disk = tar.extractfile(node.BUNDLE_HASH_FILE).read().decode().strip()  # type: ignore[union-attr]
+        on_disk = tar.extractfile(commands.BUNDLE_HASH_FILE).read().decode().strip()  # type: ignore[union-attr]
     assert on_disk == _trigger(run, "node-0-bundle")[0]
     assert on_disk in unwrap(run.named("node-0-bundle").inputs["delete"])
 

@@ -19,8 +19,8 @@ import pytest
 from frontdoor_fixtures import NPM_PREFIX, FrontDoor, require_tool, running_frontdoor, standin_server
 from standin import StandIn
 
-from coderig import clients
-from coderig.frontdoor_run import ensure_tls
+from coderig.client import bundle as clients
+from coderig.frontdoor.run import ensure_tls
 
 pytestmark = pytest.mark.integration
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from coderig import planner
-from coderig.catalog import AWS_INSTANCES, GB, GPUS, PRESETS
+from coderig.core import planner
+from coderig.core.catalog import AWS_INSTANCES, GB, GPUS, PRESETS
 
 CTX = 131072
 

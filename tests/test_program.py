@@ -10,7 +10,7 @@ import yaml
 from conftest import HOST_KEY, ROOT, fake_outputs, run_program, ssh_config
 from test_aws_stack import aws_config, run_stack
 
-from coderig.settings import namespace_from_stack_file
+from coderig.core.settings import namespace_from_stack_file
 
 
 def dev_config():

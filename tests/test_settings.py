@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from conftest import HOST_KEY, ssh_config
 
-from coderig.settings import (
+from coderig.core.settings import (
     SECRET,
-    SettingsError,
     SshTarget,
+    UserError,
     load_stack_file,
     namespace_from_stack_file,
     parse_settings,
@@ -18,7 +18,7 @@ from coderig.settings import (
 
 
 def problems(config: dict[str, Any]) -> str:
-    with pytest.raises(SettingsError) as exc:
+    with pytest.raises(UserError) as exc:
         parse_settings(config)
     return str(exc.value)
 
@@ -117,16 +117,16 @@ def test_stack_file_secrets_are_opaque(tmp_path):
 def test_namespace_ignores_provider_keys_and_rejects_unprefixed():
     ns = namespace_from_stack_file({"config": {"aws:region": "x", "coderig:developers": []}})
     assert ns == {"developers": []}
-    with pytest.raises(SettingsError, match="need a namespace"):
+    with pytest.raises(UserError, match="need a namespace"):
         namespace_from_stack_file({"config": {"developers": []}})
 
 
 def test_missing_file_and_bad_yaml(tmp_path):
-    with pytest.raises(SettingsError, match="no such file"):
+    with pytest.raises(UserError, match="no such file"):
         load_stack_file(tmp_path / "Pulumi.nope.yaml")
     bad = tmp_path / "Pulumi.bad.yaml"
     bad.write_text("config: [unclosed")
-    with pytest.raises(SettingsError, match="not valid YAML"):
+    with pytest.raises(UserError, match="not valid YAML"):
         load_stack_file(bad)
 
 

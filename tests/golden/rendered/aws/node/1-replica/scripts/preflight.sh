@@ -32,10 +32,6 @@ for arg in "$@"; do
       printf -v "$key" '%s' "${arg#*=}"
       export "${key?}"
       ;;
-    -h | --help)
-      sed -n '2,22p' "$0"
-      exit 0
-      ;;
     *)
       echo "preflight: usage error: unknown argument '$arg' (use --name=value)" >&2
       exit 2

@@ -1,0 +1,5 @@
+import sys
+
+from coderig.cli import main
+
+sys.exit(main())

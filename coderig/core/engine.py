@@ -1,0 +1,118 @@
+"""Model-server command lines (vLLM, llama.cpp) for a validated stack. Pure.
+
+The model server always binds to loopback: only the gateway is reachable from outside.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+from coderig.core import versions
+from coderig.core.catalog import Preset
+from coderig.core.settings import ModelSettings
+
+# Claude Code asks for claude-haiku-*/claude-sonnet-*/claude-opus-* in background calls: the front door
+# routes every such name to the served model.
+CLAUDE_WILDCARD = "claude-*"
+MODEL_HOST = "127.0.0.1"
+MODEL_PORT = 8000
+LITELLM_PORT = 4000
+CACHE_MOUNT = "/cache"  # the weights volume inside containers; HF_HOME lives below it
+HF_HOME = f"{CACHE_MOUNT}/hf"
+
+
+def vllm_args(model: ModelSettings, gpu_count: int, host: str = MODEL_HOST, port: int = MODEL_PORT) -> list[str]:
+    """Arguments after `vllm serve`. Tool calling and reasoning parsers come from the preset."""
+    p = model.spec
+    args = [
+        p.hf_repo,
+        "--served-model-name", model.served_name,
+        "--host", host,
+        "--port", str(port),
+        "--tensor-parallel-size", str(gpu_count),
+        "--max-model-len", str(model.max_model_len),
+        "--gpu-memory-utilization", f"{model.gpuMemoryUtilization:.2f}",
+        "--kv-cache-dtype", "fp8" if model.kvCacheDtype == "fp8" else "auto",
+        "--enable-prefix-caching",
+        "--enable-auto-tool-choice",
+    ]  # fmt: skip
+    args += _parser_flags(p)
+    args += _default_flags(p)
+    args += list(p.extra_args)
+    args += list(model.extraArgs)
+    return args
+
+
+def _parser_flags(p: Preset) -> list[str]:
+    out: list[str] = []
+    if p.tool_call_parser:
+        out += ["--tool-call-parser", p.tool_call_parser]
+    if p.reasoning_parser:
+        out += ["--reasoning-parser", p.reasoning_parser]
+    if p.tokenizer_mode:
+        out += ["--tokenizer-mode", p.tokenizer_mode]
+    return out
+
+
+def _default_flags(p: Preset) -> list[str]:
+    """The preset's sampling and thinking defaults, on the server itself, so every path (LiteLLM,
+    a direct /v1/chat/completions, an external caller) gets them; a request's own values win."""
+    out: list[str] = []
+    sampling = {k: v for k, v in (("temperature", p.temperature), ("top_p", p.top_p)) if v is not None}
+    if sampling:
+        out += ["--override-generation-config", json.dumps(sampling, separators=(",", ":"))]
+    if p.chat_template_kwargs:
+        out += ["--default-chat-template-kwargs", json.dumps(p.chat_template_kwargs, separators=(",", ":"))]
+    return out
+
+
+def llamacpp_args(model: ModelSettings, gguf_path: str, host: str = MODEL_HOST, port: int = MODEL_PORT) -> list[str]:
+    """Arguments for `llama-server` (the official server image's entrypoint)."""
+    return [
+        "--model", gguf_path,
+        "--alias", model.served_name,
+        "--host", host,
+        "--port", str(port),
+        "--ctx-size", str(model.max_model_len),
+        "--jinja",  # the model's chat template, needed for tool calls
+        "--metrics",
+        "--parallel", "2",
+        "--cache-type-k", "q8_0",
+        "--cache-type-v", "q8_0",
+        *model.extraArgs,
+    ]  # fmt: skip
+
+
+def gguf_path(preset: Preset, cache_mount: str = CACHE_MOUNT) -> str:
+    """Where the weights step leaves the GGUF file (a stable link into the HF cache)."""
+    if not preset.gguf_file:
+        raise ValueError(f"{preset.id} has no GGUF file")
+    return f"{cache_mount}/models/{preset.gguf_file}"
+
+
+def command_line(model: ModelSettings, gpu_count: int) -> str:
+    """The model server's command as one shell-quoted line (what `coderig render` writes)."""
+    p = model.spec
+    if p.engine == "llama.cpp":
+        return shlex.join(["llama-server", *llamacpp_args(model, gguf_path(p))])
+    return shlex.join(["vllm", "serve", *vllm_args(model, gpu_count)])
+
+
+def weights_env(model: ModelSettings, cache_mount: str = CACHE_MOUNT) -> dict[str, str]:
+    """The weights step's environment (fetch_weights.py), the same on every target."""
+    preset = model.spec
+    env: dict[str, str] = {
+        "HF_HOME": f"{cache_mount}/hf",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "CODERIG_REPO": preset.hf_repo,
+        "CODERIG_REVISION": "main",
+        "CODERIG_WEIGHTS_BYTES": str(preset.weight_bytes),
+        "CODERIG_HF_HUB_VERSION": versions.HF_HUB_VERSION,
+        "PYTHONUNBUFFERED": "1",
+    }
+    if preset.engine == "llama.cpp" and preset.gguf_file:
+        env["CODERIG_ALLOW_PATTERNS"] = preset.gguf_file
+        env["CODERIG_LINK_FILE"] = preset.gguf_file
+        env["CODERIG_LINK_TO"] = gguf_path(preset, cache_mount)
+    return env

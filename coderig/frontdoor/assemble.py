@@ -1,0 +1,123 @@
+"""The one assembly of a front door (LiteLLM route + nginx gateway spec) for every target: compose
+nodes, the Kubernetes front-door pod and `coderig frontdoor run` all call `assemble`; what differs
+between them is only where the gateway's files live (`GatewayPaths`) and the inputs they pass."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from coderig.core.settings import StackSettings
+from coderig.frontdoor.litellm import DEFAULT_TIMEOUT_S, ModelRoute
+from coderig.frontdoor.nginx import GatewaySpec, direct_chat_backend
+
+# every model server coderig runs requires its API key; LiteLLM reads it from this variable (an
+# external endpoint's own key, `coderig:externalApiKey`, travels the same way)
+MODEL_API_KEY_ENV = "CODERIG_MODEL_API_KEY"
+
+
+@dataclass(frozen=True)
+class GatewayPaths:
+    """Where the gateway's files are, in its own file system (a container, a pod, a temporary prefix)."""
+
+    keys_include: str
+    tls_cert: str | None = None  # both None: plain HTTP (loopback only; callers enforce)
+    tls_key: str | None = None
+    pid_path: str = "/var/run/nginx.pid"
+    error_log: str = "/var/log/nginx/error.log"
+    access_log: str = "/var/log/nginx/access.log"
+    temp_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class FrontDoorInputs:
+    """What a front door serves and where it listens, whatever runs it."""
+
+    served_name: str
+    backends: tuple[str, ...]  # OpenAI base URLs (…/v1) of the model replicas
+    max_tokens: int
+    listen: str
+    litellm: str  # host:port LiteLLM listens on
+    health_url: str  # the model server's health endpoint the gateway's /healthz asks
+    rate_per_second: int
+    rate_burst: int = 100
+    aliases: tuple[str, ...] = ()
+    temperature: float | None = None
+    top_p: float | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    api_key: str = "none"  # what LiteLLM sends upstream ("os.environ/VAR" for a key)
+    # /v1/chat/completions straight from nginx to these model servers (host:port); () -> via LiteLLM
+    direct_chat: tuple[str, ...] = ()
+    keyed_direct_chat: bool = False  # the direct path sends the model API key (vllm --api-key)
+    timeout_s: int = DEFAULT_TIMEOUT_S
+    litellm_timeout_s: int = DEFAULT_TIMEOUT_S
+    gate_retry_after_s: int | None = None  # 503 + Retry-After while the model is at zero or loading
+
+
+def from_settings(
+    settings: StackSettings, backends: Sequence[str], *, listen: str, litellm: str, health_url: str,
+    direct_chat: Sequence[str] = (), gate_retry_after_s: int | None = None,
+) -> FrontDoorInputs:  # fmt: skip
+    """A deployed stack's front door: the served model, its preset's defaults, the gateway rate."""
+    m = settings.model
+    p = m.spec
+    return FrontDoorInputs(
+        served_name=m.served_name,
+        backends=tuple(backends),
+        max_tokens=m.max_output_tokens,
+        listen=listen,
+        litellm=litellm,
+        health_url=health_url,
+        rate_per_second=settings.gateway.rate_per_second,
+        temperature=p.temperature,
+        top_p=p.top_p,
+        chat_template_kwargs=p.chat_template_kwargs,
+        api_key=f"os.environ/{MODEL_API_KEY_ENV}",
+        direct_chat=tuple(direct_chat),
+        keyed_direct_chat=bool(direct_chat),
+        gate_retry_after_s=gate_retry_after_s,
+    )
+
+
+def direct_targets(backends: Sequence[str]) -> tuple[str, ...]:
+    """The host:port of each backend nginx can proxy /v1/chat/completions to as is; () when any cannot
+    (https or a path prefix: LiteLLM handles those)."""
+    direct = [direct_chat_backend(b) for b in backends]
+    return () if None in direct else tuple(d for d in direct if d)
+
+
+def assemble(inputs: FrontDoorInputs, paths: GatewayPaths, **gateway: Any) -> tuple[ModelRoute, GatewaySpec]:
+    """The LiteLLM route and the gateway spec of one front door; `gateway` sets GatewaySpec's process
+    knobs (worker_processes, daemon, …)."""
+    route = ModelRoute(
+        served_name=inputs.served_name,
+        backends=inputs.backends,
+        max_tokens=inputs.max_tokens,
+        temperature=inputs.temperature,
+        top_p=inputs.top_p,
+        chat_template_kwargs=inputs.chat_template_kwargs,
+        aliases=inputs.aliases,
+        api_key=inputs.api_key,
+        timeout_s=inputs.litellm_timeout_s,
+    )
+    spec = GatewaySpec(
+        listen=inputs.listen,
+        litellm=inputs.litellm,
+        model_health_url=inputs.health_url,
+        keys_include=paths.keys_include,
+        tls_cert=paths.tls_cert,
+        tls_key=paths.tls_key,
+        pid_path=paths.pid_path,
+        error_log=paths.error_log,
+        access_log=paths.access_log,
+        temp_dir=paths.temp_dir,
+        timeout_s=inputs.timeout_s,
+        rate_per_second=inputs.rate_per_second,
+        rate_burst=inputs.rate_burst,
+        direct_chat_backends=inputs.direct_chat,
+        direct_chat_authorization=inputs.keyed_direct_chat,
+        model_gate_retry_after_s=inputs.gate_retry_after_s,
+        **gateway,
+    )
+    return route, spec

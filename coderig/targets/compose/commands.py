@@ -1,0 +1,188 @@
+"""Commands run on a node (over SSH or locally): the exact shell strings the components run; the
+SSH test runs the same strings with the `ssh` client."""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from collections.abc import Mapping, Sequence
+
+from coderig.core import engine, versions
+from coderig.core import files as render
+from coderig.core.settings import SshHost, StackSettings
+from coderig.runtime.scripts import script_text
+from coderig.targets.compose.spec import (
+    HF_HOME_SUBDIR,
+    PROJECT,
+    REMOTE_BUNDLE_DIR,
+    SECRETS_DIR,
+    TLS_DIR,
+    UP_LOG,
+    NodeSpec,
+    bundle_hash,
+    compose_dict,
+    gateway_url,
+    ready_budget_seconds,
+)
+
+
+def _sudo(user: str | None) -> str:
+    return "" if user in (None, "root") else "sudo -n "
+
+
+def script_command(name: str, env: Mapping[str, str], *, user: str | None = None) -> str:
+    """Run a packaged script on the node: the script text travels inside the command string,
+    so nothing must be copied first; parameters are environment assignments."""
+    assigns = "".join(f"{k}={shlex.quote(v)} " for k, v in sorted(env.items()))
+    label = name.removesuffix(".sh")
+    return f"{_sudo(user)}env {assigns}bash -c {shlex.quote(script_text(name))} {label}"
+
+
+def host_hf_home(cache_path: str) -> str:
+    return f"{cache_path.rstrip('/')}/{HF_HOME_SUBDIR}"
+
+
+def node_ports(settings: StackSettings, spec: NodeSpec) -> list[int]:
+    ports = []
+    if spec.role in ("full", "replica"):
+        ports.append(engine.MODEL_PORT)
+    if spec.role in ("full", "frontdoor"):
+        ports += [engine.LITELLM_PORT, settings.gateway.port]
+    return ports
+
+
+def preflight_env(settings: StackSettings, spec: NodeSpec, cache_device: str | None = None) -> dict[str, str]:
+    t = settings.target
+    preset = settings.model.spec
+    gpu = t.gpu_spec
+    env = {
+        "CODERIG_MODE": "gpu" if spec.gpu_count and spec.role != "frontdoor" else "cpu",
+        "CODERIG_CACHE_PATH": spec.cache_path,
+        "CODERIG_HF_HOME": host_hf_home(spec.cache_path),
+        "CODERIG_WEIGHTS_BYTES": str(preset.weight_bytes if spec.role != "frontdoor" else 0),
+        "CODERIG_REPO": preset.hf_repo,
+        "CODERIG_PORTS": ",".join(str(p) for p in node_ports(settings, spec)),
+        "CODERIG_PROJECT": PROJECT,
+        "CODERIG_DRIVER_MIN": versions.NVIDIA_DRIVER_MIN,
+        "CODERIG_TARGET": "local" if settings.target.runs_locally else "node",
+    }
+    if gpu is not None and env["CODERIG_MODE"] == "gpu":
+        env["CODERIG_GPU_MODEL"] = gpu.model
+        env["CODERIG_GPU_COUNT"] = str(spec.gpu_count)
+    if cache_device:
+        env["CODERIG_CACHE_DEVICE"] = cache_device
+    return env
+
+
+def preflight_command(settings: StackSettings, spec: NodeSpec, host: SshHost | None = None) -> str:
+    env = preflight_env(settings, spec, host.cacheDevice if host else None)
+    return script_command("preflight.sh", env, user=host.user if host else None)
+
+
+def install_command(spec: NodeSpec, user: str | None = None) -> str:
+    mode = "gpu" if spec.gpu_count and spec.role != "frontdoor" else "cpu"
+    return script_command("install.sh", {"CODERIG_MODE": mode}, user=user)
+
+
+def volume_command(spec: NodeSpec, cache_device: str | None = None, user: str | None = None) -> str:
+    env = {"CODERIG_CACHE_PATH": spec.cache_path}
+    if cache_device:
+        env["CODERIG_CACHE_DEVICE"] = cache_device
+    return script_command("volume.sh", env, user=user)
+
+
+def copy_command(bundle_dir: str = REMOTE_BUNDLE_DIR, user: str | None = None) -> str:
+    """Unpack the base64 tar.gz given on stdin into the bundle directory (modes kept: 0600 secrets).
+    Files of an earlier bundle are replaced; up.log is kept. Runs under bash whatever the login shell."""
+    d = shlex.quote(bundle_dir)
+    script = (
+        "set -euo pipefail; umask 077; "
+        f"mkdir -p {d}; tmp=$(mktemp -d {d}/.incoming.XXXXXX); "
+        'base64 -d | tar -xzpf - --no-same-owner -C "$tmp"; '
+        f"rm -rf {d}/compose.yaml {d}/scripts {d}/litellm {d}/gateway {d}/{SECRETS_DIR} {d}/{TLS_DIR}; "
+        f'cp -a "$tmp"/. {d}/; rm -rf "$tmp"; chmod 0755 {d}; '
+        f"echo bundle unpacked in {bundle_dir}"
+    )
+    return f"{_sudo(user)}bash -c {shlex.quote(script)}"
+
+
+BUNDLE_HASH_FILE = ".bundle-hash"
+
+
+def bundle_guard(content_hash: str, deployment: Sequence[str] = ()) -> str:
+    """What `.bundle-hash` holds: the content hash, or (on a machine that can be replaced, e.g. an
+    AWS instance) a hash of it and the machine's identity. A replaced machine gets the same content
+    again; the old bundle's delete must then find another value on disk and keep the new secrets."""
+    if not deployment:
+        return content_hash
+    return hashlib.sha256("\0".join((content_hash, *deployment)).encode()).hexdigest()
+
+
+def with_hash_file(files: render.Bundle, guard: str | None = None) -> render.Bundle:
+    """The files plus `.bundle-hash` (default: the content hash), which tells whose bundle is on disk."""
+    return files | {BUNDLE_HASH_FILE: render.RenderedFile((guard or bundle_hash(files)) + "\n")}
+
+
+def remove_secrets_command(bundle_hash_hex: str, bundle_dir: str = REMOTE_BUNDLE_DIR, user: str | None = None) -> str:
+    """On delete: the node keeps no key material (weights and non-secret files stay). Guarded by the
+    bundle hash: when a new bundle replaced this one (created first), the old delete finds another
+    hash on disk and leaves the new secrets alone."""
+    d = shlex.quote(bundle_dir)
+    script = (
+        f'if [ "$(cat {d}/{BUNDLE_HASH_FILE} 2>/dev/null)" = {shlex.quote(bundle_hash_hex)} ]; then '
+        f"rm -rf {d}/{SECRETS_DIR} && echo removed secrets; else echo a newer bundle is in place; fi"
+    )
+    return f"{_sudo(user)}bash -c {shlex.quote(script)}"
+
+
+def _compose(bundle_dir: str, user: str | None) -> str:
+    return f"{_sudo(user)}docker compose --project-directory {shlex.quote(bundle_dir)} -p {PROJECT}"
+
+
+def up_command(bundle_dir: str = REMOTE_BUNDLE_DIR, user: str | None = None) -> str:
+    """Start the stack in the background (pulls and downloads take long); wait-ready follows it."""
+    log = shlex.quote(f"{bundle_dir}/{UP_LOG}")
+    inner = f"{_compose(bundle_dir, None)} up -d --remove-orphans; echo compose-up-exit=$?"
+    # setsid (Linux) detaches from the command's session; nohup alone where it is missing (macOS)
+    script = f"rm -f {log}; ($(command -v setsid || true) nohup bash -c {shlex.quote(inner)} > {log} 2>&1 &)"
+    return (
+        f"{_sudo(user)}bash -c {shlex.quote(script)}"
+        f" && echo started docker compose up in the background, log {bundle_dir}/{UP_LOG}"
+    )
+
+
+def frontdoor_reload_command(bundle_dir: str = REMOTE_BUNDLE_DIR, user: str | None = None) -> str:
+    """Recreate only LiteLLM and the gateway (new keys, config, certificate); the model keeps running.
+    Until the first `up` has created them there is nothing to recreate."""
+    c = _compose(bundle_dir, user)
+    return (
+        f'if [ -n "$({c} ps -a -q gateway 2>/dev/null)" ]; then '
+        f"{c} up -d --no-deps --force-recreate litellm gateway; else echo gateway not created yet; fi"
+    )
+
+
+def down_command(bundle_dir: str = REMOTE_BUNDLE_DIR, user: str | None = None) -> str:
+    """Stop and remove the containers; the cache volume (weights) is a bind mount and stays."""
+    c = _compose(bundle_dir, user)
+    return f"if [ -f {shlex.quote(bundle_dir)}/compose.yaml ]; then {c} down --remove-orphans; fi"
+
+
+def wait_command(
+    settings: StackSettings, spec: NodeSpec, bundle_dir: str = REMOTE_BUNDLE_DIR, user: str | None = None
+) -> str:
+    services = [s for s in ("model", "litellm", "gateway") if s in compose_dict(settings, spec)["services"]]
+    env = {
+        "CODERIG_BUNDLE_DIR": bundle_dir,
+        "CODERIG_PROJECT": PROJECT,
+        "CODERIG_BUDGET_SECONDS": str(ready_budget_seconds(settings, spec)),
+        "CODERIG_SERVICES": " ".join(services),
+        "CODERIG_WEIGHTS_SERVICE": "weights" if spec.role != "frontdoor" else "",
+    }
+    if "gateway" in services:
+        # last, one request through the gateway: /healthz answers 200 only when LiteLLM is alive and
+        # the model server behind it (the external endpoint for a front door) reports healthy
+        env["CODERIG_GATEWAY_SERVICE"] = "gateway"
+        env["CODERIG_GATEWAY_URL"] = gateway_url(spec, "/healthz")
+    return script_command("wait-ready.sh", env, user=user)
+
+

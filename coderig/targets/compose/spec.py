@@ -1,0 +1,425 @@
+"""The node bundle and the node commands. Pure: no Pulumi, no I/O besides reading packaged scripts.
+
+A node is a machine (an `ssh` host, this workstation, later an AWS instance) that runs, with Docker
+Compose and host networking:
+
+  weights  (one-shot)  downloads the model into the cache volume in the Hugging Face layout
+  model                vLLM (GPUs) or llama.cpp (CPU dev preset), bound to 127.0.0.1
+                       (or to the host's private address on extra replicas, behind an API key)
+  litellm              Anthropic/Responses <-> OpenAI translation, on 127.0.0.1   (first host only)
+  gateway              nginx, TLS, per-developer keys: the only public listener   (first host only)
+
+`node_files` returns the non-secret files (what `coderig render` writes, byte for byte what a node
+gets); `node_secret_files` returns the 0600 files built from secrets at deploy time. The command
+builders return the exact shell strings the Pulumi components run over SSH or locally; the SSH test
+runs the same strings with the `ssh` client.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import yaml
+
+from coderig import frontdoor
+from coderig.core import engine, planner, versions
+from coderig.core import files as render
+from coderig.core.secrets import NodeSecrets
+from coderig.core.settings import StackSettings
+from coderig.frontdoor.assemble import MODEL_API_KEY_ENV, GatewayPaths, assemble, direct_targets, from_settings
+from coderig.runtime.scripts import SCRIPT_NAMES, script_text
+
+PROJECT = "coderig"
+REMOTE_BUNDLE_DIR = "/opt/coderig"
+CACHE_MOUNT = engine.CACHE_MOUNT  # the volume inside containers
+HF_HOME = engine.HF_HOME  # HF_HOME inside containers (below the volume)
+HF_HOME_SUBDIR = HF_HOME.removeprefix(CACHE_MOUNT).lstrip("/")  # "hf"
+SECRETS_DIR = "secrets"
+UP_LOG = "up.log"
+TLS_DIR = "tls"
+
+# Time budgets (throughputs, image pull, warm-up) live in coderig.planner, shared with kube.
+
+
+NodeRole = Literal["full", "replica", "frontdoor"]
+
+
+def ready_budget_seconds(settings: StackSettings, spec: NodeSpec) -> int:
+    """The readiness wait of one machine: planner's budget for its preset (none for a front door)."""
+    if spec.role == "frontdoor":
+        return planner.ready_budget_seconds(None)
+    return planner.ready_budget_seconds(settings.model.spec)
+
+
+# ---------------------------------------------------------------- the node's shape
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """What one machine runs. Built from settings by `node_spec`; everything below is derived."""
+
+    role: NodeRole
+    cache_path: str  # host path of the cache volume, mounted at /cache
+    model_bind: str = engine.MODEL_HOST  # address the model server binds
+    gpu_count: int = 0  # 0: CPU (llama.cpp)
+    gateway_listen: str = "0.0.0.0:8443"
+    # OpenAI base URLs of every model replica (LiteLLM balances across them); full/frontdoor only
+    backends: tuple[str, ...] = ()
+    tls: bool = True
+    litellm_workers: int = 1  # full/frontdoor: sized from the concurrency the plan allows
+
+
+def _backend_url(host: str, port: int = engine.MODEL_PORT) -> str:
+    return f"http://{host}:{port}/v1"
+
+
+EXTERNAL_LITELLM_WORKERS = 4  # the endpoint's capacity is unknown: room for ~48 streams
+
+
+def node_specs(settings: StackSettings, cache_path: str | None = None) -> list[NodeSpec]:
+    """One NodeSpec per machine of a compose-based stack (local, ssh, aws, external), first first.
+
+    With several machines the first runs the model, LiteLLM and the gateway and balances over the
+    others, which run the model only, bound to their private address (`target.replica_addresses`).
+    A target that serves no model (external) gets one front door for its endpoint.
+    """
+    t = settings.target
+    listen = f"0.0.0.0:{settings.gateway.port}"
+    path = cache_path or t.node_cache_path
+    if not t.serves_model:
+        endpoint = str(getattr(t, "endpoint"))  # noqa: B009 - every front-door-only target has one
+        return [
+            NodeSpec(
+                role="frontdoor", cache_path=path, gateway_listen=listen, backends=(endpoint,),
+                litellm_workers=EXTERNAL_LITELLM_WORKERS,
+            )
+        ]  # fmt: skip
+    p = planner.plan_stack(settings)
+    replicas = t.replica_addresses
+    first = NodeSpec(
+        role="full",
+        cache_path=path,
+        gpu_count=p.gpu_count,
+        gateway_listen=listen,
+        backends=(_backend_url(engine.MODEL_HOST), *(_backend_url(a) for a in replicas)),
+        litellm_workers=frontdoor.litellm_workers(p.max_concurrent_requests * p.replicas),
+    )
+    return [first, *(NodeSpec(role="replica", cache_path=path, model_bind=a, gpu_count=p.gpu_count)
+                     for a in replicas)]  # fmt: skip
+
+
+# ---------------------------------------------------------------- the compose file
+
+
+def _healthcheck(test: list[str], start_period_s: int) -> dict[str, Any]:
+    return {
+        "test": test,
+        "interval": "15s",
+        "timeout": "10s",
+        "retries": 5,
+        "start_period": f"{start_period_s}s",
+    }
+
+
+def _py_probe(url: str, python: str = "python3") -> list[str]:
+    return ["CMD", python, "-c", f"import urllib.request; urllib.request.urlopen({url!r}, timeout=5)"]
+
+
+def weights_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
+    return {
+        "image": versions.HF_DOWNLOADER_IMAGE,
+        "network_mode": "host",
+        "restart": "no",
+        "command": ["python", "/coderig/fetch_weights.py"],
+        "environment": engine.weights_env(settings.model),
+        "env_file": [f"{SECRETS_DIR}/weights.env"],
+        "volumes": [
+            f"{spec.cache_path}:{CACHE_MOUNT}",
+            "./scripts/fetch_weights.py:/coderig/fetch_weights.py:ro",
+        ],
+    }
+
+
+def model_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
+    preset = settings.model.spec
+    start = planner.load_budget_seconds(preset)
+    base: dict[str, Any] = {
+        "network_mode": "host",
+        "restart": "unless-stopped",
+        "depends_on": {"weights": {"condition": "service_completed_successfully"}},
+        "env_file": [f"{SECRETS_DIR}/model.env"],
+        "volumes": [f"{spec.cache_path}:{CACHE_MOUNT}"],
+    }
+    health_url = f"http://{spec.model_bind}:{engine.MODEL_PORT}/health"
+    if preset.engine == "llama.cpp":
+        args = engine.llamacpp_args(settings.model, engine.gguf_path(preset, CACHE_MOUNT), host=spec.model_bind)
+        return base | {
+            "image": versions.LLAMACPP_IMAGE,
+            "command": args,
+            "environment": {"HF_HOME": HF_HOME, "LLAMA_ARG_THREADS": "-1"},
+            "healthcheck": _healthcheck(["CMD", "curl", "-fsS", health_url], start),
+        }
+    args = engine.vllm_args(settings.model, spec.gpu_count, host=spec.model_bind)
+    return base | {
+        "image": versions.VLLM_IMAGE,
+        "entrypoint": ["vllm", "serve"],
+        "command": args,
+        "ipc": "host",
+        "ulimits": {"memlock": -1, "stack": 67108864},
+        "environment": {
+            "HF_HOME": HF_HOME,
+            "HF_HUB_OFFLINE": "1",  # the weights step already downloaded everything
+            "VLLM_CACHE_ROOT": f"{CACHE_MOUNT}/vllm",  # torch.compile cache survives restarts
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+        },
+        "deploy": {
+            "resources": {
+                "reservations": {"devices": [{"driver": "nvidia", "count": spec.gpu_count, "capabilities": ["gpu"]}]}
+            }
+        },
+        "healthcheck": _healthcheck(_py_probe(health_url), start),
+    }
+
+
+LITELLM_CONFIG = "litellm/config.yaml"
+GATEWAY_CONF = "gateway/nginx.conf"
+GATEWAY_KEYS = f"{SECRETS_DIR}/gateway-keys.conf"
+
+
+def direct_chat(spec: NodeSpec) -> bool:
+    """The gateway proxies /v1/chat/completions to our own (keyed) model servers itself; an external
+    endpoint's URL may be https or prefixed, so a front door for one keeps it on LiteLLM."""
+    return spec.role == "full"
+
+
+NODE_PATHS = GatewayPaths(
+    keys_include=f"/etc/nginx/{GATEWAY_KEYS}",
+    tls_cert=f"/etc/nginx/{TLS_DIR}/server.crt",
+    tls_key=f"/etc/nginx/{SECRETS_DIR}/server.key",
+)
+
+
+def front_door(settings: StackSettings, spec: NodeSpec) -> tuple[frontdoor.ModelRoute, frontdoor.GatewaySpec]:
+    """This machine's LiteLLM route and gateway (first machine or a front door only)."""
+    health = (
+        f"{spec.backends[0].removesuffix('/v1')}/health"
+        if spec.role == "frontdoor"
+        else f"http://{engine.MODEL_HOST}:{engine.MODEL_PORT}/health"
+    )
+    inputs = from_settings(
+        settings, spec.backends, listen=spec.gateway_listen, litellm=f"{engine.MODEL_HOST}:{engine.LITELLM_PORT}",
+        health_url=health,
+        # OpenAI-native chat goes from nginx straight to our model servers (bench/frontdoor_bench.py:
+        # LiteLLM costs ~1.4 ms CPU per streamed chunk); they require the node's model API key.
+        direct_chat=direct_targets(spec.backends) if direct_chat(spec) else (),
+    )  # fmt: skip
+    paths = NODE_PATHS if spec.tls else GatewayPaths(keys_include=NODE_PATHS.keys_include)
+    return assemble(inputs, paths)
+
+
+def litellm_service(spec: NodeSpec) -> dict[str, Any]:
+    svc: dict[str, Any] = {
+        "image": versions.LITELLM_IMAGE,
+        "network_mode": "host",
+        "restart": "unless-stopped",
+        "command": frontdoor.litellm_args(
+            "/etc/litellm/config.yaml", engine.MODEL_HOST, engine.LITELLM_PORT, spec.litellm_workers
+        ),
+        "env_file": [f"{SECRETS_DIR}/litellm.env"],
+        "environment": {"LITELLM_TELEMETRY": "False", "LITELLM_LOG": "ERROR"},
+        "volumes": [f"./{LITELLM_CONFIG}:/etc/litellm/config.yaml:ro"],
+        "healthcheck": _healthcheck(
+            _py_probe(f"http://{engine.MODEL_HOST}:{engine.LITELLM_PORT}/health/liveliness", "python"), 60
+        ),
+    }
+    if spec.role == "full":
+        svc["depends_on"] = {"model": {"condition": "service_started"}}
+    return svc
+
+
+GATEWAY_HEALTH_START_S = 30
+
+
+def gateway_url(spec: NodeSpec, path: str) -> str:
+    """The gateway as seen from the node itself (host networking): loopback unless it listens on
+    one address only."""
+    host, _, port = spec.gateway_listen.rpartition(":")
+    host = "127.0.0.1" if host in ("", "0.0.0.0", "*", "[::]") else host  # noqa: S104 - a wildcard listen, not a bind
+    return f"{'https' if spec.tls else 'http'}://{host}:{port}{path}"
+
+
+def gateway_probe(url: str) -> list[str]:
+    """A GET run inside the gateway container: nginx:*-alpine has busybox wget (no curl, no python).
+    The certificate may not name 127.0.0.1 (or be self-signed): TLS is not what is checked here."""
+    return ["wget", "-q", "-O", "-", "--no-check-certificate", url]
+
+
+def gateway_service(spec: NodeSpec) -> dict[str, Any]:
+    return {
+        "image": versions.NGINX_IMAGE,
+        "network_mode": "host",
+        "restart": "unless-stopped",
+        "command": ["nginx", "-c", "/etc/nginx/coderig/nginx.conf"],
+        "depends_on": {"litellm": {"condition": "service_started"}},
+        # listening with its certificate and keys loaded (answered by nginx itself, never forwarded);
+        # the whole request path is checked once by wait-ready through /healthz
+        "healthcheck": _healthcheck(["CMD", *gateway_probe(gateway_url(spec, "/api/hello"))], GATEWAY_HEALTH_START_S),
+        # only the gateway's own secrets (not the env files of the other services)
+        "volumes": [
+            f"./{GATEWAY_CONF}:/etc/nginx/coderig/nginx.conf:ro",
+            f"./{GATEWAY_KEYS}:/etc/nginx/{GATEWAY_KEYS}:ro",
+            *(
+                [
+                    f"./{SECRETS_DIR}/server.key:/etc/nginx/{SECRETS_DIR}/server.key:ro",
+                    f"./{TLS_DIR}:/etc/nginx/{TLS_DIR}:ro",
+                ]
+                if spec.tls
+                else []
+            ),
+        ],
+    }
+
+
+def compose_dict(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
+    services: dict[str, Any] = {}
+    if spec.role in ("full", "replica"):
+        services["weights"] = weights_service(settings, spec)
+        services["model"] = model_service(settings, spec)
+    if spec.role in ("full", "frontdoor"):
+        services["litellm"] = litellm_service(spec)
+        services["gateway"] = gateway_service(spec)
+    return {"name": PROJECT, "services": services}
+
+
+def compose_text(settings: StackSettings, spec: NodeSpec) -> str:
+    return "# Rendered by coderig: the node stack. Secrets live in ./secrets (0600), not here.\n" + yaml.safe_dump(
+        compose_dict(settings, spec), sort_keys=False
+    )
+
+
+# ---------------------------------------------------------------- the bundle
+
+
+def node_files(settings: StackSettings, spec: NodeSpec) -> render.Bundle:
+    """Every non-secret file of one node, relative to the bundle directory."""
+    files: render.Bundle = {"compose.yaml": render.RenderedFile(compose_text(settings, spec))}
+    # every script ships too: fetch_weights.py is mounted into the weights container; the others
+    # run inside the deploy commands and are here so an operator can re-run them by hand
+    for name in SCRIPT_NAMES:
+        files[f"scripts/{name}"] = render.RenderedFile(script_text(name), 0o755 if name.endswith(".sh") else 0o644)
+    if spec.role in ("full", "frontdoor"):
+        route, gateway = front_door(settings, spec)
+        files[LITELLM_CONFIG] = render.RenderedFile(frontdoor.render_litellm_config(route))
+        files[GATEWAY_CONF] = render.RenderedFile(frontdoor.render_gateway_conf(gateway))
+    return files
+
+
+def _env_file(values: Mapping[str, str]) -> str:
+    for k, v in values.items():
+        if "\n" in v or "\r" in v:
+            raise ValueError(f"{k}: a value in an env file cannot contain a newline")
+    return "".join(f"{k}={v}\n" for k, v in values.items())
+
+
+def node_secret_files(spec: NodeSpec, secrets: NodeSecrets) -> render.Bundle:
+    """The 0600 files: env files for each service, gateway keys, the TLS key."""
+    hf = {"HF_TOKEN": secrets.hf_token} if secrets.hf_token else {}
+    files: render.Bundle = {}
+    if spec.role in ("full", "replica"):
+        files[f"{SECRETS_DIR}/weights.env"] = render.RenderedFile(_env_file(hf), 0o600)
+        files[f"{SECRETS_DIR}/model.env"] = render.RenderedFile(
+            _env_file({"VLLM_API_KEY": secrets.model_api_key, "LLAMA_API_KEY": secrets.model_api_key}), 0o600
+        )
+    if spec.role in ("full", "frontdoor"):
+        upstream_key = secrets.external_api_key if spec.role == "frontdoor" else secrets.model_api_key
+        files[f"{SECRETS_DIR}/litellm.env"] = render.RenderedFile(
+            _env_file(
+                {frontdoor.MASTER_KEY_ENV: secrets.litellm_master_key, MODEL_API_KEY_ENV: upstream_key or "none"}
+            ),
+            0o600,
+        )
+        model_key = secrets.model_api_key if direct_chat(spec) else None  # the gateway's direct chat path
+        files[GATEWAY_KEYS] = render.RenderedFile(
+            frontdoor.render_gateway_keys(dict(secrets.developer_keys), secrets.litellm_master_key, model_key), 0o600
+        )
+        if spec.tls:
+            files[f"{TLS_DIR}/server.crt"] = render.RenderedFile(secrets.tls_cert, 0o644)
+            files[f"{SECRETS_DIR}/server.key"] = render.RenderedFile(secrets.tls_key, 0o600)
+    return files
+
+
+def bundle_hash(files: render.Bundle) -> str:
+    h = hashlib.sha256()
+    for path in sorted(files):
+        f = files[path]
+        h.update(f"{path}\0{f.mode:o}\0{len(f.content)}\0".encode())
+        h.update(f.content.encode())
+    return h.hexdigest()
+
+
+def service_hashes(settings: StackSettings, spec: NodeSpec, secret_files: render.Bundle) -> dict[str, str]:
+    """Two hashes: `model` (weights + model server definitions and their env) and `frontdoor`
+    (LiteLLM + gateway definitions, configs, keys, TLS). A new developer key changes only
+    `frontdoor`, so it restarts the gateway, never the model server."""
+    compose = compose_dict(settings, spec)["services"]
+    files = node_files(settings, spec) | secret_files
+
+    def h(services: tuple[str, ...], prefixes: tuple[str, ...]) -> str:
+        picked = {s: compose[s] for s in services if s in compose}
+        parts: render.Bundle = {
+            f"compose:{s}": render.RenderedFile(json.dumps(d, sort_keys=True)) for s, d in picked.items()
+        }
+        parts |= {p: f for p, f in files.items() if p.startswith(prefixes)}
+        return bundle_hash(parts)
+
+    return {
+        "model": h(("weights", "model"), ("scripts/", f"{SECRETS_DIR}/weights.env", f"{SECRETS_DIR}/model.env")),
+        "frontdoor": h(
+            ("litellm", "gateway"),
+            ("litellm/", "gateway/", f"{SECRETS_DIR}/litellm.env", GATEWAY_KEYS, TLS_DIR, f"{SECRETS_DIR}/server"),
+        ),
+    }
+
+
+def bundle_archive(files: render.Bundle) -> str:
+    """The bundle as a base64 tar.gz, deterministic (fixed mtimes, root owner, sorted), with modes."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz", format=tarfile.PAX_FORMAT, compresslevel=9) as tar:
+        dirs = sorted({str(p.rsplit("/", 1)[0]) for p in files if "/" in p})
+        for d in dirs:
+            info = tarfile.TarInfo(d)
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o700 if d == SECRETS_DIR else 0o755
+            tar.addfile(info)
+        for path in sorted(files):
+            data = files[path].content.encode()
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            info.mode = files[path].mode
+            tar.addfile(info, io.BytesIO(data))
+    # gzip header carries an mtime: zero it so the archive is byte-stable
+    blob = bytearray(raw.getvalue())
+    blob[4:8] = b"\0\0\0\0"
+    return base64.b64encode(bytes(blob)).decode()
+
+
+# ---------------------------------------------------------------- `coderig render`
+
+
+def render_node_files(settings: StackSettings, stack: str) -> render.Bundle:
+    """Contributor for `coderig render`: node/<n>/… for each machine of a local/ssh/aws/external stack."""
+    out: render.Bundle = {}
+    specs = node_specs(settings)
+    for i, spec in enumerate(specs):
+        prefix = f"node/{i}-{spec.role}" if len(specs) > 1 else "node"
+        for path, f in node_files(settings, spec).items():
+            out[f"{prefix}/{path}"] = f
+    return out

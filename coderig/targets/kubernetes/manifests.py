@@ -1,0 +1,840 @@
+"""The `kubernetes` target as plain manifests (dicts). Pure: no Pulumi, no I/O, no cluster.
+
+The same request path as a node, on a cluster's GPU nodes:
+
+  Service coderig-gateway (LoadBalancer / ClusterIP / NodePort, optional Ingress)
+    └─ Deployment coderig-frontdoor: one pod = nginx gateway + LiteLLM sharing localhost
+         └─ Service coderig-model (ClusterIP) ─ Deployment coderig-model: vLLM, `replicas` pods
+              └─ PVC coderig-weights (HF cache), filled once by Job coderig-weights
+
+Balancing across model replicas: LiteLLM gets ONE backend, the model's ClusterIP Service. kube-proxy
+only routes to Ready pods, so rolling updates, a replica that fails readiness, `replicas` changes and
+scale-to-zero need no LiteLLM config change (and no front-door restart); every concurrent stream holds
+its own HTTP/1.1 connection, so long streams spread across replicas. A headless Service
+(coderig-model-pods) exists only so the idle reaper can scrape every replica's /metrics by DNS.
+
+Idle: CronJob coderig-idle runs `python -m coderig.kube_ops reap` (stdlib + coderig.idle, shipped as a
+ConfigMap) and scales the model Deployment to zero through `deployments/scale` when coderig.idle.decide
+says so; it keeps its counters in ConfigMap coderig-idle-state.
+
+Secrets (developer keys, LiteLLM master key, model API key, TLS key, HF token) are Kubernetes
+Secrets created by Pulumi from secret Outputs (`secret_objects`). `coderig render` never writes them.
+Pods carry a checksum of the ConfigMaps/Secrets they use, so a content change rolls them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from coderig import frontdoor
+from coderig.core import engine, planner, versions
+from coderig.core.secrets import NodeSecrets
+from coderig.core.settings import KubernetesTarget, StackSettings
+from coderig.frontdoor.assemble import MODEL_API_KEY_ENV, GatewayPaths, assemble, from_settings
+from coderig.runtime.scripts import script_text
+
+Obj = dict[str, Any]
+
+# --- names ----------------------------------------------------------------------------------------
+
+MODEL = "coderig-model"
+MODEL_PODS = "coderig-model-pods"  # headless: per-replica /metrics for the idle reaper
+FRONTDOOR = "coderig-frontdoor"
+GATEWAY = "coderig-gateway"  # the Service (and Ingress) developers reach
+WEIGHTS = "coderig-weights"  # download Job (and the PVC's default name: coderig:target.weightsVolumeName)
+WEIGHTS_SCRIPT = "coderig-weights-script"
+IDLE = "coderig-idle"  # CronJob, ServiceAccount, Role, RoleBinding
+IDLE_CODE = "coderig-idle-code"
+IDLE_STATE = "coderig-idle-state"
+LITELLM_CONFIG = "coderig-litellm-config"
+GATEWAY_CONFIG = "coderig-gateway-config"
+# Secrets (created by Pulumi only)
+SECRET_MODEL = "coderig-model-key"  # noqa: S105 - a name; VLLM_API_KEY
+SECRET_FRONTDOOR = "coderig-frontdoor"  # noqa: S105 - a name; gateway-keys.conf, LITELLM_MASTER_KEY, CODERIG_MODEL_API_KEY
+SECRET_TLS = "coderig-gateway-tls"  # noqa: S105 - a name; kubernetes.io/tls: tls.crt, tls.key (also the Ingress certificate)
+SECRET_HF = "coderig-hf-token"  # noqa: S105 - a name; HF_TOKEN, only for the download Job
+
+CONFIG_CHECKSUM = "coderig.dev/config-checksum"
+SECRET_CHECKSUM = "coderig.dev/secret-checksum"  # noqa: S105 - an annotation name
+# pulumi-kubernetes annotations: how long `pulumi up` waits for a resource to become ready, and force
+# server-side-apply ownership of spec.replicas back from the idle reaper's scale updates.
+PULUMI_TIMEOUT = "pulumi.com/timeoutSeconds"
+PULUMI_PATCH_FORCE = "pulumi.com/patchForce"
+
+GATEWAY_SERVICE_PORT = 443
+MODEL_UID = 1000  # the vLLM image has no USER; any UID works once HOME and caches are writable
+NGINX_UID = 101  # the `nginx` user of the official image
+LITELLM_UID = 1000
+PYTHON_UID = 1000
+CACHE_MOUNT = engine.CACHE_MOUNT
+HF_HOME = engine.HF_HOME
+MARKER_DIR = "coderig-markers"  # fetch_weights.py's completion markers, below HF_HOME
+IDLE_PERIOD_S = 300  # the reaper's period; 60 s when the policy window is under 15 minutes
+RETRY_AFTER_S = 120  # Retry-After the gateway sends while the model is at zero or loading
+
+GATEWAY_CONF_DIR = "/etc/coderig/gateway"
+GATEWAY_SECRETS_DIR = "/etc/coderig/secrets"
+GATEWAY_TLS_DIR = "/etc/coderig/tls"
+LITELLM_CONF_DIR = "/etc/litellm"
+
+STREAMING_INGRESS_ANNOTATIONS = {
+    # ingress-nginx: stream SSE unbuffered, allow Claude Code's 32 MB bodies and 30-minute turns
+    "nginx.ingress.kubernetes.io/proxy-buffering": "off",
+    "nginx.ingress.kubernetes.io/proxy-request-buffering": "off",
+    "nginx.ingress.kubernetes.io/proxy-body-size": f"{frontdoor.DEFAULT_MAX_BODY_MB}m",
+    "nginx.ingress.kubernetes.io/proxy-read-timeout": str(frontdoor.DEFAULT_TIMEOUT_S),
+    "nginx.ingress.kubernetes.io/proxy-send-timeout": str(frontdoor.DEFAULT_TIMEOUT_S),
+    "nginx.ingress.kubernetes.io/proxy-http-version": "1.1",
+    "nginx.ingress.kubernetes.io/backend-protocol": "HTTPS",  # the gateway terminates TLS itself
+}
+
+
+def target(settings: StackSettings) -> KubernetesTarget:
+    """The kubernetes target of validated settings (what it cannot run is refused by the settings)."""
+    t = settings.target
+    if not isinstance(t, KubernetesTarget):
+        raise ValueError(f"coderig:target.kind: {t.kind} is not kubernetes")
+    return t
+
+
+def _label_value(text: str) -> str:
+    v = re.sub(r"[^A-Za-z0-9_.-]", "-", text)[:63].strip("-_.")
+    return v or "stack"
+
+
+def labels(stack: str, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "coderig",
+        "app.kubernetes.io/instance": _label_value(stack),
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": "pulumi",
+    }
+
+
+def selector(stack: str, component: str) -> dict[str, str]:
+    full = labels(stack, component)
+    return {k: full[k] for k in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component")}
+
+
+def _meta(name: str, ns: str, stack: str, component: str, **extra: Any) -> Obj:
+    return {"name": name, "namespace": ns, "labels": labels(stack, component), **extra}
+
+
+def checksum(data: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+# The weights PVC's spec is immutable (only a storage increase is allowed, and only with an expandable
+# class): pulumi-kubernetes replaces the PVC when any of these fields changes, and a replacement deletes
+# the old claim and, with the usual Delete reclaim policy, ~700 GB of downloaded weights. Pulumi ignores
+# changes to them once the PVC exists (and never deletes the PVC or the Namespace holding it); a real move
+# is a new PVC: a new coderig:target.weightsVolumeName (docs/kubernetes.md, "Weights volume").
+WEIGHTS_PVC_FIXED_FIELDS = ("spec.accessModes", "spec.storageClassName", "spec.resources.requests.storage")
+
+
+def weights_claim(settings: StackSettings) -> str:
+    """The weights PVC's name: coderig:target.weightsVolumeName (default coderig-weights)."""
+    return target(settings).weightsVolumeName
+
+
+# --- sizing from the plan -------------------------------------------------------------------------
+
+
+def shm_size_gi(gpu_count: int) -> int:
+    """/dev/shm for NCCL and the multiprocessing executor: 1 GiB alone, 4 GiB per GPU with tensor
+    parallelism (NCCL's shared-memory transport and CUDA-graph capture all-reduce buffers)."""
+    return 1 if gpu_count <= 1 else 4 * gpu_count
+
+
+def startup_probe(budget_s: int, period_s: int = 10) -> Obj:
+    return {
+        "httpGet": {"path": "/health", "port": "http"},
+        "periodSeconds": period_s,
+        "timeoutSeconds": 5,
+        "failureThreshold": math.ceil(budget_s / period_s),
+    }
+
+
+def startup_budget_seconds(settings: StackSettings) -> int:
+    """The model server's startup probe budget: the planner's load budget for these weights."""
+    return planner.load_budget_seconds(settings.model.spec)
+
+
+def weights_volume_size(settings: StackSettings) -> str:
+    return f"{planner.weights_volume_gb(settings.model.spec)}Gi"
+
+
+def model_resources(gpu_count: int) -> Obj:
+    """Requests sized per GPU (TP workers, tokenizer, detokenizer); the GPU is also a limit (required
+    for extended resources). No memory limit: loading maps weights through the page cache."""
+    return {
+        "requests": {
+            "cpu": str(min(8 * gpu_count, 96)),
+            "memory": f"{32 * gpu_count + shm_size_gi(gpu_count)}Gi",
+            "nvidia.com/gpu": str(gpu_count),
+        },
+        "limits": {"nvidia.com/gpu": str(gpu_count)},
+    }
+
+
+def idle_period_seconds(settings: StackSettings) -> int:
+    return 60 if settings.idle.stop_after_minutes < 15 else IDLE_PERIOD_S
+
+
+def idle_enabled(settings: StackSettings) -> bool:
+    return settings.idle.enabled
+
+
+# --- security -------------------------------------------------------------------------------------
+
+
+def pod_security(uid: int, *, fs_group: int | None = None) -> Obj:
+    sc: Obj = {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if fs_group is not None:
+        sc["fsGroup"] = fs_group
+        # never chown a 700 GB volume on every mount: only when its root has the wrong group
+        sc["fsGroupChangePolicy"] = "OnRootMismatch"
+    return sc
+
+
+def container_security(*, read_only_root: bool, uid: int | None = None) -> Obj:
+    sc: Obj = {
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": read_only_root,
+        "runAsNonRoot": True,
+    }
+    if uid is not None:
+        sc["runAsUser"] = uid
+        sc["runAsGroup"] = uid
+    return sc
+
+
+def _tolerations(t: KubernetesTarget) -> list[Obj]:
+    return [{k: v for k, v in tol.model_dump().items() if v is not None} for tol in t.tolerations]
+
+
+def _placement(t: KubernetesTarget) -> Obj:
+    out: Obj = {}
+    if t.nodeSelector:
+        out["nodeSelector"] = dict(t.nodeSelector)
+    if t.tolerations:
+        out["tolerations"] = _tolerations(t)
+    return out
+
+
+# --- objects --------------------------------------------------------------------------------------
+
+
+def namespace(settings: StackSettings, stack: str) -> Obj:
+    t = target(settings)
+    lab = labels(stack, "namespace")
+    # Every pod here meets the "restricted" Pod Security Standard.
+    lab |= {f"pod-security.kubernetes.io/{m}": "restricted" for m in ("enforce", "warn", "audit")}
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": t.namespace, "labels": lab}}
+
+
+def weights_pvc(settings: StackSettings, stack: str) -> Obj:
+    t = target(settings)
+    spec: Obj = {
+        # replicas share one copy of the weights: that needs ReadWriteMany
+        "accessModes": ["ReadWriteMany" if t.replicas > 1 else "ReadWriteOnce"],
+        "resources": {"requests": {"storage": weights_volume_size(settings)}},
+        "volumeMode": "Filesystem",
+    }
+    if t.storageClass:
+        spec["storageClassName"] = t.storageClass
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _meta(t.weightsVolumeName, t.namespace, stack, "weights"),
+        "spec": spec,
+    }
+
+
+def weights_script_configmap(settings: StackSettings, stack: str) -> Obj:
+    t = target(settings)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(WEIGHTS_SCRIPT, t.namespace, stack, "weights"),
+        "data": {"fetch_weights.py": script_text("fetch_weights.py")},
+    }
+
+
+def marker_path(settings: StackSettings) -> str:
+    """fetch_weights.py's completion marker for the preset, inside the pods."""
+    return f"{HF_HOME}/{MARKER_DIR}/{settings.model.spec.hf_repo.replace('/', '--')}.json"
+
+
+def _weights_env(settings: StackSettings) -> dict[str, str]:
+    # the node runtime's weights step, same variables: one downloader for every target
+    return engine.weights_env(settings.model, CACHE_MOUNT)
+
+
+def _env(values: Mapping[str, str]) -> list[Obj]:
+    return [{"name": k, "value": v} for k, v in values.items()]
+
+
+def _secret_env(name: str, secret: str, key: str, *, optional: bool = False) -> Obj:
+    ref: Obj = {"name": secret, "key": key}
+    if optional:
+        ref["optional"] = True
+    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
+
+
+def _empty_dir(name: str, size: str, *, memory: bool = False) -> Obj:
+    d: Obj = {"sizeLimit": size}
+    if memory:
+        d["medium"] = "Memory"
+    return {"name": name, "emptyDir": d}
+
+
+def weights_job(settings: StackSettings, stack: str) -> Obj:
+    """Fills the PVC before the model server starts: resumable (huggingface_hub keeps partial blobs and
+    the pod restarts in place), progress lines in its log, a completion marker that makes any re-run
+    a no-op. Scheduled like the model server so a ReadWriteOnce volume is created in the GPU nodes'
+    zone."""
+    t = target(settings)
+    preset = settings.model.spec
+    env = _env(
+        _weights_env(settings)
+        | {
+            # huggingface_hub is pip-installed (only when the marker is missing) into an emptyDir:
+            # the pod runs as non-root on a read-only image
+            "PIP_TARGET": "/deps",
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+            "PYTHONPATH": "/deps",
+            "HOME": "/tmp",
+        }
+    ) + [_secret_env("HF_TOKEN", SECRET_HF, "HF_TOKEN", optional=True)]
+    pod: Obj = {
+        "restartPolicy": "OnFailure",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security(PYTHON_UID, fs_group=PYTHON_UID),
+        **_placement(t),
+        "containers": [
+            {
+                "name": "weights",
+                "image": versions.HF_DOWNLOADER_IMAGE,
+                "command": ["python", "/coderig/fetch_weights.py"],
+                "env": env,
+                "resources": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "8Gi"}},
+                "securityContext": container_security(read_only_root=True),
+                "volumeMounts": [
+                    {"name": "cache", "mountPath": CACHE_MOUNT},
+                    {"name": "script", "mountPath": "/coderig", "readOnly": True},
+                    {"name": "deps", "mountPath": "/deps"},
+                    {"name": "tmp", "mountPath": "/tmp"},
+                ],
+            }
+        ],
+        "volumes": [
+            {"name": "cache", "persistentVolumeClaim": {"claimName": t.weightsVolumeName}},
+            {"name": "script", "configMap": {"name": WEIGHTS_SCRIPT}},
+            _empty_dir("deps", "2Gi"),
+            _empty_dir("tmp", "2Gi"),
+        ],
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _meta(
+            WEIGHTS,
+            t.namespace,
+            stack,
+            "weights",
+            annotations={
+                PULUMI_TIMEOUT: str(planner.download_budget_seconds(preset)),
+                "coderig.dev/repo": preset.hf_repo,
+            },
+        ),
+        "spec": {
+            "backoffLimit": 20,  # each retry resumes the partial download
+            "completions": 1,
+            "parallelism": 1,
+            "template": {"metadata": {"labels": labels(stack, "weights")}, "spec": pod},
+        },
+    }
+
+
+def model_deployment(settings: StackSettings, stack: str, plan: planner.Plan | None = None) -> Obj:
+    t = target(settings)
+    p = plan or planner.plan_stack(settings)
+    gpus = p.gpu_count
+    args = engine.vllm_args(settings.model, gpus, host="0.0.0.0")  # noqa: S104 - pod IP; NetworkPolicy + API key
+    env = {
+        "HF_HOME": HF_HOME,
+        "HF_HUB_OFFLINE": "1",  # the Job already downloaded everything
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        # non-root: the image has no USER; torch calls getpass.getuser(), which reads $USER first,
+        # and every cache (vLLM, torch inductor, triton, flashinfer, HF) resolves below $HOME
+        "HOME": "/tmp/home",
+        "USER": "vllm",
+        "VLLM_CACHE_ROOT": "/tmp/vllm",
+        "TORCHINDUCTOR_CACHE_DIR": "/tmp/torchinductor",
+        "TRITON_CACHE_DIR": "/tmp/triton",
+    }
+    budget = startup_budget_seconds(settings)
+    probe_http = {"httpGet": {"path": "/health", "port": "http"}}
+    container: Obj = {
+        "name": "vllm",
+        "image": versions.VLLM_IMAGE,
+        "command": ["vllm", "serve"],
+        "args": args,
+        "ports": [{"name": "http", "containerPort": engine.MODEL_PORT, "protocol": "TCP"}],
+        "env": [*_env(env), _secret_env("VLLM_API_KEY", SECRET_MODEL, "VLLM_API_KEY")],
+        "resources": model_resources(gpus),
+        "startupProbe": startup_probe(budget),
+        "readinessProbe": probe_http | {"periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": probe_http | {"periodSeconds": 30, "timeoutSeconds": 10, "failureThreshold": 5},
+        # vLLM and its JIT compilers write caches in places we cannot all enumerate: writable root
+        "securityContext": container_security(read_only_root=False),
+        "volumeMounts": [
+            {"name": "cache", "mountPath": CACHE_MOUNT},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    wait = {
+        "name": "wait-for-weights",
+        "image": versions.VLLM_IMAGE,
+        "command": [
+            "sh",
+            "-c",
+            f'until [ -f "{marker_path(settings)}" ]; do '
+            f'echo "waiting for the weights download (Job {WEIGHTS}) to finish"; sleep 15; done',
+        ],
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+        "securityContext": container_security(read_only_root=True),
+        "volumeMounts": [{"name": "cache", "mountPath": CACHE_MOUNT, "readOnly": True}],
+    }
+    pod: Obj = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,  # VLLM_* service env vars would be read as vLLM settings
+        "terminationGracePeriodSeconds": 120,
+        "securityContext": pod_security(MODEL_UID, fs_group=MODEL_UID),
+        **_placement(t),
+        "initContainers": [wait],
+        "containers": [container],
+        "volumes": [
+            {"name": "cache", "persistentVolumeClaim": {"claimName": t.weightsVolumeName}},
+            _empty_dir("dshm", f"{shm_size_gi(gpus)}Gi", memory=True),
+            _empty_dir("tmp", "50Gi"),
+        ],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(
+            MODEL,
+            t.namespace,
+            stack,
+            "model",
+            annotations={
+                PULUMI_TIMEOUT: str(budget + planner.IMAGE_PULL_S),
+                PULUMI_PATCH_FORCE: "true",
+            },
+        ),
+        "spec": {
+            "replicas": t.replicas,
+            "selector": {"matchLabels": selector(stack, "model")},
+            # replace one pod at a time without needing a spare GPU node
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
+            "template": {
+                "metadata": {
+                    "labels": labels(stack, "model"),
+                    "annotations": {SECRET_CHECKSUM: ""},
+                },
+                "spec": pod,
+            },
+        },
+    }
+
+
+def model_services(settings: StackSettings, stack: str) -> list[Obj]:
+    t = target(settings)
+    port = {"name": "http", "port": engine.MODEL_PORT, "targetPort": "http", "protocol": "TCP"}
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(MODEL, t.namespace, stack, "model"),
+        "spec": {"type": "ClusterIP", "selector": selector(stack, "model"), "ports": [port]},
+    }
+    headless = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(MODEL_PODS, t.namespace, stack, "model"),
+        "spec": {"clusterIP": "None", "selector": selector(stack, "model"), "ports": [port]},
+    }
+    return [svc, headless]
+
+
+def gateway_dns_names(ns: str) -> list[str]:
+    """In-cluster names of the gateway Service (for its certificate), shortest first."""
+    return [GATEWAY, f"{GATEWAY}.{ns}", f"{GATEWAY}.{ns}.svc", f"{GATEWAY}.{ns}.svc.cluster.local"]
+
+
+def certificate_names(settings: StackSettings) -> list[str]:
+    """Names the gateway certificate covers: the Ingress host, `coderig:gateway.hostnames` (point
+    your DNS name for the load balancer here) and the in-cluster Service names."""
+    t = target(settings)
+    names = [*([t.ingressHost] if t.ingressHost else []), *settings.gateway.hostnames, *gateway_dns_names(t.namespace)]
+    return list(dict.fromkeys(names))
+
+
+def model_url(settings: StackSettings) -> str:
+    return f"http://{MODEL}.{target(settings).namespace}.svc.cluster.local:{engine.MODEL_PORT}"
+
+
+GATEWAY_PATHS = GatewayPaths(
+    keys_include=f"{GATEWAY_SECRETS_DIR}/gateway-keys.conf",
+    tls_cert=f"{GATEWAY_TLS_DIR}/tls.crt",
+    tls_key=f"{GATEWAY_TLS_DIR}/tls.key",
+    pid_path="/tmp/nginx.pid",
+    error_log="/dev/stderr",
+    access_log="/dev/stdout",
+    temp_dir="/tmp",
+)
+
+
+def front_door(settings: StackSettings) -> tuple[frontdoor.ModelRoute, frontdoor.GatewaySpec]:
+    """The front-door pod: LiteLLM's one backend is the model Service (kube-proxy balances over ready
+    pods); OpenAI-native chat goes from nginx straight to it with the model's API key; while the model
+    is at zero (or loading) every API call gets 503 + Retry-After, never LiteLLM's 500/502."""
+    url = model_url(settings)
+    inputs = from_settings(
+        settings, (f"{url}/v1",), listen=f"0.0.0.0:{settings.gateway.port}",
+        litellm=f"{engine.MODEL_HOST}:{engine.LITELLM_PORT}", health_url=f"{url}/health",
+        direct_chat=(frontdoor.upstream_hostport(url),), gate_retry_after_s=RETRY_AFTER_S,
+    )  # fmt: skip
+    return assemble(inputs, GATEWAY_PATHS)
+
+
+def frontdoor_configmaps(settings: StackSettings, stack: str) -> list[Obj]:
+    t = target(settings)
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": _meta(LITELLM_CONFIG, t.namespace, stack, "frontdoor"),
+            "data": {"config.yaml": frontdoor.render_litellm_config(front_door(settings)[0])},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": _meta(GATEWAY_CONFIG, t.namespace, stack, "frontdoor"),
+            "data": {"nginx.conf": frontdoor.render_gateway_conf(front_door(settings)[1])},
+        },
+    ]
+
+
+def frontdoor_streams_per_pod(settings: StackSettings) -> int:
+    """Concurrent streams each front-door pod carries: every model replica's capacity, spread over the
+    front-door pods (kube-proxy balances connections across them). At replicas 0, what `coderig start`
+    brings back (at least one replica)."""
+    t = target(settings)
+    total = planner.plan_stack(settings).max_concurrent_requests * max(1, t.replicas)
+    return math.ceil(total / t.frontDoorReplicas)
+
+
+def frontdoor_litellm_workers(settings: StackSettings) -> int:
+    return frontdoor.litellm_workers(frontdoor_streams_per_pod(settings))
+
+
+def _py_exec_probe(url: str) -> list[str]:
+    return ["python", "-c", f"import urllib.request; urllib.request.urlopen({url!r}, timeout=5)"]
+
+
+def frontdoor_deployment(settings: StackSettings, stack: str) -> Obj:
+    t = target(settings)
+    port = settings.gateway.port
+    config_sum = checksum({o["metadata"]["name"]: o["data"] for o in frontdoor_configmaps(settings, stack)})
+    # Readiness must not depend on the model: at zero replicas the gateway stays Ready and answers 503.
+    hello = {"httpGet": {"path": "/api/hello", "port": "https", "scheme": "HTTPS"}}
+    gateway: Obj = {
+        "name": "gateway",
+        "image": versions.NGINX_IMAGE,
+        "command": ["nginx", "-c", f"{GATEWAY_CONF_DIR}/nginx.conf"],  # skips the image's entrypoint scripts
+        "ports": [{"name": "https", "containerPort": port, "protocol": "TCP"}],
+        "resources": {"requests": {"cpu": "250m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        "readinessProbe": hello | {"periodSeconds": 5, "failureThreshold": 2},
+        "livenessProbe": hello | {"periodSeconds": 20, "timeoutSeconds": 5, "failureThreshold": 3},
+        "securityContext": container_security(read_only_root=True, uid=NGINX_UID),
+        "volumeMounts": [
+            {"name": "gateway-config", "mountPath": GATEWAY_CONF_DIR, "readOnly": True},
+            {"name": "gateway-keys", "mountPath": GATEWAY_SECRETS_DIR, "readOnly": True},
+            {"name": "tls", "mountPath": GATEWAY_TLS_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    liveliness = f"http://{engine.MODEL_HOST}:{engine.LITELLM_PORT}/health/liveliness"
+    litellm: Obj = {
+        "name": "litellm",
+        "image": versions.LITELLM_IMAGE,
+        "args": frontdoor.litellm_args(
+            f"{LITELLM_CONF_DIR}/config.yaml",
+            engine.MODEL_HOST,
+            engine.LITELLM_PORT,
+            frontdoor_litellm_workers(settings),
+        ),
+        "env": [
+            *_env({"LITELLM_TELEMETRY": "False", "LITELLM_LOG": "ERROR", "HOME": "/tmp"}),
+            _secret_env(frontdoor.MASTER_KEY_ENV, SECRET_FRONTDOOR, frontdoor.MASTER_KEY_ENV),
+            _secret_env(MODEL_API_KEY_ENV, SECRET_FRONTDOOR, MODEL_API_KEY_ENV),
+        ],
+        "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "4Gi"}},
+        "startupProbe": {
+            "exec": {"command": _py_exec_probe(liveliness)},
+            "periodSeconds": 5,
+            "timeoutSeconds": 10,
+            "failureThreshold": 60,
+        },
+        "livenessProbe": {
+            "exec": {"command": _py_exec_probe(liveliness)},
+            "periodSeconds": 30,
+            "timeoutSeconds": 10,
+            "failureThreshold": 3,
+        },
+        # LiteLLM rewrites its bundled UI files at start (it logs and continues when it cannot)
+        "securityContext": container_security(read_only_root=False, uid=LITELLM_UID),
+        "volumeMounts": [
+            {"name": "litellm-config", "mountPath": LITELLM_CONF_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    pod: Obj = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 60,
+        "securityContext": pod_security(NGINX_UID, fs_group=NGINX_UID),
+        "affinity": {
+            "podAntiAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "weight": 100,
+                        "podAffinityTerm": {
+                            "labelSelector": {"matchLabels": selector(stack, "frontdoor")},
+                            "topologyKey": "kubernetes.io/hostname",
+                        },
+                    }
+                ]
+            }
+        },
+        "containers": [gateway, litellm],
+        "volumes": [
+            {"name": "gateway-config", "configMap": {"name": GATEWAY_CONFIG}},
+            {"name": "litellm-config", "configMap": {"name": LITELLM_CONFIG}},
+            {
+                "name": "gateway-keys",
+                "secret": {
+                    "secretName": SECRET_FRONTDOOR,
+                    "items": [{"key": "gateway-keys.conf", "path": "gateway-keys.conf"}],
+                    "defaultMode": 0o440,
+                },
+            },
+            {"name": "tls", "secret": {"secretName": SECRET_TLS, "defaultMode": 0o440}},
+            _empty_dir("tmp", "1Gi"),
+        ],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(FRONTDOOR, t.namespace, stack, "frontdoor"),
+        "spec": {
+            "replicas": t.frontDoorReplicas,
+            "selector": {"matchLabels": selector(stack, "frontdoor")},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {
+                    "labels": labels(stack, "frontdoor"),
+                    "annotations": {CONFIG_CHECKSUM: config_sum, SECRET_CHECKSUM: ""},
+                },
+                "spec": pod,
+            },
+        },
+    }
+
+
+def gateway_service(settings: StackSettings, stack: str) -> Obj:
+    t = target(settings)
+    spec: Obj = {
+        "type": t.serviceType,
+        "selector": selector(stack, "frontdoor"),
+        "ports": [{"name": "https", "port": GATEWAY_SERVICE_PORT, "targetPort": "https", "protocol": "TCP"}],
+    }
+    if t.serviceType == "LoadBalancer":
+        spec["externalTrafficPolicy"] = "Local"  # keep the client address for the access log
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(GATEWAY, t.namespace, stack, "frontdoor"),
+        "spec": spec,
+    }
+
+
+def gateway_ingress(settings: StackSettings, stack: str) -> Obj | None:
+    t = target(settings)
+    if not t.ingressHost:
+        return None
+    spec: Obj = {
+        "tls": [{"hosts": [t.ingressHost], "secretName": SECRET_TLS}],
+        "rules": [
+            {
+                "host": t.ingressHost,
+                "http": {
+                    "paths": [
+                        {
+                            "path": "/",
+                            "pathType": "Prefix",
+                            "backend": {"service": {"name": GATEWAY, "port": {"name": "https"}}},
+                        }
+                    ]
+                },
+            }
+        ],
+    }
+    if t.ingressClass:
+        spec["ingressClassName"] = t.ingressClass
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": _meta(GATEWAY, t.namespace, stack, "frontdoor", annotations=dict(STREAMING_INGRESS_ANNOTATIONS)),
+        "spec": spec,
+    }
+
+
+def frontdoor_pdb(settings: StackSettings, stack: str) -> Obj:
+    t = target(settings)
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(FRONTDOOR, t.namespace, stack, "frontdoor"),
+        # one at a time: never blocks a node drain, even with a single front-door replica
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(stack, "frontdoor")}},
+    }
+
+
+def model_network_policy(settings: StackSettings, stack: str) -> Obj:
+    """Only the front door (requests) and the idle reaper (/metrics) reach the model server."""
+    t = target(settings)
+    port = [{"protocol": "TCP", "port": engine.MODEL_PORT}]
+    sources = [{"podSelector": {"matchLabels": selector(stack, "frontdoor")}}]
+    if idle_enabled(settings):
+        sources.append({"podSelector": {"matchLabels": selector(stack, "idle")}})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(MODEL, t.namespace, stack, "model"),
+        "spec": {
+            "podSelector": {"matchLabels": selector(stack, "model")},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": sources, "ports": port}],
+        },
+    }
+
+
+# --- secrets (Pulumi only) ------------------------------------------------------------------------
+
+
+def secret_objects(settings: StackSettings, stack: str, secrets: NodeSecrets) -> list[Obj]:
+    """The Secrets, from plain values. Pulumi calls this inside an `apply` on secret Outputs and
+    registers the result as secret; nothing else (render, logs, outputs) ever sees these values."""
+    t = target(settings)
+    ns = t.namespace
+    out: list[Obj] = [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": _meta(SECRET_MODEL, ns, stack, "model"),
+            "stringData": {"VLLM_API_KEY": secrets.model_api_key},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": _meta(SECRET_FRONTDOOR, ns, stack, "frontdoor"),
+            "stringData": {
+                "gateway-keys.conf": frontdoor.render_gateway_keys(
+                    dict(secrets.developer_keys), secrets.litellm_master_key, secrets.model_api_key
+                ),
+                frontdoor.MASTER_KEY_ENV: secrets.litellm_master_key,
+                MODEL_API_KEY_ENV: secrets.model_api_key,
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/tls",
+            "metadata": _meta(SECRET_TLS, ns, stack, "frontdoor"),
+            "stringData": {"tls.crt": secrets.tls_cert, "tls.key": secrets.tls_key},
+        },
+    ]
+    if settings.hfToken is not None:
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "Opaque",
+                "metadata": _meta(SECRET_HF, ns, stack, "weights"),
+                "stringData": {"HF_TOKEN": secrets.hf_token},
+            }
+        )
+    return out
+
+
+def secret_checksums(objs: Iterable[Obj]) -> dict[str, str]:
+    return {o["metadata"]["name"]: checksum(o["stringData"]) for o in objs}
+
+
+def pod_secret_names(obj: Obj) -> list[str]:
+    """Secrets a workload's pods read (volumes and env), for its checksum annotation."""
+    pod = pod_spec(obj)
+    if pod is None:
+        return []
+    names: set[str] = set()
+    for vol in pod.get("volumes", []):
+        if "secret" in vol:
+            names.add(vol["secret"]["secretName"])
+    for c in [*pod.get("initContainers", []), *pod.get("containers", [])]:
+        for e in c.get("env", []):
+            ref = e.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                names.add(ref["name"])
+    return sorted(names)
+
+
+def pod_spec(obj: Obj) -> Obj | None:
+    kind = obj["kind"]
+    if kind in ("Deployment", "Job"):
+        return obj["spec"]["template"]["spec"]
+    if kind == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return None
+
+
+def combined_checksum(names: Sequence[str], sums: Mapping[str, str]) -> str:
+    return checksum({n: sums.get(n, "") for n in names})
+
+
+def with_secret_checksums(objs: list[Obj], sums: Mapping[str, str]) -> list[Obj]:
+    """Fill each Deployment's secret-checksum annotation from the Secrets its pods read."""
+    for obj in objs:
+        ann = obj.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations")
+        if ann is not None and SECRET_CHECKSUM in ann:
+            ann[SECRET_CHECKSUM] = combined_checksum(pod_secret_names(obj), sums)
+    return objs

@@ -1,0 +1,187 @@
+"""`coderig start|stop|idle STACK` for a kubernetes stack, on an operator's machine with `kubectl` and the
+stack's kubeconfig/context (`kubectl` handles every auth plugin: EKS, OIDC, client certificates)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from coderig.core import planner
+from coderig.core.errors import UserError
+from coderig.core.settings import StackSettings
+from coderig.runtime.kube_reaper import STATE_KEY
+from coderig.targets.kubernetes import manifests as kube
+from coderig.targets.kubernetes.idle import idle_env
+
+
+@dataclass(frozen=True)
+class KubeStack:
+    stack: str
+    namespace: str
+    kubeconfig: str | None
+    context: str | None
+    replicas: int
+    budget_s: int
+    deployment: str = "coderig-model"
+    frontdoor: str = "coderig-frontdoor"
+    metrics_host: str = ""
+    state_configmap: str = "coderig-idle-state"
+    served_name: str = ""
+
+
+def load_kube_stack(args: argparse.Namespace, settings: StackSettings | None) -> KubeStack:
+    stack: str = args.stack
+    if settings is None:
+        raise UserError(f"no Pulumi.{stack}.yaml here: pass --config FILE (a kubernetes stack's settings are needed)")
+    t = kube.target(settings)
+    budget = planner.load_budget_seconds(settings.model.spec) + planner.IMAGE_PULL_S
+    return KubeStack(
+        stack=stack,
+        namespace=t.namespace,
+        kubeconfig=t.kubeconfig,
+        context=t.context,
+        replicas=max(1, t.replicas),
+        budget_s=budget,
+        deployment=kube.MODEL,
+        frontdoor=kube.FRONTDOOR,
+        metrics_host=idle_env(settings, stack)["CODERIG_METRICS_HOST"],
+        state_configmap=kube.IDLE_STATE,
+        served_name=settings.model.served_name,
+    )
+
+
+Runner = Callable[[list[str]], "subprocess.CompletedProcess[str]"]
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, check=False)
+
+
+def kubectl(k: KubeStack, *args: str) -> list[str]:
+    cmd = ["kubectl"]
+    if k.kubeconfig:
+        cmd += ["--kubeconfig", os.path.expanduser(k.kubeconfig)]
+    if k.context:
+        cmd += ["--context", k.context]
+    return [*cmd, "--namespace", k.namespace, *args]
+
+
+_RUNNING_PROBE = """
+import socket, sys, urllib.request
+host, port, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+total = 0.0
+addrs = sorted({i[4][0] for i in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)})
+for a in addrs:
+    for line in urllib.request.urlopen(f"http://{a}:{port}/metrics", timeout=5).read().decode().splitlines():
+        if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting")) and name in line:
+            total += float(line.rsplit(" ", 1)[1])
+print(f"{len(addrs)} {total:g}")
+"""
+
+
+def running_requests(k: KubeStack, model_name: str, run: Runner = _run) -> float | None:
+    """Requests running or queued over every replica, read from inside the front-door pod (the only
+    pods the NetworkPolicy lets reach the model server). None when it cannot be read."""
+    cmd = kubectl(
+        k,
+        "exec",
+        f"deployment/{k.frontdoor}",
+        "-c",
+        "litellm",
+        "--",
+        "python",
+        "-c",
+        _RUNNING_PROBE,
+        k.metrics_host,
+        "8000",
+        model_name,
+    )
+    res = run(cmd)
+    if res.returncode != 0:
+        return None
+    try:
+        _count, total = res.stdout.split()
+        return float(total)
+    except ValueError:
+        return None
+
+
+def cmd_start(args: argparse.Namespace, settings: StackSettings | None, run: Runner = _run) -> int:
+    """Scale the model server back to the stack's replicas and wait until every replica is ready."""
+    k = load_kube_stack(args, settings)
+    replicas = int(getattr(args, "replicas", None) or k.replicas)
+    if getattr(args, "dry_run", False):
+        print(f"would scale deployment/{k.deployment} in {k.namespace} to {replicas}")
+        return 0
+    res = run(kubectl(k, "scale", f"deployment/{k.deployment}", f"--replicas={replicas}"))
+    if res.returncode != 0:
+        print(f"coderig start: {res.stderr.strip() or res.stdout.strip()}", file=sys.stderr)
+        return 1
+    print(f"scaled deployment/{k.deployment} to {replicas}; loading the model (budget {k.budget_s}s)")
+    if getattr(args, "no_wait", False):
+        return 0
+    # never shorter than the model's load budget (a 700 GB model takes half an hour); --no-wait skips it
+    timeout = max(int(getattr(args, "timeout", None) or 0), k.budget_s)
+    start = time.monotonic()
+    res = run(kubectl(k, "rollout", "status", f"deployment/{k.deployment}", f"--timeout={timeout}s"))
+    took = time.monotonic() - start
+    if res.returncode != 0:
+        print(f"coderig start: not ready after {took:.0f}s: {res.stderr.strip()}", file=sys.stderr)
+        return 1
+    print(f"ready: {replicas} model replica(s) after {took:.0f}s")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace, settings: StackSettings | None, run: Runner = _run) -> int:
+    """Scale the model server to zero now (weights stay on the PVC); refuses while requests run."""
+    k = load_kube_stack(args, settings)
+    if not getattr(args, "force", False):
+        running = running_requests(k, k.served_name, run)
+        if running is None:
+            print("coderig stop: cannot read the model's running requests: not stopping (use --force)", file=sys.stderr)
+            return 1
+        if running:
+            print(f"coderig stop: {running:g} requests running: not stopping (use --force)", file=sys.stderr)
+            return 1
+    if getattr(args, "dry_run", False):
+        print(f"would scale deployment/{k.deployment} in {k.namespace} to 0")
+        return 0
+    res = run(kubectl(k, "scale", f"deployment/{k.deployment}", "--replicas=0"))
+    if res.returncode != 0:
+        print(f"coderig stop: {res.stderr.strip() or res.stdout.strip()}", file=sys.stderr)
+        return 1
+    print(
+        f"scaled deployment/{k.deployment} to 0 (weights kept on the PVC); the gateway answers 503 until "
+        f"`coderig start {k.stack}`"
+    )
+    return 0
+
+
+def cmd_idle(args: argparse.Namespace, settings: StackSettings | None, run: Runner = _run) -> int:
+    """Print the in-cluster reaper's last decision and history length."""
+    k = load_kube_stack(args, settings)
+    res = run(kubectl(k, "get", "configmap", k.state_configmap, "-o", "json"))
+    if res.returncode != 0:
+        print(f"coderig idle: {res.stderr.strip()} (is an idle policy, coderig:idle, set?)", file=sys.stderr)
+        return 1
+    state = json.loads((json.loads(res.stdout).get("data") or {}).get(STATE_KEY) or "{}")
+    last = state.get("last") or {}
+    if getattr(args, "json", False):
+        print(json.dumps(state, indent=2))
+    else:
+        print(f"{k.deployment}  {last.get('action', '?')} at {last.get('at', '?')}: {last.get('reason', 'no run yet')}")
+        print(f"  samples in window: {len(state.get('samples') or [])}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, StackSettings | None], int]] = {
+    "start": lambda a, s: cmd_start(a, s),
+    "stop": lambda a, s: cmd_stop(a, s),
+    "idle": lambda a, s: cmd_idle(a, s),
+}

@@ -1,0 +1,98 @@
+"""Every object of a kubernetes stack, in apply order, and `coderig render`'s manifests."""
+
+from __future__ import annotations
+
+import yaml
+
+from coderig.core import planner
+from coderig.core.files import Bundle, RenderedFile
+from coderig.core.secrets import placeholder_secrets
+from coderig.core.settings import StackSettings
+from coderig.targets.kubernetes.idle import (
+    idle_code_configmap,
+    idle_cronjob,
+    idle_rbac,
+    idle_sources,
+    idle_state_configmap,
+)
+from coderig.targets.kubernetes.manifests import (
+    Obj,
+    frontdoor_configmaps,
+    frontdoor_deployment,
+    frontdoor_pdb,
+    gateway_ingress,
+    gateway_service,
+    idle_enabled,
+    model_deployment,
+    model_network_policy,
+    model_services,
+    namespace,
+    secret_checksums,
+    secret_objects,
+    target,
+    weights_job,
+    weights_pvc,
+    weights_script_configmap,
+    with_secret_checksums,
+)
+
+# --- everything -----------------------------------------------------------------------------------
+
+
+def objects(settings: StackSettings, stack: str, plan: planner.Plan | None = None) -> list[Obj]:
+    """Every non-secret object, in apply order. Secret checksums are left empty (see
+    `with_secret_checksums`)."""
+    target(settings)  # refuses what this target cannot run, naming the key
+    out: list[Obj] = [
+        namespace(settings, stack),
+        weights_pvc(settings, stack),
+        weights_script_configmap(settings, stack),
+        weights_job(settings, stack),
+        *model_services(settings, stack),
+        model_deployment(settings, stack, plan),
+        model_network_policy(settings, stack),
+        *frontdoor_configmaps(settings, stack),
+        frontdoor_deployment(settings, stack),
+        gateway_service(settings, stack),
+        frontdoor_pdb(settings, stack),
+    ]
+    ingress = gateway_ingress(settings, stack)
+    if ingress:
+        out.append(ingress)
+    if idle_enabled(settings):
+        out += [
+            idle_code_configmap(settings, stack, idle_sources()),
+            idle_state_configmap(settings, stack),
+            *idle_rbac(settings, stack),
+            idle_cronjob(settings, stack),
+        ]
+    return out
+
+
+def object_key(obj: Obj) -> str:
+    """A short unique handle: `deployment-coderig-model`."""
+    return f"{obj['kind'].lower()}-{obj['metadata']['name']}"
+
+
+_SECRETS_NOTE = """\
+# Secrets are not rendered: Pulumi creates them from secret config and random resources.
+# {names}
+"""
+
+
+def render_manifests(settings: StackSettings, stack: str) -> Bundle:
+    """`coderig render` contributor: kubernetes/NN-kind-name.yaml, one object per file, apply order.
+    Secret objects are omitted (their values exist only as Pulumi secrets); the pods' secret checksum
+    annotations are those of placeholders."""
+    if settings.target.kind != "kubernetes":
+        return {}
+    placeholders = secret_objects(settings, stack, placeholder_secrets(settings.developers))
+    objs = with_secret_checksums(objects(settings, stack), secret_checksums(placeholders))
+    secret_list = ", ".join(f"{o['metadata']['name']} ({', '.join(sorted(o['stringData']))})" for o in placeholders)
+    files: Bundle = {}
+    for i, obj in enumerate(objs):
+        head = f"# Rendered by coderig for stack {stack}.\n"
+        if i == 0:
+            head += _SECRETS_NOTE.format(names=secret_list)
+        files[f"kubernetes/{i:02d}-{object_key(obj)}.yaml"] = RenderedFile(head + yaml.safe_dump(obj, sort_keys=False))
+    return files
