@@ -26,6 +26,7 @@ import pulumi_kubernetes as k8s
 from coderig.core import planner
 from coderig.core.secrets import NodeSecrets, placeholder_secrets
 from coderig.core.settings import KubernetesTarget, StackSettings
+from coderig.targets.kubernetes import frontdoor as kube_fd
 from coderig.targets.kubernetes import manifests as kube
 from coderig.targets.kubernetes import render as kube_render
 
@@ -113,20 +114,20 @@ def secret_resources(
 ) -> tuple[dict[str, pulumi.CustomResource], pulumi.Output[dict[str, str]]]:
     """The Secrets: shapes from placeholders (static names), values from the secret Output.
     Returns them by object name, and their checksums (not secret: hashes of random keys)."""
-    shapes = kube.secret_objects(settings, stack, placeholder_secrets(settings.developers))
-    real = pulumi.Output.secret(secrets.apply(lambda s: kube.secret_objects(settings, stack, s)))
+    shapes = kube_fd.secret_objects(settings, stack, placeholder_secrets(settings.developers))
+    real = pulumi.Output.secret(secrets.apply(lambda s: kube_fd.secret_objects(settings, stack, s)))
     out: dict[str, pulumi.CustomResource] = {}
     for i, shape in enumerate(shapes):
         data = pulumi.Output.secret(real.apply(lambda objs, i=i: objs[i]["stringData"]))
         out[shape["metadata"]["name"]] = resource(name, shape, opts, string_data=data)
-    sums = pulumi.Output.unsecret(real.apply(kube.secret_checksums))
+    sums = pulumi.Output.unsecret(real.apply(kube_fd.secret_checksums))
     return out, sums
 
 
 def _with_checksum(obj: dict[str, Any], sums: pulumi.Output[dict[str, str]]) -> dict[str, Any]:
     ann = obj["spec"]["template"]["metadata"]["annotations"]
-    names = kube.pod_secret_names(obj)
-    ann[kube.SECRET_CHECKSUM] = sums.apply(lambda s: kube.combined_checksum(names, s))
+    names = kube_fd.pod_secret_names(obj)
+    ann[kube.SECRET_CHECKSUM] = sums.apply(lambda s: kube_fd.combined_checksum(names, s))
     return obj
 
 
@@ -135,7 +136,7 @@ def gateway_host(t: KubernetesTarget, svc: pulumi.CustomResource) -> pulumi.Outp
     address once the Service has one, else the in-cluster name."""
     if t.ingressHost:
         return pulumi.Output.from_input(t.ingressHost)
-    in_cluster = kube.gateway_dns_names(t.namespace)[-1]
+    in_cluster = kube_fd.gateway_dns_names(t.namespace)[-1]
     if t.serviceType != "LoadBalancer":
         return pulumi.Output.from_input(in_cluster)
 

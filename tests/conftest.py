@@ -11,7 +11,7 @@ import json
 import sys
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -237,3 +237,27 @@ def stack_file(tmp_path: Path) -> Callable[..., Path]:
         return write_stack(tmp_path, config, name)
 
     return make
+
+
+# --- a stand-in model server and a running front door, shared by the integration suites ----------
+# A test module sets MODEL (the served name), KEYS ({developer: token}) and optionally STANDIN_DELAY
+# (seconds between streamed tokens); these fixtures read them.
+
+
+@pytest.fixture(scope="module")
+def standin(request: pytest.FixtureRequest) -> Iterator[Any]:
+    from frontdoor_fixtures import standin_server
+
+    delay = getattr(request.module, "STANDIN_DELAY", 0.0)
+    with standin_server(model=request.module.MODEL, delay=delay) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def door(request: pytest.FixtureRequest, standin: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from frontdoor_fixtures import running_frontdoor
+
+    state = tmp_path_factory.mktemp("frontdoor")
+    keys, model = request.module.KEYS, request.module.MODEL
+    with running_frontdoor(standin.url, model, state, keys, "--rate-limit", "50", "--rate-burst", "200") as fd:
+        yield fd

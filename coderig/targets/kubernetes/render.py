@@ -8,6 +8,16 @@ from coderig.core import planner
 from coderig.core.files import Bundle, RenderedFile
 from coderig.core.secrets import placeholder_secrets
 from coderig.core.settings import StackSettings
+from coderig.targets.kubernetes.frontdoor import (
+    frontdoor_configmaps,
+    frontdoor_deployment,
+    frontdoor_pdb,
+    gateway_ingress,
+    gateway_service,
+    secret_checksums,
+    secret_objects,
+    with_secret_checksums,
+)
 from coderig.targets.kubernetes.idle import (
     idle_code_configmap,
     idle_cronjob,
@@ -17,23 +27,15 @@ from coderig.targets.kubernetes.idle import (
 )
 from coderig.targets.kubernetes.manifests import (
     Obj,
-    frontdoor_configmaps,
-    frontdoor_deployment,
-    frontdoor_pdb,
-    gateway_ingress,
-    gateway_service,
     idle_enabled,
     model_deployment,
     model_network_policy,
     model_services,
     namespace,
-    secret_checksums,
-    secret_objects,
     target,
     weights_job,
     weights_pvc,
     weights_script_configmap,
-    with_secret_checksums,
 )
 
 # --- everything -----------------------------------------------------------------------------------

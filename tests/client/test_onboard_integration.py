@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ pytestmark = pytest.mark.integration
 MODEL = "umans-coder-v0"
 MAX_OUTPUT = 4096  # below Claude Code's own default, so the test sees the bundle's cap applied
 KEYS = {"alice": "crk-alice0123456789abcdefABCDEFonboard", "bob": "crk-bob0123456789abcdefABCDEFonboard"}
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_bundle(door: FrontDoor, developer: str = "alice", **changes: Any) -> dict[str, Any]:
@@ -69,19 +68,6 @@ def coderig(*args: str, env: dict[str, str] | None = None, timeout: float = 300)
 def clean_env(home: Path) -> dict[str, str]:
     """What an agent gets: PATH, HOME (only onboard's files) and a locale. No ANTHROPIC_*, no CA."""
     return {"PATH": f"{NPM_PREFIX / 'bin'}:/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
-
-
-@pytest.fixture(scope="module")
-def standin() -> Iterator[StandIn]:
-    with standin_server(model=MODEL) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def door(standin: StandIn, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontDoor]:
-    state = tmp_path_factory.mktemp("frontdoor")
-    with running_frontdoor(standin.url, MODEL, state, KEYS, "--rate-limit", "50", "--rate-burst", "200") as fd:
-        yield fd
 
 
 @pytest.fixture()

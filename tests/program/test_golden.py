@@ -50,7 +50,7 @@ def test_render_is_byte_identical_to_golden(stack, tmp_path, capsys):
 
 
 def test_every_target_registers_the_golden_urns():
-    from test_program import TARGETS
+    from programs import TARGETS
 
     got = {}
     for kind, run_target in sorted(TARGETS.items()):

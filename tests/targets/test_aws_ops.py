@@ -369,7 +369,7 @@ def test_publisher_publishes_nothing_for_a_source_that_is_down(aws: Aws, tmp_pat
 
 
 def test_publisher_reads_nginx_stub_status_and_vllm_fixture(aws: Aws, text_server: Any, tmp_path: Path) -> None:
-    fixture = (Path(__file__).parent / "fixtures" / "vllm_metrics_busy.txt").read_text()
+    fixture = (Path(__file__).parents[1] / "fixtures" / "vllm_metrics_busy.txt").read_text()
     stub = "Active connections: 1 \nserver accepts handled requests\n 7 7 40 \nReading: 0 Writing: 1 Waiting: 0 \n"
     pages = {"/vllm": fixture, "/gw": stub}
     got = aws_reaper.publish_node_metrics(
@@ -387,7 +387,7 @@ def test_publisher_reads_nginx_stub_status_and_vllm_fixture(aws: Aws, text_serve
 
 def test_publish_main_reads_instance_identity_from_imds(aws: Aws, text_server: Any, tmp_path: Path) -> None:
     # One loopback server plays IMDS (token PUT, then instance-id and region) and then vLLM /metrics.
-    metrics = (Path(__file__).parent / "fixtures" / "vllm_metrics_idle.txt").read_text()
+    metrics = (Path(__file__).parents[1] / "fixtures" / "vllm_metrics_idle.txt").read_text()
     text_server.bodies = [(200, "i-0imds"), (200, REGION), (200, metrics)]
     base = f"http://127.0.0.1:{text_server.server_port}"
     rc = aws_reaper.publish_main(
@@ -568,7 +568,7 @@ def test_publisher_and_reaper_agree_end_to_end(aws: Aws, text_server: Any, tmp_p
     published minute by minute -> stopped; one completed request 10 minutes ago -> kept."""
     iid = launch(aws, {aws_reaper.TAG_STACK: STACK})
     now = later(aws, iid)
-    fixture = (Path(__file__).parent / "fixtures" / "vllm_metrics_idle.txt").read_text()
+    fixture = (Path(__file__).parents[1] / "fixtures" / "vllm_metrics_idle.txt").read_text()
     url = f"http://127.0.0.1:{text_server.server_port}/metrics"
     state_file = tmp_path / "state.json"
 

@@ -204,7 +204,7 @@ def test_multi_host_litellm_balances_across_replicas() -> None:
 
 
 def test_local_target_uses_local_commands_without_install() -> None:
-    from test_program import dev_config  # the real Pulumi.dev.yaml
+    from programs import dev_config  # the real Pulumi.dev.yaml
 
     run = ok(run_program(dev_config(), stack="dev"))
     local = run.of_type("command:local:Command")

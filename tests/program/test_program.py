@@ -3,18 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-import yaml
-from conftest import HOST_KEY, ROOT, fake_outputs, run_program, ssh_config
-from test_aws_stack import aws_config, run_stack
-
-from coderig.core.settings import namespace_from_stack_file
-
-
-def dev_config():
-    return namespace_from_stack_file(yaml.safe_load(Path(ROOT / "Pulumi.dev.yaml").read_text()))
+from conftest import fake_outputs, run_program, ssh_config
+from programs import TARGETS, dev_config
 
 
 def test_dev_stack_program_runs():
@@ -39,40 +31,6 @@ def test_model_that_does_not_fit_fails_before_any_resource():
     run = run_program(c)
     assert run.error is not None and "do not fit" in str(run.error)
     assert run.resources == []
-
-
-def kube_config() -> dict:
-    return {
-        "target": {"kind": "kubernetes", "gpu": {"model": "H200", "count": 8}, "replicas": 1},
-        "model": {"preset": "deepseek-v3.2", "maxModelLen": 131072},
-        "developers": ["alice", "bob"],
-        "idle": {"stopAfterMinutes": 30},
-    }
-
-
-def external_config() -> dict:
-    return {
-        "target": {"kind": "external", "endpoint": "https://kserve.internal/v1"},
-        "model": {"preset": "glm-4.7", "servedName": "glm"},
-        "developers": ["alice", "bob"],
-        "externalApiKey": "upstream-key-0123456789",
-    }
-
-
-def ssh_two_hosts() -> dict:
-    c = ssh_config()
-    c["target"]["hosts"].append({"address": "gpu2.internal", "user": "ubuntu", "hostKey": HOST_KEY})
-    c["sshPrivateKey"] = "-----BEGIN OPENSSH PRIVATE KEY-----\nfake\n-----END OPENSSH PRIVATE KEY-----"
-    return c
-
-
-TARGETS = {
-    "local": lambda: run_program(dev_config(), stack="dev"),
-    "ssh": lambda: run_program(ssh_two_hosts()),
-    "aws": lambda: run_stack(aws_config(count=2)),
-    "kubernetes": lambda: run_program(kube_config()),
-    "external": lambda: run_program(external_config()),
-}
 
 
 @pytest.mark.parametrize("kind", sorted(TARGETS))

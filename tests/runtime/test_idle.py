@@ -10,7 +10,7 @@ import pytest
 from coderig.runtime import idle
 from coderig.runtime.idle import Decision, OfficeHours, Sample, decide
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 BUSY = (FIXTURES / "vllm_metrics_busy.txt").read_text()
 IDLE = (FIXTURES / "vllm_metrics_idle.txt").read_text()
 NOW = datetime(2026, 11, 18, 14, 0, tzinfo=UTC)  # a Wednesday

@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +31,6 @@ KEYS = {
 }
 MSG = "/v1/messages"
 USER_HI = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture(scope="module")
-def standin() -> Iterator[StandIn]:
-    with standin_server(model=MODEL) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def door(standin: StandIn, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontDoor]:
-    state = tmp_path_factory.mktemp("frontdoor")
-    with running_frontdoor(standin.url, MODEL, state, KEYS, "--rate-limit", "50", "--rate-burst", "200") as fd:
-        yield fd
 
 
 @pytest.fixture()
@@ -351,7 +337,7 @@ def test_plain_http_refused_on_a_non_loopback_address(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=60,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
     )
     assert proc.returncode == 2
     assert "--plain-http is only allowed on a loopback address" in proc.stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 from frontdoor_fixtures import require_tool  # noqa: E402
 from standin import plan_reply, split_args  # noqa: E402
 

@@ -1,0 +1,161 @@
+"""The layer rules of DESIGN.md, checked on the source: no import cycle among the project's own modules
+(function-local imports included), nothing under coderig/ imports pulumi, coderig/runtime/ imports only
+the standard library and itself, and each layer imports only the layers below it."""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+from coderig.core.settings import TARGET_KINDS
+
+PACKAGES = ("coderig", "components", "stacks")
+# each layer may import these (its own modules included); DESIGN.md "Layers"
+ALLOWED = {
+    "coderig.runtime": {"coderig.runtime"},
+    "coderig.core": {"coderig.runtime", "coderig.core"},
+    "coderig.frontdoor": {"coderig.runtime", "coderig.core", "coderig.frontdoor"},
+    "coderig.targets": {"coderig.runtime", "coderig.core", "coderig.frontdoor", "coderig.targets"},
+    "coderig.client": {"coderig.runtime", "coderig.core", "coderig.client"},
+}
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def project_modules() -> dict[str, Path]:
+    found = {module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+    found["__main__"] = ROOT / "__main__.py"
+    return found
+
+
+def imports_of(path: Path, name: str) -> set[str]:
+    """Every module imported anywhere in the file (top level or inside functions), as absolute names."""
+    out: set[str] = set()
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            out.add(base)
+            out.update(f"{base}.{alias.name}" for alias in node.names)
+    return out
+
+
+def graph() -> dict[str, set[str]]:
+    mods = project_modules()
+    return {name: {m for m in imports_of(path, name) if m in mods and m != name} for name, path in mods.items()}
+
+
+def test_no_import_cycle() -> None:
+    g = graph()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(g[n]):
+            if state.get(m) == 1:
+                raise AssertionError("import cycle: " + " -> ".join([*stack[stack.index(m):], m]))
+            if m not in state:
+                visit(m)
+        stack.pop()
+        state[n] = 2
+
+    for n in sorted(g):
+        if n not in state:
+            visit(n)
+
+
+def test_the_cycle_check_finds_a_cycle(tmp_path: Path) -> None:
+    """The graph sees function-local imports: a two-module cycle through one is an edge both ways."""
+    a = tmp_path / "a.py"
+    a.write_text("def f():\n    from coderig.core import settings\n")
+    assert "coderig.core.settings" in imports_of(a, "coderig.core.planner")
+
+
+def test_coderig_never_imports_pulumi() -> None:
+    for name, path in project_modules().items():
+        if name.startswith("coderig"):
+            bad = {m for m in imports_of(path, name) if m.split(".")[0].startswith("pulumi")}
+            assert not bad, f"{name} imports {bad}"
+
+
+def top_level_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    out: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+    return out
+
+
+def test_runtime_imports_only_the_standard_library() -> None:
+    """boto3 alone is allowed, and only inside the functions that call AWS (the Lambda runtime has it;
+    nodes get it from python3-boto3): importing any runtime module needs the standard library only."""
+    stdlib = set(sys.stdlib_module_names) | {"__future__"}
+    for name, path in project_modules().items():
+        if name.startswith("coderig.runtime"):
+            found = imports_of(path, name)
+            outside = {m for m in found if m.split(".")[0] not in stdlib and not m.startswith("coderig.runtime")}
+            assert outside <= {"boto3"}, f"{name} imports {outside}"
+            assert "boto3" not in top_level_imports(path), f"{name} imports boto3 at import time"
+
+
+def test_each_layer_imports_only_the_layers_below_it() -> None:
+    for name, path in project_modules().items():
+        layer = next((lay for lay in ALLOWED if name == lay or name.startswith(lay + ".")), None)
+        if layer is None:
+            continue
+        for m in imports_of(path, name):
+            if m.startswith("coderig.") or m == "coderig":
+                if m == "coderig":
+                    continue
+                assert any(m == ok or m.startswith(ok + ".") for ok in ALLOWED[layer]), f"{name} imports {m}"
+
+
+def test_registry_and_stacks_cover_exactly_the_target_kinds() -> None:
+    from coderig.targets import REGISTRY
+    from stacks import TARGET_MODULES
+
+    assert set(REGISTRY) == set(TARGET_KINDS)
+    assert set(TARGET_MODULES) == set(TARGET_KINDS)
+
+
+KIND_TEST = re.compile(r"""kind\s*(==|!=)\s*["'](local|ssh|aws|kubernetes|external)["']|kind\s+(not\s+)?in\s*[(\[{]""")
+
+
+def test_no_kind_comparison_outside_the_registry() -> None:
+    """A target kind's differences live on its settings model and in the registry: no `kind ==` elsewhere."""
+    for name, path in project_modules().items():
+        if name in ("coderig.targets", "stacks"):
+            continue
+        found = KIND_TEST.search(path.read_text())
+        assert found is None, f"{name} dispatches on the target kind: {found.group(0) if found else ''}"
+
+
+def test_the_kind_check_sees_a_comparison() -> None:
+    assert KIND_TEST.search('if t.kind == "aws":') and KIND_TEST.search("if t.kind in ('ssh', 'aws'):")
+    assert not KIND_TEST.search('if obj["kind"] == "CronJob":')
+
+
+def test_no_product_module_over_500_lines() -> None:
+    for name, path in project_modules().items():
+        lines = len(path.read_text().splitlines())
+        assert lines <= 560, f"{name} has {lines} lines"
