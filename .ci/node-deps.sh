@@ -4,11 +4,12 @@
 #   openssh-server    - the sshd test host (tests/test_node_ssh.py)
 #   openssh-client    - ssh / ssh-keygen for that test
 #   e2fsprogs xfsprogs util-linux fdisk - mkfs, blkid, losetup, mount, sfdisk for the loop-device volume tests
+#   dmsetup           - a real holder (dm linear target) for tests/targets/test_volume.py (skipped without dm)
 #   iproute2          - ip netns / veth for the SSH test host's own network namespace
 # Installs only what is missing, so a warm machine pays nothing.
 node_deps_missing=()
 for pair in shellcheck:shellcheck sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client \
-  mkfs.ext4:e2fsprogs mkfs.xfs:xfsprogs losetup:util-linux blkid:util-linux sfdisk:fdisk ip:iproute2; do
+  mkfs.ext4:e2fsprogs mkfs.xfs:xfsprogs losetup:util-linux blkid:util-linux sfdisk:fdisk dmsetup:dmsetup ip:iproute2; do
   if ! command -v "${pair%%:*}" >/dev/null 2>&1 && ! [ -x "/usr/sbin/${pair%%:*}" ]; then
     node_deps_missing+=("${pair#*:}")
   fi

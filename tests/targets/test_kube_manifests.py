@@ -356,7 +356,15 @@ def test_more_model_replicas_per_front_door_pod_get_more_litellm_workers() -> No
 
 
 
-
+@pytest.mark.parametrize(
+    ("target", "key"),
+    [
+        ({"replicas": -1}, "coderig:target.replicas"),
+        ({"replicas": 3, "storageClass": None}, "coderig:target.storageClass: replicas is 3"),
+        ({"namespace": "Coder_Rig"}, "coderig:target.namespace"),
+        ({"ingressHost": None}, "coderig:target.ingressClass"),
+    ],
+)
 def test_kubernetes_settings_errors_name_the_key(target: dict[str, Any], key: str) -> None:
     with pytest.raises(UserError) as err:
         parse_settings({**k8s_config(**target), "hfToken": "x"})

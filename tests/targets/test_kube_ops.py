@@ -126,15 +126,6 @@ def test_stop_reads_the_stack_file_once(tmp_path: Path, monkeypatch: pytest.Monk
     assert quiet.calls[0][-1] == settings_of(k8s_config()).model.served_name
 
 
-@pytest.mark.parametrize(
-    ("target", "key"),
-    [
-        ({"replicas": -1}, "coderig:target.replicas"),
-        ({"replicas": 3, "storageClass": None}, "coderig:target.storageClass: replicas is 3"),
-        ({"namespace": "Coder_Rig"}, "coderig:target.namespace"),
-        ({"ingressHost": None}, "coderig:target.ingressClass"),
-    ],
-)
 
 
 def test_stop_probe_reads_running_requests_from_a_live_model_server(standin: StandIn) -> None:
