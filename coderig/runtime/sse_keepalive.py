@@ -215,7 +215,7 @@ class _Client(asyncio.Protocol):
             transport, _ = await asyncio.wait_for(
                 loop.create_connection(lambda: _Upstream(self.pair, self.interval), *self.target), 10
             )
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             # no byte back: nginx counts a failed attempt and tries the next replica
             self.pair.close()
             return
