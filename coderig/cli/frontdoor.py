@@ -30,6 +30,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             health_path=args.health_path,
             direct_chat=args.direct_chat,
             startup_timeout_s=args.startup_timeout,
+            native_routes=tuple(r for r in args.native_routes.split(",") if r),
+            keepalive_s=args.keepalive,
         )
     )
 
@@ -86,6 +88,16 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "bypassing LiteLLM (default: on; it is much faster, see bench/frontdoor_bench.py). "
         "Such requests must name the served model; /v1/messages and /v1/responses always "
         "go through LiteLLM",
+    )
+    p.add_argument(
+        "--native-routes",
+        default="messages,count_tokens,responses",
+        metavar="LIST",
+        help="routes the backend serves itself (vLLM: all three), sent there straight from the gateway; "
+        "'' keeps them on LiteLLM (default: %(default)s)",
+    )
+    p.add_argument(
+        "--keepalive", type=float, default=15.0, help="seconds of stream silence before an SSE comment (default: 15)"
     )
     p.add_argument("--startup-timeout", type=float, default=120, help="seconds to wait for LiteLLM")
     p.set_defaults(func=_cmd_run)

@@ -18,6 +18,16 @@ CLAUDE_WILDCARD = "claude-*"
 MODEL_HOST = "127.0.0.1"
 MODEL_PORT = 8000
 LITELLM_PORT = 4000
+KEEPALIVE_PORT = 4100  # the SSE keepalive relay: one loopback port per model replica from here up
+
+# The client APIs each engine serves itself at the pinned version, which the gateway sends straight
+# to it (coderig.frontdoor.native): vLLM 0.28 serves /v1/messages (+ count_tokens) and /v1/responses;
+# llama.cpp server b9603 serves the Anthropic pair (ggml-org/llama.cpp#17570) but not /v1/responses
+# (ggml-org/llama.cpp#19138), which stays on LiteLLM's translation.
+NATIVE_APIS: dict[str, tuple[str, ...]] = {
+    "vllm": ("messages", "count_tokens", "responses"),
+    "llama.cpp": ("messages", "count_tokens"),
+}
 CACHE_MOUNT = "/cache"  # the weights volume inside containers; HF_HOME lives below it
 HF_HOME = f"{CACHE_MOUNT}/hf"
 

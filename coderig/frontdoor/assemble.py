@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from coderig.core import engine
 from coderig.core.settings import StackSettings
 from coderig.frontdoor.litellm import DEFAULT_TIMEOUT_S, ModelRoute
 from coderig.frontdoor.nginx import GatewaySpec, direct_chat_backend
@@ -50,6 +51,10 @@ class FrontDoorInputs:
     # /v1/chat/completions straight from nginx to these model servers (host:port); () -> via LiteLLM
     direct_chat: tuple[str, ...] = ()
     keyed_direct_chat: bool = False  # the direct path sends the model API key (vllm --api-key)
+    # routes (frontdoor.native) the model servers in `direct_chat` serve themselves; () -> LiteLLM
+    native_routes: tuple[str, ...] = ()
+    relay_host: str = engine.MODEL_HOST  # the SSE keepalive relay's listeners: relay_port, +1, …
+    relay_port: int = engine.KEEPALIVE_PORT
     timeout_s: int = DEFAULT_TIMEOUT_S
     litellm_timeout_s: int = DEFAULT_TIMEOUT_S
     gate_retry_after_s: int | None = None  # 503 + Retry-After while the model is at zero or loading
@@ -76,6 +81,9 @@ def from_settings(
         api_key=f"os.environ/{MODEL_API_KEY_ENV}",
         direct_chat=tuple(direct_chat),
         keyed_direct_chat=bool(direct_chat),
+        # our own model servers (direct_chat) serve their engine's APIs natively; an external
+        # endpoint's are unknown, so it keeps everything on LiteLLM
+        native_routes=engine.NATIVE_APIS.get(p.engine, ()) if direct_chat else (),
         gate_retry_after_s=gate_retry_after_s,
     )
 
@@ -85,6 +93,21 @@ def direct_targets(backends: Sequence[str]) -> tuple[str, ...]:
     (https or a path prefix: LiteLLM handles those)."""
     direct = [direct_chat_backend(b) for b in backends]
     return () if None in direct else tuple(d for d in direct if d)
+
+
+def relays(inputs: FrontDoorInputs) -> tuple[str, ...]:
+    """host:port of the keepalive relay listener in front of each direct model server."""
+    if not inputs.native_routes:
+        return ()
+    return tuple(f"{inputs.relay_host}:{inputs.relay_port + i}" for i in range(len(inputs.direct_chat)))
+
+
+def relay_args(inputs: FrontDoorInputs) -> list[str]:
+    """Arguments after `python3 -m coderig.runtime.sse_keepalive` for this front door."""
+    out: list[str] = []
+    for listen, target in zip(relays(inputs), inputs.direct_chat, strict=True):
+        out += ["--route", f"{listen}={target}"]
+    return out
 
 
 def assemble(inputs: FrontDoorInputs, paths: GatewayPaths, **gateway: Any) -> tuple[ModelRoute, GatewaySpec]:
@@ -117,6 +140,8 @@ def assemble(inputs: FrontDoorInputs, paths: GatewayPaths, **gateway: Any) -> tu
         rate_burst=inputs.rate_burst,
         direct_chat_backends=inputs.direct_chat,
         direct_chat_authorization=inputs.keyed_direct_chat,
+        native_routes=inputs.native_routes,
+        native_relays=relays(inputs),
         model_gate_retry_after_s=inputs.gate_retry_after_s,
         **gateway,
     )

@@ -138,5 +138,3 @@ def litellm_args(config_path: str, host: str, port: int, workers: int) -> list[s
 
 def render_litellm_config(route: ModelRoute) -> str:
     return yaml.safe_dump(litellm_config(route), sort_keys=False)
-
-

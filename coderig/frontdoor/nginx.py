@@ -16,6 +16,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from coderig.frontdoor import native
 from coderig.frontdoor.litellm import DEFAULT_TIMEOUT_S
 
 DEVELOPER_HEADER = "X-Coderig-Developer"
@@ -57,6 +58,10 @@ class GatewaySpec:
     # Direct chat to model servers that require their API key (`vllm --api-key`): send the
     # `$coderig_model_authorization` the keys include defines (render_gateway_keys(model_key=…)).
     direct_chat_authorization: bool = False
+    # Routes (native.NATIVE_ROUTES keys) nginx sends to the model servers' own endpoints, through
+    # `native_relays` (host:port of the SSE keepalive relay for each direct_chat_backends entry).
+    native_routes: tuple[str, ...] = ()
+    native_relays: tuple[str, ...] = ()
     daemon: bool = False  # False: nginx stays in the foreground (containers, child processes)
     # Scale-to-zero / model loading: when set, every model request first checks the model
     # server's health; if it is not ready the gateway answers 503 + Retry-After (client's error
@@ -279,6 +284,7 @@ def _server_block(spec: GatewaySpec) -> list[str]:
         *_location("= /api/hello", ["access_log off;", "return 200 " + _nginx_quote("{}") + ";"]),
         *_location("= /api/event_logging/batch", ["access_log off;", "return 200 " + _nginx_quote("{}") + ";"]),
         "",
+        *_native_locations(spec, to_litellm),
         *_location("/v1/messages", [*guard_a, *to_litellm]),
     ]
     if spec.direct_chat_backends:
@@ -286,7 +292,8 @@ def _server_block(spec: GatewaySpec) -> list[str]:
             "= /v1/chat/completions",
             [
                 *guard_o,
-                *proxy_headers("$coderig_model_authorization" if spec.direct_chat_authorization else '""'),
+                *native.failover(),
+                *_model_headers(spec),
                 "proxy_pass http://coderig_model;",
             ],
         )
@@ -323,10 +330,34 @@ def _upstreams(spec: GatewaySpec) -> list[str]:
         "}",
     ]
     if spec.direct_chat_backends:
-        out += ["upstream coderig_model {", "    least_conn;"]
-        out += [f"    server {b} max_fails=0;" for b in spec.direct_chat_backends]
-        out += [f"    keepalive {spec.upstream_keepalive};", f"    keepalive_timeout {UPSTREAM_IDLE_S}s;", "}"]
+        servers = native.balanced_servers(spec.direct_chat_backends, spec.upstream_keepalive, UPSTREAM_IDLE_S)
+        out += [*native.affinity_map(), "upstream coderig_model {", *servers, "}"]
+    if spec.native_routes:
+        out += native.native_upstream(spec.native_relays, spec.upstream_keepalive, UPSTREAM_IDLE_S)
     return out
+
+
+def _model_headers(spec: GatewaySpec) -> list[str]:
+    return proxy_headers("$coderig_model_authorization" if spec.direct_chat_authorization else '""')
+
+
+def _native_locations(spec: GatewaySpec, to_litellm: list[str]) -> list[str]:
+    if not spec.native_routes:
+        return []
+    if len(spec.native_relays) != len(spec.direct_chat_backends) or not spec.native_relays:
+        raise ValueError("GatewaySpec: native_routes need one native_relays entry per direct_chat_backends entry")
+    unknown = set(spec.native_routes) - set(native.NATIVE_ROUTES)
+    if unknown:
+        raise ValueError(
+            f"GatewaySpec.native_routes: unknown {sorted(unknown)}; allowed {sorted(native.NATIVE_ROUTES)}"
+        )
+    return native.native_locations(
+        spec.native_routes,
+        lambda shape: _auth_guard(shape, spec),
+        _model_headers(spec),
+        to_litellm[:-1],
+        _location,
+    )
 
 
 def render_gateway_http(spec: GatewaySpec) -> str:

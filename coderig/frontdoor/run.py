@@ -315,6 +315,28 @@ class RunOptions:
     health_path: str
     direct_chat: bool
     startup_timeout_s: float
+    # routes (frontdoor.native) the backends serve natively: vLLM's by default; () keeps them on LiteLLM
+    native_routes: tuple[str, ...] = ("messages", "count_tokens", "responses")
+    keepalive_s: float = 15.0
+
+
+def start_relay(routes: list[str], interval: float, log: Path) -> subprocess.Popen[bytes]:
+    """The SSE keepalive relay (coderig.runtime.sse_keepalive) as a child process."""
+    args = [arg for route in routes for arg in ("--route", route)]
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "coderig.runtime.sse_keepalive", *args, "--interval", str(interval)],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+
+
+def wait_listening(port: int, timeout_s: float, proc: subprocess.Popen[bytes]) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def run(opts: RunOptions) -> int:
@@ -341,6 +363,7 @@ def run(opts: RunOptions) -> int:
     opts.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     prefix = Path(tempfile.mkdtemp(prefix="coderig-frontdoor-"))
     procs: list[subprocess.Popen[bytes]] = []
+    names: list[str] = []
     stop = {"signal": 0, "reload": 0}
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -362,6 +385,9 @@ def run(opts: RunOptions) -> int:
         keys_conf = prefix / "gateway-keys.conf"
         write_file(keys_conf, frontdoor.render_gateway_keys(keys, master_key))
         os.chmod(prefix, 0o711)  # noqa: S103 - nginx workers (not root) must reach their temp dirs
+        direct = direct_backends(opts.backends, opts.direct_chat)
+        native_routes = opts.native_routes if direct else ()
+        relays = [f"127.0.0.1:{free_port()}" for _ in direct] if native_routes else []
         spec = frontdoor.GatewaySpec(
             listen=opts.listen,
             litellm=f"127.0.0.1:{litellm_port}",
@@ -377,7 +403,9 @@ def run(opts: RunOptions) -> int:
             timeout_s=opts.timeout_s,
             rate_per_second=opts.rate_per_second,
             rate_burst=opts.rate_burst,
-            direct_chat_backends=direct_backends(opts.backends, opts.direct_chat),
+            direct_chat_backends=direct,
+            native_routes=tuple(native_routes),
+            native_relays=tuple(relays),
         )
         nginx_conf = prefix / "nginx.conf"
         nginx_conf.write_text(frontdoor.render_gateway_conf(spec))
@@ -388,6 +416,14 @@ def run(opts: RunOptions) -> int:
             print(f"coderig frontdoor: nginx rejected the config:\n{check.stderr}", file=sys.stderr)
             return 1
 
+        if relays:
+            procs.append(start_relay([f"{r}={d}" for r, d in zip(relays, direct, strict=True)], opts.keepalive_s,
+                                     opts.state_dir / "keepalive.log"))  # fmt: skip
+            names.append("keepalive relay")
+            if not wait_listening(int(relays[-1].rsplit(":", 1)[1]), 30, procs[-1]):
+                print(f"coderig frontdoor: the keepalive relay did not start; see {opts.state_dir / 'keepalive.log'}",
+                      file=sys.stderr)  # fmt: skip
+                return 1
         litellm_exe = ensure_litellm()
         log = open(opts.state_dir / "litellm.log", "ab")  # noqa: SIM115 - lives as long as the child
         started = time.monotonic()
@@ -402,17 +438,19 @@ def run(opts: RunOptions) -> int:
                 cwd=prefix,
             )
         )
+        names.append("LiteLLM")
         live = f"http://127.0.0.1:{litellm_port}/health/liveliness"
-        if not wait_http_ok(live, opts.startup_timeout_s, procs[0]):
+        if not wait_http_ok(live, opts.startup_timeout_s, procs[-1]):
             print(f"coderig frontdoor: LiteLLM did not start; see {opts.state_dir / 'litellm.log'}", file=sys.stderr)
             return 1
         litellm_s = time.monotonic() - started
         procs.append(subprocess.Popen(nginx_cmd, stdin=subprocess.DEVNULL, start_new_session=True))
+        names.append("nginx")
         scheme = "http" if opts.plain_http else "https"
         url_host = f"[{host}]" if ":" in host else host
         base = f"{scheme}://{url_host}:{frontdoor.parse_listen(opts.listen)[1]}"
         time.sleep(0.3)
-        if procs[1].poll() is not None:
+        if procs[-1].poll() is not None:
             print(f"coderig frontdoor: nginx exited; see {spec.error_log}", file=sys.stderr)
             return 1
         print(
@@ -424,8 +462,8 @@ def run(opts: RunOptions) -> int:
         while not stop["signal"]:
             if stop["reload"]:
                 stop["reload"] = 0
-                reload_keys(opts.keys_file, keys_conf, master_key, procs[1])
-            for name, proc in zip(("LiteLLM", "nginx"), procs, strict=True):
+                reload_keys(opts.keys_file, keys_conf, master_key, procs[-1])
+            for name, proc in zip(names, procs, strict=True):
                 if proc.poll() is not None:
                     print(f"coderig frontdoor: {name} exited ({proc.returncode}); stopping", file=sys.stderr)
                     return 1

@@ -1,0 +1,93 @@
+"""The gateway's native routes: nginx sends Anthropic `/v1/messages` (+ `count_tokens`) and OpenAI
+`/v1/responses` straight to the model servers that speak them (vLLM does), through the SSE
+keepalive relay (coderig.runtime.sse_keepalive, one loopback listener per model server), with
+the developer's session pinned to one replica. Pure: returns nginx config lines.
+
+Why (bench/frontdoor_bench.py, README): LiteLLM translating Anthropic <-> OpenAI costs ~1.4 ms of
+CPU per streamed chunk, a third of the direct throughput at 64 streams; the model server's own
+endpoint costs the gateway nothing per chunk.
+
+A name the model server does not serve (Claude Code's `claude-haiku-…` background calls) gets a
+404 "The model `X` does not exist." from vLLM: the request body is buffered, so nginx replays the
+same request to LiteLLM, which maps every `claude-*` name to the served model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+# route name -> (exact path, error shape); count_tokens is the tail of messages' prefix
+NATIVE_ROUTES: dict[str, tuple[str, str]] = {
+    "messages": ("/v1/messages", "anthropic"),
+    "count_tokens": ("/v1/messages/count_tokens", "anthropic"),
+    "responses": ("/v1/responses", "openai"),
+}
+# what each engine serves natively (pinned versions): vLLM 0.28 all three; llama.cpp server b9603 the
+# Anthropic pair (ggml-org/llama.cpp#17570, 2025-11) but no /v1/responses (ggml-org/llama.cpp#19138)
+NATIVE_UPSTREAM = "coderig_native"
+AFFINITY_VAR = "$coderig_affinity"
+
+
+def affinity_map() -> list[str]:
+    """One replica per Claude Code session (its prefix cache); session-less clients spread."""
+    return [
+        f"map $http_x_claude_code_session_id {AFFINITY_VAR} {{",
+        '    "" $request_id;',
+        "    default $http_x_claude_code_session_id;",
+        "}",
+    ]
+
+
+def balanced_servers(servers: Sequence[str], keepalive: int, idle_s: int) -> list[str]:
+    """The body of an upstream block over model replicas: session-keyed consistent hash; a replica
+    that fails once is left alone for 30 s (its sessions move to the next point on the ring)."""
+    return [
+        f"    hash {AFFINITY_VAR} consistent;",
+        *(f"    server {s} max_fails=1 fail_timeout=30s;" for s in servers),
+        f"    keepalive {keepalive};",
+        f"    keepalive_timeout {idle_s}s;",
+    ]
+
+
+def failover() -> list[str]:
+    """A failed connect (or a relay that closes without a byte because its replica is down) moves
+    the request to the next replica once. Safe for POST here: the body is buffered, and inference
+    has no side effects, so a request the first replica never answered can run on another."""
+    return [
+        "proxy_next_upstream error timeout non_idempotent;",
+        "proxy_next_upstream_tries 2;",
+    ]
+
+
+def native_upstream(relays: Sequence[str], keepalive: int, idle_s: int) -> list[str]:
+    return [f"upstream {NATIVE_UPSTREAM} {{", *balanced_servers(relays, keepalive, idle_s), "}"]
+
+
+def native_locations(
+    routes: Sequence[str],
+    guard: Callable[[str], list[str]],
+    model_headers: list[str],
+    litellm_headers: list[str],
+    location: Callable[[str, list[str]], list[str]],
+) -> list[str]:
+    """One exact location per native route, plus the LiteLLM fallback each replays to on a 404."""
+    out: list[str] = []
+    for name in routes:
+        path, shape = NATIVE_ROUTES[name]
+        fallback = f"@coderig_litellm_{name}"
+        out += location(
+            f"= {path}",
+            [
+                *guard(shape),
+                "proxy_request_buffering on;  # the body can be replayed (fallback, failover)",
+                "proxy_intercept_errors on;",
+                f"error_page 404 = {fallback};  # a name the model server does not serve: claude-*",
+                *failover(),
+                *model_headers,
+                f"proxy_pass http://{NATIVE_UPSTREAM};",
+            ],
+        )
+        out += location(
+            fallback, ["proxy_intercept_errors off;", *litellm_headers, "proxy_pass http://coderig_litellm;"]
+        )
+    return out
