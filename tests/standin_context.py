@@ -14,7 +14,8 @@ def estimate_prompt_tokens(chat: dict[str, Any]) -> int:
     here fits the real server.
     """
     text = json.dumps(chat.get("messages") or [], ensure_ascii=False)
-    text += json.dumps(chat.get("tools") or [], ensure_ascii=False)
+    if chat.get("tools"):
+        text += json.dumps(chat["tools"], ensure_ascii=False)
     return max(1, math.ceil(len(text.encode()) / 3))
 
 
