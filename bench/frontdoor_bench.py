@@ -1,20 +1,30 @@
-"""Front-door benchmark (a script, not a test): what the gateway + LiteLLM add to streaming.
+"""Front-door benchmark (a script, not a test): what each path through the gateway adds to streaming.
 
-Starts the stand-in model server (tests/standin.py, its own process) and `coderig frontdoor run`
-in front of it, then at 1, 16 and 64 concurrent streams measures, straight to the stand-in and
-through the front door:
-  - time to first token (TTFT) p50/p99: request sent -> first content token received;
-  - streamed tokens/s: content tokens received by all streams / wall time of the level.
-The stand-in paces tokens (--token-delay) like a real model, so "direct" is the ceiling.
+Starts the stand-in model server (tests/standin.py, its own process), `coderig frontdoor run` in
+front of it (TLS) and claude-code-router 2.0.0 (a peer front door users pick for Claude Code on
+a self-hosted model, translating to the stand-in's /v1/chat/completions; installed into
+.coderig/npm on first use), then at 1, 16 and 64 concurrent streams measures, in one run:
+  direct            straight to the stand-in's /v1/chat/completions (the ceiling)
+  chat              gateway -> model server /v1/chat/completions (opencode)
+  messages          gateway -> keepalive relay -> model server /v1/messages (Claude Code, default)
+  messages/litellm  gateway -> (404 for a claude-* name) -> LiteLLM translation -> chat (fallback)
+  responses         gateway -> keepalive relay -> model server /v1/responses (Codex)
+  count_tokens      gateway -> model server /v1/messages/count_tokens (never streams: no relay)
+  ccr messages      claude-code-router (plain HTTP) -> stand-in /v1/chat/completions
+Figures: time to first token (TTFT) p50/p99 (request sent -> first content token; count_tokens:
+-> whole answer), added p50 vs direct (count_tokens: vs the stand-in's own count_tokens),
+streamed tokens/s of the level and its share of direct's. The stand-in paces tokens
+(--token-delay) like a real model, so "direct" is the ceiling.
 
-    uv run python bench/frontdoor_bench.py                       # chat/completions + messages
-    uv run python bench/frontdoor_bench.py --litellm-workers 2 --no-direct-chat
+    uv run python bench/frontdoor_bench.py
+    uv run python bench/frontdoor_bench.py --paths chat,messages --levels 64
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -41,6 +51,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+CCR_VERSION = "2.0.0"
+CCR_PACKAGE = f"@musistudio/claude-code-router@{CCR_VERSION}"
+NPM_PREFIX = REPO / ".coderig" / "npm"
+ALL_PATHS = "chat,messages,messages/litellm,responses,count_tokens,ccr"
+
+
 @dataclass
 class Target:
     name: str
@@ -48,7 +64,8 @@ class Target:
     port: int
     path: str
     ssl_ctx: ssl.SSLContext | None
-    anthropic: bool
+    api: str  # chat | anthropic | responses | count
+    model: str = MODEL
 
 
 @dataclass
@@ -81,22 +98,39 @@ class Conn:
 def count_token(t: Target, line: bytes) -> int:
     if not line.startswith(b"data:") or line.startswith(b"data: [DONE]"):
         return 0
+    if (b"delta" not in line) or (t.api == "anthropic" and b"text_delta" not in line):
+        return 0  # cheap pre-filter: the client's CPU is the servers' CPU on a 2-core machine
     data = json.loads(line[5:])
-    if t.anthropic:
+    if t.api == "anthropic":
         return int(data.get("type") == "content_block_delta" and bool(data["delta"].get("text")))
+    if t.api == "responses":
+        return int(data.get("type") == "response.output_text.delta" and bool(data.get("delta")))
     choices = data.get("choices") or [{}]
     return int(bool((choices[0].get("delta") or {}).get("content")))
 
 
-async def one_stream(t: Target, tokens: int, conn: Conn) -> Sample:
+def request_body(t: Target, tokens: int) -> dict[str, object]:
     prompt = f"[standin tokens={tokens}]"
-    body = {
-        "model": "claude-sonnet-4-5" if t.anthropic else MODEL,
-        "max_tokens": tokens,
-        "stream": True,
-        "messages": [{"role": "user", "content": prompt}],
-    }
-    payload = json.dumps(body).encode()
+    if t.api == "count":
+        return {"model": t.model, "messages": [{"role": "user", "content": prompt}]}
+    if t.api == "responses":
+        return {"model": t.model, "max_output_tokens": tokens, "stream": True, "input": prompt}
+    return {"model": t.model, "max_tokens": tokens, "stream": True, "messages": [{"role": "user", "content": prompt}]}
+
+
+async def read_body(reader: asyncio.StreamReader, headers: bytes) -> bytes:
+    if b"transfer-encoding: chunked" not in headers:
+        length = int(headers.split(b"content-length:")[1].split(b"\r\n")[0])
+        return await reader.readexactly(length)
+    out = b""
+    while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+        out += (await reader.readexactly(size + 2))[:-2]
+    await reader.readuntil(b"\r\n")
+    return out
+
+
+async def one_stream(t: Target, tokens: int, conn: Conn) -> Sample:
+    payload = json.dumps(request_body(t, tokens)).encode()
     head = (
         f"POST {t.path} HTTP/1.1\r\nHost: {t.host}\r\nContent-Type: application/json\r\n"
         f"Authorization: Bearer {KEY}\r\nanthropic-version: 2023-06-01\r\n"
@@ -108,7 +142,12 @@ async def one_stream(t: Target, tokens: int, conn: Conn) -> Sample:
     await writer.drain()
     headers = (await reader.readuntil(b"\r\n\r\n")).lower()
     if not headers.startswith(b"http/1.1 200"):
-        raise RuntimeError(f"{t.name}: {headers[:60]!r}")
+        raise RuntimeError(f"{t.name}: {headers[:60]!r} {await reader.read(300)!r}")
+    if t.api == "count":
+        answer = json.loads(await read_body(reader, headers))
+        if "input_tokens" not in answer:
+            raise RuntimeError(f"{t.name}: {answer}")
+        return Sample(time.perf_counter() - started, 1)
     ttft = None
     count = 0
     pending = b""
@@ -130,19 +169,40 @@ async def one_stream(t: Target, tokens: int, conn: Conn) -> Sample:
 
 
 async def level(t: Target, concurrency: int, rounds: int, tokens: int) -> tuple[list[Sample], float]:
+    """`concurrency` keep-alive clients, each warmed by one short request (connection and TLS
+    handshake, as an agent's long-lived connection is), then `rounds` measured streams each."""
     samples: list[Sample] = []
+    conns = [Conn(t) for _ in range(concurrency)]
+    try:
+        await asyncio.gather(*(one_stream(t, 2, c) for c in conns))
 
-    async def worker() -> None:
-        conn = Conn(t)
-        try:
+        async def worker(conn: Conn) -> None:
             for _ in range(rounds):
                 samples.append(await one_stream(t, tokens, conn))
-        finally:
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(c) for c in conns))
+        return samples, time.perf_counter() - started
+    finally:
+        for conn in conns:
             conn.close()
 
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return samples, time.perf_counter() - started
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def find_pids(needle: str) -> list[int]:
+    """Processes whose command line contains `needle` (the relay, nginx workers of this run)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if needle in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    found.append(int(entry.name))
+    return found
 
 
 def pct(values: list[float], q: float) -> float:
@@ -162,6 +222,72 @@ def wait_ready(proc: subprocess.Popen[str], needle: str, timeout: float) -> None
     raise RuntimeError("timed out waiting for readiness")
 
 
+def ensure_ccr() -> str:
+    """claude-code-router's CLI, installed into the project's npm prefix when missing."""
+    exe = NPM_PREFIX / "bin" / "ccr"
+    pkg = NPM_PREFIX / "lib" / "node_modules" / "@musistudio" / "claude-code-router" / "package.json"
+    if not (exe.exists() and pkg.exists() and json.loads(pkg.read_text()).get("version") == CCR_VERSION):
+        npm = shutil.which("npm")
+        if not npm:
+            raise RuntimeError("npm not found: it installs claude-code-router")
+        subprocess.run(
+            [npm, "install", "-g", "--silent", "--no-fund", "--no-audit", "--prefix", str(NPM_PREFIX), CCR_PACKAGE],
+            check=True,
+        )
+    return str(exe)
+
+
+def start_ccr(work: Path, model_port: int, port: int) -> subprocess.Popen[str]:
+    """claude-code-router translating /v1/messages to the stand-in's chat endpoint (its own HOME)."""
+    home = work / "ccr-home"
+    (home / ".claude-code-router").mkdir(parents=True)
+    config = {
+        "LOG": False,
+        "HOST": "127.0.0.1",
+        "PORT": port,
+        "APIKEY": KEY,
+        "API_TIMEOUT_MS": 600000,
+        "Providers": [
+            {
+                "name": "standin",
+                "api_base_url": f"http://127.0.0.1:{model_port}/v1/chat/completions",
+                "api_key": "none",
+                "models": [MODEL],
+            }
+        ],
+        "Router": {"default": f"standin,{MODEL}"},
+    }
+    (home / ".claude-code-router" / "config.json").write_text(json.dumps(config))
+    env = {**os.environ, "HOME": str(home)}
+    proc = subprocess.Popen(
+        [ensure_ccr(), "start"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return proc
+        time.sleep(0.2)
+    raise RuntimeError("claude-code-router did not start")
+
+
+def targets_for(
+    paths: list[str], model_port: int, door_port: int, ccr_port: int, ctx: ssl.SSLContext | None
+) -> list[Target]:
+    door = ("127.0.0.1", door_port)
+    table = {
+        "chat": Target("chat", *door, "/v1/chat/completions", ctx, "chat"),
+        "messages": Target("messages (native)", *door, "/v1/messages", ctx, "anthropic"),
+        "messages/litellm": Target(
+            "messages via LiteLLM", *door, "/v1/messages", ctx, "anthropic", "claude-sonnet-4-5"
+        ),
+        "responses": Target("responses (native)", *door, "/v1/responses", ctx, "responses"),
+        "count_tokens": Target("count_tokens (native)", *door, "/v1/messages/count_tokens", ctx, "count"),
+        "ccr": Target("claude-code-router messages", "127.0.0.1", ccr_port, "/v1/messages", None, "anthropic"),
+    }
+    return [table[p] for p in paths]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--levels", default="1,16,64")
@@ -169,76 +295,46 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=64, help="tokens per stream")
     ap.add_argument("--token-delay", type=float, default=0.02, help="stand-in seconds per token")
     ap.add_argument("--litellm-workers", type=int, default=1)
-    ap.add_argument(
-        "--direct-chat",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="gateway sends chat/completions straight to the model (frontdoor's default)",
-    )
     ap.add_argument("--plain-http", action="store_true", help="no TLS on the gateway")
-    ap.add_argument("--paths", default="chat,messages", help="chat (/v1/chat/completions), messages")
+    ap.add_argument("--paths", default=ALL_PATHS, help=f"comma list from {ALL_PATHS}")
     args = ap.parse_args()
+    paths = [p for p in args.paths.split(",") if p]
 
     work = Path(tempfile.mkdtemp(prefix="coderig-bench-"))
     keys = work / "keys.json"
     keys.write_text(json.dumps({"bench": KEY}))
     os.chmod(keys, 0o600)
-    model_port, door_port = free_port(), free_port()
+    model_port, door_port, ccr_port = free_port(), free_port(), free_port()
     procs: list[subprocess.Popen[str]] = []
+    ccr = None
     try:
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    str(REPO / "tests" / "standin.py"),
-                    "--port",
-                    str(model_port),
-                    "--model",
-                    MODEL,
-                    "--delay",
-                    str(args.token_delay),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                text=True,
-            )
-        )
+        standin = [sys.executable, str(REPO / "tests" / "standin.py"), "--port", str(model_port), "--model", MODEL,
+                   "--delay", str(args.token_delay)]  # fmt: skip
+        procs.append(subprocess.Popen(standin, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True))
         cmd = [
-            sys.executable,
-            "-m",
-            "coderig.cli",
-            "frontdoor",
-            "run",
-            "--backend",
-            f"http://127.0.0.1:{model_port}/v1",
-            "--model",
-            MODEL,
-            "--listen",
-            f"127.0.0.1:{door_port}",
-            "--keys-file",
-            str(keys),
-            "--state-dir",
-            str(work / "state"),
-            "--rate-limit",
-            "100000",
-            "--rate-burst",
-            "100000",
-            "--litellm-workers",
-            str(args.litellm_workers),
-        ]
+            sys.executable, "-m", "coderig.cli", "frontdoor", "run",
+            "--backend", f"http://127.0.0.1:{model_port}/v1", "--model", MODEL,
+            "--listen", f"127.0.0.1:{door_port}", "--keys-file", str(keys), "--state-dir", str(work / "state"),
+            "--rate-limit", "100000", "--rate-burst", "100000", "--litellm-workers", str(args.litellm_workers),
+        ]  # fmt: skip
         cmd += ["--plain-http"] if args.plain_http else []
-        cmd += ["--direct-chat"] if args.direct_chat else ["--no-direct-chat"]
         procs.append(subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         wait_ready(procs[-1], "coderig frontdoor: ready", 180)
+        if "ccr" in paths:
+            ccr = start_ccr(work, model_port, ccr_port)
+            procs.append(ccr)
         ctx = None
         if not args.plain_http:
             ctx = ssl.create_default_context(cafile=str(work / "state" / "tls" / "ca.pem"))
-        direct = Target("direct", "127.0.0.1", model_port, "/v1/chat/completions", None, False)
-        targets = [direct]
-        if "chat" in args.paths:
-            targets.append(Target("door chat", "127.0.0.1", door_port, "/v1/chat/completions", ctx, False))
-        if "messages" in args.paths:
-            targets.append(Target("door messages", "127.0.0.1", door_port, "/v1/messages", ctx, True))
+        direct = Target("direct", "127.0.0.1", model_port, "/v1/chat/completions", None, "chat")
+        model = ("127.0.0.1", model_port)
+        direct_count = Target("direct count_tokens", *model, "/v1/messages/count_tokens", None, "count")
+        direct_same = {  # the same API straight to the stand-in: what the gateway adds, not the API's own cost
+            "anthropic": Target("direct messages", *model, "/v1/messages", None, "anthropic"),
+            "responses": Target("direct responses", *model, "/v1/responses", None, "responses"),
+        }
+        relay = find_pids(f"=127.0.0.1:{model_port}")  # the keepalive relay's route to the stand-in
+        targets = targets_for(paths, model_port, door_port, ccr_port, ctx)
 
         print(
             f"# machine: {platform.machine()} {os.cpu_count()} cores, {platform.platform()}, "
@@ -246,30 +342,47 @@ def main() -> int:
         )
         print(
             f"# {args.tokens} tokens/stream, stand-in {args.token_delay * 1000:.0f} ms/token, "
-            f"{args.rounds} streams per client, litellm workers={args.litellm_workers}, "
-            f"direct_chat={args.direct_chat}, tls={not args.plain_http}"
+            f"{args.rounds} streams per client, keep-alive clients, litellm workers={args.litellm_workers}, "
+            f"gateway tls={not args.plain_http}, claude-code-router {CCR_VERSION} plain http"
         )
-        print("| streams | path | TTFT p50 ms | TTFT p99 ms | added p50 ms | tokens/s | % of direct |")
-        print("|---|---|---|---|---|---|---|")
+        print(
+            "| streams | path | TTFT p50 ms | TTFT p99 ms | added p50 ms | tokens/s | % of direct | "
+            "% of same API direct | relay CPU ms |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
         for conc in [int(c) for c in args.levels.split(",")]:
-            base_p50 = base_tps = 0.0
-            for t in targets:
-                asyncio.run(level(t, min(conc, 4), 1, 4))  # warm connections and caches
+            base: dict[str, tuple[float, float]] = {}
+            level_targets = [direct, *([direct_count] if "count_tokens" in paths else [])]
+            level_targets += [
+                direct_same[api] for api in ("anthropic", "responses") if any(t.api == api for t in targets)
+            ]
+            level_targets += targets
+            for t in level_targets:
+                relay_cpu = sum(cpu_seconds(p) for p in relay)
                 samples, wall = asyncio.run(level(t, conc, args.rounds, args.tokens))
+                relay_cpu = sum(cpu_seconds(p) for p in relay) - relay_cpu
                 ttfts = [s.ttft * 1000 for s in samples]
                 tps = sum(s.tokens for s in samples) / wall
                 p50 = statistics.median(ttfts)
-                if t is direct:
-                    base_p50, base_tps = p50, tps
+                if t in (direct, direct_count, *direct_same.values()):
+                    base[t.api] = (p50, tps)
+                ref_p50, ref_tps = base["count" if t.api == "count" else "chat"]
+                same = base.get(t.api, (0.0, 0.0))[1] if "claude-code-router" not in t.name else 0.0
+                rate = f"{tps:.0f} req/s" if t.api == "count" else f"{tps:.0f}"
                 print(
-                    f"| {conc} | {t.name} | {p50:.1f} | {pct(ttfts, 0.99):.1f} | {p50 - base_p50:+.1f} | "
-                    f"{tps:.0f} | {100 * tps / base_tps:.1f}% |",
+                    f"| {conc} | {t.name} | {p50:.1f} | {pct(ttfts, 0.99):.1f} | {p50 - ref_p50:+.1f} | "
+                    f"{rate} | {100 * tps / ref_tps:.1f}% | {f'{100 * tps / same:.1f}%' if same else ''} | "
+                    f"{1000 * relay_cpu:.0f} |",
                     flush=True,
                 )
         return 0
     finally:
         for proc in reversed(procs):
-            proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                if proc is ccr:  # its own session: node and whatever it spawned
+                    os.killpg(proc.pid, signal.SIGTERM)
+                else:
+                    proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:

@@ -20,8 +20,6 @@ from coderig.client.configs import ClientPaths
 CLIENTS = ("claude", "codex", "opencode")
 
 
-
-
 # ---------------------------------------------------------------- coderig smoke
 
 FIX_REFUSED = (
@@ -414,5 +412,3 @@ def run_smoke(bundle: Bundle, timeout: float, out: Any = None) -> int:
 
 def cmd_smoke(args: argparse.Namespace) -> int:
     return run_smoke(load_bundle_file(args.bundle), args.timeout)
-
-

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-# route name -> (exact path, error shape); count_tokens is the tail of messages' prefix
-NATIVE_ROUTES: dict[str, tuple[str, str]] = {
-    "messages": ("/v1/messages", "anthropic"),
-    "count_tokens": ("/v1/messages/count_tokens", "anthropic"),
-    "responses": ("/v1/responses", "openai"),
+# route name -> (exact path, error shape, upstream): streaming routes go through the keepalive
+# relay; count_tokens never streams, so it goes to the model servers' upstream itself (one hop less)
+NATIVE_ROUTES: dict[str, tuple[str, str, str]] = {
+    "messages": ("/v1/messages", "anthropic", "coderig_native"),
+    "count_tokens": ("/v1/messages/count_tokens", "anthropic", "coderig_model"),
+    "responses": ("/v1/responses", "openai", "coderig_native"),
 }
 # what each engine serves natively (pinned versions): vLLM 0.28 all three; llama.cpp server b9603 the
 # Anthropic pair (ggml-org/llama.cpp#17570, 2025-11) but no /v1/responses (ggml-org/llama.cpp#19138)
@@ -73,7 +74,7 @@ def native_locations(
     """One exact location per native route, plus the LiteLLM fallback each replays to on a 404."""
     out: list[str] = []
     for name in routes:
-        path, shape = NATIVE_ROUTES[name]
+        path, shape, upstream = NATIVE_ROUTES[name]
         fallback = f"@coderig_litellm_{name}"
         out += location(
             f"= {path}",
@@ -84,7 +85,7 @@ def native_locations(
                 f"error_page 404 = {fallback};  # a name the model server does not serve: claude-*",
                 *failover(),
                 *model_headers,
-                f"proxy_pass http://{NATIVE_UPSTREAM};",
+                f"proxy_pass http://{upstream};",
             ],
         )
         out += location(

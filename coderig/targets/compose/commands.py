@@ -184,5 +184,3 @@ def wait_command(
         env["CODERIG_GATEWAY_SERVICE"] = "gateway"
         env["CODERIG_GATEWAY_URL"] = gateway_url(spec, "/healthz")
     return script_command("wait-ready.sh", env, user=user)
-
-
