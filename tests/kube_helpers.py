@@ -73,7 +73,6 @@ def containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
     return [*pod.get("initContainers", []), *pod["containers"]]
 
 
-
 # the served name of the stand-in the kubernetes suites run against (conftest's `standin` fixture)
 MODEL = "umans-coder-v0"
 STANDIN_DELAY = 0.05
@@ -89,5 +88,3 @@ def stream_chat(standin: Any, tokens: int) -> None:
                                  headers={"Content-Type": "application/json"})  # fmt: skip
     with urllib.request.urlopen(req, timeout=60) as resp:
         resp.read()
-
-

@@ -127,5 +127,3 @@ TARGETS = {
     "kubernetes": lambda: run_program(kube_config()),
     "external": lambda: run_program(external_config()),
 }
-
-

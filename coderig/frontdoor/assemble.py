@@ -102,12 +102,19 @@ def relays(inputs: FrontDoorInputs) -> tuple[str, ...]:
     return tuple(f"{inputs.relay_host}:{inputs.relay_port + i}" for i in range(len(inputs.direct_chat)))
 
 
-def relay_args(inputs: FrontDoorInputs) -> list[str]:
-    """Arguments after `python3 -m coderig.runtime.sse_keepalive` for this front door."""
-    out: list[str] = []
-    for listen, target in zip(relays(inputs), inputs.direct_chat, strict=True):
-        out += ["--route", f"{listen}={target}"]
-    return out
+RELAY_MODULE = "coderig.runtime.sse_keepalive"
+RELAY_FILE = "coderig/runtime/sse_keepalive.py"  # below the directory on PYTHONPATH (namespace packages)
+RELAY_INTERVAL_S = 15
+
+
+def relay_command(spec: GatewaySpec, python: str = "python3") -> list[str]:
+    """The SSE keepalive relay's command line for this gateway ([] when it has no native route)."""
+    if not spec.native_routes:
+        return []
+    routes: list[str] = []
+    for listen, target in zip(spec.native_relays, spec.direct_chat_backends, strict=True):
+        routes += ["--route", f"{listen}={target}"]
+    return [python, "-m", RELAY_MODULE, *routes, "--interval", str(RELAY_INTERVAL_S)]
 
 
 def assemble(inputs: FrontDoorInputs, paths: GatewayPaths, **gateway: Any) -> tuple[ModelRoute, GatewaySpec]:

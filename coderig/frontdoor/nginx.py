@@ -16,8 +16,15 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from coderig.frontdoor import native
 from coderig.frontdoor.litellm import DEFAULT_TIMEOUT_S
+from coderig.frontdoor.native import (
+    NATIVE_ROUTES,
+    affinity_map,
+    balanced_servers,
+    failover,
+    native_locations,
+    native_upstream,
+)
 
 DEVELOPER_HEADER = "X-Coderig-Developer"
 DEFAULT_MAX_BODY_MB = 32  # Claude Code's client cap
@@ -58,7 +65,7 @@ class GatewaySpec:
     # Direct chat to model servers that require their API key (`vllm --api-key`): send the
     # `$coderig_model_authorization` the keys include defines (render_gateway_keys(model_key=…)).
     direct_chat_authorization: bool = False
-    # Routes (native.NATIVE_ROUTES keys) nginx sends to the model servers' own endpoints, through
+    # Routes (NATIVE_ROUTES keys) nginx sends to the model servers' own endpoints, through
     # `native_relays` (host:port of the SSE keepalive relay for each direct_chat_backends entry).
     native_routes: tuple[str, ...] = ()
     native_relays: tuple[str, ...] = ()
@@ -292,7 +299,7 @@ def _server_block(spec: GatewaySpec) -> list[str]:
             "= /v1/chat/completions",
             [
                 *guard_o,
-                *native.failover(),
+                *failover(),
                 *_model_headers(spec),
                 "proxy_pass http://coderig_model;",
             ],
@@ -330,10 +337,10 @@ def _upstreams(spec: GatewaySpec) -> list[str]:
         "}",
     ]
     if spec.direct_chat_backends:
-        servers = native.balanced_servers(spec.direct_chat_backends, spec.upstream_keepalive, UPSTREAM_IDLE_S)
-        out += [*native.affinity_map(), "upstream coderig_model {", *servers, "}"]
+        servers = balanced_servers(spec.direct_chat_backends, spec.upstream_keepalive, UPSTREAM_IDLE_S)
+        out += [*affinity_map(), "upstream coderig_model {", *servers, "}"]
     if spec.native_routes:
-        out += native.native_upstream(spec.native_relays, spec.upstream_keepalive, UPSTREAM_IDLE_S)
+        out += native_upstream(spec.native_relays, spec.upstream_keepalive, UPSTREAM_IDLE_S)
     return out
 
 
@@ -346,12 +353,10 @@ def _native_locations(spec: GatewaySpec, to_litellm: list[str]) -> list[str]:
         return []
     if len(spec.native_relays) != len(spec.direct_chat_backends) or not spec.native_relays:
         raise ValueError("GatewaySpec: native_routes need one native_relays entry per direct_chat_backends entry")
-    unknown = set(spec.native_routes) - set(native.NATIVE_ROUTES)
+    unknown = set(spec.native_routes) - set(NATIVE_ROUTES)
     if unknown:
-        raise ValueError(
-            f"GatewaySpec.native_routes: unknown {sorted(unknown)}; allowed {sorted(native.NATIVE_ROUTES)}"
-        )
-    return native.native_locations(
+        raise ValueError(f"GatewaySpec.native_routes: unknown {sorted(unknown)}; allowed {sorted(NATIVE_ROUTES)}")
+    return native_locations(
         spec.native_routes,
         lambda shape: _auth_guard(shape, spec),
         _model_headers(spec),

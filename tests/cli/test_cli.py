@@ -59,11 +59,18 @@ def test_render_writes_vllm_command_and_plan(stack_file, tmp_path):
     out = tmp_path / "out"
     assert main(["render", "--config", str(stack_file(ssh_config())), "--out", str(out)]) == 0
     cmd = (out / "model-server" / "command.sh").read_text()
-    for flag in ("--tensor-parallel-size 8", "--tool-call-parser deepseek_v32", "--reasoning-parser deepseek_v3",
-                 "--tokenizer-mode deepseek_v32", "--enable-auto-tool-choice", "--max-model-len 131072",
-                 "--host 127.0.0.1", "--served-model-name umans-coder-v0",
-                 """--default-chat-template-kwargs '{"thinking":true}'""",
-                 """--override-generation-config '{"temperature":1.0,"top_p":0.95}'"""):
+    for flag in (
+        "--tensor-parallel-size 8",
+        "--tool-call-parser deepseek_v32",
+        "--reasoning-parser deepseek_v3",
+        "--tokenizer-mode deepseek_v32",
+        "--enable-auto-tool-choice",
+        "--max-model-len 131072",
+        "--host 127.0.0.1",
+        "--served-model-name umans-coder-v0",
+        """--default-chat-template-kwargs '{"thinking":true}'""",
+        """--override-generation-config '{"temperature":1.0,"top_p":0.95}'""",
+    ):
         assert flag in cmd
     assert json.loads((out / "plan.json").read_text())["fits"] is True
 
@@ -72,7 +79,10 @@ def test_console_script_runs_from_a_shell(stack_file):
     """The installed `coderig` entry point (what the README tells users to run)."""
     proc = subprocess.run(
         [sys.executable, "-m", "coderig.cli", "plan", "--config", str(ROOT / "Pulumi.dev.yaml"), "--json"],
-        capture_output=True, text=True, cwd=ROOT, check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["engine"] == "llama.cpp"

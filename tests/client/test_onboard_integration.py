@@ -102,11 +102,14 @@ def test_claude_code_round_trip_with_only_the_onboarded_home(
     assert result["subtype"] == "success" and result["is_error"] is False
     assert (work / "hello.txt").read_text() == "hello from an onboarded home\n"
 
-    calls = standin.seen("/v1/chat/completions")
+    # the default path: the gateway sends /v1/messages to the model server's native endpoint
+    calls = standin.seen("/v1/messages")
     assert calls, "nothing reached the model server"
-    assert {c.body["model"] for c in calls} == {MODEL}  # every alias (haiku/sonnet/opus) mapped
-    assert any("Write" in [t["function"]["name"] for t in c.body.get("tools", [])] for c in calls)
-    assert any(m["role"] == "tool" for m in calls[-1].body["messages"])  # the Write result came back
+    assert not standin.seen("/v1/chat/completions")  # no translation on the way
+    assert {c.body["model"] for c in calls} == {MODEL}  # every alias (haiku/sonnet/opus) set to the served name
+    assert any("Write" in [t["name"] for t in c.body.get("tools", [])] for c in calls)
+    last = calls[-1].body["messages"][-1]["content"]
+    assert any(b.get("type") == "tool_result" for b in last)  # the Write result came back
     caps = [c.body.get("max_tokens") or c.body.get("max_completion_tokens") for c in calls]
     assert max(caps) == MAX_OUTPUT, caps  # CLAUDE_CODE_MAX_OUTPUT_TOKENS from settings.json applied
     log = [json.loads(line) for line in (door.state_dir / "gateway-access.log").read_text().splitlines()]
@@ -130,6 +133,7 @@ def test_codex_round_trip_after_sourcing_use_script(
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert (work / "hello.txt").read_text() == "hello from codex\n"
+    assert standin.seen("/v1/responses") and not standin.seen("/v1/chat/completions")  # native, untranslated
     log = [json.loads(line) for line in (door.state_dir / "gateway-access.log").read_text().splitlines()]
     assert any(e["path"] == "/v1/responses" and e["developer"] == "alice" and e["status"] == "200" for e in log)
 

@@ -14,8 +14,13 @@ def keys_program(developers: list[str]):
         keys = DeveloperKeys("dev-keys", developers)
         master = MasterKey("frontdoor")
         tls_ = GatewayTls("gw", ["gpu1.internal", "10.0.0.5"])
-        return {"tokens": keys.tokens, "master": master.value, "ca": tls_.ca_pem, "key": tls_.key_pem,
-                "cert": tls_.cert_pem}
+        return {
+            "tokens": keys.tokens,
+            "master": master.value,
+            "ca": tls_.ca_pem,
+            "key": tls_.key_pem,
+            "cert": tls_.cert_pem,
+        }
 
     return program
 
@@ -59,8 +64,9 @@ def test_self_signed_certificate_names_and_usages():
 
 def test_supplied_certificate_skips_the_ca():
     def program() -> dict[str, object]:
-        t = GatewayTls("gw", ["x"], supplied_cert=pulumi.Output.from_input("CERT"),
-                       supplied_key=pulumi.Output.secret("KEY"))
+        t = GatewayTls(
+            "gw", ["x"], supplied_cert=pulumi.Output.from_input("CERT"), supplied_key=pulumi.Output.secret("KEY")
+        )
         return {"cert": t.cert_pem, "key": t.key_pem}
 
     run = run_program({}, program)

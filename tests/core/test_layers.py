@@ -70,7 +70,7 @@ def test_no_import_cycle() -> None:
         stack.append(n)
         for m in sorted(g[n]):
             if state.get(m) == 1:
-                raise AssertionError("import cycle: " + " -> ".join([*stack[stack.index(m):], m]))
+                raise AssertionError("import cycle: " + " -> ".join([*stack[stack.index(m) :], m]))
             if m not in state:
                 visit(m)
         stack.pop()

@@ -65,8 +65,10 @@ def test_valid_ssh_stack_defaults():
             lambda c: c.update(target={"kind": "aws", "instanceType": "p5en.48xlarge", "allowedCidrs": ["1.2.3.4/99"]}),
             ["coderig:target.allowedCidrs", "1.2.3.4/99"],
         ),
-        (lambda c: c["idle"].update(stopAfterMinutes=1) if "idle" in c else c.update(idle={"stopAfterMinutes": 1}),
-         ["coderig:idle.stopAfterMinutes", "got 1"]),
+        (
+            lambda c: c["idle"].update(stopAfterMinutes=1) if "idle" in c else c.update(idle={"stopAfterMinutes": 1}),
+            ["coderig:idle.stopAfterMinutes", "got 1"],
+        ),
     ],
 )
 def test_bad_input_names_the_key(mutate, expected):
@@ -158,6 +160,10 @@ def test_office_hours_are_checked_by_the_reapers_own_rules(hours, expected):
 def test_external_front_door_over_ssh_needs_the_ssh_key():
     c = base()
     c.pop("sshPrivateKey")
-    c["target"] = {"kind": "external", "endpoint": "https://kserve.internal/v1", "frontDoor": "ssh",
-                   "host": {"address": "fd.internal", "hostKey": HOST_KEY}}
+    c["target"] = {
+        "kind": "external",
+        "endpoint": "https://kserve.internal/v1",
+        "frontDoor": "ssh",
+        "host": {"address": "fd.internal", "hostKey": HOST_KEY},
+    }
     assert "coderig:sshPrivateKey" in problems(c)

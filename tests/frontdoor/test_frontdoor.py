@@ -231,7 +231,41 @@ def test_direct_chat_routes_openai_native_chat_straight_to_the_model() -> None:
     assert "proxy_pass http://coderig_model;" in body
     assert 'proxy_set_header Authorization "";' in body  # the master key never reaches the model server
     conf = render_gateway_conf(spec(direct_chat_backends=("127.0.0.1:8000", "127.0.0.1:8001")))
-    assert "server 127.0.0.1:8000 max_fails=0;" in conf and "server 127.0.0.1:8001 max_fails=0;" in conf
+    assert "server 127.0.0.1:8000 max_fails=1 fail_timeout=30s;" in conf
+    assert "server 127.0.0.1:8001 max_fails=1 fail_timeout=30s;" in conf
+    assert "hash $coderig_affinity consistent;" in conf  # one session, one replica (its prefix cache)
+    assert "proxy_next_upstream error timeout non_idempotent;" in body and "proxy_next_upstream_tries 2;" in body
+
+
+def test_native_routes_go_through_the_relay_and_replay_unknown_models_to_litellm() -> None:
+    native = spec(
+        direct_chat_backends=("127.0.0.1:8000", "10.0.0.6:8000"),
+        native_routes=("messages", "count_tokens", "responses"),
+        native_relays=("127.0.0.1:4100", "127.0.0.1:4101"),
+        direct_chat_authorization=True,
+    )
+    conf = render_gateway_conf(native)
+    locs = _locations(conf)
+    for path, upstream, fallback in (
+        ("/v1/messages", "coderig_native", "@coderig_litellm_messages"),
+        ("/v1/messages/count_tokens", "coderig_model", "@coderig_litellm_count_tokens"),
+        ("/v1/responses", "coderig_native", "@coderig_litellm_responses"),
+    ):
+        body = locs[f"= {path}"]
+        assert f"proxy_pass http://{upstream};" in body
+        assert "proxy_request_buffering on;" in body  # replayable: the fallback and the failover resend it
+        assert f"error_page 404 = {fallback};" in body and "proxy_intercept_errors on;" in body
+        assert "proxy_set_header Authorization $coderig_model_authorization;" in body
+        assert "proxy_pass http://coderig_litellm;" in locs[fallback]
+        assert "proxy_set_header Authorization $coderig_upstream_authorization;" in locs[fallback]
+    assert "server 127.0.0.1:4100 max_fails=1 fail_timeout=30s;" in conf
+    assert "map $http_x_claude_code_session_id $coderig_affinity {" in conf and '"" $request_id;' in conf
+    with pytest.raises(ValueError, match="native_relays"):
+        render_gateway_conf(spec(direct_chat_backends=("127.0.0.1:8000",), native_routes=("messages",)))
+    with pytest.raises(ValueError, match="unknown"):
+        render_gateway_conf(
+            spec(direct_chat_backends=("127.0.0.1:8000",), native_routes=("batches",), native_relays=("127.0.0.1:1",))
+        )
 
 
 def test_plain_http_and_paths_are_parameters() -> None:

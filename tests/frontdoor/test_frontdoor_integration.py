@@ -124,10 +124,19 @@ def test_messages_plain_for_claude_names_and_the_key_is_not_forwarded(door: Fron
         body = resp.json()
         assert body["type"] == "message" and body["role"] == "assistant"
         assert body["content"][0]["type"] == "text" and body["content"][0]["text"].startswith("tok0")
+    # the served name goes to the model server's native /v1/messages; a claude-* name gets its 404
+    # there and is replayed to LiteLLM, which maps it to the served model and translates
     seen = quiet.seen("/v1/chat/completions")
-    assert len(seen) == 4
+    assert len(seen) == 3
     assert {r.body["model"] for r in seen} == {MODEL}  # every claude-* name reached the served model
-    for request in seen:
+    native = quiet.seen(MSG)
+    assert [r.body["model"] for r in native] == [
+        "claude-sonnet-4-5",
+        "claude-haiku-4-5-20251001",
+        "claude-opus-4-1",
+        MODEL,
+    ]
+    for request in [*seen, *native]:
         assert not any(KEYS["bob"] in v for v in request.headers.values())
 
 
@@ -199,7 +208,7 @@ def test_responses_plain_and_streamed(door: FrontDoor, quiet: StandIn) -> None:
     events = list(door.stream("/v1/responses", {"model": MODEL, "input": "hi", "stream": True}, KEYS["alice"]))
     kinds = [d["type"] for _, _, d in events if isinstance(d, dict)]
     assert "response.output_text.delta" in kinds and kinds[-1] == "response.completed"
-    assert {r.path for r in quiet.seen("/v1/")} == {"/v1/chat/completions"}
+    assert {r.path for r in quiet.seen("/v1/")} == {"/v1/responses"}  # native, untranslated
 
 
 # ---------------------------------------------------------------- streaming, timeouts, sizes
@@ -393,9 +402,9 @@ def test_claude_code_creates_a_file_through_the_front_door(door: FrontDoor, quie
     result = json.loads(proc.stdout)
     assert result["subtype"] == "success" and result["is_error"] is False
     assert (work / "hello.txt").read_text() == "hello from claude code\n"
-    calls = quiet.seen("/v1/chat/completions")
-    assert any("Write" in [t["function"]["name"] for t in r.body.get("tools", [])] for r in calls)
-    assert any(m["role"] == "tool" for m in calls[-1].body["messages"])  # the Write result came back
+    calls = quiet.seen(MSG)  # the native default path: no translation
+    assert any("Write" in [t["name"] for t in r.body.get("tools", [])] for r in calls)
+    assert any(b.get("type") == "tool_result" for b in calls[-1].body["messages"][-1]["content"])
 
 
 def test_codex_exec_creates_a_file_through_responses(door: FrontDoor, quiet: StandIn, tmp_path: Path) -> None:
@@ -429,5 +438,5 @@ def test_codex_exec_creates_a_file_through_responses(door: FrontDoor, quiet: Sta
     time.sleep(0.5)  # the access log line follows the response
     log = [json.loads(line) for line in (door.state_dir / "gateway-access.log").read_text().splitlines()]
     assert any(e["path"] == "/v1/responses" and e["developer"] == "alice" and e["status"] == "200" for e in log)
-    calls = quiet.seen("/v1/chat/completions")
-    assert any(m["role"] == "tool" for m in calls[-1].body["messages"])
+    calls = quiet.seen("/v1/responses")  # the native default path: no translation
+    assert any(i.get("type") == "function_call_output" for i in calls[-1].body["input"])

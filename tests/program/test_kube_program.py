@@ -175,8 +175,6 @@ def test_a_new_weights_volume_name_makes_a_new_pvc_and_keeps_the_old(monkeypatch
     assert err.value.problems[0].startswith("coderig:target.weightsVolumeName: got 'Weights_2'")
 
 
-
-
 def test_load_balancer_address_becomes_the_endpoint_host() -> None:
     from components.kube import _plain, lb_host
 
@@ -194,7 +192,3 @@ def test_load_balancer_address_becomes_the_endpoint_host() -> None:
 
     status = Obj(load_balancer=Obj(ingress=[Obj(hostname="lb.example", ip=None)]))
     assert lb_host(_plain(status), fallback) == "lb.example"
-
-
-
-

@@ -324,8 +324,6 @@ def test_reaper_code_runs_standalone_from_its_configmap(tmp_path: Path) -> None:
     assert res.returncode == 1 and "not running in a pod" in res.stdout
 
 
-
-
 def test_reaper_keeps_when_one_replica_is_silent_even_with_an_idle_history(api_server) -> None:
     srv, api = api_server
     text = (FIXTURES / "vllm_metrics_idle.txt").read_text()
@@ -337,7 +335,3 @@ def test_reaper_keeps_when_one_replica_is_silent_even_with_an_idle_history(api_s
                       get=lambda u: text if "10.0.0.5" in u else None)  # fmt: skip
     assert r.action == "keep" and "metrics from 1/2 replicas" in r.reason
     assert srv.scales == []
-
-
-
-

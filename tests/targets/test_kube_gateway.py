@@ -80,6 +80,8 @@ def test_gateway_answers_503_with_retry_after_while_the_model_is_at_zero(tmp_pat
         litellm=f"127.0.0.1:{lite_port}",
         model_health_url=f"http://127.0.0.1:{model_port}/health",
         direct_chat_backends=(f"127.0.0.1:{model_port}",),
+        # the keepalive relay is transparent to these plain answers: the native routes go to the model itself
+        native_relays=(f"127.0.0.1:{model_port}",),
         keys_include=str(tmp_path / "keys.conf"),
         tls_cert=None,
         tls_key=None,
@@ -126,7 +128,3 @@ def test_gateway_answers_503_with_retry_after_while_the_model_is_at_zero(tmp_pat
         lite.shutdown()
         if model is not None:
             model.shutdown()
-
-
-
-

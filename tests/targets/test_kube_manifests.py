@@ -233,7 +233,7 @@ def test_front_door_pod_shares_localhost_and_rolls_when_config_or_secrets_change
     objs = by_key(kube_render.objects(s, "prod"))
     dep = objs[f"deployment-{kube.FRONTDOOR}"]
     pod = dep["spec"]["template"]["spec"]
-    assert [c["name"] for c in pod["containers"]] == ["gateway", "litellm"]
+    assert [c["name"] for c in pod["containers"]] == ["gateway", "litellm", "keepalive"]
     litellm = pod["containers"][1]
     assert litellm["args"][litellm["args"].index("--host") + 1] == "127.0.0.1"
     conf = objs[f"configmap-{kube.GATEWAY_CONFIG}"]["data"]["nginx.conf"]
@@ -324,8 +324,6 @@ def test_what_the_target_cannot_run_fails_coderig_plan_naming_the_key(
     assert main(["plan", "--config", str(ok)]) != 2, capsys.readouterr().err
 
 
-
-
 # --- front door sizing ----------------------------------------------------------------------------
 
 
@@ -355,7 +353,6 @@ def test_more_model_replicas_per_front_door_pod_get_more_litellm_workers() -> No
     assert workers(replicas=2, frontDoorReplicas=4) < workers(replicas=2, frontDoorReplicas=2)
 
 
-
 @pytest.mark.parametrize(
     ("target", "key"),
     [
@@ -376,8 +373,6 @@ def test_rendered_render_contributor_is_registered() -> None:
     assert math.isfinite(float(versions.KUBERNETES_SCHEMA_VERSION.rsplit(".", 1)[0]))
 
 
-
-
 def test_the_documented_stack_example_is_valid_and_renders(tmp_path: Path) -> None:
     text = (ROOT / "docs" / "kubernetes.md").read_text()
     block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
@@ -393,8 +388,6 @@ def test_the_documented_stack_example_is_valid_and_renders(tmp_path: Path) -> No
         kubernetes_validate.validate(obj, versions.KUBERNETES_SCHEMA_VERSION, strict=True)
 
 
-
-
 def test_gateway_keys_secret_carries_the_model_key_its_direct_chat_path_sends() -> None:
     s = settings_of(k8s_config())
     assert kube_fd.front_door(s)[1].direct_chat_authorization
@@ -403,5 +396,3 @@ def test_gateway_keys_secret_carries_the_model_key_its_direct_chat_path_sends() 
     (front,) = [o for o in kube_fd.secret_objects(s, "prod", secrets) if o["metadata"]["name"] == kube.SECRET_FRONTDOOR]
     keys = front["stringData"]["gateway-keys.conf"]
     assert "$coderig_model_authorization" in keys and "Bearer " + "v" * 32 in keys
-
-

@@ -126,8 +126,6 @@ def test_stop_reads_the_stack_file_once(tmp_path: Path, monkeypatch: pytest.Monk
     assert quiet.calls[0][-1] == settings_of(k8s_config()).model.served_name
 
 
-
-
 def test_stop_probe_reads_running_requests_from_a_live_model_server(standin: StandIn) -> None:
     """The snippet `coderig stop` runs in the front-door pod, here against the vLLM-shaped stand-in."""
     probe = [sys.executable, "-c", kube_ops._RUNNING_PROBE, "127.0.0.1", str(standin.port), "umans-coder-v0"]
@@ -141,7 +139,3 @@ def test_stop_probe_reads_running_requests_from_a_live_model_server(standin: Sta
     out = subprocess.run(probe, capture_output=True, text=True, timeout=30, check=True).stdout.split()
     worker.join()
     assert out == ["1", "1"]
-
-
-
-

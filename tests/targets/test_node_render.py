@@ -16,6 +16,7 @@ import math
 import os
 import stat
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -226,7 +227,10 @@ def test_render_contributor_writes_every_node() -> None:
 
 def test_coderig_render_writes_the_node_bundle(tmp_path: Path) -> None:
     assert {k for k, t in targets.REGISTRY.items() if t.render is node.render_node_files} == {
-        "local", "ssh", "aws", "external"
+        "local",
+        "ssh",
+        "aws",
+        "external",
     }
     bundle = targets.render_stack(settings_ssh(2), "prod")
     assert "node/0-full/compose.yaml" in bundle
@@ -458,7 +462,6 @@ def test_node_gateway_forwards_with_its_own_keys_never_the_developers(tmp_path: 
     from frontdoor_fixtures import require_tool
     from standin import start_standin
 
-
     seen_by_litellm: list[dict[str, str]] = []
 
     class LiteLLM(BaseHTTPRequestHandler):  # records what the gateway forwards on /v1/messages
@@ -488,8 +491,21 @@ def test_node_gateway_forwards_with_its_own_keys_never_the_developers(tmp_path: 
     (tmp_path / "keys.conf").write_text(node.node_secret_files(spec, secrets)[node.GATEWAY_KEYS].content)
     gw = node.front_door(s, spec)[1]
     assert gw.direct_chat_backends == ("127.0.0.1:8000",) and gw.direct_chat_authorization
+    assert gw.native_routes == ("messages", "count_tokens", "responses") and gw.native_relays == ("127.0.0.1:4100",)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        relay_port = sock.getsockname()[1]
+    relay = subprocess.Popen([sys.executable, "-m", "coderig.runtime.sse_keepalive",
+                              "--route", f"127.0.0.1:{relay_port}=127.0.0.1:{standin.port}"])  # fmt: skip
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", relay_port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
     gw = dataclasses.replace(
         gw, listen=f"127.0.0.1:{gw_port}", direct_chat_backends=(f"127.0.0.1:{standin.port}",),
+        native_relays=(f"127.0.0.1:{relay_port}",),
         litellm=f"127.0.0.1:{litellm.server_address[1]}",
         model_health_url=f"http://127.0.0.1:{standin.port}/health", keys_include=str(tmp_path / "keys.conf"),
         tls_cert=None, tls_key=None, pid_path=str(tmp_path / "nginx.pid"), temp_dir=str(tmp_path),
@@ -500,8 +516,11 @@ def test_node_gateway_forwards_with_its_own_keys_never_the_developers(tmp_path: 
 
     def chat(key: str) -> int:
         body = json.dumps({"model": "umans-coder-v0", "messages": [{"role": "user", "content": "hi"}]}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{gw_port}/v1/chat/completions", data=body,
-                                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{gw_port}/v1/chat/completions",
+            data=body,
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 return resp.status
@@ -521,9 +540,23 @@ def test_node_gateway_forwards_with_its_own_keys_never_the_developers(tmp_path: 
         (seen,) = standin.seen("/v1/chat/completions")
         assert seen.headers["authorization"] == f"Bearer {model_key}"
         assert dev_key not in json.dumps(seen.headers)
-        # /v1/messages goes to LiteLLM: anthropic-* headers pass, the developer key is replaced
+        # /v1/messages for the served name goes to the model server itself, with the model key
+        native = {"model": "umans-coder-v0", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
         req = urllib.request.Request(
-            f"http://127.0.0.1:{gw_port}/v1/messages?beta=true", data=b"{}",
+            f"http://127.0.0.1:{gw_port}/v1/messages?beta=true", data=json.dumps(native).encode(),
+            headers={"x-api-key": dev_key, "anthropic-version": "2023-06-01", "X-Claude-Code-Session-Id": "s1",
+                     "Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 200 and json.loads(resp.read())["type"] == "message"
+        (direct,) = standin.seen("/v1/messages")
+        assert direct.headers["authorization"] == f"Bearer {model_key}" and dev_key not in json.dumps(direct.headers)
+        assert direct.headers["x-claude-code-session-id"] == "s1"
+        # a claude-* name: the model server's 404 is replayed to LiteLLM: anthropic-* headers pass,
+        # the developer key is replaced by the master key
+        claude = {**native, "model": "claude-haiku-4-5"}
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{gw_port}/v1/messages?beta=true", data=json.dumps(claude).encode(),
             headers={"x-api-key": dev_key, "anthropic-version": "2023-06-01", "anthropic-beta": "tools-2024",
                      "X-Claude-Code-Session-Id": "s1", "Content-Type": "application/json"},
         )  # fmt: skip
@@ -537,5 +570,7 @@ def test_node_gateway_forwards_with_its_own_keys_never_the_developers(tmp_path: 
     finally:
         proc.terminate()
         proc.wait(10)
+        relay.terminate()
+        relay.wait(10)
         standin.stop()
         litellm.shutdown()

@@ -152,12 +152,14 @@ def up_command(bundle_dir: str = REMOTE_BUNDLE_DIR, user: str | None = None) -> 
 
 
 def frontdoor_reload_command(bundle_dir: str = REMOTE_BUNDLE_DIR, user: str | None = None) -> str:
-    """Recreate only LiteLLM and the gateway (new keys, config, certificate); the model keeps running.
-    Until the first `up` has created them there is nothing to recreate."""
+    """Recreate only the front door's services (LiteLLM, the keepalive relay where there is one, the
+    gateway: new keys, config, certificate); the model keeps running. Until the first `up` has
+    created them there is nothing to recreate."""
     c = _compose(bundle_dir, user)
+    front = f"svcs=$({c} config --services 2>/dev/null | grep -Ex 'litellm|keepalive|gateway' | tr '\\n' ' ')"
     return (
-        f'if [ -n "$({c} ps -a -q gateway 2>/dev/null)" ]; then '
-        f"{c} up -d --no-deps --force-recreate litellm gateway; else echo gateway not created yet; fi"
+        f'if [ -n "$({c} ps -a -q gateway 2>/dev/null)" ]; then {front}; '
+        f"{c} up -d --no-deps --force-recreate ${{svcs:-litellm gateway}}; else echo gateway not created yet; fi"
     )
 
 

@@ -33,7 +33,15 @@ from coderig.core import engine, planner, versions
 from coderig.core import files as render
 from coderig.core.secrets import NodeSecrets
 from coderig.core.settings import StackSettings
-from coderig.frontdoor.assemble import MODEL_API_KEY_ENV, GatewayPaths, assemble, direct_targets, from_settings
+from coderig.frontdoor.assemble import (
+    MODEL_API_KEY_ENV,
+    RELAY_FILE,
+    GatewayPaths,
+    assemble,
+    direct_targets,
+    from_settings,
+    relay_command,
+)
 from coderig.runtime.scripts import SCRIPT_NAMES, script_text
 
 PROJECT = "coderig"
@@ -288,6 +296,27 @@ def gateway_service(spec: NodeSpec) -> dict[str, Any]:
     }
 
 
+KEEPALIVE_DIR = "keepalive"  # bundle directory on PYTHONPATH in the keepalive container
+KEEPALIVE_MOUNT = "/opt/coderig-keepalive"
+
+
+def keepalive_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any] | None:
+    """The SSE keepalive relay in front of the model servers for the gateway's native routes: the
+    pinned LiteLLM image (it has python3) runs the shipped stdlib module from the bundle."""
+    command = relay_command(front_door(settings, spec)[1])
+    if not command:
+        return None
+    return {
+        "image": versions.LITELLM_IMAGE,
+        "network_mode": "host",
+        "restart": "unless-stopped",
+        "entrypoint": command[:3],
+        "command": command[3:],
+        "environment": {"PYTHONPATH": KEEPALIVE_MOUNT, "PYTHONDONTWRITEBYTECODE": "1"},
+        "volumes": [f"./{KEEPALIVE_DIR}:{KEEPALIVE_MOUNT}:ro"],
+    }
+
+
 def compose_dict(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
     services: dict[str, Any] = {}
     if spec.role in ("full", "replica"):
@@ -295,6 +324,9 @@ def compose_dict(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
         services["model"] = model_service(settings, spec)
     if spec.role in ("full", "frontdoor"):
         services["litellm"] = litellm_service(spec)
+        keepalive = keepalive_service(settings, spec)
+        if keepalive:
+            services["keepalive"] = keepalive
         services["gateway"] = gateway_service(spec)
     return {"name": PROJECT, "services": services}
 
@@ -319,6 +351,8 @@ def node_files(settings: StackSettings, spec: NodeSpec) -> render.Bundle:
         route, gateway = front_door(settings, spec)
         files[LITELLM_CONFIG] = render.RenderedFile(frontdoor.render_litellm_config(route))
         files[GATEWAY_CONF] = render.RenderedFile(frontdoor.render_gateway_conf(gateway))
+        if gateway.native_routes:
+            files[f"{KEEPALIVE_DIR}/{RELAY_FILE}"] = render.RenderedFile(script_text("sse_keepalive.py"))
     return files
 
 
@@ -383,8 +417,16 @@ def service_hashes(settings: StackSettings, spec: NodeSpec, secret_files: render
     return {
         "model": h(("weights", "model"), ("scripts/", f"{SECRETS_DIR}/weights.env", f"{SECRETS_DIR}/model.env")),
         "frontdoor": h(
-            ("litellm", "gateway"),
-            ("litellm/", "gateway/", f"{SECRETS_DIR}/litellm.env", GATEWAY_KEYS, TLS_DIR, f"{SECRETS_DIR}/server"),
+            ("litellm", "keepalive", "gateway"),
+            (
+                "litellm/",
+                f"{KEEPALIVE_DIR}/",
+                "gateway/",
+                f"{SECRETS_DIR}/litellm.env",
+                GATEWAY_KEYS,
+                TLS_DIR,
+                f"{SECRETS_DIR}/server",
+            ),
         ),
     }
 

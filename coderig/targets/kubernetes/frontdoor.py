@@ -10,7 +10,15 @@ from coderig import frontdoor
 from coderig.core import engine, planner, versions
 from coderig.core.secrets import NodeSecrets
 from coderig.core.settings import StackSettings
-from coderig.frontdoor.assemble import MODEL_API_KEY_ENV, GatewayPaths, assemble, from_settings
+from coderig.frontdoor.assemble import (
+    MODEL_API_KEY_ENV,
+    RELAY_FILE,
+    GatewayPaths,
+    assemble,
+    from_settings,
+    relay_command,
+)
+from coderig.runtime.scripts import script_text
 from coderig.targets.kubernetes.manifests import (
     CONFIG_CHECKSUM,
     FRONTDOOR,
@@ -100,9 +108,35 @@ def frontdoor_configmaps(settings: StackSettings, stack: str) -> list[Obj]:
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": _meta(GATEWAY_CONFIG, t.namespace, stack, "frontdoor"),
-            "data": {"nginx.conf": frontdoor.render_gateway_conf(front_door(settings)[1])},
+            "data": {"nginx.conf": frontdoor.render_gateway_conf(front_door(settings)[1]), **_keepalive_data(settings)},
         },
     ]
+
+
+KEEPALIVE_DIR = "/opt/coderig-keepalive"  # on PYTHONPATH; the module sits at coderig/runtime/ below it
+_KEEPALIVE_KEY = "sse_keepalive.py"
+
+
+def _keepalive_data(settings: StackSettings) -> dict[str, str]:
+    return {_KEEPALIVE_KEY: script_text(_KEEPALIVE_KEY)} if front_door(settings)[1].native_routes else {}
+
+
+def keepalive_container(settings: StackSettings) -> Obj | None:
+    """The SSE keepalive relay between nginx and the model Service for the native routes (the pinned
+    LiteLLM image has python3; the stdlib module comes from the gateway ConfigMap)."""
+    command = relay_command(front_door(settings)[1])
+    if not command:
+        return None
+    return {
+        "name": "keepalive",
+        "image": versions.LITELLM_IMAGE,
+        "command": command,
+        "env": _env({"PYTHONPATH": KEEPALIVE_DIR, "PYTHONDONTWRITEBYTECODE": "1"}),
+        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        "livenessProbe": {"tcpSocket": {"port": engine.KEEPALIVE_PORT}, "periodSeconds": 20, "failureThreshold": 3},
+        "securityContext": container_security(read_only_root=True, uid=LITELLM_UID),
+        "volumeMounts": [{"name": "keepalive-code", "mountPath": KEEPALIVE_DIR, "readOnly": True}],
+    }
 
 
 def frontdoor_streams_per_pod(settings: StackSettings) -> int:
@@ -179,6 +213,7 @@ def frontdoor_deployment(settings: StackSettings, stack: str) -> Obj:
             {"name": "tmp", "mountPath": "/tmp"},
         ],
     }
+    keepalive = keepalive_container(settings)
     pod: Obj = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -197,9 +232,22 @@ def frontdoor_deployment(settings: StackSettings, stack: str) -> Obj:
                 ]
             }
         },
-        "containers": [gateway, litellm],
+        "containers": [gateway, litellm, *([keepalive] if keepalive else [])],
         "volumes": [
-            {"name": "gateway-config", "configMap": {"name": GATEWAY_CONFIG}},
+            {
+                "name": "gateway-config",
+                "configMap": {"name": GATEWAY_CONFIG, "items": [{"key": "nginx.conf", "path": "nginx.conf"}]},
+            },
+            *(
+                [
+                    {
+                        "name": "keepalive-code",
+                        "configMap": {"name": GATEWAY_CONFIG, "items": [{"key": _KEEPALIVE_KEY, "path": RELAY_FILE}]},
+                    }
+                ]
+                if keepalive
+                else []
+            ),
             {"name": "litellm-config", "configMap": {"name": LITELLM_CONFIG}},
             {
                 "name": "gateway-keys",
