@@ -159,9 +159,15 @@ def test_messages_stream_tool_use_arguments_split_over_input_json_deltas(srv: St
 
 
 def test_messages_stream_thinking_then_signature_then_text(srv: StandIn) -> None:
-    events = call(srv, "/v1/messages", msg("hi [standin tokens=2]", stream=True, thinking={"type": "adaptive"})).events()
+    events = call(
+        srv, "/v1/messages", msg("hi [standin tokens=2]", stream=True, thinking={"type": "adaptive"})
+    ).events()
     starts = [d for e, d in events if e == "content_block_start"]
-    assert starts[0] == {"type": "content_block_start", "content_block": {"type": "thinking", "thinking": ""}, "index": 0}
+    assert starts[0] == {
+        "type": "content_block_start",
+        "content_block": {"type": "thinking", "thinking": ""},
+        "index": 0,
+    }
     assert starts[1]["content_block"] == {"type": "text", "text": ""} and starts[1]["index"] == 1
     block0 = [d["delta"] for e, d in events if e == "content_block_delta" and d["index"] == 0]
     assert all(d["type"] == "thinking_delta" for d in block0[:-1]) and len(block0) >= 2
@@ -228,7 +234,9 @@ def test_prompt_over_the_served_context_gets_vllms_400_on_every_api(srv: StandIn
         assert reply.json() == {"type": "error", "error": {"type": "BadRequestError", "message": text}}
         chat = call(srv, "/v1/chat/completions", {**msg(big), "stream": stream})
         assert chat.status == 400
-        assert chat.json() == {"error": {"message": text, "type": "BadRequestError", "param": "input_tokens", "code": 400}}
+        assert chat.json() == {
+            "error": {"message": text, "type": "BadRequestError", "param": "input_tokens", "code": 400}
+        }
         resp = call(srv, "/v1/responses", {"model": MODEL, "input": big, "max_output_tokens": 256, "stream": stream})
         assert resp.status == 400 and resp.json()["error"]["message"] == text
     assert srv.max_prompt_tokens_seen >= estimate_prompt_tokens({"messages": [{"role": "user", "content": big}]})
@@ -263,7 +271,8 @@ def test_llama_cpp_mode_answers_over_context_like_llama_server() -> None:
             assert reply.json() == {
                 "error": {
                     "code": 400,
-                    "message": f"request ({n} tokens) exceeds the available context size (2048 tokens), try increasing it",
+                    "message": f"request ({n} tokens) exceeds the available context size (2048 tokens), "
+                    "try increasing it",
                     "type": "exceed_context_size_error",
                     "n_prompt_tokens": n,
                     "n_ctx": 2048,
