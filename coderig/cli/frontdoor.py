@@ -6,7 +6,26 @@ import argparse
 from pathlib import Path
 
 from coderig import frontdoor
+from coderig.core.errors import UserError
+from coderig.core.settings import EXTERNAL_HEALTH_PATH, GatewaySettings
 from coderig.frontdoor import run
+
+
+def rate_per_second(args: argparse.Namespace) -> int:
+    """--rate-limit-per-minute as nginx's per-second rate, by the stack's own conversion."""
+    if args.rate_limit is not None:
+        raise UserError(
+            f"--rate-limit (requests per second) was replaced by --rate-limit-per-minute, the unit of "
+            f"coderig:gateway.rateLimitPerMinute: use --rate-limit-per-minute {_per_minute(args.rate_limit)}"
+        )
+    try:
+        return GatewaySettings(rateLimitPerMinute=args.rate_limit_per_minute).rate_per_second
+    except ValueError:
+        raise UserError(f"--rate-limit-per-minute must be 1 or more, got {args.rate_limit_per_minute}") from None
+
+
+def _per_minute(per_second: str) -> str:
+    return str(int(per_second) * 60) if per_second.isdigit() else "N"
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -24,7 +43,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             litellm_timeout_s=args.litellm_timeout or args.timeout,
             litellm_workers=args.litellm_workers,
             litellm_port=args.litellm_port,
-            rate_per_second=args.rate_limit,
+            rate_per_second=rate_per_second(args),
             rate_burst=args.rate_burst,
             tls_names=args.tls_name,
             health_path=args.health_path,
@@ -68,7 +87,14 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     p.add_argument("--litellm-workers", type=int, default=1, help="LiteLLM worker processes")
     p.add_argument("--litellm-port", type=int, default=0, help="LiteLLM loopback port (default: free)")
-    p.add_argument("--rate-limit", type=int, default=10, help="requests/s per developer (default: 10)")
+    p.add_argument(
+        "--rate-limit-per-minute",
+        type=int,
+        default=GatewaySettings().rateLimitPerMinute,
+        metavar="N",
+        help="requests per minute per developer, like coderig:gateway.rateLimitPerMinute (default: %(default)s)",
+    )
+    p.add_argument("--rate-limit", help=argparse.SUPPRESS)  # replaced: refused with the new flag's name
     p.add_argument("--rate-burst", type=int, default=100, help="burst per developer (default: 100)")
     p.add_argument(
         "--tls-name",
@@ -77,7 +103,13 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         metavar="NAME",
         help="extra DNS name or IP for the server certificate",
     )
-    p.add_argument("--health-path", default="/health", help="backend health path (default: /health)")
+    p.add_argument(
+        "--health-path",
+        default=EXTERNAL_HEALTH_PATH,
+        help="what /healthz asks the backend, on its URL without the trailing /v1, like "
+        "coderig:target.healthPath (default: %(default)s, which every OpenAI-compatible server answers; "
+        "/health for vLLM)",
+    )
     p.add_argument(
         "--direct-chat",
         action=argparse.BooleanOptionalAction,
