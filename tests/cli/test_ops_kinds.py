@@ -114,3 +114,42 @@ def test_external_health_path_must_be_a_path(tmp_path: Path, capsys: pytest.Capt
     config["target"]["healthPath"] = "health"
     assert main(["plan", "--config", str(write_stack(tmp_path, config, "ext"))]) == 2
     assert "coderig:target.healthPath" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- render into a non-empty directory
+
+
+def test_render_refuses_a_non_empty_directory_then_replaces_only_its_own_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "rendered"
+    kube = write_stack(tmp_path, k8s_config(), "gpu")
+    local = write_stack(tmp_path, LOCAL, "dev")
+    assert main(["render", "--config", str(kube), "--out", str(out)]) == 0
+    old = set((out / ".coderig-render").read_text().splitlines()[1:])
+    assert any(p.startswith("kubernetes/") for p in old)
+    (out / "NOTES.md").write_text("mine\n")
+    (out / "kubernetes" / "my-patch.yaml").write_text("mine\n")
+    capsys.readouterr()
+
+    assert main(["render", "--config", str(local), "--out", str(out)]) == 1
+    assert "is not empty: pass --force" in capsys.readouterr().err
+    assert (out / "kubernetes").is_dir()  # nothing changed
+
+    assert main(["render", "--config", str(local), "--out", str(out), "--force"]) == 0
+    new = set((out / ".coderig-render").read_text().splitlines()[1:])
+    on_disk = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    assert on_disk == new | {".coderig-render", "NOTES.md", "kubernetes/my-patch.yaml"}
+    assert not any(p.startswith("kubernetes/") for p in new) and "node/compose.yaml" in new
+    assert (out / "NOTES.md").read_text() == "mine\n"
+
+
+def test_render_force_ignores_manifest_paths_outside_the_directory(tmp_path: Path) -> None:
+    out = tmp_path / "rendered"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep\n")
+    (out / ".coderig-render").write_text("../victim.txt\n/etc/hostname\n")
+    local = write_stack(tmp_path, LOCAL, "dev")
+    assert main(["render", "--config", str(local), "--out", str(out), "--force"]) == 0
+    assert victim.read_text() == "keep\n"
