@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import json
+import socket
+from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from coderig import frontdoor
+from coderig.client import bundle as clients
+from coderig.client import configs
 from coderig.core.errors import UserError
+from coderig.core.files import write_file
 from coderig.core.settings import EXTERNAL_HEALTH_PATH, GatewaySettings
 from coderig.frontdoor import run
+from coderig.runtime.http import http_get
+
+WILDCARDS = ("0.0.0.0", "::")  # noqa: S104 - naming the wildcard, not binding it
 
 
 def rate_per_second(args: argparse.Namespace) -> int:
@@ -28,7 +38,68 @@ def _per_minute(per_second: str) -> str:
     return str(int(per_second) * 60) if per_second.isdigit() else "N"
 
 
+def served_context(backend: str, model: str) -> int | None:
+    """The backend's context length for `model` from its GET /v1/models (`max_model_len`, as vLLM reports it)."""
+    body = http_get(backend.rstrip("/") + "/models", timeout=10)
+    try:
+        entries = json.loads(body or "{}").get("data") or []
+    except (ValueError, AttributeError):
+        return None
+    for entry in entries:
+        if isinstance(entry, dict) and entry.get("id") == model and isinstance(entry.get("max_model_len"), int):
+            return int(entry["max_model_len"])
+    return None
+
+
+def public_base(base_url: str, tls_names: list[str]) -> str:
+    """The base URL developers use: a wildcard listen address is named by --tls-name or this host's name."""
+    parts = urlsplit(base_url)
+    if parts.hostname not in WILDCARDS:
+        return base_url
+    host = tls_names[0] if tls_names else socket.gethostname()
+    return f"{parts.scheme}://{host}:{parts.port}"
+
+
+def bundle_writer(args: argparse.Namespace) -> Callable[[str, str | None, dict[str, str]], None] | None:
+    """The runner's hook for --bundles-dir: each developer's bundle as DIR/<developer>.json (0600), rewritten
+    on every key reload (a revoked developer's file is removed)."""
+    if not args.bundles_dir:
+        return None
+    out = Path(args.bundles_dir)
+    max_model_len = args.max_model_len or served_context(args.backend[0], args.model)
+    if not max_model_len:
+        raise UserError(
+            f"--bundles-dir needs the served context length: {args.backend[0]}/models does not report "
+            f"max_model_len for {args.model!r}; pass --max-model-len N"
+        )
+    if not 0 < args.max_tokens < max_model_len:
+        raise UserError(f"--max-tokens {args.max_tokens} must be below the context length {max_model_len}")
+    written: set[str] = set()
+
+    def write(base_url: str, ca_pem: str | None, keys: dict[str, str]) -> None:
+        bundles = clients.frontdoor_bundles(
+            name=args.name, base_url=public_base(base_url, args.tls_name), served_name=args.model,
+            aliases=args.alias, max_model_len=max_model_len, max_output_tokens=args.max_tokens,
+            ca_cert_pem=ca_pem, tokens=keys, backends=args.backend,
+        )  # fmt: skip
+        for developer, data in bundles.items():
+            write_file(out / f"{developer}.json", configs.dumps_json(data), 0o600)
+        for gone in written - set(bundles):
+            (out / f"{gone}.json").unlink(missing_ok=True)
+        written.clear()
+        written.update(bundles)
+        some = next(iter(bundles), "NAME")
+        print(
+            f"coderig frontdoor: wrote {len(bundles)} developer bundle(s) to {out}/ (mode 0600, each holds its "
+            f"developer's key); a developer runs: coderig onboard {some}.json",
+            flush=True,
+        )
+
+    return write
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    on_keys = bundle_writer(args)
     return run.run(
         run.RunOptions(
             backends=args.backend,
@@ -49,6 +120,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             health_path=args.health_path,
             direct_chat=args.direct_chat,
             startup_timeout_s=args.startup_timeout,
+            on_keys=on_keys,
         )
     )
 
@@ -120,6 +192,25 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "go through LiteLLM",
     )
     p.add_argument("--startup-timeout", type=float, default=120, help="seconds to wait for LiteLLM")
+    p.add_argument(
+        "--bundles-dir",
+        metavar="DIR",
+        help="once ready, write each developer's bundle (what `coderig bundle` makes from a stack) as "
+        "DIR/<developer>.json, mode 0600, and rewrite them when SIGHUP reloads the keys: developers run "
+        "`coderig onboard` and `coderig smoke` on them",
+    )
+    p.add_argument(
+        "--name",
+        default="frontdoor",
+        help="what the bundles call this endpoint (their stack and alias: use-NAME.sh, the /model picker label; "
+        "default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-model-len",
+        type=int,
+        metavar="N",
+        help="the model's context length for the bundles (default: what the backend's /v1/models reports)",
+    )
     p.set_defaults(func=_cmd_run)
     inst = fd_sub.add_parser("install-litellm", help="install the pinned LiteLLM into its own venv")
     inst.set_defaults(func=_cmd_install)
