@@ -107,7 +107,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             listen=args.listen,
             keys_file=Path(args.keys_file),
             plain_http=args.plain_http,
-            state_dir=Path(args.state_dir),
+            state_dir=Path(args.state_dir).resolve(),  # nginx runs with its own prefix
             aliases=args.alias,
             max_tokens=args.max_tokens,
             timeout_s=args.timeout,
