@@ -19,10 +19,11 @@ _pulumi_deps() {
     echo "pulumi-deps: go is not installed (needs Go >= 1.26.6)" >&2
     return 1
   fi
-  # The cache key covers the versions, the Go version and the Go sources of the three tool modules.
+  # The cache key covers the versions, the Go version, this script and the Go sources of the three
+  # tool modules.
   key=$( (echo "$cli_version $random_version $tls_version $command_version $(go env GOVERSION)"
-    cd "$root" && find tools/pulumi tools/pulumi-providers tools/pulumi-command -type f \
-      \( -name '*.go' -o -name go.mod -o -name go.sum \) | LC_ALL=C sort | xargs sha256sum) |
+    cd "$root" && { echo .ci/pulumi-deps.sh; find tools/pulumi tools/pulumi-providers tools/pulumi-command \
+      -type f \( -name '*.go' -o -name go.mod -o -name go.sum \); } | LC_ALL=C sort | xargs sha256sum) |
     sha256sum | cut -c1-12)
   cache_root=${CODERIG_TOOLS_CACHE:-$HOME/.cache/coderig/tools}
   cache="$cache_root/pulumi-$cli_version-$key"
@@ -72,6 +73,7 @@ _pulumi_deps() {
     _pulumi_deps_build pulumi-resource-command "$src/pulumi-command" go build -trimpath \
       -o "$cache/bin.tmp/pulumi-resource-command" -ldflags "-s -w -X main.version=$command_version" \
       ./cmd/pulumi-resource-command || return 1
+    rm -f "$cache"/pulumi-tfgen-*
     rm -rf "$bin"
     mv "$cache/bin.tmp" "$bin"
     touch "$cache/.complete"
