@@ -480,7 +480,7 @@ def format_plan(p: Plan, stack: str = "") -> str:
         backend = lay.mla_backend(preset, GPUS[p.gpu]) if p.gpu and preset.attention.kind == "mla" else None
         if backend and preset.decode_context and not backend.decode_context:
             alts += f"; no TP+DCP on {p.gpu} ({backend.name} cannot run decode context parallelism)"
-        lines.append(f"  layouts            {alts} (full-context requests per replica)")
+        lines.append(f"  layouts            full-context requests per replica: {alts}")
         lines.append(f"  layout rule        {RULE}")
     if p.workload is not None:
         w = p.workload
