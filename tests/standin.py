@@ -313,12 +313,14 @@ class StandIn:
                 headers[key.strip().lower()] = value.strip()
         body = b""
         if headers.get("transfer-encoding", "").lower() == "chunked":
+            parts = []
             while True:
                 size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
                 chunk = await reader.readexactly(size + 2)
                 if size == 0:
                     break
-                body += chunk[:-2]
+                parts.append(chunk[:-2])
+            body = b"".join(parts)
         elif headers.get("content-length"):
             body = await reader.readexactly(int(headers["content-length"]))
         return method, target, headers, body

@@ -271,7 +271,8 @@ def test_llama_cpp_mode_answers_over_context_like_llama_server() -> None:
             assert reply.json() == {
                 "error": {
                     "code": 400,
-                    "message": f"request ({n} tokens) exceeds the available context size (2048 tokens), try increasing it",
+                    "message": f"request ({n} tokens) exceeds the available context size (2048 tokens), "
+                    "try increasing it",
                     "type": "exceed_context_size_error",
                     "n_prompt_tokens": n,
                     "n_ctx": 2048,
