@@ -315,7 +315,8 @@ def main() -> int:
             sys.executable, "-m", "coderig.cli", "frontdoor", "run",
             "--backend", f"http://127.0.0.1:{model_port}/v1", "--model", MODEL,
             "--listen", f"127.0.0.1:{door_port}", "--keys-file", str(keys), "--state-dir", str(work / "state"),
-            "--rate-limit-per-minute", "6000000", "--rate-burst", "100000", "--litellm-workers", str(args.litellm_workers),
+            "--rate-limit-per-minute", "6000000", "--rate-burst", "100000",
+            "--litellm-workers", str(args.litellm_workers),
         ]  # fmt: skip
         cmd += ["--plain-http"] if args.plain_http else []
         procs.append(subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))

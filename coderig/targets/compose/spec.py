@@ -40,8 +40,8 @@ from coderig.frontdoor.assemble import (
     assemble,
     direct_targets,
     from_settings,
-    relay_command,
     model_health_url,
+    relay_command,
 )
 from coderig.runtime.scripts import SCRIPT_NAMES, script_text
 
