@@ -291,7 +291,7 @@ def targets_for(
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--levels", default="1,16,64")
-    ap.add_argument("--rounds", type=int, default=3, help="sequential streams per concurrent client")
+    ap.add_argument("--rounds", type=int, default=5, help="sequential streams per concurrent client")
     ap.add_argument("--tokens", type=int, default=64, help="tokens per stream")
     ap.add_argument("--token-delay", type=float, default=0.02, help="stand-in seconds per token")
     ap.add_argument("--litellm-workers", type=int, default=1)
@@ -343,7 +343,8 @@ def main() -> int:
         )
         print(
             f"# {args.tokens} tokens/stream, stand-in {args.token_delay * 1000:.0f} ms/token, "
-            f"{args.rounds} streams per client, keep-alive clients, litellm workers={args.litellm_workers}, "
+            f"{args.rounds} streams per client (10 at 1 stream), keep-alive clients, "
+            f"litellm workers={args.litellm_workers}, "
             f"gateway tls={not args.plain_http}, claude-code-router {CCR_VERSION} plain http"
         )
         print(
@@ -360,7 +361,8 @@ def main() -> int:
             level_targets += targets
             for t in level_targets:
                 relay_cpu = sum(cpu_seconds(p) for p in relay)
-                samples, wall = asyncio.run(level(t, conc, args.rounds, args.tokens))
+                rounds = max(args.rounds, 10 // conc)  # at least 10 samples for a p50 at 1 stream
+                samples, wall = asyncio.run(level(t, conc, rounds, args.tokens))
                 relay_cpu = sum(cpu_seconds(p) for p in relay) - relay_cpu
                 ttfts = [s.ttft * 1000 for s in samples]
                 tps = sum(s.tokens for s in samples) / wall
