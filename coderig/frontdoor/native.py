@@ -39,10 +39,12 @@ def affinity_map() -> list[str]:
     ]
 
 
-def balanced_servers(servers: Sequence[str], keepalive: int, idle_s: int) -> list[str]:
+def balanced_servers(zone: str, servers: Sequence[str], keepalive: int, idle_s: int) -> list[str]:
     """The body of an upstream block over model replicas: session-keyed consistent hash; a replica
-    that fails once is left alone for 30 s (its sessions move to the next point on the ring)."""
+    that fails once is left alone for 30 s (its sessions move to the next point on the ring). The
+    shared zone makes that one failure count for every nginx worker, not one per worker."""
     return [
+        f"    zone {zone} 64k;",
         f"    hash {AFFINITY_VAR} consistent;",
         *(f"    server {s} max_fails=1 fail_timeout=30s;" for s in servers),
         f"    keepalive {keepalive};",
@@ -61,7 +63,7 @@ def failover() -> list[str]:
 
 
 def native_upstream(relays: Sequence[str], keepalive: int, idle_s: int) -> list[str]:
-    return [f"upstream {NATIVE_UPSTREAM} {{", *balanced_servers(relays, keepalive, idle_s), "}"]
+    return [f"upstream {NATIVE_UPSTREAM} {{", *balanced_servers(NATIVE_UPSTREAM, relays, keepalive, idle_s), "}"]
 
 
 def native_locations(

@@ -337,7 +337,7 @@ def _upstreams(spec: GatewaySpec) -> list[str]:
         "}",
     ]
     if spec.direct_chat_backends:
-        servers = balanced_servers(spec.direct_chat_backends, spec.upstream_keepalive, UPSTREAM_IDLE_S)
+        servers = balanced_servers("coderig_model", spec.direct_chat_backends, spec.upstream_keepalive, UPSTREAM_IDLE_S)
         out += [*affinity_map(), "upstream coderig_model {", *servers, "}"]
     if spec.native_routes:
         out += native_upstream(spec.native_relays, spec.upstream_keepalive, UPSTREAM_IDLE_S)
