@@ -88,7 +88,7 @@ def test_revoked_key_gets_401_after_reload_and_others_keep_working(door: FrontDo
     assert door.post(MSG, anthropic_body(), KEYS["carol"]).status == 200
     door.write_keys({k: v for k, v in KEYS.items() if k != "carol"})  # SIGHUP: re-read keys
     deadline = time.monotonic() + 15
-    while door.post("/v1/models", None, KEYS["carol"]).status != 401:
+    while door.request("GET", "/v1/models", None, KEYS["carol"]).status != 401:
         assert time.monotonic() < deadline, "revoked key still accepted"
         time.sleep(0.2)
     quiet.clear()

@@ -9,13 +9,13 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shlex
 import signal
 import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -210,22 +210,32 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _prefix_of(nginx_master: int) -> Path:
+    """The temporary prefix `frontdoor run` gave nginx (`nginx -p PREFIX ...`)."""
+    # nginx rewrites its title: "nginx: master process /usr/sbin/nginx -p PREFIX -c ..."
+    argv = Path(f"/proc/{nginx_master}/cmdline").read_bytes().replace(b"\0", b" ").decode().split()
+    return Path(argv[argv.index("-p") + 1])
+
+
 def test_kill_9_of_the_runner_leaves_no_server_and_no_key_on_disk(tmp_path: Path) -> None:
     litellm_port = free_port()
+    keys = {name: f"{name}-{secrets.token_urlsafe(24)}" for name in ("alice", "bob")}  # this run's own
     with (
         standin_server(model=MODEL) as model,
-        running_frontdoor(model.url, MODEL, tmp_path / "state", KEYS, "--litellm-port", str(litellm_port)) as fd,
+        running_frontdoor(model.url, MODEL, tmp_path / "state", keys, "--litellm-port", str(litellm_port)) as fd,
     ):
         children = _children(fd.proc.pid)
         assert len(children) == 2, children  # LiteLLM and nginx's master
+        (prefix,) = [_prefix_of(pid) for pid in children if b"nginx" in Path(f"/proc/{pid}/comm").read_bytes()]
+        assert prefix.name.startswith("coderig-frontdoor-") and prefix.is_dir()
         master = next(
             v.split(b"=", 1)[1].decode()
             for pid in children
             for v in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             if v.startswith(b"LITELLM_MASTER_KEY=")
         )
-        secrets = [*KEYS.values(), master]
-        assert fd.request("GET", "/v1/models", key=KEYS["alice"]).status == 200
+        held = [*keys.values(), master]
+        assert fd.request("GET", "/v1/models", key=keys["alice"]).status == 200
         assert _listening(fd.port) and _listening(litellm_port)
         try:
             fd.proc.kill()  # SIGKILL: no handler, no finally
@@ -236,13 +246,10 @@ def test_kill_9_of_the_runner_leaves_no_server_and_no_key_on_disk(tmp_path: Path
             assert not _listening(fd.port), "the gateway still serves after its runner was killed"
             assert not _listening(litellm_port), "LiteLLM still serves after its runner was killed"
             assert not any(map(_running, children))
-            scanned = [
-                p
-                for root in [fd.state_dir, *Path(tempfile.gettempdir()).glob("coderig-frontdoor-*")]
-                for p in root.rglob("*")
-                if p.is_file() and p != fd.keys_file
-            ]
-            holding = [str(p) for p in scanned if any(s.encode() in p.read_bytes() for s in secrets)]
+            # this run's files: its prefix (if still there) and its state dir, but for the keys file it was given
+            roots = (fd.state_dir, prefix)
+            scanned = [p for root in roots for p in root.rglob("*") if p.is_file() and p != fd.keys_file]
+            holding = [str(p) for p in scanned if any(s.encode() in p.read_bytes() for s in held)]
             assert holding == [], f"files still holding a key: {holding}"
         finally:
             for pid in children:
