@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from coderig.core.engine import CLAUDE_WILDCARD
 from coderig.core.errors import UserError
@@ -69,6 +71,30 @@ def ca_path(alias: str) -> str:
     return f"~/.config/coderig/{alias}/ca.pem"
 
 
+# Claude Code 2.1.330 compacts when the conversation reaches
+#     threshold = W − min(CLAUDE_CODE_MAX_OUTPUT_TOKENS, 20000) − 13000
+# where W is CLAUDE_CODE_MAX_CONTEXT_TOKENS for a model it does not know (no lower bound), while
+# CLAUDE_CODE_AUTO_COMPACT_WINDOW is raised to at least 100000 and only ever shrinks W, so it cannot
+# describe a smaller window (read in its bundled source; notes/claude-code.md §1). The conversation
+# is counted as the server's last usage.input_tokens plus Claude Code's own estimate of what was
+# added since, so W is the served context less a margin for the estimate's tokenizer.
+CC_OUTPUT_RESERVE_CAP = 20_000
+CC_COMPACT_BUFFER = 13_000
+CC_TOKENIZER_MARGIN = 0.05  # of the served context: Claude Code's estimate vs the model's tokenizer
+
+
+def claude_code_window(max_model_len: int) -> int:
+    """CLAUDE_CODE_MAX_CONTEXT_TOKENS: the served context less the tokenizer margin."""
+    return max_model_len - math.ceil(max_model_len * CC_TOKENIZER_MARGIN)
+
+
+def claude_code_compact_threshold(max_model_len: int, max_output_tokens: int) -> int:
+    """The conversation size (tokens) at which Claude Code compacts with the bundle's settings. Any
+    request sent below it fits the server: threshold + max_tokens ≤ max_model_len − 13000."""
+    reserve = min(max_output_tokens, CC_OUTPUT_RESERVE_CAP)
+    return claude_code_window(max_model_len) - reserve - CC_COMPACT_BUFFER
+
+
 def recommended_env(
     *,
     anthropic_base_url: str,
@@ -90,8 +116,9 @@ def recommended_env(
         "ANTHROPIC_DEFAULT_OPUS_MODEL": served_name,
         "CLAUDE_CODE_SUBAGENT_MODEL": served_name,
         "CLAUDE_CODE_MAX_OUTPUT_TOKENS": str(max_output_tokens),
-        # Claude Code does not know this model's window (it assumes a large one): compact in time.
-        "CLAUDE_CODE_AUTO_COMPACT_WINDOW": str(max_model_len),
+        # Claude Code does not know this model's window (it assumes 1M): give it the served one, less
+        # a tokenizer margin, so it compacts before the server rejects a prompt (see claude_code_window).
+        "CLAUDE_CODE_MAX_CONTEXT_TOKENS": str(claude_code_window(max_model_len)),
         "CLAUDE_CODE_ATTRIBUTION_HEADER": "0",
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "API_TIMEOUT_MS": str(api_timeout_ms),
@@ -99,6 +126,19 @@ def recommended_env(
     if ca_file:
         env["NODE_EXTRA_CA_CERTS"] = ca_file
     return env
+
+
+def model_picker_env(*, served_name: str, stack: str, endpoint: str, max_model_len: int) -> dict[str, str]:
+    """Claude Code's `/model` picker: the served model as one labelled row naming the stack, so two
+    onboarded stacks (a cluster, a laptop) are told apart. It does not silence Claude Code's
+    `[claude-code:unrecognized_model]` stderr line: no setting of the pinned version does."""
+    return {
+        "ANTHROPIC_CUSTOM_MODEL_OPTION": served_name,
+        "ANTHROPIC_CUSTOM_MODEL_OPTION_NAME": f"{served_name} (coderig {stack})",
+        "ANTHROPIC_CUSTOM_MODEL_OPTION_DESCRIPTION": (
+            f"self-hosted by coderig, stack {stack}: {endpoint}, {max_model_len}-token context"
+        ),
+    }
 
 
 def stack_outputs(
@@ -156,14 +196,17 @@ def stack_outputs(
             "max_output_tokens": max_output_tokens,
         },
         "ca_cert_pem": ca_cert_pem or None,
-        "client_env": recommended_env(
-            anthropic_base_url=anthropic,
-            served_name=served_name,
-            max_model_len=max_model_len,
-            max_output_tokens=max_output_tokens,
-            api_timeout_ms=api_timeout_ms,
-            ca_file=ca_file,
-        ),
+        "client_env": {
+            **recommended_env(
+                anthropic_base_url=anthropic,
+                served_name=served_name,
+                max_model_len=max_model_len,
+                max_output_tokens=max_output_tokens,
+                api_timeout_ms=api_timeout_ms,
+                ca_file=ca_file,
+            ),
+            **model_picker_env(served_name=served_name, stack=stack, endpoint=anthropic, max_model_len=max_model_len),
+        },
         "token_env": TOKEN_ENV,
         "developers": list(developers),
         "plan": dict(plan),
@@ -329,3 +372,37 @@ def load_bundle_file(path: str) -> Bundle:
     except ValueError as exc:
         raise UserError(f"{p}: not JSON ({exc})") from None
     return load_bundle(data)
+
+
+# ---------------------------------------------------------------- `coderig frontdoor run --bundles-dir`
+
+FRONTDOOR_PROJECT = "coderig-frontdoor"
+
+
+def frontdoor_bundles(
+    *,
+    name: str,
+    base_url: str,
+    served_name: str,
+    aliases: Sequence[str],
+    max_model_len: int,
+    max_output_tokens: int,
+    ca_cert_pem: str | None,
+    tokens: Mapping[str, str],
+    backends: Sequence[str],
+) -> dict[str, dict[str, Any]]:
+    """{developer: bundle} for a `coderig frontdoor run` front door: the same schema `coderig bundle`
+    makes from stack outputs, `name` standing for the stack."""
+    parsed = urlsplit(base_url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise UserError(f"front door URL {base_url!r} is not an http(s) URL")
+    scheme = parsed.scheme
+    port = parsed.port or {"https": 443, "http": 80}[scheme]
+    public = stack_outputs(
+        project=FRONTDOOR_PROJECT, stack=name, host=parsed.hostname, port=port, scheme=scheme,
+        served_name=served_name, aliases=aliases, max_model_len=max_model_len, max_output_tokens=max_output_tokens,
+        developers=sorted(tokens), plan={"source": "coderig frontdoor run", "backends": list(backends)},
+        idle={}, usd_per_hour=None, ca_cert_pem=ca_cert_pem,
+    )  # fmt: skip
+    outputs = {BUNDLE_OUTPUT: public, TOKENS_OUTPUT: dict(tokens)}
+    return {developer: developer_bundle(outputs, developer) for developer in sorted(tokens)}

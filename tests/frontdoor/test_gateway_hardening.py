@@ -169,6 +169,8 @@ def test_readme_frontdoor_run_works_as_written_from_a_fresh_directory(tmp_path: 
             assert any(line.startswith(READY_LINE) for line in output), "".join(output)
             ca = tmp_path / ".coderig" / "frontdoor" / "tls" / "ca.pem"
             assert ca.exists() and (tmp_path / ".coderig" / "frontdoor" / "gateway-error.log").exists()
+            if "--bundles-dir bundles/" in command:  # what the README says comes out of it
+                assert (tmp_path / "bundles" / "alice.json").stat().st_mode & 0o777 == 0o600
             import http.client
 
             conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=60,
@@ -399,7 +401,9 @@ def test_healthz_is_served_from_a_status_refreshed_at_most_once_a_second(door: F
     started = time.monotonic()
     statuses = [door.request("GET", "/healthz").status for _ in range(50)]
     elapsed = time.monotonic() - started
-    probes = len(standin.seen("/health"))
+    # what /healthz asks the backend: --health-path, /v1/models by default (/health for vLLM)
+    probes = len([r for r in standin.seen("/") if r.method == "GET" and r.path in ("/health", "/v1/models")])
+    assert probes >= 1
     assert statuses[0] == 200 and set(statuses) <= {200, 429}, statuses
     assert probes <= 2 + int(elapsed), f"{probes} model health requests for 50 /healthz in {elapsed:.1f}s"
     assert door.request("HEAD", "/healthz").status in (200, 429)

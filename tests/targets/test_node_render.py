@@ -156,7 +156,7 @@ def test_vllm_service_gpus_ipc_cache_health() -> None:
     assert model["environment"]["HF_HOME"] == engine.HF_HOME and model["environment"]["HF_HUB_OFFLINE"] == "1"
     assert model["environment"]["VLLM_CACHE_ROOT"].startswith("/cache/")  # compile cache on the volume
     assert f"{settings.target.cachePath}:/cache" in model["volumes"]  # type: ignore[union-attr]
-    assert model["command"] == engine.vllm_args(settings.model, 8)
+    assert model["command"] == engine.vllm_args(settings.model, planner.plan_stack(settings).layout)
     assert "--tool-call-parser" in model["command"]
     assert model["depends_on"] == {"weights": {"condition": "service_completed_successfully"}}
     start = int(model["healthcheck"]["start_period"].rstrip("s"))
@@ -364,7 +364,7 @@ def test_gateway_has_a_health_check_and_wait_ready_checks_through_it(kind: str) 
     # what /healthz checks: the model server (the upstream for a front door) behind LiteLLM
     conf = node.node_files(settings, spec)[node.GATEWAY_CONF].content
     assert "location = /healthz" in conf and "auth_request /_coderig_model_health;" in conf
-    upstream = "https://kserve.internal/health" if kind == "external" else "http://127.0.0.1:8000/health"
+    upstream = "https://kserve.internal/v1/models" if kind == "external" else "http://127.0.0.1:8000/health"
     assert f"proxy_pass {upstream};" in conf
 
 
