@@ -55,9 +55,12 @@ BASH = ["/bin/bash", "-c"]
 class Connection:
     """How commands reach the node: `ssh` (pulumi-command remote) or `local`."""
 
-    kind: str  # "ssh" | "local"
-    args: command.remote.ConnectionArgs | None = None
+    args: command.remote.ConnectionArgs | None = None  # None: this machine (`command.local`)
     user: str | None = None  # remote user; not root -> commands use `sudo -n`
+
+    @property
+    def remote(self) -> bool:
+        return self.args is not None
 
 
 def ssh_connection(host: SshHost, private_key: pulumi.Input[str], *, insecure_skip: bool, where: str) -> Connection:
@@ -77,11 +80,11 @@ def ssh_connection(host: SshHost, private_key: pulumi.Input[str], *, insecure_sk
         dial_error_limit=20,
         per_dial_timeout=30,
     )
-    return Connection("ssh", args, host.user)
+    return Connection(args, host.user)
 
 
 def local_connection() -> Connection:
-    return Connection("local")
+    return Connection()
 
 
 def _cmd(
@@ -101,8 +104,7 @@ def _cmd(
         opts = pulumi.ResourceOptions.merge(
             opts, pulumi.ResourceOptions(additional_secret_outputs=["stdout", "stderr", "stdin"])
         )
-    if conn.kind == "ssh":
-        assert conn.args is not None
+    if conn.args is not None:
         return command.remote.Command(
             name,
             connection=conn.args,
@@ -192,7 +194,7 @@ class NodeStack(pulumi.ComponentResource):
         super().__init__("coderig:node:NodeStack", name, None, opts)
         a = args
         plan = node_plan(a.settings, a.spec, bundle_dir=a.bundle_dir, host=a.host, user=a.conn.user,
-                         install=a.conn.kind == "ssh")  # fmt: skip
+                         install=a.conn.remote)  # fmt: skip
         files = a.secrets.apply(lambda s: node.node_files(a.settings, a.spec) | node.node_secret_files(a.spec, s))
         self.ready_step: pulumi.Resource
         self.ready_step, self.ready, self.bundle_hash = build_steps(

@@ -14,7 +14,7 @@ same request to LiteLLM, which maps every `claude-*` name to the served model.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 # route name -> (exact path, error shape, upstream): streaming routes go through the keepalive
 # relay; count_tokens never streams, so it goes to the model servers' upstream itself (one hop less)
@@ -66,31 +66,41 @@ def native_upstream(relays: Sequence[str], keepalive: int, idle_s: int) -> list[
     return [f"upstream {NATIVE_UPSTREAM} {{", *balanced_servers(NATIVE_UPSTREAM, relays, keepalive, idle_s), "}"]
 
 
-def native_locations(
-    routes: Sequence[str],
-    guard: Callable[[str], list[str]],
-    model_headers: list[str],
-    litellm_headers: list[str],
-    location: Callable[[str, list[str]], list[str]],
-) -> list[str]:
-    """One exact location per native route, plus the LiteLLM fallback each replays to on a 404."""
-    out: list[str] = []
-    for name in routes:
-        path, shape, upstream = NATIVE_ROUTES[name]
-        fallback = f"@coderig_litellm_{name}"
-        out += location(
-            f"= {path}",
-            [
-                *guard(shape),
-                "proxy_request_buffering on;  # the body can be replayed (fallback, failover)",
-                "proxy_intercept_errors on;",
-                f"error_page 404 = {fallback};  # a name the model server does not serve: claude-*",
-                *failover(),
-                *model_headers,
-                f"proxy_pass http://{upstream};",
-            ],
-        )
-        out += location(
-            fallback, ["proxy_intercept_errors off;", *litellm_headers, "proxy_pass http://coderig_litellm;"]
-        )
-    return out
+def native_route(path: str, enabled: Sequence[str]) -> tuple[str, str] | None:
+    """(route name, upstream) when `path` is one of the enabled native routes, else None."""
+    for name in enabled:
+        if name not in NATIVE_ROUTES:
+            raise ValueError(f"GatewaySpec.native_routes: unknown {name!r}; allowed {sorted(NATIVE_ROUTES)}")
+    for name in enabled:
+        route_path, _shape, upstream = NATIVE_ROUTES[name]
+        if route_path == path:
+            return name, upstream
+    return None
+
+
+def fallback_name(name: str) -> str:
+    return f"@coderig_litellm_{name}"
+
+
+def replayable(name: str) -> list[str]:
+    """What makes a native route's request replayable to LiteLLM on the model server's 404 and to
+    another replica on a failed connect."""
+    return [
+        "proxy_request_buffering on;  # the body can be replayed (fallback, failover)",
+        "proxy_intercept_errors on;",
+        f"error_page 404 = {fallback_name(name)};  # a name the model server does not serve: claude-*",
+        *failover(),
+    ]
+
+
+def fallback_location(name: str, path: str, litellm_headers: list[str], timeouts: list[str]) -> list[str]:
+    """The named location the 404 replays to: LiteLLM maps every `claude-*` name to the served
+    model. The URI is the route's own path (a named location's proxy_pass takes no URI)."""
+    return [
+        f"location {fallback_name(name)} {{",
+        "    proxy_intercept_errors off;",
+        f"    rewrite ^ {path} break;",
+        *(f"    {line}" for line in [*timeouts, *litellm_headers]),
+        "    proxy_pass http://coderig_litellm;",
+        "}",
+    ]

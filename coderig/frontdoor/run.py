@@ -12,6 +12,10 @@ a developer without a restart). The integration tests use it too.
   with ``CODERIG_LITELLM``.
 - TLS unless ``--plain-http`` (loopback listen addresses only): a CA kept in the state dir
   (reused across runs, so clients trust it once) signs a fresh server certificate per run.
+- Nothing outlives it: nginx and LiteLLM get SIGTERM when it dies, however it dies (Linux:
+  PR_SET_PDEATHSIG), and the keys include (every developer key and LiteLLM's master key) is a
+  nameless file nginx reads through /proc, gone with the process. Prefixes left by a run that
+  was killed are removed when the next one starts.
 """
 
 from __future__ import annotations
@@ -36,8 +40,16 @@ from types import FrameType
 
 from coderig import frontdoor
 from coderig.core import access
-from coderig.core.files import write_file
 from coderig.core.versions import LITELLM_VERSION
+from coderig.frontdoor.lifecycle import (
+    PREFIX_NAME,
+    RUNNER_PID,
+    KeysInclude,
+    clean_stale_prefixes,
+    die_with_parent,
+    start_relay,
+    wait_listening,
+)
 
 READY_LINE = "coderig frontdoor: ready"
 LITELLM_EXTRA_REQUIREMENTS = ("opentelemetry-sdk==1.45.2",)
@@ -284,7 +296,7 @@ def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace
 
 
 def reload_keys(
-    keys_file: Path, keys_conf: Path, master_key: str, nginx: subprocess.Popen[bytes]
+    keys_file: Path, keys_conf: KeysInclude, master_key: str, nginx: subprocess.Popen[bytes]
 ) -> dict[str, str] | None:
     """SIGHUP: re-read --keys-file and reload nginx, so adding or revoking a developer needs no
     restart. A bad file keeps the keys in force and says why."""
@@ -293,7 +305,7 @@ def reload_keys(
     except (OSError, ValueError) as exc:
         print(f"coderig frontdoor: keys NOT reloaded: {exc}", file=sys.stderr, flush=True)
         return None
-    write_file(keys_conf, frontdoor.render_gateway_keys(keys, master_key))
+    keys_conf.replace(frontdoor.render_gateway_keys(keys, master_key))
     os.kill(nginx.pid, signal.SIGHUP)
     print(f"coderig frontdoor: keys reloaded ({len(keys)} developer key(s))", flush=True)
     return keys
@@ -327,25 +339,6 @@ class RunOptions:
     keepalive_s: float = 15.0
 
 
-def start_relay(routes: list[str], interval: float, log: Path) -> subprocess.Popen[bytes]:
-    """The SSE keepalive relay (coderig.runtime.sse_keepalive) as a child process."""
-    args = [arg for route in routes for arg in ("--route", route)]
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "coderig.runtime.sse_keepalive", *args, "--interval", str(interval)],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-
-
-def wait_listening(port: int, timeout_s: float, proc: subprocess.Popen[bytes]) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and proc.poll() is None:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def run(opts: RunOptions) -> int:
     err = listen_error(opts.listen, opts.plain_http)
     if err:
@@ -367,10 +360,17 @@ def run(opts: RunOptions) -> int:
         return 2
 
     host, _ = frontdoor.parse_listen(opts.listen)
-    opts.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    prefix = Path(tempfile.mkdtemp(prefix="coderig-frontdoor-"))
+    # absolute: nginx resolves relative paths against its own (temporary) prefix, not our cwd
+    state_dir = opts.state_dir.expanduser().resolve()
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = Path(tempfile.gettempdir())
+    for stale in clean_stale_prefixes(tmp):
+        print(f"coderig frontdoor: removed {stale} (left by a run that was killed)", file=sys.stderr)
+    prefix = Path(tempfile.mkdtemp(prefix=PREFIX_NAME, dir=tmp))
+    (prefix / RUNNER_PID).write_text(f"{os.getpid()}\n")
     procs: list[subprocess.Popen[bytes]] = []
     names: list[str] = []
+    keys_conf: KeysInclude | None = None
     stop = {"signal": 0, "reload": 0}
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -384,13 +384,12 @@ def run(opts: RunOptions) -> int:
     try:
         ca = cert = key = None
         if not opts.plain_http:
-            ca, cert, key = ensure_tls(opts.state_dir / "tls", host, opts.tls_names)
+            ca, cert, key = ensure_tls(state_dir / "tls", host, opts.tls_names)
         master_key = "sk-" + secrets.token_urlsafe(32)  # LiteLLM expects master keys to start sk-
         litellm_port = opts.litellm_port or free_port()
         litellm_cfg = prefix / "litellm.yaml"
         litellm_cfg.write_text(frontdoor.render_litellm_config(route))
-        keys_conf = prefix / "gateway-keys.conf"
-        write_file(keys_conf, frontdoor.render_gateway_keys(keys, master_key))
+        keys_conf = KeysInclude(prefix, frontdoor.render_gateway_keys(keys, master_key))
         os.chmod(prefix, 0o711)  # noqa: S103 - nginx workers (not root) must reach their temp dirs
         direct = direct_backends(opts.backends, opts.direct_chat)
         native_routes = opts.native_routes if direct else ()
@@ -399,12 +398,12 @@ def run(opts: RunOptions) -> int:
             listen=opts.listen,
             litellm=f"127.0.0.1:{litellm_port}",
             model_health_url=health_url(opts.backends[0], opts.health_path),
-            keys_include=str(keys_conf),
+            keys_include=keys_conf.path,
             tls_cert=str(cert) if cert else None,
             tls_key=str(key) if key else None,
             pid_path=str(prefix / "nginx.pid"),
-            error_log=str(opts.state_dir / "gateway-error.log"),
-            access_log=str(opts.state_dir / "gateway-access.log"),
+            error_log=str(state_dir / "gateway-error.log"),
+            access_log=str(state_dir / "gateway-access.log"),
             temp_dir=str(prefix / "tmp"),
             worker_processes="2",
             timeout_s=opts.timeout_s,
@@ -425,14 +424,14 @@ def run(opts: RunOptions) -> int:
 
         if relays:
             procs.append(start_relay([f"{r}={d}" for r, d in zip(relays, direct, strict=True)], opts.keepalive_s,
-                                     opts.state_dir / "keepalive.log"))  # fmt: skip
+                                     state_dir / "keepalive.log"))  # fmt: skip
             names.append("keepalive relay")
             if not wait_listening(int(relays[-1].rsplit(":", 1)[1]), 30, procs[-1]):
-                print(f"coderig frontdoor: the keepalive relay did not start; see {opts.state_dir / 'keepalive.log'}",
+                print(f"coderig frontdoor: the keepalive relay did not start; see {state_dir / 'keepalive.log'}",
                       file=sys.stderr)  # fmt: skip
                 return 1
         litellm_exe = ensure_litellm()
-        log = open(opts.state_dir / "litellm.log", "ab")  # noqa: SIM115 - lives as long as the child
+        log = open(state_dir / "litellm.log", "ab")  # noqa: SIM115 - lives as long as the child
         started = time.monotonic()
         procs.append(
             subprocess.Popen(
@@ -442,16 +441,19 @@ def run(opts: RunOptions) -> int:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=die_with_parent(),  # no threads of ours run yet
                 cwd=prefix,
             )
         )
         names.append("LiteLLM")
         live = f"http://127.0.0.1:{litellm_port}/health/liveliness"
         if not wait_http_ok(live, opts.startup_timeout_s, procs[-1]):
-            print(f"coderig frontdoor: LiteLLM did not start; see {opts.state_dir / 'litellm.log'}", file=sys.stderr)
+            print(f"coderig frontdoor: LiteLLM did not start; see {state_dir / 'litellm.log'}", file=sys.stderr)
             return 1
         litellm_s = time.monotonic() - started
-        procs.append(subprocess.Popen(nginx_cmd, stdin=subprocess.DEVNULL, start_new_session=True))
+        procs.append(
+            subprocess.Popen(nginx_cmd, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent())
+        )
         names.append("nginx")
         scheme = "http" if opts.plain_http else "https"
         url_host = f"[{host}]" if ":" in host else host
@@ -484,6 +486,8 @@ def run(opts: RunOptions) -> int:
     finally:
         for proc in reversed(procs):
             stop_process(proc)
+        if keys_conf is not None:
+            keys_conf.close()
         shutil.rmtree(prefix, ignore_errors=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
