@@ -227,7 +227,7 @@ def test_kill_9_of_the_runner_leaves_no_server_and_no_key_on_disk(tmp_path: Path
         running_frontdoor(model.url, MODEL, tmp_path / "state", keys, "--litellm-port", str(litellm_port)) as fd,
     ):
         children = _children(fd.proc.pid)
-        assert len(children) == 2, children  # LiteLLM and nginx's master
+        assert len(children) == 3, children  # the keepalive relay, LiteLLM and nginx's master
         (prefix,) = [_prefix_of(pid) for pid in children if b"nginx" in Path(f"/proc/{pid}/comm").read_bytes()]
         assert prefix.name.startswith("coderig-frontdoor-") and prefix.is_dir()
         master = next(
