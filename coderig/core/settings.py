@@ -741,6 +741,8 @@ def load_stack_file(path: str | Path) -> StackSettings:
         raise UserError([f"{p}: no such file (expected a Pulumi.<stack>.yaml)"]) from None
     except yaml.YAMLError as exc:
         raise UserError([f"{p}: not valid YAML: {exc}"]) from None
+    except UnicodeDecodeError:
+        raise UserError([f"{p}: not a text file (expected a Pulumi.<stack>.yaml)"]) from None
     if not isinstance(data, dict):
         raise UserError([f"{p}: expected a mapping with a config: section"])
     return parse_settings(namespace_from_stack_file(data))

@@ -65,7 +65,8 @@ def test_ci_apt_update_waits_for_the_lists_lock(tmp_path: Path):
     start = time.monotonic()
     proc = subprocess.run(
         ["bash", "-c", f"source {ROOT / '.ci' / 'apt.sh'} && ci_apt "
-         f"-o Dir::State::Lists={lists} -o Dir::Etc::sourcelist=/dev/null -o Dir::Etc::sourceparts={tmp_path / 'parts'} "
+         f"-o Dir::State::Lists={lists} -o Dir::Etc::sourcelist=/dev/null "
+         f"-o Dir::Etc::sourceparts={tmp_path / 'parts'} "
          "update -q"],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
