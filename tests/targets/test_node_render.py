@@ -132,7 +132,7 @@ def test_images_are_pinned_from_versions() -> None:
         versions.LLAMACPP_IMAGE,
         versions.LITELLM_IMAGE,
         versions.NGINX_IMAGE,
-        versions.HF_DOWNLOADER_IMAGE,
+        versions.WEIGHTS_IMAGE_CPU,
     }
     for kind in ALL:
         settings = ALL[kind]()

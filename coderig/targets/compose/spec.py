@@ -133,16 +133,19 @@ def _py_probe(url: str, python: str = "python3") -> list[str]:
 
 
 def weights_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
+    """The one-shot download, in an image that already has huggingface_hub (coderig.core.versions)."""
+    env = engine.weights_env(settings.model)
+    shipped = ["fetch_weights.py"] + ([versions.WEIGHTS_REQUIREMENTS] if "CODERIG_PIP_REQUIREMENTS" in env else [])
     return {
-        "image": versions.HF_DOWNLOADER_IMAGE,
+        "image": engine.weights_image(settings.model.spec),
         "network_mode": "host",
         "restart": "no",
-        "command": ["python", "/coderig/fetch_weights.py"],
-        "environment": engine.weights_env(settings.model),
+        "entrypoint": engine.weights_entrypoint(),
+        "environment": env,
         "env_file": [f"{SECRETS_DIR}/weights.env"],
         "volumes": [
             f"{spec.cache_path}:{CACHE_MOUNT}",
-            "./scripts/fetch_weights.py:/coderig/fetch_weights.py:ro",
+            *(f"./scripts/{name}:{engine.WEIGHTS_SCRIPT_DIR}/{name}:ro" for name in shipped),
         ],
     }
 
