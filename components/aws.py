@@ -25,18 +25,21 @@ from coderig.targets.aws.plan import Rule, VolumeSpec
 # --- network -------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class NetworkArgs:
+    availability_zone: pulumi.Input[str]
+    tags: dict[str, str]
+
+
 class Network(pulumi.ComponentResource):
     """A VPC with one public subnet in the nodes' availability zone (used when no vpcId is given)."""
 
     vpc_id: pulumi.Output[str]
     subnet_id: pulumi.Output[str]
 
-    def __init__(
-        self, name: str, *, availability_zone: pulumi.Input[str], tags: dict[str, str],
-        opts: pulumi.ResourceOptions | None = None,
-    ):  # fmt: skip
+    def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("coderig:aws:Network", name, None, opts)
-        self.vpc_id, self.subnet_id = _network(self, name, availability_zone, tags)
+        self.vpc_id, self.subnet_id = _network(self, name, args.availability_zone, args.tags)
         self.register_outputs({"vpc_id": self.vpc_id, "subnet_id": self.subnet_id})
 
 

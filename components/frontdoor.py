@@ -8,6 +8,7 @@ because each key is its own resource named after the developer.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pulumi
 import pulumi_random as random
@@ -16,15 +17,22 @@ import pulumi_tls as tls
 from coderig.core import access
 
 
+@dataclass(frozen=True)
+class DeveloperKeysArgs:
+    developers: Sequence[str]
+
+
 class DeveloperKeys(pulumi.ComponentResource):
+    """One random key per developer (`tokens`: {name: token}, secret)."""
+
     tokens: pulumi.Output[dict[str, str]]
 
-    def __init__(self, name: str, developers: Sequence[str], opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, args: DeveloperKeysArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("coderig:frontdoor:DeveloperKeys", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         passwords = {
             dev: random.RandomPassword(f"{name}-{dev}", length=access.KEY_LENGTH, special=False, opts=child)
-            for dev in developers
+            for dev in args.developers
         }
         self.tokens = pulumi.Output.secret(
             pulumi.Output.all(**{d: p.result for d, p in passwords.items()}).apply(
@@ -34,17 +42,29 @@ class DeveloperKeys(pulumi.ComponentResource):
         self.register_outputs({"tokens": self.tokens})
 
 
+@dataclass(frozen=True)
+class MasterKeyArgs:
+    prefix: str = "sk-"  # LiteLLM expects master keys to start with sk-
+
+
 class MasterKey(pulumi.ComponentResource):
     """LiteLLM's master key: only the gateway knows it; it never leaves the node."""
 
     value: pulumi.Output[str]
 
-    def __init__(self, name: str, opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, args: MasterKeyArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("coderig:frontdoor:MasterKey", name, None, opts)
         key = random.RandomPassword(f"{name}-litellm", length=access.KEY_LENGTH, special=False,
                                     opts=pulumi.ResourceOptions(parent=self))  # fmt: skip
-        self.value = pulumi.Output.secret(key.result.apply(lambda v: f"sk-{v}"))
+        self.value = pulumi.Output.secret(key.result.apply(lambda v: f"{args.prefix}{v}"))
         self.register_outputs({})
+
+
+@dataclass(frozen=True)
+class GatewayTlsArgs:
+    names: pulumi.Input[Sequence[str]]  # DNS names and addresses the certificate covers
+    supplied_cert: pulumi.Output[str] | None = None  # coderig:tlsCertificate / tlsPrivateKey
+    supplied_key: pulumi.Output[str] | None = None
 
 
 class GatewayTls(pulumi.ComponentResource):
@@ -55,20 +75,12 @@ class GatewayTls(pulumi.ComponentResource):
     key_pem: pulumi.Output[str]
     ca_pem: pulumi.Output[str] | None
 
-    def __init__(
-        self,
-        name: str,
-        names: pulumi.Input[Sequence[str]],
-        *,
-        supplied_cert: pulumi.Output[str] | None = None,
-        supplied_key: pulumi.Output[str] | None = None,
-        opts: pulumi.ResourceOptions | None = None,
-    ):
+    def __init__(self, name: str, args: GatewayTlsArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("coderig:frontdoor:GatewayTls", name, None, opts)
-        if supplied_cert is not None and supplied_key is not None:
-            self.cert_pem, self.key_pem, self.ca_pem = supplied_cert, pulumi.Output.secret(supplied_key), None
+        if args.supplied_cert is not None and args.supplied_key is not None:
+            self.cert_pem, self.key_pem, self.ca_pem = args.supplied_cert, pulumi.Output.secret(args.supplied_key), None
         else:
-            self.cert_pem, self.key_pem, self.ca_pem = _self_signed(name, names, self)
+            self.cert_pem, self.key_pem, self.ca_pem = _self_signed(name, args.names, self)
         self.register_outputs({"cert_pem": self.cert_pem, "ca_pem": self.ca_pem})
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pulumi
@@ -165,26 +166,26 @@ def _plain(value: Any) -> Any:
     return {k: _plain(v) for k, v in vars(value).items() if not k.startswith("_")}
 
 
+@dataclass(frozen=True)
+class KubernetesStackArgs:
+    settings: StackSettings
+    stack: str
+    plan: planner.Plan
+    secrets: pulumi.Output[NodeSecrets]
+
+
 class KubernetesStack(pulumi.ComponentResource):
     """Every object of a `kubernetes` stack."""
 
     host: pulumi.Output[str]
     resources: dict[str, pulumi.CustomResource]
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        settings: StackSettings,
-        stack: str,
-        plan: planner.Plan,
-        secrets: pulumi.Output[NodeSecrets],
-        opts: pulumi.ResourceOptions | None = None,
-    ):
+    def __init__(self, name: str, args: KubernetesStackArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("coderig:kubernetes:Stack", name, None, opts)
-        self.provider = provider(name, kube.target(settings), self)
-        self.resources = build_resources(name, settings, stack, plan, secrets, self, self.provider)
-        self.host = gateway_host(kube.target(settings), self.resources[f"service-{kube.GATEWAY}"])
+        t = kube.target(args.settings)
+        self.provider = provider(name, t, self)
+        self.resources = build_resources(name, args.settings, args.stack, args.plan, args.secrets, self, self.provider)
+        self.host = gateway_host(t, self.resources[f"service-{kube.GATEWAY}"])
         self.register_outputs({"host": self.host})
 
 

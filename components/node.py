@@ -25,7 +25,7 @@ Empty for `ssh` and `local`: their triggers are unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +39,14 @@ from coderig.core.secrets import NodeSecrets
 from coderig.core.settings import SshHost, StackSettings
 from coderig.targets.compose import commands
 from coderig.targets.compose import spec as node
-from components.frontdoor import DeveloperKeys, GatewayTls, MasterKey
+from components.frontdoor import (
+    DeveloperKeys,
+    DeveloperKeysArgs,
+    GatewayTls,
+    GatewayTlsArgs,
+    MasterKey,
+    MasterKeyArgs,
+)
 
 BASH = ["/bin/bash", "-c"]
 
@@ -162,35 +169,45 @@ def node_plan(
     )
 
 
+@dataclass(frozen=True)
+class NodeStackArgs:
+    settings: StackSettings
+    spec: node.NodeSpec
+    conn: Connection
+    secrets: pulumi.Output[NodeSecrets]
+    bundle_dir: str = node.REMOTE_BUNDLE_DIR
+    host: SshHost | None = None
+    # a machine that can be replaced under the same address (an AWS instance id, its volume attachment)
+    machine: Sequence[pulumi.Input[str]] = ()
+    after: Sequence[NodeStack] = ()  # other nodes whose ready step this node's ready step waits for
+
+
 class NodeStack(pulumi.ComponentResource):
     """One machine's stack: preflight → install → volume → bundle → up → frontdoor → ready."""
 
     ready: pulumi.Output[str]
     bundle_hash: pulumi.Output[str]
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        settings: StackSettings,
-        spec: node.NodeSpec,
-        conn: Connection,
-        secrets: pulumi.Output[NodeSecrets],
-        bundle_dir: str = node.REMOTE_BUNDLE_DIR,
-        host: SshHost | None = None,
-        machine: Sequence[pulumi.Input[str]] = (),
-        after: Sequence[NodeStack] = (),
-        opts: pulumi.ResourceOptions | None = None,
-    ):
+    def __init__(self, name: str, args: NodeStackArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("coderig:node:NodeStack", name, None, opts)
-        plan = node_plan(settings, spec, bundle_dir=bundle_dir, host=host, user=conn.user, install=conn.kind == "ssh")
-        files = secrets.apply(lambda s: node.node_files(settings, spec) | node.node_secret_files(spec, s))
+        a = args
+        plan = node_plan(a.settings, a.spec, bundle_dir=a.bundle_dir, host=a.host, user=a.conn.user,
+                         install=a.conn.kind == "ssh")  # fmt: skip
+        files = a.secrets.apply(lambda s: node.node_files(a.settings, a.spec) | node.node_secret_files(a.spec, s))
         self.ready_step: pulumi.Resource
         self.ready_step, self.ready, self.bundle_hash = build_steps(
-            self, name, conn, plan, settings, spec, files,
-            machine=list(machine), after=[n.ready_step for n in after],
+            self, name, a.conn, plan, a.settings, a.spec, files,
+            machine=list(a.machine), after=[n.ready_step for n in a.after],
         )  # fmt: skip
         self.register_outputs({"ready": self.ready, "bundle_hash": self.bundle_hash})
+
+
+def replicas_first(count: int, make: Callable[[int, list[NodeStack]], NodeStack]) -> list[NodeStack]:
+    """The machines of a stack, first machine first, built replicas first: the first machine's ready
+    step waits for every replica's, so "ready" means LiteLLM balances only onto replicas that serve.
+    `make(i, after)` builds machine i."""
+    replicas = [make(i, []) for i in range(1, count)]
+    return [make(0, replicas), *replicas]
 
 
 def build_steps(
@@ -285,14 +302,16 @@ def front_door_access(
 ) -> FrontDoorAccess:
     """Developer keys, LiteLLM's master key, the model servers' API key and the gateway TLS
     (components.frontdoor), gathered into one secret NodeSecrets for the node bundles."""
-    keys = DeveloperKeys("developers", settings.developers)
-    master = MasterKey("litellm")
+    keys = DeveloperKeys("developers", DeveloperKeysArgs(settings.developers))
+    master = MasterKey("litellm", MasterKeyArgs())
     model_key = random.RandomPassword("model-api-key", length=access.KEY_LENGTH, special=False)
     tls = GatewayTls(
         "gateway-tls",
-        list(names),
-        supplied_cert=config_secrets.get("tlsCertificate"),
-        supplied_key=config_secrets.get("tlsPrivateKey"),
+        GatewayTlsArgs(
+            list(names),
+            supplied_cert=config_secrets.get("tlsCertificate"),
+            supplied_key=config_secrets.get("tlsPrivateKey"),
+        ),
     )
     empty = pulumi.Output.from_input("")
     secrets = pulumi.Output.all(

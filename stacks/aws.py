@@ -23,8 +23,8 @@ from coderig.core import engine
 from coderig.core.settings import NODE_CACHE_PATH, SshHost
 from coderig.targets.aws import plan as aws_plan
 from coderig.targets.compose import spec as node
-from components.aws import GpuNodes, IdleReaper, Network, NodeArgs, ReaperArgs
-from components.node import Connection, NodeStack, front_door_access
+from components.aws import GpuNodes, IdleReaper, Network, NetworkArgs, NodeArgs, ReaperArgs
+from components.node import Connection, NodeStack, NodeStackArgs, front_door_access, replicas_first
 from stacks import StackContext
 from stacks.outputs import client_outputs
 
@@ -57,7 +57,7 @@ def _placement(ctx: StackContext, provider: aws.Provider) -> tuple[Any, Any, Any
         )
         az = offers.locations.apply(lambda locs: _first_zone(locs, t.instanceType, t.region))
     tags = aws_plan.tags(ctx.stack, aws_plan.environment(ctx.settings, ctx.stack), "network")
-    net = Network("network", availability_zone=az, tags=tags, opts=pulumi.ResourceOptions(provider=provider))
+    net = Network("network", NetworkArgs(az, tags), opts=pulumi.ResourceOptions(provider=provider))
     ips = aws_plan.private_ips(ctx.settings)
     # the Elastic IP association needs the internet gateway attached: wait for the whole network
     return net.vpc_id, net.subnet_id, az, ips, [net]
@@ -116,18 +116,18 @@ def build(ctx: StackContext) -> dict[str, object]:
             aws_plan.LOGIN_USER,
         )  # fmt: skip
         return NodeStack(
-            f"node-{i}", settings=s, spec=specs[i], conn=conn, secrets=access.secrets,
-            host=SshHost(address=f"aws-node-{i}", cacheDevice=aws_plan.WEIGHTS_DEVICE),
-            # the Elastic IP and host key survive a replaced instance: its id makes every step re-run
-            machine=[n.instance.id, n.attachment.id],
-            after=after,
+            f"node-{i}",
+            NodeStackArgs(
+                s, specs[i], conn, access.secrets,
+                host=SshHost(address=f"aws-node-{i}", cacheDevice=aws_plan.WEIGHTS_DEVICE),
+                # the Elastic IP and host key survive a replaced instance: its id makes every step re-run
+                machine=[n.instance.id, n.attachment.id],
+                after=after,
+            ),
             opts=pulumi.ResourceOptions(depends_on=[n.attachment, n.eip_association]),
         )  # fmt: skip
 
-    # replicas first: the first node's ready step waits for every replica's, so "ready" means
-    # LiteLLM balances only onto replicas that serve
-    replicas = [node_stack(i, []) for i in range(1, len(gpu.nodes))]
-    runtimes = [node_stack(0, replicas), *replicas]
+    runtimes = replicas_first(len(gpu.nodes), node_stack)
     # No login private key among the outputs: `coderig bundle` reads every output with
     # --show-secrets into files handed to developers. Ops get the key from the stack state:
     #   supplied:  pulumi config get coderig:sshPrivateKey   (prints a secret value decrypted)

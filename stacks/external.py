@@ -5,7 +5,7 @@ InferenceService URL) gets only the front door (LiteLLM + gateway), on this work
 from __future__ import annotations
 
 from coderig.targets.compose import spec as node
-from components.node import NodeStack, front_door_access, local_connection, ssh_connection
+from components.node import NodeStack, NodeStackArgs, front_door_access, local_connection, ssh_connection
 from stacks import StackContext
 from stacks.local import bundle_dir
 from stacks.outputs import client_outputs
@@ -25,14 +25,13 @@ def build(ctx: StackContext) -> dict[str, object]:
             t.host, ctx.secrets["sshPrivateKey"], insecure_skip=t.insecureSkipHostKeyCheck, where="coderig:target.host"
         )
         access = front_door_access(s, [where, *s.gateway.hostnames], ctx.secrets)
-        fd = NodeStack("frontdoor", settings=s, spec=spec, conn=conn, secrets=access.secrets, host=t.host)
+        fd = NodeStack("frontdoor", NodeStackArgs(s, spec, conn, access.secrets, host=t.host))
     else:
         where = "localhost"
         access = front_door_access(s, ["localhost", "127.0.0.1", *s.gateway.hostnames], ctx.secrets)
         fd = NodeStack(
-            "frontdoor", settings=s, spec=spec, conn=local_connection(), secrets=access.secrets,
-            bundle_dir=bundle_dir(ctx.stack),
-        )  # fmt: skip
+            "frontdoor", NodeStackArgs(s, spec, local_connection(), access.secrets, bundle_dir=bundle_dir(ctx.stack))
+        )
     return {
         **client_outputs(ctx, host=where, port=s.gateway.port, ca_pem=access.ca_pem, tokens=access.developer_keys),
         "endpoint": f"https://{where}:{s.gateway.port}",

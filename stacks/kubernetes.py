@@ -8,7 +8,7 @@ server to zero when idle. Manifests: `coderig.kube`; resources: `components.kube
 from __future__ import annotations
 
 from coderig.targets.kubernetes import frontdoor as kube_fd
-from components.kube import GATEWAY_PORT, KubernetesStack
+from components.kube import GATEWAY_PORT, KubernetesStack, KubernetesStackArgs
 from components.node import front_door_access
 from stacks import StackContext
 from stacks.outputs import client_outputs
@@ -18,7 +18,7 @@ def build(ctx: StackContext) -> dict[str, object]:
     s = ctx.settings
     assert s.target.kind == "kubernetes"
     access = front_door_access(s, kube_fd.certificate_names(s), ctx.secrets)
-    cluster = KubernetesStack("k8s", settings=s, stack=ctx.stack, plan=ctx.plan, secrets=access.secrets)
+    cluster = KubernetesStack("k8s", KubernetesStackArgs(s, ctx.stack, ctx.plan, access.secrets))
     return {
         **client_outputs(ctx, host=cluster.host, port=GATEWAY_PORT, ca_pem=access.ca_pem, tokens=access.developer_keys),
         "namespace": s.target.namespace,

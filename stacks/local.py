@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from coderig.targets.compose import spec as node
-from components.node import NodeStack, front_door_access, local_connection
+from components.node import NodeStack, NodeStackArgs, front_door_access, local_connection
 from stacks import StackContext
 from stacks.outputs import client_outputs
 
@@ -25,9 +25,8 @@ def build(ctx: StackContext) -> dict[str, object]:
     spec = node.node_specs(s)[0]
     access = front_door_access(s, ["localhost", "127.0.0.1", *s.gateway.hostnames], ctx.secrets)
     stack = NodeStack(
-        "node-local", settings=s, spec=spec, conn=local_connection(), secrets=access.secrets,
-        bundle_dir=bundle_dir(ctx.stack),
-    )  # fmt: skip
+        "node-local", NodeStackArgs(s, spec, local_connection(), access.secrets, bundle_dir=bundle_dir(ctx.stack))
+    )
     return {
         **client_outputs(
             ctx, host="localhost", port=s.gateway.port, ca_pem=access.ca_pem, tokens=access.developer_keys

@@ -7,7 +7,7 @@ the gateway, the stack's only public listener.
 from __future__ import annotations
 
 from coderig.targets.compose import spec as node
-from components.node import NodeStack, front_door_access, ssh_connection
+from components.node import NodeStack, NodeStackArgs, front_door_access, replicas_first, ssh_connection
 from stacks import StackContext
 from stacks.outputs import client_outputs
 
@@ -25,14 +25,9 @@ def build(ctx: StackContext) -> dict[str, object]:
     def node_stack(i: int, after: list[NodeStack]) -> NodeStack:
         host, where = t.hosts[i], f"coderig:target.hosts[{i}]"
         conn = ssh_connection(host, key, insecure_skip=t.insecureSkipHostKeyCheck, where=where)
-        return NodeStack(
-            f"node-{i}", settings=s, spec=specs[i], conn=conn, secrets=access.secrets, host=host, after=after
-        )
+        return NodeStack(f"node-{i}", NodeStackArgs(s, specs[i], conn, access.secrets, host=host, after=after))
 
-    # replicas first: the first host's ready step waits for every replica's, so "ready" means
-    # LiteLLM balances only onto replicas that serve
-    replicas = [node_stack(i, []) for i in range(1, len(t.hosts))]
-    nodes = [node_stack(0, replicas), *replicas]
+    nodes = replicas_first(len(t.hosts), node_stack)
     return {
         **client_outputs(
             ctx, host=first.address, port=s.gateway.port, ca_pem=access.ca_pem, tokens=access.developer_keys

@@ -259,5 +259,6 @@ def door(request: pytest.FixtureRequest, standin: Any, tmp_path_factory: pytest.
 
     state = tmp_path_factory.mktemp("frontdoor")
     keys, model = request.module.KEYS, request.module.MODEL
-    with running_frontdoor(standin.url, model, state, keys, "--rate-limit", "50", "--rate-burst", "200") as fd:
+    limits = ("--rate-limit-per-minute", "3000", "--rate-burst", "200")
+    with running_frontdoor(standin.url, model, state, keys, *limits) as fd:
         yield fd

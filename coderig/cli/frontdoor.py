@@ -3,13 +3,103 @@
 from __future__ import annotations
 
 import argparse
+import json
+import socket
+from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from coderig import frontdoor
+from coderig.client import bundle as clients
+from coderig.client import configs
+from coderig.core.errors import UserError
+from coderig.core.files import write_file
+from coderig.core.settings import EXTERNAL_HEALTH_PATH, GatewaySettings
 from coderig.frontdoor import run
+from coderig.runtime.http import http_get
+
+WILDCARDS = ("0.0.0.0", "::")  # noqa: S104 - naming the wildcard, not binding it
+
+
+def rate_per_second(args: argparse.Namespace) -> int:
+    """--rate-limit-per-minute as nginx's per-second rate, by the stack's own conversion."""
+    if args.rate_limit is not None:
+        raise UserError(
+            f"--rate-limit (requests per second) was replaced by --rate-limit-per-minute, the unit of "
+            f"coderig:gateway.rateLimitPerMinute: use --rate-limit-per-minute {_per_minute(args.rate_limit)}"
+        )
+    try:
+        return GatewaySettings(rateLimitPerMinute=args.rate_limit_per_minute).rate_per_second
+    except ValueError:
+        raise UserError(f"--rate-limit-per-minute must be 1 or more, got {args.rate_limit_per_minute}") from None
+
+
+def _per_minute(per_second: str) -> str:
+    return str(int(per_second) * 60) if per_second.isdigit() else "N"
+
+
+def served_context(backend: str, model: str) -> int | None:
+    """The backend's context length for `model` from its GET /v1/models (`max_model_len`, as vLLM reports it)."""
+    body = http_get(backend.rstrip("/") + "/models", timeout=10)
+    try:
+        entries = json.loads(body or "{}").get("data") or []
+    except (ValueError, AttributeError):
+        return None
+    for entry in entries:
+        if isinstance(entry, dict) and entry.get("id") == model and isinstance(entry.get("max_model_len"), int):
+            return int(entry["max_model_len"])
+    return None
+
+
+def public_base(base_url: str, tls_names: list[str]) -> str:
+    """The base URL developers use: a wildcard listen address is named by --tls-name or this host's name."""
+    parts = urlsplit(base_url)
+    if parts.hostname not in WILDCARDS:
+        return base_url
+    host = tls_names[0] if tls_names else socket.gethostname()
+    return f"{parts.scheme}://{host}:{parts.port}"
+
+
+def bundle_writer(args: argparse.Namespace) -> Callable[[str, str | None, dict[str, str]], None] | None:
+    """The runner's hook for --bundles-dir: each developer's bundle as DIR/<developer>.json (0600), rewritten
+    on every key reload (a revoked developer's file is removed)."""
+    if not args.bundles_dir:
+        return None
+    out = Path(args.bundles_dir)
+    max_model_len = args.max_model_len or served_context(args.backend[0], args.model)
+    if not max_model_len:
+        raise UserError(
+            f"--bundles-dir needs the served context length: {args.backend[0]}/models does not report "
+            f"max_model_len for {args.model!r}; pass --max-model-len N"
+        )
+    if not 0 < args.max_tokens < max_model_len:
+        raise UserError(f"--max-tokens {args.max_tokens} must be below the context length {max_model_len}")
+    written: set[str] = set()
+
+    def write(base_url: str, ca_pem: str | None, keys: dict[str, str]) -> None:
+        bundles = clients.frontdoor_bundles(
+            name=args.name, base_url=public_base(base_url, args.tls_name), served_name=args.model,
+            aliases=args.alias, max_model_len=max_model_len, max_output_tokens=args.max_tokens,
+            ca_cert_pem=ca_pem, tokens=keys, backends=args.backend,
+        )  # fmt: skip
+        for developer, data in bundles.items():
+            write_file(out / f"{developer}.json", configs.dumps_json(data), 0o600)
+        for gone in written - set(bundles):
+            (out / f"{gone}.json").unlink(missing_ok=True)
+        written.clear()
+        written.update(bundles)
+        some = next(iter(bundles), "NAME")
+        print(
+            f"coderig frontdoor: wrote {len(bundles)} developer bundle(s) to {out}/ (mode 0600, each holds its "
+            f"developer's key); a developer runs: coderig onboard {some}.json",
+            flush=True,
+        )
+
+    return write
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    on_keys = bundle_writer(args)
     return run.run(
         run.RunOptions(
             backends=args.backend,
@@ -17,19 +107,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
             listen=args.listen,
             keys_file=Path(args.keys_file),
             plain_http=args.plain_http,
-            state_dir=Path(args.state_dir),
+            state_dir=Path(args.state_dir).resolve(),  # nginx runs with its own prefix
             aliases=args.alias,
             max_tokens=args.max_tokens,
             timeout_s=args.timeout,
             litellm_timeout_s=args.litellm_timeout or args.timeout,
             litellm_workers=args.litellm_workers,
             litellm_port=args.litellm_port,
-            rate_per_second=args.rate_limit,
+            rate_per_second=rate_per_second(args),
             rate_burst=args.rate_burst,
             tls_names=args.tls_name,
             health_path=args.health_path,
             direct_chat=args.direct_chat,
             startup_timeout_s=args.startup_timeout,
+            on_keys=on_keys,
         )
     )
 
@@ -68,7 +159,14 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     p.add_argument("--litellm-workers", type=int, default=1, help="LiteLLM worker processes")
     p.add_argument("--litellm-port", type=int, default=0, help="LiteLLM loopback port (default: free)")
-    p.add_argument("--rate-limit", type=int, default=10, help="requests/s per developer (default: 10)")
+    p.add_argument(
+        "--rate-limit-per-minute",
+        type=int,
+        default=GatewaySettings().rateLimitPerMinute,
+        metavar="N",
+        help="requests per minute per developer, like coderig:gateway.rateLimitPerMinute (default: %(default)s)",
+    )
+    p.add_argument("--rate-limit", help=argparse.SUPPRESS)  # replaced: refused with the new flag's name
     p.add_argument("--rate-burst", type=int, default=100, help="burst per developer (default: 100)")
     p.add_argument(
         "--tls-name",
@@ -77,7 +175,13 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         metavar="NAME",
         help="extra DNS name or IP for the server certificate",
     )
-    p.add_argument("--health-path", default="/health", help="backend health path (default: /health)")
+    p.add_argument(
+        "--health-path",
+        default=EXTERNAL_HEALTH_PATH,
+        help="what /healthz asks the backend, on its URL without the trailing /v1, like "
+        "coderig:target.healthPath (default: %(default)s, which every OpenAI-compatible server answers; "
+        "/health for vLLM)",
+    )
     p.add_argument(
         "--direct-chat",
         action=argparse.BooleanOptionalAction,
@@ -88,6 +192,25 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "go through LiteLLM",
     )
     p.add_argument("--startup-timeout", type=float, default=120, help="seconds to wait for LiteLLM")
+    p.add_argument(
+        "--bundles-dir",
+        metavar="DIR",
+        help="once ready, write each developer's bundle (what `coderig bundle` makes from a stack) as "
+        "DIR/<developer>.json, mode 0600, and rewrite them when SIGHUP reloads the keys: developers run "
+        "`coderig onboard` and `coderig smoke` on them",
+    )
+    p.add_argument(
+        "--name",
+        default="frontdoor",
+        help="what the bundles call this endpoint (their stack and alias: use-NAME.sh, the /model picker label; "
+        "default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-model-len",
+        type=int,
+        metavar="N",
+        help="the model's context length for the bundles (default: what the backend's /v1/models reports)",
+    )
     p.set_defaults(func=_cmd_run)
     inst = fd_sub.add_parser("install-litellm", help="install the pinned LiteLLM into its own venv")
     inst.set_defaults(func=_cmd_install)

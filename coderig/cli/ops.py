@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from coderig.core.errors import UserError
+from coderig.core.errors import REFUSED, UserError
 from coderig.core.settings import StackSettings, load_stack_file
 from coderig.runtime.aws_reaper import TAG_STACK
 from coderig.targets import REGISTRY
@@ -22,16 +22,24 @@ def stack_settings(args: argparse.Namespace) -> StackSettings | None:
     return load_stack_file(path)
 
 
+def no_ops_message(kind: str, command: str) -> str:
+    """Why `coderig idle|stop|start` does nothing on this kind, and what to do instead."""
+    able = [k for k, t in REGISTRY.items() if t.ops is not None]
+    kinds = ", ".join(able[:-1]) + f" and {able[-1]}" if len(able) > 1 else able[0]
+    article = "an" if kind[0] in "aeiou" or kind == "ssh" else "a"
+    return (
+        f"coderig:target.kind is {kind}: `coderig {command}` works on {kinds} stacks only (the kinds whose GPU "
+        f"capacity coderig stops and starts, by hand or by coderig:idle); on {article} {kind} stack, "
+        f"{REGISTRY[kind].instead}"
+    )
+
+
 def run_command(args: argparse.Namespace) -> int:
     settings = stack_settings(args)
     kind = settings.target.kind if settings is not None else "aws"
     ops = REGISTRY[kind].ops
     if ops is None:
-        able = ", ".join(k for k, t in REGISTRY.items() if t.ops is not None)
-        raise UserError(
-            f"coderig:target.kind is {kind}: `coderig {args.command}` works on {able} stacks "
-            f"(they stop GPU capacity when idle); on a {kind} stack, {REGISTRY[kind].stop_instead}"
-        )
+        raise UserError(no_ops_message(kind, args.command), REFUSED)
     return ops.COMMANDS[args.command](args, settings)
 
 

@@ -9,9 +9,11 @@ from pathlib import Path
 
 from coderig.core import planner
 from coderig.core.errors import REFUSED, UserError
-from coderig.core.files import write_bundle
+from coderig.core.files import Bundle, write_bundle, write_file
 from coderig.core.settings import StackSettings, load_stack_file, stack_name_from_path
 from coderig.targets import render_stack
+
+MANIFEST = ".coderig-render"  # in the --out directory: the files the last render wrote
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -23,6 +25,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("render", help="write every file the stack would deploy into a directory")
     r.add_argument("--config", required=True, help="Pulumi.<stack>.yaml")
     r.add_argument("--out", required=True, help="output directory")
+    r.add_argument(
+        "--force",
+        action="store_true",
+        help=f"render into a non-empty directory: replace coderig's own output there (listed in {MANIFEST}), "
+        "removing what the new render does not write; other files are kept",
+    )
     r.set_defaults(func=cmd_render)
 
 
@@ -57,6 +65,51 @@ def cmd_render(args: argparse.Namespace) -> int:
     p = planner.plan_stack(settings)
     if not p.fits:
         raise _refusal(p)
-    for path in write_bundle(render_stack(settings, stack), Path(args.out)):
+    out = Path(args.out)
+    bundle = render_stack(settings, stack)
+    for path in replace_rendered(bundle, out, force=args.force):
         print(path)
     return 0
+
+
+def _previous(out: Path) -> list[str]:
+    """What the last render into `out` wrote (relative paths), from its manifest."""
+    try:
+        lines = (out / MANIFEST).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _inside(out: Path, rel: str) -> Path | None:
+    """`out/rel` when rel is a plain relative path inside out (a manifest is not trusted blindly)."""
+    if rel.startswith("/") or ".." in Path(rel).parts:
+        return None
+    return out / rel
+
+
+def replace_rendered(bundle: Bundle, out: Path, *, force: bool) -> list[Path]:
+    """Write `bundle` into `out`. A non-empty `out` is refused unless `force`; then only coderig's own
+    output is replaced: files the previous render listed in MANIFEST and this one does not write are
+    removed (and directories they leave empty); any other file is kept."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UserError(
+            f"--out {out} is not empty: pass --force to replace coderig's own output there (the files listed in "
+            f"{out / MANIFEST}; other files are kept), or choose an empty directory",
+            REFUSED,
+        )
+    for rel in _previous(out):
+        old = _inside(out, rel)
+        if old is None or rel in bundle or not (old.is_file() or old.is_symlink()):
+            continue
+        old.unlink()
+        for parent in old.parents:
+            if parent == out or not parent.is_relative_to(out) or any(parent.iterdir()):
+                break
+            parent.rmdir()
+    written = write_bundle(bundle, out)
+    manifest = "# written by `coderig render`; `--force` replaces exactly these files\n"
+    write_file(out / MANIFEST, manifest + "".join(f"{rel}\n" for rel in sorted(bundle)), 0o644)
+    return written

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from coderig.core.engine import CLAUDE_WILDCARD
 from coderig.core.errors import UserError
@@ -101,6 +102,19 @@ def recommended_env(
     return env
 
 
+def model_picker_env(*, served_name: str, stack: str, endpoint: str, max_model_len: int) -> dict[str, str]:
+    """Claude Code's `/model` picker: the served model as one labelled row naming the stack, so two
+    onboarded stacks (a cluster, a laptop) are told apart. It does not silence Claude Code's
+    `[claude-code:unrecognized_model]` stderr line: no setting of the pinned version does."""
+    return {
+        "ANTHROPIC_CUSTOM_MODEL_OPTION": served_name,
+        "ANTHROPIC_CUSTOM_MODEL_OPTION_NAME": f"{served_name} (coderig {stack})",
+        "ANTHROPIC_CUSTOM_MODEL_OPTION_DESCRIPTION": (
+            f"self-hosted by coderig, stack {stack}: {endpoint}, {max_model_len}-token context"
+        ),
+    }
+
+
 def stack_outputs(
     *,
     project: str,
@@ -156,14 +170,17 @@ def stack_outputs(
             "max_output_tokens": max_output_tokens,
         },
         "ca_cert_pem": ca_cert_pem or None,
-        "client_env": recommended_env(
-            anthropic_base_url=anthropic,
-            served_name=served_name,
-            max_model_len=max_model_len,
-            max_output_tokens=max_output_tokens,
-            api_timeout_ms=api_timeout_ms,
-            ca_file=ca_file,
-        ),
+        "client_env": {
+            **recommended_env(
+                anthropic_base_url=anthropic,
+                served_name=served_name,
+                max_model_len=max_model_len,
+                max_output_tokens=max_output_tokens,
+                api_timeout_ms=api_timeout_ms,
+                ca_file=ca_file,
+            ),
+            **model_picker_env(served_name=served_name, stack=stack, endpoint=anthropic, max_model_len=max_model_len),
+        },
         "token_env": TOKEN_ENV,
         "developers": list(developers),
         "plan": dict(plan),
@@ -329,3 +346,37 @@ def load_bundle_file(path: str) -> Bundle:
     except ValueError as exc:
         raise UserError(f"{p}: not JSON ({exc})") from None
     return load_bundle(data)
+
+
+# ---------------------------------------------------------------- `coderig frontdoor run --bundles-dir`
+
+FRONTDOOR_PROJECT = "coderig-frontdoor"
+
+
+def frontdoor_bundles(
+    *,
+    name: str,
+    base_url: str,
+    served_name: str,
+    aliases: Sequence[str],
+    max_model_len: int,
+    max_output_tokens: int,
+    ca_cert_pem: str | None,
+    tokens: Mapping[str, str],
+    backends: Sequence[str],
+) -> dict[str, dict[str, Any]]:
+    """{developer: bundle} for a `coderig frontdoor run` front door: the same schema `coderig bundle`
+    makes from stack outputs, `name` standing for the stack."""
+    parsed = urlsplit(base_url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise UserError(f"front door URL {base_url!r} is not an http(s) URL")
+    scheme = parsed.scheme
+    port = parsed.port or {"https": 443, "http": 80}[scheme]
+    public = stack_outputs(
+        project=FRONTDOOR_PROJECT, stack=name, host=parsed.hostname, port=port, scheme=scheme,
+        served_name=served_name, aliases=aliases, max_model_len=max_model_len, max_output_tokens=max_output_tokens,
+        developers=sorted(tokens), plan={"source": "coderig frontdoor run", "backends": list(backends)},
+        idle={}, usd_per_hour=None, ca_cert_pem=ca_cert_pem,
+    )  # fmt: skip
+    outputs = {BUNDLE_OUTPUT: public, TOKENS_OUTPUT: dict(tokens)}
+    return {developer: developer_bundle(outputs, developer) for developer in sorted(tokens)}

@@ -32,52 +32,35 @@ from coderig.core.errors import UserError
 from coderig.core.settings_base import KeyProblem as _KeyError
 from coderig.core.settings_base import Loc
 from coderig.core.settings_base import Model as _Model
-from coderig.core.targets_settings import (  # re-exported: the target models are part of the settings
-    AWS_FIRST_HOST as AWS_FIRST_HOST,
-)
 from coderig.core.targets_settings import (
-    AWS_REGIONS as AWS_REGIONS,
-)
-from coderig.core.targets_settings import (
-    AWS_SUBNET_PREFIX as AWS_SUBNET_PREFIX,
-)
-from coderig.core.targets_settings import (
-    NODE_CACHE_PATH as NODE_CACHE_PATH,
-)
-from coderig.core.targets_settings import (
-    TARGET_KINDS as TARGET_KINDS,
-)
-from coderig.core.targets_settings import (
-    TARGET_MODELS as TARGET_MODELS,
-)
-from coderig.core.targets_settings import (
-    AwsTarget as AwsTarget,
-)
-from coderig.core.targets_settings import (
-    ExternalTarget as ExternalTarget,
-)
-from coderig.core.targets_settings import (
-    GpuSpec as GpuSpec,
-)
-from coderig.core.targets_settings import (
-    KubernetesTarget as KubernetesTarget,
-)
-from coderig.core.targets_settings import (
-    LocalTarget as LocalTarget,
-)
-from coderig.core.targets_settings import (
-    SshHost as SshHost,
-)
-from coderig.core.targets_settings import (
-    SshTarget as SshTarget,
-)
-from coderig.core.targets_settings import (
-    Target as Target,
-)
-from coderig.core.targets_settings import (
-    Toleration as Toleration,
+    AWS_FIRST_HOST,
+    AWS_REGIONS,
+    AWS_SUBNET_PREFIX,
+    EXTERNAL_HEALTH_PATH,
+    NODE_CACHE_PATH,
+    TARGET_KINDS,
+    TARGET_MODELS,
+    AwsTarget,
+    ExternalTarget,
+    GpuSpec,
+    KubernetesTarget,
+    LocalTarget,
+    SshHost,
+    SshTarget,
+    Target,
+    Toleration,
 )
 from coderig.runtime import idle
+
+# the target models live in core/targets_settings.py; importers keep using this module
+__all__ = [
+    "AWS_FIRST_HOST", "AWS_REGIONS", "AWS_SUBNET_PREFIX", "AwsTarget", "COMMIT_RE", "DEVELOPER_RE",
+    "EXTERNAL_HEALTH_PATH", "ExternalTarget", "GatewaySettings", "GpuSpec", "IdlePolicy", "KubernetesTarget",
+    "LocalTarget", "ModelSettings", "NAMESPACE", "NODE_CACHE_PATH", "OfficeHours", "SECRET", "SECRET_KEYS",
+    "Secret", "SshHost", "SshTarget", "StackSettings", "TARGET_KINDS", "TARGET_MODELS", "Target", "Toleration",
+    "UserError", "load_stack_file", "misspelt_namespaces", "namespace_from_stack_file", "parse_settings",
+    "stack_name_from_path"
+]  # fmt: skip
 
 NAMESPACE = "coderig"
 

@@ -408,6 +408,11 @@ class KubernetesTarget(_Target):
         return self
 
 
+# Every OpenAI-compatible server answers GET /v1/models once its model is loaded; /health is vLLM's
+# own (KServe and others have none), so it is not the default for an endpoint we do not run.
+EXTERNAL_HEALTH_PATH = "/v1/models"
+
+
 class ExternalTarget(_Target):
     kind: Literal["external"]
     serves_model: ClassVar[bool] = False
@@ -415,6 +420,17 @@ class ExternalTarget(_Target):
     frontDoor: Literal["local", "ssh"] = "local"
     host: SshHost | None = Field(default=None, description="where the front door runs when frontDoor is ssh")
     insecureSkipHostKeyCheck: bool = False
+    healthPath: str = Field(
+        default=EXTERNAL_HEALTH_PATH,
+        description="what the gateway's /healthz asks the endpoint: a path on its URL without the trailing /v1",
+    )
+
+    @field_validator("healthPath")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not re.match(r"^/[^\s?#]*$", v):
+            raise ValueError(f"got {v!r}; expected a path starting with / such as /v1/models or /health")
+        return v
 
     @field_validator("endpoint")
     @classmethod

@@ -80,6 +80,13 @@ def from_settings(
     )
 
 
+def model_health_url(backend: str, health_path: str) -> str:
+    """What the gateway's /healthz asks: `health_path` on the backend's URL without its trailing /v1
+    ('https://llm.internal/v1', '/v1/models' -> 'https://llm.internal/v1/models')."""
+    base = backend.rstrip("/").removesuffix("/v1")
+    return base + "/" + health_path.lstrip("/")
+
+
 def direct_targets(backends: Sequence[str]) -> tuple[str, ...]:
     """The host:port of each backend nginx can proxy /v1/chat/completions to as is; () when any cannot
     (https or a path prefix: LiteLLM handles those)."""

@@ -29,6 +29,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -282,17 +283,20 @@ def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace
         proc.wait(5)
 
 
-def reload_keys(keys_file: Path, keys_conf: Path, master_key: str, nginx: subprocess.Popen[bytes]) -> None:
+def reload_keys(
+    keys_file: Path, keys_conf: Path, master_key: str, nginx: subprocess.Popen[bytes]
+) -> dict[str, str] | None:
     """SIGHUP: re-read --keys-file and reload nginx, so adding or revoking a developer needs no
     restart. A bad file keeps the keys in force and says why."""
     try:
         keys = parse_keys(keys_file.read_text(), str(keys_file))
     except (OSError, ValueError) as exc:
         print(f"coderig frontdoor: keys NOT reloaded: {exc}", file=sys.stderr, flush=True)
-        return
+        return None
     write_file(keys_conf, frontdoor.render_gateway_keys(keys, master_key))
     os.kill(nginx.pid, signal.SIGHUP)
     print(f"coderig frontdoor: keys reloaded ({len(keys)} developer key(s))", flush=True)
+    return keys
 
 
 @dataclass
@@ -315,6 +319,9 @@ class RunOptions:
     health_path: str
     direct_chat: bool
     startup_timeout_s: float
+    # called once ready and after each key reload with (base URL, CA PEM or None, {developer: key});
+    # `coderig frontdoor run --bundles-dir` writes the developer bundles with it
+    on_keys: Callable[[str, str | None, dict[str, str]], None] | None = None
 
 
 def run(opts: RunOptions) -> int:
@@ -415,6 +422,9 @@ def run(opts: RunOptions) -> int:
         if procs[1].poll() is not None:
             print(f"coderig frontdoor: nginx exited; see {spec.error_log}", file=sys.stderr)
             return 1
+        ca_pem = ca.read_text() if ca else None
+        if opts.on_keys:  # before the ready line: whoever waits for it finds the bundles written
+            opts.on_keys(base, ca_pem, keys)
         print(
             f"{READY_LINE} {base} (LiteLLM {LITELLM_VERSION} up in {litellm_s:.1f}s, {len(keys)} developer key(s))",
             flush=True,
@@ -424,7 +434,9 @@ def run(opts: RunOptions) -> int:
         while not stop["signal"]:
             if stop["reload"]:
                 stop["reload"] = 0
-                reload_keys(opts.keys_file, keys_conf, master_key, procs[1])
+                reloaded = reload_keys(opts.keys_file, keys_conf, master_key, procs[1])
+                if reloaded is not None and opts.on_keys:
+                    opts.on_keys(base, ca_pem, reloaded)
             for name, proc in zip(("LiteLLM", "nginx"), procs, strict=True):
                 if proc.poll() is not None:
                     print(f"coderig frontdoor: {name} exited ({proc.returncode}); stopping", file=sys.stderr)

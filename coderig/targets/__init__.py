@@ -30,14 +30,28 @@ Renderer = Callable[[StackSettings, str], Bundle]
 class TargetKind:
     render: Renderer  # the target's own files for `coderig render`
     ops: ModuleType | None  # module with COMMANDS {"start", "stop", "idle"}; None: no idle mechanism
-    stop_instead: str = ""  # what to do instead of `coderig stop` when ops is None
+    instead: str = ""  # how to stop and start this kind's model by hand, when ops is None
 
 
-_COMPOSE_STOP = "stop the containers on the host with `docker compose -p coderig down` (the weights stay)"
+_COMPOSE = "docker compose -p coderig"
 REGISTRY: Mapping[str, TargetKind] = {
-    "local": TargetKind(render_node_files, None, _COMPOSE_STOP),
-    "ssh": TargetKind(render_node_files, None, _COMPOSE_STOP + ", or `pulumi destroy`"),
-    "external": TargetKind(render_node_files, None, "the endpoint's own platform starts and stops its model"),
+    "local": TargetKind(
+        render_node_files,
+        None,
+        f"`{_COMPOSE} stop` stops the model (the weights stay in the cache) and `{_COMPOSE} start` starts it "
+        "again; `pulumi destroy` removes the stack",
+    ),
+    "ssh": TargetKind(
+        render_node_files,
+        None,
+        f"on each host, `sudo {_COMPOSE} stop` stops the model (the weights stay on the cache volume) and "
+        f"`sudo {_COMPOSE} start` starts it again; `pulumi destroy` removes the stack",
+    ),
+    "external": TargetKind(
+        render_node_files,
+        None,
+        "the endpoint's own platform starts and stops its model (coderig runs only the front door, no GPU)",
+    ),
     "aws": TargetKind(render_node_files, aws_ops),
     "kubernetes": TargetKind(render_manifests, kube_ops),
 }

@@ -82,8 +82,13 @@ def test_aws_idle_with_an_unknown_profile(tmp_path: Path):
 
 @pytest.fixture
 def bundle(tmp_path: Path) -> Path:
-    sys.path.insert(0, str(ROOT / "tests" / "client"))
-    from test_clients import outputs  # the client tests' stack outputs
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("client_tests", ROOT / "tests" / "client" / "test_clients.py")
+    assert spec and spec.loader
+    client_tests = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(client_tests)  # the client tests' stack outputs
+    outputs = client_tests.outputs
 
     path = tmp_path / "alice.json"
     path.write_text(json.dumps(clients.developer_bundle(outputs(), "alice")))

@@ -107,19 +107,17 @@ def top_level_imports(path: Path) -> set[str]:
 
 
 def test_runtime_imports_only_the_standard_library() -> None:
-    """boto3 alone is allowed, and only inside the functions that call AWS (the Lambda runtime has it;
-    nodes get it from python3-boto3): importing any runtime module needs the standard library only."""
+    """Two exceptions, imported only inside the functions that use them, from where the code runs:
+    boto3 (the Lambda runtime has it; nodes get python3-boto3) and huggingface_hub (the weights image
+    has it). Importing any runtime module needs the standard library only."""
     stdlib = set(sys.stdlib_module_names) | {"__future__"}
     for name, path in project_modules().items():
         if name.startswith("coderig.runtime"):
             found = imports_of(path, name)
-            outside = {m.split(".")[0] for m in found if m.split(".")[0] not in stdlib}
-            outside -= {"coderig"} if all(m.startswith("coderig.runtime") for m in found if "coderig" in m) else set()
-            # the weights step imports huggingface_hub from its (pinned) image, only to download
-            allowed = {"boto3", "huggingface_hub"} if name == "coderig.runtime.fetch_weights" else {"boto3"}
-            assert outside <= allowed, f"{name} imports {outside}"
-            for lazy in allowed:
-                assert lazy not in top_level_imports(path), f"{name} imports {lazy} at import time"
+            outside = {m for m in found if m.split(".")[0] not in stdlib and not m.startswith("coderig.runtime")}
+            lazy = {"boto3", "huggingface_hub"}
+            assert {m.split(".")[0] for m in outside} <= lazy, f"{name} imports {outside}"
+            assert not lazy & top_level_imports(path), f"{name} imports {lazy} at import time"
 
 
 def test_each_layer_imports_only_the_layers_below_it() -> None:

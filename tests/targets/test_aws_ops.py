@@ -497,9 +497,9 @@ def test_cli_errors_name_the_problem(aws: Aws, tmp_path: Path, capsys: pytest.Ca
     assert cli("stop", STACK, "--config", str(tmp_path / "missing.yaml")) == 2
     assert "missing.yaml: no such file" in capsys.readouterr().err
     ssh = write_stack(tmp_path, ssh_config(), "ssh")
-    assert cli("idle", "ssh", "--config", str(ssh)) == 2
+    assert cli("idle", "ssh", "--config", str(ssh)) == 1  # refused: tests/cli/test_ops_kinds.py has the wording
     err = capsys.readouterr().err
-    assert "coderig: coderig:target.kind is ssh: `coderig idle` works on aws, kubernetes stacks" in err
+    assert "coderig: coderig:target.kind is ssh: `coderig idle` works on aws and kubernetes stacks only" in err
     assert cli("stop", STACK, "--config", str(stack_file(tmp_path))) == 1  # no instances
     bad = stack_file(tmp_path, officeHours={"timezone": "UTC", "start": "9", "end": "17:00"})
     assert cli("idle", STACK, "--config", str(bad)) == 2

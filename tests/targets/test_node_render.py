@@ -364,7 +364,7 @@ def test_gateway_has_a_health_check_and_wait_ready_checks_through_it(kind: str) 
     # what /healthz checks: the model server (the upstream for a front door) behind LiteLLM
     conf = node.node_files(settings, spec)[node.GATEWAY_CONF].content
     assert "location = /healthz" in conf and "auth_request /_coderig_model_health;" in conf
-    upstream = "https://kserve.internal/health" if kind == "external" else "http://127.0.0.1:8000/health"
+    upstream = "https://kserve.internal/v1/models" if kind == "external" else "http://127.0.0.1:8000/health"
     assert f"proxy_pass {upstream};" in conf
 
 

@@ -33,7 +33,14 @@ from coderig.core import engine, planner, versions
 from coderig.core import files as render
 from coderig.core.secrets import NodeSecrets
 from coderig.core.settings import StackSettings
-from coderig.frontdoor.assemble import MODEL_API_KEY_ENV, GatewayPaths, assemble, direct_targets, from_settings
+from coderig.frontdoor.assemble import (
+    MODEL_API_KEY_ENV,
+    GatewayPaths,
+    assemble,
+    direct_targets,
+    from_settings,
+    model_health_url,
+)
 from coderig.runtime.scripts import SCRIPT_NAMES, script_text
 
 PROJECT = "coderig"
@@ -74,6 +81,7 @@ class NodeSpec:
     backends: tuple[str, ...] = ()
     tls: bool = True
     litellm_workers: int = 1  # full/frontdoor: sized from the concurrency the plan allows
+    health_path: str = "/health"  # what the gateway's /healthz asks backends[0] (vLLM's own: /health)
 
 
 def _backend_url(host: str, port: int = engine.MODEL_PORT) -> str:
@@ -95,10 +103,11 @@ def node_specs(settings: StackSettings, cache_path: str | None = None) -> list[N
     path = cache_path or t.node_cache_path
     if not t.serves_model:
         endpoint = str(getattr(t, "endpoint"))  # noqa: B009 - every front-door-only target has one
+        health_path = str(getattr(t, "healthPath"))  # noqa: B009 - and says how to probe it
         return [
             NodeSpec(
                 role="frontdoor", cache_path=path, gateway_listen=listen, backends=(endpoint,),
-                litellm_workers=EXTERNAL_LITELLM_WORKERS,
+                litellm_workers=EXTERNAL_LITELLM_WORKERS, health_path=health_path,
             )
         ]  # fmt: skip
     p = planner.plan_stack(settings)
@@ -213,7 +222,7 @@ NODE_PATHS = GatewayPaths(
 def front_door(settings: StackSettings, spec: NodeSpec) -> tuple[frontdoor.ModelRoute, frontdoor.GatewaySpec]:
     """This machine's LiteLLM route and gateway (first machine or a front door only)."""
     health = (
-        f"{spec.backends[0].removesuffix('/v1')}/health"
+        model_health_url(spec.backends[0], spec.health_path)
         if spec.role == "frontdoor"
         else f"http://{engine.MODEL_HOST}:{engine.MODEL_PORT}/health"
     )

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from coderig.core import planner
-from coderig.core.errors import UserError
+from coderig.core.errors import REFUSED, UserError
 from coderig.core.settings import StackSettings
 from coderig.runtime.kube_reaper import STATE_KEY
 from coderig.targets.kubernetes import manifests as kube
@@ -166,9 +166,18 @@ def cmd_stop(args: argparse.Namespace, settings: StackSettings | None, run: Runn
 def cmd_idle(args: argparse.Namespace, settings: StackSettings | None, run: Runner = _run) -> int:
     """Print the in-cluster reaper's last decision and history length."""
     k = load_kube_stack(args, settings)
+    if settings is not None and not settings.idle.enabled:
+        raise UserError(
+            f"stack {k.stack} has no idle policy, so no reaper runs to report on: set coderig:idle.stopAfterMinutes "
+            "(or officeHours) and `pulumi up`; `coderig stop`/`start` work without one",
+            REFUSED,
+        )
     res = run(kubectl(k, "get", "configmap", k.state_configmap, "-o", "json"))
     if res.returncode != 0:
-        print(f"coderig idle: {res.stderr.strip()} (is an idle policy, coderig:idle, set?)", file=sys.stderr)
+        err = res.stderr.strip() or res.stdout.strip()
+        if "(NotFound)" in err:
+            err = f"no {k.state_configmap} in {k.namespace} yet: the idle CronJob has not run since `pulumi up`"
+        print(f"coderig idle: {err}", file=sys.stderr)
         return 1
     state = json.loads((json.loads(res.stdout).get("data") or {}).get(STATE_KEY) or "{}")
     last = state.get("last") or {}

@@ -86,8 +86,6 @@ def render_manifests(settings: StackSettings, stack: str) -> Bundle:
     """`coderig render` contributor: kubernetes/NN-kind-name.yaml, one object per file, apply order.
     Secret objects are omitted (their values exist only as Pulumi secrets); the pods' secret checksum
     annotations are those of placeholders."""
-    if settings.target.kind != "kubernetes":
-        return {}
     placeholders = secret_objects(settings, stack, placeholder_secrets(settings.developers))
     objs = with_secret_checksums(objects(settings, stack), secret_checksums(placeholders))
     secret_list = ", ".join(f"{o['metadata']['name']} ({', '.join(sorted(o['stringData']))})" for o in placeholders)

@@ -6,14 +6,14 @@ import pulumi
 from conftest import run_program
 
 from coderig.core import access
-from components.frontdoor import DeveloperKeys, GatewayTls, MasterKey
+from components.frontdoor import DeveloperKeys, DeveloperKeysArgs, GatewayTls, GatewayTlsArgs, MasterKey, MasterKeyArgs
 
 
 def keys_program(developers: list[str]):
     def program() -> dict[str, object]:
-        keys = DeveloperKeys("dev-keys", developers)
-        master = MasterKey("frontdoor")
-        tls_ = GatewayTls("gw", ["gpu1.internal", "10.0.0.5"])
+        keys = DeveloperKeys("dev-keys", DeveloperKeysArgs(developers))
+        master = MasterKey("frontdoor", MasterKeyArgs())
+        tls_ = GatewayTls("gw", GatewayTlsArgs(["gpu1.internal", "10.0.0.5"]))
         return {"tokens": keys.tokens, "master": master.value, "ca": tls_.ca_pem, "key": tls_.key_pem,
                 "cert": tls_.cert_pem}
 
@@ -59,8 +59,9 @@ def test_self_signed_certificate_names_and_usages():
 
 def test_supplied_certificate_skips_the_ca():
     def program() -> dict[str, object]:
-        t = GatewayTls("gw", ["x"], supplied_cert=pulumi.Output.from_input("CERT"),
-                       supplied_key=pulumi.Output.secret("KEY"))
+        cert, key = pulumi.Output.from_input("CERT"), pulumi.Output.secret("KEY")
+        args = GatewayTlsArgs(["x"], supplied_cert=cert, supplied_key=key)
+        t = GatewayTls("gw", args)
         return {"cert": t.cert_pem, "key": t.key_pem}
 
     run = run_program({}, program)

@@ -1,0 +1,285 @@
+"""Every shell command the README shows, run as written from a fresh temporary directory.
+
+Which commands run (each command of every ```bash block is classified; an unclassified one fails
+the test, so a new README command forces a decision here):
+
+- run: `coderig plan|render|frontdoor run|bundle --outputs|onboard|smoke` and the shell lines around
+  them (`echo … > keys.json && chmod …`), in README order but the `frontdoor run` block first, each
+  block with `bash -euo pipefail` (a block that also holds skipped commands: its runnable lines only).
+  `frontdoor run` runs in the background (against the stand-in model server) until its ready line and
+  serves the later blocks; it is stopped at the end.
+- skipped, needs the Pulumi CLI: `./up.sh` (its no-Pulumi path is `test_up_sh_without_pulumi`),
+  any `pulumi …` line and `coderig bundle` without `--outputs` (it runs `pulumi stack output`).
+- skipped, needs cloud credentials: `coderig idle|stop|start` on the `aws` stack.
+- skipped, interactive agents: `claude`, `codex`, `opencode` launched for a session (their headless
+  round trips are tests/client/*_integration.py).
+- `uv run pytest` is not run recursively: it must be exactly the command `.ci/run` runs.
+
+The environment, not the commands, is what the test arranges: stack files are the README's own
+```yaml blocks (`# Pulumi.<stack>.yaml` first line) copied into the directory; `uv run` finds the
+project through UV_PROJECT (no sync), and `coderig` on PATH is the project's entry point (what
+`uv tool install` gives a developer); HOME is an empty directory. `outputs.json` (what `pulumi stack
+output --json --show-secrets` prints) is made from the running front door's own bundle.
+
+Substitutions (hosts, ports and file names only):
+
+| README                      | test                                   |
+|-----------------------------|----------------------------------------|
+| http://10.0.0.9:8000/v1     | the stand-in's URL                     |
+| 0.0.0.0:8443                | 127.0.0.1:<free port>                  |
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from frontdoor_fixtures import free_port, require_tool, standin_server
+
+from coderig.client import bundle as clients
+from coderig.frontdoor.run import READY_LINE
+
+README = ROOT / "README.md"
+BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
+SKIP = {
+    "pulumi": "needs the Pulumi CLI",
+    "up.sh": "needs the Pulumi CLI (test_up_sh_without_pulumi covers its no-Pulumi path)",
+    "cloud": "needs cloud credentials",
+    "agent": "an interactive agent session",
+}
+
+
+@dataclass(frozen=True)
+class Command:
+    text: str  # continuation lines joined, comments kept (bash ignores them)
+    block: int
+
+
+def readme_blocks(lang: str) -> list[str]:
+    return [m.group(2) for m in BLOCK.finditer(README.read_text()) if m.group(1) == lang]
+
+
+def commands(block: str) -> list[str]:
+    """Shell commands of a block: continuation lines joined; blank and comment-only lines dropped."""
+    out: list[str] = []
+    pending = ""
+    for line in block.splitlines():
+        pending += line
+        if pending.endswith("\\"):
+            pending = pending[:-1] + " "
+            continue
+        if pending.strip() and not pending.strip().startswith("#"):
+            out.append(pending.strip())
+        pending = ""
+    return out
+
+
+def classify(cmd: str) -> str:
+    """'run', 'pytest' or a SKIP key."""
+    words = cmd.split("#", 1)[0].split()
+    if words[:1] == ["./up.sh"]:
+        return "up.sh"
+    if "pulumi" in words or ("bundle" in words and "--outputs" not in words):
+        return "pulumi"
+    if re.search(r"coderig (idle|stop|start) ", cmd):
+        return "cloud"
+    if words[:1] in (["claude"], ["codex"], ["opencode"]) or re.search(r"&& (codex|opencode)\s*$", cmd.split("#")[0]):
+        return "agent"
+    if words[:3] == ["uv", "run", "pytest"]:
+        return "pytest"
+    if re.match(r"(uv run )?coderig (plan|render|frontdoor run|bundle|onboard|smoke)\b", cmd) or words[:1] == ["echo"]:
+        return "run"
+    return "unclassified"
+
+
+def test_every_readme_command_is_classified() -> None:
+    kinds = {c: classify(c) for b in readme_blocks("bash") for c in commands(b)}
+    assert "unclassified" not in kinds.values(), [c for c, k in kinds.items() if k == "unclassified"]
+    ran = {k for k in kinds.values()}
+    assert {"run", "pytest", "pulumi", "up.sh"} <= ran
+    runnable = " ".join(c for c, k in kinds.items() if k == "run")
+    for name in ("coderig plan", "coderig render", "coderig frontdoor run", "coderig bundle", "coderig onboard",
+                 "coderig smoke"):  # fmt: skip
+        assert name in runnable
+
+
+def test_readme_test_command_is_what_ci_runs() -> None:
+    pytest_lines = [c for b in readme_blocks("bash") for c in commands(b) if classify(c) == "pytest"]
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    ci_commands = [line for line in ci if line and not line.startswith("#")]
+    assert ci_commands[-1] == "uv run pytest"
+    assert [c.split("#")[0].strip() for c in pytest_lines] == ["uv run pytest"]
+
+
+def test_readme_plan_example_is_what_plan_prints(tmp_path: Path) -> None:
+    example = next(b for b in readme_blocks("") if b.startswith("$ uv run coderig plan"))
+    command, *expected = example.rstrip("\n").splitlines()
+    stack_files(tmp_path)
+    proc = subprocess.run(["bash", "-c", command[2:]], cwd=tmp_path, env=environment(tmp_path),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.rstrip("\n").splitlines() == expected, "refresh README's plan example"
+
+
+# ---------------------------------------------------------------- running the README
+
+
+def stack_files(work: Path) -> list[str]:
+    names = []
+    for block in readme_blocks("yaml"):
+        first = block.splitlines()[0]
+        if first.startswith("# Pulumi.") and first.endswith(".yaml"):
+            (work / first[2:]).write_text(block)
+            names.append(first[2:])
+    return names
+
+
+def environment(work: Path) -> dict[str, str]:
+    bin_dir = work.parent / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    shim = bin_dir / "coderig"
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m coderig.cli "$@"\n')
+    shim.chmod(0o755)
+    home = work.parent / "home"
+    home.mkdir(exist_ok=True)
+    uv = os.environ.get("UV") or shutil.which("uv") or "uv"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "OPENAI_", "CODERIG_"))}
+    env.update(
+        PATH=f"{bin_dir}:{Path(uv).parent}:{env.get('PATH', '/usr/bin:/bin')}",
+        HOME=str(home),
+        XDG_CACHE_HOME=os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache"),  # LiteLLM's venv, uv's cache
+        UV_PROJECT=str(ROOT),
+        UV_NO_SYNC="1",
+    )
+    return env
+
+
+def substitute(cmd: str, backend: str, port: int) -> str:
+    return cmd.replace("http://10.0.0.9:8000/v1", backend).replace("0.0.0.0:8443", f"127.0.0.1:{port}")
+
+
+@pytest.mark.integration
+def test_readme_commands_run_as_written(tmp_path: Path) -> None:
+    require_tool("nginx")
+    work = tmp_path / "work"
+    work.mkdir()
+    stack_files(work)
+    env = environment(work)
+    port = free_port()
+    model = re.search(r"--model (\S+)", README.read_text())
+    assert model
+    background: list[subprocess.Popen[str]] = []
+    ran: list[str] = []
+    with standin_server(model=model.group(1)) as standin:
+        try:
+            # the front door first: it is the endpoint the bundle, onboard and smoke blocks use
+            blocks = readme_blocks("bash")
+            for block in sorted(blocks, key=lambda b: "frontdoor run" not in b):
+                cmds = [c for c in commands(block) if classify(c) == "run"]
+                if not cmds:
+                    continue
+                # a block that mixes in skipped commands (`pulumi … > outputs.json`) runs its runnable lines
+                whole = all(classify(c) == "run" for c in commands(block))
+                script = substitute(block if whole else "\n".join(cmds), standin.url, port)
+                if "frontdoor run" in script:
+                    background.append(start_background(script, work, env))
+                    make_outputs(work)
+                else:
+                    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=work, env=env,
+                                          capture_output=True, text=True, timeout=600)  # fmt: skip
+                    assert proc.returncode == 0, f"{script}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+                ran += cmds
+        finally:
+            for proc in background:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(30)
+    joined = "\n".join(ran)
+    for name in ("coderig plan", "coderig render", "coderig frontdoor run", "--outputs outputs.json",
+                 "coderig onboard", "coderig smoke"):  # fmt: skip
+        assert name in joined
+    assert (work / "rendered" / ".coderig-render").exists()
+    assert Path(env["HOME"], ".claude", "settings.json").exists() and (work / "alice.json").exists()
+
+
+def start_background(script: str, work: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", script], cwd=work, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    ready = threading.Event()
+    output: list[str] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line)
+            if line.startswith(READY_LINE):
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + 180
+    while not ready.wait(0.2):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError("frontdoor run did not become ready:\n" + "".join(output))
+    return proc
+
+
+def make_outputs(work: Path) -> None:
+    """outputs.json as `pulumi stack output --json --show-secrets --stack prod` would print it, for the
+    endpoint the README's `frontdoor run` serves (the environment of the `coderig bundle --outputs` line)."""
+    bundles = sorted((work / "bundles").glob("*.json"))
+    assert bundles, "frontdoor run --bundles-dir wrote no bundle"
+    data = json.loads(bundles[0].read_text())
+    tokens = {json.loads(p.read_text())["developer"]: json.loads(p.read_text())["token"] for p in bundles}
+    public = {k: v for k, v in data.items() if k not in ("developer", "token")}
+    public.update(kind=clients.STACK_KIND, stack="prod")
+    out = work / "outputs.json"
+    out.write_text(json.dumps({clients.BUNDLE_OUTPUT: public, clients.TOKENS_OUTPUT: tokens}))
+    out.chmod(0o600)
+
+
+# ---------------------------------------------------------------- ./up.sh without Pulumi
+
+
+def test_up_sh_without_pulumi(tmp_path: Path) -> None:
+    """From a copy of the repository, with no `pulumi` on PATH: exit non-zero, the plan printed first,
+    the no-Pulumi paths named, and nothing created (.pulumi-state). An invalid stack file stops at the
+    plan (exit 2)."""
+    repo = tmp_path / "repo"
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for rel in files:
+        if (ROOT / rel).is_file():
+            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, repo / rel)
+    shutil.copy2(ROOT / "up.sh", repo / "up.sh")
+    uv = os.environ.get("UV") or shutil.which("uv")
+    assert uv
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "uv").symlink_to(uv)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"),
+           "UV_PROJECT_ENVIRONMENT": str(ROOT / ".venv"), "UV_NO_SYNC": "1"}  # fmt: skip
+    assert not shutil.which("pulumi", path=env["PATH"])
+    proc = subprocess.run(["./up.sh"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert proc.stdout.startswith("stack dev: qwen3-1.7b-cpu"), proc.stdout + proc.stderr
+    assert "the Pulumi CLI is not installed" in proc.stderr
+    assert "coderig render --config Pulumi.dev.yaml" in proc.stderr and "coderig frontdoor run" in proc.stderr
+    assert not (repo / ".pulumi-state").exists()
+
+    (repo / "Pulumi.bad.yaml").write_text("config:\n  coderig:target: {kind: gcp}\n  coderig:model: {preset: x}\n")
+    proc = subprocess.run(["./up.sh", "bad"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "coderig:target.kind" in proc.stderr
+    assert not (repo / ".pulumi-state").exists()
