@@ -59,6 +59,11 @@ class Connection:
     args: command.remote.ConnectionArgs | None = None
     user: str | None = None  # remote user; not root -> commands use `sudo -n`
 
+    @property
+    def remote(self) -> bool:
+        """Commands run on another machine (over SSH, with `args`), not on this one."""
+        return self.args is not None
+
 
 def ssh_connection(host: SshHost, private_key: pulumi.Input[str], *, insecure_skip: bool, where: str) -> Connection:
     """A pinned connection. Raises (naming the config key) when the host key is missing and the
@@ -101,7 +106,7 @@ def _cmd(
         opts = pulumi.ResourceOptions.merge(
             opts, pulumi.ResourceOptions(additional_secret_outputs=["stdout", "stderr", "stdin"])
         )
-    if conn.kind == "ssh":
+    if conn.remote:
         assert conn.args is not None
         return command.remote.Command(
             name,
@@ -192,7 +197,7 @@ class NodeStack(pulumi.ComponentResource):
         super().__init__("coderig:node:NodeStack", name, None, opts)
         a = args
         plan = node_plan(a.settings, a.spec, bundle_dir=a.bundle_dir, host=a.host, user=a.conn.user,
-                         install=a.conn.kind == "ssh")  # fmt: skip
+                         install=a.conn.remote)  # fmt: skip
         files = a.secrets.apply(lambda s: node.node_files(a.settings, a.spec) | node.node_secret_files(a.spec, s))
         self.ready_step: pulumi.Resource
         self.ready_step, self.ready, self.bundle_hash = build_steps(

@@ -352,20 +352,20 @@ def _format_error(err: dict[str, Any]) -> str:
         msg = msg.removeprefix("Value error, ")
     path = _key_path(loc)
     given = err.get("input")
-    kind = err.get("type", "")
-    if kind == "extra_forbidden":
+    etype = err.get("type", "")  # the pydantic error type
+    if etype == "extra_forbidden":
         parent = loc[:-1]
         allowed = _allowed_keys(parent)
         return f"{path}: unknown key; allowed here: {', '.join(sorted(allowed))}"
-    if kind == "union_tag_invalid":
+    if etype == "union_tag_invalid":
         return f"{_key_path((*loc, 'kind'))}: got {err['ctx']['tag']!r}; allowed: {', '.join(TARGET_KINDS)}"
-    if kind == "union_tag_not_found":
+    if etype == "union_tag_not_found":
         return f"{_key_path((*loc, 'kind'))}: missing; allowed: {', '.join(TARGET_KINDS)}"
-    if kind == "missing":
+    if etype == "missing":
         return f"{path}: required but not set"
-    if kind == "literal_error":
+    if etype == "literal_error":
         return f"{path}: got {given!r}; {msg.lower()}"
-    if kind.endswith(("_type", "_parsing")) or kind in ("greater_than_equal", "less_than_equal", "greater_than"):
+    if etype.endswith(("_type", "_parsing")) or etype in ("greater_than_equal", "less_than_equal", "greater_than"):
         return f"{path}: got {given!r}; {msg.lower()}"
     return f"{path}: {msg}"
 
