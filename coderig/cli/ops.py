@@ -26,11 +26,9 @@ def no_ops_message(kind: str, command: str) -> str:
     """Why `coderig idle|stop|start` does nothing on this kind, and what to do instead."""
     able = [k for k, t in REGISTRY.items() if t.ops is not None]
     kinds = ", ".join(able[:-1]) + f" and {able[-1]}" if len(able) > 1 else able[0]
-    spelled = not set(kind) & set("aeiou")  # an acronym said letter by letter ("an ssh stack")
-    article = "an" if kind[0] in "aeiou" or spelled else "a"
     return (
         f"coderig:target.kind is {kind}: `coderig {command}` works on {kinds} stacks only (the kinds whose GPU "
-        f"capacity coderig stops and starts, by hand or by coderig:idle); on {article} {kind} stack, "
+        f"capacity coderig stops and starts, by hand or by coderig:idle); on this {kind} stack, "
         f"{REGISTRY[kind].instead}"
     )
 

@@ -16,7 +16,7 @@ from conftest import ROOT, ssh_config
 from kube_helpers import all_objects, k8s_config
 
 from coderig.cli import main
-from coderig.core import engine, versions
+from coderig.core import engine, planner, versions
 from coderig.core.settings import SECRET, parse_settings
 from coderig.runtime.scripts import SCRIPT_NAMES
 from coderig.targets.compose import spec as node
@@ -144,10 +144,11 @@ def test_kubernetes_weights_job_uses_the_vllm_image_and_installs_nothing() -> No
 def test_a_pinned_revision_reaches_the_download_and_the_model_server() -> None:
     settings = stacks()["aws"]
     assert engine.weights_env(settings.model)["CODERIG_REVISION"] == SHA
-    args = engine.vllm_args(settings.model, 8)
+    args = engine.vllm_args(settings.model, planner.plan_stack(settings).layout)
     assert args[args.index("--revision") + 1] == SHA and args[args.index("--tokenizer-revision") + 1] == SHA
     default = stacks()["ssh"]
-    assert default.model.revision == "main" and "--revision" not in engine.vllm_args(default.model, 8)
+    default_args = engine.vllm_args(default.model, planner.plan_stack(default).layout)
+    assert default.model.revision == "main" and "--revision" not in default_args
 
 
 @pytest.mark.parametrize("revision", ["v1..2", "-rf", "a b", ""])
