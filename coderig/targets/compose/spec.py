@@ -325,7 +325,10 @@ def node_files(settings: StackSettings, spec: NodeSpec) -> render.Bundle:
     files: render.Bundle = {"compose.yaml": render.RenderedFile(compose_text(settings, spec))}
     # every script ships too: fetch_weights.py is mounted into the weights container; the others
     # run inside the deploy commands and are here so an operator can re-run them by hand
+    pip_allowed = "CODERIG_PIP_REQUIREMENTS" in engine.weights_env(settings.model)
     for name in SCRIPT_NAMES:
+        if name == versions.WEIGHTS_REQUIREMENTS and not pip_allowed:
+            continue  # only the image without huggingface_hub (llama.cpp preset) installs it, from this file
         files[f"scripts/{name}"] = render.RenderedFile(script_text(name), 0o755 if name.endswith(".sh") else 0o644)
     if spec.role in ("full", "frontdoor"):
         route, gateway = front_door(settings, spec)
