@@ -60,6 +60,7 @@ class Connection:
 
     @property
     def remote(self) -> bool:
+        """Commands run on another machine (over SSH, with `args`), not on this one."""
         return self.args is not None
 
 

@@ -422,13 +422,12 @@ def run(opts: RunOptions) -> int:
             print(f"coderig frontdoor: nginx rejected the config:\n{check.stderr}", file=sys.stderr)
             return 1
 
-        if relays:
-            procs.append(start_relay([f"{r}={d}" for r, d in zip(relays, direct, strict=True)], opts.keepalive_s,
-                                     state_dir / "keepalive.log"))  # fmt: skip
+        if relays:  # the SSE keepalive relay in front of each backend (native streaming routes)
+            relay_log = state_dir / "keepalive.log"
+            procs.append(start_relay(relays, direct, opts.keepalive_s, relay_log))
             names.append("keepalive relay")
-            if not wait_listening(int(relays[-1].rsplit(":", 1)[1]), 30, procs[-1]):
-                print(f"coderig frontdoor: the keepalive relay did not start; see {state_dir / 'keepalive.log'}",
-                      file=sys.stderr)  # fmt: skip
+            if procs[-1].poll() is not None:
+                print(f"coderig frontdoor: the keepalive relay did not start; see {relay_log}", file=sys.stderr)
                 return 1
         litellm_exe = ensure_litellm()
         log = open(state_dir / "litellm.log", "ab")  # noqa: SIM115 - lives as long as the child
@@ -458,9 +457,8 @@ def run(opts: RunOptions) -> int:
         scheme = "http" if opts.plain_http else "https"
         url_host = f"[{host}]" if ":" in host else host
         base = f"{scheme}://{url_host}:{frontdoor.parse_listen(opts.listen)[1]}"
-        time.sleep(0.3)
-        if procs[-1].poll() is not None:
-            print(f"coderig frontdoor: nginx exited; see {spec.error_log}", file=sys.stderr)
+        if not wait_listening(host, frontdoor.parse_listen(opts.listen)[1], 30, procs[-1]):
+            print(f"coderig frontdoor: nginx exited or does not listen; see {spec.error_log}", file=sys.stderr)
             return 1
         ca_pem = ca.read_text() if ca else None
         if opts.on_keys:  # before the ready line: whoever waits for it finds the bundles written
