@@ -29,7 +29,10 @@ def built_pulumi() -> str:
     """The `pulumi` on PATH, checked to be the one .ci/pulumi-deps.sh built (fails the test if not)."""
     exe = shutil.which("pulumi")
     if exe is None:
-        pytest.fail("pulumi is not on PATH: `source .ci/pulumi-deps.sh` first (.ci/run does)")
+        message = "pulumi is not on PATH: `source .ci/pulumi-deps.sh` first (.ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     real = Path(exe).resolve()
     assert real.is_relative_to(tools_cache().resolve()), f"pulumi on PATH is {real}, not from {tools_cache()}"
     version = subprocess.run([exe, "version"], capture_output=True, text=True, check=True).stdout.strip()

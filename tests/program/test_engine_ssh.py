@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 from engine import Project, project_copy
-from sshhost import SshHost, ssh_host
+from sshhost import SshHost, keygen, ssh_host
 
 pytestmark = [
     pytest.mark.integration,
@@ -147,7 +147,9 @@ def test_ssh_stack_lifecycle_with_the_real_engine(hosts: list[SshHost], tmp_path
     commands = {name for name in steps if name.startswith("node-")}
     assert commands == {"node-0-bundle", "node-0-frontdoor", "node-0-ready"}, steps
     assert steps.get("developers-carol") == "create", steps
-    project.run("./up.sh", STACK, label="up (add developer)")
+    added = project.run("./up.sh", STACK, label="up (add developer)")
+    assert "wait-ready: ready after" in added.stdout  # the readiness wait streams its progress
+    assert "crk-" not in added.stdout + added.stderr  # the bundle step logs nothing (logging: none)
     assert [model_ups(h) for h in hosts] == [1, 1], "adding a developer restarted a model server"
     assert "up -d --no-deps --force-recreate litellm gateway" in docker_calls(hosts[0])
     tokens = json.loads(project.pulumi("stack", "output", "--json", "--show-secrets", "--stack", STACK).stdout)[
@@ -215,3 +217,27 @@ def test_invalid_stack_fails_before_the_engine_creates_anything(hosts: list[SshH
     assert "coderig:developers" in proc.stdout + proc.stderr
     assert not (project.dir / ".pulumi-state").exists()
     assert [docker_calls(h) for h in hosts] == calls_before
+
+
+def test_a_host_whose_key_is_not_the_pinned_one_is_refused(hosts: list[SshHost], tmp_path: Path) -> None:
+    """command:remote:Command checks the pinned hostKey: a host presenting another key gets no command."""
+    project = project_copy(tmp_path)
+    (project.dir / ".pulumi-state").mkdir()
+    write_stack(project, hosts, ["alice"])
+    doc = yaml.safe_load((project.dir / f"Pulumi.{STACK}.yaml").read_text())
+    impostor = keygen(tmp_path / "impostor")
+    doc["config"]["coderig:target"]["hosts"][1]["hostKey"] = impostor
+    (project.dir / f"Pulumi.{STACK}.yaml").write_text(yaml.safe_dump(doc))
+    project.pulumi("stack", "init", STACK, "--secrets-provider", "passphrase")
+    private_key = hosts[0].client_key.read_text()
+    project.pulumi("config", "set", "--secret", "coderig:sshPrivateKey", "--stack", STACK, stdin=private_key)
+    before = docker_calls(hosts[1])
+    proc = project.run("./up.sh", STACK, check=False, label="up (host key mismatch)")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "host key mismatch" in out and f"{hosts[1].address}:{hosts[1].port}" in out, out[-3000:]
+    assert docker_calls(hosts[1]) == before
+    assert pem_body(private_key) not in out
+    assert project.timings["up (host key mismatch)"] < 60, "a host key mismatch must not be retried"
+    print("refused:", next(ln.strip() for ln in out.splitlines() if "host key mismatch" in ln)[:400])
+    project.pulumi("destroy", "--yes", "--stack", STACK)
