@@ -120,6 +120,9 @@ def test_ssh_stack_lifecycle_with_the_real_engine(hosts: list[SshHost], tmp_path
     # 1. first up: everything created on both hosts, the bundle exported
     up = project.run("./up.sh", STACK, label="up (create)")
     assert "stack lab: qwen3-1.7b-cpu" in up.stdout  # the plan printed before the engine ran
+    created = re.search(r"\+ (\d+) created", up.stdout)
+    assert created, up.stdout[-2000:]
+    print("first up created", created.group(1), "resources")
     for h in hosts:
         assert model_ups(h) == 1, docker_calls(h)
         assert (bundle_dir(h) / ".bundle-hash").exists() and (bundle_dir(h) / "secrets").is_dir()
