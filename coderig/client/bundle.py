@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -70,6 +71,30 @@ def ca_path(alias: str) -> str:
     return f"~/.config/coderig/{alias}/ca.pem"
 
 
+# Claude Code 2.1.330 compacts when the conversation reaches
+#     threshold = W − min(CLAUDE_CODE_MAX_OUTPUT_TOKENS, 20000) − 13000
+# where W is CLAUDE_CODE_MAX_CONTEXT_TOKENS for a model it does not know (no lower bound), while
+# CLAUDE_CODE_AUTO_COMPACT_WINDOW is raised to at least 100000 and only ever shrinks W, so it cannot
+# describe a smaller window (read in its bundled source; notes/claude-code.md §1). The conversation
+# is counted as the server's last usage.input_tokens plus Claude Code's own estimate of what was
+# added since, so W is the served context less a margin for the estimate's tokenizer.
+CC_OUTPUT_RESERVE_CAP = 20_000
+CC_COMPACT_BUFFER = 13_000
+CC_TOKENIZER_MARGIN = 0.05  # of the served context: Claude Code's estimate vs the model's tokenizer
+
+
+def claude_code_window(max_model_len: int) -> int:
+    """CLAUDE_CODE_MAX_CONTEXT_TOKENS: the served context less the tokenizer margin."""
+    return max_model_len - math.ceil(max_model_len * CC_TOKENIZER_MARGIN)
+
+
+def claude_code_compact_threshold(max_model_len: int, max_output_tokens: int) -> int:
+    """The conversation size (tokens) at which Claude Code compacts with the bundle's settings. Any
+    request sent below it fits the server: threshold + max_tokens ≤ max_model_len − 13000."""
+    reserve = min(max_output_tokens, CC_OUTPUT_RESERVE_CAP)
+    return claude_code_window(max_model_len) - reserve - CC_COMPACT_BUFFER
+
+
 def recommended_env(
     *,
     anthropic_base_url: str,
@@ -91,8 +116,9 @@ def recommended_env(
         "ANTHROPIC_DEFAULT_OPUS_MODEL": served_name,
         "CLAUDE_CODE_SUBAGENT_MODEL": served_name,
         "CLAUDE_CODE_MAX_OUTPUT_TOKENS": str(max_output_tokens),
-        # Claude Code does not know this model's window (it assumes a large one): compact in time.
-        "CLAUDE_CODE_AUTO_COMPACT_WINDOW": str(max_model_len),
+        # Claude Code does not know this model's window (it assumes 1M): give it the served one, less
+        # a tokenizer margin, so it compacts before the server rejects a prompt (see claude_code_window).
+        "CLAUDE_CODE_MAX_CONTEXT_TOKENS": str(claude_code_window(max_model_len)),
         "CLAUDE_CODE_ATTRIBUTION_HEADER": "0",
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "API_TIMEOUT_MS": str(api_timeout_ms),

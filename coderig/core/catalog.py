@@ -1,14 +1,21 @@
 """Model presets, GPUs and AWS GPU instance types.
 
-Architecture numbers come from each model's `config.json` on Hugging Face (the `source` of each
-preset) and are what KV-cache sizing needs: layers that keep a per-token cache, KV heads, head
-dimension, or the MLA latent size. Parser names are those of the vLLM version pinned in
-`coderig.versions` (see the vLLM tool-calling and reasoning-output docs for that release).
+Architecture numbers are what KV-cache and weight sizing need: layers that keep a per-token cache,
+KV heads, head dimension or the MLA latent, the DSA indexer, and how much of the checkpoint is
+routed experts. Each preset says where they were read (`source`) and how far that goes
+(`checked`): "verified" (read in the pinned vLLM's code or the vLLM recipes), "secondary" (a
+verbatim copy of the model's config.json, not the file on Hugging Face itself) or "unverified".
+Checkpoint sizes (`weight_bytes`) and the routed-expert share are estimates unless
+`weights_source` names where they were read; `coderig plan` marks estimates as such. Research
+notes: notes/vllm-kv.md §7-§8 (vLLM 0.28.0 wheel, vllm-project/recipes at 8959cf64).
+
+Parser names are those of the vLLM version pinned in `coderig.versions` (see the vLLM
+tool-calling and reasoning-output docs for that release).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 GiB = 1024**3
@@ -19,20 +26,21 @@ GB = 10**9
 class Gpu:
     name: str
     memory_bytes: int
+    sm: int  # CUDA compute capability × 10: picks vLLM's attention backend (platforms/cuda.py)
 
 
 # Usable memory per GPU as the clouds and `nvidia-smi` report it.
 GPUS: dict[str, Gpu] = {
     g.name: g
     for g in (
-        Gpu("L4", 24 * GiB),
-        Gpu("A10G", 24 * GiB),
-        Gpu("L40S", 48 * GiB),
-        Gpu("A100", 80 * GiB),
-        Gpu("H100", 80 * GiB),
-        Gpu("H200", 141 * GiB),
-        Gpu("B200", 179 * GiB),
-        Gpu("B300", 268 * GiB),
+        Gpu("L4", 24 * GiB, 89),
+        Gpu("A10G", 24 * GiB, 86),
+        Gpu("L40S", 48 * GiB, 89),
+        Gpu("A100", 80 * GiB, 80),
+        Gpu("H100", 80 * GiB, 90),
+        Gpu("H200", 141 * GiB, 90),
+        Gpu("B200", 179 * GiB, 100),
+        Gpu("B300", 268 * GiB, 103),
     )
 }
 GPU_COUNTS = (1, 2, 4, 8)
@@ -66,21 +74,30 @@ class Attention:
     """What the model server caches per token (or per request) for one sequence.
 
     kind "gqa": each cached layer stores K and V: 2 × kv_heads × head_dim × bytes per element.
-    kind "mla": each layer stores one compressed latent; bytes per layer depend on the cache dtype
-    (DeepSeek V3.2 FP8 "with scale" = 656 B: 512 latent + 16 scale + 64×2 rope).
-    Sliding-window layers cache at most `sliding_window` tokens; linear-attention layers keep a
-    fixed state per request (`state_bytes_per_request`).
+    kind "mla": each layer stores one compressed latent of `latent_dim` elements (kv_lora_rank +
+    qk_rope_head_dim = 512 + 64); its bytes depend on the cache dtype and the backend
+    (coderig.core.layout.mla_backend). DSA models (DeepSeek V3.2, GLM-5) add a lightning-indexer
+    key cache of `indexer_bytes_per_layer` per token per layer whatever the cache dtype
+    (vLLM 0.28 model_executor/models/deepseek_v2.py: Indexer.__init__ builds
+    DeepseekV32IndexerCache(head_dim = 128 + 128 // 128 * 4 = 132, dtype=torch.uint8)).
+    Sliding-window layers cache at most the window plus one batch of tokens; linear-attention
+    layers keep a fixed state per request (`state_bytes_per_request`, split over TP ranks).
     """
 
     kind: Literal["gqa", "mla"]
     layers: int  # layers with a per-token cache over the whole context
     kv_heads: int = 0
     head_dim: int = 0
-    mla_bytes_per_layer: dict[str, int] = field(default_factory=dict)  # by kv dtype
+    latent_dim: int = 0  # MLA: elements cached per token per layer
+    indexer_bytes_per_layer: int = 0  # DSA: sparse-MLA models (FlashMLA-sparse / FlashInfer-sparse backends)
     sliding_layers: int = 0
     sliding_window: int = 0
     state_bytes_per_request: int = 0
     attention_heads: int = 0  # query heads: tensor parallelism must divide them
+
+    @property
+    def sparse(self) -> bool:
+        return self.indexer_bytes_per_layer > 0
 
 
 @dataclass(frozen=True)
@@ -95,6 +112,19 @@ class Preset:
     max_context: int
     default_context: int
     source: str  # where the architecture numbers were read
+    checked: Literal["verified", "secondary", "unverified"]  # how far the source goes (module docstring)
+    weights_source: str | None = None  # where weight_bytes was read; None: an estimate
+    # Routed-expert bytes in the checkpoint (0: dense). Under expert parallelism they are split over
+    # every GPU; attention, dense layers, shared experts and embeddings follow the attention TP
+    # group and are replicated over data-parallel ranks (vLLM 0.28 fused_moe/config.py:
+    # FusedMoEParallelConfig.make). An estimate: MoE layers × experts × 3 × hidden × moe_intermediate
+    # × bytes per parameter, from the config numbers in `source`.
+    expert_bytes: int = 0
+    # Largest tensor-parallel size the checkpoint loads without expert parallelism (FP8 block
+    # quantisation must divide the per-rank expert width); above it TP needs --enable-expert-parallel.
+    max_plain_tp: int = 8
+    data_parallel_attention: bool = False  # the recipe offers single-node DP attention + EP ("dep")
+    decode_context: bool = False  # the recipe marks decode context parallelism supported
     tool_call_parser: str | None = None
     reasoning_parser: str | None = None
     tokenizer_mode: str | None = None
@@ -105,6 +135,13 @@ class Preset:
     default_max_tokens: int = 32000
     gguf_file: str | None = None  # llama.cpp: file inside hf_repo
 
+
+def _experts(moe_layers: int, experts: int, hidden: int, moe_intermediate: int, bytes_per_param: float) -> int:
+    """Routed-expert bytes: gate, up and down projections (3 × hidden × moe_intermediate) per expert."""
+    return int(moe_layers * experts * 3 * hidden * moe_intermediate * bytes_per_param)
+
+
+RECIPES = "vllm-project/recipes@8959cf64 models/"  # the vLLM recipes read for layouts and sizes
 
 PRESETS: dict[str, Preset] = {
     p.id: p
@@ -117,12 +154,19 @@ PRESETS: dict[str, Preset] = {
             engine="vllm",
             weight_bytes=689 * GB,
             attention=Attention(
-                kind="mla", layers=61, attention_heads=128, mla_bytes_per_layer={"fp8": 656, "bf16": 1152}
+                kind="mla", layers=61, attention_heads=128, latent_dim=512 + 64, indexer_bytes_per_layer=132
             ),
             max_context=163840,
             default_context=131072,
-            source="huggingface.co/deepseek-ai/DeepSeek-V3.2/blob/main/config.json "
-            "(num_hidden_layers 61, kv_lora_rank 512, qk_rope_head_dim 64); FlashMLA sparse FP8 = 656 B",
+            source="config.json (verbatim copy, hao-yiwen.github.io deepseek-v3-architecture): num_hidden_layers 61, "
+            "kv_lora_rank 512, qk_rope_head_dim 64, index_head_dim 128, 256 routed experts, first_k_dense_replace 3; "
+            f"{RECIPES}deepseek-ai/DeepSeek-V3.2.yaml (671B, context 163840, supports_dcp, single_node_dep); "
+            "656/576/1152 B per latent and the 132 B indexer from vLLM 0.28 code",
+            checked="secondary",
+            # 58 MoE layers + the MTP layer × 256 experts × 3 × 7168 × 2048, FP8
+            expert_bytes=_experts(58 + 1, 256, 7168, 2048, 1),
+            data_parallel_attention=True,
+            decode_context=True,
             tool_call_parser="deepseek_v32",
             reasoning_parser="deepseek_v3",
             tokenizer_mode="deepseek_v32",
@@ -141,8 +185,13 @@ PRESETS: dict[str, Preset] = {
             attention=Attention(kind="gqa", layers=92, kv_heads=8, head_dim=128, attention_heads=96),
             max_context=202752,
             default_context=131072,
-            source="huggingface.co/zai-org/GLM-4.7-FP8/blob/main/config.json "
-            "(num_hidden_layers 92, num_key_value_heads 8, head_dim 128)",
+            source="num_hidden_layers 92, num_attention_heads 96, num_key_value_heads 8, head_dim 128, hidden 5120, "
+            "160 experts (apxml.com/models/glm-47, not config.json itself); "
+            f"{RECIPES}zai-org/GLM-4.7.yaml (358B, context 202752, single_node_dep)",
+            checked="secondary",
+            # 89 MoE layers (first 3 dense) + the MTP layer × 160 × 3 × 5120 × 1536, FP8
+            expert_bytes=_experts(89 + 1, 160, 5120, 1536, 1),
+            data_parallel_attention=True,
             tool_call_parser="glm47",
             reasoning_parser="glm45",
             chat_template_kwargs={"enable_thinking": True},
@@ -157,12 +206,16 @@ PRESETS: dict[str, Preset] = {
             engine="vllm",
             weight_bytes=756 * GB,
             attention=Attention(
-                kind="mla", layers=78, attention_heads=64, mla_bytes_per_layer={"fp8": 656, "bf16": 1152}
+                kind="mla", layers=78, attention_heads=64, latent_dim=512 + 64, indexer_bytes_per_layer=132
             ),
             max_context=202752,
             default_context=131072,
-            source="huggingface.co/zai-org/GLM-5-FP8/blob/main/config.json "
-            "(num_hidden_layers 78, kv_lora_rank 512, qk_rope_head_dim 64)",
+            source="78 layers (3 dense), kv_lora_rank 512, qk_rope_head_dim 64, 64 heads, index_head_dim 128, "
+            "256 experts (NVIDIA Megatron-Bridge docs, GLM-5 report table; not config.json itself); "
+            f"{RECIPES}zai-org/GLM-5.yaml (744B, context 202752; no single_node_dep, no supports_dcp)",
+            checked="secondary",
+            # 75 MoE layers + the MTP layer × 256 × 3 × 6144 × 2048, FP8
+            expert_bytes=_experts(75 + 1, 256, 6144, 2048, 1),
             tool_call_parser="glm47",
             reasoning_parser="glm45",
             chat_template_kwargs={"enable_thinking": True},
@@ -175,18 +228,23 @@ PRESETS: dict[str, Preset] = {
             hf_repo="MiniMaxAI/MiniMax-M2.1",
             served_name="minimax-m2.1",
             engine="vllm",
-            weight_bytes=230 * GB,
+            weight_bytes=230 * GB,  # the recipe says "~220 GB for weights"; kept conservative
             attention=Attention(kind="gqa", layers=62, kv_heads=8, head_dim=128, attention_heads=48),
             max_context=196608,
             default_context=131072,
-            source="huggingface.co/MiniMaxAI/MiniMax-M2.1/blob/main/config.json "
-            "(num_hidden_layers 62, num_key_value_heads 8, head_dim 128)",
+            source="num_hidden_layers 62, num_attention_heads 48, num_key_value_heads 8, head_dim 128, hidden 3072, "
+            "256 experts (test fixtures quoting config.json); "
+            f"{RECIPES}MiniMaxAI/MiniMax-M2.1.yaml (230B, context 196608, moe_intermediate 1536, "
+            '"pure TP8 is not supported", TP4+EP / DEP on 8 GPUs)',
+            checked="secondary",
+            expert_bytes=_experts(62, 256, 3072, 1536, 1),
+            max_plain_tp=4,  # 1536 / 8 = 192 is not a multiple of the FP8 block (128): recipe
+            data_parallel_attention=True,
             tool_call_parser="minimax_m2",
             # minimax_m2 separates the thinking into reasoning_content (LiteLLM turns it into thinking
             # blocks); minimax_m2_append_think would leave <think> text in what Claude Code shows.
             reasoning_parser="minimax_m2",
-            # pure TP8 is not supported for this checkpoint (vLLM recipe): shard experts instead
-            extra_args=("--trust-remote-code", "--enable-expert-parallel"),
+            extra_args=("--trust-remote-code",),
             temperature=1.0,
             top_p=0.95,
         ),
@@ -200,11 +258,15 @@ PRESETS: dict[str, Preset] = {
             attention=Attention(kind="gqa", layers=62, kv_heads=8, head_dim=128, attention_heads=96),
             max_context=262144,
             default_context=131072,
-            source="huggingface.co/Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8/blob/main/config.json "
-            "(num_hidden_layers 62, num_key_value_heads 8, head_dim 128)",
+            source="num_hidden_layers 62, num_attention_heads 96, num_key_value_heads 8, head_dim 128, hidden 6144, "
+            "160 experts, moe_intermediate 2560 (config.json reproductions); "
+            f"{RECIPES}Qwen/Qwen3-Coder-480B-A35B-Instruct.yaml (fp8 pins tp 4; -dp 8 --enable-expert-parallel)",
+            checked="secondary",
+            weights_source="third-party `du` of the FP8 checkpoint: 450G in 50 safetensors (GiB: 483 GB)",
+            expert_bytes=_experts(62, 160, 6144, 2560, 1),
+            max_plain_tp=4,  # 2560 / 8 = 320 is not a multiple of the FP8 block (128): recipe
+            data_parallel_attention=True,
             tool_call_parser="qwen3_coder",  # no reasoning parser: Qwen3-Coder does not think
-            # the FP8 checkpoint fails with pure TP8 (vLLM recipe): shard experts instead
-            extra_args=("--enable-expert-parallel",),
             temperature=0.7,
             top_p=0.8,
         ),
@@ -226,8 +288,12 @@ PRESETS: dict[str, Preset] = {
             ),
             max_context=131072,
             default_context=131072,
-            source="huggingface.co/openai/gpt-oss-120b/blob/main/config.json "
-            "(36 layers alternating sliding/full, num_key_value_heads 8, head_dim 64, sliding_window 128)",
+            source="36 layers alternating sliding-128/full, 64 heads, num_key_value_heads 8, head_dim 64 (not read "
+            "here); the alternation (even layers slide) from vLLM 0.28 models/gpt_oss.py; "
+            f"{RECIPES}openai/gpt-oss-120b.yaml (120B, context 131072, TP 1/2/4/8, no single-node dep)",
+            checked="unverified",
+            # 36 layers × 128 experts × 3 × 2880 × 2880, MXFP4 (4.25 bits per parameter with scales)
+            expert_bytes=_experts(36, 128, 2880, 2880, 4.25 / 8),
             tool_call_parser="openai",
             reasoning_parser="openai_gptoss",
             temperature=1.0,
@@ -245,13 +311,19 @@ PRESETS: dict[str, Preset] = {
                 layers=10,
                 kv_heads=2,
                 head_dim=256,
-                state_bytes_per_request=30 * 2**20,
+                # 30 Gated DeltaNet layers × (conv 8192 × 3 × 2 B + SSM 32 × 128 × 128 × 4 B), vLLM 0.28
+                # mamba_utils.py: MambaStateShapeCalculator.gated_delta_net_state_shape (split over TP)
+                state_bytes_per_request=30 * (8192 * 3 * 2 + 32 * 128 * 128 * 4),
                 attention_heads=16,
             ),
             max_context=262144,
             default_context=131072,
-            source="huggingface.co/Qwen/Qwen3.6-35B-A3B/blob/main/config.json "
-            "(40 layers, full attention every 4th: 10 layers, num_key_value_heads 2, head_dim 256)",
+            source="40 layers (full attention every 4th: 10), 16 heads, num_key_value_heads 2, head_dim 256, "
+            "256 experts, moe_intermediate 512 (Qwen3.6 test fixture; linear_num_value_heads 32 from Qwen3.5); "
+            f"{RECIPES}Qwen/Qwen3.6-35B-A3B.yaml (35B, context 262144, tp/tep/dep)",
+            checked="secondary",
+            expert_bytes=_experts(40, 256, 2048, 512, 2),
+            data_parallel_attention=True,
             tool_call_parser="qwen3_coder",
             reasoning_parser="qwen3",
             chat_template_kwargs={"enable_thinking": True},
@@ -267,9 +339,13 @@ PRESETS: dict[str, Preset] = {
             weight_bytes=1_280_000_000,
             attention=Attention(kind="gqa", layers=28, kv_heads=8, head_dim=128, attention_heads=16),
             max_context=40960,
-            default_context=16384,
-            source="huggingface.co/Qwen/Qwen3-1.7B/blob/main/config.json "
-            "(num_hidden_layers 28, num_key_value_heads 8, head_dim 128, max_position_embeddings 40960)",
+            # The whole window: Claude Code's first request alone is ~12-14k tokens (48.7 KB of system
+            # prompt and 12 tool definitions, measured with Claude Code 2.1.330), so a multi-turn session
+            # needs room above it; the bundle makes Claude Code compact before this limit.
+            default_context=40960,
+            source="num_hidden_layers 28, num_key_value_heads 8, head_dim 128, max_position_embeddings 40960 "
+            "(Qwen/Qwen3-1.7B config.json, not read here; only 28 layers / hidden 2048 seen in a copy)",
+            checked="unverified",
             gguf_file="Qwen3-1.7B-Q4_K_M.gguf",
             chat_template_kwargs={"enable_thinking": False},
             temperature=0.6,
@@ -278,3 +354,8 @@ PRESETS: dict[str, Preset] = {
         ),
     )
 }
+
+# llama.cpp's KV cache type (engine.llamacpp_args passes it for K and V): q8_0 stores blocks of 32
+# int8 values + one fp16 scale = 34 bytes per 32 elements (ggml/src/ggml-common.h: block_q8_0).
+LLAMACPP_CACHE_TYPE = "q8_0"
+LLAMACPP_CACHE_BYTES_PER_ELEMENT = 34 / 32

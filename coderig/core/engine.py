@@ -9,7 +9,8 @@ import json
 import shlex
 
 from coderig.core import versions
-from coderig.core.catalog import Preset
+from coderig.core.catalog import LLAMACPP_CACHE_TYPE, Preset
+from coderig.core.layout import Layout
 from coderig.core.settings import ModelSettings
 
 # Claude Code asks for claude-haiku-*/claude-sonnet-*/claude-opus-* in background calls: the front door
@@ -22,15 +23,17 @@ CACHE_MOUNT = "/cache"  # the weights volume inside containers; HF_HOME lives be
 HF_HOME = f"{CACHE_MOUNT}/hf"
 
 
-def vllm_args(model: ModelSettings, gpu_count: int, host: str = MODEL_HOST, port: int = MODEL_PORT) -> list[str]:
-    """Arguments after `vllm serve`. Tool calling and reasoning parsers come from the preset."""
+def vllm_args(model: ModelSettings, layout: Layout, host: str = MODEL_HOST, port: int = MODEL_PORT) -> list[str]:
+    """Arguments after `vllm serve`. The parallel layout is the plan's (`planner.plan_stack(...).layout`);
+    tool calling and reasoning parsers come from the preset. --gpu-memory-utilization is always
+    passed (coderig's 0.90 default, not vLLM 0.28's 0.92), so the plan's arithmetic is what runs."""
     p = model.spec
     args = [
         p.hf_repo,
         "--served-model-name", model.served_name,
         "--host", host,
         "--port", str(port),
-        "--tensor-parallel-size", str(gpu_count),
+        *layout.flags(),
         "--max-model-len", str(model.max_model_len),
         "--gpu-memory-utilization", f"{model.gpuMemoryUtilization:.2f}",
         "--kv-cache-dtype", "fp8" if model.kvCacheDtype == "fp8" else "auto",
@@ -68,7 +71,12 @@ def _default_flags(p: Preset) -> list[str]:
 
 
 def llamacpp_args(model: ModelSettings, gguf_path: str, host: str = MODEL_HOST, port: int = MODEL_PORT) -> list[str]:
-    """Arguments for `llama-server` (the official server image's entrypoint)."""
+    """Arguments for `llama-server` (the official server image's entrypoint).
+
+    One slot (`--parallel 1`): without a unified KV cache llama-server gives each of N slots
+    ctx-size / N tokens, and Claude Code's first request alone is ~12-14k tokens, so the one slot
+    gets the whole context; further requests queue. (The pinned build also has `--kv-unified`, which
+    lets slots share one pool, but then two long requests can exhaust it mid-generation.)"""
     return [
         "--model", gguf_path,
         "--alias", model.served_name,
@@ -77,9 +85,9 @@ def llamacpp_args(model: ModelSettings, gguf_path: str, host: str = MODEL_HOST, 
         "--ctx-size", str(model.max_model_len),
         "--jinja",  # the model's chat template, needed for tool calls
         "--metrics",
-        "--parallel", "2",
-        "--cache-type-k", "q8_0",
-        "--cache-type-v", "q8_0",
+        "--parallel", "1",
+        "--cache-type-k", LLAMACPP_CACHE_TYPE,
+        "--cache-type-v", LLAMACPP_CACHE_TYPE,
         *model.extraArgs,
     ]  # fmt: skip
 
@@ -91,12 +99,12 @@ def gguf_path(preset: Preset, cache_mount: str = CACHE_MOUNT) -> str:
     return f"{cache_mount}/models/{preset.gguf_file}"
 
 
-def command_line(model: ModelSettings, gpu_count: int) -> str:
+def command_line(model: ModelSettings, layout: Layout) -> str:
     """The model server's command as one shell-quoted line (what `coderig render` writes)."""
     p = model.spec
     if p.engine == "llama.cpp":
         return shlex.join(["llama-server", *llamacpp_args(model, gguf_path(p))])
-    return shlex.join(["vllm", "serve", *vllm_args(model, gpu_count)])
+    return shlex.join(["vllm", "serve", *vllm_args(model, layout)])
 
 
 def weights_env(model: ModelSettings, cache_mount: str = CACHE_MOUNT) -> dict[str, str]:

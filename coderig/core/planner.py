@@ -1,93 +1,215 @@
-"""Capacity planner: does a preset fit on a GPU configuration, and how many full-context requests
-run at once. Pure arithmetic, no I/O.
+"""Capacity planner: does a preset fit on a GPU configuration, with which parallel layout, and how
+many requests run at once. Pure arithmetic, no I/O.
 
-Memory model (per model replica, all GPUs of one host or pod):
-    usable   = GPU memory × count × gpu_memory_utilization        (what vLLM may take)
-    overhead = activations, CUDA graphs, NCCL buffers: OVERHEAD_PER_GPU × count
-    kv space = usable − weights − overhead
-    fits     ⇔ kv space ≥ one request at max-model-len
+Memory model, per GPU rank of one replica (coderig.core.layout has the formulas and cites the
+vLLM 0.28.0 files they come from: v1/worker/gpu_worker.py, v1/core/kv_cache_utils.py,
+v1/kv_cache_interface.py, config/model.py, model_executor/layers/attention/mla_attention.py,
+model_executor/models/deepseek_v2.py, model_executor/layers/fused_moe/config.py, v1/worker/cp_utils.py,
+docs/serving/data_parallel_deployment.md):
+    usable    = GPU memory × gpu_memory_utilization
+                (coderig passes --gpu-memory-utilization, 0.90 unless coderig:model.gpuMemoryUtilization
+                says otherwise; vLLM 0.28's own default is 0.92, config/cache.py: CacheConfig)
+    weights   = attention/dense ÷ tensor + routed experts ÷ (tensor × data)
+    overhead  = layout.OVERHEAD_PER_GPU (activations, CUDA graphs, NCCL; a heuristic)
+    kv space  = usable − weights − overhead
+    per rank  = kv space ÷ one full-context request's KV on that rank
+                (GQA: heads split down to 1 per rank, replicated beyond; MLA: the whole latent on every
+                TP rank, ÷ decode_context under DCP; + the DSA indexer's 132 B per token per layer)
+    replica   = per rank × data-parallel engines (each DP engine holds only its own requests)
+    total     = replica × replicas
+
+Layout rule (printed by `coderig plan`): of the layouts the pinned vLLM runs for the preset on the
+GPUs (layout.candidates: TP; TP + decode context parallelism for MLA where the recipe and the
+attention backend support it; data-parallel attention + expert parallelism for MoE), take the one
+with the lowest per-request latency (TP < TP+DCP < DP+EP) that still carries the stack's workload,
+else the one with the most full-context concurrency. `coderig:model.parallel` overrides it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from coderig.core.catalog import AWS_INSTANCES, GB, GPU_COUNTS, GPUS, GiB, Preset
+from coderig.core import layout as lay
+from coderig.core.catalog import AWS_INSTANCES, GB, GPU_COUNTS, GPUS, LLAMACPP_CACHE_TYPE, PRESETS, GiB, Preset
+from coderig.core.layout import OVERHEAD_PER_GPU, Layout, kv_bytes_per_request, kv_bytes_per_token
 
 if TYPE_CHECKING:
     from coderig.core.settings import StackSettings
 
-OVERHEAD_PER_GPU = 3 * GiB
-ELEMENT_BYTES = {"fp8": 1, "bf16": 2, "auto": 2}
+__all__ = ["OVERHEAD_PER_GPU", "Layout", "Plan", "Workload", "kv_bytes_per_request", "kv_bytes_per_token", "plan"]
+
+RULE = (
+    "the lowest-latency layout (TP < TP+DCP < DP+EP) that carries the workload, "
+    "else the one with the most full-context concurrency"
+)
 
 
-def kv_bytes_per_token(preset: Preset, kv_dtype: str) -> int:
-    """Bytes cached per token of context, summed over the layers that cache the whole context."""
-    a = preset.attention
-    if a.kind == "mla":
-        per_layer = a.mla_bytes_per_layer["fp8" if kv_dtype == "fp8" else "bf16"]
-    else:
-        per_layer = 2 * a.kv_heads * a.head_dim * ELEMENT_BYTES[kv_dtype]
-    return per_layer * a.layers
+@dataclass(frozen=True)
+class Workload:
+    """The peak a stack is sized for: `developers × share` requests of `context` tokens at once.
+    Without coderig:workload, every listed developer with one full-context request (declared False)."""
+
+    developers: int
+    share: float
+    context: int
+    declared: bool = True
+
+    @property
+    def peak(self) -> int:
+        return max(1, math.ceil(self.developers * self.share - 1e-9))
 
 
-def kv_bytes_per_request(preset: Preset, kv_dtype: str, context: int) -> int:
-    """KV cache of one request holding `context` tokens, sliding-window and fixed state included."""
-    a = preset.attention
-    full = kv_bytes_per_token(preset, kv_dtype) * context
-    per_sliding_layer = 2 * a.kv_heads * a.head_dim * ELEMENT_BYTES[kv_dtype]
-    sliding = a.sliding_layers * per_sliding_layer * min(context, a.sliding_window)
-    return full + sliding + a.state_bytes_per_request
+@dataclass(frozen=True)
+class Option:
+    """One layout on one replica's GPUs: what its tightest rank holds."""
+
+    layout: Layout
+    usable_per_gpu: int
+    weights_per_gpu: int
+    kv_per_request_per_gpu: int  # full context
+    per_replica: int  # full-context requests at once
+    per_replica_at_peak: int  # requests of the workload's context at once
+
+    @property
+    def kv_space_per_gpu(self) -> int:
+        return self.usable_per_gpu - self.weights_per_gpu - OVERHEAD_PER_GPU
+
+
+def _option(preset: Preset, gpu: str, layout: Layout, ctx: int, peak_ctx: int, kv_dtype: str, util: float) -> Option:
+    g = GPUS[gpu]
+    usable = int(g.memory_bytes * util)
+    weights = lay.weights_per_gpu(preset, layout)
+    space = usable - weights - OVERHEAD_PER_GPU
+    full = kv_bytes_per_request(preset, kv_dtype, ctx, g, layout)
+    at_peak = kv_bytes_per_request(preset, kv_dtype, peak_ctx, g, layout)
+    per_rank = max(space // full, 0) if full else 0
+    per_rank_peak = max(space // at_peak, 0) if at_peak else 0
+    return Option(layout, usable, weights, full, per_rank * layout.data, per_rank_peak * layout.data)
 
 
 @dataclass(frozen=True)
 class Plan:
     preset: str
     engine: str
+    served_here: bool
     gpu: str | None
     gpu_count: int
     replicas: int
     max_model_len: int
-    kv_cache_dtype: str
+    kv_cache_dtype: str  # as the engine names it (fp8, fp8 (fp8_ds_mla), bf16, q8_0)
     gpu_memory_utilization: float
-    gpu_memory_bytes: int
-    usable_bytes: int
+    gpu_memory_bytes: int  # one GPU
     weights_bytes: int
-    overhead_bytes: int
-    kv_bytes_per_token: int
-    kv_bytes_per_request: int
-    kv_space_bytes: int
-    max_concurrent_requests: int
+    kv_bytes_per_token: int  # one copy of the model's cache, all layers
+    kv_bytes_per_request: int  # one copy, at max-model-len
+    indexer_bytes_per_request: int  # part of kv_bytes_per_request (DSA models)
     fits: bool
     reason: str
-    suggestion: str | None
-    usd_per_hour: float | None
-    instance_type: str | None
+    estimates: tuple[str, ...] = ()  # which figures are estimates ("weights", "architecture")
+    chosen: Option | None = None
+    options: tuple[Option, ...] = ()
+    why: str = ""  # how the layout was chosen
+    workload: Workload | None = None
+    advice: str | None = None  # what carries the workload when this stack does not
+    suggestion: str | None = None
+    usd_per_hour: float | None = None
+    instance_type: str | None = None
+    ram_bytes: int = 0  # CPU (llama.cpp): weights + one slot's KV
+
+    @property
+    def layout(self) -> Layout:
+        return self.chosen.layout if self.chosen else Layout(max(1, self.gpu_count))
+
+    @property
+    def max_concurrent_requests_per_replica(self) -> int:
+        if not self.served_here:
+            return 0
+        return self.chosen.per_replica if self.chosen else 1  # llama.cpp: one slot
+
+    @property
+    def max_concurrent_requests(self) -> int:
+        """Full-context requests at once over all replicas."""
+        return self.max_concurrent_requests_per_replica * self.replicas
+
+    @property
+    def capacity_at_peak(self) -> int:
+        if self.chosen is None:
+            return self.max_concurrent_requests
+        return self.chosen.per_replica_at_peak * self.replicas
+
+    @property
+    def carried(self) -> bool | None:
+        if self.workload is None or not self.served_here:
+            return None
+        return self.capacity_at_peak >= self.workload.peak
 
     def summary(self) -> dict[str, object]:
         """The JSON form `coderig plan --json` prints and the stack exports."""
         out: dict[str, object] = {
             "preset": self.preset,
             "engine": self.engine,
+            "served_here": self.served_here,
+            "max_model_len": self.max_model_len,
+            "fits": self.fits,
+            "reason": self.reason,
+            "usd_per_hour": self.usd_per_hour,
+        }
+        if not self.served_here:
+            return out
+        out |= {
             "gpu": self.gpu,
             "gpu_count": self.gpu_count,
             "replicas": self.replicas,
             "instance_type": self.instance_type,
-            "max_model_len": self.max_model_len,
             "kv_cache_dtype": self.kv_cache_dtype,
-            "gpu_memory_gb": round(self.gpu_memory_bytes / GB, 1),
+            "gpu_memory_gb": round(self.gpu_memory_bytes * self.gpu_count / GB, 1),
             "weights_gb": round(self.weights_bytes / GB, 1),
+            "estimates": list(self.estimates),
             "kv_bytes_per_token": self.kv_bytes_per_token,
             "kv_gb_per_request": round(self.kv_bytes_per_request / GB, 2),
-            "kv_space_gb": round(max(self.kv_space_bytes, 0) / GB, 1),
+            "max_concurrent_requests_per_replica": self.max_concurrent_requests_per_replica,
             "max_concurrent_requests": self.max_concurrent_requests,
-            "fits": self.fits,
-            "reason": self.reason,
             "suggestion": self.suggestion,
-            "usd_per_hour": self.usd_per_hour,
         }
+        if self.chosen is not None:
+            c = self.chosen
+            out |= {
+                "parallel": c.layout.as_dict(),
+                "layout": c.layout.name,
+                "layout_rule": self.why,
+                "per_gpu": {
+                    "usable_gb": round(c.usable_per_gpu / GB, 1),
+                    "weights_gb": round(c.weights_per_gpu / GB, 1),
+                    "overhead_gb": round(OVERHEAD_PER_GPU / GB, 1),
+                    "kv_space_gb": round(max(c.kv_space_per_gpu, 0) / GB, 1),
+                    "kv_gb_per_request": round(c.kv_per_request_per_gpu / GB, 2),
+                },
+                "layouts": [
+                    {
+                        "layout": o.layout.name,
+                        "parallel": o.layout.as_dict(),
+                        "max_concurrent_requests_per_replica": o.per_replica,
+                    }
+                    for o in self.options
+                ],  # fmt: skip
+            }
+        else:
+            out["ram_gb"] = round(self.ram_bytes / GB, 1)
+        if self.workload is not None:
+            w = self.workload
+            out["workload"] = {
+                "developers": w.developers,
+                "peak_active_share": w.share,
+                "context_tokens": w.context,
+                "declared": w.declared,
+                "peak_concurrent_requests": w.peak,
+                "capacity": self.capacity_at_peak,
+                "carried": self.carried,
+                "advice": self.advice,
+            }
         return out
 
 
@@ -103,75 +225,130 @@ def plan(
     instance_type: str | None = None,
     external: bool = False,
     suggest: bool = True,
+    parallel: Layout | None = None,
+    workload: Workload | None = None,
 ) -> Plan:
-    kv_tok = kv_bytes_per_token(preset, kv_cache_dtype)
-    kv_req = kv_bytes_per_request(preset, kv_cache_dtype, max_model_len)
     usd = AWS_INSTANCES[instance_type].usd_per_hour * replicas if instance_type else None
+    estimates = (("weights",) if preset.weights_source is None else ()) + (
+        ("architecture",) if preset.checked != "verified" else ()
+    )
     if external:
         return Plan(
-            preset.id, preset.engine, None, 0, 0, max_model_len, kv_cache_dtype, gpu_memory_utilization,
-            0, 0, preset.weight_bytes, 0, kv_tok, kv_req, 0, 0, True,
-            "the model is served by an external endpoint; only the front door runs here", None, None, None,
+            preset.id, preset.engine, False, None, 0, 0, max_model_len, kv_cache_dtype, gpu_memory_utilization, 0,
+            0, 0, 0, 0, True, "the model is served by an external endpoint; only the front door runs here",
         )  # fmt: skip
+    g = GPUS[gpu] if gpu else None
+    if preset.engine == "llama.cpp":
+        kv_cache_dtype = LLAMACPP_CACHE_TYPE
+    kv_tok = math.ceil(kv_bytes_per_token(preset, kv_cache_dtype, g))
+    kv_req = kv_bytes_per_request(preset, kv_cache_dtype, max_model_len, g)
+    indexer = preset.attention.indexer_bytes_per_layer * preset.attention.layers * max_model_len
+    label = lay.kv_dtype_label(preset, kv_cache_dtype, g)
+    workload = workload or Workload(1, 1.0, max_model_len, declared=False)
+    common = (preset.id, preset.engine, True)
     if preset.engine == "llama.cpp" and gpu is None:
         need = preset.weight_bytes + kv_req
         return Plan(
-            preset.id, preset.engine, None, 0, replicas, max_model_len, kv_cache_dtype,
-            gpu_memory_utilization, 0, 0, preset.weight_bytes, 0, kv_tok, kv_req, 0, 1, True,
+            *common, None, 0, replicas, max_model_len, label, gpu_memory_utilization, 0, preset.weight_bytes,
+            kv_tok, kv_req, indexer, True,
             f"runs on CPU with llama.cpp; needs about {need / GB:.1f} GB of RAM per replica",
-            None, usd, instance_type,
+            estimates, workload=workload, usd_per_hour=usd, instance_type=instance_type, ram_bytes=need,
         )  # fmt: skip
-    if gpu is None:
+    if gpu is None or g is None:
         raise ValueError(f"{preset.id} runs on vLLM and needs a GPU model")
-    total = GPUS[gpu].memory_bytes * gpu_count
-    usable = int(total * gpu_memory_utilization)
-    overhead = OVERHEAD_PER_GPU * gpu_count
-    kv_space = usable - preset.weight_bytes - overhead
-    concurrent = max(kv_space // kv_req, 0) if kv_req else 0
-    where = f"{gpu_count}× {gpu} ({total / GiB:.0f} GiB, {gpu_memory_utilization:.0%} usable)"
-    if preset.weight_bytes + overhead > usable:
+    layouts = [parallel] if parallel else lay.candidates(preset, g, gpu_count)
+    layouts = layouts or [Layout(gpu_count, expert=preset.expert_bytes > 0 and gpu_count > preset.max_plain_tp)]
+    options = tuple(
+        _option(preset, gpu, x, max_model_len, workload.context, kv_cache_dtype, gpu_memory_utilization)
+        for x in layouts
+    )
+    chosen, why = _choose(options, workload, max(replicas, 1), overridden=parallel is not None)
+    where = f"{gpu_count}× {gpu} ({g.memory_bytes * gpu_count / GiB:.0f} GiB, {gpu_memory_utilization:.0%} usable)"
+    if chosen.weights_per_gpu + OVERHEAD_PER_GPU > chosen.usable_per_gpu:
         fits = False
         reason = (
-            f"the weights do not fit: {preset.id} needs {preset.weight_bytes / GB:.0f} GB of weights + "
-            f"{overhead / GB:.0f} GB overhead, {where} gives {usable / GB:.0f} GB"
+            f"the weights do not fit: {preset.id} with {chosen.layout.name} puts {chosen.weights_per_gpu / GB:.0f} GB "
+            f"of weights + {OVERHEAD_PER_GPU / GB:.0f} GB overhead on each GPU, {where} gives "
+            f"{chosen.usable_per_gpu / GB:.0f} GB per GPU"
         )
-    elif concurrent < 1:
+    elif chosen.per_replica < 1:
         fits = False
         reason = (
             f"the weights fit but no full-context request does: one {max_model_len}-token request needs "
-            f"{kv_req / GB:.1f} GB of KV cache, {where} leaves {kv_space / GB:.1f} GB; lower maxModelLen"
+            f"{chosen.kv_per_request_per_gpu / GB:.1f} GB of KV cache on each GPU with {chosen.layout.name}, {where} "
+            f"leaves {chosen.kv_space_per_gpu / GB:.1f} GB per GPU; lower maxModelLen"
         )
     else:
         fits = True
-        reason = f"fits on {where}: {concurrent} concurrent {max_model_len}-token requests"
+        reason = f"fits on {where}: {chosen.per_replica} concurrent {max_model_len}-token requests per replica"
     suggestion = None
     if not fits and suggest:
         suggestion = smallest_fit(preset, max_model_len, kv_cache_dtype, gpu_memory_utilization)
-    return Plan(
-        preset.id, preset.engine, gpu, gpu_count, replicas, max_model_len, kv_cache_dtype,
-        gpu_memory_utilization, total, usable, preset.weight_bytes, overhead, kv_tok, kv_req,
-        kv_space, int(concurrent), fits, reason, suggestion, usd, instance_type,
+    p = Plan(
+        *common, gpu, gpu_count, replicas, max_model_len, label, gpu_memory_utilization, g.memory_bytes,
+        preset.weight_bytes, kv_tok, kv_req, indexer, fits, reason, estimates, chosen, options, why, workload,
+        None, suggestion, usd, instance_type,
     )  # fmt: skip
+    if fits and suggest and not p.carried:
+        p = _with_advice(p, preset, kv_cache_dtype)
+    return p
+
+
+def _choose(options: tuple[Option, ...], w: Workload, replicas: int, *, overridden: bool) -> tuple[Option, str]:
+    if overridden:
+        return options[0], "set by coderig:model.parallel"
+    fitting = [o for o in options if o.per_replica >= 1]
+    for o in fitting:  # lowest latency first
+        if o.per_replica_at_peak * replicas >= w.peak:
+            return o, "the lowest-latency layout that carries the workload"
+    if not fitting:
+        return options[0], "no layout holds a full-context request"
+    best = max(fitting, key=lambda o: o.per_replica)  # max() keeps the first (lowest latency) of equals
+    return best, "no layout carries the workload: the one with the most full-context concurrency"
+
+
+def _best_at(preset: Preset, gpu: str, count: int, kv_dtype: str, util: float, ctx: int, w: Workload) -> Option | None:
+    p = plan(preset, gpu=gpu, gpu_count=count, max_model_len=ctx, kv_cache_dtype=kv_dtype,
+             gpu_memory_utilization=util, suggest=False, workload=w)  # fmt: skip
+    fitting = [o for o in p.options if o.per_replica >= 1]
+    return max(fitting, key=lambda o: o.per_replica_at_peak) if fitting else None
+
+
+def _with_advice(p: Plan, preset: Preset, kv_dtype: str) -> Plan:
+    """What carries the workload when this stack does not: more replicas here, or an AWS instance type."""
+    w, c = p.workload, p.chosen
+    assert w is not None and c is not None and p.gpu is not None  # noqa: S101 - a fitting GPU plan
+    parts: list[str] = []
+    if c.per_replica_at_peak:
+        n = math.ceil(w.peak / c.per_replica_at_peak)
+        cost = f", ${AWS_INSTANCES[p.instance_type].usd_per_hour * n:.2f}/h" if p.instance_type else ""
+        parts.append(f"{n} replicas of {p.gpu_count}× {p.gpu} with {c.layout.name}{cost}")
+    aws = []
+    for i in AWS_INSTANCES.values():
+        o = _best_at(preset, i.gpu, i.gpu_count, kv_dtype, p.gpu_memory_utilization, p.max_model_len, w)
+        if o and o.per_replica_at_peak:
+            n = math.ceil(w.peak / o.per_replica_at_peak)
+            aws.append((n * i.usd_per_hour, n, i.name, o.layout.name))
+    if aws:
+        usd, n, name, layout_name = min(aws)
+        parts.append(f"on AWS {n}× {name} with {layout_name} (${usd:.2f}/h)")
+    advice = "would carry it: " + "; or ".join(parts) if parts else "no catalog configuration carries it"
+    return dataclasses.replace(p, advice=advice)
 
 
 def smallest_fit(preset: Preset, max_model_len: int, kv_cache_dtype: str, util: float) -> str:
     """The smallest GPU configuration of the catalog that holds the preset, and the cheapest AWS type."""
-    options = []
-    for g in GPUS.values():
-        for n in GPU_COUNTS:
-            p = plan(preset, gpu=g.name, gpu_count=n, max_model_len=max_model_len,
-                     kv_cache_dtype=kv_cache_dtype, gpu_memory_utilization=util, suggest=False)  # fmt: skip
-            if p.fits:
-                options.append((g.memory_bytes * n, n, g.name))
+
+    def fits(gpu: str, n: int) -> bool:
+        return plan(preset, gpu=gpu, gpu_count=n, max_model_len=max_model_len, kv_cache_dtype=kv_cache_dtype,
+                    gpu_memory_utilization=util, suggest=False).fits  # fmt: skip
+
+    options = [(g.memory_bytes * n, n, g.name) for g in GPUS.values() for n in GPU_COUNTS if fits(g.name, n)]
     if not options:
         return f"no GPU configuration in the catalog holds {preset.id} at maxModelLen {max_model_len}"
     _, n, name = min(options)
     text = f"smallest that fits: {n}× {name} ({GPUS[name].memory_bytes * n / GiB:.0f} GiB)"
-    aws = [
-        i for i in AWS_INSTANCES.values()
-        if plan(preset, gpu=i.gpu, gpu_count=i.gpu_count, max_model_len=max_model_len,
-                kv_cache_dtype=kv_cache_dtype, gpu_memory_utilization=util, suggest=False).fits
-    ]  # fmt: skip
+    aws = [i for i in AWS_INSTANCES.values() if fits(i.gpu, i.gpu_count)]
     if aws:
         cheapest = min(aws, key=lambda i: i.usd_per_hour)
         text += f"; on AWS: {cheapest.name} (${cheapest.usd_per_hour:.2f}/h)"
@@ -220,6 +397,12 @@ def plan_stack(settings: StackSettings) -> Plan:
     t = settings.target
     m = settings.model
     gpu, count = t.gpus
+    w = settings.workload
+    if w is not None:
+        workload = Workload(w.developers or len(settings.developers), w.peakActiveShare,
+                            w.contextTokens or m.max_model_len)  # fmt: skip
+    else:
+        workload = Workload(max(1, len(settings.developers)), 1.0, m.max_model_len, declared=False)
     return plan(
         m.spec,
         gpu=gpu,
@@ -230,23 +413,84 @@ def plan_stack(settings: StackSettings) -> Plan:
         replicas=t.replica_count,
         instance_type=t.instance_type,
         external=not t.serves_model,
+        parallel=m.parallel.layout(count) if m.parallel and count else None,
+        workload=workload,
     )
 
 
+def _n(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _gb(n: float) -> str:
+    return f"{n / GB:.1f} GB"
+
+
+def _kv_breakdown(p: Plan, preset: Preset) -> str:
+    a = preset.attention
+    if a.kind == "mla":
+        latent = p.kv_bytes_per_token // a.layers - a.indexer_bytes_per_layer
+        idx = f" + {a.indexer_bytes_per_layer} B indexer" if a.indexer_bytes_per_layer else ""
+        return f"{a.layers} layers × ({latent} B latent{idx})"
+    return f"{a.layers} layers × 2 × {a.kv_heads} KV heads × {a.head_dim}, {p.kv_cache_dtype}"
+
+
 def format_plan(p: Plan, stack: str = "") -> str:
-    s = p.summary()
+    preset = PRESETS[p.preset]
+    est = "weights" in p.estimates
+    arch = "" if "architecture" not in p.estimates else f" (architecture {preset.checked}, see catalog)"
     lines = [f"stack {stack}: {p.preset} ({p.engine})" if stack else f"{p.preset} ({p.engine})"]
+    if not p.served_here:
+        lines += [
+            f"  max-model-len      {p.max_model_len} tokens (what the front door and clients assume it serves)",
+            f"  fits: {p.reason}",
+        ]
+        return "\n".join(lines)
     if p.gpu:
         where = f"{p.gpu_count}× {p.gpu}" + (f" ({p.instance_type})" if p.instance_type else "")
-        lines.append(f"  GPUs per replica   {where}, {s['gpu_memory_gb']} GB, replicas {p.replicas}")
+        lines.append(
+            f"  GPUs per replica   {where}, {p.gpu_memory_bytes * p.gpu_count / GB:.1f} GB, replicas {p.replicas}"
+        )
     lines += [
-        f"  weights            {s['weights_gb']} GB",
+        f"  weights            {_gb(p.weights_bytes)}" + (" (estimate)" if est else ""),
         f"  max-model-len      {p.max_model_len} tokens, KV cache {p.kv_cache_dtype}",
-        f"  KV per token       {p.kv_bytes_per_token} bytes",
-        f"  KV per request     {s['kv_gb_per_request']} GB at full context",
+        f"  KV per token       {p.kv_bytes_per_token} bytes: {_kv_breakdown(p, preset)}{arch}",
     ]
-    if p.gpu:
-        lines.append(f"  KV space           {s['kv_space_gb']} GB → {p.max_concurrent_requests} concurrent requests")
+    req = f"  KV per request     {p.kv_bytes_per_request / GB:.2f} GB at full context"
+    if p.indexer_bytes_per_request:
+        latent = p.kv_bytes_per_request - p.indexer_bytes_per_request
+        req += f" ({latent / GB:.2f} GB latent + {p.indexer_bytes_per_request / GB:.2f} GB indexer)"
+    lines.append(req)
+    c = p.chosen
+    if c is None:
+        lines.append(
+            f"  concurrency        1 request at a time per replica (--parallel 1: each request gets the whole "
+            f"{p.max_model_len}-token context)"
+        )
+    else:
+        lines += [
+            f"  layout             {c.layout.name} ({' '.join(c.layout.flags())}): {p.why}",
+            f"  per GPU            {_gb(c.usable_per_gpu)} usable ({p.gpu_memory_utilization:.0%}) − "
+            f"{_gb(c.weights_per_gpu)} weights − {_gb(OVERHEAD_PER_GPU)} overhead = {_gb(max(c.kv_space_per_gpu, 0))} "
+            f"KV; {c.kv_per_request_per_gpu / GB:.2f} GB per full-context request",
+            f"  concurrency        {c.per_replica} full-context requests per replica, "
+            f"{p.max_concurrent_requests} in total ({_n(p.replicas, 'replica')})",
+        ]
+        alts = " · ".join(f"{o.layout.name} {o.per_replica}" for o in p.options)
+        backend = lay.mla_backend(preset, GPUS[p.gpu]) if p.gpu and preset.attention.kind == "mla" else None
+        if backend and preset.decode_context and not backend.decode_context:
+            alts += f"; no TP+DCP on {p.gpu} ({backend.name} cannot run decode context parallelism)"
+        lines.append(f"  layouts            full-context requests per replica: {alts}")
+        lines.append(f"  layout rule        {RULE}")
+    if p.workload is not None:
+        w = p.workload
+        src = "coderig:workload" if w.declared else "no coderig:workload: every developer, full context"
+        verdict = "carried" if p.carried else "NOT carried"
+        line = (
+            f"  workload           {_n(w.developers, 'developer')} × {w.share:.0%} at {w.context} tokens = "
+            f"{_n(w.peak, 'concurrent request')} ({src}): {verdict}, capacity {p.capacity_at_peak}"
+        )
+        lines.append(line + (f"; {p.advice}" if p.advice else ""))
     if p.usd_per_hour is not None:
         month = p.usd_per_hour * 24 * 30
         lines.append(f"  cost               ${p.usd_per_hour:.2f}/h on demand (${month:,.0f}/month if never stopped)")

@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from coderig.core import catalog, hostkeys
+from coderig.core import catalog, hostkeys, sizing
 from coderig.core.errors import UserError
 from coderig.runtime import idle
 
@@ -441,6 +441,7 @@ class ModelSettings(_Model):
     gpuMemoryUtilization: float = Field(default=0.90, gt=0.1, le=0.98)
     maxOutputTokens: int | None = Field(default=None, ge=256)
     extraArgs: list[str] = Field(default_factory=list, description="extra model-server flags, appended")
+    parallel: sizing.ParallelSettings | None = Field(default=None, description="override the planned layout")
 
     @field_validator("preset")
     @classmethod
@@ -561,6 +562,7 @@ class StackSettings(_Model):
     idle: IdlePolicy = Field(default_factory=IdlePolicy)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     environment: str | None = Field(default=None, description="tag value; defaults to the stack name")
+    workload: sizing.WorkloadSettings | None = None
     # secrets: only their presence matters here
     sshPrivateKey: Any = None
     hfToken: Any = None
@@ -713,6 +715,12 @@ def parse_settings(raw: dict[str, Any]) -> StackSettings:
     except ValidationError as exc:
         problems.extend(_format_error(dict(e)) for e in exc.errors())
         raise UserError(problems) from None
+    m = settings.model
+    problems.extend(sizing.problems(
+        preset=m.spec, serves_model=settings.target.serves_model, gpus=settings.target.gpus,
+        max_model_len=m.max_model_len, parallel=m.parallel, workload=settings.workload,
+        developers=len(settings.developers),
+    ))  # fmt: skip
     if problems:
         raise UserError(problems)
     return settings

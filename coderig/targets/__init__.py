@@ -70,7 +70,7 @@ def model_server_files(settings: StackSettings, stack: str) -> Bundle:
     if not settings.target.serves_model:
         return {}
     p = planner.plan_stack(settings)
-    line = engine.command_line(settings.model, p.gpu_count)
+    line = engine.command_line(settings.model, p.layout)
     return {"model-server/command.sh": RenderedFile(f"#!/bin/sh\nexec {line}\n", 0o755)}
 
 

@@ -140,6 +140,35 @@ def test_stack_outputs_from_real_settings() -> None:
     assert out["plan"]["max_concurrent_requests"] >= 1
 
 
+@pytest.mark.parametrize(("max_model_len", "max_output"), [(40960, 4096), (131072, 20000), (202752, 32000)])
+def test_claude_code_compacts_before_the_served_context(max_model_len: int, max_output: int) -> None:
+    """Claude Code 2.1.330 compacts at W − min(max output, 20000) − 13000 (W = CLAUDE_CODE_MAX_CONTEXT_TOKENS
+    for a model it does not know); the last request before that, plus its max_tokens, fits the server."""
+    env = clients.recommended_env(
+        anthropic_base_url="https://h", served_name="m", max_model_len=max_model_len,
+        max_output_tokens=max_output, api_timeout_ms=1, ca_file=None,
+    )  # fmt: skip
+    assert "CLAUDE_CODE_AUTO_COMPACT_WINDOW" not in env  # floored at 100k by Claude Code: useless below
+    window = int(env["CLAUDE_CODE_MAX_CONTEXT_TOKENS"])
+    assert window == max_model_len - -(-max_model_len * 5 // 100)
+    threshold = window - min(max_output, 20000) - 13000
+    assert threshold == clients.claude_code_compact_threshold(max_model_len, max_output)
+    assert threshold + max_output <= max_model_len - 13000 + max(0, max_output - 20000)
+    assert threshold > 14000  # above Claude Code's ~12-14k-token first request
+
+
+def test_dev_stack_env_holds_a_claude_code_session() -> None:
+    dev = {"target": {"kind": "local"}, "model": {"preset": "qwen3-1.7b-cpu"}, "developers": ["dev"]}
+    settings = parse_settings(dev)
+    assert settings.model.max_model_len == 40960 and settings.model.max_output_tokens == 4096
+    env = clients.recommended_env(
+        anthropic_base_url="https://h", served_name="coderig-dev", max_model_len=settings.model.max_model_len,
+        max_output_tokens=settings.model.max_output_tokens, api_timeout_ms=1, ca_file=None,
+    )  # fmt: skip
+    assert env["CLAUDE_CODE_MAX_CONTEXT_TOKENS"] == "38912" and env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] == "4096"
+    assert clients.claude_code_compact_threshold(40960, 4096) == 21816
+
+
 def test_developer_bundle_errors_never_show_tokens() -> None:
     with pytest.raises(UserError) as exc:
         clients.developer_bundle(outputs(), "mallory")

@@ -1,51 +1,147 @@
-"""Capacity planner against the reference sizing (131072 tokens, FP8 KV)."""
+"""Capacity planner: the per-GPU memory model, the layout choice and workload sizing, against reference
+figures (131072 tokens, FP8 KV, vLLM 0.28's allocation; see coderig/core/layout.py)."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from coderig.core import planner
-from coderig.core.catalog import AWS_INSTANCES, GB, GPUS, PRESETS
+from coderig.core import layout, planner
+from coderig.core.catalog import AWS_INSTANCES, GB, GPUS, PRESETS, GiB
+from coderig.core.layout import Layout
 
 CTX = 131072
+H200 = GPUS["H200"]
 
 
-@pytest.mark.parametrize(
-    ("preset", "low", "high"),
-    [("deepseek-v3.2", 4.9, 5.4), ("glm-4.7", 23.0, 25.0), ("minimax-m2.1", 15.5, 16.7)],
-)
-def test_reference_kv_per_request(preset, low, high):
-    kv = planner.kv_bytes_per_request(PRESETS[preset], "fp8", CTX) / GB
-    assert low <= kv <= high
+def test_deepseek_latent_is_5_24_gb_and_the_indexer_adds_1_06():
+    """The reference figure: one 131072-token request's MLA latent, 656 B (fp8_ds_mla) × 61 layers =
+    5.24 GB; vLLM 0.28 also caches the DSA indexer keys (132 B × 61 layers) → 6.30 GB per request."""
+    p = PRESETS["deepseek-v3.2"]
+    assert pytest.approx(5.24, abs=0.005) == 656 * 61 * CTX / GB
+    assert planner.kv_bytes_per_token(p, "fp8", H200) == (656 + 132) * 61
+    assert planner.kv_bytes_per_request(p, "fp8", CTX, H200) / GB == pytest.approx(6.30, abs=0.005)
+    plan = planner.plan(p, gpu="H200", gpu_count=8, max_model_len=CTX)
+    assert plan.indexer_bytes_per_request == 132 * 61 * CTX
+    assert (plan.kv_bytes_per_request - plan.indexer_bytes_per_request) / GB == pytest.approx(5.24, abs=0.005)
+    # Blackwell's sparse backend (FlashInfer-MLA-sparse) keeps standard fp8: 576 B; bf16 is 1152 B
+    assert planner.kv_bytes_per_token(p, "fp8", GPUS["B200"]) == (576 + 132) * 61
+    assert planner.kv_bytes_per_token(p, "bf16", H200) == (1152 + 132) * 61
 
 
-def test_kv_formulae():
-    # DeepSeek V3.2: 656 B/layer (FP8 sparse MLA) × 61 layers
-    assert planner.kv_bytes_per_token(PRESETS["deepseek-v3.2"], "fp8") == 656 * 61
-    # GQA: 2 × kv_heads × head_dim × bytes × layers; BF16 doubles FP8
-    assert planner.kv_bytes_per_token(PRESETS["glm-4.7"], "fp8") == 2 * 8 * 128 * 92
-    assert planner.kv_bytes_per_token(PRESETS["glm-4.7"], "bf16") == 2 * 2 * 8 * 128 * 92
+def test_deepseek_tp8_on_8xh200_holds_single_digit_requests_per_gpu_rank():
+    p = PRESETS["deepseek-v3.2"]
+    plan = planner.plan(p, gpu="H200", gpu_count=8, max_model_len=CTX, parallel=Layout(8))
+    c = plan.chosen
+    assert c is not None and plan.fits
+    # every TP rank holds the whole latent of every request
+    assert c.kv_per_request_per_gpu == plan.kv_bytes_per_request
+    usable = int(141 * GiB * 0.90)
+    weights = math.ceil((p.weight_bytes - p.expert_bytes) / 8 + p.expert_bytes / 8)
+    assert c.weights_per_gpu == weights == math.ceil(689 * GB / 8)
+    space = usable - weights - layout.OVERHEAD_PER_GPU
+    assert c.per_replica == space // plan.kv_bytes_per_request == 7
+    assert 1 <= plan.max_concurrent_requests < 10  # not the pooled 71
 
 
-def test_sliding_window_layers_are_capped_at_the_window():
+def test_deepseek_layouts_on_h200_and_b200():
+    p = PRESETS["deepseek-v3.2"]
+    h = planner.plan(p, gpu="H200", gpu_count=8, max_model_len=CTX)
+    # FlashMLA-sparse (Hopper) cannot run decode context parallelism: TP8 and DP8+EP only
+    assert [o.layout.name for o in h.options] == ["TP8", "DP8+EP"]
+    dep = h.options[1]
+    # DP attention: attention/dense weights whole on every rank, experts over 8; each rank its own requests
+    assert dep.weights_per_gpu == math.ceil(p.weight_bytes - p.expert_bytes + p.expert_bytes / 8)
+    assert dep.kv_per_request_per_gpu == h.kv_bytes_per_request
+    per_rank = (dep.usable_per_gpu - dep.weights_per_gpu - layout.OVERHEAD_PER_GPU) // dep.kv_per_request_per_gpu
+    assert dep.per_replica == 8 * per_rank
+    assert dep.per_replica > h.options[0].per_replica
+    b = planner.plan(p, gpu="B200", gpu_count=8, max_model_len=CTX)
+    names = [o.layout.name for o in b.options]
+    assert names == ["TP8", "TP8+DCP2", "TP8+DCP4", "TP8+DCP8", "DP8+EP"]
+    dcp8 = b.options[3]
+    assert dcp8.kv_per_request_per_gpu == pytest.approx(b.kv_bytes_per_request / 8, abs=1)
+    assert dcp8.per_replica > b.options[0].per_replica
+
+
+def test_layout_choice_follows_the_rule():
+    p = PRESETS["deepseek-v3.2"]
+    small = planner.plan(p, gpu="H200", gpu_count=8, max_model_len=CTX, workload=planner.Workload(5, 1.0, CTX))
+    assert small.layout == Layout(8) and small.carried  # TP8 carries 5: lowest latency wins
+    big = planner.plan(p, gpu="H200", gpu_count=8, max_model_len=CTX, workload=planner.Workload(40, 0.5, CTX))
+    assert big.layout == Layout(1, data=8, expert=True) and big.carried  # 20 > 7: DP8+EP (32)
+    huge = planner.plan(p, gpu="H200", gpu_count=8, max_model_len=CTX, workload=planner.Workload(200, 1.0, CTX))
+    assert huge.layout == Layout(1, data=8, expert=True) and not huge.carried  # the most concurrency
+    assert huge.advice and "replicas of 8× H200" in huge.advice and "on AWS" in huge.advice
+    # shorter requests pack more: 20 at 32k tokens fit TP8
+    short = planner.plan(p, gpu="H200", gpu_count=8, max_model_len=CTX, workload=planner.Workload(40, 0.5, 32768))
+    assert short.layout == Layout(8) and short.capacity_at_peak >= 20
+
+
+def test_glm47_tp8_per_request_and_per_rank():
+    p = PRESETS["glm-4.7"]
+    # 2 × 8 KV heads × 128 × 1 B × 92 layers × 131072 tokens
+    assert planner.kv_bytes_per_request(p, "fp8", CTX) / GB == pytest.approx(24.7, abs=0.05)
+    plan = planner.plan(p, gpu="H200", gpu_count=8, max_model_len=CTX, parallel=Layout(8))
+    c = plan.chosen
+    assert c is not None
+    assert c.kv_per_request_per_gpu == 2 * 1 * 128 * 92 * CTX  # one KV head per rank
+    space = c.usable_per_gpu - c.weights_per_gpu - layout.OVERHEAD_PER_GPU
+    assert c.per_replica == space // c.kv_per_request_per_gpu
+    assert planner.kv_bytes_per_token(p, "bf16") == 2 * 2 * 8 * 128 * 92
+
+
+def test_qwen36_on_4_gpus_counts_replicated_kv_heads():
+    p = PRESETS["qwen3.6-35b-a3b"]
+    g = GPUS["H100"]
+    tp4 = Layout(4)
+    # 2 KV heads over 4 ranks: each rank keeps one whole head (replicated twice), not half a head
+    per_rank = planner.kv_bytes_per_token(p, "fp8", g, tp4)
+    assert per_rank == 10 * 2 * 1 * 256 * 1
+    assert per_rank == 2 * planner.kv_bytes_per_token(p, "fp8", g) / 4
+    plan = planner.plan(p, gpu="H100", gpu_count=4, max_model_len=CTX, parallel=tp4)
+    c = plan.chosen
+    assert c is not None
+    state = 2 * p.attention.state_bytes_per_request // 4
+    assert c.kv_per_request_per_gpu == per_rank * CTX + state
+
+
+def test_sliding_window_layers_are_capped_at_the_window_plus_one_batch():
     p = PRESETS["gpt-oss-120b"]
-    short = planner.kv_bytes_per_request(p, "fp8", 128)
-    long = planner.kv_bytes_per_request(p, "fp8", CTX)
-    per_layer = 2 * 8 * 64
-    assert long - short == 18 * per_layer * (CTX - 128)  # only the 18 full-attention layers grow
+    g = GPUS["H100"]
+    window = 128 - 1 + layout.batched_tokens(g)
+    assert window == 127 + 8192
+    short = planner.kv_bytes_per_request(p, "fp8", window, g)
+    long = planner.kv_bytes_per_request(p, "fp8", CTX, g)
+    assert long - short == 18 * 2 * 8 * 64 * (CTX - window)  # only the 18 full-attention layers grow
+
+
+def test_minimax_needs_expert_parallelism_beyond_tp4():
+    p = PRESETS["minimax-m2.1"]
+    assert [x.name for x in layout.candidates(p, H200, 8)] == ["TP8+EP", "DP8+EP"]
+    assert [x.name for x in layout.candidates(p, H200, 4)] == ["TP4", "DP4+EP"]
+    assert layout.problems(p, H200, Layout(8))[0][0] == "expert"
+    assert "--enable-expert-parallel" not in p.extra_args  # the layout decides it
+
+
+def test_layout_flags():
+    assert Layout(8).flags() == ["--tensor-parallel-size", "8"]
+    assert Layout(1, data=8, expert=True).flags() == [
+        "--tensor-parallel-size", "1", "--data-parallel-size", "8", "--enable-expert-parallel",
+    ]  # fmt: skip
+    assert Layout(8, decode_context=8).flags() == ["--tensor-parallel-size", "8", "--decode-context-parallel-size", "8"]
 
 
 def test_deepseek_fits_8xh200_not_8xh100():
     p = PRESETS["deepseek-v3.2"]
     ok = planner.plan(p, gpu="H200", gpu_count=8, max_model_len=CTX)
-    assert ok.fits and ok.max_concurrent_requests > 50
-    assert ok.kv_bytes_per_request * ok.max_concurrent_requests <= ok.kv_space_bytes
+    assert ok.fits
     bad = planner.plan(p, gpu="H100", gpu_count=8, max_model_len=CTX)
     assert not bad.fits
     assert "weights do not fit" in bad.reason
     assert bad.suggestion and "H200" not in bad.reason
-    # the suggestion is a configuration that really fits
-    assert "p5en.48xlarge" in bad.suggestion
+    assert "p5en.48xlarge" in bad.suggestion  # the suggestion is a configuration that really fits
 
 
 def test_suggestion_is_the_smallest_fitting_configuration():
@@ -62,7 +158,7 @@ def test_suggestion_is_the_smallest_fitting_configuration():
 
 
 def test_weights_fit_but_context_does_not():
-    # MiniMax-M2.1 (230 GB) on 2× H200 with a BF16 cache: weights fit, one 196k request (50 GB) does not
+    # MiniMax-M2.1 (230 GB) on 2× H200 with a BF16 cache: weights fit, one 196k request does not
     p = PRESETS["minimax-m2.1"]
     r = planner.plan(p, gpu="H200", gpu_count=2, max_model_len=196608, kv_cache_dtype="bf16")
     assert not r.fits
@@ -70,14 +166,25 @@ def test_weights_fit_but_context_does_not():
     assert "lower maxModelLen" in r.reason
 
 
-def test_cpu_preset_and_budgets():
+def test_cpu_preset_one_slot_q8_0_and_budgets():
     p = PRESETS["qwen3-1.7b-cpu"]
-    r = planner.plan(p, gpu=None, gpu_count=0, max_model_len=16384)
-    assert r.fits and r.engine == "llama.cpp"
+    r = planner.plan(p, gpu=None, gpu_count=0, max_model_len=40960)
+    assert r.fits and r.engine == "llama.cpp" and r.kv_cache_dtype == "q8_0"
+    assert r.kv_bytes_per_token == math.ceil(28 * 2 * 8 * 128 * 34 / 32)  # q8_0: 34 bytes per 32 values
+    assert r.max_concurrent_requests_per_replica == 1
+    assert "KV cache q8_0" in planner.format_plan(r)
     big = PRESETS["deepseek-v3.2"]
     assert planner.load_budget_seconds(big) > 1800  # a 700 GB load cannot use a 10-minute budget
     assert planner.weights_volume_gb(big) >= 689 * 1.25
     assert planner.download_budget_seconds(big) > planner.load_budget_seconds(big)
+
+
+def test_external_plan_prints_no_sizing():
+    r = planner.plan(PRESETS["qwen3-coder-480b"], gpu=None, gpu_count=0, max_model_len=CTX, external=True)
+    text = planner.format_plan(r)
+    for absent in ("weights", "KV per", "concurrency", "layout"):
+        assert absent not in text
+    assert "weights_gb" not in r.summary() and "kv_gb_per_request" not in r.summary()
 
 
 def test_aws_plan_costs():
@@ -88,10 +195,17 @@ def test_aws_plan_costs():
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_catalog_entries_are_complete(preset):
     p = PRESETS[preset]
-    assert p.source.startswith("huggingface.co/") and "config.json" in p.source
+    assert p.source and p.checked in ("verified", "secondary", "unverified")
     assert p.default_context <= p.max_context
     assert p.attention.attention_heads > 0
+    assert 0 <= p.expert_bytes < p.weight_bytes
     if p.engine == "vllm":
         assert p.tool_call_parser, "every vLLM preset needs a tool-call parser for agents"
+        assert layout.candidates(p, H200, 8), "at least one layout on 8 GPUs"
     else:
         assert p.gguf_file and p.gguf_file.endswith(".gguf")
+
+
+def test_estimates_are_marked_in_the_plan():
+    text = planner.format_plan(planner.plan(PRESETS["glm-5"], gpu="B200", gpu_count=8, max_model_len=CTX))
+    assert "(estimate)" in text and "architecture secondary" in text

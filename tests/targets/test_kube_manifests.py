@@ -336,7 +336,7 @@ def test_litellm_workers_follow_the_streams_each_front_door_pod_carries(
     """Every model replica's concurrency, spread over the front-door pods (at zero: what start brings)."""
 
     s = settings_of(k8s_config(replicas=replicas, frontDoorReplicas=front))
-    per_replica = planner.plan_stack(s).max_concurrent_requests
+    per_replica = planner.plan_stack(s).max_concurrent_requests_per_replica
     expected = math.ceil(per_replica * max(1, replicas) / front)
     assert expected == math.ceil(per_replica * per_pod_factor)
     assert kube_fd.frontdoor_streams_per_pod(s) == expected
@@ -347,7 +347,9 @@ def test_litellm_workers_follow_the_streams_each_front_door_pod_carries(
 
 def test_more_model_replicas_per_front_door_pod_get_more_litellm_workers() -> None:
     def workers(**target: Any) -> int:
-        dep = by_key(kube_render.objects(settings_of(k8s_config(**target)), "prod"))[f"deployment-{kube.FRONTDOOR}"]
+        # a large team: the planner picks DP8+EP (32 full-context requests per replica, not TP8's 7)
+        config = {**k8s_config(**target), "workload": {"developers": 100, "peakActiveShare": 1.0}}
+        dep = by_key(kube_render.objects(settings_of(config), "prod"))[f"deployment-{kube.FRONTDOOR}"]
         args = dep["spec"]["template"]["spec"]["containers"][1]["args"]
         return int(args[args.index("--num_workers") + 1])
 

@@ -156,7 +156,7 @@ def test_vllm_service_gpus_ipc_cache_health() -> None:
     assert model["environment"]["HF_HOME"] == engine.HF_HOME and model["environment"]["HF_HUB_OFFLINE"] == "1"
     assert model["environment"]["VLLM_CACHE_ROOT"].startswith("/cache/")  # compile cache on the volume
     assert f"{settings.target.cachePath}:/cache" in model["volumes"]  # type: ignore[union-attr]
-    assert model["command"] == engine.vllm_args(settings.model, 8)
+    assert model["command"] == engine.vllm_args(settings.model, planner.plan_stack(settings).layout)
     assert "--tool-call-parser" in model["command"]
     assert model["depends_on"] == {"weights": {"condition": "service_completed_successfully"}}
     start = int(model["healthcheck"]["start_period"].rstrip("s"))

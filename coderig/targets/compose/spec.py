@@ -118,7 +118,7 @@ def node_specs(settings: StackSettings, cache_path: str | None = None) -> list[N
         gpu_count=p.gpu_count,
         gateway_listen=listen,
         backends=(_backend_url(engine.MODEL_HOST), *(_backend_url(a) for a in replicas)),
-        litellm_workers=frontdoor.litellm_workers(p.max_concurrent_requests * p.replicas),
+        litellm_workers=frontdoor.litellm_workers(p.max_concurrent_requests),
     )
     return [first, *(NodeSpec(role="replica", cache_path=path, model_bind=a, gpu_count=p.gpu_count)
                      for a in replicas)]  # fmt: skip
@@ -175,7 +175,7 @@ def model_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
             "environment": {"HF_HOME": HF_HOME, "LLAMA_ARG_THREADS": "-1"},
             "healthcheck": _healthcheck(["CMD", "curl", "-fsS", health_url], start),
         }
-    args = engine.vllm_args(settings.model, spec.gpu_count, host=spec.model_bind)
+    args = engine.vllm_args(settings.model, planner.plan_stack(settings).layout, host=spec.model_bind)
     return base | {
         "image": versions.VLLM_IMAGE,
         "entrypoint": ["vllm", "serve"],

@@ -110,7 +110,7 @@ def frontdoor_streams_per_pod(settings: StackSettings) -> int:
     front-door pods (kube-proxy balances connections across them). At replicas 0, what `coderig start`
     brings back (at least one replica)."""
     t = target(settings)
-    total = planner.plan_stack(settings).max_concurrent_requests * max(1, t.replicas)
+    total = planner.plan_stack(settings).max_concurrent_requests_per_replica * max(1, t.replicas)
     return math.ceil(total / t.frontDoorReplicas)
 
 

@@ -372,7 +372,7 @@ def model_deployment(settings: StackSettings, stack: str, plan: planner.Plan | N
     t = target(settings)
     p = plan or planner.plan_stack(settings)
     gpus = p.gpu_count
-    args = engine.vllm_args(settings.model, gpus, host="0.0.0.0")  # noqa: S104 - pod IP; NetworkPolicy + API key
+    args = engine.vllm_args(settings.model, p.layout, host="0.0.0.0")  # noqa: S104 - pod IP; NetworkPolicy + API key
     env = {
         "HF_HOME": HF_HOME,
         "HF_HUB_OFFLINE": "1",  # the Job already downloaded everything
