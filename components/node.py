@@ -59,6 +59,11 @@ class Connection:
     args: command.remote.ConnectionArgs | None = None
     user: str | None = None  # remote user; not root -> commands use `sudo -n`
 
+    @property
+    def remote(self) -> bool:
+        """Commands go over SSH (command.remote), not to this machine."""
+        return self.args is not None
+
 
 def ssh_connection(host: SshHost, private_key: pulumi.Input[str], *, insecure_skip: bool, where: str) -> Connection:
     """A pinned connection. Raises (naming the config key) when the host key is missing and the
@@ -101,7 +106,7 @@ def _cmd(
         opts = pulumi.ResourceOptions.merge(
             opts, pulumi.ResourceOptions(additional_secret_outputs=["stdout", "stderr", "stdin"])
         )
-    if conn.kind == "ssh":
+    if conn.remote:
         assert conn.args is not None
         return command.remote.Command(
             name,
@@ -195,7 +200,7 @@ class NodeStack(pulumi.ComponentResource):
         super().__init__("coderig:node:NodeStack", name, None, opts)
         a = args
         plan = node_plan(a.settings, a.spec, bundle_dir=a.bundle_dir, host=a.host, user=a.conn.user,
-                         install=a.conn.kind == "ssh")  # fmt: skip
+                         install=a.conn.remote)  # fmt: skip
         model_secrets = a.model_secrets if a.model_secrets is not None else a.secrets
         # a replica holds only the model server's secrets
         secrets = model_secrets if a.spec.role == "replica" else a.secrets
