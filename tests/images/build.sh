@@ -10,6 +10,7 @@
 set -euo pipefail
 root=$(pwd)
 base=coderig/debian-base:bookworm
+python_img="" llama_img="" litellm_img="" nginx_img="" litellm_version="" litellm_extra=""
 eval "$(uv run --frozen --quiet python - <<'PY'
 from coderig.core import versions as v
 print(f"python_img={v.HF_DOWNLOADER_IMAGE} llama_img={v.LLAMACPP_IMAGE} litellm_img={v.LITELLM_IMAGE}")
@@ -27,9 +28,11 @@ fi
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 build() {  # tag, then the Dockerfile on stdin
-  docker build --network host -q -t "$1" -f - "$ctx" 2>&1 >/dev/null | grep -v -e DEPRECATED -e 'legacy builder' \
-    -e buildx -e 'docs.docker.com' -e '^$' >&2 || true
-  docker image inspect "$1" >/dev/null
+  if ! docker build --network host -q -t "$1" -f - "$ctx" >"$ctx/build.log" 2>&1; then
+    grep -v -e DEPRECATED -e 'legacy builder' -e buildx -e docs.docker.com "$ctx/build.log" | tail -30 >&2
+    echo "images: building $1 failed" >&2
+    return 1
+  fi
   echo "images: built $1"
 }
 cp "$root"/tests/standin*.py "$ctx/"
