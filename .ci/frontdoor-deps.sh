@@ -16,8 +16,10 @@ command -v openssl >/dev/null 2>&1 || _fd_missing+=(openssl)
 if [ "${#_fd_missing[@]}" -gt 0 ]; then
   echo "frontdoor-deps: installing ${_fd_missing[*]}"
   if [ "$(id -u)" = 0 ]; then _fd_sudo=(); else _fd_sudo=(sudo -n); fi
-  "${_fd_sudo[@]}" apt-get update -q
-  DEBIAN_FRONTEND=noninteractive "${_fd_sudo[@]}" apt-get install -y -q --no-install-recommends \
+  # shellcheck source=.ci/apt.sh
+  source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
+  ci_apt update -q
+  ci_apt install -y -q --no-install-recommends \
     "${_fd_missing[@]}"
   # The package enables the system service; the tests run their own nginx, so stop it if started.
   "${_fd_sudo[@]}" service nginx stop >/dev/null 2>&1 || true

@@ -16,10 +16,11 @@ for pair in shellcheck:shellcheck sshd:openssh-server ssh:openssh-client ssh-key
 done
 if [ "${#node_deps_missing[@]}" -gt 0 ]; then
   echo "node-deps: installing ${node_deps_missing[*]}"
-  if [ "$(id -u)" = 0 ]; then _nd_sudo=(); else _nd_sudo=(sudo -n); fi
-  "${_nd_sudo[@]}" apt-get update -q
+  # shellcheck source=.ci/apt.sh
+  source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
+  ci_apt update -q
   mapfile -t node_deps_missing < <(printf '%s\n' "${node_deps_missing[@]}" | sort -u)
-  DEBIAN_FRONTEND=noninteractive "${_nd_sudo[@]}" apt-get install -y -q --no-install-recommends \
+  ci_apt install -y -q --no-install-recommends \
     "${node_deps_missing[@]}"
 fi
-unset node_deps_missing pair _nd_sudo
+unset node_deps_missing pair

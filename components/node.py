@@ -55,13 +55,12 @@ BASH = ["/bin/bash", "-c"]
 class Connection:
     """How commands reach the node: `ssh` (pulumi-command remote) or `local`."""
 
-    kind: str  # "ssh" | "local"
-    args: command.remote.ConnectionArgs | None = None
+    args: command.remote.ConnectionArgs | None = None  # None: this machine (`command.local`)
     user: str | None = None  # remote user; not root -> commands use `sudo -n`
 
     @property
     def remote(self) -> bool:
-        """Commands go over SSH (command.remote), not to this machine."""
+        """Commands run on another machine (over SSH, with `args`), not on this one."""
         return self.args is not None
 
 
@@ -82,11 +81,11 @@ def ssh_connection(host: SshHost, private_key: pulumi.Input[str], *, insecure_sk
         dial_error_limit=20,
         per_dial_timeout=30,
     )
-    return Connection("ssh", args, host.user)
+    return Connection(args, host.user)
 
 
 def local_connection() -> Connection:
-    return Connection("local")
+    return Connection()
 
 
 def _cmd(
@@ -106,8 +105,7 @@ def _cmd(
         opts = pulumi.ResourceOptions.merge(
             opts, pulumi.ResourceOptions(additional_secret_outputs=["stdout", "stderr", "stdin"])
         )
-    if conn.remote:
-        assert conn.args is not None
+    if conn.args is not None:
         return command.remote.Command(
             name,
             connection=conn.args,

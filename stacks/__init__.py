@@ -37,9 +37,13 @@ class StackContext:
     secrets: dict[str, pulumi.Output[Any]] = field(default_factory=dict)
 
 
+def _config_keys() -> dict[str, Any]:
+    return {**(runtime_config.get_config_env() or {}), **runtime_config.CONFIG.get()}
+
+
 def _raw_config() -> dict[str, Any]:
     """Every `coderig:` key Pulumi passed to the program (prefix stripped), JSON decoded."""
-    merged = {**(runtime_config.get_config_env() or {}), **runtime_config.CONFIG.get()}
+    merged = _config_keys()
     out: dict[str, Any] = {}
     for key, value in merged.items():
         ns, _, name = key.partition(":")
@@ -61,7 +65,7 @@ def read_settings() -> tuple[StackSettings, dict[str, pulumi.Output[Any]]]:
         if key in raw:
             raw[key] = SECRET
             secrets[key] = config.require_secret(key)
-    return parse_settings(raw), secrets
+    return parse_settings(raw, _config_keys()), secrets
 
 
 class ConfigError(pulumi.RunError):
@@ -73,6 +77,8 @@ def build() -> dict[str, object]:
         settings, secrets = read_settings()
     except UserError as exc:
         raise ConfigError("invalid coderig config:\n  " + "\n  ".join(exc.problems)) from None
+    for warning in settings.warnings:
+        pulumi.log.warn(warning)
     p = planner.plan_stack(settings)
     if not p.fits:
         raise ConfigError(f"coderig:model: {p.reason}" + (f"; {p.suggestion}" if p.suggestion else ""))

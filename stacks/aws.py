@@ -107,7 +107,6 @@ def build(ctx: StackContext) -> dict[str, object]:
     def node_stack(i: int, after: list[NodeStack]) -> NodeStack:
         n = gpu.nodes[i]
         conn = Connection(
-            "ssh",
             command.remote.ConnectionArgs(
                 host=n.eip.public_ip, user=aws_plan.LOGIN_USER, private_key=login_private,
                 host_key=n.host_key.public_key_openssh.apply(lambda k: " ".join(k.split()[:2])),

@@ -4,7 +4,6 @@ InferenceService URL) gets only the front door (LiteLLM + gateway), on this work
 
 from __future__ import annotations
 
-from coderig.core.settings import ExternalTarget
 from coderig.targets.compose import spec as node
 from components.node import NodeStack, NodeStackArgs, front_door_access, local_connection, ssh_connection
 from stacks import StackContext
@@ -15,7 +14,7 @@ from stacks.outputs import client_outputs
 def build(ctx: StackContext) -> dict[str, object]:
     s = ctx.settings
     t = s.target
-    assert isinstance(t, ExternalTarget)
+    assert t.kind == "external"
     spec = node.node_specs(s)[0]
     if t.frontDoor == "ssh":
         assert t.host is not None

@@ -7,7 +7,6 @@ server to zero when idle. Manifests: `coderig.kube`; resources: `components.kube
 
 from __future__ import annotations
 
-from coderig.core.settings import KubernetesTarget
 from coderig.targets.kubernetes import frontdoor as kube_fd
 from components.kube import GATEWAY_PORT, KubernetesStack, KubernetesStackArgs
 from components.node import front_door_access
@@ -17,7 +16,7 @@ from stacks.outputs import client_outputs
 
 def build(ctx: StackContext) -> dict[str, object]:
     s = ctx.settings
-    assert isinstance(s.target, KubernetesTarget)
+    assert s.target.kind == "kubernetes"
     access = front_door_access(s, kube_fd.certificate_names(s), ctx.secrets)
     cluster = KubernetesStack("k8s", KubernetesStackArgs(s, ctx.stack, ctx.plan, access.secrets))
     return {

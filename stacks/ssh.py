@@ -6,7 +6,6 @@ the gateway, the stack's only public listener.
 
 from __future__ import annotations
 
-from coderig.core.settings import SshTarget
 from coderig.targets.compose import spec as node
 from components.node import NodeStack, NodeStackArgs, front_door_access, replicas_first, ssh_connection
 from stacks import StackContext
@@ -16,7 +15,7 @@ from stacks.outputs import client_outputs
 def build(ctx: StackContext) -> dict[str, object]:
     s = ctx.settings
     t = s.target
-    assert isinstance(t, SshTarget)
+    assert t.kind == "ssh"
     specs = node.node_specs(s)
     assert len(specs) == len(t.hosts)
     first = t.hosts[0]

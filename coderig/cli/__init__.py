@@ -9,7 +9,7 @@ import os
 import sys
 
 from coderig.cli import client, frontdoor, ops, stack
-from coderig.core.errors import INVALID, UserError
+from coderig.core.errors import INVALID, REFUSED, UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,9 +39,12 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
-    except (IsADirectoryError, NotADirectoryError, FileNotFoundError, PermissionError) as exc:
+    except (IsADirectoryError, NotADirectoryError, FileNotFoundError, PermissionError, FileExistsError) as exc:
         report([f"{exc.filename}: {exc.strerror}"])
         return INVALID
+    except OSError as exc:  # a full disk, a read-only file system, a reset connection…
+        report([f"{exc.filename}: {exc.strerror}" if exc.filename else f"{exc.strerror or exc}"])
+        return REFUSED
 
 
 if __name__ == "__main__":

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from coderig.core import planner
 from coderig.core.errors import REFUSED, UserError
 from coderig.core.files import Bundle, write_bundle, write_file
-from coderig.core.settings import load_stack_file, stack_name_from_path
+from coderig.core.settings import StackSettings, load_stack_file, stack_name_from_path
 from coderig.targets import render_stack
 
 MANIFEST = ".coderig-render"  # in the --out directory: the files the last render wrote
@@ -37,8 +38,15 @@ def _refusal(p: planner.Plan) -> UserError:
     return UserError(p.reason + (f"; {p.suggestion}" if p.suggestion else ""), REFUSED)
 
 
+def _warn(settings: StackSettings) -> None:
+    """Accepted but risky settings: one `coderig: warning:` line each, on stderr (stdout stays the plan)."""
+    for line in settings.warnings:
+        print(f"coderig: warning: {line}", file=sys.stderr)
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     settings = load_stack_file(args.config)
+    _warn(settings)
     stack = stack_name_from_path(args.config)
     p = planner.plan_stack(settings)
     if args.json:
@@ -52,6 +60,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     settings = load_stack_file(args.config)
+    _warn(settings)
     stack = stack_name_from_path(args.config)
     p = planner.plan_stack(settings)
     if not p.fits:

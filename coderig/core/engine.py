@@ -40,6 +40,8 @@ def vllm_args(model: ModelSettings, layout: Layout, host: str = MODEL_HOST, port
         "--enable-prefix-caching",
         "--enable-auto-tool-choice",
     ]  # fmt: skip
+    if model.revision != "main":  # the weights step fetched this revision; load exactly it (offline)
+        args += ["--revision", model.revision, "--tokenizer-revision", model.revision]
     args += _parser_flags(p)
     args += _default_flags(p)
     args += list(p.extra_args)
@@ -107,6 +109,19 @@ def command_line(model: ModelSettings, layout: Layout) -> str:
     return shlex.join(["vllm", "serve", *vllm_args(model, layout)])
 
 
+WEIGHTS_SCRIPT_DIR = "/coderig"  # where fetch_weights.py (and its requirements file) are mounted
+
+
+def weights_image(preset: Preset) -> str:
+    """The weights step's image: one that already has huggingface_hub (see coderig.core.versions)."""
+    return versions.WEIGHTS_IMAGE_CPU if preset.engine == "llama.cpp" else versions.WEIGHTS_IMAGE_VLLM
+
+
+def weights_entrypoint() -> list[str]:
+    """The weights step's entrypoint, whatever the image's own (vLLM's is `vllm serve`)."""
+    return ["python3", f"{WEIGHTS_SCRIPT_DIR}/fetch_weights.py"]
+
+
 def weights_env(model: ModelSettings, cache_mount: str = CACHE_MOUNT) -> dict[str, str]:
     """The weights step's environment (fetch_weights.py), the same on every target."""
     preset = model.spec
@@ -114,11 +129,13 @@ def weights_env(model: ModelSettings, cache_mount: str = CACHE_MOUNT) -> dict[st
         "HF_HOME": f"{cache_mount}/hf",
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "CODERIG_REPO": preset.hf_repo,
-        "CODERIG_REVISION": "main",
+        "CODERIG_REVISION": model.revision,
         "CODERIG_WEIGHTS_BYTES": str(preset.weight_bytes),
-        "CODERIG_HF_HUB_VERSION": versions.HF_HUB_VERSION,
         "PYTHONUNBUFFERED": "1",
     }
+    if weights_image(preset) == versions.WEIGHTS_IMAGE_CPU:
+        # the one image without huggingface_hub: allowed to install it, from hash-pinned requirements only
+        env["CODERIG_PIP_REQUIREMENTS"] = f"{WEIGHTS_SCRIPT_DIR}/{versions.WEIGHTS_REQUIREMENTS}"
     if preset.engine == "llama.cpp" and preset.gguf_file:
         env["CODERIG_ALLOW_PATTERNS"] = preset.gguf_file
         env["CODERIG_LINK_FILE"] = preset.gguf_file

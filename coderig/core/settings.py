@@ -11,32 +11,58 @@ stack file they are `{secure: v1:…}` and are kept as the opaque `SECRET` marke
 
 from __future__ import annotations
 
-import ipaddress
+import difflib
 import math
-import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from coderig.core import catalog, hostkeys, sizing
+from coderig.core import catalog, sizing
 from coderig.core.errors import UserError
+from coderig.core.settings_base import KeyProblem as _KeyError
+from coderig.core.settings_base import Loc
+from coderig.core.settings_base import Model as _Model
+from coderig.core.targets_settings import (
+    AWS_FIRST_HOST,
+    AWS_REGIONS,
+    AWS_SUBNET_PREFIX,
+    EXTERNAL_HEALTH_PATH,
+    NODE_CACHE_PATH,
+    TARGET_KINDS,
+    TARGET_MODELS,
+    AwsTarget,
+    ExternalTarget,
+    GpuSpec,
+    KubernetesTarget,
+    LocalTarget,
+    SshHost,
+    SshTarget,
+    Target,
+    Toleration,
+)
 from coderig.runtime import idle
 
+# the target models live in core/targets_settings.py; importers keep using this module
+__all__ = [
+    "AWS_FIRST_HOST", "AWS_REGIONS", "AWS_SUBNET_PREFIX", "AwsTarget", "COMMIT_RE", "DEVELOPER_RE",
+    "EXTERNAL_HEALTH_PATH", "ExternalTarget", "GatewaySettings", "GpuSpec", "IdlePolicy", "KubernetesTarget",
+    "LocalTarget", "ModelSettings", "NAMESPACE", "NODE_CACHE_PATH", "OfficeHours", "SECRET", "SECRET_KEYS",
+    "Secret", "SshHost", "SshTarget", "StackSettings", "TARGET_KINDS", "TARGET_MODELS", "Target", "Toleration",
+    "UserError", "load_stack_file", "misspelt_namespaces", "namespace_from_stack_file", "parse_settings",
+    "stack_name_from_path"
+]  # fmt: skip
+
 NAMESPACE = "coderig"
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
 
 class Secret:
@@ -50,387 +76,9 @@ SECRET = Secret()
 
 # Keys whose values are secrets. They are top-level so `pulumi config set --secret` works on them.
 SECRET_KEYS = ("sshPrivateKey", "hfToken", "tlsCertificate", "tlsPrivateKey", "externalApiKey")
-
-
-class GpuSpec(_Model):
-    model: str = Field(description="GPU model on each host, e.g. H100, H200, B200")
-    count: int = Field(description="GPUs per host used by the model server")
-
-    @field_validator("model")
-    @classmethod
-    def _known_gpu(cls, v: str) -> str:
-        gpu = catalog.GPUS.get(v.upper())
-        if gpu is None:
-            raise ValueError(f"unknown GPU model {v!r}; allowed: {', '.join(catalog.GPUS)}")
-        return gpu.name
-
-    @field_validator("count")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"got {v}; a host needs at least 1 GPU (allowed: 1, 2, 4, 8)")
-        if v not in (1, 2, 4, 8):
-            raise ValueError(f"got {v}; tensor parallelism splits attention heads evenly, use 1, 2, 4 or 8")
-        return v
-
-
-class SshHost(_Model):
-    address: str
-    user: str = "ubuntu"
-    port: int = Field(default=22, ge=1, le=65535)
-    hostKey: str | None = Field(
-        default=None, description="the host's public key line, e.g. 'ssh-ed25519 AAAA…' (ssh-keyscan)"
-    )
-    cacheDevice: str | None = Field(
-        default=None, description="block device for the weights cache, formatted only if blank"
-    )
-
-    @field_validator("hostKey")
-    @classmethod
-    def _key_shape(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        kind, key = hostkeys.parse_host_key(v)
-        return f"{kind} {key}"
-
-
-def _check_cache_path(v: str) -> str:
-    if not v.startswith("/"):
-        raise ValueError(f"got {v!r}; the weights cache path must be absolute, e.g. /var/lib/coderig")
-    return v
-
-
-NODE_CACHE_PATH = "/var/lib/coderig"  # the weights cache on a machine coderig prepares (ssh, aws)
-
-
-class _Target(_Model):
-    """What differs between target kinds, declared once per kind (class attributes and properties);
-    the rest of coderig asks these instead of comparing `kind`."""
-
-    engines: ClassVar[tuple[str, ...]] = ("vllm", "llama.cpp")  # model servers it can run
-    idle_mechanism: ClassVar[str | None] = None  # "stop-instances" | "scale-to-zero" | None
-    min_gateway_port: ClassVar[int] = 1
-    serves_model: ClassVar[bool] = True  # False: only the front door runs here (external)
-
-    @property
-    def gpu_spec(self) -> GpuSpec | None:
-        """GPUs of one model replica as the stack file gives them (None: CPU or not ours to size)."""
-        return getattr(self, "gpu", None)
-
-    @property
-    def gpus(self) -> tuple[str | None, int]:
-        """(GPU model, GPUs per replica) the planner sizes for."""
-        g = self.gpu_spec
-        return (g.model, g.count) if g else (None, 0)
-
-    @property
-    def replica_count(self) -> int:
-        """Model replicas (each on `gpus`)."""
-        return 1
-
-    @property
-    def instance_type(self) -> str | None:
-        return None
-
-    @property
-    def over_ssh(self) -> bool:
-        """`pulumi up` reaches the machines over SSH with coderig:sshPrivateKey."""
-        return False
-
-    @property
-    def runs_locally(self) -> bool:
-        """The stack runs on the machine that runs `pulumi up` (no install step, no sudo)."""
-        return False
-
-    @property
-    def node_cache_path(self) -> str:
-        return NODE_CACHE_PATH
-
-    @property
-    def replica_addresses(self) -> list[str]:
-        """Private addresses of the model replicas after the first machine (compose-based targets)."""
-        return []
-
-
-class LocalTarget(_Target):
-    kind: Literal["local"]
-    gpu: GpuSpec | None = Field(default=None, description="GPUs on this machine; omit for CPU (llama.cpp)")
-    cachePath: str = "~/.cache/coderig"
-
-    @property
-    def runs_locally(self) -> bool:
-        return True
-
-    @property
-    def node_cache_path(self) -> str:
-        return os.path.expanduser(self.cachePath)
-
-
-class SshTarget(_Target):
-    kind: Literal["ssh"]
-    hosts: list[SshHost] = Field(min_length=1)
-    gpu: GpuSpec | None = None
-    cachePath: str = NODE_CACHE_PATH
-    insecureSkipHostKeyCheck: bool = False
-
-    _cache = field_validator("cachePath")(_check_cache_path)
-
-    @property
-    def replica_count(self) -> int:
-        return len(self.hosts)
-
-    @property
-    def over_ssh(self) -> bool:
-        return True
-
-    @property
-    def node_cache_path(self) -> str:
-        return self.cachePath
-
-    @property
-    def replica_addresses(self) -> list[str]:
-        return [h.address for h in self.hosts[1:]]
-
-    @model_validator(mode="after")
-    def _pinned(self) -> SshTarget:
-        if not self.insecureSkipHostKeyCheck:
-            for i, h in enumerate(self.hosts):
-                if not h.hostKey:
-                    raise _KeyError(
-                        f"hosts[{i}].hostKey",
-                        f"missing for {h.address}: refusing to connect to an unpinned host; paste the line "
-                        "printed by `ssh-keyscan -t ed25519 HOST` (or, knowingly, set insecureSkipHostKeyCheck: true)",
-                    )
-        addresses = [h.address for h in self.hosts]
-        if len(set(addresses)) != len(addresses):
-            raise ValueError(f"hosts lists an address twice: {addresses}")
-        return self
-
-
-AWS_SUBNET_PREFIX = "10.77.0."  # nodes get .10, .11, … in the subnet coderig creates (10.77.0.0/24)
-AWS_FIRST_HOST = 10
-
-
-class AwsTarget(_Target):
-    kind: Literal["aws"]
-    idle_mechanism: ClassVar[str | None] = "stop-instances"
-    instanceType: str
-    count: int = Field(default=1, ge=1, le=16)
-    region: str = "us-east-1"
-    availabilityZone: str | None = None
-    vpcId: str | None = None
-    subnetId: str | None = None
-    ami: str | None = Field(default=None, description="override the Deep Learning Base GPU AMI lookup")
-    allowedCidrs: list[str] = Field(default_factory=list, description="who may reach the gateway port")
-    adminCidr: str | None = Field(default=None, description="who may SSH in; none when unset")
-    retainWeights: bool = True
-    capacityReservationId: str | None = Field(default=None, description="cr-…: an On-Demand Capacity Reservation")
-    capacityBlock: bool = Field(default=False, description="capacityReservationId is a Capacity Block for ML")
-    spot: bool = Field(default=False, description="spot capacity, stopped (not terminated) on interruption")
-    volumeSizeGb: int | None = Field(default=None, ge=100, le=16384)
-
-    @property
-    def gpus(self) -> tuple[str | None, int]:
-        inst = catalog.AWS_INSTANCES[self.instanceType]
-        return inst.gpu, inst.gpu_count
-
-    @property
-    def replica_count(self) -> int:
-        return self.count
-
-    @property
-    def instance_type(self) -> str | None:
-        return self.instanceType
-
-    @property
-    def private_ips(self) -> list[str | None]:
-        """One per node: fixed addresses in the subnet coderig creates; None where the subnet assigns one."""
-        if self.subnetId:
-            return [None] * self.count  # validation allows count 1 only with an existing subnet
-        return [f"{AWS_SUBNET_PREFIX}{AWS_FIRST_HOST + i}" for i in range(self.count)]
-
-    @property
-    def replica_addresses(self) -> list[str]:
-        return [a for a in self.private_ips[1:] if a]
-
-    @field_validator("instanceType")
-    @classmethod
-    def _known_type(cls, v: str) -> str:
-        if v not in catalog.AWS_INSTANCES:
-            raise ValueError(f"unknown instance type {v!r}; allowed: {', '.join(catalog.AWS_INSTANCES)}")
-        return v
-
-    @field_validator("allowedCidrs")
-    @classmethod
-    def _cidrs(cls, v: list[str]) -> list[str]:
-        for c in v:
-            _cidr(c)
-        return v
-
-    @field_validator("adminCidr")
-    @classmethod
-    def _admin(cls, v: str | None) -> str | None:
-        return None if v is None else _cidr(v)
-
-    @field_validator("capacityReservationId")
-    @classmethod
-    def _cr_id(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"cr-[0-9a-f]{8,17}", v):
-            raise ValueError(f"got {v!r}; expected a capacity reservation id like cr-0123456789abcdef0")
-        return v
-
-    @model_validator(mode="after")
-    def _subnet_needs_vpc(self) -> AwsTarget:
-        if self.subnetId and not self.vpcId:
-            raise ValueError("subnetId is set without vpcId: set both, or neither for a new minimal VPC")
-        if self.vpcId and not self.subnetId:
-            raise _KeyError("subnetId", "vpcId is set without subnetId: set both, or neither for a new minimal VPC")
-        if self.spot and self.capacityReservationId:
-            raise _KeyError("spot", "spot cannot use capacityReservationId: choose one (reserved capacity is not spot)")
-        if self.capacityBlock and not self.capacityReservationId:
-            raise _KeyError("capacityBlock", "needs capacityReservationId (the Capacity Block's cr-… id)")
-        if self.count > 1 and self.subnetId:
-            raise _KeyError(
-                "count",
-                f"got {self.count} with subnetId: replicas need fixed private addresses, which coderig assigns "
-                "in a subnet it creates; unset vpcId/subnetId or use count: 1",
-            )
-        return self
-
-
-def _cidr(c: str) -> str:
-    try:
-        ipaddress.ip_network(c, strict=False)
-    except ValueError:
-        raise ValueError(f"{c!r} is not a CIDR like 203.0.113.0/24") from None
-    return c
-
-
-class Toleration(_Model):
-    key: str
-    operator: Literal["Exists", "Equal"] = "Exists"
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-
-
-class KubernetesTarget(_Target):
-    kind: Literal["kubernetes"]
-    engines: ClassVar[tuple[str, ...]] = ("vllm",)
-    idle_mechanism: ClassVar[str | None] = "scale-to-zero"
-    # the gateway runs as non-root in its pod (the Service still exposes 443)
-    min_gateway_port: ClassVar[int] = 1024
-    gpu: GpuSpec
-    kubeconfig: str | None = None
-    context: str | None = None
-    namespace: str = "coderig"
-    storageClass: str | None = None
-    replicas: int = Field(default=1, ge=0, le=64)
-    frontDoorReplicas: int = Field(default=2, ge=1, le=16)
-    nodeSelector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(
-        default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
-    )
-    serviceType: Literal["LoadBalancer", "ClusterIP", "NodePort"] = "LoadBalancer"
-    ingressHost: str | None = None
-    ingressClass: str | None = None
-    weightsVolumeName: str = Field(
-        default="coderig-weights",
-        description="the weights PVC's name; a new name makes a new PVC (the old one is kept, never deleted)",
-    )
-
-    @property
-    def replica_count(self) -> int:
-        return self.replicas
-
-    @field_validator("namespace")
-    @classmethod
-    def _k8s_namespace(cls, v: str) -> str:
-        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", v):
-            raise ValueError(f"got {v!r}; a namespace is lowercase letters, digits and '-' (max 63)")
-        return v
-
-    @field_validator("weightsVolumeName")
-    @classmethod
-    def _k8s_pvc_name(cls, v: str) -> str:
-        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", v):
-            raise ValueError(f"got {v!r}; a PVC name is lowercase letters, digits and '-' (max 63)")
-        return v
-
-    @model_validator(mode="after")
-    def _shared_weights(self) -> KubernetesTarget:
-        if self.replicas > 1 and not self.storageClass:
-            raise _KeyError(
-                "storageClass",
-                f"replicas is {self.replicas}: the replicas share one weights volume, name a ReadWriteMany "
-                "storage class (EFS, CephFS, Filestore, NFS); the default class is usually ReadWriteOnce",
-            )
-        if self.ingressClass and not self.ingressHost:
-            raise _KeyError("ingressClass", "is set without ingressHost: set the host the Ingress serves")
-        return self
-
-
-# Every OpenAI-compatible server answers GET /v1/models once its model is loaded; /health is vLLM's
-# own (KServe and others have none), so it is not the default for an endpoint we do not run.
-EXTERNAL_HEALTH_PATH = "/v1/models"
-
-
-class ExternalTarget(_Target):
-    kind: Literal["external"]
-    serves_model: ClassVar[bool] = False
-    endpoint: str = Field(description="OpenAI-compatible base URL ending in /v1")
-    frontDoor: Literal["local", "ssh"] = "local"
-    host: SshHost | None = Field(default=None, description="where the front door runs when frontDoor is ssh")
-    insecureSkipHostKeyCheck: bool = False
-    healthPath: str = Field(
-        default=EXTERNAL_HEALTH_PATH,
-        description="what the gateway's /healthz asks the endpoint: a path on its URL without the trailing /v1",
-    )
-
-    @field_validator("healthPath")
-    @classmethod
-    def _path(cls, v: str) -> str:
-        if not re.match(r"^/[^\s?#]*$", v):
-            raise ValueError(f"got {v!r}; expected a path starting with / such as /v1/models or /health")
-        return v
-
-    @field_validator("endpoint")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not re.match(r"^https?://[^/\s]+(/.*)?$", v):
-            raise ValueError(f"got {v!r}; expected an http(s) URL like https://llm.internal/v1")
-        return v.rstrip("/")
-
-    @property
-    def gpus(self) -> tuple[str | None, int]:
-        return None, 0
-
-    @property
-    def over_ssh(self) -> bool:
-        return self.frontDoor == "ssh"
-
-    @property
-    def runs_locally(self) -> bool:
-        return self.frontDoor == "local"
-
-    @model_validator(mode="after")
-    def _host_for_ssh(self) -> ExternalTarget:
-        if self.frontDoor == "ssh" and self.host is None:
-            raise ValueError("frontDoor is ssh but host is not set: add host: {address, user, hostKey}")
-        if self.host and not self.host.hostKey and not self.insecureSkipHostKeyCheck:
-            raise ValueError("host.hostKey is missing: paste `ssh-keyscan -t ed25519 HOST` output")
-        return self
-
-
-Target = Annotated[
-    LocalTarget | SshTarget | AwsTarget | KubernetesTarget | ExternalTarget,
-    Field(discriminator="kind"),
-]
-# kind -> its settings model: the one list of target kinds (the registry and stacks cover exactly these)
-TARGET_MODELS: dict[str, type[_Target]] = {
-    cls.model_fields["kind"].annotation.__args__[0]: cls  # type: ignore[union-attr]
-    for cls in (LocalTarget, SshTarget, AwsTarget, KubernetesTarget, ExternalTarget)
-}
-TARGET_KINDS = tuple(TARGET_MODELS)
+# A revision that pins the weights: a full commit sha. Anything else (a branch such as main, a tag)
+# can move, so a fresh volume may download different weights than the last one.
+COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 
 
 class ModelSettings(_Model):
@@ -442,6 +90,18 @@ class ModelSettings(_Model):
     maxOutputTokens: int | None = Field(default=None, ge=256)
     extraArgs: list[str] = Field(default_factory=list, description="extra model-server flags, appended")
     parallel: sizing.ParallelSettings | None = Field(default=None, description="override the planned layout")
+    revision: str = Field(default="main", description="the weights' commit sha (pins them) or a branch (floats)")
+
+    @field_validator("revision")
+    @classmethod
+    def _revision(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}", v) or ".." in v:
+            raise ValueError(f"got {v!r}; expected a commit sha (40 hex digits) or a branch or tag name")
+        return v
+
+    @property
+    def revision_pinned(self) -> bool:
+        return bool(COMMIT_RE.fullmatch(self.revision))
 
     @field_validator("preset")
     @classmethod
@@ -555,6 +215,55 @@ class GatewaySettings(_Model):
 DEVELOPER_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 
 
+def _developer_names(given: dict[str, Any]) -> list[tuple[Loc, str, Any]]:
+    """Every invalid name and every name listed twice, each with its index."""
+    names = given.get("developers")
+    if not isinstance(names, list):
+        return []
+    out: list[tuple[Loc, str, Any]] = []
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            continue  # the list's own validation names it
+        if not DEVELOPER_RE.fullmatch(name):
+            why = f"got {name!r}: not a valid name; use lowercase letters, digits, '.', '_', '-' (max 63)"
+            if DEVELOPER_RE.fullmatch(name.lower()):
+                why += f", e.g. {name.lower()!r}"
+            out.append((("developers", i), why, name))
+        elif name in seen:
+            out.append((
+                ("developers", i),
+                f"got {name!r}: listed twice (also developers[{seen[name]}]); each developer gets exactly one key",
+                name,
+            ))  # fmt: skip
+        else:
+            seen[name] = i
+    return out
+
+
+def _secrets_present(given: dict[str, Any]) -> list[tuple[Loc, str, Any]]:
+    """Secrets that go together, and the SSH key an SSH target needs, whatever else is wrong."""
+    out: list[tuple[Loc, str, Any]] = []
+    if ("tlsCertificate" in given) != ("tlsPrivateKey" in given):
+        out.append((("tlsCertificate",), "set both tlsCertificate and tlsPrivateKey (secrets), or neither", None))
+    target = given.get("target")
+    if not isinstance(target, dict) or "sshPrivateKey" in given:
+        return out
+    kind = str(target.get("kind"))
+    model = TARGET_MODELS.get(kind)
+    if model is None:
+        return out
+    fields = {k: v for k, v in target.items() if k in model.model_fields}
+    if model.model_construct(**fields).over_ssh:  # what the kind declares, from the keys as given
+        out.append((
+            ("sshPrivateKey",),
+            f"the {kind} target connects over SSH and needs it: "
+            "`pulumi config set --secret coderig:sshPrivateKey < KEY`",
+            None,
+        ))  # fmt: skip
+    return out
+
+
 class StackSettings(_Model):
     target: Target
     model: ModelSettings
@@ -570,29 +279,22 @@ class StackSettings(_Model):
     tlsPrivateKey: Any = None
     externalApiKey: Any = None
 
-    @field_validator("developers")
-    @classmethod
-    def _developers(cls, v: list[str]) -> list[str]:
-        seen: set[str] = set()
-        for name in v:
-            if not DEVELOPER_RE.fullmatch(name):
-                raise ValueError(f"{name!r} is not a valid name; use lowercase letters, digits, '.', '_', '-'")
-            if name in seen:
-                raise ValueError(f"{name!r} is listed twice; each developer gets exactly one key")
-            seen.add(name)
-        return v
+    given_checks = (_developer_names, _secrets_present)
+
+    @property
+    def warnings(self) -> list[str]:
+        """Accepted, but said once by `coderig plan` / `render` and `pulumi up` (one line each)."""
+        out = list(self.target.warnings)
+        if self.target.serves_model and not self.model.revision_pinned:
+            out.append(
+                f"coderig:model.revision: {self.model.revision!r} floats (a branch or tag): a new volume may get "
+                f"other weights than the last; pin a commit sha of {self.model.spec.hf_repo}"
+            )
+        return out
 
     @model_validator(mode="after")
     def _cross_checks(self) -> StackSettings:
         t = self.target
-        if (self.tlsCertificate is None) != (self.tlsPrivateKey is None):
-            raise _KeyError("tlsCertificate", "set both tlsCertificate and tlsPrivateKey (secrets), or neither")
-        if t.over_ssh and self.sshPrivateKey is None:
-            raise _KeyError(
-                "sshPrivateKey",
-                f"the {t.kind} target connects over SSH and needs it: "
-                "`pulumi config set --secret coderig:sshPrivateKey < KEY`",
-            )
         engine = self.model.spec.engine
         if t.serves_model and engine not in t.engines:
             # what this target cannot run: refused here, so `coderig plan` says so (not `pulumi up`)
@@ -624,14 +326,6 @@ class StackSettings(_Model):
         return self
 
 
-class _KeyError(ValueError):
-    """A model-level problem that belongs to one sub-key (so the message can name it)."""
-
-    def __init__(self, key: str, message: str):
-        self.key = key
-        super().__init__(f"{key}: {message}")
-
-
 _TOP_KEYS = set(StackSettings.model_fields)
 
 
@@ -660,20 +354,20 @@ def _format_error(err: dict[str, Any]) -> str:
         msg = msg.removeprefix("Value error, ")
     path = _key_path(loc)
     given = err.get("input")
-    kind = err.get("type", "")
-    if kind == "extra_forbidden":
+    etype = err.get("type", "")  # the pydantic error type
+    if etype == "extra_forbidden":
         parent = loc[:-1]
         allowed = _allowed_keys(parent)
         return f"{path}: unknown key; allowed here: {', '.join(sorted(allowed))}"
-    if kind == "union_tag_invalid":
+    if etype == "union_tag_invalid":
         return f"{_key_path((*loc, 'kind'))}: got {err['ctx']['tag']!r}; allowed: {', '.join(TARGET_KINDS)}"
-    if kind == "union_tag_not_found":
+    if etype == "union_tag_not_found":
         return f"{_key_path((*loc, 'kind'))}: missing; allowed: {', '.join(TARGET_KINDS)}"
-    if kind == "missing":
+    if etype == "missing":
         return f"{path}: required but not set"
-    if kind == "literal_error":
+    if etype == "literal_error":
         return f"{path}: got {given!r}; {msg.lower()}"
-    if kind.endswith(("_type", "_parsing")) or kind in ("greater_than_equal", "less_than_equal", "greater_than"):
+    if etype.endswith(("_type", "_parsing")) or etype in ("greater_than_equal", "less_than_equal", "greater_than"):
         return f"{path}: got {given!r}; {msg.lower()}"
     return f"{path}: {msg}"
 
@@ -703,9 +397,21 @@ def _inner_model(annotation: Any) -> Any:
     return None
 
 
-def parse_settings(raw: dict[str, Any]) -> StackSettings:
-    """Validate the `coderig:` namespace (keys without the prefix). Raises UserError."""
-    problems: list[str] = []
+def misspelt_namespaces(keys: Iterable[str]) -> list[str]:
+    """Config keys whose namespace looks like a typo of `coderig:` (`coderg:target`): Pulumi and the
+    stack file accept any namespace, so without this the key is silently someone else's."""
+    out: list[str] = []
+    for key in keys:
+        ns, sep, name = str(key).partition(":")
+        if sep and ns != NAMESPACE and difflib.get_close_matches(ns.lower(), [NAMESPACE], n=1, cutoff=0.7):
+            out.append(f"{key}: unknown namespace; did you mean {NAMESPACE}:{name}?")
+    return out
+
+
+def parse_settings(raw: dict[str, Any], other_keys: Iterable[str] = ()) -> StackSettings:
+    """Validate the `coderig:` namespace (keys without the prefix); `other_keys` are the config's keys
+    in other namespaces (checked for a misspelt `coderig`). Raises UserError with every problem."""
+    problems: list[str] = misspelt_namespaces(other_keys)
     unknown = sorted(set(raw) - _TOP_KEYS)
     for key in unknown:
         problems.append(f"{NAMESPACE}:{key}: unknown key; allowed: {', '.join(sorted(_TOP_KEYS))}")
@@ -752,7 +458,7 @@ def namespace_from_stack_file(data: dict[str, Any]) -> dict[str, Any]:
             continue  # aws:region, kubernetes:context… belong to providers
         out[name] = _opaque_secrets(value)
     if problems:
-        raise UserError(problems)
+        raise UserError(problems + misspelt_namespaces(map(str, config)))
     return out
 
 
@@ -765,9 +471,12 @@ def load_stack_file(path: str | Path) -> StackSettings:
         raise UserError([f"{p}: no such file (expected a Pulumi.<stack>.yaml)"]) from None
     except yaml.YAMLError as exc:
         raise UserError([f"{p}: not valid YAML: {exc}"]) from None
+    except UnicodeDecodeError:
+        raise UserError([f"{p}: not a text file (expected a Pulumi.<stack>.yaml)"]) from None
     if not isinstance(data, dict):
         raise UserError([f"{p}: expected a mapping with a config: section"])
-    return parse_settings(namespace_from_stack_file(data))
+    config = data.get("config")
+    return parse_settings(namespace_from_stack_file(data), map(str, config if isinstance(config, dict) else {}))
 
 
 def stack_name_from_path(path: str | Path) -> str:

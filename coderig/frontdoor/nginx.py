@@ -1,5 +1,7 @@
-"""The nginx gateway in front of LiteLLM and the model servers. Pure: the Pulumi components,
-`coderig render` and `coderig frontdoor run` all write the text these return.
+"""The nginx gateway in front of LiteLLM and the model servers: its spec, the pieces of its config
+(listen, TLS, upstreams, log format, error bodies) and the keys include. The routes and the server
+block built from them are in `nginx_routes`. Pure: the Pulumi components, `coderig render` and
+`coderig frontdoor run` all write the text these return.
 
 Request path: agent -> nginx (TLS, per-developer keys, rate limit, JSON log) -> LiteLLM
 (Anthropic / Responses <-> OpenAI translation, `claude-*` routing) -> model server(s); OpenAI-native
@@ -11,6 +13,7 @@ rendered by `render_gateway_keys`, which callers write with mode 0600.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Mapping
@@ -23,6 +26,8 @@ DEFAULT_MAX_BODY_MB = 32  # Claude Code's client cap
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,512}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
+_LOOPBACK_V4 = ipaddress.ip_network("127.0.0.0/8")
+_LOOPBACK_V6 = ipaddress.ip_address("::1")
 
 
 # ---------------------------------------------------------------- nginx gateway
@@ -83,7 +88,15 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 def is_loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
+    """An IP literal in 127.0.0.0/8, ::1, or exactly `localhost` (never a name that merely starts
+    with "127.": `127.0.0.1.evil.test` resolves wherever its owner wants)."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return (address.version == 4 and address in _LOOPBACK_V4) or address == _LOOPBACK_V6
 
 
 def anthropic_error(kind: str, message: str) -> str:
@@ -131,6 +144,15 @@ def _listen_directive(spec: GatewaySpec) -> str:
     return f"listen {addr}{' ssl' if spec.tls_cert else ''};"
 
 
+# Mozilla "intermediate" (server-side TLS guidelines): TLS 1.2 + 1.3; on 1.2 only ECDHE with AEAD
+# ciphers (no CBC/SHA1, CCM8, ARIA or Camellia). The DHE suites of that list are left out: they need
+# a dhparam file, which nginx does not have by default.
+TLS_CIPHERS_1_2 = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
+
+
 def _tls_block(spec: GatewaySpec) -> list[str]:
     if bool(spec.tls_cert) != bool(spec.tls_key):
         raise ValueError("GatewaySpec: tls_cert and tls_key must be given together")
@@ -140,162 +162,13 @@ def _tls_block(spec: GatewaySpec) -> list[str]:
         f"ssl_certificate {spec.tls_cert};",
         f"ssl_certificate_key {spec.tls_key};",
         "ssl_protocols TLSv1.2 TLSv1.3;",
+        f"ssl_ciphers {TLS_CIPHERS_1_2};",
+        "ssl_ecdh_curve X25519:prime256v1:secp384r1;",
+        "ssl_prefer_server_ciphers off;",
         "ssl_session_cache shared:coderig_tls:10m;",
-        "ssl_session_timeout 1h;",
+        "ssl_session_timeout 1d;",
+        "ssl_session_tickets off;",
     ]
-
-
-def _auth_guard(shape: str, spec: GatewaySpec) -> list[str]:
-    """Key check (rewrite phase, so before anything else), per-developer limit, model gate."""
-    body = (
-        anthropic_error("authentication_error", _UNAUTHORIZED_MSG)
-        if shape == "anthropic"
-        else openai_error("invalid_request_error", "invalid_api_key", _UNAUTHORIZED_MSG)
-    )
-    gate = (
-        ["auth_request /_coderig_model_health;", f"error_page 500 = @coderig_gate_{shape};"]
-        if spec.model_gate_retry_after_s
-        else []
-    )
-    return [
-        'if ($coderig_developer = "") {',
-        f"    return 401 {_nginx_quote(body)};",
-        "}",
-        f"limit_req zone=coderig_per_developer burst={spec.rate_burst} nodelay;",
-        f"error_page 429 = @coderig_429_{shape};",
-        f"error_page 502 503 504 = @coderig_503_{shape};",
-        *gate,
-    ]
-
-
-def proxy_headers(authorization: str) -> list[str]:
-    """Headers for one proxying location. nginx drops inherited proxy_set_header lines as soon
-    as a location sets any, so every proxying location carries the whole list."""
-    return [
-        'proxy_set_header Connection "";',  # upstream keepalive
-        "proxy_set_header Host $host;",
-        "proxy_set_header X-Forwarded-For $remote_addr;",
-        "proxy_set_header X-Forwarded-Proto $scheme;",
-        # The developer's key never leaves the gateway: both key headers are replaced.
-        f"proxy_set_header Authorization {authorization};",
-        'proxy_set_header x-api-key "";',
-        f"proxy_set_header {DEVELOPER_HEADER} $coderig_developer;",
-    ]
-
-
-def _proxy_common(spec: GatewaySpec) -> list[str]:
-    t = f"{spec.timeout_s}s"
-    return [
-        "proxy_http_version 1.1;",
-        "proxy_buffering off;",
-        "proxy_request_buffering off;",
-        "proxy_cache off;",
-        "proxy_connect_timeout 10s;",
-        f"proxy_read_timeout {t};",
-        f"proxy_send_timeout {t};",
-        "proxy_next_upstream off;",
-    ]
-
-
-def _named_errors(spec: GatewaySpec) -> list[str]:
-    out = []
-    for shape in ("anthropic", "openai"):
-        if shape == "anthropic":
-            rate = anthropic_error("rate_limit_error", _RATE_MSG)
-            down = anthropic_error("overloaded_error", _UNAVAILABLE_MSG)
-        else:
-            rate = openai_error("rate_limit_error", "rate_limit_exceeded", _RATE_MSG)
-            down = openai_error("server_error", "upstream_unavailable", _UNAVAILABLE_MSG)
-        out += [
-            f"location @coderig_429_{shape} {{ return 429 {_nginx_quote(rate)}; }}",
-            f"location @coderig_503_{shape} {{ return 503 {_nginx_quote(down)}; }}",
-        ]
-        if spec.model_gate_retry_after_s:
-            out.append(
-                f"location @coderig_gate_{shape} {{ add_header Retry-After {spec.model_gate_retry_after_s} "
-                f"always; return 503 {_nginx_quote(down)}; }}"
-            )
-    return out
-
-
-def _indent(lines: list[str], level: int) -> list[str]:
-    pad = "    " * level
-    return [pad + line if line else line for line in lines]
-
-
-def _location(header: str, body: list[str]) -> list[str]:
-    return [f"location {header} {{", *_indent(body, 1), "}"]
-
-
-def _server_block(spec: GatewaySpec) -> list[str]:
-    t = f"{spec.timeout_s}s"
-    guard_a, guard_o = _auth_guard("anthropic", spec), _auth_guard("openai", spec)
-    to_litellm = [*proxy_headers("$coderig_upstream_authorization"), "proxy_pass http://coderig_litellm;"]
-    not_found = openai_error("invalid_request_error", "not_found", "no such endpoint on this gateway")
-    body: list[str] = [
-        _listen_directive(spec),
-        "server_name _;",
-        *_tls_block(spec),
-        "default_type application/json;",
-        f"client_max_body_size {spec.max_body_mb}m;",
-        "client_body_buffer_size 1m;",
-        f"client_body_timeout {t};",
-        f"send_timeout {t};",
-        f"keepalive_timeout {t};",
-        "gzip off;",
-        "access_log " + spec.access_log + " coderig_json;",
-        *_proxy_common(spec),
-        "",
-        "# Readiness: the model server's /health (subrequest) and LiteLLM's liveliness.",
-        *_location(
-            "= /healthz",
-            [
-                "access_log off;",
-                "auth_request /_coderig_model_health;",
-                "proxy_method GET;",
-                "proxy_pass_request_body off;",
-                *proxy_headers('""'),
-                'proxy_set_header Content-Length "";',
-                "proxy_pass http://coderig_litellm/health/liveliness;",
-                "error_page 401 403 404 500 502 503 504 = @coderig_unready;",
-            ],
-        ),
-        *_location(
-            "= /_coderig_model_health",
-            [
-                "internal;",
-                "proxy_method GET;",
-                "proxy_pass_request_body off;",
-                *proxy_headers('""'),
-                'proxy_set_header Content-Length "";',
-                "proxy_connect_timeout 2s;",
-                "proxy_read_timeout 5s;",
-                f"proxy_pass {spec.model_health_url};",
-            ],
-        ),
-        "location @coderig_unready { return 503 " + _nginx_quote('{"status":"unready"}') + "; }",
-        "",
-        "# Claude Code's telemetry and connectivity probes: answered here, never forwarded.",
-        *_location("= /api/hello", ["access_log off;", "return 200 " + _nginx_quote("{}") + ";"]),
-        *_location("= /api/event_logging/batch", ["access_log off;", "return 200 " + _nginx_quote("{}") + ";"]),
-        "",
-        *_location("/v1/messages", [*guard_a, *to_litellm]),
-    ]
-    if spec.direct_chat_backends:
-        body += _location(
-            "= /v1/chat/completions",
-            [
-                *guard_o,
-                *proxy_headers("$coderig_model_authorization" if spec.direct_chat_authorization else '""'),
-                "proxy_pass http://coderig_model;",
-            ],
-        )
-    body += [
-        *_location("~ ^/v1/(chat/completions|completions|responses|models)(/|$)", [*guard_o, *to_litellm]),
-        *_location("/", ["return 404 " + _nginx_quote(not_found) + ";"]),
-        *_named_errors(spec),
-    ]
-    return ["server {", *_indent(body, 1), "}"]
 
 
 # An idle pooled connection is dropped before the upstream's own idle close (uvicorn, which serves
@@ -327,52 +200,6 @@ def _upstreams(spec: GatewaySpec) -> list[str]:
         out += [f"    server {b} max_fails=0;" for b in spec.direct_chat_backends]
         out += [f"    keepalive {spec.upstream_keepalive};", f"    keepalive_timeout {UPSTREAM_IDLE_S}s;", "}"]
     return out
-
-
-def render_gateway_http(spec: GatewaySpec) -> str:
-    """The http-level part: maps, limits, log format, upstreams and the server block."""
-    lines = [
-        "# Rendered by coderig (frontdoor). Holds no key material: see the keys include.",
-        f"include {spec.keys_include};",
-        "# Developer name from either key header (Bearer first); empty when neither matched.",
-        "map $coderig_dev_bearer $coderig_developer {",
-        '    "" $coderig_dev_xkey;',
-        "    default $coderig_dev_bearer;",
-        "}",
-        _json_log_format(),
-        f"limit_req_zone $coderig_developer zone=coderig_per_developer:10m rate={spec.rate_per_second}r/s;",
-        "limit_req_status 429;",
-        "server_tokens off;",
-        *_temp_paths(spec),
-        *_upstreams(spec),
-        *_server_block(spec),
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def _temp_paths(spec: GatewaySpec) -> list[str]:
-    if not spec.temp_dir:
-        return []
-    return [
-        f"{kind}_temp_path {spec.temp_dir}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    ]
-
-
-def render_gateway_conf(spec: GatewaySpec) -> str:
-    """A complete nginx.conf (main, events and http contexts)."""
-    head = [
-        *([f"user {spec.user};"] if spec.user else []),
-        f"worker_processes {spec.worker_processes};",
-        f"pid {spec.pid_path};",
-        f"error_log {spec.error_log} warn;",
-        *([] if spec.daemon else ["daemon off;"]),
-        "events {",
-        f"    worker_connections {spec.worker_connections};",
-        "}",
-        "http {",
-    ]
-    http = render_gateway_http(spec).rstrip("\n").split("\n")
-    return "\n".join([*head, *_indent(http, 1), "}"]) + "\n"
 
 
 def validate_keys(keys: Mapping[str, str]) -> None:

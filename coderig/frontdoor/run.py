@@ -12,6 +12,10 @@ a developer without a restart). The integration tests use it too.
   with ``CODERIG_LITELLM``.
 - TLS unless ``--plain-http`` (loopback listen addresses only): a CA kept in the state dir
   (reused across runs, so clients trust it once) signs a fresh server certificate per run.
+- Nothing outlives it: nginx and LiteLLM get SIGTERM when it dies, however it dies (Linux:
+  PR_SET_PDEATHSIG), and the keys include (every developer key and LiteLLM's master key) is a
+  nameless file nginx reads through /proc, gone with the process. Prefixes left by a run that
+  was killed are removed when the next one starts.
 """
 
 from __future__ import annotations
@@ -36,8 +40,8 @@ from types import FrameType
 
 from coderig import frontdoor
 from coderig.core import access
-from coderig.core.files import write_file
 from coderig.core.versions import LITELLM_VERSION
+from coderig.frontdoor.lifecycle import PREFIX_NAME, RUNNER_PID, KeysInclude, clean_stale_prefixes, die_with_parent
 
 READY_LINE = "coderig frontdoor: ready"
 LITELLM_EXTRA_REQUIREMENTS = ("opentelemetry-sdk==1.45.2",)
@@ -284,7 +288,7 @@ def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace
 
 
 def reload_keys(
-    keys_file: Path, keys_conf: Path, master_key: str, nginx: subprocess.Popen[bytes]
+    keys_file: Path, keys_conf: KeysInclude, master_key: str, nginx: subprocess.Popen[bytes]
 ) -> dict[str, str] | None:
     """SIGHUP: re-read --keys-file and reload nginx, so adding or revoking a developer needs no
     restart. A bad file keeps the keys in force and says why."""
@@ -293,7 +297,7 @@ def reload_keys(
     except (OSError, ValueError) as exc:
         print(f"coderig frontdoor: keys NOT reloaded: {exc}", file=sys.stderr, flush=True)
         return None
-    write_file(keys_conf, frontdoor.render_gateway_keys(keys, master_key))
+    keys_conf.replace(frontdoor.render_gateway_keys(keys, master_key))
     os.kill(nginx.pid, signal.SIGHUP)
     print(f"coderig frontdoor: keys reloaded ({len(keys)} developer key(s))", flush=True)
     return keys
@@ -345,9 +349,16 @@ def run(opts: RunOptions) -> int:
         return 2
 
     host, _ = frontdoor.parse_listen(opts.listen)
-    opts.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    prefix = Path(tempfile.mkdtemp(prefix="coderig-frontdoor-"))
+    # absolute: nginx resolves relative paths against its own (temporary) prefix, not our cwd
+    state_dir = opts.state_dir.expanduser().resolve()
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = Path(tempfile.gettempdir())
+    for stale in clean_stale_prefixes(tmp):
+        print(f"coderig frontdoor: removed {stale} (left by a run that was killed)", file=sys.stderr)
+    prefix = Path(tempfile.mkdtemp(prefix=PREFIX_NAME, dir=tmp))
+    (prefix / RUNNER_PID).write_text(f"{os.getpid()}\n")
     procs: list[subprocess.Popen[bytes]] = []
+    keys_conf: KeysInclude | None = None
     stop = {"signal": 0, "reload": 0}
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -361,24 +372,23 @@ def run(opts: RunOptions) -> int:
     try:
         ca = cert = key = None
         if not opts.plain_http:
-            ca, cert, key = ensure_tls(opts.state_dir / "tls", host, opts.tls_names)
+            ca, cert, key = ensure_tls(state_dir / "tls", host, opts.tls_names)
         master_key = "sk-" + secrets.token_urlsafe(32)  # LiteLLM expects master keys to start sk-
         litellm_port = opts.litellm_port or free_port()
         litellm_cfg = prefix / "litellm.yaml"
         litellm_cfg.write_text(frontdoor.render_litellm_config(route))
-        keys_conf = prefix / "gateway-keys.conf"
-        write_file(keys_conf, frontdoor.render_gateway_keys(keys, master_key))
+        keys_conf = KeysInclude(prefix, frontdoor.render_gateway_keys(keys, master_key))
         os.chmod(prefix, 0o711)  # noqa: S103 - nginx workers (not root) must reach their temp dirs
         spec = frontdoor.GatewaySpec(
             listen=opts.listen,
             litellm=f"127.0.0.1:{litellm_port}",
             model_health_url=health_url(opts.backends[0], opts.health_path),
-            keys_include=str(keys_conf),
+            keys_include=keys_conf.path,
             tls_cert=str(cert) if cert else None,
             tls_key=str(key) if key else None,
             pid_path=str(prefix / "nginx.pid"),
-            error_log=str(opts.state_dir / "gateway-error.log"),
-            access_log=str(opts.state_dir / "gateway-access.log"),
+            error_log=str(state_dir / "gateway-error.log"),
+            access_log=str(state_dir / "gateway-access.log"),
             temp_dir=str(prefix / "tmp"),
             worker_processes="2",
             timeout_s=opts.timeout_s,
@@ -396,7 +406,7 @@ def run(opts: RunOptions) -> int:
             return 1
 
         litellm_exe = ensure_litellm()
-        log = open(opts.state_dir / "litellm.log", "ab")  # noqa: SIM115 - lives as long as the child
+        log = open(state_dir / "litellm.log", "ab")  # noqa: SIM115 - lives as long as the child
         started = time.monotonic()
         procs.append(
             subprocess.Popen(
@@ -406,15 +416,18 @@ def run(opts: RunOptions) -> int:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=die_with_parent(),  # no threads of ours run yet
                 cwd=prefix,
             )
         )
         live = f"http://127.0.0.1:{litellm_port}/health/liveliness"
         if not wait_http_ok(live, opts.startup_timeout_s, procs[0]):
-            print(f"coderig frontdoor: LiteLLM did not start; see {opts.state_dir / 'litellm.log'}", file=sys.stderr)
+            print(f"coderig frontdoor: LiteLLM did not start; see {state_dir / 'litellm.log'}", file=sys.stderr)
             return 1
         litellm_s = time.monotonic() - started
-        procs.append(subprocess.Popen(nginx_cmd, stdin=subprocess.DEVNULL, start_new_session=True))
+        procs.append(
+            subprocess.Popen(nginx_cmd, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent())
+        )
         scheme = "http" if opts.plain_http else "https"
         url_host = f"[{host}]" if ":" in host else host
         base = f"{scheme}://{url_host}:{frontdoor.parse_listen(opts.listen)[1]}"
@@ -446,6 +459,8 @@ def run(opts: RunOptions) -> int:
     finally:
         for proc in reversed(procs):
             stop_process(proc)
+        if keys_conf is not None:
+            keys_conf.close()
         shutil.rmtree(prefix, ignore_errors=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)

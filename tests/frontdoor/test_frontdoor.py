@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -168,43 +169,101 @@ def test_every_proxying_location_replaces_both_key_headers() -> None:
 
 def test_llm_locations_require_a_developer_and_answer_in_their_shape() -> None:
     locs = _locations(render_gateway_conf(spec()))
-    messages = locs["/v1/messages"]
+    messages = locs["= /v1/messages"]
     assert 'if ($coderig_developer = "")' in messages
     assert '"type": "authentication_error"' in messages
     assert "proxy_set_header Authorization $coderig_upstream_authorization;" in messages
-    openai = locs["~ ^/v1/(chat/completions|completions|responses|models)(/|$)"]
+    openai = locs["= /v1/responses"]
     assert '"code": "invalid_api_key"' in openai
     assert "limit_req zone=coderig_per_developer" in openai and "limit_req zone=coderig_per_developer" in messages
     assert "return 404" in locs["/"]  # LiteLLM's admin/UI routes are not exposed
+    assert '"not_found_error"' in locs["/v1/messages"] and '"not_found"' in locs["/"]
 
 
 def test_gateway_streaming_sizes_timeouts_keepalive() -> None:
     conf = render_gateway_conf(spec())
     for line in (
         "proxy_buffering off;",
-        "proxy_request_buffering off;",
+        "proxy_request_buffering on;",  # a body is whole (and under the cap) before any upstream sees it
         "client_max_body_size 32m;",
+        "client_body_buffer_size 1m;",  # Claude Code's bodies stay in memory
         "proxy_http_version 1.1;",
         "keepalive 128;",
         "gzip off;",
         "listen 0.0.0.0:8443 ssl;",
     ):
         assert line in conf
-    health_probe = _locations(conf)["= /_coderig_model_health"]  # the one short timeout, on purpose
-    request_path = conf.replace(health_probe, "")
-    for directive in ("proxy_read_timeout", "proxy_send_timeout", "client_body_timeout", "send_timeout"):
-        values = [int(v) for v in re.findall(rf"^\s*{directive} (\d+)s;", request_path, re.M)]
-        assert values and min(values) >= 1800, directive
+    assert "proxy_request_buffering off;" not in conf
+    locs = _locations(conf)
+    server = conf.split("server {", 1)[1]
+    for body in locs.values():
+        server = server.replace(body, "")
+    # every client gets short timeouts: headers, body, keepalive, what nginx answers itself
+    for directive in ("client_header_timeout", "client_body_timeout", "send_timeout", "keepalive_timeout"):
+        (value,) = re.findall(rf"^\s*{directive} (\d+)s;", server, re.M)
+        assert int(value) <= 60, directive
+    assert "proxy_read_timeout" not in server and "proxy_send_timeout" not in server
+    # long ones only where an authenticated request is proxied
+    for header, body in locs.items():
+        if "proxy_pass http://coderig_litellm/v1" in body or "proxy_pass http://coderig_model" in body:
+            assert 'if ($coderig_developer = "")' in body, header
+            for directive in ("proxy_read_timeout", "proxy_send_timeout", "send_timeout"):
+                (value,) = re.findall(rf"^\s*{directive} (\d+)s;", body, re.M)
+                assert int(value) >= 1800, (header, directive)
+        else:
+            assert "1800s" not in body, header
     assert "limit_req_zone $coderig_developer zone=coderig_per_developer" in conf
 
 
+def test_routes_are_an_allow_list_of_exact_paths_and_methods() -> None:
+    locs = _locations(render_gateway_conf(spec(direct_chat_backends=("127.0.0.1:8000",))))
+    assert not any(h.startswith("~") for h in locs)  # no regex locations: exact paths only
+    exact = {h.removeprefix("= "): b for h, b in locs.items() if h.startswith("= ")}
+    expected = {
+        "/v1/messages": "POST", "/v1/messages/count_tokens": "POST", "/v1/chat/completions": "POST",
+        "/v1/responses": "POST", "/v1/models": "GET", "/api/hello": "HEAD|GET",
+        "/api/event_logging/batch": "POST", "/healthz": "GET|HEAD",
+    }  # fmt: skip
+    assert {p: r.path for p, r in zip(expected, frontdoor.ROUTES, strict=True)} == {p: p for p in expected}
+    for path, methods in expected.items():
+        body = exact[path]
+        assert f"if ($request_method !~ ^(?:{methods})$)" in body, path
+        assert "return 405 " in body and f'add_header Allow "{methods.replace("|", ", ")}" always;' in body
+        assert body.index("return 405") < body.find("proxy_pass") or "proxy_pass" not in body
+        if "proxy_pass http://coderig_" in body and path != "/healthz":
+            # the upstream path is the route's own, not the client's raw request target
+            assert re.search(rf"proxy_pass http://coderig_(litellm|model){re.escape(path)};", body), path
+    with pytest.raises(ValueError, match="twice"):
+        render_gateway_conf(spec(), routes=(*frontdoor.ROUTES, frontdoor.ROUTES[0]))
+
+
+def test_tls_is_mozilla_intermediate() -> None:
+    conf = render_gateway_conf(spec())
+    assert "ssl_protocols TLSv1.2 TLSv1.3;" in conf
+    (ciphers,) = re.findall(r"ssl_ciphers (\S+);", conf)
+    for suite in ciphers.split(":"):
+        assert suite.startswith("ECDHE-") and ("GCM" in suite or "CHACHA20" in suite), suite
+    assert "ECDHE-ECDSA-AES128-GCM-SHA256" in ciphers.split(":")
+    assert "ssl_prefer_server_ciphers off;" in conf and "ssl_session_tickets off;" in conf
+
+
 def test_probes_and_healthz() -> None:
-    locs = _locations(render_gateway_conf(spec()))
+    conf = render_gateway_conf(spec())
+    locs = _locations(conf)
     assert "return 200" in locs["= /api/hello"] and "proxy_pass" not in locs["= /api/hello"]
     assert "return 200" in locs["= /api/event_logging/batch"]
     healthz = locs["= /healthz"]
     assert "auth_request /_coderig_model_health;" in healthz and "if ($coderig_developer" not in healthz
-    assert "proxy_pass http://127.0.0.1:8000/health;" in locs["= /_coderig_model_health"]
+    model_health = locs["= /_coderig_model_health"]
+    assert "proxy_pass http://127.0.0.1:8000/health;" in model_health
+    # both upstream checks come from a cache refreshed at most once a second, one refresh at a time
+    for body in (healthz, model_health):
+        for line in ("proxy_cache coderig_health;", "proxy_cache_valid any 1s;", "proxy_cache_lock on;",
+                     "proxy_buffering on;", "proxy_cache_use_stale updating;"):  # fmt: skip
+            assert line in body
+    assert "limit_req zone=coderig_healthz" in healthz
+    assert "proxy_cache_path /srv/coderig/tmp/coderig_health " in conf
+    assert "keys_zone=coderig_health:" in conf
 
 
 def test_access_log_is_json_and_never_logs_a_key() -> None:
@@ -225,10 +284,10 @@ def test_access_log_is_json_and_never_logs_a_key() -> None:
 
 def test_direct_chat_routes_openai_native_chat_straight_to_the_model() -> None:
     plain = _locations(render_gateway_conf(spec()))
-    assert "= /v1/chat/completions" not in plain
+    assert "proxy_pass http://coderig_litellm/v1/chat/completions;" in plain["= /v1/chat/completions"]
     direct = _locations(render_gateway_conf(spec(direct_chat_backends=("127.0.0.1:8000", "127.0.0.1:8001"))))
     body = direct["= /v1/chat/completions"]
-    assert "proxy_pass http://coderig_model;" in body
+    assert "proxy_pass http://coderig_model/v1/chat/completions;" in body
     assert 'proxy_set_header Authorization "";' in body  # the master key never reaches the model server
     conf = render_gateway_conf(spec(direct_chat_backends=("127.0.0.1:8000", "127.0.0.1:8001")))
     assert "server 127.0.0.1:8000 max_fails=0;" in conf and "server 127.0.0.1:8001 max_fails=0;" in conf
@@ -239,7 +298,8 @@ def test_plain_http_and_paths_are_parameters() -> None:
         spec(tls_cert=None, tls_key=None, listen="[::1]:9000", user="nginx", daemon=True, temp_dir=None)
     )
     assert "listen [::1]:9000;" in conf and "ssl_certificate" not in conf
-    assert conf.startswith("user nginx;") and "daemon off;" not in conf and "_temp_path" not in conf
+    assert conf.startswith("user nginx;") and "daemon off;" not in conf and "_temp_path /" not in conf
+    assert "proxy_cache_path /tmp/coderig_health " in conf  # no temp dir: the health cache in /tmp
     with pytest.raises(ValueError, match="together"):
         render_gateway_conf(spec(tls_key=None))
 
@@ -331,16 +391,51 @@ def test_parse_listen_and_loopback() -> None:
     for bad in ("8443", "host:", "host:99999", "::1:443"):
         with pytest.raises(ValueError):
             parse_listen(bad)
-    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
-    assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.5")
+    for host in ("127.0.0.1", "127.8.9.10", "::1", "localhost"):
+        assert is_loopback(host), host
+    for host in ("0.0.0.0", "10.0.0.5", "127.0.0.1.evil.test", "127.evil.test", "localhost.evil.test",
+                 "LOCALHOST", "127.1", "::ffff:127.0.0.1", "::", "", "128.0.0.1"):  # fmt: skip
+        assert not is_loopback(host), host
 
 
 def test_plain_http_only_on_loopback() -> None:
     assert frontdoor_run.listen_error("127.0.0.1:8080", plain_http=True) is None
+    assert frontdoor_run.listen_error("[::1]:8080", plain_http=True) is None
+    assert frontdoor_run.listen_error("localhost:8080", plain_http=True) is None
     assert frontdoor_run.listen_error("0.0.0.0:8443", plain_http=False) is None
-    err = frontdoor_run.listen_error("0.0.0.0:8080", plain_http=True)
-    assert err and "loopback" in err
+    for listen in ("0.0.0.0:8080", "127.0.0.1.evil.test:18543", "127.evil:80"):
+        err = frontdoor_run.listen_error(listen, plain_http=True)
+        assert err and "loopback" in err, listen
     assert frontdoor_run.listen_error("nonsense", plain_http=False)
+
+
+def test_stale_prefixes_of_killed_runs_are_removed(tmp_path: Path) -> None:
+    from coderig.frontdoor import lifecycle
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    gone, alive, fresh, other = (tmp_path / f"{lifecycle.PREFIX_NAME}{n}" for n in ("gone", "alive", "fresh", "x"))
+    for d in (gone, alive, fresh):
+        d.mkdir()
+    (gone / lifecycle.RUNNER_PID).write_text(f"{dead.pid}\n")
+    (gone / "gateway-keys.conf").write_text("secret")
+    (alive / lifecycle.RUNNER_PID).write_text(f"{os.getpid()}\n")
+    other.write_text("not a directory")
+    assert lifecycle.clean_stale_prefixes(tmp_path) == [gone]
+    assert not gone.exists() and alive.exists() and fresh.exists() and other.exists()
+    os.utime(fresh, (0, 0))  # no pid file at all, and old: a run killed before it wrote one
+    assert lifecycle.clean_stale_prefixes(tmp_path) == [fresh]
+
+
+def test_keys_include_has_no_name_on_disk(tmp_path: Path) -> None:
+    from coderig.frontdoor import lifecycle
+
+    include = lifecycle.KeysInclude(tmp_path, "first")
+    assert list(tmp_path.iterdir()) == []
+    assert Path(include.path).read_text() == "first"
+    include.replace("second")
+    assert Path(include.path).read_text() == "second" and list(tmp_path.iterdir()) == []
+    include.close()
 
 
 def test_run_helpers() -> None:
@@ -418,11 +513,10 @@ def test_standin_shell_tool_and_directives() -> None:
 
 
 def test_model_gate_is_optional_and_answers_503_with_retry_after() -> None:
-    assert "auth_request /_coderig_model_health;" not in _locations(render_gateway_conf(spec()))["/v1/messages"]
+    assert "auth_request /_coderig_model_health;" not in _locations(render_gateway_conf(spec()))["= /v1/messages"]
     conf = render_gateway_conf(spec(model_gate_retry_after_s=15, direct_chat_backends=("127.0.0.1:8000",)))
     locs = _locations(conf)
-    openai = "~ ^/v1/(chat/completions|completions|responses|models)(/|$)"
-    for header in ("/v1/messages", "= /v1/chat/completions", openai):
+    for header in ("= /v1/messages", "= /v1/chat/completions", "= /v1/responses", "= /v1/models"):
         body = locs[header]
         # the key check (rewrite phase) still comes first: no key is a 401 even with the model down
         assert body.index('if ($coderig_developer = "")') < body.index("auth_request /_coderig_model_health;")
@@ -457,7 +551,7 @@ def test_direct_chat_to_keyed_model_servers_sends_the_model_key_not_the_develope
     )  # fmt: skip
     direct = conf.split("location = /v1/chat/completions", 1)[1].split("location ", 1)[0]
     assert "proxy_set_header Authorization $coderig_model_authorization;" in direct
-    assert "proxy_pass http://coderig_model;" in direct
+    assert "proxy_pass http://coderig_model/v1/chat/completions;" in direct
 
 
 def test_direct_chat_only_for_plain_http_backends_at_v1() -> None:

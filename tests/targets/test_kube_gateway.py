@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import tempfile
 import threading
+import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -67,6 +70,10 @@ def test_gateway_answers_503_with_retry_after_while_the_model_is_at_zero(tmp_pat
     nginx = require_tool("nginx")  # skipped on a workstation without nginx, a failure in CI
 
     lite_port, model_port, gw_port = free_port(), free_port(), free_port()
+    # nginx's workers (not root when nginx runs as root) write request bodies and the health cache here,
+    # as in the pod's /tmp: a directory they can reach (pytest's tmp_path sits under a 0700 directory)
+    temp_dir = Path(tempfile.mkdtemp(prefix="coderig-kube-gw-"))
+    temp_dir.chmod(0o711)
     lite = ThreadingHTTPServer(("127.0.0.1", lite_port), _Ok)
     threading.Thread(target=lite.serve_forever, daemon=True).start()
     s = settings_of(k8s_config())
@@ -84,7 +91,7 @@ def test_gateway_answers_503_with_retry_after_while_the_model_is_at_zero(tmp_pat
         tls_cert=None,
         tls_key=None,
         pid_path=str(tmp_path / "nginx.pid"),
-        temp_dir=str(tmp_path),
+        temp_dir=str(temp_dir),
     )
     assert (spec.error_log, spec.access_log) == ("/dev/stderr", "/dev/stdout")  # as in the pod
     (tmp_path / "nginx.conf").write_text(frontdoor.render_gateway_conf(spec))
@@ -115,7 +122,11 @@ def test_gateway_answers_503_with_retry_after_while_the_model_is_at_zero(tmp_pat
         assert call("/v1/messages", {})[0] == 401
         model = ThreadingHTTPServer(("127.0.0.1", model_port), _KeyedModel)
         threading.Thread(target=model.serve_forever, daemon=True).start()
-        assert call("/v1/messages", {"x-api-key": key})[0] == 200
+        # the gate's health status is cached for a second (frontdoor.HEALTH_CACHE_S): up within two
+        deadline = time.monotonic() + 2 * frontdoor.HEALTH_CACHE_S + 1
+        while call("/v1/messages", {"x-api-key": key})[0] != 200:
+            assert time.monotonic() < deadline, "the model is up but the gateway still answers 503"
+            time.sleep(0.2)
         # the direct chat path: the gateway sends the model key from the keys Secret, never the developer's
         assert call("/v1/chat/completions", {"Authorization": f"Bearer {key}"})[0] == 200
         assert _KeyedModel.seen[-1]["authorization"] == f"Bearer {_KeyedModel.key}"
@@ -126,6 +137,7 @@ def test_gateway_answers_503_with_retry_after_while_the_model_is_at_zero(tmp_pat
         lite.shutdown()
         if model is not None:
             model.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 

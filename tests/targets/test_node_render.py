@@ -132,7 +132,7 @@ def test_images_are_pinned_from_versions() -> None:
         versions.LLAMACPP_IMAGE,
         versions.LITELLM_IMAGE,
         versions.NGINX_IMAGE,
-        versions.HF_DOWNLOADER_IMAGE,
+        versions.WEIGHTS_IMAGE_CPU,
     }
     for kind in ALL:
         settings = ALL[kind]()
@@ -219,7 +219,9 @@ def test_render_contributor_writes_every_node() -> None:
     assert "node/0-full/compose.yaml" in files and "node/1-replica/compose.yaml" in files
     assert "node/0-full/litellm/config.yaml" in files and "node/0-full/gateway/nginx.conf" in files
     for script in node.SCRIPT_NAMES:
-        assert f"node/0-full/scripts/{script}" in files
+        # the hash-pinned requirements ship only where the weights image lacks huggingface_hub (llama.cpp)
+        assert (f"node/0-full/scripts/{script}" in files) == (script != versions.WEIGHTS_REQUIREMENTS)
+    assert "node/scripts/weights-requirements.txt" in node.render_node_files(settings_local(), "dev")
     assert not any("/secrets/" in p for p in files)
     assert set(node.render_node_files(settings_local(), "dev")) >= {"node/compose.yaml", "node/scripts/volume.sh"}
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.resources
 
-SCRIPT_NAMES = ("preflight.sh", "install.sh", "volume.sh", "wait-ready.sh", "fetch_weights.py")
+SCRIPT_NAMES = (
+    "preflight.sh", "install.sh", "volume.sh", "wait-ready.sh", "fetch_weights.py", "weights-requirements.txt"
+)  # fmt: skip
 ARGUMENTS_MARKER = "# @coderig-arguments"
 
 
@@ -16,9 +18,9 @@ def _read(*parts: str) -> str:
 
 
 def script_text(name: str) -> str:
-    """A shipped script: `fetch_weights.py` as is; a shell script with the shared argument prelude
-    (scripts/arguments.sh, its label filled in) in place of its `# @coderig-arguments` line."""
-    if name.endswith(".py"):
+    """A shipped file: `fetch_weights.py` (and its requirements) as is; a shell script with the shared
+    argument prelude (scripts/arguments.sh, its label filled in) in place of its `# @coderig-arguments` line."""
+    if not name.endswith(".sh"):
         return _read(name)
     text = _read("scripts", name)
     lines = text.splitlines(keepends=True)

@@ -31,13 +31,29 @@ case "${ID:-}" in
   *) die "unsupported OS '${ID:-unknown}': install Docker and the NVIDIA container toolkit by hand" ;;
 esac
 
+# A fresh machine often runs apt-daily / unattended-upgrades at first boot: wait for their locks
+# (dpkg's through DPkg::Lock::Timeout; the lists lock of `apt-get update`, which apt ignores that
+# option for, by retrying while the failure is the lock) instead of failing the install.
+APT_LOCK_TIMEOUT=600
+apt_update() {
+  local waited=0 out
+  until out="$(as_root apt-get -o DPkg::Lock::Timeout="$APT_LOCK_TIMEOUT" update -q 2>&1)"; do
+    if [[ "$out" != *"Could not get lock"* ]] || ((waited >= APT_LOCK_TIMEOUT)); then
+      printf '%s\n' "$out"
+      die "updating the package lists failed"
+    fi
+    ((waited == 0)) && log "another apt holds the package lists lock; waiting up to ${APT_LOCK_TIMEOUT}s"
+    sleep 5
+    waited=$((waited + 5))
+  done
+}
 apt_updated=0
 apt_install() {
   if ((apt_updated == 0)); then
-    as_root apt-get update -q
+    apt_update
     apt_updated=1
   fi
-  as_root apt-get install -y -q --no-install-recommends "$@"
+  as_root apt-get -o DPkg::Lock::Timeout="$APT_LOCK_TIMEOUT" install -y -q --no-install-recommends "$@"
 }
 
 # --- Docker Engine + compose plugin -------------------------------------------------

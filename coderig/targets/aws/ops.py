@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from coderig.core.errors import UserError
+from coderig.core.errors import INVALID, REFUSED, UserError
 from coderig.core.settings import StackSettings
 from coderig.runtime import idle
 from coderig.runtime.aws_reaper import (
@@ -186,8 +186,40 @@ def cmd_start(args: argparse.Namespace, settings: StackSettings | None) -> int:
     return 1 if failed else 0
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace, StackSettings | None], int]] = {
-    "idle": cmd_idle,
-    "stop": cmd_stop,
-    "start": cmd_start,
+Command = Callable[[argparse.Namespace, StackSettings | None], int]
+
+
+def _aws_errors(command: Command) -> Command:
+    """What AWS (or the SDK's setup) refuses becomes one `coderig:` line, never a traceback."""
+
+    def run(args: argparse.Namespace, settings: StackSettings | None) -> int:
+        from botocore import exceptions as aws
+
+        try:
+            return command(args, settings)
+        except (aws.NoCredentialsError, aws.PartialCredentialsError, aws.ProfileNotFound) as exc:
+            raise UserError(
+                f"AWS credentials: {exc}; configure them (`aws configure`, AWS_PROFILE=NAME, or "
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) for the account that runs this stack",
+                INVALID,
+            ) from None
+        except aws.NoRegionError:
+            raise UserError("AWS region: none set; pass --region REGION or set coderig:target.region") from None
+        except aws.EndpointConnectionError as exc:
+            raise UserError(f"AWS unreachable: {exc}", REFUSED) from None
+        except aws.ClientError as exc:
+            err = exc.response.get("Error", {})
+            why = f"{err.get('Code')}: {err.get('Message')}"
+            raise UserError(f"AWS refused {exc.operation_name}: {why}", REFUSED) from None
+        except aws.WaiterError as exc:
+            raise UserError(f"AWS: {exc}", REFUSED) from None
+
+    run.__doc__ = command.__doc__
+    return run
+
+
+COMMANDS: dict[str, Command] = {
+    "idle": _aws_errors(cmd_idle),
+    "stop": _aws_errors(cmd_stop),
+    "start": _aws_errors(cmd_start),
 }

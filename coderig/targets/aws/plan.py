@@ -298,7 +298,10 @@ def cloud_init(
         "runcmd": [
             ["udevadm", "control", "--reload-rules"],
             ["udevadm", "trigger", "--subsystem-match=block"],
-            ["sh", "-c", "python3 -c 'import boto3' 2>/dev/null || apt-get install -y python3-boto3"],
+            [
+                "sh", "-c",
+                "python3 -c 'import boto3' 2>/dev/null || apt-get -o DPkg::Lock::Timeout=600 install -y python3-boto3",
+            ],  # fmt: skip
             ["systemctl", "daemon-reload"],
             ["systemctl", "enable", "--now", "coderig-metrics.service"],
         ],

@@ -142,16 +142,19 @@ def _py_probe(url: str, python: str = "python3") -> list[str]:
 
 
 def weights_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
+    """The one-shot download, in an image that already has huggingface_hub (coderig.core.versions)."""
+    env = engine.weights_env(settings.model)
+    shipped = ["fetch_weights.py"] + ([versions.WEIGHTS_REQUIREMENTS] if "CODERIG_PIP_REQUIREMENTS" in env else [])
     return {
-        "image": versions.HF_DOWNLOADER_IMAGE,
+        "image": engine.weights_image(settings.model.spec),
         "network_mode": "host",
         "restart": "no",
-        "command": ["python", "/coderig/fetch_weights.py"],
-        "environment": engine.weights_env(settings.model),
+        "entrypoint": engine.weights_entrypoint(),
+        "environment": env,
         "env_file": [f"{SECRETS_DIR}/weights.env"],
         "volumes": [
             f"{spec.cache_path}:{CACHE_MOUNT}",
-            "./scripts/fetch_weights.py:/coderig/fetch_weights.py:ro",
+            *(f"./scripts/{name}:{engine.WEIGHTS_SCRIPT_DIR}/{name}:ro" for name in shipped),
         ],
     }
 
@@ -322,7 +325,10 @@ def node_files(settings: StackSettings, spec: NodeSpec) -> render.Bundle:
     files: render.Bundle = {"compose.yaml": render.RenderedFile(compose_text(settings, spec))}
     # every script ships too: fetch_weights.py is mounted into the weights container; the others
     # run inside the deploy commands and are here so an operator can re-run them by hand
+    pip_allowed = "CODERIG_PIP_REQUIREMENTS" in engine.weights_env(settings.model)
     for name in SCRIPT_NAMES:
+        if name == versions.WEIGHTS_REQUIREMENTS and not pip_allowed:
+            continue  # only the image without huggingface_hub (llama.cpp preset) installs it, from this file
         files[f"scripts/{name}"] = render.RenderedFile(script_text(name), 0o755 if name.endswith(".sh") else 0o644)
     if spec.role in ("full", "frontdoor"):
         route, gateway = front_door(settings, spec)

@@ -363,10 +363,9 @@ def pod_secret_names(obj: Obj) -> list[str]:
 
 
 def pod_spec(obj: Obj) -> Obj | None:
-    kind = obj["kind"]
-    if kind in ("Deployment", "Job"):
+    if obj["kind"] in ("Deployment", "Job"):  # a manifest's kind, not a target kind
         return obj["spec"]["template"]["spec"]
-    if kind == "CronJob":
+    if obj["kind"] == "CronJob":
         return obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     return None
 

@@ -123,7 +123,7 @@ def idle_cronjob(settings: StackSettings, stack: str) -> Obj:
         "containers": [
             {
                 "name": "reaper",
-                "image": versions.HF_DOWNLOADER_IMAGE,
+                "image": versions.PYTHON_IMAGE,
                 "command": ["python", "-m", "coderig.runtime.kube_reaper", "reap"],
                 "env": _env(idle_env(settings, stack) | {"PYTHONPATH": "/opt/coderig", "PYTHONDONTWRITEBYTECODE": "1"}),
                 "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},

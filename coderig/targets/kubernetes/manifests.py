@@ -306,17 +306,9 @@ def weights_job(settings: StackSettings, stack: str) -> Obj:
     zone."""
     t = target(settings)
     preset = settings.model.spec
-    env = _env(
-        _weights_env(settings)
-        | {
-            # huggingface_hub is pip-installed (only when the marker is missing) into an emptyDir:
-            # the pod runs as non-root on a read-only image
-            "PIP_TARGET": "/deps",
-            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-            "PYTHONPATH": "/deps",
-            "HOME": "/tmp",
-        }
-    ) + [_secret_env("HF_TOKEN", SECRET_HF, "HF_TOKEN", optional=True)]
+    # the pinned vLLM image's own huggingface_hub: nothing is installed (non-root, read-only image)
+    env = _env(_weights_env(settings) | {"HOME": "/tmp"})
+    env += [_secret_env("HF_TOKEN", SECRET_HF, "HF_TOKEN", optional=True)]
     pod: Obj = {
         "restartPolicy": "OnFailure",
         "automountServiceAccountToken": False,
@@ -326,15 +318,14 @@ def weights_job(settings: StackSettings, stack: str) -> Obj:
         "containers": [
             {
                 "name": "weights",
-                "image": versions.HF_DOWNLOADER_IMAGE,
-                "command": ["python", "/coderig/fetch_weights.py"],
+                "image": engine.weights_image(preset),
+                "command": engine.weights_entrypoint(),
                 "env": env,
                 "resources": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "8Gi"}},
                 "securityContext": container_security(read_only_root=True),
                 "volumeMounts": [
                     {"name": "cache", "mountPath": CACHE_MOUNT},
-                    {"name": "script", "mountPath": "/coderig", "readOnly": True},
-                    {"name": "deps", "mountPath": "/deps"},
+                    {"name": "script", "mountPath": engine.WEIGHTS_SCRIPT_DIR, "readOnly": True},
                     {"name": "tmp", "mountPath": "/tmp"},
                 ],
             }
@@ -342,7 +333,6 @@ def weights_job(settings: StackSettings, stack: str) -> Obj:
         "volumes": [
             {"name": "cache", "persistentVolumeClaim": {"claimName": t.weightsVolumeName}},
             {"name": "script", "configMap": {"name": WEIGHTS_SCRIPT}},
-            _empty_dir("deps", "2Gi"),
             _empty_dir("tmp", "2Gi"),
         ],
     }

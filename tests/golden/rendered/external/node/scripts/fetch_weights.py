@@ -6,16 +6,19 @@ them), prints one progress line every few seconds, and writes a completion marke
 $HF_HOME/coderig-markers/<org>--<name>.json. When that marker exists and names the same repo, revision and
 file patterns, it exits at once without touching the network: a restart or a second `up` downloads nothing.
 
-Standard library only until a download is really needed (then huggingface_hub is imported, and installed
-with pip at the pinned version if the image lacks it).
+Standard library only until a download is really needed; then huggingface_hub is imported from the image
+(the pinned vLLM image has it). Nothing is installed at run time, unless CODERIG_PIP_REQUIREMENTS names a
+requirements file in which every distribution is pinned by sha256 (the llama.cpp preset's small Python
+image): pip then runs with --require-hashes --only-binary :all:, and without HF_TOKEN in its environment.
 
 Environment:
   HF_HOME                  cache root (the mounted volume), e.g. /cache
   CODERIG_REPO             e.g. deepseek-ai/DeepSeek-V3.2
-  CODERIG_REVISION         branch, tag or commit (default main)
+  CODERIG_REVISION         commit sha (pins the weights), or a branch or tag (default main; floats)
   CODERIG_ALLOW_PATTERNS   comma-separated glob patterns to fetch (default: everything)
   CODERIG_WEIGHTS_BYTES    expected total bytes, used for progress when the hub does not say
-  CODERIG_HF_HUB_VERSION   huggingface_hub version to pip-install when missing
+  CODERIG_PIP_REQUIREMENTS optional: hash-pinned requirements to install huggingface_hub from when the
+                           image lacks it (unset: a missing huggingface_hub is a failure, not an install)
   CODERIG_LINK_FILE        optional file of the repo (e.g. a GGUF) to expose at a stable path
   CODERIG_LINK_TO          that stable path (default $HF_HOME/coderig-models/<org>--<name>/<file>);
                            a relative symlink, so it resolves in any container that mounts the cache
@@ -25,6 +28,7 @@ Environment:
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import subprocess
@@ -114,14 +118,42 @@ Downloader = Callable[[str, str, list[str], Path], str]
 """(repo, revision, patterns, hf_home) -> resolved snapshot directory."""
 
 
-def hub_download(repo: str, revision: str, patterns: list[str], hf_home: Path) -> str:
+SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")  # never in pip's environment
+
+
+class MissingDownloader(Exception):
+    """huggingface_hub is not in the image and no hash-pinned install is allowed."""
+
+
+def pip_install_command(requirements: str) -> list[str]:
+    return [
+        sys.executable, "-m", "pip", "install", "--quiet", "--no-cache-dir", "--disable-pip-version-check",
+        "--require-hashes", "--only-binary", ":all:", "--no-input", "-r", requirements,
+    ]  # fmt: skip
+
+
+def ensure_hub(env: dict[str, str], run: Callable[..., object] = subprocess.run) -> None:
+    """Import huggingface_hub from the image; install it only from hash-pinned requirements, when allowed."""
     try:
         import huggingface_hub  # noqa: F401  # pyright: ignore[reportMissingImports]
+
+        return
     except ImportError:
-        version = os.environ.get("CODERIG_HF_HUB_VERSION", "")
-        spec = f"huggingface_hub[hf_xet]=={version}" if version else "huggingface_hub[hf_xet]"
-        print(f"weights: installing {spec}", flush=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-cache-dir", spec], check=True)
+        pass
+    requirements = env.get("CODERIG_PIP_REQUIREMENTS", "")
+    if not requirements:
+        raise MissingDownloader(
+            "huggingface_hub is not in this image and CODERIG_PIP_REQUIREMENTS is not set: the weights step "
+            "runs in an image that has it (coderig.core.versions); nothing is installed at run time"
+        )
+    print(f"weights: installing huggingface_hub from {requirements} (hash-pinned)", flush=True)
+    pip_env = {k: v for k, v in env.items() if k not in SECRET_ENV}
+    run(pip_install_command(requirements), check=True, env=pip_env)
+    importlib.invalidate_caches()
+
+
+def hub_download(repo: str, revision: str, patterns: list[str], hf_home: Path) -> str:
+    """huggingface_hub's snapshot_download (main() makes sure it is importable first)."""
     from huggingface_hub import snapshot_download  # pyright: ignore[reportMissingImports]
 
     return snapshot_download(
@@ -192,6 +224,14 @@ def main(env: dict[str, str] | None = None, download: Downloader = hub_download,
         print(f"weights: downloading {repo}@{revision} into {hf_home}", flush=True)
     total = int(env.get("CODERIG_WEIGHTS_BYTES", "0") or 0)
     if download is hub_download:
+        try:
+            ensure_hub(env)
+        except MissingDownloader as exc:
+            print(f"weights: FAIL {exc}", flush=True)
+            return 2
+        except subprocess.CalledProcessError as exc:
+            print(f"weights: FAIL installing huggingface_hub: pip exited {exc.returncode}", flush=True)
+            return 1
         total = expected_total(repo, revision, patterns, total)
     progress = Progress(repo_dir, total, interval)
     progress.start()
