@@ -14,8 +14,10 @@ _docker_deps() {
   command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
   if [ "${#missing[@]}" -gt 0 ]; then
     echo "docker-deps: installing ${missing[*]}"
-    apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    # shellcheck source=.ci/apt.sh
+    source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
+    ci_apt update -q
+    ci_apt install -y -q --no-install-recommends "${missing[@]}"
   fi
   if ! docker info >/dev/null 2>&1; then
     mkdir -p /var/log/coderig

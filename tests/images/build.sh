@@ -2,7 +2,7 @@
 # Builds, on the local Docker engine, the images the dev stack's compose file names (no registry is
 # reachable here), from a Debian base image (coderig/debian-base:bookworm: debootstrap + docker
 # import). Tagged with the pinned names from coderig/core/versions.py:
-#   python:3.12-slim                          Debian's python3 (the weights step; weights pre-seeded)
+#   python:3.12.12-slim-bookworm              Debian's python3 (the weights step; weights pre-seeded)
 #   ghcr.io/ggml-org/llama.cpp:server-b9603   the model stand-in (tests/standin.py, llama.cpp errors)
 #   ghcr.io/berriai/litellm:v1.106.2-stable   the pinned litellm[proxy] from PyPI
 #   nginx:1.29.3-alpine                       Debian's nginx + wget
@@ -13,7 +13,7 @@ base=coderig/debian-base:bookworm
 python_img="" llama_img="" litellm_img="" nginx_img="" litellm_version="" litellm_extra=""
 eval "$(uv run --frozen --quiet python - <<'PY'
 from coderig.core import versions as v
-print(f"python_img={v.HF_DOWNLOADER_IMAGE} llama_img={v.LLAMACPP_IMAGE} litellm_img={v.LITELLM_IMAGE}")
+print(f"python_img={v.WEIGHTS_IMAGE_CPU} llama_img={v.LLAMACPP_IMAGE} litellm_img={v.LITELLM_IMAGE}")
 print(f"nginx_img={v.NGINX_IMAGE} litellm_version={v.LITELLM_VERSION}")
 from coderig.frontdoor.run import LITELLM_EXTRA_REQUIREMENTS as extra
 print("litellm_extra='" + " ".join(extra) + "'")
