@@ -256,6 +256,18 @@ def ensure_tls(tls_dir: Path, host: str, extra_names: list[str]) -> tuple[Path, 
     return ca, cert, key
 
 
+def wait_listening(host: str, port: int, timeout_s: float, proc: subprocess.Popen[bytes]) -> bool:
+    """Whether `proc` (nginx) accepts connections on the listen address within `timeout_s` (a wildcard
+    address is tried on loopback), so the ready line never comes before the gateway does."""
+    target = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104 - naming the wildcard
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(OSError), socket.create_connection((target, port), timeout=1):
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def wait_http_ok(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -431,9 +443,8 @@ def run(opts: RunOptions) -> int:
         scheme = "http" if opts.plain_http else "https"
         url_host = f"[{host}]" if ":" in host else host
         base = f"{scheme}://{url_host}:{frontdoor.parse_listen(opts.listen)[1]}"
-        time.sleep(0.3)
-        if procs[1].poll() is not None:
-            print(f"coderig frontdoor: nginx exited; see {spec.error_log}", file=sys.stderr)
+        if not wait_listening(host, frontdoor.parse_listen(opts.listen)[1], 30, procs[1]):
+            print(f"coderig frontdoor: nginx exited or does not listen; see {spec.error_log}", file=sys.stderr)
             return 1
         ca_pem = ca.read_text() if ca else None
         if opts.on_keys:  # before the ready line: whoever waits for it finds the bundles written
