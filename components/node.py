@@ -183,6 +183,9 @@ class NodeStackArgs:
     # a machine that can be replaced under the same address (an AWS instance id, its volume attachment)
     machine: Sequence[pulumi.Input[str]] = ()
     after: Sequence[NodeStack] = ()  # other nodes whose ready step this node's ready step waits for
+    # only the model server's secrets (model API key, HF token): known in a preview that adds a
+    # developer, so the preview shows no model restart and no replica bundle change
+    model_secrets: pulumi.Output[NodeSecrets] | None = None
 
 
 class NodeStack(pulumi.ComponentResource):
@@ -196,11 +199,15 @@ class NodeStack(pulumi.ComponentResource):
         a = args
         plan = node_plan(a.settings, a.spec, bundle_dir=a.bundle_dir, host=a.host, user=a.conn.user,
                          install=a.conn.remote)  # fmt: skip
-        files = a.secrets.apply(lambda s: node.node_files(a.settings, a.spec) | node.node_secret_files(a.spec, s))
+        model_secrets = a.model_secrets if a.model_secrets is not None else a.secrets
+        # a replica holds only the model server's secrets
+        secrets = model_secrets if a.spec.role == "replica" else a.secrets
+        files = secrets.apply(lambda s: node.node_files(a.settings, a.spec) | node.node_secret_files(a.spec, s))
+        model_files = model_secrets.apply(lambda s: node.model_secret_files(a.spec, s))
         self.ready_step: pulumi.Resource
         self.ready_step, self.ready, self.bundle_hash = build_steps(
             self, name, a.conn, plan, a.settings, a.spec, files,
-            machine=list(a.machine), after=[n.ready_step for n in a.after],
+            machine=list(a.machine), after=[n.ready_step for n in a.after], model_files=model_files,
         )  # fmt: skip
         self.register_outputs({"ready": self.ready, "bundle_hash": self.bundle_hash})
 
@@ -224,9 +231,12 @@ def build_steps(
     *,
     machine: Sequence[pulumi.Input[str]] = (),
     after: Sequence[pulumi.Resource] = (),
+    model_files: pulumi.Output[Bundle] | None = None,
 ) -> tuple[pulumi.Resource, pulumi.Output[str], pulumi.Output[str]]:
     """The steps; returns (the ready step, its stdout, the bundle hash). `machine` joins every
-    step's triggers; `after` are other nodes' ready steps this node's ready step waits for."""
+    step's triggers; `after` are other nodes' ready steps this node's ready step waits for;
+    `model_files` (the model server's secret files alone) gives the model half's hash without
+    waiting on the front door's secrets (default: from `files`)."""
 
     def child(*deps: pulumi.Resource, **extra: Any) -> pulumi.ResourceOptions:
         return pulumi.ResourceOptions(parent=parent, depends_on=list(deps), **extra)
@@ -248,7 +258,10 @@ def build_steps(
         pulumi.Output.all(files, guard).apply(lambda v: node.bundle_archive(commands.with_hash_file(v[0], v[1])))
     )
     halves = pulumi.Output.secret(files.apply(lambda f: node.service_hashes(settings, spec, _secret_part(f))))
-    model_hash = halves.apply(lambda h: h["model"])
+    model_part = model_files if model_files is not None else files.apply(_secret_part)
+    model_hash = pulumi.Output.secret(
+        model_part.apply(lambda f: node.service_hashes(settings, spec, _secret_part(f))["model"])
+    )
     frontdoor_hash = halves.apply(lambda h: h["frontdoor"])
 
     # Not delete-before-replace: its delete is guarded by the bundle hash (and the machine), so
@@ -298,6 +311,7 @@ class FrontDoorAccess:
     secrets: pulumi.Output[NodeSecrets]
     developer_keys: pulumi.Output[dict[str, str]]
     ca_pem: pulumi.Output[str] | None
+    model_secrets: pulumi.Output[NodeSecrets]  # the model server's alone (API key, HF token)
 
 
 def front_door_access(
@@ -336,4 +350,7 @@ def front_door_access(
             external_api_key=str(v[6] or ""),
         )
     )
-    return FrontDoorAccess(pulumi.Output.secret(secrets), keys.tokens, tls.ca_pem)
+    model_secrets = pulumi.Output.all(model_key.result, config_secrets.get("hfToken", empty)).apply(
+        lambda v: NodeSecrets(model_api_key=v[0], hf_token=str(v[1] or ""))
+    )
+    return FrontDoorAccess(pulumi.Output.secret(secrets), keys.tokens, tls.ca_pem, pulumi.Output.secret(model_secrets))

@@ -122,6 +122,7 @@ def build(ctx: StackContext) -> dict[str, object]:
                 # the Elastic IP and host key survive a replaced instance: its id makes every step re-run
                 machine=[n.instance.id, n.attachment.id],
                 after=after,
+                model_secrets=access.model_secrets,
             ),
             opts=pulumi.ResourceOptions(depends_on=[n.attachment, n.eip_association]),
         )  # fmt: skip

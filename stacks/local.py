@@ -25,7 +25,15 @@ def build(ctx: StackContext) -> dict[str, object]:
     spec = node.node_specs(s)[0]
     access = front_door_access(s, ["localhost", "127.0.0.1", *s.gateway.hostnames], ctx.secrets)
     stack = NodeStack(
-        "node-local", NodeStackArgs(s, spec, local_connection(), access.secrets, bundle_dir=bundle_dir(ctx.stack))
+        "node-local",
+        NodeStackArgs(
+            s,
+            spec,
+            local_connection(),
+            access.secrets,
+            bundle_dir=bundle_dir(ctx.stack),
+            model_secrets=access.model_secrets,
+        ),
     )
     return {
         **client_outputs(

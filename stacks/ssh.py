@@ -25,7 +25,12 @@ def build(ctx: StackContext) -> dict[str, object]:
     def node_stack(i: int, after: list[NodeStack]) -> NodeStack:
         host, where = t.hosts[i], f"coderig:target.hosts[{i}]"
         conn = ssh_connection(host, key, insecure_skip=t.insecureSkipHostKeyCheck, where=where)
-        return NodeStack(f"node-{i}", NodeStackArgs(s, specs[i], conn, access.secrets, host=host, after=after))
+        return NodeStack(
+            f"node-{i}",
+            NodeStackArgs(
+                s, specs[i], conn, access.secrets, host=host, after=after, model_secrets=access.model_secrets
+            ),
+        )
 
     nodes = replicas_first(len(t.hosts), node_stack)
     return {

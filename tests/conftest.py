@@ -262,3 +262,17 @@ def door(request: pytest.FixtureRequest, standin: Any, tmp_path_factory: pytest.
     limits = ("--rate-limit-per-minute", "3000", "--rate-burst", "200")
     with running_frontdoor(standin.url, model, state, keys, *limits) as fd:
         yield fd
+
+
+# --- sshd test hosts (tests/sshhost.py) ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ssh_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One sshd test host in a network namespace, with a stand-in `docker` (needs root)."""
+    import os
+
+    from sshhost import ssh_host as start
+
+    with start(tmp_path_factory.mktemp("sshhost"), os.getpid() % 100000) as host:
+        yield host

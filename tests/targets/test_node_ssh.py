@@ -1,26 +1,22 @@
 """The kit's preflight, run for real over SSH against a test host.
 
-The test host is OpenSSH's sshd in a network namespace of its own (veth pair, addresses that exist
-only inside this test), with a host key generated per session; if namespaces are not available it
-falls back to sshd on 127.0.0.1 with a high port. The command string is the one the Pulumi program
+The test host is `ssh_host` (conftest.py, made by tests/sshhost.py): OpenSSH's sshd in a network
+namespace of its own with a stand-in `docker`. The command string is the one the Pulumi program
 gives pulumi-command (`coderig.node.preflight_command`); here the `ssh` client runs it with
 StrictHostKeyChecking=yes and a known_hosts file built from the pinned `hostKey`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sshhost import SshHost, keygen, ssh_run
 
 from coderig.core import hostkeys
 from coderig.core.settings import StackSettings, parse_settings
@@ -31,189 +27,6 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(os.geteuid() != 0, reason="the sshd test host needs root (namespaces, mounts)"),
 ]
-
-SSHD = "/usr/sbin/sshd"
-
-# A stand-in for the Docker CLI on the test host: records every call, and after `compose up` reports
-# the stack's containers as the real CLI would (weights exited 0, the rest running and healthy).
-FAKE_DOCKER = r"""#!/usr/bin/env bash
-echo "$*" >> WORK/docker.calls
-state=WORK/docker.state
-case "$*" in
-  --version) echo "Docker version 28.0.0, build fake" ;;
-  "compose version"*) echo "2.40.0" ;;
-  "info "*) echo '{"io.containerd.runc.v2":{}}' ;;
-  "ps -q "*) if [ -f "$state" ]; then echo 0123abcd; fi ;;
-  *" ps -a -q gateway") if [ -f "$state" ]; then echo 4567ef; fi ;;
-  *" ps -a --format "*)
-    if [ -f "$state" ]; then
-      printf 'weights|exited||0\nmodel|running|healthy|0\nlitellm|running|healthy|0\ngateway|running|healthy|0\n'
-    fi ;;
-  *" exec -T gateway wget "*/healthz) if [ -f "$state" ]; then echo '"I'"'"'m alive!"'; else exit 1; fi ;;
-  *" up -d"*) touch "$state"; echo " Container coderig-model-1  Started" ;;
-  *" down "*|*" down") rm -f "$state"; echo " Container coderig-model-1  Removed" ;;
-  *" logs "*) echo "weights: 100.0% 1.3/1.3 GB 0 MB/s" ;;
-  *) echo "fake docker: unexpected: $*" >&2; exit 3 ;;
-esac
-"""
-
-
-@dataclass
-class SshHost:
-    address: str
-    port: int
-    host_key: str  # "ssh-ed25519 AAAA…", what a stack pins as hostKey
-    client_key: Path
-    workdir: Path
-    netns: str | None
-    small_disk: Path  # a 64 MiB tmpfs, mounted before sshd starts so the host sees it too
-    roomy_disk: Path  # a 16 GiB tmpfs (a limit: nothing is reserved)
-
-
-def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(cmd), check=True, capture_output=True, text=True)
-
-
-def _keygen(path: Path) -> str:
-    _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(path))
-    return " ".join(path.with_suffix(".pub").read_text().split()[:2])
-
-
-def _wait_port(address: str, port: int, proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise RuntimeError(f"sshd exited: {err}")
-        try:
-            with socket.create_connection((address, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"sshd did not listen on {address}:{port}")
-
-
-def _make_netns(tag: str) -> tuple[str, str, str]:
-    """A namespace with one veth end; returns (netns, host-side link, address inside the ns)."""
-    ns, host_if, ns_if = f"coderig-t{tag}", f"crh{tag}", f"crn{tag}"
-    subnet = 250 - (int(tag) % 200)
-    host_ip, ns_ip = f"10.250.{subnet}.1", f"10.250.{subnet}.2"
-    _run("ip", "netns", "add", ns)
-    try:
-        _run("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if)
-        _run("ip", "link", "set", ns_if, "netns", ns)
-        _run("ip", "addr", "add", f"{host_ip}/30", "dev", host_if)
-        _run("ip", "link", "set", host_if, "up")
-        _run("ip", "netns", "exec", ns, "ip", "addr", "add", f"{ns_ip}/30", "dev", ns_if)
-        _run("ip", "netns", "exec", ns, "ip", "link", "set", ns_if, "up")
-        _run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-    except Exception:
-        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        raise
-    return ns, host_if, ns_ip
-
-
-@pytest.fixture(scope="module")
-def ssh_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshHost]:
-    if not os.path.exists(SSHD) or shutil.which("ssh") is None:
-        pytest.fail("openssh-server/openssh-client missing (.ci/node-deps.sh installs them)")
-    work = tmp_path_factory.mktemp("sshhost")
-    host_key = _keygen(work / "ssh_host_ed25519_key")
-    client_pub = _keygen(work / "client_key")
-    (work / "authorized_keys").write_text(client_pub + "\n")
-    os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege-separation directory
-    (work / "bin").mkdir()
-    (work / "bin" / "docker").write_text(FAKE_DOCKER.replace("WORK", str(work)))
-    (work / "bin" / "docker").chmod(0o755)
-
-    with contextlib.ExitStack() as cleanup:  # undone in reverse order, whatever fails
-        # Disks first: `ip netns exec` gives sshd its own copy of the mount table, so mounts made
-        # after it starts would not be seen on the test host.
-        disks = {"small": work / "small", "roomy": work / "roomy"}
-        for name, size in (("small", "64m"), ("roomy", "16g")):
-            disks[name].mkdir()
-            _run("mount", "-t", "tmpfs", "-o", f"size={size}", "coderig-test", str(disks[name]))
-            cleanup.callback(subprocess.run, ["umount", "-l", str(disks[name])], capture_output=True)
-
-        netns: str | None = None
-        try:
-            netns, host_if, address = _make_netns(str(os.getpid() % 100000))
-            cleanup.callback(subprocess.run, ["ip", "netns", "del", netns], capture_output=True)
-            cleanup.callback(subprocess.run, ["ip", "link", "del", host_if], capture_output=True)
-            port = 22
-        except (subprocess.CalledProcessError, FileNotFoundError):
-            address, port = "127.0.0.1", 20000 + os.getpid() % 20000
-        (work / "sshd_config").write_text(
-            "\n".join(
-                [
-                    f"Port {port}",
-                    f"ListenAddress {address}",
-                    f"HostKey {work / 'ssh_host_ed25519_key'}",
-                    f"PidFile {work / 'sshd.pid'}",
-                    f"AuthorizedKeysFile {work / 'authorized_keys'}",
-                    "PermitRootLogin prohibit-password",
-                    "PasswordAuthentication no",
-                    "KbdInteractiveAuthentication no",
-                    "UsePAM no",
-                    "StrictModes no",
-                    "LogLevel VERBOSE",
-                    # The host's `docker` is a stand-in (no Docker engine can run here): FAKE_DOCKER.
-                    f"SetEnv PATH={work / 'bin'}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                    "",
-                ]
-            )
-        )
-        cmd = [SSHD, "-D", "-e", "-f", str(work / "sshd_config")]
-        if netns:
-            cmd = ["ip", "netns", "exec", netns, *cmd]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        cleanup.callback(_stop, proc)
-        _wait_port(address, port, proc)
-        yield SshHost(address, port, host_key, work / "client_key", work, netns, disks["small"], disks["roomy"])
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def ssh_run(host: SshHost, command: str, *, pinned_key: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `command` on the host the way the kit does: strict host key checking against the pin."""
-    known_hosts = host.workdir / f"known_hosts.{os.urandom(4).hex()}"
-    known_hosts.write_text(hostkeys.known_hosts_line(host.address, host.port, pinned_key or host.host_key))
-    return subprocess.run(
-        [
-            "ssh",
-            "-F",
-            "/dev/null",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            f"UserKnownHostsFile={known_hosts}",
-            "-o",
-            "GlobalKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "ConnectTimeout=10",
-            "-i",
-            str(host.client_key),
-            "-p",
-            str(host.port),
-            f"root@{host.address}",
-            command,
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def ssh_settings(host: SshHost, cache_path: Path, *, cpu: bool = False, **model: Any) -> StackSettings:
@@ -271,7 +84,7 @@ def test_preflight_over_ssh_passes_for_cpu_preset_with_room(ssh_host: SshHost) -
 
 
 def test_wrong_host_key_is_refused(ssh_host: SshHost, tmp_path: Path) -> None:
-    impostor = _keygen(tmp_path / "other_host_key")
+    impostor = keygen(tmp_path / "other_host_key")
     result = ssh_run(ssh_host, "echo SHOULD-NOT-RUN", pinned_key=impostor)
     assert result.returncode == 255
     assert "Host key verification failed" in result.stderr
@@ -346,14 +159,7 @@ def test_every_node_step_over_ssh_in_order(ssh_host: SshHost, tmp_path: Path) ->
     (ssh_host.workdir / "docker.state").unlink(missing_ok=True)
 
     def step(cmd: str, stdin: str | None = None) -> str:
-        known_hosts = ssh_host.workdir / "known_hosts.chain"
-        known_hosts.write_text(hostkeys.known_hosts_line(ssh_host.address, ssh_host.port, ssh_host.host_key))
-        r = subprocess.run(
-            ["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}",
-             "-o", "BatchMode=yes", "-i", str(ssh_host.client_key), "-p", str(ssh_host.port),
-             f"root@{ssh_host.address}", cmd],
-            input=stdin, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+        r = ssh_run(ssh_host, cmd, stdin=stdin)
         assert r.returncode == 0, f"{cmd[:80]}: {r.stdout}{r.stderr}"
         return r.stdout
 

@@ -6,7 +6,10 @@ module github.com/coderig/tools/pulumi-command
 
 go 1.26.6
 
-require github.com/pulumi/pulumi-go-provider v1.5.0
+require (
+	github.com/pulumi/pulumi-go-provider v1.5.0
+	golang.org/x/crypto v0.54.0
+)
 
 require (
 	github.com/BurntSushi/toml v1.6.0 // indirect
@@ -106,7 +109,6 @@ require (
 	go.opentelemetry.io/proto/otlp v1.11.0 // indirect
 	go.uber.org/atomic v1.11.0 // indirect
 	go.uber.org/multierr v1.11.0 // indirect
-	golang.org/x/crypto v0.54.0 // indirect
 	golang.org/x/mod v0.37.0 // indirect
 	golang.org/x/net v0.57.0 // indirect
 	golang.org/x/sync v0.22.0 // indirect

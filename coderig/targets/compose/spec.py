@@ -372,15 +372,23 @@ def _env_file(values: Mapping[str, str]) -> str:
     return "".join(f"{k}={v}\n" for k, v in values.items())
 
 
+def model_secret_files(spec: NodeSpec, secrets: NodeSecrets) -> render.Bundle:
+    """The model server's 0600 files alone (HF token, model API key): all a replica holds, and
+    what the model half of `service_hashes` reads."""
+    if spec.role not in ("full", "replica"):
+        return {}
+    hf = {"HF_TOKEN": secrets.hf_token} if secrets.hf_token else {}
+    return {
+        f"{SECRETS_DIR}/weights.env": render.RenderedFile(_env_file(hf), 0o600),
+        f"{SECRETS_DIR}/model.env": render.RenderedFile(
+            _env_file({"VLLM_API_KEY": secrets.model_api_key, "LLAMA_API_KEY": secrets.model_api_key}), 0o600
+        ),
+    }
+
+
 def node_secret_files(spec: NodeSpec, secrets: NodeSecrets) -> render.Bundle:
     """The 0600 files: env files for each service, gateway keys, the TLS key."""
-    hf = {"HF_TOKEN": secrets.hf_token} if secrets.hf_token else {}
-    files: render.Bundle = {}
-    if spec.role in ("full", "replica"):
-        files[f"{SECRETS_DIR}/weights.env"] = render.RenderedFile(_env_file(hf), 0o600)
-        files[f"{SECRETS_DIR}/model.env"] = render.RenderedFile(
-            _env_file({"VLLM_API_KEY": secrets.model_api_key, "LLAMA_API_KEY": secrets.model_api_key}), 0o600
-        )
+    files: render.Bundle = model_secret_files(spec, secrets)
     if spec.role in ("full", "frontdoor"):
         upstream_key = secrets.external_api_key if spec.role == "frontdoor" else secrets.model_api_key
         files[f"{SECRETS_DIR}/litellm.env"] = render.RenderedFile(

@@ -9,6 +9,7 @@ import (
 	"github.com/pulumi/pulumi-go-provider/infer"
 
 	"github.com/coderig/tools/pulumi-command/local"
+	"github.com/coderig/tools/pulumi-command/remote"
 )
 
 // version is the plugin version the CLI shows; set with -ldflags "-X main.version=X.Y.Z".
@@ -16,7 +17,7 @@ var version = "0.0.0"
 
 func main() {
 	p, err := infer.NewProviderBuilder().
-		WithResources(infer.Resource(local.Command{})).
+		WithResources(infer.Resource(local.Command{}), infer.Resource(remote.Command{})).
 		WithDisplayName("Command").
 		Build()
 	if err == nil {

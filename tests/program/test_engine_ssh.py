@@ -1,0 +1,246 @@
+"""The main job with the real engine: `./up.sh STACK` on an `ssh` stack of two sshd test hosts.
+
+The Pulumi CLI, the Python language host and the command/random/tls providers are the ones
+`.ci/pulumi-deps.sh` builds (no plugin is ever downloaded). The hosts are tests/sshhost.py hosts
+(network namespaces, a stand-in `docker` that records its calls); each sees its own `/opt` (the
+bundle in /opt/coderig) and its own 16 GiB tmpfs at /opt/cache (the weights cache).
+Lifecycle: up → up again (0 changes) → add a developer (no model restart) → remove one (key
+revoked on the host) → state holds no plaintext secret → bundle + onboard from the real outputs →
+destroy (secrets gone, weights kept).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from engine import Project, project_copy
+from sshhost import SshHost, keygen, ssh_host
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the sshd test hosts need root (namespaces, mounts)"),
+]
+
+STACK = "lab"
+CACHE = "/opt/cache"
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[SshHost]]:
+    """Two sshd test hosts that accept the first host's client key (one sshPrivateKey per stack)."""
+    with contextlib.ExitStack() as stack:
+        made: list[SshHost] = []
+        for i in (1, 2):
+            work = tmp_path_factory.mktemp(f"host{i}")
+            private = {"/opt": work / "opt", CACHE: work / "roomy"}
+            made.append(stack.enter_context(ssh_host(work, (os.getpid() + i) % 100000, private_dirs=private)))
+        pub = made[0].client_key.with_suffix(".pub").read_text()
+        with (made[1].workdir / "authorized_keys").open("a") as f:
+            f.write(pub)
+        yield made
+
+
+def bundle_dir(host: SshHost) -> Path:
+    return host.workdir / "opt" / "coderig"
+
+
+def write_stack(project: Project, hosts: list[SshHost], developers: list[str]) -> None:
+    """Pulumi.STACK.yaml: kind ssh, both hosts pinned; keeps what `pulumi config set` added."""
+    path = project.dir / f"Pulumi.{STACK}.yaml"
+    doc = yaml.safe_load(path.read_text()) if path.exists() else {}
+    doc.setdefault("config", {}).update(
+        {
+            "coderig:target": {
+                "kind": "ssh",
+                "cachePath": CACHE,
+                "hosts": [{"address": h.address, "port": h.port, "user": "root", "hostKey": h.host_key} for h in hosts],
+            },
+            "coderig:model": {"preset": "qwen3-1.7b-cpu"},
+            "coderig:developers": developers,
+        }
+    )
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def changed(project: Project) -> dict[str, str]:
+    """`pulumi preview --json`: {resource name: op} for every step that is not `same`."""
+    out = project.pulumi("preview", "--stack", STACK, "--json").stdout
+    steps = json.loads(out).get("steps", [])
+    return {s["urn"].rsplit("::", 1)[1]: s["op"] for s in steps if s["op"] != "same"}
+
+
+def strings(value: object) -> Iterator[str]:
+    """Every string (keys included) in a decoded JSON document."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield k
+            yield from strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from strings(v)
+
+
+def pem_body(pem: str) -> str:
+    """The base64 lines of a PEM block, newline-joined (as they sit in any copy of the file)."""
+    return "\n".join(ln for ln in pem.strip().splitlines() if not ln.startswith("-----"))
+
+
+def docker_calls(host: SshHost) -> str:
+    calls = host.workdir / "docker.calls"
+    return calls.read_text() if calls.exists() else ""
+
+
+def model_ups(host: SshHost) -> int:
+    """How many times the stand-in docker started the whole stack (model server included)."""
+    return len(re.findall(r"-p coderig up -d --remove-orphans", docker_calls(host)))
+
+
+def test_ssh_stack_lifecycle_with_the_real_engine(hosts: list[SshHost], tmp_path: Path) -> None:
+    project = project_copy(tmp_path)
+    (project.dir / ".pulumi-state").mkdir()
+    write_stack(project, hosts, ["alice", "bob"])
+    project.pulumi("stack", "init", STACK, "--secrets-provider", "passphrase")
+    private_key = hosts[0].client_key.read_text()
+    project.pulumi("config", "set", "--secret", "coderig:sshPrivateKey", "--stack", STACK, stdin=private_key)
+    stack_file = (project.dir / f"Pulumi.{STACK}.yaml").read_text()
+    assert "coderig:sshPrivateKey" in stack_file and "secure:" in stack_file and "PRIVATE KEY" not in stack_file
+    weights = hosts[0].workdir / "roomy" / "hub" / "weights.bin"  # the cache as a download leaves it
+    weights.parent.mkdir(parents=True)
+    weights.write_text("kept")
+
+    # 1. first up: everything created on both hosts, the bundle exported
+    up = project.run("./up.sh", STACK, label="up (create)")
+    assert "stack lab: qwen3-1.7b-cpu" in up.stdout  # the plan printed before the engine ran
+    created = re.search(r"\+ (\d+) created", up.stdout)
+    assert created, up.stdout[-2000:]
+    print("first up created", created.group(1), "resources")
+    for h in hosts:
+        assert model_ups(h) == 1, docker_calls(h)
+        assert (bundle_dir(h) / ".bundle-hash").exists() and (bundle_dir(h) / "secrets").is_dir()
+    outputs = json.loads(project.pulumi("stack", "output", "--json", "--show-secrets", "--stack", STACK).stdout)
+    tokens = outputs["developerTokens"]
+    assert set(tokens) == {"alice", "bob"}
+    assert outputs["clientBundle"]["endpoint"]["anthropic_base_url"].startswith(f"https://{hosts[0].address}:")
+    assert outputs["nodes"] == [h.address for h in hosts]
+    plain = json.loads(project.pulumi("stack", "output", "--json", "--stack", STACK).stdout)
+    assert plain["developerTokens"] == "[secret]"
+    keys_file = bundle_dir(hosts[0]) / "secrets" / "gateway-keys.conf"
+    assert tokens["alice"] in keys_file.read_text() and tokens["bob"] in keys_file.read_text()
+
+    # 2. second up: the engine reports no change (it would fail with --expect-no-changes)
+    assert changed(project) == {}
+    again = project.run("./up.sh", STACK, "--expect-no-changes", label="up (no changes)")
+    assert re.search(r"\b\d+ unchanged", again.stdout) and not re.search(
+        r"\b\d+ (created|updated|replaced)", again.stdout
+    )
+    assert [model_ups(h) for h in hosts] == [1, 1]
+
+    # 3. a new developer: only the bundle and front-door steps (and the readiness wait) re-run
+    write_stack(project, hosts, ["alice", "bob", "carol"])
+    steps = changed(project)
+    commands = {name for name in steps if name.startswith("node-")}
+    assert commands == {"node-0-bundle", "node-0-frontdoor", "node-0-ready"}, steps
+    assert steps.get("developers-carol") == "create", steps
+    added = project.run("./up.sh", STACK, label="up (add developer)")
+    assert "wait-ready: ready after" in added.stdout  # the readiness wait streams its progress
+    assert "crk-" not in added.stdout + added.stderr  # the bundle step logs nothing (logging: none)
+    assert [model_ups(h) for h in hosts] == [1, 1], "adding a developer restarted a model server"
+    assert "up -d --no-deps --force-recreate litellm gateway" in docker_calls(hosts[0])
+    tokens = json.loads(project.pulumi("stack", "output", "--json", "--show-secrets", "--stack", STACK).stdout)[
+        "developerTokens"
+    ]
+    assert tokens["carol"] in keys_file.read_text()
+
+    # 4. remove one: their key is revoked on the host, the others still work
+    write_stack(project, hosts, ["alice", "carol"])
+    project.run("./up.sh", STACK, label="up (remove developer)")
+    keys = keys_file.read_text()
+    assert tokens["bob"] not in keys and tokens["alice"] in keys and tokens["carol"] in keys
+    assert [model_ups(h) for h in hosts] == [1, 1]
+
+    # 5. the state holds no plaintext secret: developer tokens, LiteLLM master key, model API key
+    # (the env files on the host), the gateway's TLS key and the SSH private key (whole PEM bodies:
+    # an EC key's PEM also carries its public half, which the state may hold in the clear)
+    state = json.loads(project.pulumi("stack", "export", "--stack", STACK).stdout)
+    blob = "\n".join(strings(state))
+    secrets_dir = bundle_dir(hosts[0]) / "secrets"
+    env = {
+        k: v for f in secrets_dir.glob("*.env") for k, _, v in (ln.partition("=") for ln in f.read_text().splitlines())
+    }
+    assert env.get("LITELLM_MASTER_KEY") and env.get("VLLM_API_KEY"), sorted(env)
+    values = {f"token {n}": v for n, v in tokens.items()} | {k: v for k, v in env.items() if len(v) >= 16}
+    values |= {"ssh private key": pem_body(private_key), "tls key": pem_body((secrets_dir / "server.key").read_text())}
+    assert all(len(v) >= 16 for v in values.values()), sorted(values)
+    leaked = sorted(name for name, v in values.items() if v in blob)
+    assert not leaked, f"plaintext secrets in `pulumi stack export`: {leaked}"
+    assert "4dabf18193072939515e22adb298388d" in json.dumps(state)  # secrets are there, as ciphertext
+
+    # 6. coderig bundle + onboard from the real outputs
+    bundle_file = tmp_path / "alice.json"
+    project.run("uv", "run", "coderig", "bundle", "--stack", STACK, "--developer", "alice", "--out", str(bundle_file))
+    bundle = json.loads(bundle_file.read_text())
+    assert oct(bundle_file.stat().st_mode & 0o777) == "0o600"
+    assert tokens["alice"] in bundle_file.read_text() and bundle["endpoint"]["anthropic_base_url"].startswith(
+        "https://"
+    )
+    home = tmp_path / "home"
+    home.mkdir()
+    onboard = project.run("uv", "run", "coderig", "onboard", str(bundle_file), "--home", str(home))
+    assert (home / ".claude" / "settings.json").exists(), onboard.stdout + onboard.stderr
+    assert tokens["alice"] in (home / ".claude" / "settings.json").read_text()
+
+    # 7. destroy: compose down, secrets removed on both hosts, the weights cache kept
+    project.pulumi("destroy", "--yes", "--stack", STACK, label="destroy")
+    for h in hosts:
+        assert not (bundle_dir(h) / "secrets").exists(), list(bundle_dir(h).rglob("*"))
+        assert "-p coderig down" in docker_calls(h)
+    assert weights.read_text() == "kept"
+    assert project.plugins_downloaded() == [], "a plugin was downloaded"
+    print("engine timings (s):", project.timings)
+
+
+def test_invalid_stack_fails_before_the_engine_creates_anything(hosts: list[SshHost], tmp_path: Path) -> None:
+    project = project_copy(tmp_path)
+    write_stack(project, hosts, ["alice", "alice"])  # duplicate developer
+    doc = yaml.safe_load((project.dir / f"Pulumi.{STACK}.yaml").read_text())
+    doc["config"]["coderig:target"]["hosts"][1]["hostKey"] = "not-a-key"
+    (project.dir / f"Pulumi.{STACK}.yaml").write_text(yaml.safe_dump(doc))
+    calls_before = [docker_calls(h) if (h.workdir / "docker.calls").exists() else "" for h in hosts]
+    proc = project.run("./up.sh", STACK, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "coderig:developers" in proc.stdout + proc.stderr
+    assert not (project.dir / ".pulumi-state").exists()
+    assert [docker_calls(h) for h in hosts] == calls_before
+
+
+def test_a_host_whose_key_is_not_the_pinned_one_is_refused(hosts: list[SshHost], tmp_path: Path) -> None:
+    """command:remote:Command checks the pinned hostKey: a host presenting another key gets no command."""
+    project = project_copy(tmp_path)
+    (project.dir / ".pulumi-state").mkdir()
+    write_stack(project, hosts, ["alice"])
+    doc = yaml.safe_load((project.dir / f"Pulumi.{STACK}.yaml").read_text())
+    impostor = keygen(tmp_path / "impostor")
+    doc["config"]["coderig:target"]["hosts"][1]["hostKey"] = impostor
+    (project.dir / f"Pulumi.{STACK}.yaml").write_text(yaml.safe_dump(doc))
+    project.pulumi("stack", "init", STACK, "--secrets-provider", "passphrase")
+    private_key = hosts[0].client_key.read_text()
+    project.pulumi("config", "set", "--secret", "coderig:sshPrivateKey", "--stack", STACK, stdin=private_key)
+    before = docker_calls(hosts[1])
+    proc = project.run("./up.sh", STACK, check=False, label="up (host key mismatch)")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "host key mismatch" in out and f"{hosts[1].address}:{hosts[1].port}" in out, out[-3000:]
+    assert docker_calls(hosts[1]) == before
+    assert pem_body(private_key) not in out
+    assert project.timings["up (host key mismatch)"] < 60, "a host key mismatch must not be retried"
+    print("refused:", next(ln.strip() for ln in out.splitlines() if "host key mismatch" in ln)[:400])
+    project.pulumi("destroy", "--yes", "--stack", STACK)
