@@ -82,8 +82,9 @@ def test_frontdoor_bundles_onboard_smoke_and_claude_code(tmp_path: Path) -> None
         result = json.loads(run.stdout)
         assert result["subtype"] == "success" and result["is_error"] is False
         assert (work / "hello.txt").read_text() == "hello from a front door bundle\n"
-        calls = model.seen("/v1/chat/completions")
-        assert any(m["role"] == "tool" for m in calls[-1].body["messages"])  # the Write result came back
+        # /v1/messages goes to the model server's own endpoint (the default native path)
+        calls = [c for c in model.seen("/v1/messages") if not c.path.endswith("count_tokens")]
+        assert calls and '"tool_result"' in json.dumps(calls[-1].body["messages"])  # the Write result came back
         other = [line for line in run.stderr.splitlines() if line.strip() and not line.startswith(UNRECOGNIZED)]
         assert other == [], other  # nothing but the harmless line README's troubleshooting explains
         for line in run.stderr.splitlines():
