@@ -368,28 +368,8 @@ def test_nginx_accepts_the_rendered_config_with_tls_and_keys(tmp_path: Path) -> 
     nginx = require_tool("nginx")
     (tmp_path / "tmp").mkdir()
     (tmp_path / "keys.conf").write_text(render_gateway_keys(KEYS, MASTER))
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            str(tmp_path / "server.key"),
-            "-out",
-            str(tmp_path / "server.pem"),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    # the certificate `frontdoor run` makes (server.pem / server.key signed by its CA, in tmp_path)
+    frontdoor_run.ensure_tls(tmp_path, "localhost", [])
     for variant in (
         spec(tmp_path, listen="127.0.0.1:18443"),
         spec(tmp_path, listen="127.0.0.1:18080", tls_cert=None, tls_key=None, direct_chat_backends=("127.0.0.1:8000",)),
