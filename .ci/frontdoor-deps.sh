@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # What the front-door tests need (sourced by .ci/run; owned by the front-door work):
 #   nginx, openssl                  - Debian packages: the gateway and its generated CA
+#   libnginx-mod-stream, tcpdump    - the replica link's TLS (nginx stream, a module in Debian) and the
+#                                     capture that proves nothing crosses between hosts in clear
 #   @anthropic-ai/claude-code, @openai/codex, opencode-ai - pinned npm CLIs, into the project-local prefix
 #                                     .coderig/npm (git-ignored); tests look there
 #   LiteLLM                         - the pinned litellm[proxy] in its own venv under
@@ -13,6 +15,8 @@ OPENCODE_VERSION="1.18.33"
 _fd_missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || _fd_missing+=(nginx)
 command -v openssl >/dev/null 2>&1 || _fd_missing+=(openssl)
+[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || _fd_missing+=(libnginx-mod-stream)
+command -v tcpdump >/dev/null 2>&1 || [ -x /usr/bin/tcpdump ] || _fd_missing+=(tcpdump)
 if [ "${#_fd_missing[@]}" -gt 0 ]; then
   echo "frontdoor-deps: installing ${_fd_missing[*]}"
   if [ "$(id -u)" = 0 ]; then _fd_sudo=(); else _fd_sudo=(sudo -n); fi

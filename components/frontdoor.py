@@ -15,6 +15,8 @@ import pulumi_random as random
 import pulumi_tls as tls
 
 from coderig.core import access
+from coderig.core.secrets import LinkTls
+from coderig.frontdoor import links
 
 
 @dataclass(frozen=True)
@@ -84,39 +86,93 @@ class GatewayTls(pulumi.ComponentResource):
         self.register_outputs({"cert_pem": self.cert_pem, "ca_pem": self.ca_pem})
 
 
-def _self_signed(
-    name: str, names: pulumi.Input[Sequence[str]], parent: pulumi.Resource
-) -> tuple[pulumi.Output[str], pulumi.Output[str], pulumi.Output[str]]:
-    child = pulumi.ResourceOptions(parent=parent)
-    stack = pulumi.get_stack()
-    ca_key = tls.PrivateKey(f"{name}-ca-key", algorithm="ECDSA", ecdsa_curve="P256", opts=child)
-    ca = tls.SelfSignedCert(
+@dataclass(frozen=True)
+class ReplicaLinksArgs:
+    replica_addresses: Sequence[str]  # private address of machine 1, 2, … (machine 0 runs the gateway)
+
+
+class ReplicaLinks(pulumi.ComponentResource):
+    """The replica links' certificates (coderig.frontdoor.links): an internal CA the stack owns, a
+    client certificate for machine 0 and a server certificate per replica. `tls[i]` is machine i's
+    LinkTls (secret: it holds the key)."""
+
+    tls: list[pulumi.Output[LinkTls]]
+
+    def __init__(self, name: str, args: ReplicaLinksArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("coderig:frontdoor:ReplicaLinks", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        ca_key, ca = _ca(name, f"coderig {pulumi.get_stack()} internal CA", child)
+        self.tls = []
+        for i, address in enumerate(["", *args.replica_addresses]):
+            want = links.link_certificate(i, address)
+            names = (f"{name}-{i}-key", f"{name}-{i}-csr", f"{name}-{i}-cert")
+            cert, key = _issued(names, ca_key, ca, child, common_name=want.common_name, dns_names=list(want.dns_names),
+                                ip_addresses=list(want.ip_addresses), allowed_uses=want.allowed_uses)  # fmt: skip
+            both = pulumi.Output.all(ca.cert_pem, cert, key)
+            self.tls.append(pulumi.Output.secret(both.apply(lambda v: LinkTls(ca_cert=v[0], cert=v[1], key=v[2]))))
+        self.register_outputs({"ca_pem": ca.cert_pem})
+
+
+def _ca(name: str, common_name: str, child: pulumi.ResourceOptions) -> tuple[tls.PrivateKey, tls.SelfSignedCert]:
+    key = tls.PrivateKey(f"{name}-ca-key", algorithm="ECDSA", ecdsa_curve="P256", opts=child)
+    cert = tls.SelfSignedCert(
         f"{name}-ca",
-        private_key_pem=ca_key.private_key_pem,
+        private_key_pem=key.private_key_pem,
         is_ca_certificate=True,
         validity_period_hours=access.CA_VALIDITY_HOURS,
         allowed_uses=["cert_signing", "crl_signing"],
-        subject=tls.SelfSignedCertSubjectArgs(common_name=f"coderig {stack} CA", organization="coderig"),
+        subject=tls.SelfSignedCertSubjectArgs(common_name=common_name, organization="coderig"),
         opts=child,
     )
-    sans = pulumi.Output.from_input(names).apply(access.certificate_sans)
-    server_key = tls.PrivateKey(f"{name}-server-key", algorithm="ECDSA", ecdsa_curve="P256", opts=child)
+    return key, cert
+
+
+def _issued(
+    names: tuple[str, str, str],
+    ca_key: tls.PrivateKey,
+    ca: tls.SelfSignedCert,
+    child: pulumi.ResourceOptions,
+    *,
+    common_name: str,
+    dns_names: pulumi.Input[Sequence[str]],
+    ip_addresses: pulumi.Input[Sequence[str]],
+    allowed_uses: Sequence[str],
+) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
+    """A key and a certificate signed by the CA (`names`: of the key, the request and the
+    certificate resources); returns (certificate PEM, key PEM as a secret)."""
+    key_name, csr_name, cert_name = names
+    key = tls.PrivateKey(key_name, algorithm="ECDSA", ecdsa_curve="P256", opts=child)
     csr = tls.CertRequest(
-        f"{name}-csr",
-        private_key_pem=server_key.private_key_pem,
-        subject=tls.CertRequestSubjectArgs(common_name=f"coderig {stack} gateway", organization="coderig"),
-        dns_names=sans.apply(lambda s: s[0]),
-        ip_addresses=sans.apply(lambda s: s[1]),
+        csr_name,
+        private_key_pem=key.private_key_pem,
+        subject=tls.CertRequestSubjectArgs(common_name=common_name, organization="coderig"),
+        dns_names=dns_names,
+        ip_addresses=ip_addresses,
         opts=child,
     )
     cert = tls.LocallySignedCert(
-        f"{name}-server",
+        cert_name,
         cert_request_pem=csr.cert_request_pem,
         ca_private_key_pem=ca_key.private_key_pem,
         ca_cert_pem=ca.cert_pem,
         validity_period_hours=access.SERVER_VALIDITY_HOURS,
         early_renewal_hours=access.SERVER_EARLY_RENEWAL_HOURS,
-        allowed_uses=["digital_signature", "key_encipherment", "server_auth"],
+        allowed_uses=list(allowed_uses),
         opts=child,
     )
-    return cert.cert_pem, pulumi.Output.secret(server_key.private_key_pem), ca.cert_pem
+    return cert.cert_pem, pulumi.Output.secret(key.private_key_pem)
+
+
+def _self_signed(
+    name: str, names: pulumi.Input[Sequence[str]], parent: pulumi.Resource
+) -> tuple[pulumi.Output[str], pulumi.Output[str], pulumi.Output[str]]:
+    child = pulumi.ResourceOptions(parent=parent)
+    stack = pulumi.get_stack()
+    ca_key, ca = _ca(name, f"coderig {stack} CA", child)
+    sans = pulumi.Output.from_input(names).apply(access.certificate_sans)
+    cert, key = _issued(
+        (f"{name}-server-key", f"{name}-csr", f"{name}-server"), ca_key, ca, child,
+        common_name=f"coderig {stack} gateway", dns_names=sans.apply(lambda s: s[0]),
+        ip_addresses=sans.apply(lambda s: s[1]), allowed_uses=("digital_signature", "key_encipherment", "server_auth"),
+    )  # fmt: skip
+    return cert, key, ca.cert_pem

@@ -26,7 +26,7 @@ Empty for `ssh` and `local`: their triggers are unchanged.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pulumi
@@ -35,9 +35,9 @@ import pulumi_random as random
 
 from coderig.core import access, hostkeys
 from coderig.core.files import Bundle
-from coderig.core.secrets import NodeSecrets
+from coderig.core.secrets import LinkTls, NodeSecrets
 from coderig.core.settings import SshHost, StackSettings
-from coderig.targets.compose import commands
+from coderig.targets.compose import commands, machines
 from coderig.targets.compose import spec as node
 from components.frontdoor import (
     DeveloperKeys,
@@ -46,6 +46,8 @@ from components.frontdoor import (
     GatewayTlsArgs,
     MasterKey,
     MasterKeyArgs,
+    ReplicaLinks,
+    ReplicaLinksArgs,
 )
 
 BASH = ["/bin/bash", "-c"]
@@ -149,7 +151,7 @@ class NodePlan:
 
 def node_plan(
     settings: StackSettings,
-    spec: node.NodeSpec,
+    spec: machines.NodeSpec,
     *,
     bundle_dir: str,
     host: SshHost | None,
@@ -157,6 +159,7 @@ def node_plan(
     install: bool,
 ) -> NodePlan:
     device = host.cacheDevice if host else None
+    front = node.front_services(settings, spec)
     return NodePlan(
         preflight=commands.script_command("preflight.sh", commands.preflight_env(settings, spec, device), user=user),
         install=commands.install_command(spec, user) if install else None,
@@ -166,16 +169,16 @@ def node_plan(
         user=user,
         up=commands.up_command(bundle_dir, user),
         down=commands.down_command(bundle_dir, user),
-        frontdoor_reload=commands.frontdoor_reload_command(bundle_dir, user) if spec.role != "replica" else None,
+        frontdoor_reload=commands.frontdoor_reload_command(front, bundle_dir, user) if front else None,
         wait=commands.wait_command(settings, spec, bundle_dir, user),
-        wait_budget_s=node.ready_budget_seconds(settings, spec),
+        wait_budget_s=machines.ready_budget_seconds(settings, spec),
     )
 
 
 @dataclass(frozen=True)
 class NodeStackArgs:
     settings: StackSettings
-    spec: node.NodeSpec
+    spec: machines.NodeSpec
     conn: Connection
     secrets: pulumi.Output[NodeSecrets]
     bundle_dir: str = node.REMOTE_BUNDLE_DIR
@@ -186,6 +189,13 @@ class NodeStackArgs:
     # only the model server's secrets (model API key, HF token): known in a preview that adds a
     # developer, so the preview shows no model restart and no replica bundle change
     model_secrets: pulumi.Output[NodeSecrets] | None = None
+    link: pulumi.Output[LinkTls] | None = None  # this machine's replica-link certificate (several machines)
+
+
+def _with_link(secrets: pulumi.Output[NodeSecrets], link: pulumi.Output[LinkTls] | None) -> pulumi.Output[NodeSecrets]:
+    if link is None:
+        return secrets
+    return pulumi.Output.secret(pulumi.Output.all(secrets, link).apply(lambda v: replace(v[0], link=v[1])))
 
 
 class NodeStack(pulumi.ComponentResource):
@@ -199,9 +209,9 @@ class NodeStack(pulumi.ComponentResource):
         a = args
         plan = node_plan(a.settings, a.spec, bundle_dir=a.bundle_dir, host=a.host, user=a.conn.user,
                          install=a.conn.remote)  # fmt: skip
-        model_secrets = a.model_secrets if a.model_secrets is not None else a.secrets
+        model_secrets = _with_link(a.model_secrets if a.model_secrets is not None else a.secrets, a.link)
         # a replica holds only the model server's secrets
-        secrets = model_secrets if a.spec.role == "replica" else a.secrets
+        secrets = model_secrets if a.spec.role == "replica" else _with_link(a.secrets, a.link)
         files = secrets.apply(lambda s: node.node_files(a.settings, a.spec) | node.node_secret_files(a.spec, s))
         model_files = model_secrets.apply(lambda s: node.model_secret_files(a.spec, s))
         self.ready_step: pulumi.Resource
@@ -226,7 +236,7 @@ def build_steps(
     conn: Connection,
     plan: NodePlan,
     settings: StackSettings,
-    spec: node.NodeSpec,
+    spec: machines.NodeSpec,
     files: pulumi.Output[Bundle],
     *,
     machine: Sequence[pulumi.Input[str]] = (),
@@ -312,13 +322,18 @@ class FrontDoorAccess:
     developer_keys: pulumi.Output[dict[str, str]]
     ca_pem: pulumi.Output[str] | None
     model_secrets: pulumi.Output[NodeSecrets]  # the model server's alone (API key, HF token)
+    links: Sequence[pulumi.Output[LinkTls]] = ()  # machine i's replica-link certificate; () for one machine
+
+    def link(self, machine: int) -> pulumi.Output[LinkTls] | None:
+        return self.links[machine] if self.links else None
 
 
 def front_door_access(
     settings: StackSettings, names: Sequence[str], config_secrets: dict[str, pulumi.Output[Any]]
 ) -> FrontDoorAccess:
     """Developer keys, LiteLLM's master key, the model servers' API key and the gateway TLS
-    (components.frontdoor), gathered into one secret NodeSecrets for the node bundles."""
+    (components.frontdoor), gathered into one secret NodeSecrets for the node bundles; with replicas,
+    the certificates of the links to them."""
     keys = DeveloperKeys("developers", DeveloperKeysArgs(settings.developers))
     master = MasterKey("litellm", MasterKeyArgs())
     model_key = random.RandomPassword("model-api-key", length=access.KEY_LENGTH, special=False)
@@ -353,4 +368,8 @@ def front_door_access(
     model_secrets = pulumi.Output.all(model_key.result, config_secrets.get("hfToken", empty)).apply(
         lambda v: NodeSecrets(model_api_key=v[0], hf_token=str(v[1] or ""))
     )
-    return FrontDoorAccess(pulumi.Output.secret(secrets), keys.tokens, tls.ca_pem, pulumi.Output.secret(model_secrets))
+    replicas = settings.target.replica_addresses
+    links = ReplicaLinks("replica-links", ReplicaLinksArgs(replicas)).tls if replicas else []
+    return FrontDoorAccess(
+        pulumi.Output.secret(secrets), keys.tokens, tls.ca_pem, pulumi.Output.secret(model_secrets), links
+    )

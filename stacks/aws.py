@@ -22,7 +22,7 @@ import pulumi_tls as tls
 from coderig.core import engine
 from coderig.core.settings import NODE_CACHE_PATH, SshHost
 from coderig.targets.aws import plan as aws_plan
-from coderig.targets.compose import spec as node
+from coderig.targets.compose import machines
 from components.aws import GpuNodes, IdleReaper, Network, NetworkArgs, NodeArgs, ReaperArgs
 from components.node import Connection, NodeStack, NodeStackArgs, front_door_access, replicas_first
 from stacks import StackContext
@@ -101,7 +101,7 @@ def build(ctx: StackContext) -> dict[str, object]:
     first_ip = gpu.nodes[0].eip.public_ip
     names = cast(list[str], [first_ip, *s.gateway.hostnames])
     access = front_door_access(s, names, ctx.secrets)
-    specs = node.node_specs(ctx.settings, CACHE_PATH)
+    specs = machines.node_specs(ctx.settings, CACHE_PATH)
     assert len(specs) == len(gpu.nodes)
 
     def node_stack(i: int, after: list[NodeStack]) -> NodeStack:
@@ -123,6 +123,7 @@ def build(ctx: StackContext) -> dict[str, object]:
                 machine=[n.instance.id, n.attachment.id],
                 after=after,
                 model_secrets=access.model_secrets,
+                link=access.link(i),
             ),
             opts=pulumi.ResourceOptions(depends_on=[n.attachment, n.eip_association]),
         )  # fmt: skip

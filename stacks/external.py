@@ -4,7 +4,7 @@ InferenceService URL) gets only the front door (LiteLLM + gateway), on this work
 
 from __future__ import annotations
 
-from coderig.targets.compose import spec as node
+from coderig.targets.compose import machines
 from components.node import NodeStack, NodeStackArgs, front_door_access, local_connection, ssh_connection
 from stacks import StackContext
 from stacks.local import bundle_dir
@@ -15,7 +15,7 @@ def build(ctx: StackContext) -> dict[str, object]:
     s = ctx.settings
     t = s.target
     assert t.kind == "external"
-    spec = node.node_specs(s)[0]
+    spec = machines.node_specs(s)[0]
     if t.frontDoor == "ssh":
         assert t.host is not None
         if "sshPrivateKey" not in ctx.secrets:

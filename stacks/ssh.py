@@ -6,7 +6,7 @@ the gateway, the stack's only public listener.
 
 from __future__ import annotations
 
-from coderig.targets.compose import spec as node
+from coderig.targets.compose import machines
 from components.node import NodeStack, NodeStackArgs, front_door_access, replicas_first, ssh_connection
 from stacks import StackContext
 from stacks.outputs import client_outputs
@@ -16,7 +16,7 @@ def build(ctx: StackContext) -> dict[str, object]:
     s = ctx.settings
     t = s.target
     assert t.kind == "ssh"
-    specs = node.node_specs(s)
+    specs = machines.node_specs(s)
     assert len(specs) == len(t.hosts)
     first = t.hosts[0]
     access = front_door_access(s, [first.address, *s.gateway.hostnames], ctx.secrets)
@@ -28,7 +28,14 @@ def build(ctx: StackContext) -> dict[str, object]:
         return NodeStack(
             f"node-{i}",
             NodeStackArgs(
-                s, specs[i], conn, access.secrets, host=host, after=after, model_secrets=access.model_secrets
+                s,
+                specs[i],
+                conn,
+                access.secrets,
+                host=host,
+                after=after,
+                model_secrets=access.model_secrets,
+                link=access.link(i),
             ),
         )
 

@@ -49,6 +49,17 @@ def require_tool(name: str) -> str:
     pytest.skip(message)
 
 
+def nginx_stream_module(nginx: str) -> str | None:
+    """The ngx_stream_module.so a config must load for this nginx, or None when it is built in (the
+    pinned image, nginx.org's packages); Debian builds it as a module (libnginx-mod-stream)."""
+    built = subprocess.run([nginx, "-V"], capture_output=True, text=True).stderr
+    if "--with-stream=dynamic" not in built:
+        return None
+    path = "/usr/lib/nginx/modules/ngx_stream_module.so"
+    assert Path(path).exists(), "Debian's nginx needs libnginx-mod-stream (.ci/frontdoor-deps.sh installs it)"
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

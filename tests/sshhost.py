@@ -36,12 +36,14 @@ case "$*" in
   "compose version"*) echo "2.40.0" ;;
   "info "*) echo '{"io.containerd.runc.v2":{}}' ;;
   "ps -q "*) if [ -f "$state" ]; then echo 0123abcd; fi ;;
-  *" ps -a -q gateway") if [ -f "$state" ]; then echo 4567ef; fi ;;
+  *" ps -a -q "*) if [ -f "$state" ]; then echo 4567ef; fi ;;
   *" ps -a --format "*)
     if [ -f "$state" ]; then
-      printf 'weights|exited||0\nmodel|running|healthy|0\nlitellm|running|healthy|0\ngateway|running|healthy|0\n'
+      for s in model link litellm gateway; do echo "$s|running|healthy|0"; done
+      echo 'weights|exited||0'
     fi ;;
   *" exec -T gateway wget "*/healthz) if [ -f "$state" ]; then echo '"I'"'"'m alive!"'; else exit 1; fi ;;
+  *" exec -T gateway wget "*/health) if [ -f "$state" ]; then echo '{}'; else exit 1; fi ;;  # a replica's link
   *" up -d"*) touch "$state"; echo " Container coderig-model-1  Started" ;;
   *" down "*|*" down") rm -f "$state"; echo " Container coderig-model-1  Removed" ;;
   *" logs "*) echo "weights: 100.0% 1.3/1.3 GB 0 MB/s" ;;

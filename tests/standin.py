@@ -16,7 +16,7 @@ A directive inside any message controls one request, and survives every translat
 ``[standin tokens=200 delay=0.01 first_delay=65 think=1]`` (token count, seconds between tokens,
 seconds of silence before the first token = the prefill, a thinking block first).
 
-Strict like vLLM 0.28 (shapes: /work/notes/vllm-anthropic.md, written from the vLLM 0.28.0 wheel):
+Strict like vLLM 0.28 (shapes read in the vLLM 0.28.0 wheel: vllm/entrypoints/anthropic/, openai/):
 - endpoints ``POST /v1/chat/completions``, ``/v1/messages`` (+ ``/count_tokens``) and ``/v1/responses``,
   streaming and not, in vLLM's shapes (``standin_anthropic.py``, ``standin_responses.py``);
 - streams send 200 + headers at once, then nothing until the first token (``first_delay``);

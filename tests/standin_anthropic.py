@@ -4,7 +4,7 @@ vLLM converts a Messages request into a chat-completions request and re-encodes 
 as Anthropic events (``vllm/entrypoints/anthropic/serving.py``). This module does the same for
 the stand-in: :func:`to_chat` turns an Anthropic body into the chat body the stand-in plans on,
 :func:`message_json` / :func:`message_frames` encode the answer. Shapes and order follow
-/work/notes/vllm-anthropic.md (research on the vLLM 0.28.0 wheel):
+vllm/entrypoints/anthropic/ in the vLLM 0.28.0 wheel:
 
 - ids are ``chatcmpl-<16 hex>`` and tool ids ``chatcmpl-tool-<16 hex>``; ``model`` is the served name;
 - content order thinking -> text -> tool_use, never empty (``[{"type":"text","text":""}]``);

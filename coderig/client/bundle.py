@@ -75,7 +75,7 @@ def ca_path(alias: str) -> str:
 #     threshold = W − min(CLAUDE_CODE_MAX_OUTPUT_TOKENS, 20000) − 13000
 # where W is CLAUDE_CODE_MAX_CONTEXT_TOKENS for a model it does not know (no lower bound), while
 # CLAUDE_CODE_AUTO_COMPACT_WINDOW is raised to at least 100000 and only ever shrinks W, so it cannot
-# describe a smaller window (read in its bundled source; notes/claude-code.md §1). The conversation
+# describe a smaller window (read in the cli.js bundled in @anthropic-ai/claude-code 2.1.330). The conversation
 # is counted as the server's last usage.input_tokens plus Claude Code's own estimate of what was
 # added since, so W is the served context less a margin for the estimate's tokenizer.
 CC_OUTPUT_RESERVE_CAP = 20_000

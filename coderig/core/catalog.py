@@ -6,8 +6,8 @@ routed experts. Each preset says where they were read (`source`) and how far tha
 (`checked`): "verified" (read in the pinned vLLM's code or the vLLM recipes), "secondary" (a
 verbatim copy of the model's config.json, not the file on Hugging Face itself) or "unverified".
 Checkpoint sizes (`weight_bytes`) and the routed-expert share are estimates unless
-`weights_source` names where they were read; `coderig plan` marks estimates as such. Research
-notes: notes/vllm-kv.md §7-§8 (vLLM 0.28.0 wheel, vllm-project/recipes at 8959cf64).
+`weights_source` names where they were read; `coderig plan` marks estimates as such. Sources: the
+vLLM 0.28.0 wheel (model_executor/models/*.py) and vllm-project/recipes at 8959cf64.
 
 Parser names are those of the vLLM version pinned in `coderig.versions` (see the vLLM
 tool-calling and reasoning-output docs for that release).

@@ -1,6 +1,6 @@
 """Parallel layouts of one model replica on the pinned vLLM (0.28.0) and what one GPU of each holds.
-Pure arithmetic, no I/O. Paths below are inside the vLLM 0.28.0 wheel's `vllm/` package (research:
-notes/vllm-kv.md, read from the wheel itself).
+Pure arithmetic, no I/O. Paths below are inside the vLLM 0.28.0 wheel's `vllm/` package (read from
+the wheel itself).
 
 A layout is (tensor, data, decode_context, expert): `tensor × data` GPUs per replica.
 
@@ -48,8 +48,8 @@ from dataclasses import dataclass
 from coderig.core.catalog import GiB, Gpu, Preset
 
 # Activations at max_num_batched_tokens, CUDA graphs, NCCL / all2all buffers, sparse-MLA workspaces:
-# not a vLLM constant (it profiles them at start); 3 GiB per rank is a heuristic within the 1.5 (small
-# dense) to 5 GiB (large MoE/MLA) range of notes/vllm-kv.md §6. Unverified.
+# not a vLLM constant (v1/worker/gpu_worker.py profiles them at start and gives the KV cache what is
+# left); 3 GiB per rank is a heuristic, not measured here (no GPU). Unverified.
 OVERHEAD_PER_GPU = 3 * GiB
 GQA_ELEMENT_BYTES = {"fp8": 1.0, "bf16": 2.0, "auto": 2.0, "q8_0": 34 / 32}
 MLA_BF16_BYTES_PER_ELEMENT = 2

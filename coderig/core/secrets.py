@@ -8,6 +8,16 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class LinkTls:
+    """One machine's end of the replica links (coderig.frontdoor.links): the internal CA's
+    certificate, this machine's certificate, and its key (the only secret of the three)."""
+
+    ca_cert: str
+    cert: str
+    key: str
+
+
+@dataclass(frozen=True)
 class NodeSecrets:
     """Secret values a node needs; plain strings here, Pulumi secrets in the components."""
 
@@ -18,6 +28,7 @@ class NodeSecrets:
     tls_cert: str = ""  # public, but shipped with the key
     tls_key: str = ""
     external_api_key: str = ""
+    link: LinkTls | None = None  # machines of a stack with replicas: their link certificate
 
 
 def placeholder_secrets(developers: Sequence[str]) -> NodeSecrets:

@@ -201,8 +201,11 @@ class IdlePolicy(_Model):
         return None if self.officeHours is None else idle.OfficeHours.from_dict(self.officeHours.model_dump())
 
 
+DEFAULT_GATEWAY_PORT = 8443
+
+
 class GatewaySettings(_Model):
-    port: int = Field(default=8443, ge=1, le=65535)
+    port: int = Field(default=DEFAULT_GATEWAY_PORT, ge=1, le=65535)
     rateLimitPerMinute: int = Field(default=600, ge=1)
     hostnames: list[str] = Field(default_factory=list, description="extra DNS names for the certificate")
 

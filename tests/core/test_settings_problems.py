@@ -162,8 +162,9 @@ def test_open_gateway_is_a_warning_from_plan(tmp_path: Path, capsys: pytest.Capt
     lines = err.splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith("coderig: warning: coderig:target.allowedCidrs: 0.0.0.0/0")
-    rc, err = plan(tmp_path, aws(allowedCidrs=["203.0.113.0/24"]) | {"model": {"preset": "deepseek-v3.2",
-                                                                              "revision": SHA}}, capsys)
+    rc, err = plan(
+        tmp_path, aws(allowedCidrs=["203.0.113.0/24"]) | {"model": {"preset": "deepseek-v3.2", "revision": SHA}}, capsys
+    )
     assert rc == 0 and err == ""
 
 
@@ -182,4 +183,3 @@ def test_open_gateway_is_a_warning_from_pulumi_up(monkeypatch: pytest.MonkeyPatc
     stacks.build()
     assert any(w.startswith("coderig:target.allowedCidrs: ::/0") for w in seen), seen
     assert any(w.startswith("coderig:model.revision: 'main' floats") for w in seen), seen
-

@@ -1,4 +1,4 @@
-"""The stand-in model server itself, against vLLM 0.28's shapes (/work/notes/vllm-anthropic.md):
+"""The stand-in model server itself, against vLLM 0.28's shapes (vllm/entrypoints/anthropic/):
 native /v1/messages (+ count_tokens) and /v1/responses, the served context, names, timing; and the
 real Claude Code and Codex CLIs talking to its native endpoints directly."""
 

@@ -22,6 +22,7 @@ from engine import ROOT, project_copy
 from frontdoor_fixtures import NPM_PREFIX, require_tool
 
 from coderig.core.settings import parse_settings
+from coderig.targets.compose import machines
 from coderig.targets.compose import spec as node
 
 pytestmark = [
@@ -48,7 +49,7 @@ def docker_ready() -> None:
 def seed_weights(home: Path) -> Path:
     """The weights step's completion marker (and the model file) where the dev stack's cache is."""
     settings = parse_settings(yaml_config(ROOT / "Pulumi.dev.yaml"))
-    spec = node.node_specs(settings)[0]
+    spec = machines.node_specs(settings)[0]
     env = node.compose_dict(settings, spec)["services"]["weights"]["environment"]
     cache = home / ".cache" / "coderig"
     marker = cache / "hf" / "coderig-markers" / f"{env['CODERIG_REPO'].replace('/', '--')}.json"

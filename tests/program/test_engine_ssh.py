@@ -15,13 +15,22 @@ import contextlib
 import json
 import os
 import re
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT
 from engine import Project, project_copy
+from frontdoor_fixtures import nginx_stream_module, require_tool
 from sshhost import SshHost, keygen, ssh_host
+
+from coderig.core import engine
+from coderig.frontdoor import links
 
 pytestmark = [
     pytest.mark.integration,
@@ -135,6 +144,7 @@ def test_ssh_stack_lifecycle_with_the_real_engine(hosts: list[SshHost], tmp_path
     assert plain["developerTokens"] == "[secret]"
     keys_file = bundle_dir(hosts[0]) / "secrets" / "gateway-keys.conf"
     assert tokens["alice"] in keys_file.read_text() and tokens["bob"] in keys_file.read_text()
+    link_carries_with_the_issued_certificates(hosts, tmp_path)
 
     # 2. second up: the engine reports no change (it would fail with --expect-no-changes)
     assert changed(project) == {}
@@ -154,7 +164,7 @@ def test_ssh_stack_lifecycle_with_the_real_engine(hosts: list[SshHost], tmp_path
     assert "wait-ready: ready after" in added.stdout  # the readiness wait streams its progress
     assert "crk-" not in added.stdout + added.stderr  # the bundle step logs nothing (logging: none)
     assert [model_ups(h) for h in hosts] == [1, 1], "adding a developer restarted a model server"
-    assert "up -d --no-deps --force-recreate litellm gateway" in docker_calls(hosts[0])
+    assert "up -d --no-deps --force-recreate litellm keepalive link gateway" in docker_calls(hosts[0])
     tokens = json.loads(project.pulumi("stack", "output", "--json", "--show-secrets", "--stack", STACK).stdout)[
         "developerTokens"
     ]
@@ -179,6 +189,9 @@ def test_ssh_stack_lifecycle_with_the_real_engine(hosts: list[SshHost], tmp_path
     assert env.get("LITELLM_MASTER_KEY") and env.get("VLLM_API_KEY"), sorted(env)
     values = {f"token {n}": v for n, v in tokens.items()} | {k: v for k, v in env.items() if len(v) >= 16}
     values |= {"ssh private key": pem_body(private_key), "tls key": pem_body((secrets_dir / "server.key").read_text())}
+    values |= {
+        f"link key {i}": pem_body((bundle_dir(h) / "secrets" / "link.key").read_text()) for i, h in enumerate(hosts)
+    }
     assert all(len(v) >= 16 for v in values.values()), sorted(values)
     leaked = sorted(name for name, v in values.items() if v in blob)
     assert not leaked, f"plaintext secrets in `pulumi stack export`: {leaked}"
@@ -206,6 +219,45 @@ def test_ssh_stack_lifecycle_with_the_real_engine(hosts: list[SshHost], tmp_path
     assert weights.read_text() == "kept"
     assert project.plugins_downloaded() == [], "a plugin was downloaded"
     print("engine timings (s):", project.timings)
+
+
+def link_carries_with_the_issued_certificates(hosts: list[SshHost], tmp_path: Path) -> None:
+    """The replica link with what `up` put on the hosts: each end's rendered link config (container
+    paths mapped onto the bundle) and the certificates the tls provider issued. The replica's end
+    runs in its namespace in front of a model stand-in; the first machine's end runs beside them
+    (the two test hosts share no network but this one). /health through the link must answer."""
+    nginx = require_tool("nginx")
+    module = nginx_stream_module(nginx)
+    work = tmp_path / "link"
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for i, h in enumerate(hosts):
+            d = bundle_dir(h)
+            assert oct((d / "secrets" / "link.key").stat().st_mode & 0o777) == "0o600"
+            conf = (d / "link" / "nginx.conf").read_text().replace("/etc/nginx/", f"{d}/")
+            conf = conf.replace("pid /var/run/nginx.pid;", f"pid {work}/{i}.pid;")
+            conf = conf.replace("/var/log/nginx/error.log", f"{work}/{i}-error.log")
+            if module:
+                conf = f"load_module {module};\n{conf}"
+            work.mkdir(exist_ok=True)
+            (work / f"{i}.conf").write_text(conf)
+        netns = ["ip", "netns", "exec", hosts[1].netns] if hosts[1].netns else []
+        standin = [sys.executable, str(ROOT / "tests" / "standin.py"), "--port", str(engine.MODEL_PORT)]
+        procs.append(subprocess.Popen([*netns, *standin]))
+        procs.append(subprocess.Popen([*netns, nginx, "-c", str(work / "1.conf"), "-p", str(work)]))
+        procs.append(subprocess.Popen([nginx, "-c", str(work / "0.conf"), "-p", str(work)]))
+        url = f"http://{links.link_listen(1)}/health"
+        for _ in range(100):
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5) as resp:
+                assert resp.status == 200
+                return
+            time.sleep(0.1)
+        errors = "".join(p.read_text() for p in work.glob("*-error.log"))
+        raise AssertionError(f"no answer through the replica link: {errors}")
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=10)
 
 
 def test_invalid_stack_fails_before_the_engine_creates_anything(hosts: list[SshHost], tmp_path: Path) -> None:

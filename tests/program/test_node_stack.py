@@ -46,9 +46,11 @@ STEPS = ["preflight", "install", "volume", "bundle", "up", "frontdoor", "ready"]
 def test_ssh_steps_run_in_order_on_every_host() -> None:
     run = ok(run_program(two_host_config()))
     names = {r.name for r in run.resources}
-    assert {f"node-0-{s}" for s in STEPS} <= names
-    assert {f"node-1-{s}" for s in STEPS if s != "frontdoor"} <= names
-    assert "node-1-frontdoor" not in names  # replicas run no LiteLLM/gateway
+    assert {f"node-{i}-{s}" for i in (0, 1) for s in STEPS} <= names
+    # a replica runs no LiteLLM/gateway: its front step recreates only its link
+    replica_front = unwrap(run.named("node-1-frontdoor").inputs["create"])
+    assert replica_front.endswith("up -d --no-deps --force-recreate link; else echo link not created yet; fi")
+    assert "--force-recreate litellm keepalive link gateway;" in unwrap(run.named("node-0-frontdoor").inputs["create"])
     for i in (0, 1):
         n = f"node-{i}"
         assert run.deps(f"{n}-install") == {f"{n}-preflight"}
@@ -191,16 +193,35 @@ def test_multi_host_litellm_balances_across_replicas() -> None:
     with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
         litellm = yaml.safe_load(tar.extractfile("litellm/config.yaml").read())  # type: ignore[union-attr]
     bases = {m["litellm_params"]["api_base"] for m in litellm["model_list"]}
-    assert bases == {"http://127.0.0.1:8000/v1", "http://10.0.0.6:8000/v1"}
+    assert bases == {"http://127.0.0.1:8000/v1", "http://127.0.0.1:4201/v1"}  # the replica through its link
     raw1 = base64.b64decode(unwrap(run.named("node-1-bundle").inputs["stdin"]))
     with tarfile.open(fileobj=io.BytesIO(raw1)) as tar:
         names = set(tar.getnames())
         compose1 = yaml.safe_load(tar.extractfile("compose.yaml").read())  # type: ignore[union-attr]
-    assert set(compose1["services"]) == {"weights", "model"}
-    assert "--host" in compose1["services"]["model"]["command"]
+        link_conf = tar.extractfile("link/nginx.conf").read().decode()  # type: ignore[union-attr]
+    assert set(compose1["services"]) == {"weights", "model", "link"}
     cmd = compose1["services"]["model"]["command"]
-    assert cmd[cmd.index("--host") + 1] == "10.0.0.6"  # reachable by host 0's LiteLLM, behind the API key
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"  # only its link listens on 10.0.0.6, in TLS
+    assert "listen 10.0.0.6:8000 ssl;" in link_conf and "ssl_verify_client on;" in link_conf
     assert "secrets/model.env" in names and "secrets/gateway-keys.conf" not in names
+    assert {"secrets/link.key", "tls/link.crt", "tls/link-ca.crt"} <= names
+
+
+def test_replica_links_get_their_own_ca_and_one_certificate_per_machine() -> None:
+    """The internal CA is the stack's own (not the gateway's, which developers trust); machine 0 gets
+    a client certificate, each replica a server certificate for its link name and address."""
+    run = ok(run_program(two_host_config()))
+    assert run.named("replica-links-ca").inputs["isCaCertificate"] is True
+    assert run.named("replica-links-ca").inputs["privateKeyPem"] != run.named("gateway-tls-ca").inputs["privateKeyPem"]
+    client, server = run.named("replica-links-0-csr").inputs, run.named("replica-links-1-csr").inputs
+    assert not client.get("dnsNames") and not client.get("ipAddresses")
+    assert server["dnsNames"] == ["replica-1.coderig.internal"] and server["ipAddresses"] == ["10.0.0.6"]
+    assert run.named("replica-links-0-cert").inputs["allowedUses"] == ["digital_signature", "client_auth"]
+    assert run.named("replica-links-1-cert").inputs["allowedUses"] == ["digital_signature", "server_auth"]
+    ca_key = run.named("replica-links-ca").inputs["privateKeyPem"]
+    assert all(run.named(f"replica-links-{i}-cert").inputs["caPrivateKeyPem"] == ca_key for i in (0, 1))
+    one = ok(run_program(ssh_config()))  # one machine: no link, no internal CA
+    assert not [r for r in one.resources if r.name.startswith("replica-links")]
 
 
 def test_local_target_uses_local_commands_without_install() -> None:

@@ -55,6 +55,19 @@ def test_shellcheck_clean(script: Path) -> None:
     assert "set -euo pipefail" in text
 
 
+@pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda p: p.name)
+def test_every_script_explains_itself_and_refuses_unknown_arguments(script: Path) -> None:
+    """--help prints the script's header (what it does, every parameter) and changes nothing; an
+    argument that is not --name=value is a usage error (exit 2) naming it."""
+    header = [ln for ln in script.read_text().splitlines()[1:] if ln.startswith("#")][:2]
+    shown = run(script.name, {}, "--help", timeout=10)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[:2] == [ln.removeprefix("#").removeprefix(" ") for ln in header]
+    assert "CODERIG_" in shown.stdout  # the parameters are in the header
+    wrong = run(script.name, {}, "--cache-path", timeout=10)
+    assert wrong.returncode == 2 and f"{script.stem}: usage error: unknown argument '--cache-path'" in wrong.stderr
+
+
 # --- volume.sh on a real loop device ----------------------------------------------------------
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="loop devices and mounts need root")
@@ -418,6 +431,15 @@ case "$args" in
     fi
     echo '"I'"'"'m alive!"'
     ;;
+  *" exec -T gateway wget -q -O - --no-check-certificate http://127.0.0.1:4201/health")
+    # a replica's /health through its TLS link: fails FAKE_LINK_FAILS times (default 0)
+    links=$(cat "$FAKE_STATE_DIR/link-probes" 2>/dev/null || echo 0)
+    echo $((links + 1)) > "$FAKE_STATE_DIR/link-probes"
+    if [ "$links" -lt "${FAKE_LINK_FAILS:-0}" ]; then
+      echo "wget: can't connect to remote host (127.0.0.1): Connection reset by peer"
+      exit 1
+    fi
+    ;;
   *) echo "unexpected: $args" >&2; exit 3 ;;
 esac
 """
@@ -529,6 +551,20 @@ def test_wait_ready_ends_with_a_request_through_the_gateway(tmp_path: Path) -> N
     assert out.count("through the gateway failed") == 1  # progress is printed once, not every poll
     assert 'through the gateway: "I\'m alive!"' in out.splitlines()[-1]
     assert (tmp_path / "probes").read_text().strip() == "3"
+
+
+def test_wait_ready_needs_every_replica_through_its_link(tmp_path: Path) -> None:
+    """With replicas, ready also needs each one's /health through its TLS link (commands.wait_command)."""
+    urls = "https://127.0.0.1:8443/healthz http://127.0.0.1:4201/health"
+    env = wait_env(
+        tmp_path, CODERIG_BUDGET_SECONDS="60", FAKE_LINK_FAILS="2", **(HEALTHZ | {"CODERIG_GATEWAY_URL": urls})
+    )
+    result = run("wait-ready.sh", env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    failed = "GET http://127.0.0.1:4201/health through the gateway failed: wget: can't connect to remote host"
+    assert failed in result.stdout
+    assert (tmp_path / "link-probes").read_text().strip() == "3"
+    assert f"GET {urls} through the gateway:" in result.stdout.splitlines()[-1]
 
 
 def test_wait_ready_fails_when_the_gateway_never_answers(tmp_path: Path) -> None:

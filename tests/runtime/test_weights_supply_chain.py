@@ -19,6 +19,7 @@ from coderig.cli import main
 from coderig.core import engine, planner, versions
 from coderig.core.settings import SECRET, parse_settings
 from coderig.runtime.scripts import SCRIPT_NAMES
+from coderig.targets.compose import machines
 from coderig.targets.compose import spec as node
 
 FETCHER = ROOT / "coderig" / "runtime" / "fetch_weights.py"
@@ -109,7 +110,7 @@ def stacks() -> dict[str, Any]:
 @pytest.mark.parametrize("name", ["ssh", "aws", "local-cpu"])
 def test_compose_weights_service_uses_a_pinned_image_that_has_the_downloader(name: str) -> None:
     settings = stacks()[name]
-    for spec in node.node_specs(settings):
+    for spec in machines.node_specs(settings):
         services = node.compose_dict(settings, spec)["services"]
         if "weights" not in services:
             continue

@@ -14,11 +14,14 @@ import io
 import json
 import math
 import os
+import re
+import shlex
 import stat
 import subprocess
 import sys
 import tarfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +33,9 @@ from conftest import HOST_KEY, ssh_config
 from coderig import frontdoor, targets
 from coderig.core import engine, hostkeys, planner, versions
 from coderig.core.files import RenderedFile
+from coderig.core.secrets import LinkTls
 from coderig.core.settings import NODE_CACHE_PATH, StackSettings, parse_settings
-from coderig.targets.compose import commands
+from coderig.targets.compose import commands, machines
 from coderig.targets.compose import spec as node
 
 
@@ -93,7 +97,7 @@ ALL = {
 def test_compose_is_valid_against_the_compose_spec_schema(kind: str) -> None:
     settings = ALL[kind]()
     schema = compose_schema()
-    for spec in node.node_specs(settings):
+    for spec in machines.node_specs(settings):
         doc = yaml.safe_load(node.compose_text(settings, spec))
         jsonschema.validate(doc, schema, cls=jsonschema.Draft202012Validator)
         assert doc == node.compose_dict(settings, spec)
@@ -101,7 +105,7 @@ def test_compose_is_valid_against_the_compose_spec_schema(kind: str) -> None:
 
 def test_schema_catches_a_broken_compose_file() -> None:
     """Guard: the schema really checks what we rely on."""
-    doc = node.compose_dict(settings_ssh(), node.node_specs(settings_ssh())[0])
+    doc = node.compose_dict(settings_ssh(), machines.node_specs(settings_ssh())[0])
     doc["services"]["model"]["healthcheck"]["retires"] = 5  # misspelt key
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(doc, compose_schema(), cls=jsonschema.Draft202012Validator)
@@ -110,8 +114,7 @@ def test_schema_catches_a_broken_compose_file() -> None:
 @pytest.mark.parametrize("kind", list(ALL))
 def test_only_the_gateway_is_public(kind: str) -> None:
     settings = ALL[kind]()
-    specs = node.node_specs(settings)
-    for i, spec in enumerate(specs):
+    for spec in machines.node_specs(settings):
         services = node.compose_dict(settings, spec)["services"]
         for name, svc in services.items():
             assert svc["network_mode"] == "host", name
@@ -121,10 +124,16 @@ def test_only_the_gateway_is_public(kind: str) -> None:
             assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
             conf = node.node_files(settings, spec)[node.GATEWAY_CONF].content
             assert f"listen 0.0.0.0:{settings.gateway.port} ssl" in conf or f"0.0.0.0:{settings.gateway.port}" in conf
-        if "model" in services:
+        if "model" in services:  # every model server on loopback, replicas' too (their link is TLS)
             cmd = services["model"]["command"]
-            bind = cmd[cmd.index("--host") + 1]
-            assert bind == ("127.0.0.1" if i == 0 else spec.model_bind)
+            assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+        if "link" in services:
+            conf = node.node_files(settings, spec)[node.LINK_CONF].content
+            listens = re.findall(r"listen (\S+?)( ssl)?;", conf)
+            if spec.role == "replica":  # its private address, TLS only
+                assert listens == [(f"{spec.link_address}:8000", " ssl")], conf
+            else:  # loopback, one per replica
+                assert listens and all(addr.startswith("127.0.0.1:") and not ssl for addr, ssl in listens), conf
 
 
 def test_images_are_pinned_from_versions() -> None:
@@ -137,7 +146,7 @@ def test_images_are_pinned_from_versions() -> None:
     }
     for kind in ALL:
         settings = ALL[kind]()
-        for spec in node.node_specs(settings):
+        for spec in machines.node_specs(settings):
             for svc in node.compose_dict(settings, spec)["services"].values():
                 assert svc["image"] in pinned
                 tag = svc["image"].rsplit(":", 1)[1]
@@ -147,7 +156,7 @@ def test_images_are_pinned_from_versions() -> None:
 
 def test_vllm_service_gpus_ipc_cache_health() -> None:
     settings = settings_ssh()
-    spec = node.node_specs(settings)[0]
+    spec = machines.node_specs(settings)[0]
     svc = node.compose_dict(settings, spec)["services"]
     model = svc["model"]
     assert model["image"] == versions.VLLM_IMAGE and model["ipc"] == "host"
@@ -173,7 +182,7 @@ def test_vllm_service_gpus_ipc_cache_health() -> None:
 
 def test_llamacpp_dev_preset() -> None:
     settings = settings_local()
-    spec = node.node_specs(settings)[0]
+    spec = machines.node_specs(settings)[0]
     svc = node.compose_dict(settings, spec)["services"]
     model = svc["model"]
     assert model["image"] == versions.LLAMACPP_IMAGE and "deploy" not in model and "ipc" not in model
@@ -193,25 +202,30 @@ def test_secrets_only_in_0600_env_files() -> None:
         hf_token="hf_secret_token",
         tls_cert="CERT",
         tls_key="KEY",
+        link=LinkTls(ca_cert="LINK-CA", cert="LINK-CERT", key="link-key-0123456789"),
     )
-    for spec in node.node_specs(settings):
+    for spec in machines.node_specs(settings):
         public = node.node_files(settings, spec)
         private = node.node_secret_files(spec, secrets)
         text = "".join(f.content for f in public.values())
-        for value in ("model-key-0123", "sk-master-0123", "crk-alice", "hf_secret_token"):
+        for value in ("model-key-0123", "sk-master-0123", "crk-alice", "hf_secret_token", "link-key-0123"):
             assert value not in text
         for path, f in private.items():
             assert f.mode == (0o644 if path.endswith(".crt") else 0o600), path
+        assert private[node.LINK_KEY].content == "link-key-0123456789"  # both ends of the link
         compose = node.compose_dict(settings, spec)
         referenced = {e for s in compose["services"].values() for e in s.get("env_file", [])}
-        assert referenced <= set(private)
-    gateway = node.compose_dict(settings, node.node_specs(settings)[0])["services"]["gateway"]
+        referenced |= {v.split(":")[0].removeprefix("./") for s in compose["services"].values() for v in s["volumes"]}
+        assert {p for p in referenced if p.startswith(("secrets/", "tls/"))} <= set(private)
+    with pytest.raises(ValueError, match="no link certificate"):  # never a link without its certificate
+        node.node_secret_files(machines.node_specs(settings)[1], replace(secrets, link=None))
+    gateway = node.compose_dict(settings, machines.node_specs(settings)[0])["services"]["gateway"]
     assert not any(v.startswith("./secrets:") or ".env" in v for v in gateway["volumes"])  # least privilege
-    env = node.node_secret_files(node.node_specs(settings)[0], secrets)["secrets/weights.env"].content
+    env = node.node_secret_files(machines.node_specs(settings)[0], secrets)["secrets/weights.env"].content
     assert env == "HF_TOKEN=hf_secret_token\n"
     with pytest.raises(ValueError, match="newline"):
         node.node_secret_files(
-            node.node_specs(settings)[0], node.NodeSecrets(model_api_key="a\nb", litellm_master_key="x" * 20)
+            machines.node_specs(settings)[0], node.NodeSecrets(model_api_key="a\nb", litellm_master_key="x" * 20)
         )
 
 
@@ -240,7 +254,7 @@ def test_coderig_render_writes_the_node_bundle(tmp_path: Path) -> None:
 
 def test_archive_is_deterministic_and_keeps_modes() -> None:
     settings = settings_ssh()
-    spec = node.node_specs(settings)[0]
+    spec = machines.node_specs(settings)[0]
     secrets = fake_secrets()
     files = commands.with_hash_file(node.node_files(settings, spec) | node.node_secret_files(spec, secrets))
     a, b = node.bundle_archive(files), node.bundle_archive(dict(reversed(list(files.items()))))
@@ -252,7 +266,7 @@ def test_archive_is_deterministic_and_keeps_modes() -> None:
 
 def test_hashes_split_model_and_front_door() -> None:
     settings = settings_ssh()
-    spec = node.node_specs(settings)[0]
+    spec = machines.node_specs(settings)[0]
     s1 = fake_secrets()
     s2 = fake_secrets(developer_keys={"a": "crk-" + "a" * 20, "b": "crk-" + "b" * 20})
     h1 = node.service_hashes(settings, spec, node.node_secret_files(spec, s1))
@@ -281,7 +295,7 @@ def sh(cmd: str, env: dict[str, str] | None = None, stdin: str | None = None) ->
 @pytest.mark.skipif(os.geteuid() != 0, reason="the command strings are built for root here (no sudo)")
 def test_copy_then_up_then_guarded_delete(tmp_path: Path) -> None:
     settings = settings_ssh()
-    spec = node.node_specs(settings)[0]
+    spec = machines.node_specs(settings)[0]
     d = tmp_path / "bundle"
     secrets = fake_secrets()
     files = node.node_files(settings, spec) | node.node_secret_files(spec, secrets)
@@ -329,7 +343,7 @@ def test_copy_then_up_then_guarded_delete(tmp_path: Path) -> None:
 
 def test_non_root_user_commands_use_sudo() -> None:
     settings = settings_ssh()
-    spec = node.node_specs(settings)[0]
+    spec = machines.node_specs(settings)[0]
     host = settings.target.hosts[0]  # type: ignore[union-attr]
     assert commands.preflight_command(settings, spec, host).startswith("sudo -n env ")
     assert commands.volume_command(spec, "/dev/sdb", "ubuntu").startswith("sudo -n env ")
@@ -345,9 +359,13 @@ def test_known_hosts_line() -> None:
 
 
 def test_aws_replicas_use_the_fixed_private_addresses_of_the_stack_subnet():
-    first, replica = node.node_specs(settings_aws())
-    assert first.backends == ("http://127.0.0.1:8000/v1", "http://10.77.0.11:8000/v1")
-    assert replica.role == "replica" and replica.model_bind == "10.77.0.11"
+    first, replica = machines.node_specs(settings_aws())
+    # the replica through its link: a loopback listener on the first machine, TLS to 10.77.0.11:8000
+    assert first.backends == ("http://127.0.0.1:8000/v1", "http://127.0.0.1:4201/v1")
+    assert first.replica_links == ((1, "10.77.0.11"),)
+    assert replica.role == "replica" and replica.link_address == "10.77.0.11"
+    assert "proxy_pass 10.77.0.11:8000;" in node.link_conf(first)
+    assert "listen 10.77.0.11:8000 ssl;" in node.link_conf(replica)
     assert first.cache_path == replica.cache_path == NODE_CACHE_PATH
 
 
@@ -357,7 +375,7 @@ def test_gateway_has_a_health_check_and_wait_ready_checks_through_it(kind: str) 
     gateway gets one (busybox wget in nginx:*-alpine, against its own /api/hello), and the wait ends
     with one GET of /healthz through the gateway, which needs LiteLLM and the model server."""
     settings = ALL[kind]()
-    spec = node.node_specs(settings)[0]
+    spec = machines.node_specs(settings)[0]
     gateway = node.compose_dict(settings, spec)["services"]["gateway"]
     assert versions.NGINX_IMAGE.startswith("nginx:") and versions.NGINX_IMAGE.endswith("-alpine")
     test = gateway["healthcheck"]["test"]
@@ -376,9 +394,13 @@ def test_gateway_has_a_health_check_and_wait_ready_checks_through_it(kind: str) 
 
 def test_replicas_wait_without_a_gateway_check() -> None:
     settings = settings_ssh(2)
-    replica = node.node_specs(settings)[1]
+    first, replica = machines.node_specs(settings)
     assert "gateway" not in node.compose_dict(settings, replica)["services"]
     assert "CODERIG_GATEWAY_URL=" not in commands.wait_command(settings, replica)
+    # the first machine's wait ends with /healthz and the replica's /health through its link
+    urls = "https://127.0.0.1:8443/healthz http://127.0.0.1:4201/health"
+    assert f"CODERIG_GATEWAY_URL={shlex.quote(urls)} " in commands.wait_command(settings, first)
+    assert "CODERIG_SERVICES='model link litellm gateway'" in commands.wait_command(settings, first)
 
 
 def test_time_budgets_come_from_the_planner_only() -> None:
@@ -386,7 +408,7 @@ def test_time_budgets_come_from_the_planner_only() -> None:
     for name in ("DOWNLOAD_BYTES_PER_S", "LOAD_BYTES_PER_S", "PULL_S", "WARMUP_S", "load_seconds"):
         assert not hasattr(node, name), name
     for settings in (settings_ssh(), settings_local()):  # vLLM and llama.cpp
-        spec = node.node_specs(settings)[0]
+        spec = machines.node_specs(settings)[0]
         preset = settings.model.spec
         model = node.compose_dict(settings, spec)["services"]["model"]
         assert model["healthcheck"]["start_period"] == f"{planner.load_budget_seconds(preset)}s"
@@ -397,7 +419,7 @@ def test_time_budgets_come_from_the_planner_only() -> None:
         )  # fmt: skip
         assert f"CODERIG_BUDGET_SECONDS={budget} " in commands.wait_command(settings, spec)
     external = settings_external()
-    fd = node.node_specs(external)[0]
+    fd = machines.node_specs(external)[0]
     assert f"CODERIG_BUDGET_SECONDS={planner.ready_budget_seconds(None)} " in commands.wait_command(external, fd)
     assert planner.ready_budget_seconds(None) == math.ceil(planner.IMAGE_PULL_S * 1.5)
 
@@ -428,7 +450,7 @@ def test_nginx_accepts_the_gateway_config_coderig_render_writes(tmp_path: Path, 
         developer_keys={"alice": "crk-" + "a" * 40, "bob": "crk-" + "b" * 40},
         tls_cert=(tmp_path / "c.pem").read_text(), tls_key=(tmp_path / "k.pem").read_text(),
     )  # fmt: skip
-    spec = node.node_specs(parse_settings({**ssh_config(), "sshPrivateKey": "k"}))[0]
+    spec = machines.node_specs(parse_settings({**ssh_config(), "sshPrivateKey": "k"}))[0]
     files = node.node_secret_files(spec, secrets)
     mounts = {  # compose.yaml's gateway volumes: bundle path -> path under /etc/nginx
         node.GATEWAY_KEYS: "secrets/gateway-keys.conf",
@@ -487,7 +509,7 @@ def test_node_gateway_forwards_with_its_own_keys_never_the_developers(tmp_path: 
         sock.bind(("127.0.0.1", 0))
         gw_port = sock.getsockname()[1]
     s = parse_settings({**ssh_config(), "sshPrivateKey": "k"})
-    spec = node.node_specs(s)[0]
+    spec = machines.node_specs(s)[0]
     secrets = node.NodeSecrets(model_api_key=model_key, litellm_master_key=master,
                                developer_keys={"alice": dev_key})  # fmt: skip
     (tmp_path / "keys.conf").write_text(node.node_secret_files(spec, secrets)[node.GATEWAY_KEYS].content)

@@ -20,7 +20,7 @@ from sshhost import SshHost, keygen, ssh_run
 
 from coderig.core import hostkeys
 from coderig.core.settings import StackSettings, parse_settings
-from coderig.targets.compose import commands
+from coderig.targets.compose import commands, machines
 from coderig.targets.compose import spec as node
 
 pytestmark = [
@@ -51,7 +51,7 @@ def ssh_settings(host: SshHost, cache_path: Path, *, cpu: bool = False, **model:
 def preflight_over_ssh(host: SshHost, settings: StackSettings) -> subprocess.CompletedProcess[str]:
     t = settings.target
     assert t.kind == "ssh"
-    spec = node.node_specs(settings)[0]
+    spec = machines.node_specs(settings)[0]
     return ssh_run(host, commands.preflight_command(settings, spec, t.hosts[0]))
 
 
@@ -110,7 +110,7 @@ def test_unpinned_host_is_refused_unless_insecure_is_set(ssh_host: SshHost) -> N
 def test_bundle_copy_over_ssh_via_stdin_keeps_secret_modes(ssh_host: SshHost, tmp_path: Path) -> None:
     """The bundle step: the archive travels on stdin (never on the command line), modes survive."""
     settings = ssh_settings(ssh_host, tmp_path / "cache")
-    spec = node.node_specs(settings)[0]
+    spec = machines.node_specs(settings)[0]
     secrets = node.NodeSecrets(
         model_api_key="m" * 24, litellm_master_key="sk-" + "x" * 24, developer_keys={"alice": "crk-" + "a" * 24},
         tls_cert="CERT", tls_key="KEY",
@@ -146,7 +146,7 @@ def test_every_node_step_over_ssh_in_order(ssh_host: SshHost, tmp_path: Path) ->
     settings = ssh_settings(ssh_host, roomy_disk / "cache", cpu=True)
     t = settings.target
     assert t.kind == "ssh"
-    spec = node.node_specs(settings)[0]
+    spec = machines.node_specs(settings)[0]
     bundle_dir = str(tmp_path / "opt-coderig")
     plan = node_plan(settings, spec, bundle_dir=bundle_dir, host=t.hosts[0], user="root", install=True)
     secrets = node.NodeSecrets(
@@ -186,7 +186,7 @@ def test_every_node_step_over_ssh_in_order(ssh_host: SshHost, tmp_path: Path) ->
     assert f"exec -T gateway wget -q -O - --no-check-certificate https://127.0.0.1:{port}/healthz" in log
     assert "through the gateway" in out
     assert f"compose --project-directory {bundle_dir} -p coderig up -d --remove-orphans" in log
-    assert "up -d --no-deps --force-recreate litellm gateway" in log
+    assert "up -d --no-deps --force-recreate litellm keepalive gateway" in log
 
     # delete: compose down, secrets gone, weights (cache) and the bundle's public files stay
     (roomy_disk / "cache" / "hf").mkdir()

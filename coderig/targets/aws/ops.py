@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from coderig.core.errors import INVALID, REFUSED, UserError
-from coderig.core.settings import StackSettings
+from coderig.core.settings import DEFAULT_GATEWAY_PORT, StackSettings
 from coderig.runtime import idle
 from coderig.runtime.aws_reaper import (
     InstanceReport,
@@ -62,7 +62,7 @@ def resolve_target(args: argparse.Namespace, settings: StackSettings | None) -> 
         if not region:
             raise UserError(f"no Pulumi.{stack}.yaml here: pass --config FILE, or --region REGION")
         cfg = ReaperConfig(stack=stack, signals=NODE_SIGNALS)
-        port = args.port or 8443
+        port = args.port or DEFAULT_GATEWAY_PORT
     if overrides:
         cfg = ReaperConfig(**{**{f: getattr(cfg, f) for f in cfg.__dataclass_fields__}, **overrides})
     return StackTarget(region=str(region), gateway_port=int(port), reaper=cfg)

@@ -10,19 +10,21 @@ from collections.abc import Mapping, Sequence
 from coderig.core import engine, versions
 from coderig.core import files as render
 from coderig.core.settings import SshHost, StackSettings
+from coderig.frontdoor import links
 from coderig.runtime.scripts import script_text
+from coderig.targets.compose.machines import NodeSpec, ready_budget_seconds
 from coderig.targets.compose.spec import (
     HF_HOME_SUBDIR,
+    KEEPALIVE_DIR,
+    LINK_SERVICE,
     PROJECT,
     REMOTE_BUNDLE_DIR,
     SECRETS_DIR,
     TLS_DIR,
     UP_LOG,
-    NodeSpec,
     bundle_hash,
     compose_dict,
     gateway_url,
-    ready_budget_seconds,
 )
 
 
@@ -48,6 +50,7 @@ def node_ports(settings: StackSettings, spec: NodeSpec) -> list[int]:
         ports.append(engine.MODEL_PORT)
     if spec.role in ("full", "frontdoor"):
         ports += [engine.LITELLM_PORT, settings.gateway.port]
+    ports += [int(links.link_listen(i).rpartition(":")[2]) for i, _ in spec.replica_links]
     return ports
 
 
@@ -99,7 +102,8 @@ def copy_command(bundle_dir: str = REMOTE_BUNDLE_DIR, user: str | None = None) -
         "set -euo pipefail; umask 077; "
         f"mkdir -p {d}; tmp=$(mktemp -d {d}/.incoming.XXXXXX); "
         'base64 -d | tar -xzpf - --no-same-owner -C "$tmp"; '
-        f"rm -rf {d}/compose.yaml {d}/scripts {d}/litellm {d}/gateway {d}/{SECRETS_DIR} {d}/{TLS_DIR}; "
+        f"rm -rf {d}/compose.yaml {d}/scripts {d}/litellm {d}/gateway {d}/{KEEPALIVE_DIR} {d}/{LINK_SERVICE} "
+        f"{d}/{SECRETS_DIR} {d}/{TLS_DIR}; "
         f'cp -a "$tmp"/. {d}/; rm -rf "$tmp"; chmod 0755 {d}; '
         f"echo bundle unpacked in {bundle_dir}"
     )
@@ -151,15 +155,17 @@ def up_command(bundle_dir: str = REMOTE_BUNDLE_DIR, user: str | None = None) -> 
     )
 
 
-def frontdoor_reload_command(bundle_dir: str = REMOTE_BUNDLE_DIR, user: str | None = None) -> str:
-    """Recreate only the front door's services (LiteLLM, the keepalive relay where there is one, the
-    gateway: new keys, config, certificate); the model keeps running. Until the first `up` has
-    created them there is nothing to recreate."""
+def frontdoor_reload_command(
+    services: Sequence[str], bundle_dir: str = REMOTE_BUNDLE_DIR, user: str | None = None
+) -> str:
+    """Recreate only the front services (`spec.front_services`: LiteLLM, the keepalive relay, the
+    replica link, the gateway: new keys, config, certificates); the model keeps running. Until the
+    first `up` has created the last of them there is nothing to recreate."""
     c = _compose(bundle_dir, user)
-    front = f"svcs=$({c} config --services 2>/dev/null | grep -Ex 'litellm|keepalive|gateway' | tr '\\n' ' ')"
+    names = " ".join(services)
     return (
-        f'if [ -n "$({c} ps -a -q gateway 2>/dev/null)" ]; then {front}; '
-        f"{c} up -d --no-deps --force-recreate ${{svcs:-litellm gateway}}; else echo gateway not created yet; fi"
+        f'if [ -n "$({c} ps -a -q {services[-1]} 2>/dev/null)" ]; then '
+        f"{c} up -d --no-deps --force-recreate {names}; else echo {services[-1]} not created yet; fi"
     )
 
 
@@ -172,7 +178,8 @@ def down_command(bundle_dir: str = REMOTE_BUNDLE_DIR, user: str | None = None) -
 def wait_command(
     settings: StackSettings, spec: NodeSpec, bundle_dir: str = REMOTE_BUNDLE_DIR, user: str | None = None
 ) -> str:
-    services = [s for s in ("model", "litellm", "gateway") if s in compose_dict(settings, spec)["services"]]
+    present = compose_dict(settings, spec)["services"]
+    services = [s for s in ("model", LINK_SERVICE, "litellm", "gateway") if s in present]
     env = {
         "CODERIG_BUNDLE_DIR": bundle_dir,
         "CODERIG_PROJECT": PROJECT,
@@ -183,6 +190,8 @@ def wait_command(
     if "gateway" in services:
         # last, one request through the gateway: /healthz answers 200 only when LiteLLM is alive and
         # the model server behind it (the external endpoint for a front door) reports healthy
+        # and, with replicas, one GET of each one's /health through its TLS link: the link carries
         env["CODERIG_GATEWAY_SERVICE"] = "gateway"
-        env["CODERIG_GATEWAY_URL"] = gateway_url(spec, "/healthz")
+        links_health = [f"http://{links.link_listen(i)}/health" for i, _ in spec.replica_links]
+        env["CODERIG_GATEWAY_URL"] = " ".join([gateway_url(spec, "/healthz"), *links_health])
     return script_command("wait-ready.sh", env, user=user)

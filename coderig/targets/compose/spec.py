@@ -4,8 +4,10 @@ A node is a machine (an `ssh` host, this workstation, later an AWS instance) tha
 Compose and host networking:
 
   weights  (one-shot)  downloads the model into the cache volume in the Hugging Face layout
-  model                vLLM (GPUs) or llama.cpp (CPU dev preset), bound to 127.0.0.1
-                       (or to the host's private address on extra replicas, behind an API key)
+  model                vLLM (GPUs) or llama.cpp (CPU dev preset), bound to 127.0.0.1, behind an API key
+  link                 on extra replicas: mutual TLS on the host's private address in front of the
+                       model server (coderig.frontdoor.links)
+  links                on the first host of several: one loopback listener per replica, TLS to its link
   litellm              Anthropic/Responses <-> OpenAI translation, on 127.0.0.1   (first host only)
   gateway              nginx, TLS, per-developer keys: the only public listener   (first host only)
 
@@ -23,8 +25,7 @@ import io
 import json
 import tarfile
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
@@ -33,6 +34,7 @@ from coderig.core import engine, planner, versions
 from coderig.core import files as render
 from coderig.core.secrets import NodeSecrets
 from coderig.core.settings import StackSettings
+from coderig.frontdoor import links
 from coderig.frontdoor.assemble import (
     MODEL_API_KEY_ENV,
     RELAY_FILE,
@@ -43,7 +45,9 @@ from coderig.frontdoor.assemble import (
     model_health_url,
     relay_command,
 )
+from coderig.frontdoor.litellm import DEFAULT_TIMEOUT_S
 from coderig.runtime.scripts import SCRIPT_NAMES, script_text
+from coderig.targets.compose.machines import NodeSpec, has_link, node_specs
 
 PROJECT = "coderig"
 REMOTE_BUNDLE_DIR = "/opt/coderig"
@@ -53,78 +57,6 @@ HF_HOME_SUBDIR = HF_HOME.removeprefix(CACHE_MOUNT).lstrip("/")  # "hf"
 SECRETS_DIR = "secrets"
 UP_LOG = "up.log"
 TLS_DIR = "tls"
-
-# Time budgets (throughputs, image pull, warm-up) live in coderig.planner, shared with kube.
-
-
-NodeRole = Literal["full", "replica", "frontdoor"]
-
-
-def ready_budget_seconds(settings: StackSettings, spec: NodeSpec) -> int:
-    """The readiness wait of one machine: planner's budget for its preset (none for a front door)."""
-    if spec.role == "frontdoor":
-        return planner.ready_budget_seconds(None)
-    return planner.ready_budget_seconds(settings.model.spec)
-
-
-# ---------------------------------------------------------------- the node's shape
-
-
-@dataclass(frozen=True)
-class NodeSpec:
-    """What one machine runs. Built from settings by `node_spec`; everything below is derived."""
-
-    role: NodeRole
-    cache_path: str  # host path of the cache volume, mounted at /cache
-    model_bind: str = engine.MODEL_HOST  # address the model server binds
-    gpu_count: int = 0  # 0: CPU (llama.cpp)
-    gateway_listen: str = "0.0.0.0:8443"
-    # OpenAI base URLs of every model replica (LiteLLM balances across them); full/frontdoor only
-    backends: tuple[str, ...] = ()
-    tls: bool = True
-    litellm_workers: int = 1  # full/frontdoor: sized from the concurrency the plan allows
-    health_path: str = "/health"  # what the gateway's /healthz asks backends[0] (vLLM's own: /health)
-
-
-def _backend_url(host: str, port: int = engine.MODEL_PORT) -> str:
-    return f"http://{host}:{port}/v1"
-
-
-EXTERNAL_LITELLM_WORKERS = 4  # the endpoint's capacity is unknown: room for ~48 streams
-
-
-def node_specs(settings: StackSettings, cache_path: str | None = None) -> list[NodeSpec]:
-    """One NodeSpec per machine of a compose-based stack (local, ssh, aws, external), first first.
-
-    With several machines the first runs the model, LiteLLM and the gateway and balances over the
-    others, which run the model only, bound to their private address (`target.replica_addresses`).
-    A target that serves no model (external) gets one front door for its endpoint.
-    """
-    t = settings.target
-    listen = f"0.0.0.0:{settings.gateway.port}"
-    path = cache_path or t.node_cache_path
-    if not t.serves_model:
-        endpoint = str(getattr(t, "endpoint"))  # noqa: B009 - every front-door-only target has one
-        health_path = str(getattr(t, "healthPath"))  # noqa: B009 - and says how to probe it
-        return [
-            NodeSpec(
-                role="frontdoor", cache_path=path, gateway_listen=listen, backends=(endpoint,),
-                litellm_workers=EXTERNAL_LITELLM_WORKERS, health_path=health_path,
-            )
-        ]  # fmt: skip
-    p = planner.plan_stack(settings)
-    replicas = t.replica_addresses
-    first = NodeSpec(
-        role="full",
-        cache_path=path,
-        gpu_count=p.gpu_count,
-        gateway_listen=listen,
-        backends=(_backend_url(engine.MODEL_HOST), *(_backend_url(a) for a in replicas)),
-        litellm_workers=frontdoor.litellm_workers(p.max_concurrent_requests),
-    )
-    return [first, *(NodeSpec(role="replica", cache_path=path, model_bind=a, gpu_count=p.gpu_count)
-                     for a in replicas)]  # fmt: skip
-
 
 # ---------------------------------------------------------------- the compose file
 
@@ -171,16 +103,16 @@ def model_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
         "env_file": [f"{SECRETS_DIR}/model.env"],
         "volumes": [f"{spec.cache_path}:{CACHE_MOUNT}"],
     }
-    health_url = f"http://{spec.model_bind}:{engine.MODEL_PORT}/health"
+    health_url = f"http://{engine.MODEL_HOST}:{engine.MODEL_PORT}/health"
     if preset.engine == "llama.cpp":
-        args = engine.llamacpp_args(settings.model, engine.gguf_path(preset, CACHE_MOUNT), host=spec.model_bind)
+        args = engine.llamacpp_args(settings.model, engine.gguf_path(preset, CACHE_MOUNT))
         return base | {
             "image": versions.LLAMACPP_IMAGE,
             "command": args,
             "environment": {"HF_HOME": HF_HOME, "LLAMA_ARG_THREADS": "-1"},
             "healthcheck": _healthcheck(["CMD", "curl", "-fsS", health_url], start),
         }
-    args = engine.vllm_args(settings.model, planner.plan_stack(settings).layout, host=spec.model_bind)
+    args = engine.vllm_args(settings.model, planner.plan_stack(settings).layout)
     return base | {
         "image": versions.VLLM_IMAGE,
         "entrypoint": ["vllm", "serve"],
@@ -302,6 +234,42 @@ def gateway_service(spec: NodeSpec) -> dict[str, Any]:
     }
 
 
+LINK_SERVICE = "link"
+LINK_CONF = "link/nginx.conf"
+LINK_CERT = f"{TLS_DIR}/link.crt"
+LINK_CA = f"{TLS_DIR}/link-ca.crt"
+LINK_KEY = f"{SECRETS_DIR}/link.key"
+LINK_PATHS = links.LinkPaths(cert=f"/etc/nginx/{LINK_CERT}", key=f"/etc/nginx/{LINK_KEY}", ca=f"/etc/nginx/{LINK_CA}")
+
+
+def link_conf(spec: NodeSpec, paths: links.LinkPaths = LINK_PATHS) -> str:
+    """This machine's end of its replica links (has_link(spec) must hold)."""
+    if spec.role == "replica":
+        if not spec.link_address:
+            raise ValueError("NodeSpec: a replica needs its link_address")
+        host = f"[{spec.link_address}]" if ":" in spec.link_address else spec.link_address
+        model = f"{engine.MODEL_HOST}:{engine.MODEL_PORT}"
+        return links.render_server_conf(f"{host}:{engine.MODEL_PORT}", model, paths, DEFAULT_TIMEOUT_S)
+    return links.render_client_conf(spec.replica_links, engine.MODEL_PORT, paths, DEFAULT_TIMEOUT_S)
+
+
+def link_service(spec: NodeSpec) -> dict[str, Any]:
+    """The link's nginx (the pinned gateway image: its stream module is built in). The first
+    machine's readiness wait ends with each replica's /health fetched through its link
+    (commands.wait_command), so `ready` says so when a link does not carry."""
+    svc: dict[str, Any] = {
+        "image": versions.NGINX_IMAGE,
+        "network_mode": "host",
+        "restart": "unless-stopped",
+        "command": ["nginx", "-c", "/etc/nginx/coderig/link.conf"],
+        "volumes": [
+            f"./{LINK_CONF}:/etc/nginx/coderig/link.conf:ro",
+            *(f"./{f}:/etc/nginx/{f}:ro" for f in (LINK_CERT, LINK_CA, LINK_KEY)),
+        ],
+    }
+    return svc | ({"depends_on": {"model": {"condition": "service_started"}}} if spec.role == "replica" else {})
+
+
 KEEPALIVE_DIR = "keepalive"  # bundle directory on PYTHONPATH in the keepalive container
 KEEPALIVE_MOUNT = "/opt/coderig-keepalive"
 
@@ -328,6 +296,8 @@ def compose_dict(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
     if spec.role in ("full", "replica"):
         services["weights"] = weights_service(settings, spec)
         services["model"] = model_service(settings, spec)
+    if has_link(spec):
+        services[LINK_SERVICE] = link_service(spec)
     if spec.role in ("full", "frontdoor"):
         services["litellm"] = litellm_service(spec)
         keepalive = keepalive_service(settings, spec)
@@ -335,6 +305,15 @@ def compose_dict(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
             services["keepalive"] = keepalive
         services["gateway"] = gateway_service(spec)
     return {"name": PROJECT, "services": services}
+
+
+FRONT_SERVICES = ("litellm", "keepalive", LINK_SERVICE, "gateway")  # every service but the model's
+
+
+def front_services(settings: StackSettings, spec: NodeSpec) -> list[str]:
+    """The services of this machine the `frontdoor` step recreates, in creation order."""
+    present = compose_dict(settings, spec)["services"]
+    return [s for s in FRONT_SERVICES if s in present]
 
 
 def compose_text(settings: StackSettings, spec: NodeSpec) -> str:
@@ -362,6 +341,8 @@ def node_files(settings: StackSettings, spec: NodeSpec) -> render.Bundle:
         files[GATEWAY_CONF] = render.RenderedFile(frontdoor.render_gateway_conf(gateway))
         if gateway.native_routes:
             files[f"{KEEPALIVE_DIR}/{RELAY_FILE}"] = render.RenderedFile(script_text("sse_keepalive.py"))
+    if has_link(spec):
+        files[LINK_CONF] = render.RenderedFile(link_conf(spec))
     return files
 
 
@@ -372,9 +353,22 @@ def _env_file(values: Mapping[str, str]) -> str:
     return "".join(f"{k}={v}\n" for k, v in values.items())
 
 
+def link_secret_files(spec: NodeSpec, secrets: NodeSecrets) -> render.Bundle:
+    """This machine's link certificate, its key (0600) and the internal CA; {} without a link."""
+    if not has_link(spec):
+        return {}
+    if secrets.link is None:
+        raise ValueError("NodeSecrets: this machine has a replica link but no link certificate")
+    return {
+        LINK_CERT: render.RenderedFile(secrets.link.cert, 0o644),
+        LINK_CA: render.RenderedFile(secrets.link.ca_cert, 0o644),
+        LINK_KEY: render.RenderedFile(secrets.link.key, 0o600),
+    }
+
+
 def model_secret_files(spec: NodeSpec, secrets: NodeSecrets) -> render.Bundle:
-    """The model server's 0600 files alone (HF token, model API key): all a replica holds, and
-    what the model half of `service_hashes` reads."""
+    """The model server's 0600 files alone (HF token, model API key), and a replica's link
+    certificate: all a replica holds. The model half of `service_hashes` reads the first two."""
     if spec.role not in ("full", "replica"):
         return {}
     hf = {"HF_TOKEN": secrets.hf_token} if secrets.hf_token else {}
@@ -383,6 +377,7 @@ def model_secret_files(spec: NodeSpec, secrets: NodeSecrets) -> render.Bundle:
         f"{SECRETS_DIR}/model.env": render.RenderedFile(
             _env_file({"VLLM_API_KEY": secrets.model_api_key, "LLAMA_API_KEY": secrets.model_api_key}), 0o600
         ),
+        **(link_secret_files(spec, secrets) if spec.role == "replica" else {}),
     }
 
 
@@ -404,6 +399,7 @@ def node_secret_files(spec: NodeSpec, secrets: NodeSecrets) -> render.Bundle:
         if spec.tls:
             files[f"{TLS_DIR}/server.crt"] = render.RenderedFile(secrets.tls_cert, 0o644)
             files[f"{SECRETS_DIR}/server.key"] = render.RenderedFile(secrets.tls_key, 0o600)
+        files |= link_secret_files(spec, secrets)
     return files
 
 
@@ -419,7 +415,8 @@ def bundle_hash(files: render.Bundle) -> str:
 def service_hashes(settings: StackSettings, spec: NodeSpec, secret_files: render.Bundle) -> dict[str, str]:
     """Two hashes: `model` (weights + model server definitions and their env) and `frontdoor`
     (LiteLLM + gateway definitions, configs, keys, TLS). A new developer key changes only
-    `frontdoor`, so it restarts the gateway, never the model server."""
+    `frontdoor`, so it restarts the gateway, never the model server. The replica links are in the
+    `frontdoor` half on every machine: a renewed link certificate restarts a link, not a model."""
     compose = compose_dict(settings, spec)["services"]
     files = node_files(settings, spec) | secret_files
 
@@ -434,7 +431,7 @@ def service_hashes(settings: StackSettings, spec: NodeSpec, secret_files: render
     return {
         "model": h(("weights", "model"), ("scripts/", f"{SECRETS_DIR}/weights.env", f"{SECRETS_DIR}/model.env")),
         "frontdoor": h(
-            ("litellm", "keepalive", "gateway"),
+            FRONT_SERVICES,
             (
                 "litellm/",
                 f"{KEEPALIVE_DIR}/",
@@ -443,6 +440,8 @@ def service_hashes(settings: StackSettings, spec: NodeSpec, secret_files: render
                 GATEWAY_KEYS,
                 TLS_DIR,
                 f"{SECRETS_DIR}/server",
+                "link/",
+                LINK_KEY,
             ),
         ),
     }

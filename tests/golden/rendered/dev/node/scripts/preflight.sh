@@ -32,6 +32,15 @@ for arg in "$@"; do
       printf -v "$key" '%s' "${arg#*=}"
       export "${key?}"
       ;;
+    -h | --help)
+      # the script's header comment: what it does and every parameter
+      if [ -f "${BASH_SOURCE[0]:-}" ]; then
+        sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
+      else
+        echo "preflight: see the header of scripts/SCRIPT.sh in the node bundle"
+      fi
+      exit 0
+      ;;
     *)
       echo "preflight: usage error: unknown argument '$arg' (use --name=value)" >&2
       exit 2

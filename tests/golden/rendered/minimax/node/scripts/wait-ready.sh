@@ -11,8 +11,9 @@
 #   CODERIG_WEIGHTS_SERVICE  one-shot download service, must exit 0 (default weights; "" for none)
 #   CODERIG_POLL_SECONDS     seconds between checks (default 10)
 #   CODERIG_LOG_LINES        log lines printed on failure (default 60)
-#   CODERIG_GATEWAY_URL      when set, ready also needs one GET of this URL (the gateway's /healthz, which
-#                            answers 200 only when LiteLLM and the model server behind it are ready) to
+#   CODERIG_GATEWAY_URL      when set, ready also needs one GET of each of these URLs (space-separated: the
+#                            gateway's /healthz, which answers 200 only when LiteLLM and the model server
+#                            behind it are ready, and each replica's /health through its TLS link) to
 #                            succeed, run with busybox wget inside the gateway container (default: none)
 #   CODERIG_GATEWAY_SERVICE  the service that runs that GET (default gateway)
 #   CODERIG_UP_LOG           log of the background `docker compose up -d` (default $CODERIG_BUNDLE_DIR/up.log);
@@ -29,6 +30,15 @@ for arg in "$@"; do
       key="CODERIG_$(printf '%s' "$key" | tr 'a-z-' 'A-Z_')"
       printf -v "$key" '%s' "${arg#*=}"
       export "${key?}"
+      ;;
+    -h | --help)
+      # the script's header comment: what it does and every parameter
+      if [ -f "${BASH_SOURCE[0]:-}" ]; then
+        sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
+      else
+        echo "wait-ready: see the header of scripts/SCRIPT.sh in the node bundle"
+      fi
+      exit 0
       ;;
     *)
       echo "wait-ready: usage error: unknown argument '$arg' (use --name=value)" >&2
@@ -79,9 +89,17 @@ check_up_log() {
     last_progress="$line"
   fi
 }
-# One request through the gateway, from inside its container (host networking: the node's loopback).
+# One request per URL from inside the gateway container (host networking: the node's loopback); prints
+# the last answer, or which URL failed and how.
 probe_gateway() {
-  compose exec -T "$GATEWAY_SERVICE" wget -q -O - --no-check-certificate "$GATEWAY_URL" 2>&1
+  local url out=""
+  for url in $GATEWAY_URL; do
+    if ! out="$(compose exec -T "$GATEWAY_SERVICE" wget -q -O - --no-check-certificate "$url" 2>&1)"; then
+      printf '%s through the gateway failed: %s' "$url" "$out"
+      return 1
+    fi
+  done
+  printf '%s' "$out"
 }
 last_line() { # $1 service, $2 optional grep pattern
   compose logs --no-color --no-log-prefix --tail 50 "$1" 2>/dev/null | tr '\r' '\n' |
@@ -145,7 +163,7 @@ while :; do
         exit 0
       fi
       not_ready="$GATEWAY_SERVICE"
-      why="GET $GATEWAY_URL through the gateway failed: $(printf '%s' "$probe" | tr '\n' ' ' | cut -c1-200)"
+      why="GET $(printf '%s' "$probe" | tr '\n' ' ' | cut -c1-300)"
       if [[ "$why" != "$last_progress" ]]; then
         say "[$((elapsed / 60))m$((elapsed % 60))s] $why"
         last_progress="$why"

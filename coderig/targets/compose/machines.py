@@ -1,0 +1,89 @@
+"""What each machine of a compose-based stack (local, ssh, aws, external) runs: its role, its model
+server's size, its backends and its replica links. Pure; `spec` turns a NodeSpec into files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from coderig import frontdoor
+from coderig.core import engine, planner
+from coderig.core.settings import DEFAULT_GATEWAY_PORT, StackSettings
+from coderig.frontdoor import links
+
+# Time budgets (throughputs, image pull, warm-up) live in coderig.planner, shared with kube.
+
+
+NodeRole = Literal["full", "replica", "frontdoor"]
+
+
+def ready_budget_seconds(settings: StackSettings, spec: NodeSpec) -> int:
+    """The readiness wait of one machine: planner's budget for its preset (none for a front door)."""
+    if spec.role == "frontdoor":
+        return planner.ready_budget_seconds(None)
+    return planner.ready_budget_seconds(settings.model.spec)
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """What one machine runs. Built from settings by `node_spec`; everything below is derived."""
+
+    role: NodeRole
+    cache_path: str  # host path of the cache volume, mounted at /cache
+    gpu_count: int = 0  # 0: CPU (llama.cpp)
+    gateway_listen: str = f"0.0.0.0:{DEFAULT_GATEWAY_PORT}"
+    # OpenAI base URLs of every model replica (LiteLLM balances across them); full/frontdoor only
+    backends: tuple[str, ...] = ()
+    # full: (index, private address) of each replica, reached through its TLS link (coderig.frontdoor.links)
+    replica_links: tuple[tuple[int, str], ...] = ()
+    link_address: str | None = None  # replica: its private address, where its link terminates TLS
+    tls: bool = True
+    litellm_workers: int = 1  # full/frontdoor: sized from the concurrency the plan allows
+    health_path: str = "/health"  # what the gateway's /healthz asks backends[0] (vLLM's own: /health)
+
+
+def _backend_url(host: str, port: int = engine.MODEL_PORT) -> str:
+    return f"http://{host}:{port}/v1"
+
+
+EXTERNAL_LITELLM_WORKERS = 4  # the endpoint's capacity is unknown: room for ~48 streams
+
+
+def node_specs(settings: StackSettings, cache_path: str | None = None) -> list[NodeSpec]:
+    """One NodeSpec per machine of a compose-based stack (local, ssh, aws, external), first first.
+
+    With several machines the first runs the model, LiteLLM and the gateway and balances over the
+    others, which run the model only; each replica's model server is reached through its mutual-TLS
+    link on its private address (`target.replica_addresses`), never in clear.
+    A target that serves no model (external) gets one front door for its endpoint.
+    """
+    t = settings.target
+    listen = f"0.0.0.0:{settings.gateway.port}"
+    path = cache_path or t.node_cache_path
+    if not t.serves_model:
+        endpoint = str(getattr(t, "endpoint"))  # noqa: B009 - every front-door-only target has one
+        health_path = str(getattr(t, "healthPath"))  # noqa: B009 - and says how to probe it
+        return [
+            NodeSpec(
+                role="frontdoor", cache_path=path, gateway_listen=listen, backends=(endpoint,),
+                litellm_workers=EXTERNAL_LITELLM_WORKERS, health_path=health_path,
+            )
+        ]  # fmt: skip
+    p = planner.plan_stack(settings)
+    replicas = tuple(enumerate(t.replica_addresses, start=1))
+    first = NodeSpec(
+        role="full",
+        cache_path=path,
+        gpu_count=p.gpu_count,
+        gateway_listen=listen,
+        backends=(_backend_url(engine.MODEL_HOST), *(f"http://{links.link_listen(i)}/v1" for i, _ in replicas)),
+        replica_links=replicas,
+        litellm_workers=frontdoor.litellm_workers(p.max_concurrent_requests),
+    )
+    return [first, *(NodeSpec(role="replica", cache_path=path, gpu_count=p.gpu_count, link_address=a)
+                     for _, a in replicas)]  # fmt: skip
+
+
+def has_link(spec: NodeSpec) -> bool:
+    """A replica, or the first machine of several: model traffic between them goes over the link."""
+    return spec.role == "replica" or bool(spec.replica_links)
