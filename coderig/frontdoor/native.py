@@ -3,9 +3,9 @@
 keepalive relay (coderig.runtime.sse_keepalive, one loopback listener per model server), with
 the developer's session pinned to one replica. Pure: returns nginx config lines.
 
-Why (bench/frontdoor_bench.py, README): LiteLLM translating Anthropic <-> OpenAI costs ~1.4 ms of
-CPU per streamed chunk, a third of the direct throughput at 64 streams; the model server's own
-endpoint costs the gateway nothing per chunk.
+Why (bench/frontdoor_bench.py, bench/results/): LiteLLM translating Anthropic <-> OpenAI costs ~1.4 ms
+of CPU per streamed chunk, a third to a half of the direct throughput at 64 streams on 2 cores; the
+model server's own endpoint costs the gateway nothing per chunk.
 
 A name the model server does not serve (Claude Code's `claude-haiku-…` background calls) gets a
 404 "The model `X` does not exist." from vLLM: the request body is buffered, so nginx replays the

@@ -123,6 +123,20 @@ def test_readme_test_command_is_what_ci_runs() -> None:
     assert [c.split("#")[0].strip() for c in pytest_lines] == ["uv run pytest"]
 
 
+def test_readme_quick_run_selects_the_fast_tests_only() -> None:
+    """The quick run the README names, as written, but collect-only (running it here would run this
+    test again): it keeps the pure and mock tests and leaves out every integration test."""
+    quick = re.search(r"`(uv run pytest -m [^`]+)` is the quick run", README.read_text())
+    assert quick, "the README names its quick run"
+    proc = subprocess.run(["bash", "-c", quick.group(1) + " --collect-only -q"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
+    summary = proc.stdout.strip().splitlines()[-1]  # "N/M tests collected (K deselected) in …"
+    selected, deselected = map(int, re.findall(r"(\d+)(?:/\d+ tests collected| deselected)", summary))
+    assert selected > 300 and deselected > 50, summary
+    assert "test_replica_link.py" not in proc.stdout and "test_links.py" in proc.stdout
+
+
 def test_readme_plan_example_is_what_plan_prints(tmp_path: Path) -> None:
     example = next(b for b in readme_blocks("") if b.startswith("$ uv run coderig plan"))
     command, *expected = example.rstrip("\n").splitlines()

@@ -241,3 +241,8 @@ def test_one_session_one_replica_sessions_spread_and_a_dead_replica_fails_over(t
                 assert landed(replicas, s)[1] == 2
         failed = [e for e in access_log(door) if e["status"] != "200"]
         assert not failed, failed
+        # the dead replica cost one failed attempt in all, not one per orphaned session or per worker:
+        # max_fails=1 in a zone every worker shares keeps it out for fail_timeout (30 s)
+        errors = (door.state_dir / "gateway-error.log").read_text().splitlines()
+        attempts = [ln for ln in errors if "upstream prematurely closed" in ln or "connect() failed" in ln]
+        assert len(orphans) >= 4 and len(attempts) == 1, attempts
