@@ -35,9 +35,13 @@ def replica_name(index: int) -> str:
     return f"replica-{index}.{LINK_DOMAIN}"
 
 
+def link_port(index: int) -> int:
+    return LINK_PORT + index
+
+
 def link_listen(index: int) -> str:
     """host:port on the first machine that reaches replica `index` through its link."""
-    return f"127.0.0.1:{LINK_PORT + index}"
+    return f"127.0.0.1:{link_port(index)}"
 
 
 @dataclass(frozen=True)

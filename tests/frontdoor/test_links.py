@@ -29,7 +29,7 @@ def test_client_end_verifies_each_replica_by_its_own_name_over_tls13() -> None:
     servers = conf.split("server {")[1:]
     assert len(servers) == 2
     for index, (server, target) in enumerate(zip(servers, ("10.0.0.6:8000", "[fd00::7]:8000"), strict=True), 1):
-        assert f"listen 127.0.0.1:{links.LINK_PORT + index};" in server  # loopback only
+        assert f"listen 127.0.0.1:{links.link_port(index)};" in server  # loopback only
         assert f"proxy_pass {target};" in server
         assert f"proxy_ssl_name replica-{index}.coderig.internal;" in server
         for line in ("proxy_ssl on;", "proxy_ssl_verify on;", "proxy_ssl_protocols TLSv1.3;",

@@ -231,7 +231,7 @@ def test_nothing_crosses_between_hosts_in_clear(hosts: tuple[Host, Host], tmp_pa
     start_link(b, nginx, replica, replica_tls, "link")
     b.wait_port(8000, b.address)
     start_link(a, nginx, first, client_tls, "link")
-    a.wait_port(links.LINK_PORT + 1)
+    a.wait_port(links.link_port(1))
     start_gateway(a, nginx, settings, first)
 
     wire = capture(b, b.interface, tmp_path / "wire.pcap")
@@ -271,7 +271,7 @@ def test_both_ends_of_the_link_authenticate(hosts: tuple[Host, Host], tmp_path: 
     first = machines.NodeSpec(role="full", cache_path="/c", replica_links=((1, b.address),))
     record_b = start_model(b)
     start_link(a, nginx, first, client_tls, "link")
-    a.wait_port(links.LINK_PORT + 1)
+    a.wait_port(links.link_port(1))
 
     def health_through_link() -> str:
         return a.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",

@@ -50,7 +50,7 @@ def node_ports(settings: StackSettings, spec: NodeSpec) -> list[int]:
         ports.append(engine.MODEL_PORT)
     if spec.role in ("full", "frontdoor"):
         ports += [engine.LITELLM_PORT, settings.gateway.port]
-    ports += [int(links.link_listen(i).rpartition(":")[2]) for i, _ in spec.replica_links]
+    ports += [links.link_port(i) for i, _ in spec.replica_links]
     return ports
 
 

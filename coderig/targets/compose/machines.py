@@ -26,7 +26,7 @@ def ready_budget_seconds(settings: StackSettings, spec: NodeSpec) -> int:
 
 @dataclass(frozen=True)
 class NodeSpec:
-    """What one machine runs. Built from settings by `node_spec`; everything below is derived."""
+    """What one machine runs. Built from settings by `node_specs`; everything below is derived."""
 
     role: NodeRole
     cache_path: str  # host path of the cache volume, mounted at /cache

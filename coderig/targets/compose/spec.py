@@ -5,9 +5,9 @@ Compose and host networking:
 
   weights  (one-shot)  downloads the model into the cache volume in the Hugging Face layout
   model                vLLM (GPUs) or llama.cpp (CPU dev preset), bound to 127.0.0.1, behind an API key
-  link                 on extra replicas: mutual TLS on the host's private address in front of the
-                       model server (coderig.frontdoor.links)
-  links                on the first host of several: one loopback listener per replica, TLS to its link
+  link                 with several hosts (coderig.frontdoor.links): on a replica, mutual TLS on its
+                       private address in front of the model server; on the first host, one loopback
+                       listener per replica that opens TLS to it
   litellm              Anthropic/Responses <-> OpenAI translation, on 127.0.0.1   (first host only)
   gateway              nginx, TLS, per-developer keys: the only public listener   (first host only)
 
