@@ -1,5 +1,5 @@
 """The client bundle: stack-output schema, `coderig bundle`, `coderig onboard` file merges, the
-sourceable env script, smoke's first check, and the Pulumi outputs (secrets stay secret)."""
+sourceable env script, and the Pulumi outputs (secrets stay secret). `coderig smoke`: test_smoke.py."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from typing import Any
 
 import pulumi
 import pytest
+from client_bundles import BOB_TOKEN, CA, MODEL, TOKEN, assert_no_token, bundle, outputs, public
 from conftest import ROOT, run_program, ssh_config
 
 from coderig.cli import main
@@ -25,44 +25,6 @@ from coderig.client import configs
 from coderig.client.bundle import UserError
 from coderig.core import planner
 from coderig.core.settings import parse_settings
-
-TOKEN = "crk-AliceSecret0123456789abcdefXYZ"
-BOB_TOKEN = "crk-BobSecret0123456789abcdefXYZ"
-CA = "-----BEGIN CERTIFICATE-----\nMIIBfakeCAforTests\n-----END CERTIFICATE-----\n"
-MODEL = "umans-coder-v0"
-
-
-def public(**kw: Any) -> dict[str, Any]:
-    args: dict[str, Any] = {
-        "project": "coderig",
-        "stack": "dev",
-        "host": "gpu1.internal",
-        "port": 8443,
-        "served_name": MODEL,
-        "max_model_len": 131072,
-        "max_output_tokens": 20000,
-        "developers": ["alice", "bob"],
-        "plan": {"preset": "deepseek-v3.2", "fits": True},
-        "idle": {"stopAfterMinutes": 45},
-        "usd_per_hour": 63.3,
-        "ca_cert_pem": CA,
-    }
-    args.update(kw)
-    return clients.stack_outputs(**args)
-
-
-def outputs(**kw: Any) -> dict[str, Any]:
-    return {clients.BUNDLE_OUTPUT: public(**kw), clients.TOKENS_OUTPUT: {"alice": TOKEN, "bob": BOB_TOKEN}}
-
-
-def bundle(**kw: Any) -> clients.Bundle:
-    return clients.load_bundle(clients.developer_bundle(outputs(**kw), "alice"))
-
-
-def assert_no_token(*texts: str) -> None:
-    for text in texts:
-        assert TOKEN not in text and BOB_TOKEN not in text, "a token was printed"
-
 
 # ---------------------------------------------------------------- schema
 
@@ -535,59 +497,6 @@ def test_onboard_rejects_a_stack_output_file(tmp_path: Path, capsys: pytest.Capt
     wrong.write_text(json.dumps(outputs()))
     rc, out = onboard(capsys, str(wrong), "--home", str(tmp_path / "home"))
     assert rc == 2 and "not a developer bundle" in out
-
-
-# ---------------------------------------------------------------- coderig smoke (no server)
-
-
-def test_smoke_connection_refused_says_how_to_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed again: nothing listens there
-    path = tmp_path / "b.json"
-    path.write_text(json.dumps(clients.developer_bundle(outputs(host="127.0.0.1", port=port), "alice")))
-    rc = main(["smoke", str(path), "--timeout", "5"])
-    captured = capsys.readouterr()
-    assert rc == 1
-    lines = captured.out.splitlines()
-    fail = next(i for i, line in enumerate(lines) if "FAIL" in line)
-    assert "dns/tcp" in lines[fail] and "connection refused" in lines[fail]
-    assert "fix:" in lines[fail + 1] and "pulumi up" in lines[fail + 1]
-    assert all("SKIP" in line for line in lines[fail + 2 : fail + 8])
-    assert_no_token(captured.out, captured.err)
-
-
-def test_smoke_never_prints_a_token_an_upstream_echoes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import http.server
-    import threading
-
-    class Echo(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            body = json.dumps({"error": {"message": f"bad key {self.headers.get('Authorization')}"}}).encode()
-            self.send_response(401)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class names it
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Echo)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        data = clients.developer_bundle(
-            outputs(host="127.0.0.1", port=server.server_address[1], scheme="http", ca_cert_pem=None), "alice"
-        )
-        path = tmp_path / "b.json"
-        path.write_text(json.dumps(data))
-        rc = main(["smoke", str(path), "--timeout", "5"])
-    finally:
-        server.shutdown()
-    captured = capsys.readouterr()
-    assert rc == 1
-    assert "FAIL auth" in captured.out and "bad key Bearer <token>" in captured.out
-    assert "tls           skipped: plain http" in captured.out
-    assert_no_token(captured.out, captured.err)
 
 
 # ---------------------------------------------------------------- Pulumi outputs (mocks)

@@ -163,3 +163,30 @@ def test_no_product_module_over_500_lines() -> None:
     for name, path in project_modules().items():
         lines = len(path.read_text().splitlines())
         assert lines <= 500, f"{name} has {lines} lines"
+
+
+def test_every_component_takes_name_args_opts_with_a_dataclass_args_type() -> None:
+    """Components in the style of pulumi-eks/awsx: `(name, args, opts)`, args a dataclass type,
+    `register_outputs` called in the constructor."""
+    import dataclasses
+    import importlib
+    import inspect
+    import typing
+
+    import pulumi
+
+    found = []
+    for path in sorted((ROOT / "components").glob("*.py")):
+        module = importlib.import_module(f"components.{path.stem}")
+        for cls in vars(module).values():
+            if not (
+                inspect.isclass(cls) and issubclass(cls, pulumi.ComponentResource) and cls.__module__ == module.__name__
+            ):
+                continue
+            found.append(cls.__name__)
+            params = list(inspect.signature(cls.__init__).parameters)
+            assert params == ["self", "name", "args", "opts"], (cls.__name__, params)
+            args_type = typing.get_type_hints(cls.__init__)["args"]
+            assert dataclasses.is_dataclass(args_type), (cls.__name__, args_type)
+            assert "self.register_outputs(" in inspect.getsource(cls.__init__), cls.__name__
+    assert len(found) >= 9, found

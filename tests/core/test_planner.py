@@ -3,6 +3,7 @@ figures (131072 tokens, FP8 KV, vLLM 0.28's allocation; see coderig/core/layout.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -209,3 +210,14 @@ def test_catalog_entries_are_complete(preset):
 def test_estimates_are_marked_in_the_plan():
     text = planner.format_plan(planner.plan(PRESETS["glm-5"], gpu="B200", gpu_count=8, max_model_len=CTX))
     assert "(estimate)" in text and "architecture secondary" in text
+
+
+def test_expert_parallelism_on_a_dense_model_is_refused() -> None:
+    """Every vLLM preset in the catalog is MoE, so the dense branch is shown on a dense variant of one
+    (its expert weights folded into the dense ones): expert: true has nothing to shard there."""
+    moe = PRESETS["glm-4.7"]
+    dense = dataclasses.replace(moe, id="dense-variant", expert_bytes=0)
+    found = layout.problems(dense, GPUS["H200"], Layout(tensor=8, expert=True))
+    assert ("expert", "got true; dense-variant is a dense model, it has no experts to shard (allowed: false)") in found
+    assert not [p for p in layout.problems(dense, GPUS["H200"], Layout(tensor=8)) if p[0] == "expert"]
+    assert not [p for p in layout.problems(moe, GPUS["H200"], Layout(tensor=8, expert=True)) if p[0] == "expert"]
