@@ -256,6 +256,27 @@ def test_device_with_a_holder_is_refused(disks: Disks) -> None:
     assert fstab_entries(disks.fstab) == []
 
 
+def test_device_with_a_holder_in_sysfs_is_refused(disks: Disks, tmp_path: Path) -> None:
+    """The holder check on any kernel: the loop device's sysfs node as the kernel shows it, plus the
+    holder a device-mapper target would register (`holders/dm-7`), given to volume.sh as its sysfs
+    (CODERIG_SYSFS). The device is blank, so without the check it would be formatted."""
+    dev = disks.loop("held-sysfs")
+    majmin = Path(f"/sys/class/block/{Path(dev).name}/dev").read_text().strip()
+    node = tmp_path / "sysfs" / "dev" / "block" / majmin
+    (node / "holders").mkdir(parents=True)
+    (node / "size").write_text(Path(f"/sys/class/block/{Path(dev).name}/size").read_text())
+    (node / "holders" / "dm-7").touch()
+    before = sha256(dev)
+    result = run_volume(disks.env(dev) | {"CODERIG_SYSFS": str(tmp_path / "sysfs")})
+    assert sha256(dev) == before, "the device was written to"
+    line = assert_refused(result, dev)
+    assert "held by dm-7" in line
+    assert fstab_entries(disks.fstab) == []
+    (node / "holders" / "dm-7").unlink()  # the control: the same blank device, no holder, is formatted
+    assert run_volume(disks.env(dev) | {"CODERIG_SYSFS": str(tmp_path / "sysfs")}).returncode == 0
+    assert blkid(dev, "TYPE") == "ext4"
+
+
 def test_device_with_kernel_partitions_but_no_table_is_refused(disks: Disks) -> None:
     """A blank disk whose kernel partition (addpart, as a half-done repartitioning leaves) blkid cannot see."""
     require(None if tool("addpart") else "addpart not installed (util-linux)")

@@ -23,6 +23,8 @@
 #   CODERIG_CACHE_DEVICE  block device for the cache (optional)
 #   CODERIG_FS_TYPE       file system to create on a blank device: ext4 (default) | xfs
 #   CODERIG_FSTAB         fstab file to edit (default /etc/fstab; tests point it elsewhere)
+#   CODERIG_SYSFS         where sysfs is mounted (default /sys; a test gives a device a holder there
+#                         on kernels without device-mapper)
 set -euo pipefail
 
 for arg in "$@"; do
@@ -54,6 +56,7 @@ CACHE_PATH="${CODERIG_CACHE_PATH:-/var/lib/coderig/cache}"
 DEVICE="${CODERIG_CACHE_DEVICE:-}"
 FS_TYPE="${CODERIG_FS_TYPE:-ext4}"
 FSTAB="${CODERIG_FSTAB:-/etc/fstab}"
+SYSFS="${CODERIG_SYSFS:-/sys}"
 ACCEPTED_FS="ext4 xfs"
 
 log() { printf 'volume: %s\n' "$*"; }
@@ -91,7 +94,7 @@ WIPE_HINT="if you are sure it is the right disk, wipe it yourself ('wipefs -a $D
 
 # The device's sysfs node, by major:minor (whatever its name: nvme1n1, loop3, dm-0, a partition).
 MAJMIN="$((16#$(stat -L -c %t "$DEVICE"))):$((16#$(stat -L -c %T "$DEVICE")))"
-SYS="/sys/dev/block/$MAJMIN"
+SYS="$SYSFS/dev/block/$MAJMIN"
 [[ -r "$SYS/size" ]] || refuse "$NAME has no $SYS in sysfs, so its users cannot be checked; not touching it"
 
 # Low-level probe (-p): reads the device itself, not blkid's cache. Exit 2 means "nothing found".
