@@ -75,9 +75,10 @@ def ca_path(alias: str) -> str:
 #     threshold = W − min(CLAUDE_CODE_MAX_OUTPUT_TOKENS, 20000) − 13000
 # where W is CLAUDE_CODE_MAX_CONTEXT_TOKENS for a model it does not know (no lower bound), while
 # CLAUDE_CODE_AUTO_COMPACT_WINDOW is raised to at least 100000 and only ever shrinks W, so it cannot
-# describe a smaller window (read in the cli.js bundled in @anthropic-ai/claude-code 2.1.330). The conversation
-# is counted as the server's last usage.input_tokens plus Claude Code's own estimate of what was
-# added since, so W is the served context less a margin for the estimate's tokenizer.
+# describe a smaller window (read in the JavaScript embedded in its native binary, bin/claude.exe).
+# The conversation is counted as the server's last usage.input_tokens plus Claude Code's own
+# estimate of what was added since, so W is the served context less a margin for the estimate's
+# tokenizer.
 CC_OUTPUT_RESERVE_CAP = 20_000
 CC_COMPACT_BUFFER = 13_000
 CC_TOKENIZER_MARGIN = 0.05  # of the served context: Claude Code's estimate vs the model's tokenizer
