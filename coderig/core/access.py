@@ -16,12 +16,12 @@ def developer_token(random_part: str) -> str:
     return f"{KEY_PREFIX}{random_part}"
 
 
-def certificate_sans(names: Iterable[str]) -> tuple[list[str], list[str]]:
-    """Split host names and addresses into (DNS names, IP addresses) for a certificate, deduplicated,
-    always including localhost/127.0.0.1 so an operator on the node can reach the gateway."""
+def certificate_sans(names: Iterable[str], *, loopback: bool = True) -> tuple[list[str], list[str]]:
+    """Split host names and addresses into (DNS names, IP addresses) for a certificate, deduplicated;
+    with `loopback`, localhost/127.0.0.1 too, so an operator on the node can reach the gateway."""
     dns: list[str] = []
     ips: list[str] = []
-    for name in [*names, "localhost", "127.0.0.1"]:
+    for name in [*names, *(["localhost", "127.0.0.1"] if loopback else [])]:
         name = name.strip()
         if not name:
             continue

@@ -19,9 +19,11 @@ The pinned image (nginx.org packages) has the stream module built in (`nginx -V`
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from coderig.core.access import certificate_sans
+from coderig.frontdoor.nginx import hostport
 
 LINK_PORT = 4200  # the first machine's loopback listener for replica i (i >= 1) is LINK_PORT + i
 LINK_DOMAIN = "coderig.internal"  # names only inside certificates: never looked up in DNS
@@ -59,12 +61,7 @@ def link_certificate(index: int, address: str = "") -> LinkCertificate:
     its link name and its private address (an IP literal or a host name, as configured)."""
     if index == 0:
         return LinkCertificate(f"gateway.{LINK_DOMAIN}", (), (), ("digital_signature", "client_auth"))
-    dns, ips = [replica_name(index)], []
-    try:
-        ips.append(str(ipaddress.ip_address(address)))
-    except ValueError:
-        if address:
-            dns.append(address.lower())
+    dns, ips = certificate_sans([replica_name(index), address], loopback=False)
     return LinkCertificate(replica_name(index), tuple(dns), tuple(ips), ("digital_signature", "server_auth"))
 
 
@@ -99,14 +96,14 @@ def _conf(paths: LinkPaths, servers: list[list[str]]) -> str:
     return "\n".join([*head, *body, "}"]) + "\n"
 
 
-def render_server_conf(listen: str, model: str, paths: LinkPaths, timeout_s: int) -> str:
-    """A replica's end: TLS on `listen` (its private address), for gateway-CA clients only, to the
-    model server on `model` (loopback)."""
+def render_server_conf(address: str, port: int, model: str, paths: LinkPaths, timeout_s: int) -> str:
+    """A replica's end: TLS on `address:port` (its private address), for gateway-CA clients only, to
+    the model server on `model` (loopback)."""
     return _conf(
         paths,
         [
             [
-                f"listen {listen} ssl;",
+                f"listen {hostport(address, port)} ssl;",
                 f"ssl_certificate {paths.cert};",
                 f"ssl_certificate_key {paths.key};",
                 "ssl_protocols TLSv1.3;",
@@ -130,11 +127,10 @@ def render_client_conf(replicas: Sequence[tuple[int, str]], model_port: int, pat
     counts that as a failed attempt and tries another replica."""
     servers = []
     for index, address in replicas:
-        host = f"[{address}]" if ":" in address else address
         servers.append(
             [
                 f"listen {link_listen(index)};",
-                f"proxy_pass {host}:{model_port};",
+                f"proxy_pass {hostport(address, model_port)};",
                 "proxy_ssl on;",
                 "proxy_ssl_protocols TLSv1.3;",
                 f"proxy_ssl_certificate {paths.cert};",

@@ -93,6 +93,11 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, port
 
 
+def hostport(host: str, port: int) -> str:
+    """host:port as nginx writes it ('[fd00::7]:8000' for an IPv6 address)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def is_loopback(host: str) -> bool:
     """An IP literal in 127.0.0.0/8, ::1, or exactly `localhost` (never a name that merely starts
     with "127.": `127.0.0.1.evil.test` resolves wherever its owner wants)."""
@@ -145,9 +150,7 @@ def _json_log_format() -> str:
 
 
 def _listen_directive(spec: GatewaySpec) -> str:
-    host, port = parse_listen(spec.listen)
-    addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return f"listen {addr}{' ssl' if spec.tls_cert else ''};"
+    return f"listen {hostport(*parse_listen(spec.listen))}{' ssl' if spec.tls_cert else ''};"
 
 
 # Mozilla "intermediate" (server-side TLS guidelines): TLS 1.2 + 1.3; on 1.2 only ECDHE with AEAD

@@ -41,7 +41,7 @@ def test_client_end_verifies_each_replica_by_its_own_name_over_tls13() -> None:
 
 def test_server_end_listens_in_tls_only_and_requires_the_internal_ca() -> None:
     paths = links.LinkPaths(cert="/l/link.crt", key="/l/link.key", ca="/l/ca.crt", load_stream_module="/m/stream.so")
-    conf = links.render_server_conf("10.0.0.6:8000", "127.0.0.1:8000", paths, 600)
+    conf = links.render_server_conf("10.0.0.6", 8000, "127.0.0.1:8000", paths, 600)
     assert conf.splitlines()[1] == "load_module /m/stream.so;"  # before any context, as nginx requires
     assert re.findall(r"listen (.+);", conf) == ["10.0.0.6:8000 ssl"]
     for line in ("ssl_verify_client on;", "ssl_client_certificate /l/ca.crt;", "ssl_protocols TLSv1.3;",

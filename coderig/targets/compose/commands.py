@@ -16,6 +16,7 @@ from coderig.targets.compose.machines import NodeSpec, ready_budget_seconds
 from coderig.targets.compose.spec import (
     HF_HOME_SUBDIR,
     KEEPALIVE_DIR,
+    LINK_DIR,
     LINK_SERVICE,
     PROJECT,
     REMOTE_BUNDLE_DIR,
@@ -102,7 +103,7 @@ def copy_command(bundle_dir: str = REMOTE_BUNDLE_DIR, user: str | None = None) -
         "set -euo pipefail; umask 077; "
         f"mkdir -p {d}; tmp=$(mktemp -d {d}/.incoming.XXXXXX); "
         'base64 -d | tar -xzpf - --no-same-owner -C "$tmp"; '
-        f"rm -rf {d}/compose.yaml {d}/scripts {d}/litellm {d}/gateway {d}/{KEEPALIVE_DIR} {d}/{LINK_SERVICE} "
+        f"rm -rf {d}/compose.yaml {d}/scripts {d}/litellm {d}/gateway {d}/{KEEPALIVE_DIR} {d}/{LINK_DIR} "
         f"{d}/{SECRETS_DIR} {d}/{TLS_DIR}; "
         f'cp -a "$tmp"/. {d}/; rm -rf "$tmp"; chmod 0755 {d}; '
         f"echo bundle unpacked in {bundle_dir}"
@@ -158,7 +159,7 @@ def up_command(bundle_dir: str = REMOTE_BUNDLE_DIR, user: str | None = None) -> 
 def frontdoor_reload_command(
     services: Sequence[str], bundle_dir: str = REMOTE_BUNDLE_DIR, user: str | None = None
 ) -> str:
-    """Recreate only the front services (`spec.front_services`: LiteLLM, the keepalive relay, the
+    """Recreate only the front services (`spec.front_services(...)`: LiteLLM, the keepalive relay, the
     replica link, the gateway: new keys, config, certificates); the model keeps running. Until the
     first `up` has created the last of them there is nothing to recreate."""
     c = _compose(bundle_dir, user)

@@ -235,7 +235,8 @@ def gateway_service(spec: NodeSpec) -> dict[str, Any]:
 
 
 LINK_SERVICE = "link"
-LINK_CONF = "link/nginx.conf"
+LINK_DIR = "link"  # the bundle directory of its config
+LINK_CONF = f"{LINK_DIR}/nginx.conf"
 LINK_CERT = f"{TLS_DIR}/link.crt"
 LINK_CA = f"{TLS_DIR}/link-ca.crt"
 LINK_KEY = f"{SECRETS_DIR}/link.key"
@@ -247,9 +248,8 @@ def link_conf(spec: NodeSpec, paths: links.LinkPaths = LINK_PATHS) -> str:
     if spec.role == "replica":
         if not spec.link_address:
             raise ValueError("NodeSpec: a replica needs its link_address")
-        host = f"[{spec.link_address}]" if ":" in spec.link_address else spec.link_address
         model = f"{engine.MODEL_HOST}:{engine.MODEL_PORT}"
-        return links.render_server_conf(f"{host}:{engine.MODEL_PORT}", model, paths, DEFAULT_TIMEOUT_S)
+        return links.render_server_conf(spec.link_address, engine.MODEL_PORT, model, paths, DEFAULT_TIMEOUT_S)
     return links.render_client_conf(spec.replica_links, engine.MODEL_PORT, paths, DEFAULT_TIMEOUT_S)
 
 
@@ -440,7 +440,7 @@ def service_hashes(settings: StackSettings, spec: NodeSpec, secret_files: render
                 GATEWAY_KEYS,
                 TLS_DIR,
                 f"{SECRETS_DIR}/server",
-                "link/",
+                f"{LINK_DIR}/",
                 LINK_KEY,
             ),
         ),
