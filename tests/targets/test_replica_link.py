@@ -277,11 +277,11 @@ def test_both_ends_of_the_link_authenticate(hosts: tuple[Host, Host], tmp_path: 
         return a.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
                      f"http://{links.link_listen(1)}/health").stdout  # fmt: skip
 
-    # an impostor on the replica's address: the right name, another CA
+    # an impostor on the replica's address: the right name from another CA, and it would accept our
+    # client certificate (it trusts the internal CA), so only the first machine's check can refuse it
     rogue = make_ca(tmp_path / "rogue", "someone else's CA")
-    impostor = start_link(
-        b, nginx, replica, issue(tmp_path / "rogue", rogue, links.link_certificate(1, b.address)), "rogue"
-    )
+    forged = issue(tmp_path / "rogue", rogue, links.link_certificate(1, b.address))
+    impostor = start_link(b, nginx, replica, replace(forged, ca_cert=client_tls.ca_cert), "rogue")
     b.wait_port(8000, b.address)
     assert health_through_link() == "000"  # closed without a byte: nginx moves on to another replica
     impostor.terminate()
