@@ -278,6 +278,8 @@ class StandIn:
         self.running = 0
         self.completed = 0
         self.generated_tokens = 0
+        # the usage every generating answer reported: {"api", "developer" (the gateway's header), "input", "output"}
+        self.reported: list[dict[str, Any]] = []
         self.last_prompt_tokens = 0  # the estimate of the last generation / count_tokens request
         self.max_prompt_tokens_seen = 0  # the largest estimate so far (rejected requests included)
         self._lock = threading.Lock()
@@ -471,6 +473,8 @@ class StandIn:
         reply = Reply(plan, prompt)
         with self._lock:
             self.running += 1
+            developer = headers.get("x-coderig-developer", "")
+            self.reported.append({"api": api, "developer": developer, "input": prompt, "output": reply.output_tokens})
         try:
             if body.get("stream"):
                 if api == "messages":
