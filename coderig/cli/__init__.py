@@ -8,14 +8,14 @@ import argparse
 import os
 import sys
 
-from coderig.cli import client, frontdoor, ops, stack
+from coderig.cli import client, frontdoor, ops, stack, usage
 from coderig.core.errors import INVALID, REFUSED, UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coderig", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (stack, frontdoor, client, ops):
+    for module in (stack, frontdoor, client, ops, usage):
         module.add_commands(sub)
     return parser
 

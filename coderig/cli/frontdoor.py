@@ -122,6 +122,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             startup_timeout_s=args.startup_timeout,
             native_routes=tuple(r for r in args.native_routes.split(",") if r),
             keepalive_s=args.keepalive,
+            metrics_listen=args.metrics_listen,
             on_keys=on_keys,
         )
     )
@@ -202,6 +203,12 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     p.add_argument(
         "--keepalive", type=float, default=15.0, help="seconds of stream silence before an SSE comment (default: 15)"
+    )
+    p.add_argument(
+        "--metrics-listen",
+        default="",
+        metavar="HOST:PORT",
+        help="loopback address of the usage metrics listener (/metrics, /usage; default: a free port)",
     )
     p.add_argument("--startup-timeout", type=float, default=120, help="seconds to wait for LiteLLM")
     p.add_argument(

@@ -137,6 +137,7 @@ def assemble(inputs: FrontDoorInputs, paths: GatewayPaths, **gateway: Any) -> tu
         aliases=inputs.aliases,
         api_key=inputs.api_key,
         timeout_s=inputs.litellm_timeout_s,
+        forward_developer=bool(inputs.direct_chat),
     )
     spec = GatewaySpec(
         listen=inputs.listen,

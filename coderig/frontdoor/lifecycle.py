@@ -134,10 +134,14 @@ def wait_listening(host: str, port: int, timeout_s: float, proc: subprocess.Pope
     return False
 
 
-def start_relay(listens: list[str], targets: tuple[str, ...], interval: float, log: Path) -> subprocess.Popen[bytes]:
+def start_relay(
+    listens: list[str], targets: tuple[str, ...], interval: float, log: Path, extra: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
     """The SSE keepalive relay (coderig.runtime.sse_keepalive) as a child process, one listener per
-    target; returns once the last listener accepts connections (or the relay exited)."""
+    target (`extra`: its usage accounting flags); returns once the last listener accepts connections
+    (or the relay exited)."""
     args = [arg for listen, target in zip(listens, targets, strict=True) for arg in ("--route", f"{listen}={target}")]
+    args += extra
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "coderig.runtime.sse_keepalive", *args, "--interval", str(interval)],

@@ -36,6 +36,10 @@ class ModelRoute:
     # /v1/responses: translate to chat/completions in LiteLLM (the path every tool parser
     # supports) instead of passing through to the model server's own /v1/responses.
     responses_via_chat: bool = True
+    # our own model servers (behind the usage relay): LiteLLM forwards the gateway's x- headers, so
+    # X-Coderig-Developer (set by the gateway, replacing any a client sent) reaches the relay and
+    # the fallback path is counted too; off for an external endpoint, which is told nothing
+    forward_developer: bool = False
 
 
 def model_names(route: ModelRoute) -> list[str]:
@@ -109,6 +113,9 @@ def litellm_config(route: ModelRoute) -> dict[str, Any]:
             # No database: keys are checked by the gateway; LiteLLM only knows the master key.
             "master_key": f"os.environ/{MASTER_KEY_ENV}",
             "disable_spend_logs": True,
+            # litellm/proxy/litellm_pre_call_utils.py (add_litellm_data_for_backend_llm_call): every
+            # x- header but x-stainless-* goes to the model server
+            **({"forward_client_headers_to_llm_api": True} if route.forward_developer else {}),
         },
     }
 

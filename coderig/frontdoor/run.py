@@ -52,6 +52,7 @@ from coderig.frontdoor.lifecycle import (
 )
 
 READY_LINE = "coderig frontdoor: ready"
+USAGE_FILE = "usage.json"  # in --state-dir: the usage record (coderig.runtime.usage_record)
 LITELLM_EXTRA_REQUIREMENTS = ("opentelemetry-sdk==1.45.2",)
 
 
@@ -337,6 +338,7 @@ class RunOptions:
     # routes (frontdoor.native) the backends serve natively: vLLM's by default; () keeps them on LiteLLM
     native_routes: tuple[str, ...] = ("messages", "count_tokens", "responses")
     keepalive_s: float = 15.0
+    metrics_listen: str = ""  # the relay's /metrics and /usage (loopback); "" -> a free loopback port
 
 
 def run(opts: RunOptions) -> int:
@@ -352,6 +354,7 @@ def run(opts: RunOptions) -> int:
             max_tokens=opts.max_tokens,
             aliases=tuple(opts.aliases),
             timeout_s=opts.litellm_timeout_s,
+            forward_developer=opts.direct_chat and all(frontdoor.direct_chat_backend(b) for b in opts.backends),
         )
         frontdoor.validate_route(route)
         nginx = find_nginx()
@@ -424,7 +427,9 @@ def run(opts: RunOptions) -> int:
 
         if relays:  # the SSE keepalive relay in front of each backend (native streaming routes)
             relay_log = state_dir / "keepalive.log"
-            procs.append(start_relay(relays, direct, opts.keepalive_s, relay_log))
+            metrics = opts.metrics_listen or f"127.0.0.1:{free_port()}"
+            usage = ("--usage-file", str(state_dir / USAGE_FILE), "--metrics", metrics)
+            procs.append(start_relay(relays, direct, opts.keepalive_s, relay_log, usage))
             names.append("keepalive relay")
             if procs[-1].poll() is not None:
                 print(f"coderig frontdoor: the keepalive relay did not start; see {relay_log}", file=sys.stderr)
@@ -467,6 +472,9 @@ def run(opts: RunOptions) -> int:
             f"{READY_LINE} {base} (LiteLLM {LITELLM_VERSION} up in {litellm_s:.1f}s, {len(keys)} developer key(s))",
             flush=True,
         )
+        if relays:
+            record = state_dir / USAGE_FILE
+            print(f"coderig frontdoor: usage metrics http://{metrics}/metrics, record {record}", flush=True)
         if ca:
             print(f"coderig frontdoor: CA certificate: {ca}  (clients: NODE_EXTRA_CA_CERTS={ca})", flush=True)
         while not stop["signal"]:

@@ -110,6 +110,22 @@ class DayRow:
         )
 
 
+BUSY_GAP_S = 60.0  # requests less than this apart make one busy interval (bounds the record's size)
+
+
+def merge_interval(intervals: list[list[float]], start: float, end: float, gap: float) -> None:
+    """Add [start, end] to sorted, disjoint intervals, joining any it overlaps or comes within `gap`
+    of (intervals arrive nearly in order: the scan starts at the end)."""
+    i = len(intervals)
+    while i > 0 and intervals[i - 1][1] + gap >= start:
+        i -= 1
+    joined = [start, end]
+    while i < len(intervals) and intervals[i][0] - gap <= end:
+        joined = [min(joined[0], intervals[i][0]), max(joined[1], intervals[i][1])]
+        del intervals[i]
+    intervals.insert(i, joined)
+
+
 def utc_day(epoch: float) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(epoch))
 
@@ -125,6 +141,7 @@ class Ledger:
     duration: dict[str, Histogram] = field(default_factory=dict)  # developer
     days: dict[tuple[str, str], DayRow] = field(default_factory=dict)  # (UTC day, developer)
     awake: list[list[float]] = field(default_factory=list)  # [start, end] epochs, merged
+    busy: list[list[float]] = field(default_factory=list)  # when requests ran: [start, end] epochs, merged
     changed: bool = False
 
     def add(self, ex: Exchange, now: float) -> None:
@@ -146,7 +163,9 @@ class Ledger:
             self.ttft.setdefault(dev, Histogram(TTFT_BUCKETS)).observe(ttft)
             row.ttft.observe(ttft)
         if ex.finished is not None:
-            self.duration.setdefault(dev, Histogram(DURATION_BUCKETS)).observe(max(0.0, ex.finished - ex.started))
+            took = max(0.0, ex.finished - ex.started)
+            self.duration.setdefault(dev, Histogram(DURATION_BUCKETS)).observe(took)
+            merge_interval(self.busy, now - took, now, BUSY_GAP_S)
         self.changed = True
 
     def tokens_today(self, developer: str, now: float) -> int:
@@ -156,10 +175,7 @@ class Ledger:
     def mark_awake(self, start: float, end: float, gap: float) -> None:
         """The model server answered between start and end; joins the last interval when the gap
         since it is at most `gap` seconds (one probe interval and a margin)."""
-        if self.awake and start - self.awake[-1][1] <= gap:
-            self.awake[-1][1] = max(self.awake[-1][1], end)
-        else:
-            self.awake.append([start, end])
+        merge_interval(self.awake, start, end, gap)
         self.changed = True
 
     # ------------------------------------------------------------ file
@@ -174,6 +190,7 @@ class Ledger:
             "duration": {d: h.to_json() for d, h in sorted(self.duration.items())},
             "days": [[day, d, row.to_json()] for (day, d), row in sorted(self.days.items())],
             "awake": [[round(a, 3), round(b, 3)] for a, b in self.awake],
+            "busy": [[round(a, 3), round(b, 3)] for a, b in self.busy],
         }
 
     @classmethod
@@ -188,6 +205,7 @@ class Ledger:
             duration={str(d): Histogram.from_json(DURATION_BUCKETS, h) for d, h in obj["duration"].items()},
             days={(str(day), str(d)): DayRow.from_json(row) for day, d, row in obj["days"]},
             awake=[[float(a), float(b)] for a, b in obj["awake"]],
+            busy=[[float(a), float(b)] for a, b in obj["busy"]],
         )
 
 

@@ -185,7 +185,8 @@ def test_histogram_quantile_interpolates_like_prometheus() -> None:
 
 
 def test_replica_metrics_are_one_family_each_with_a_replica_label() -> None:
-    a = '# HELP vllm:num_requests_running n\n# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{model_name="m"} 2\n'
+    name = "vllm:num_requests_running"
+    a = f'# HELP {name} n\n# TYPE {name} gauge\n{name}{{model_name="m"}} 2\n'
     b = a.replace(" 2\n", " 0\n")
     assert relabel([("10.0.0.5:8000", a), ("10.0.0.6:8000", b)]).splitlines() == [
         "# HELP vllm:num_requests_running n",
