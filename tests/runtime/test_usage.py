@@ -227,13 +227,19 @@ def relay(target: str, record: Path, *extra: str) -> Iterator[tuple[int, int]]:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def post(port: int, path: str, body: dict[str, Any], developer: str) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json", "X-Coderig-Developer": developer})
-    resp = conn.getresponse()
-    return resp.status, resp.read()
+    try:
+        headers = {"Content-Type": "application/json", "X-Coderig-Developer": developer}
+        conn.request("POST", path, json.dumps(body), headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
 
 
 def get(port: int, path: str) -> bytes:
