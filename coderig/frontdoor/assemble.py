@@ -103,8 +103,10 @@ def direct_targets(backends: Sequence[str]) -> tuple[str, ...]:
 
 
 def relays(inputs: FrontDoorInputs) -> tuple[str, ...]:
-    """host:port of the keepalive relay listener in front of each direct model server."""
-    if not inputs.native_routes:
+    """host:port of the keepalive relay listener in front of each direct model server: the one hop to
+    our own model servers on every path (chat, native routes, LiteLLM's), so holding a request while
+    the model wakes, and counting it, happen in one place."""
+    if not inputs.direct_chat:
         return ()
     return tuple(f"{inputs.relay_host}:{inputs.relay_port + i}" for i in range(len(inputs.direct_chat)))
 
@@ -115,8 +117,9 @@ RELAY_INTERVAL_S = 15
 
 
 def relay_command(spec: GatewaySpec, python: str = "python3") -> list[str]:
-    """The SSE keepalive relay's command line for this gateway ([] when it has no native route)."""
-    if not spec.native_routes:
+    """The SSE keepalive relay's command line for this gateway ([] when it proxies to no model server
+    of its own)."""
+    if not spec.native_relays:
         return []
     routes: list[str] = []
     for listen, target in zip(spec.native_relays, spec.direct_chat_backends, strict=True):
@@ -127,9 +130,11 @@ def relay_command(spec: GatewaySpec, python: str = "python3") -> list[str]:
 def assemble(inputs: FrontDoorInputs, paths: GatewayPaths, **gateway: Any) -> tuple[ModelRoute, GatewaySpec]:
     """The LiteLLM route and the gateway spec of one front door; `gateway` sets GatewaySpec's process
     knobs (worker_processes, daemon, …)."""
+    relayed = relays(inputs)
     route = ModelRoute(
         served_name=inputs.served_name,
-        backends=inputs.backends,
+        # LiteLLM reaches our model servers through the relay too (its api_base is the relay listener)
+        backends=tuple(f"http://{r}/v1" for r in relayed) if relayed else inputs.backends,
         max_tokens=inputs.max_tokens,
         temperature=inputs.temperature,
         top_p=inputs.top_p,
@@ -156,7 +161,7 @@ def assemble(inputs: FrontDoorInputs, paths: GatewayPaths, **gateway: Any) -> tu
         direct_chat_backends=inputs.direct_chat,
         direct_chat_authorization=inputs.keyed_direct_chat,
         native_routes=inputs.native_routes,
-        native_relays=relays(inputs),
+        native_relays=relayed,
         model_gate_retry_after_s=inputs.gate_retry_after_s,
         **gateway,
     )

@@ -1,7 +1,8 @@
 """The gateway's native routes: nginx sends Anthropic `/v1/messages` (+ `count_tokens`) and OpenAI
 `/v1/responses` straight to the model servers that speak them (vLLM does), through the SSE
-keepalive relay (coderig.runtime.sse_keepalive, one loopback listener per model server), with
-the developer's session pinned to one replica. Pure: returns nginx config lines.
+keepalive relay (coderig.runtime.sse_keepalive, one loopback listener per model server, the one hop
+to a model server on every path), with the developer's session pinned to one replica. Pure: returns
+nginx config lines.
 
 Why (bench/frontdoor_bench.py, bench/results/): LiteLLM translating Anthropic <-> OpenAI costs ~1.4 ms
 of CPU per streamed chunk, a third to a half of the direct throughput at 64 streams on 2 cores; the
@@ -16,16 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-# route name -> (exact path, error shape, upstream): streaming routes go through the keepalive
-# relay; count_tokens never streams, so it goes to the model servers' upstream itself (one hop less)
+# route name -> (exact path, error shape, upstream): every route goes to the model servers' upstream,
+# whose servers are the keepalive relays (count_tokens too: a sleeping model is woken for it as well)
 NATIVE_ROUTES: dict[str, tuple[str, str, str]] = {
-    "messages": ("/v1/messages", "anthropic", "coderig_native"),
+    "messages": ("/v1/messages", "anthropic", "coderig_model"),
     "count_tokens": ("/v1/messages/count_tokens", "anthropic", "coderig_model"),
-    "responses": ("/v1/responses", "openai", "coderig_native"),
+    "responses": ("/v1/responses", "openai", "coderig_model"),
 }
 # what each engine serves natively (pinned versions): vLLM 0.28 all three; llama.cpp server b9603 the
 # Anthropic pair (ggml-org/llama.cpp#17570, 2025-11) but no /v1/responses (ggml-org/llama.cpp#19138)
-NATIVE_UPSTREAM = "coderig_native"
 AFFINITY_VAR = "$coderig_affinity"
 
 
@@ -60,10 +60,6 @@ def failover() -> list[str]:
         "proxy_next_upstream error timeout non_idempotent;",
         "proxy_next_upstream_tries 2;",
     ]
-
-
-def native_upstream(relays: Sequence[str], keepalive: int, idle_s: int) -> list[str]:
-    return [f"upstream {NATIVE_UPSTREAM} {{", *balanced_servers(NATIVE_UPSTREAM, relays, keepalive, idle_s), "}"]
 
 
 def native_route(path: str, enabled: Sequence[str]) -> tuple[str, str] | None:

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from coderig.frontdoor.litellm import DEFAULT_TIMEOUT_S
-from coderig.frontdoor.native import affinity_map, balanced_servers, native_upstream
+from coderig.frontdoor.native import affinity_map, balanced_servers
 
 DEVELOPER_HEADER = "X-Coderig-Developer"
 DEFAULT_MAX_BODY_MB = 32  # Claude Code's client cap
@@ -64,8 +64,10 @@ class GatewaySpec:
     # Direct chat to model servers that require their API key (`vllm --api-key`): send the
     # `$coderig_model_authorization` the keys include defines (render_gateway_keys(model_key=…)).
     direct_chat_authorization: bool = False
-    # Routes (native.NATIVE_ROUTES keys) nginx sends to the model servers' own endpoints, through
-    # `native_relays` (host:port of the SSE keepalive relay for each direct_chat_backends entry).
+    # Routes (native.NATIVE_ROUTES keys) nginx sends to the model servers' own endpoints.
+    native_routes: tuple[str, ...] = ()
+    # host:port of the SSE keepalive relay in front of each direct_chat_backends entry: when set, every
+    # hop nginx makes to a model server (chat, native routes) goes through it.
     native_routes: tuple[str, ...] = ()
     native_relays: tuple[str, ...] = ()
     daemon: bool = False  # False: nginx stays in the foreground (containers, child processes)
@@ -205,12 +207,12 @@ def upstream_blocks(spec: GatewaySpec) -> list[str]:
         "}",
     ]
     if spec.direct_chat_backends:
-        servers = balanced_servers("coderig_model", spec.direct_chat_backends, spec.upstream_keepalive, UPSTREAM_IDLE_S)
+        # through the keepalive relay in front of each model server when there is one
+        hops = spec.native_relays or spec.direct_chat_backends
+        servers = balanced_servers("coderig_model", hops, spec.upstream_keepalive, UPSTREAM_IDLE_S)
         out += [*affinity_map(), "upstream coderig_model {", *servers, "}"]
-    if spec.native_routes:
-        if len(spec.native_relays) != len(spec.direct_chat_backends):
-            raise ValueError("GatewaySpec: native_routes need one native_relays entry per direct_chat_backends entry")
-        out += native_upstream(spec.native_relays, spec.upstream_keepalive, UPSTREAM_IDLE_S)
+    if spec.native_relays and len(spec.native_relays) != len(spec.direct_chat_backends):
+        raise ValueError("GatewaySpec: native_relays need one entry per direct_chat_backends entry")
     return out
 
 

@@ -396,7 +396,7 @@ def run(opts: RunOptions) -> int:
         os.chmod(prefix, 0o711)  # noqa: S103 - nginx workers (not root) must reach their temp dirs
         direct = direct_backends(opts.backends, opts.direct_chat)
         native_routes = opts.native_routes if direct else ()
-        relays = [f"127.0.0.1:{free_port()}" for _ in direct] if native_routes else []
+        relays = [f"127.0.0.1:{free_port()}" for _ in direct]  # the relay: every hop to a model server
         spec = frontdoor.GatewaySpec(
             listen=opts.listen,
             litellm=f"127.0.0.1:{litellm_port}",
@@ -425,7 +425,7 @@ def run(opts: RunOptions) -> int:
             print(f"coderig frontdoor: nginx rejected the config:\n{check.stderr}", file=sys.stderr)
             return 1
 
-        if relays:  # the SSE keepalive relay in front of each backend (native streaming routes)
+        if relays:  # the SSE keepalive relay in front of each direct backend (every model path)
             relay_log = state_dir / "keepalive.log"
             metrics = opts.metrics_listen or f"127.0.0.1:{free_port()}"
             usage = ("--usage-file", str(state_dir / USAGE_FILE), "--metrics", metrics)

@@ -296,7 +296,7 @@ def test_direct_chat_routes_openai_native_chat_straight_to_the_model() -> None:
     assert "proxy_next_upstream error timeout non_idempotent;" in body and "proxy_next_upstream_tries 2;" in body
 
 
-def test_native_routes_go_through_the_relay_and_replay_unknown_models_to_litellm() -> None:
+def test_every_model_path_goes_through_the_relay_and_native_routes_replay_unknown_models_to_litellm() -> None:
     native = spec(
         direct_chat_backends=("127.0.0.1:8000", "10.0.0.6:8000"),
         native_routes=("messages", "count_tokens", "responses"),
@@ -306,9 +306,9 @@ def test_native_routes_go_through_the_relay_and_replay_unknown_models_to_litellm
     conf = render_gateway_conf(native)
     locs = _locations(conf)
     for path, upstream, fallback in (
-        ("/v1/messages", "coderig_native", "@coderig_litellm_messages"),
+        ("/v1/messages", "coderig_model", "@coderig_litellm_messages"),
         ("/v1/messages/count_tokens", "coderig_model", "@coderig_litellm_count_tokens"),
-        ("/v1/responses", "coderig_native", "@coderig_litellm_responses"),
+        ("/v1/responses", "coderig_model", "@coderig_litellm_responses"),
     ):
         body = locs[f"= {path}"]
         assert f"proxy_pass http://{upstream}{path};" in body
@@ -317,10 +317,16 @@ def test_native_routes_go_through_the_relay_and_replay_unknown_models_to_litellm
         assert "proxy_set_header Authorization $coderig_model_authorization;" in body
         assert "proxy_pass http://coderig_litellm;" in locs[fallback] and f"rewrite ^ {path} break;" in locs[fallback]
         assert "proxy_set_header Authorization $coderig_upstream_authorization;" in locs[fallback]
-    assert "server 127.0.0.1:4100 max_fails=1 fail_timeout=30s;" in conf
+    assert "proxy_pass http://coderig_model/v1/chat/completions;" in locs["= /v1/chat/completions"]
+    # the model servers' one upstream holds the relays, never the model servers themselves
+    upstream = conf.split("upstream coderig_model {", 1)[1].split("}", 1)[0]
+    assert "server 127.0.0.1:4100 max_fails=1 fail_timeout=30s;" in upstream
+    assert "server 127.0.0.1:4101 max_fails=1 fail_timeout=30s;" in upstream and "8000" not in upstream
+    assert "hash $coderig_affinity consistent;" in upstream
     assert "map $http_x_claude_code_session_id $coderig_affinity {" in conf and '"" $request_id;' in conf
     with pytest.raises(ValueError, match="native_relays"):
-        render_gateway_conf(spec(direct_chat_backends=("127.0.0.1:8000",), native_routes=("messages",)))
+        two = ("127.0.0.1:1", "127.0.0.1:2")
+        render_gateway_conf(spec(direct_chat_backends=("127.0.0.1:8000",), native_relays=two))
     with pytest.raises(ValueError, match="unknown"):
         render_gateway_conf(
             spec(direct_chat_backends=("127.0.0.1:8000",), native_routes=("batches",), native_relays=("127.0.0.1:1",))

@@ -185,6 +185,11 @@ def test_insecure_skip_connects_without_a_pin() -> None:
     assert unwrap(run.named("node-0-preflight").inputs["connection"])["hostKey"] == HOST_KEY
 
 
+def tar_text(raw: bytes, name: str) -> str:
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        return tar.extractfile(name).read().decode()  # type: ignore[union-attr]
+
+
 def test_multi_host_litellm_balances_across_replicas() -> None:
     import yaml
 
@@ -193,7 +198,16 @@ def test_multi_host_litellm_balances_across_replicas() -> None:
     with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
         litellm = yaml.safe_load(tar.extractfile("litellm/config.yaml").read())  # type: ignore[union-attr]
     bases = {m["litellm_params"]["api_base"] for m in litellm["model_list"]}
-    assert bases == {"http://127.0.0.1:8000/v1", "http://127.0.0.1:4201/v1"}  # the replica through its link
+    assert bases == {"http://127.0.0.1:4100/v1", "http://127.0.0.1:4101/v1"}  # one relay per replica
+    compose0 = yaml.safe_load(tar_text(raw, "compose.yaml"))
+    relay = compose0["services"]["keepalive"]["command"]
+    # the relay of the second replica reaches it through its link listener
+    assert relay[: relay.index("--interval")] == [
+        "--route",
+        "127.0.0.1:4100=127.0.0.1:8000",
+        "--route",
+        "127.0.0.1:4101=127.0.0.1:4201",
+    ]
     raw1 = base64.b64decode(unwrap(run.named("node-1-bundle").inputs["stdin"]))
     with tarfile.open(fileobj=io.BytesIO(raw1)) as tar:
         names = set(tar.getnames())

@@ -240,10 +240,13 @@ def test_front_door_pod_shares_localhost_and_rolls_when_config_or_secrets_change
     conf = objs[f"configmap-{kube.GATEWAY_CONFIG}"]["data"]["nginx.conf"]
     assert "listen 0.0.0.0:8443 ssl;" in conf and "server 127.0.0.1:4000" in conf
     assert "proxy_buffering off;" in conf
-    # LiteLLM balances through the model's ClusterIP Service (only Ready replicas get traffic)
+    # LiteLLM reaches the model through the pod's keepalive relay (every model path has that one hop),
+    # and the relay through the model's ClusterIP Service (only Ready replicas get traffic)
     llm = yaml.safe_load(objs[f"configmap-{kube.LITELLM_CONFIG}"]["data"]["config.yaml"])
     bases = {m["litellm_params"]["api_base"] for m in llm["model_list"]}
-    assert bases == {f"http://{kube.MODEL}.coderig-prod.svc.cluster.local:8000/v1"}
+    assert bases == {"http://127.0.0.1:4100/v1"}
+    relay = pod["containers"][2]["command"]
+    assert relay[relay.index("--route") + 1] == f"127.0.0.1:4100={kube.MODEL}.coderig-prod.svc.cluster.local:8000"
     assert dep["spec"]["replicas"] == 2 and objs[f"deployment-{kube.MODEL}"]["spec"]["replicas"] == 2
 
     def sums(config: dict[str, Any], developers: dict[str, str]) -> tuple[str, str]:

@@ -339,7 +339,7 @@ def node_files(settings: StackSettings, spec: NodeSpec) -> render.Bundle:
         route, gateway = front_door(settings, spec)
         files[LITELLM_CONFIG] = render.RenderedFile(frontdoor.render_litellm_config(route))
         files[GATEWAY_CONF] = render.RenderedFile(frontdoor.render_gateway_conf(gateway))
-        if gateway.native_routes:
+        if gateway.native_relays:
             files[f"{KEEPALIVE_DIR}/{RELAY_FILE}"] = render.RenderedFile(script_text("sse_keepalive.py"))
     if has_link(spec):
         files[LINK_CONF] = render.RenderedFile(link_conf(spec))

@@ -118,7 +118,7 @@ _KEEPALIVE_KEY = "sse_keepalive.py"
 
 
 def _keepalive_data(settings: StackSettings) -> dict[str, str]:
-    return {_KEEPALIVE_KEY: script_text(_KEEPALIVE_KEY)} if front_door(settings)[1].native_routes else {}
+    return {_KEEPALIVE_KEY: script_text(_KEEPALIVE_KEY)} if front_door(settings)[1].native_relays else {}
 
 
 def keepalive_container(settings: StackSettings) -> Obj | None:
