@@ -18,10 +18,10 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from coderig.cli import usage_report
+import coderig.cli.usage_report as usage_report
 from coderig.core import planner
 from coderig.core.errors import INVALID, UserError
-from coderig.core.settings import load_stack_file
+from coderig.core.stack_file import load_stack_file
 from coderig.frontdoor import is_loopback
 from coderig.runtime import usage_record
 from coderig.runtime.usage_record import Ledger, RecordError
@@ -83,7 +83,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
     now = time.time()
     report = usage_report.build(ledger, args.stack, usage_report.Period(now - since_s, now), price, args.by)
     if args.plot:
-        from coderig.cli import usage_plot  # noqa: PLC0415 - matplotlib only when a plot is asked for
+        import coderig.cli.usage_plot as usage_plot  # noqa: PLC0415 - matplotlib only when a plot is asked for
 
         usage_plot.plot(report, Path(args.plot))
     if args.json:

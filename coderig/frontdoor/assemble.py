@@ -114,17 +114,24 @@ def relays(inputs: FrontDoorInputs) -> tuple[str, ...]:
 RELAY_MODULE = "coderig.runtime.sse_keepalive"
 RELAY_FILE = "coderig/runtime/sse_keepalive.py"  # below the directory on PYTHONPATH (namespace packages)
 RELAY_INTERVAL_S = 15
+# the relay's usage accounting (coderig.runtime.usage*): shipped next to it, the record on a host
+# directory (survives the container and a reboot), the metrics listener on the machine's loopback
+USAGE_FILES = ("coderig/runtime/usage.py", "coderig/runtime/usage_record.py", "coderig/runtime/usage_server.py")
+USAGE_DIR = "/var/lib/coderig/usage"
+USAGE_RECORD = f"{USAGE_DIR}/usage.json"
+METRICS_LISTEN = "127.0.0.1:9300"
 
 
-def relay_command(spec: GatewaySpec, python: str = "python3") -> list[str]:
+def relay_command(spec: GatewaySpec, python: str = "python3", usage: bool = False) -> list[str]:
     """The SSE keepalive relay's command line for this gateway ([] when it proxies to no model server
-    of its own)."""
+    of its own); `usage`: with the usage record and the metrics listener."""
     if not spec.native_relays:
         return []
     routes: list[str] = []
     for listen, target in zip(spec.native_relays, spec.direct_chat_backends, strict=True):
         routes += ["--route", f"{listen}={target}"]
-    return [python, "-m", RELAY_MODULE, *routes, "--interval", str(RELAY_INTERVAL_S)]
+    accounting = ["--usage-file", USAGE_RECORD, "--metrics", METRICS_LISTEN] if usage else []
+    return [python, "-m", RELAY_MODULE, *routes, "--interval", str(RELAY_INTERVAL_S), *accounting]
 
 
 def assemble(inputs: FrontDoorInputs, paths: GatewayPaths, **gateway: Any) -> tuple[ModelRoute, GatewaySpec]:

@@ -21,6 +21,7 @@ from coderig.core.files import write_file
 PREFIX_NAME = "coderig-frontdoor-"  # temporary nginx prefixes: <tempdir>/coderig-frontdoor-XXXX
 RUNNER_PID = "runner.pid"  # in a prefix: the pid of the run that owns it
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+USAGE_FILE = "usage.json"  # in --state-dir: the usage record (coderig.runtime.usage_record)
 
 
 def die_with_parent() -> Callable[[], None] | None:
@@ -132,6 +133,16 @@ def wait_listening(host: str, port: int, timeout_s: float, proc: subprocess.Pope
             return True
         time.sleep(0.1)
     return False
+
+
+def usage_flags(state_dir: Path, metrics_listen: str) -> tuple[str, str, str, str]:
+    """The relay's accounting flags for `frontdoor run`: the record in the state directory, the
+    metrics listener on `metrics_listen` (a free loopback port when empty)."""
+    if not metrics_listen:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            metrics_listen = f"127.0.0.1:{sock.getsockname()[1]}"
+    return ("--usage-file", str(state_dir / USAGE_FILE), "--metrics", metrics_listen)
 
 
 def start_relay(

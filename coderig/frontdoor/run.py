@@ -48,11 +48,11 @@ from coderig.frontdoor.lifecycle import (
     clean_stale_prefixes,
     die_with_parent,
     start_relay,
+    usage_flags,
     wait_listening,
 )
 
 READY_LINE = "coderig frontdoor: ready"
-USAGE_FILE = "usage.json"  # in --state-dir: the usage record (coderig.runtime.usage_record)
 LITELLM_EXTRA_REQUIREMENTS = ("opentelemetry-sdk==1.45.2",)
 
 
@@ -425,10 +425,9 @@ def run(opts: RunOptions) -> int:
             print(f"coderig frontdoor: nginx rejected the config:\n{check.stderr}", file=sys.stderr)
             return 1
 
+        usage = usage_flags(state_dir, opts.metrics_listen)  # the relay counts every request
         if relays:  # the SSE keepalive relay in front of each direct backend (every model path)
             relay_log = state_dir / "keepalive.log"
-            metrics = opts.metrics_listen or f"127.0.0.1:{free_port()}"
-            usage = ("--usage-file", str(state_dir / USAGE_FILE), "--metrics", metrics)
             procs.append(start_relay(relays, direct, opts.keepalive_s, relay_log, usage))
             names.append("keepalive relay")
             if procs[-1].poll() is not None:
@@ -473,8 +472,7 @@ def run(opts: RunOptions) -> int:
             flush=True,
         )
         if relays:
-            record = state_dir / USAGE_FILE
-            print(f"coderig frontdoor: usage metrics http://{metrics}/metrics, record {record}", flush=True)
+            print(f"coderig frontdoor: usage metrics http://{usage[3]}/metrics, record {usage[1]}", flush=True)
         if ca:
             print(f"coderig frontdoor: CA certificate: {ca}  (clients: NODE_EXTRA_CA_CERTS={ca})", flush=True)
         while not stop["signal"]:

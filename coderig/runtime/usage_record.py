@@ -149,6 +149,11 @@ class Ledger:
         dev, code = ex.developer, str(ex.status)
         key = (dev, ex.path, code)
         self.requests[key] = self.requests.get(key, 0) + 1
+        self.changed = True
+        if ex.status == 404:
+            # the model server does not serve that name (Claude Code's claude-haiku-…): the gateway
+            # replays the request to LiteLLM, whose own hop through the relay is the one counted
+            return
         row = self.days.setdefault((utc_day(now), dev), DayRow())
         row.requests += 1
         if ex.status >= 400 or ex.status == 0:

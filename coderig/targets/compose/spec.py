@@ -38,6 +38,8 @@ from coderig.frontdoor import links
 from coderig.frontdoor.assemble import (
     MODEL_API_KEY_ENV,
     RELAY_FILE,
+    USAGE_DIR,
+    USAGE_FILES,
     GatewayPaths,
     assemble,
     direct_targets,
@@ -277,7 +279,7 @@ KEEPALIVE_MOUNT = "/opt/coderig-keepalive"
 def keepalive_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any] | None:
     """The SSE keepalive relay in front of the model servers for the gateway's native routes: the
     pinned LiteLLM image (it has python3) runs the shipped stdlib module from the bundle."""
-    command = relay_command(front_door(settings, spec)[1])
+    command = relay_command(front_door(settings, spec)[1], usage=True)
     if not command:
         return None
     return {
@@ -287,7 +289,7 @@ def keepalive_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]
         "entrypoint": command[:3],
         "command": command[3:],
         "environment": {"PYTHONPATH": KEEPALIVE_MOUNT, "PYTHONDONTWRITEBYTECODE": "1"},
-        "volumes": [f"./{KEEPALIVE_DIR}:{KEEPALIVE_MOUNT}:ro"],
+        "volumes": [f"./{KEEPALIVE_DIR}:{KEEPALIVE_MOUNT}:ro", f"{USAGE_DIR}:{USAGE_DIR}"],
     }
 
 
@@ -340,7 +342,8 @@ def node_files(settings: StackSettings, spec: NodeSpec) -> render.Bundle:
         files[LITELLM_CONFIG] = render.RenderedFile(frontdoor.render_litellm_config(route))
         files[GATEWAY_CONF] = render.RenderedFile(frontdoor.render_gateway_conf(gateway))
         if gateway.native_relays:
-            files[f"{KEEPALIVE_DIR}/{RELAY_FILE}"] = render.RenderedFile(script_text("sse_keepalive.py"))
+            for shipped in (RELAY_FILE, *USAGE_FILES):
+                files[f"{KEEPALIVE_DIR}/{shipped}"] = render.RenderedFile(script_text(shipped.rsplit("/", 1)[1]))
     if has_link(spec):
         files[LINK_CONF] = render.RenderedFile(link_conf(spec))
     return files

@@ -27,6 +27,12 @@ import asyncio
 import contextlib
 import signal
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from coderig.runtime.usage import RequestReader, ResponseMeter
+    from coderig.runtime.usage_server import Accounting
 
 DEFAULT_INTERVAL_S = 15.0
 COMMENT = b": keepalive\n\n"
@@ -41,10 +47,13 @@ _HEAD, _SIZE, _DATA, _TRAILER, _LENGTH, _UNTIL_CLOSE = range(6)
 class _Pair:
     """The two transports of one relayed connection and their back-pressure."""
 
-    def __init__(self) -> None:
+    def __init__(self, accounting: Accounting | None = None) -> None:
         self.client: asyncio.Transport | None = None
         self.upstream: asyncio.Transport | None = None
         self.closed = False
+        # usage accounting (coderig.runtime.usage): request side and response side of this connection
+        self.reader: RequestReader | None = accounting.reader() if accounting else None
+        self.meter: ResponseMeter | None = accounting.meter(self.reader) if accounting and self.reader else None
 
     def close(self) -> None:
         if self.closed:
@@ -53,6 +62,8 @@ class _Pair:
         for t in (self.client, self.upstream):
             if t is not None:
                 t.close()
+        if self.meter is not None:
+            self.meter.close()
 
 
 class ResponseFramer:
@@ -163,8 +174,10 @@ class _Upstream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last = self.loop.time()
         self.framer.feed(data)
+        if self.pair.meter is not None:
+            data = self.pair.meter.feed(data)
         client = self.pair.client
-        if client is not None and not self.pair.closed:
+        if client is not None and not self.pair.closed and data:
             client.write(data)
 
     def _tick(self) -> None:
@@ -196,10 +209,10 @@ class _Upstream(asyncio.Protocol):
 class _Client(asyncio.Protocol):
     """nginx -> model server: connects on accept; request bytes pass through untouched."""
 
-    def __init__(self, target: tuple[str, int], interval: float) -> None:
+    def __init__(self, target: tuple[str, int], interval: float, accounting: Accounting | None = None) -> None:
         self.target = target
         self.interval = interval
-        self.pair = _Pair()
+        self.pair = _Pair(accounting)
         self.pending: list[bytes] = []
         self.connect: asyncio.Task[None] | None = None
 
@@ -228,6 +241,8 @@ class _Client(asyncio.Protocol):
         self.pending.clear()
 
     def data_received(self, data: bytes) -> None:
+        if self.pair.reader is not None:
+            data = self.pair.reader.feed(data)
         upstream = self.pair.upstream
         if upstream is None:
             self.pending.append(data)
@@ -273,20 +288,29 @@ def parse_route(text: str) -> tuple[tuple[str, int], tuple[str, int]]:
     return (lhost, lport), parse_hostport(target)
 
 
-async def serve(routes: list[tuple[tuple[str, int], tuple[str, int]]], interval: float) -> list[asyncio.Server]:
+async def serve(
+    routes: list[tuple[tuple[str, int], tuple[str, int]]], interval: float, accounting: Accounting | None = None
+) -> list[asyncio.Server]:
     loop = asyncio.get_running_loop()
     servers = []
     for (lhost, lport), target in routes:
         servers.append(
             await loop.create_server(
-                lambda target=target: _Client(target, interval), lhost, lport, reuse_address=True, backlog=1024
+                lambda target=target: _Client(target, interval, accounting),
+                lhost,
+                lport,
+                reuse_address=True,
+                backlog=1024,
             )
         )
     return servers
 
 
-async def _main(routes: list[tuple[tuple[str, int], tuple[str, int]]], interval: float) -> None:
-    servers = await serve(routes, interval)
+async def _main(
+    routes: list[tuple[tuple[str, int], tuple[str, int]]], interval: float, args: argparse.Namespace | None = None
+) -> None:
+    accounting = await _accounting(routes, args) if args is not None else None
+    servers = await serve(routes, interval, accounting)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -297,23 +321,69 @@ async def _main(routes: list[tuple[tuple[str, int], tuple[str, int]]], interval:
     await stop.wait()
     for server in servers:
         server.close()
+    if accounting is not None:
+        await accounting.stop()
+
+
+async def _accounting(
+    routes: list[tuple[tuple[str, int], tuple[str, int]]], args: argparse.Namespace
+) -> Accounting | None:
+    """Usage accounting and the metrics listener (coderig.runtime.usage_server), when asked for."""
+    if not (args.usage_file or args.metrics):
+        return None
+    from coderig.runtime.usage_server import Accounting  # noqa: PLC0415 - only when accounting is on
+
+    accounting = Accounting(
+        Path(args.usage_file) if args.usage_file else None, [t for _, t in routes], args.flush, args.probe
+    )
+    accounting.start()
+    if args.metrics:
+        host, port = parse_hostport(args.metrics)
+        await accounting.serve_metrics(host, port, args.metrics_allow)
+    return accounting
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="SSE keepalive relay (loopback only)")
     ap.add_argument("--route", action="append", required=True, help="LISTEN_HOST:PORT=TARGET_HOST:PORT (repeatable)")
     ap.add_argument("--interval", type=float, default=DEFAULT_INTERVAL_S, help="seconds of silence before a comment")
+    ap.add_argument("--usage-file", help="usage record (JSON, 0600), loaded at start, written every --flush s")
+    ap.add_argument("--metrics", help="HOST:PORT serving /metrics and /usage (loopback, or see --metrics-allow)")
+    ap.add_argument("--metrics-allow", action="append", default=[], help="CIDR allowed to reach --metrics (repeatable)")
+    ap.add_argument("--flush", type=float, default=10.0, help="seconds between usage record writes")
+    ap.add_argument("--probe", type=float, default=30.0, help="seconds between model server health probes")
     args = ap.parse_args(argv)
     try:
         routes = [parse_route(r) for r in args.route]
+        problem = _usage_problem(args)
     except ValueError as exc:
         print(f"sse_keepalive: {exc}", file=sys.stderr)
         return 2
     if args.interval <= 0:
-        print("sse_keepalive: --interval must be > 0", file=sys.stderr)
+        problem = "--interval must be > 0"
+    if problem:
+        print(f"sse_keepalive: {problem}", file=sys.stderr)
         return 2
-    asyncio.run(_main(routes, args.interval))
+    asyncio.run(_main(routes, args.interval, args))
     return 0
+
+
+def _usage_problem(args: argparse.Namespace) -> str | None:
+    if args.flush <= 0 or args.probe <= 0:
+        return "--flush and --probe must be > 0"
+    if args.metrics:
+        from coderig.runtime.usage_server import metrics_listen_error  # noqa: PLC0415
+
+        return metrics_listen_error(parse_hostport(args.metrics)[0], args.metrics_allow)
+    if args.usage_file:
+        from coderig.runtime.usage_record import RecordError, load  # noqa: PLC0415
+
+        if Path(args.usage_file).exists():
+            try:
+                load(Path(args.usage_file))
+            except RecordError as exc:
+                return f"{exc}; move it aside to start a new record"
+    return None
 
 
 if __name__ == "__main__":
