@@ -4,6 +4,7 @@ between them is only where the gateway's files live (`GatewayPaths`) and the inp
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -122,6 +123,15 @@ USAGE_RECORD = f"{USAGE_DIR}/usage.json"
 METRICS_LISTEN = "127.0.0.1:9300"
 
 
+def relayed_route(route: ModelRoute, relay_listens: tuple[str, ...]) -> ModelRoute:
+    """LiteLLM reaching our model servers through the relay (its api_base is each relay listener),
+    with the gateway's developer header forwarded so the relay counts the claude-* fallback too;
+    `route` as is when there is no relay (an external endpoint)."""
+    if not relay_listens:
+        return route
+    return dataclasses.replace(route, backends=tuple(f"http://{r}/v1" for r in relay_listens), forward_developer=True)
+
+
 def relay_command(spec: GatewaySpec, python: str = "python3", usage: bool = False) -> list[str]:
     """The SSE keepalive relay's command line for this gateway ([] when it proxies to no model server
     of its own); `usage`: with the usage record and the metrics listener."""
@@ -140,8 +150,7 @@ def assemble(inputs: FrontDoorInputs, paths: GatewayPaths, **gateway: Any) -> tu
     relayed = relays(inputs)
     route = ModelRoute(
         served_name=inputs.served_name,
-        # LiteLLM reaches our model servers through the relay too (its api_base is the relay listener)
-        backends=tuple(f"http://{r}/v1" for r in relayed) if relayed else inputs.backends,
+        backends=inputs.backends,
         max_tokens=inputs.max_tokens,
         temperature=inputs.temperature,
         top_p=inputs.top_p,
@@ -149,8 +158,8 @@ def assemble(inputs: FrontDoorInputs, paths: GatewayPaths, **gateway: Any) -> tu
         aliases=inputs.aliases,
         api_key=inputs.api_key,
         timeout_s=inputs.litellm_timeout_s,
-        forward_developer=bool(inputs.direct_chat),
     )
+    route = relayed_route(route, relayed)
     spec = GatewaySpec(
         listen=inputs.listen,
         litellm=inputs.litellm,

@@ -41,6 +41,7 @@ from types import FrameType
 from coderig import frontdoor
 from coderig.core import access
 from coderig.core.versions import LITELLM_VERSION
+from coderig.frontdoor.assemble import relayed_route
 from coderig.frontdoor.lifecycle import (
     PREFIX_NAME,
     RUNNER_PID,
@@ -354,7 +355,6 @@ def run(opts: RunOptions) -> int:
             max_tokens=opts.max_tokens,
             aliases=tuple(opts.aliases),
             timeout_s=opts.litellm_timeout_s,
-            forward_developer=opts.direct_chat and all(frontdoor.direct_chat_backend(b) for b in opts.backends),
         )
         frontdoor.validate_route(route)
         nginx = find_nginx()
@@ -391,12 +391,12 @@ def run(opts: RunOptions) -> int:
         master_key = "sk-" + secrets.token_urlsafe(32)  # LiteLLM expects master keys to start sk-
         litellm_port = opts.litellm_port or free_port()
         litellm_cfg = prefix / "litellm.yaml"
-        litellm_cfg.write_text(frontdoor.render_litellm_config(route))
         keys_conf = KeysInclude(prefix, frontdoor.render_gateway_keys(keys, master_key))
         os.chmod(prefix, 0o711)  # noqa: S103 - nginx workers (not root) must reach their temp dirs
         direct = direct_backends(opts.backends, opts.direct_chat)
         native_routes = opts.native_routes if direct else ()
         relays = [f"127.0.0.1:{free_port()}" for _ in direct]  # the relay: every hop to a model server
+        litellm_cfg.write_text(frontdoor.render_litellm_config(relayed_route(route, tuple(relays))))
         spec = frontdoor.GatewaySpec(
             listen=opts.listen,
             litellm=f"127.0.0.1:{litellm_port}",

@@ -59,7 +59,8 @@ class Accounting:
         return ResponseMeter(reader.exchanges, self.loop.time, self.done)
 
     def done(self, ex: Exchange) -> None:
-        self.ledger.add(ex, self._offset + (ex.finished or self.loop.time()))
+        if ex.counted:
+            self.ledger.add(ex, self._offset + (ex.finished or self.loop.time()))
 
     # ------------------------------------------------------------ background
 
