@@ -12,7 +12,7 @@ from typing import Any
 from coderig.core import engine
 from coderig.core.settings import StackSettings
 from coderig.frontdoor.litellm import DEFAULT_TIMEOUT_S, ModelRoute
-from coderig.frontdoor.nginx import GatewaySpec, direct_chat_backend
+from coderig.frontdoor.nginx import GatewaySpec, direct_chat_backend, hostport, parse_listen
 
 # every model server coderig runs requires its API key; LiteLLM reads it from this variable (an
 # external endpoint's own key, `coderig:externalApiKey`, travels the same way)
@@ -140,7 +140,9 @@ def relay_command(spec: GatewaySpec, python: str = "python3", usage: bool = Fals
     routes: list[str] = []
     for listen, target in zip(spec.native_relays, spec.direct_chat_backends, strict=True):
         routes += ["--route", f"{listen}={target}"]
-    accounting = ["--usage-file", USAGE_RECORD, "--metrics", METRICS_LISTEN] if usage else []
+    host, port = parse_listen(spec.listen)
+    gateway = hostport({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host), port)  # noqa: S104 - naming it
+    accounting = ["--usage-file", USAGE_RECORD, "--metrics", METRICS_LISTEN, "--gateway", gateway] if usage else []
     return [python, "-m", RELAY_MODULE, *routes, "--interval", str(RELAY_INTERVAL_S), *accounting]
 
 

@@ -135,14 +135,14 @@ def wait_listening(host: str, port: int, timeout_s: float, proc: subprocess.Pope
     return False
 
 
-def usage_flags(state_dir: Path, metrics_listen: str) -> tuple[str, str, str, str]:
+def usage_flags(state_dir: Path, metrics_listen: str, gateway: str) -> tuple[str, ...]:
     """The relay's accounting flags for `frontdoor run`: the record in the state directory, the
-    metrics listener on `metrics_listen` (a free loopback port when empty)."""
+    metrics listener on `metrics_listen` (a free loopback port when empty), the gateway it probes."""
     if not metrics_listen:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             metrics_listen = f"127.0.0.1:{sock.getsockname()[1]}"
-    return ("--usage-file", str(state_dir / USAGE_FILE), "--metrics", metrics_listen)
+    return ("--usage-file", str(state_dir / USAGE_FILE), "--metrics", metrics_listen, "--gateway", gateway)
 
 
 def start_relay(

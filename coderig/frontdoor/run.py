@@ -425,7 +425,7 @@ def run(opts: RunOptions) -> int:
             print(f"coderig frontdoor: nginx rejected the config:\n{check.stderr}", file=sys.stderr)
             return 1
 
-        usage = usage_flags(state_dir, opts.metrics_listen)  # the relay counts every request
+        usage = usage_flags(state_dir, opts.metrics_listen, opts.listen)  # the relay counts every request
         if relays:  # the SSE keepalive relay in front of each direct backend (every model path)
             relay_log = state_dir / "keepalive.log"
             procs.append(start_relay(relays, direct, opts.keepalive_s, relay_log, usage))

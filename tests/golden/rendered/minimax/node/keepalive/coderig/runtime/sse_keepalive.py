@@ -333,9 +333,9 @@ async def _accounting(
         return None
     from coderig.runtime.usage_server import Accounting  # noqa: PLC0415 - only when accounting is on
 
-    accounting = Accounting(
-        Path(args.usage_file) if args.usage_file else None, [t for _, t in routes], args.flush, args.probe
-    )
+    gateway = parse_hostport(args.gateway) if args.gateway else None
+    record = Path(args.usage_file) if args.usage_file else None
+    accounting = Accounting(record, [t for _, t in routes], args.flush, args.probe, gateway)
     accounting.start()
     if args.metrics:
         host, port = parse_hostport(args.metrics)
@@ -351,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metrics", help="HOST:PORT serving /metrics and /usage (loopback, or see --metrics-allow)")
     ap.add_argument("--metrics-allow", action="append", default=[], help="CIDR allowed to reach --metrics (repeatable)")
     ap.add_argument("--flush", type=float, default=10.0, help="seconds between usage record writes")
+    ap.add_argument("--gateway", help="HOST:PORT of the gateway's listener, probed for coderig_gateway_up")
     ap.add_argument("--probe", type=float, default=30.0, help="seconds between model server health probes")
     args = ap.parse_args(argv)
     try:

@@ -31,6 +31,8 @@ from typing import Any
 DEVELOPER_HEADER = b"x-coderig-developer"  # set by the gateway from the key (client input replaced)
 CHAT_PATH = "/v1/chat/completions"
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
+# what is a model request (counted); anything else through the relay (LiteLLM asking /v1/models) is not
+MODEL_PATHS = frozenset({"/v1/messages", COUNT_TOKENS_PATH, CHAT_PATH, "/v1/responses", "/v1/completions"})
 MAX_JSON_BODY = 16 << 20  # a non-streamed answer larger than this is counted without its usage
 _HEAD_LIMIT = 1 << 16
 _USAGE_KEY = b'"usage"'
@@ -89,6 +91,10 @@ class Exchange:
     finished: float | None = None
     usage: Usage | None = None
     rejected: bool = False  # answered by the relay itself (over budget): never reached the server
+
+    @property
+    def counted(self) -> bool:
+        return self.path in MODEL_PATHS
 
 
 @dataclass

@@ -271,8 +271,19 @@ def _histogram(name: str, help_text: str, hists: dict[str, Histogram]) -> list[s
     return out
 
 
-def exposition(ledger: Ledger, awake: dict[str, bool | None]) -> str:
-    """The relay's own metrics; `awake`: node (model server address) -> answered its last probe."""
+def _gateway_lines(up: bool | None) -> list[str]:
+    if up is None:
+        return []
+    return [
+        "# HELP coderig_gateway_up 1 when the gateway's listener accepted the last probe.",
+        "# TYPE coderig_gateway_up gauge",
+        f"coderig_gateway_up {int(up)}",
+    ]
+
+
+def exposition(ledger: Ledger, awake: dict[str, bool | None], gateway_up: bool | None = None) -> str:
+    """The relay's own metrics; `awake`: node (model server address) -> answered its last probe;
+    `gateway_up`: the gateway's listener accepted the last probe (None: not probed)."""
     tokens, nodes = sorted(ledger.tokens.items()), sorted(awake.items())
     out = [
         "# HELP coderig_requests_total Model requests through the gateway, by developer, path and status.",
@@ -290,6 +301,7 @@ def exposition(ledger: Ledger, awake: dict[str, bool | None]) -> str:
         "# HELP coderig_node_awake 1 when the node's model server answered its last health probe.",
         "# TYPE coderig_node_awake gauge",
         *(f'coderig_node_awake{{node="{_label(n)}"}} {int(bool(a))}' for n, a in nodes if a is not None),
+        *_gateway_lines(gateway_up),
         "# HELP coderig_usage_record_start_seconds When the usage record began (Unix time).",
         "# TYPE coderig_usage_record_start_seconds gauge",
         f"coderig_usage_record_start_seconds {ledger.started:.3f}",

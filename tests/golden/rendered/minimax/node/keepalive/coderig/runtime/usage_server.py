@@ -39,6 +39,7 @@ class Accounting:
         targets: Sequence[tuple[str, int]],
         flush_s: float = DEFAULT_FLUSH_S,
         probe_s: float = DEFAULT_PROBE_S,
+        gateway: tuple[str, int] | None = None,
     ) -> None:
         self.path = path
         self.targets = list(targets)
@@ -46,6 +47,8 @@ class Accounting:
         self.probe_s = probe_s
         self.ledger = usage_record.load(path) if path is not None and path.exists() else Ledger()
         self.awake: dict[str, bool | None] = {f"{h}:{p}": None for h, p in self.targets}
+        self.gateway = gateway  # the gateway's listener on this machine: accepts connections or not
+        self.gateway_up: bool | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.loop = asyncio.get_running_loop()
         self._offset = time.time() - self.loop.time()  # monotonic -> epoch (for days)
@@ -59,7 +62,8 @@ class Accounting:
         return ResponseMeter(reader.exchanges, self.loop.time, self.done)
 
     def done(self, ex: Exchange) -> None:
-        self.ledger.add(ex, self._offset + (ex.finished or self.loop.time()))
+        if ex.counted:
+            self.ledger.add(ex, self._offset + (ex.finished or self.loop.time()))
 
     # ------------------------------------------------------------ background
 
@@ -91,6 +95,8 @@ class Accounting:
         while True:
             start = time.time()
             results = await asyncio.gather(*(_get(h, p, "/health") for h, p in self.targets))
+            if self.gateway is not None:
+                self.gateway_up = await _accepts(*self.gateway)
             for (h, p), (status, _body) in zip(self.targets, results, strict=True):
                 self.awake[f"{h}:{p}"] = status == 200
             if any(status == 200 for status, _ in results):
@@ -106,7 +112,7 @@ class Accounting:
             for (h, p), (status, body) in zip(self.targets, scraped, strict=True)
             if status == 200
         ]
-        return usage_record.exposition(self.ledger, self.awake) + relabel(texts)
+        return usage_record.exposition(self.ledger, self.awake, self.gateway_up) + relabel(texts)
 
     async def serve_metrics(self, host: str, port: int, allow: Sequence[str]) -> asyncio.Server:
         networks = [ipaddress.ip_network(c, strict=False) for c in allow]
@@ -192,6 +198,15 @@ def relabel(texts: Sequence[tuple[str, str]]) -> str:
             families.setdefault(family or name, ([], []))[1].append(f"{name}{{{labels}}}{rest}")
     out = [line for comments, samples in families.values() for line in (*comments, *samples)]
     return "\n".join(out) + ("\n" if out else "")
+
+
+async def _accepts(host: str, port: int) -> bool:
+    try:
+        _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), _SCRAPE_TIMEOUT_S)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
 
 
 async def _get(host: str, port: int, path: str) -> tuple[int, bytes]:
