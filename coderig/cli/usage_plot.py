@@ -78,6 +78,5 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.grid(axis="y", color="#dddddd", zorder=1)
     ax.set_axisbelow(True)
     fig.autofmt_xdate()
-    fig.tight_layout()
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)

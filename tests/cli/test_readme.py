@@ -3,7 +3,7 @@
 Which commands run (each command of every ```bash block is classified; an unclassified one fails
 the test, so a new README command forces a decision here):
 
-- run: `coderig plan|render|frontdoor run|bundle --outputs|onboard|smoke` and the shell lines around
+- run: `coderig plan|render|frontdoor run|bundle --outputs|onboard|smoke|usage` and the shell lines around
   them (`echo … > keys.json && chmod …`), in README order but the `frontdoor run` block first, each
   block with `bash -euo pipefail` (a block that also holds skipped commands: its runnable lines only).
   `frontdoor run` runs in the background (against the stand-in model server) until its ready line and
@@ -109,7 +109,8 @@ def classify(cmd: str) -> str:
         return "host"
     if words[:3] == ["uv", "run", "pytest"]:
         return "pytest"
-    if re.match(r"(uv run )?coderig (plan|render|frontdoor run|bundle|onboard|smoke)\b", cmd) or words[:1] == ["echo"]:
+    runnable = r"(uv run )?coderig (plan|render|frontdoor run|bundle|onboard|smoke|usage)\b"
+    if re.match(runnable, cmd) or words[:1] == ["echo"]:
         return "run"
     if words[:1] and words[0] in SHELL:
         return "run"
@@ -220,6 +221,8 @@ def test_readme_commands_run_as_written(tmp_path: Path) -> None:
                 # a block that mixes in skipped commands (`pulumi … > outputs.json`) runs its runnable lines
                 whole = all(classify(c) == "run" for c in commands(block))
                 script = substitute(block if whole else "\n".join(cmds), standin.url, port)
+                if "coderig usage" in script:  # the relay writes its record within 10 s of smoke's requests
+                    wait_file(work / ".coderig" / "frontdoor" / "usage.json", 30)
                 if "frontdoor run" in script:
                     background.append(start_background(script, work, env))
                     make_outputs(work)
@@ -238,6 +241,12 @@ def test_readme_commands_run_as_written(tmp_path: Path) -> None:
         assert name in joined
     assert (work / "rendered" / ".coderig-render").exists()
     assert Path(env["HOME"], ".claude", "settings.json").exists() and (work / "alice.json").exists()
+
+
+def wait_file(path: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
 
 
 def start_background(script: str, work: Path, env: dict[str, str]) -> subprocess.Popen[str]:
