@@ -22,7 +22,7 @@ import pulumi_tls as tls
 from coderig.core import engine
 from coderig.core.settings import NODE_CACHE_PATH, SshHost
 from coderig.targets.aws import plan as aws_plan
-from coderig.targets.compose import machines
+from coderig.targets.compose.rendered import render_nodes
 from components.aws import GpuNodes, IdleReaper, Network, NetworkArgs, NodeArgs, ReaperArgs
 from components.node import Connection, NodeStack, NodeStackArgs, front_door_access, replicas_first
 from stacks import StackContext
@@ -101,8 +101,8 @@ def build(ctx: StackContext) -> dict[str, object]:
     first_ip = gpu.nodes[0].eip.public_ip
     names = cast(list[str], [first_ip, *s.gateway.hostnames])
     access = front_door_access(s, names, ctx.secrets)
-    specs = machines.node_specs(ctx.settings, CACHE_PATH)
-    assert len(specs) == len(gpu.nodes)
+    nodes = render_nodes(ctx.settings, ctx.plan, CACHE_PATH)
+    assert len(nodes) == len(gpu.nodes)
 
     def node_stack(i: int, after: list[NodeStack]) -> NodeStack:
         n = gpu.nodes[i]
@@ -117,7 +117,7 @@ def build(ctx: StackContext) -> dict[str, object]:
         return NodeStack(
             f"node-{i}",
             NodeStackArgs(
-                s, specs[i], conn, access.secrets,
+                s, nodes[i], conn, access.secrets,
                 host=SshHost(address=f"aws-node-{i}", cacheDevice=aws_plan.WEIGHTS_DEVICE),
                 # the Elastic IP and host key survive a replaced instance: its id makes every step re-run
                 machine=[n.instance.id, n.attachment.id],

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from coderig.core import engine, plan_text, planner
-from coderig.core.files import Bundle, RenderedFile
+from coderig.core.files import FileSet, RenderedFile
 from coderig.core.settings import StackSettings
 from coderig.targets.aws import ops as aws_ops
-from coderig.targets.compose.spec import render_node_files
+from coderig.targets.compose.rendered import render_node_files
 from coderig.targets.kubernetes import ops as kube_ops
 from coderig.targets.kubernetes.render import render_manifests
 
-Renderer = Callable[[StackSettings, str], Bundle]
+Renderer = Callable[[StackSettings, str, planner.Plan], FileSet]
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,7 @@ REGISTRY: Mapping[str, TargetKind] = {
 }
 
 
-def plan_files(settings: StackSettings, stack: str) -> Bundle:
-    p = planner.plan_stack(settings)
+def plan_files(settings: StackSettings, stack: str, p: planner.Plan) -> FileSet:
     summary = {"stack": stack, **p.summary()}
     return {
         "plan.json": RenderedFile(json.dumps(summary, indent=2) + "\n"),
@@ -66,19 +65,19 @@ def plan_files(settings: StackSettings, stack: str) -> Bundle:
     }
 
 
-def model_server_files(settings: StackSettings, stack: str) -> Bundle:
+def model_server_files(settings: StackSettings, stack: str, p: planner.Plan) -> FileSet:
     if not settings.target.serves_model:
         return {}
-    p = planner.plan_stack(settings)
     line = engine.command_line(settings.model, p.layout)
     return {"model-server/command.sh": RenderedFile(f"#!/bin/sh\nexec {line}\n", 0o755)}
 
 
-def render_stack(settings: StackSettings, stack: str) -> Bundle:
-    """Every file the stack deploys that holds no secret: what `coderig render` writes."""
-    out: Bundle = {}
+def render_stack(settings: StackSettings, stack: str, plan: planner.Plan) -> FileSet:
+    """Every file the stack deploys that holds no secret: what `coderig render` writes, from the
+    stack's one plan."""
+    out: FileSet = {}
     for contribute in (plan_files, model_server_files, REGISTRY[settings.target.kind].render):
-        files = contribute(settings, stack)
+        files = contribute(settings, stack, plan)
         clash = set(out) & set(files)
         if clash:
             raise RuntimeError(f"two renderers write {sorted(clash)}")

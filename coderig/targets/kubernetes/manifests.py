@@ -358,9 +358,9 @@ def weights_job(settings: StackSettings, stack: str) -> Obj:
     }
 
 
-def model_deployment(settings: StackSettings, stack: str, plan: planner.Plan | None = None) -> Obj:
+def model_deployment(settings: StackSettings, stack: str, plan: planner.Plan) -> Obj:
     t = target(settings)
-    p = plan or planner.plan_stack(settings)
+    p = plan
     gpus = p.gpu_count
     args = engine.vllm_args(settings.model, p.layout, host="0.0.0.0")  # noqa: S104 - pod IP; NetworkPolicy + API key
     env = {
