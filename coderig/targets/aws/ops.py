@@ -218,8 +218,17 @@ def _aws_errors(command: Command) -> Command:
     return run
 
 
-COMMANDS: dict[str, Command] = {
-    "idle": _aws_errors(cmd_idle),
-    "stop": _aws_errors(cmd_stop),
-    "start": _aws_errors(cmd_start),
-}
+class AwsOperations:
+    """coderig.targets.operations.TargetOperations of the aws kind: the GPU instances, by tag."""
+
+    def idle(self, args: argparse.Namespace, settings: StackSettings | None) -> int:
+        return _aws_errors(cmd_idle)(args, settings)
+
+    def stop(self, args: argparse.Namespace, settings: StackSettings | None) -> int:
+        return _aws_errors(cmd_stop)(args, settings)
+
+    def start(self, args: argparse.Namespace, settings: StackSettings | None) -> int:
+        return _aws_errors(cmd_start)(args, settings)
+
+
+OPERATIONS = AwsOperations()
