@@ -42,7 +42,7 @@ def test_pulumi_graph_names_provider_ordering_and_secrets() -> None:
     kinds = {r.typ.split(":")[-1] for r in k8s_res}
     assert {"Namespace", "PersistentVolumeClaim", "Job", "Deployment", "Service", "Ingress", "CronJob", "Role",
             "RoleBinding", "NetworkPolicy", "PodDisruptionBudget", "Secret", "ConfigMap"} <= kinds  # fmt: skip
-    # every manifest of coderig.kube became a resource, and nothing else
+    # every manifest of coderig.targets.kubernetes became a resource, and nothing else
     s = settings_of(k8s_config())
     expected = {kube_render.object_key(o) for o in all_objects(k8s_config())}
     assert {r.name.removeprefix("k8s-") for r in k8s_res} == expected

@@ -407,7 +407,7 @@ def test_replicas_wait_without_a_gateway_check() -> None:
 
 
 def test_time_budgets_come_from_the_planner_only() -> None:
-    """One set of throughput and pull assumptions (coderig.planner), shared with the kube target."""
+    """One set of throughput and pull assumptions (coderig.core.budgets), shared with the kube target."""
     for name in ("DOWNLOAD_BYTES_PER_S", "LOAD_BYTES_PER_S", "PULL_S", "WARMUP_S", "load_seconds"):
         assert not hasattr(node, name), name
     for settings in (settings_ssh(), settings_local()):  # vLLM and llama.cpp

@@ -2,7 +2,7 @@
 
 The test host is `ssh_host` (conftest.py, made by tests/sshhost.py): OpenSSH's sshd in a network
 namespace of its own with a stand-in `docker`. The command string is the one the Pulumi program
-gives pulumi-command (`coderig.node.preflight_command`); here the `ssh` client runs it with
+gives pulumi-command (`coderig.targets.compose.commands.preflight_command`); here the `ssh` client runs it with
 StrictHostKeyChecking=yes and a known_hosts file built from the pinned `hostKey`.
 """
 

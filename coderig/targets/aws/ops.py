@@ -25,7 +25,7 @@ from coderig.runtime.aws_reaper import (
     reap,
 )
 from coderig.runtime.http import poll_ready
-from coderig.targets.aws import plan as aws_plan
+from coderig.targets.aws import resources as aws_resources
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,8 @@ def resolve_target(args: argparse.Namespace, settings: StackSettings | None) -> 
     if getattr(args, "stop_after_minutes", None):
         overrides["stop_after_minutes"] = float(args.stop_after_minutes)
     if settings is not None:
-        cfg = aws_plan.reaper_config(settings, stack)
-        region = args.region or aws_plan.aws_target(settings).region
+        cfg = aws_resources.reaper_config(settings, stack)
+        region = args.region or aws_resources.aws_target(settings).region
         port = args.port or settings.gateway.port
     else:
         region = args.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
