@@ -230,7 +230,17 @@ def load(path: Path) -> Ledger:
 
 def save(ledger: Ledger, path: Path) -> None:
     """Atomic, durable replace: a reader sees the old record or the new one, never half."""
-    data = json.dumps(ledger.to_json(), separators=(",", ":")).encode()
+    write_atomic(snapshot(ledger), path)
+
+
+def snapshot(ledger: Ledger) -> bytes:
+    """The record's bytes as of now (marks the ledger written: a change after this is the next one's)."""
+    ledger.changed = False
+    return json.dumps(ledger.to_json(), separators=(",", ":")).encode()
+
+
+def write_atomic(data: bytes, path: Path) -> None:
+    """Temporary file, fsync, rename, fsync of the directory (blocking: the relay runs it in a thread)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -247,7 +257,6 @@ def save(ledger: Ledger, path: Path) -> None:
             os.fsync(dfd)
         finally:
             os.close(dfd)
-    ledger.changed = False
 
 
 # ---------------------------------------------------------------- Prometheus text format 0.0.4

@@ -17,6 +17,7 @@ import ipaddress
 import json
 import re
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,12 +72,17 @@ class Accounting:
         self.tasks.append(self.loop.create_task(self._flusher()))
         self.tasks.append(self.loop.create_task(self._prober()))
 
-    def flush(self) -> None:
-        if self.path is not None and self.ledger.changed:
-            try:
-                usage_record.save(self.ledger, self.path)
-            except OSError as exc:  # a full disk: keep counting, say so, try again next interval
-                print(f"sse_keepalive: usage record not written: {exc}", file=sys.stderr, flush=True)
+    async def flush(self) -> None:
+        """Write the record if it changed: the snapshot on the loop, the blocking write and fsyncs in a
+        thread (a busy disk must not stall the streams)."""
+        if self.path is None or not self.ledger.changed:
+            return
+        data = usage_record.snapshot(self.ledger)
+        try:
+            await asyncio.to_thread(_write, data, self.path)
+        except OSError as exc:  # a full disk: keep counting, say so, try again next interval
+            self.ledger.changed = True
+            print(f"sse_keepalive: usage record not written: {exc}", file=sys.stderr, flush=True)
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -84,12 +90,12 @@ class Accounting:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self.flush()
+        await self.flush()
 
     async def _flusher(self) -> None:
         while True:
             await asyncio.sleep(self.flush_s)
-            self.flush()
+            await self.flush()
 
     async def _prober(self) -> None:
         while True:
@@ -144,6 +150,14 @@ class Accounting:
                 writer.close()
 
         return await asyncio.start_server(handle, host, port, reuse_address=True)
+
+
+_WRITING = threading.Lock()  # one write at a time, in snapshot order (a cancelled flush's thread runs on)
+
+
+def _write(data: bytes, path: Path) -> None:
+    with _WRITING:
+        usage_record.write_atomic(data, path)
 
 
 def peer_allowed(peer: str, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
