@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,12 @@ def test_usage_equals_what_the_model_server_reported_for_three_real_agents(tmp_p
         ] == "message_stop"
         assert [(r["api"], r["developer"]) for r in model.reported[before:]] == [("chat", "bob"), ("chat", "bob")]
 
+        # bob leaves (SIGHUP re-reads the keys): his key is refused from now on, his history stays
+        door.write_keys({"alice": KEYS["alice"]})
+        deadline = time.monotonic() + 20
+        while door.post("/v1/messages", hello, key=KEYS["bob"]).status != 401 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert door.post("/v1/messages", hello, key=KEYS["bob"]).status == 401
         live = coderig(
             "usage", "laptop", "--record", f"http://{metrics}/usage", "--json", "--usd-per-hour", "2.5", cwd=tmp_path
         )

@@ -304,3 +304,37 @@ def test_relay_refuses_a_corrupt_record_and_a_public_metrics_listener(tmp_path: 
     assert out.returncode == 2 and "corrupt usage record" in out.stderr and "Traceback" not in out.stderr
     out = subprocess.run([*base, "--metrics", "0.0.0.0:9"], cwd=REPO, capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "--metrics-allow" in out.stderr
+
+
+def test_a_killed_relay_loses_at_most_one_flush_interval(tmp_path: Path) -> None:
+    """kill -9 (a host that loses power): what was counted one flush interval ago is on disk."""
+    record = tmp_path / "usage.json"
+    msgs = [{"role": "user", "content": "count me before the power goes"}]
+    with standin_server(model="m") as standin:
+        port = free_port()
+        cmd = [
+            sys.executable,
+            "-m",
+            "coderig.runtime.sse_keepalive",
+            "--route",
+            f"127.0.0.1:{port}=127.0.0.1:{standin.port}",
+            "--usage-file",
+            str(record),
+            "--flush",
+            "0.2",
+        ]
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            assert proc.stdout is not None and "ready" in proc.stdout.readline()
+            for dev in ("alice", "bob"):
+                assert post(port, "/v1/messages", {"model": "m", "max_tokens": 20, "messages": msgs}, dev)[0] == 200
+            time.sleep(1.0)  # more than one flush interval
+        finally:
+            proc.kill()
+            proc.wait(10)
+            if proc.stdout is not None:
+                proc.stdout.close()
+    tokens = {(d, k): n for d, k, n in usage_record.load(record).to_json()["tokens"]}
+    for r in standin.reported:
+        assert tokens[(r["developer"], "output")] == r["output"] and tokens[(r["developer"], "input")] == r["input"]
+    assert os.stat(record).st_mode & 0o777 == 0o600

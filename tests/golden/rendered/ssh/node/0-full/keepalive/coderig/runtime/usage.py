@@ -90,7 +90,6 @@ class Exchange:
     first_byte: float | None = None  # first byte of the response body (time to first token)
     finished: float | None = None
     usage: Usage | None = None
-    rejected: bool = False  # answered by the relay itself (over budget): never reached the server
 
     @property
     def counted(self) -> bool:

@@ -163,7 +163,7 @@ class Ledger:
             for kind, n in (("input", u.input), ("cached", u.cached), ("output", u.output)):
                 self.tokens[(dev, kind)] = self.tokens.get((dev, kind), 0) + n
             row.input, row.cached, row.output = row.input + u.input, row.cached + u.cached, row.output + u.output
-        if ex.first_byte is not None and 200 <= ex.status < 300 and not ex.rejected:
+        if ex.first_byte is not None and 200 <= ex.status < 300:
             ttft = max(0.0, ex.first_byte - ex.started)
             self.ttft.setdefault(dev, Histogram(TTFT_BUCKETS)).observe(ttft)
             row.ttft.observe(ttft)
