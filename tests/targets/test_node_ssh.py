@@ -149,7 +149,7 @@ def test_every_node_step_over_ssh_in_order(ssh_host: SshHost, tmp_path: Path) ->
     assert t.kind == "ssh"
     spec = machines.node_specs(settings)[0]
     bundle_dir = str(tmp_path / "opt-coderig")
-    plan = node_commands(
+    cmds = node_commands(
         settings, render_node(settings, spec), bundle_dir=bundle_dir, host=t.hosts[0], user="root", install=True
     )
     secrets = node.NodeSecrets(
@@ -166,22 +166,22 @@ def test_every_node_step_over_ssh_in_order(ssh_host: SshHost, tmp_path: Path) ->
         assert r.returncode == 0, f"{cmd[:80]}: {r.stdout}{r.stderr}"
         return r.stdout
 
-    out = step(plan.preflight)
+    out = step(cmds.preflight)
     assert "preflight: ok docker: compose 2.40.0" in out and out.rstrip().endswith("all checks passed")
-    assert plan.install is not None
-    assert "docker present" in step(plan.install)
-    assert "cache is the directory" in step(plan.volume)
+    assert cmds.install is not None
+    assert "docker present" in step(cmds.install)
+    assert "cache is the directory" in step(cmds.volume)
     assert (roomy_disk / "cache").is_dir()
-    assert "bundle unpacked" in step(plan.copy, stdin=node.bundle_archive(commands.with_hash_file(files)))
-    assert "started docker compose up in the background" in step(plan.up)
+    assert "bundle unpacked" in step(cmds.copy, stdin=node.bundle_archive(commands.with_hash_file(files)))
+    assert "started docker compose up in the background" in step(cmds.up)
     for _ in range(100):
         if "compose-up-exit=0" in Path(bundle_dir, "up.log").read_text():
             break
         time.sleep(0.05)
     assert "compose-up-exit=0" in Path(bundle_dir, "up.log").read_text()
-    assert plan.frontdoor_reload is not None
-    step(plan.frontdoor_reload)
-    out = step(plan.wait)
+    assert cmds.frontdoor_reload is not None
+    step(cmds.frontdoor_reload)
+    out = step(cmds.wait)
     assert "wait-ready: ready after" in out
     log = calls.read_text()
     # "ready" ends with one request through the gateway (its /healthz needs LiteLLM and the model)
@@ -194,7 +194,7 @@ def test_every_node_step_over_ssh_in_order(ssh_host: SshHost, tmp_path: Path) ->
     # delete: compose down, secrets gone, weights (cache) and the bundle's public files stay
     (roomy_disk / "cache" / "hf").mkdir()
     (roomy_disk / "cache" / "hf" / "weights.bin").write_text("kept")
-    step(plan.down)
+    step(cmds.down)
     assert f"compose --project-directory {bundle_dir} -p coderig down --remove-orphans" in calls.read_text()
     assert "removed secrets" in step(commands.remove_secrets_command(node.bundle_hash(files), bundle_dir, "root"))
     assert not Path(bundle_dir, "secrets").exists() and Path(bundle_dir, "compose.yaml").exists()
