@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from sshhost import SshHost, keygen, ssh_run
 
-from coderig.core import hostkeys
+from coderig.core import hostkeys, planner
 from coderig.core.settings import StackSettings, parse_settings
 from coderig.targets.compose import commands, machines
 from coderig.targets.compose import spec as node
@@ -52,7 +52,7 @@ def ssh_settings(host: SshHost, cache_path: Path, *, cpu: bool = False, **model:
 def preflight_over_ssh(host: SshHost, settings: StackSettings) -> subprocess.CompletedProcess[str]:
     t = settings.target
     assert t.kind == "ssh"
-    spec = machines.node_specs(settings)[0]
+    spec = machines.node_specs(settings, planner.plan_stack(settings))[0]
     return ssh_run(host, commands.preflight_command(settings, spec, t.hosts[0]))
 
 
@@ -111,7 +111,7 @@ def test_unpinned_host_is_refused_unless_insecure_is_set(ssh_host: SshHost) -> N
 def test_bundle_copy_over_ssh_via_stdin_keeps_secret_modes(ssh_host: SshHost, tmp_path: Path) -> None:
     """The bundle step: the archive travels on stdin (never on the command line), modes survive."""
     settings = ssh_settings(ssh_host, tmp_path / "cache")
-    spec = machines.node_specs(settings)[0]
+    spec = machines.node_specs(settings, planner.plan_stack(settings))[0]
     secrets = node.NodeSecrets(
         model_api_key="m" * 24, litellm_master_key="sk-" + "x" * 24, developer_keys={"alice": "crk-" + "a" * 24},
         tls_cert="CERT", tls_key="KEY",
@@ -147,7 +147,7 @@ def test_every_node_step_over_ssh_in_order(ssh_host: SshHost, tmp_path: Path) ->
     settings = ssh_settings(ssh_host, roomy_disk / "cache", cpu=True)
     t = settings.target
     assert t.kind == "ssh"
-    spec = machines.node_specs(settings)[0]
+    spec = machines.node_specs(settings, planner.plan_stack(settings))[0]
     bundle_dir = str(tmp_path / "opt-coderig")
     cmds = node_commands(
         settings, render_node(settings, spec), bundle_dir=bundle_dir, host=t.hosts[0], user="root", install=True
