@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -96,6 +97,21 @@ def parse_listen(listen: str) -> tuple[str, int]:
 def hostport(host: str, port: int) -> str:
     """host:port as nginx writes it ('[fd00::7]:8000' for an IPv6 address)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+WILDCARDS = ("0.0.0.0", "::", "*", "")  # noqa: S104 - naming the wildcard listen addresses, not binding one
+
+
+def local_address(host: str) -> str:
+    """The address this machine reaches a listener on `host` at: loopback for a wildcard."""
+    if host not in WILDCARDS:
+        return host
+    return "::1" if host == "::" else "127.0.0.1"
+
+
+def public_name(host: str) -> str:
+    """How others name a listener on `host`: this machine's host name for a wildcard."""
+    return socket.gethostname() if host in WILDCARDS else host
 
 
 def is_loopback(host: str) -> bool:

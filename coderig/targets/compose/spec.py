@@ -197,9 +197,8 @@ GATEWAY_HEALTH_START_S = 30
 def gateway_url(spec: NodeSpec, path: str) -> str:
     """The gateway as seen from the node itself (host networking): loopback unless it listens on
     one address only."""
-    host, _, port = spec.gateway_listen.rpartition(":")
-    host = "127.0.0.1" if host in ("", "0.0.0.0", "*", "[::]") else host  # noqa: S104 - a wildcard listen, not a bind
-    return f"{'https' if spec.tls else 'http'}://{host}:{port}{path}"
+    host, port = frontdoor.parse_listen(spec.gateway_listen)
+    return f"{'https' if spec.tls else 'http'}://{frontdoor.hostport(frontdoor.local_address(host), port)}{path}"
 
 
 def gateway_probe(url: str) -> list[str]:
