@@ -9,10 +9,10 @@ import os
 import re
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from coderig.core import catalog, hostkeys
-from coderig.core.settings_base import KeyProblem, Loc, Model, cidr, is_everyone
+from coderig.core.settings_base import Loc, Model, cidr, is_everyone
 
 # Every AWS region name, per partition (aws, aws-cn, aws-us-gov, aws-eusc), as botocore 1.44.5 lists
 # them in botocore/data/endpoints.json ("partitions"[].regions; see also
@@ -83,6 +83,61 @@ def _aws_zone_in_region(given: dict[str, Any]) -> list[tuple[Loc, str, Any]]:
         f"expected {region}a, {region}b, … (see `aws ec2 describe-availability-zones --region {region}`)",
         zone,
     )]  # fmt: skip
+
+
+def _on(value: Any) -> bool:
+    """A flag as given (YAML true, or the string pydantic would take as true)."""
+    return value is True or (isinstance(value, str) and value.lower() in ("true", "yes", "1"))
+
+
+def _aws_combinations(given: dict[str, Any]) -> list[tuple[Loc, str, Any]]:
+    """Keys that do not go together, every one of them, whatever else is wrong."""
+    vpc, subnet, reservation, count = (given.get(k) for k in ("vpcId", "subnetId", "capacityReservationId", "count"))
+    both = "set both, or neither for a new minimal VPC"
+    out: list[tuple[Loc, str, Any]] = []
+    if subnet and not vpc:
+        out.append((("vpcId",), f"subnetId is set without vpcId: {both}", None))
+    if vpc and not subnet:
+        out.append((("subnetId",), f"vpcId is set without subnetId: {both}", None))
+    if _on(given.get("spot")) and reservation:
+        out.append(
+            (("spot",), "spot cannot use capacityReservationId: choose one (reserved capacity is not spot)", True)
+        )
+    if _on(given.get("capacityBlock")) and not reservation:
+        out.append((("capacityBlock",), "needs capacityReservationId (the Capacity Block's cr-… id)", True))
+    if isinstance(count, int) and count > 1 and subnet:
+        out.append(
+            (
+                ("count",),
+                f"got {count} with subnetId: replicas need fixed private addresses, which coderig assigns "
+                "in a subnet it creates; unset vpcId/subnetId or use count: 1",
+                count,
+            )
+        )
+    return out
+
+
+def _kubernetes_combinations(given: dict[str, Any]) -> list[tuple[Loc, str, Any]]:
+    replicas = given.get("replicas")
+    out: list[tuple[Loc, str, Any]] = []
+    if isinstance(replicas, int) and replicas > 1 and not given.get("storageClass"):
+        out.append(
+            (
+                ("storageClass",),
+                f"replicas is {replicas}: the replicas share one weights volume, name a ReadWriteMany "
+                "storage class (EFS, CephFS, Filestore, NFS); the default class is usually ReadWriteOnce",
+                None,
+            )
+        )
+    if given.get("ingressClass") and not given.get("ingressHost"):
+        out.append((("ingressClass",), "is set without ingressHost: set the host the Ingress serves", None))
+    return out
+
+
+def _external_host_for_ssh(given: dict[str, Any]) -> list[tuple[Loc, str, Any]]:
+    if given.get("frontDoor") == "ssh" and given.get("host") is None:
+        return [(("host",), "frontDoor is ssh but host is not set: add host: {address, user, hostKey}", None)]
+    return []
 
 
 class GpuSpec(Model):
@@ -287,7 +342,7 @@ class AwsTarget(_Target):
             raise ValueError(f"got {v!r}: not an AWS region; {hint}allowed: {', '.join(AWS_REGIONS)}")
         return v
 
-    given_checks = (_aws_zone_in_region,)
+    given_checks = (_aws_zone_in_region, _aws_combinations)
 
     @property
     def warnings(self) -> list[str]:
@@ -323,26 +378,6 @@ class AwsTarget(_Target):
         if v is not None and not re.fullmatch(r"cr-[0-9a-f]{8,17}", v):
             raise ValueError(f"got {v!r}; expected a capacity reservation id like cr-0123456789abcdef0")
         return v
-
-    @model_validator(mode="after")
-    def _subnet_needs_vpc(self) -> AwsTarget:
-        if self.subnetId and not self.vpcId:
-            raise ValueError("subnetId is set without vpcId: set both, or neither for a new minimal VPC")
-        if self.vpcId and not self.subnetId:
-            raise KeyProblem("subnetId", "vpcId is set without subnetId: set both, or neither for a new minimal VPC")
-        if self.spot and self.capacityReservationId:
-            raise KeyProblem(
-                "spot", "spot cannot use capacityReservationId: choose one (reserved capacity is not spot)"
-            )
-        if self.capacityBlock and not self.capacityReservationId:
-            raise KeyProblem("capacityBlock", "needs capacityReservationId (the Capacity Block's cr-… id)")
-        if self.count > 1 and self.subnetId:
-            raise KeyProblem(
-                "count",
-                f"got {self.count} with subnetId: replicas need fixed private addresses, which coderig assigns "
-                "in a subnet it creates; unset vpcId/subnetId or use count: 1",
-            )
-        return self
 
 
 class Toleration(Model):
@@ -395,17 +430,7 @@ class KubernetesTarget(_Target):
             raise ValueError(f"got {v!r}; a PVC name is lowercase letters, digits and '-' (max 63)")
         return v
 
-    @model_validator(mode="after")
-    def _shared_weights(self) -> KubernetesTarget:
-        if self.replicas > 1 and not self.storageClass:
-            raise KeyProblem(
-                "storageClass",
-                f"replicas is {self.replicas}: the replicas share one weights volume, name a ReadWriteMany "
-                "storage class (EFS, CephFS, Filestore, NFS); the default class is usually ReadWriteOnce",
-            )
-        if self.ingressClass and not self.ingressHost:
-            raise KeyProblem("ingressClass", "is set without ingressHost: set the host the Ingress serves")
-        return self
+    given_checks = (_kubernetes_combinations,)
 
 
 # Every OpenAI-compatible server answers GET /v1/models once its model is loaded; /health is vLLM's
@@ -451,13 +476,7 @@ class ExternalTarget(_Target):
     def runs_locally(self) -> bool:
         return self.frontDoor == "local"
 
-    @model_validator(mode="after")
-    def _host_for_ssh(self) -> ExternalTarget:
-        if self.frontDoor == "ssh" and self.host is None:
-            raise ValueError("frontDoor is ssh but host is not set: add host: {address, user, hostKey}")
-        return self
-
-    given_checks = (_external_host_pinned,)
+    given_checks = (_external_host_pinned, _external_host_for_ssh)
 
 
 Target = Annotated[

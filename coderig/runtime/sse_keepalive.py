@@ -198,12 +198,13 @@ class ResponseFramer:
             name = name.strip().lower()
             if name == b"transfer-encoding":
                 chunked = b"chunked" in value.lower()
-            elif name == b"content-length":
-                value = value.strip()
-                if not _DIGITS.fullmatch(value) or (length is not None and int(value) != length):
+            elif name == b"content-length":  # digits only; a list of equal values counts once (as h11)
+                values = {v.strip() for v in value.split(b",")}
+                given = values.pop()
+                if values or not _DIGITS.fullmatch(given) or (length is not None and int(given) != length):
                     self.state, self.sse = _BROKEN, False
                     return
-                length = int(value)
+                length = int(given)
             elif name == b"content-type":
                 sse = value.strip().lower().startswith(b"text/event-stream")
         if 100 <= status < 200:
