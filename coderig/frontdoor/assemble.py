@@ -136,6 +136,13 @@ def relay_command(spec: GatewaySpec, python: str = "python3", interval: float = 
     return [python, "-m", RELAY_MODULE, *routes, "--interval", str(interval), "--silence", str(spec.timeout_s)]
 
 
+def relay_probe(spec: GatewaySpec, python: str = "python3") -> list[str]:
+    """A health probe of the relay: every listener accepts a connection (the relay has no endpoint of
+    its own; the gateway's /healthz asks the model server through it)."""
+    pairs = [(host, int(port)) for host, _, port in (listen.rpartition(":") for listen in spec.native_relays)]
+    return [python, "-c", f"import socket\nfor a in {pairs!r}: socket.create_connection(a, timeout=5).close()"]
+
+
 def assemble(inputs: FrontDoorInputs, paths: GatewayPaths, **gateway: Any) -> tuple[ModelRoute, GatewaySpec]:
     """The LiteLLM route and the gateway spec of one front door; `gateway` sets GatewaySpec's process
     knobs (worker_processes, daemon, …)."""

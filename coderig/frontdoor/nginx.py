@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from coderig.frontdoor.litellm import DEFAULT_TIMEOUT_S
 from coderig.frontdoor.native import affinity_map, balanced_servers, native_upstream
+from coderig.frontdoor.nginx_hardening import WORKER_CONNECTIONS
 
 DEVELOPER_HEADER = "X-Coderig-Developer"
 DEFAULT_MAX_BODY_MB = 32  # Claude Code's client cap
@@ -53,7 +54,7 @@ class GatewaySpec:
     temp_dir: str | None = None  # client_body/proxy temp paths; None -> nginx's compiled-in default
     user: str | None = None  # worker user directive; None -> omitted
     worker_processes: str = "auto"
-    worker_connections: int = 4096
+    worker_connections: int = WORKER_CONNECTIONS
     timeout_s: int = DEFAULT_TIMEOUT_S
     max_body_mb: int = DEFAULT_MAX_BODY_MB
     rate_per_second: int = 10  # per developer, sustained
@@ -151,7 +152,7 @@ def _json_log_format() -> str:
         "time": "$time_iso8601",
         "developer": "$coderig_developer",
         "method": "$request_method",
-        "path": "$uri",
+        "path": "$coderig_log_path",  # printable ASCII or a marker (coderig.frontdoor.nginx_hardening)
         "status": "$status",
         "duration_s": "$request_time",
         "upstream_s": "$upstream_response_time",
@@ -159,7 +160,7 @@ def _json_log_format() -> str:
         "body_bytes_sent": "$body_bytes_sent",
         "request_bytes": "$request_length",
         "remote": "$remote_addr",
-        "session": "$http_x_claude_code_session_id",
+        "session": "$coderig_log_session",
     }
     inner = ",".join(f'"{k}":"{v}"' for k, v in fields.items())
     return "log_format coderig_json escape=json '{" + inner + "}';"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import secrets
 import shutil
 import signal
@@ -40,7 +41,6 @@ from types import FrameType
 from typing import Any
 
 from coderig import frontdoor
-from coderig.core import access
 from coderig.core.errors import UserError
 from coderig.core.files import read_json_file
 from coderig.core.versions import LITELLM_VERSION
@@ -53,7 +53,9 @@ from coderig.frontdoor.assemble import (
     relay_command,
 )
 from coderig.frontdoor.lifecycle import PREFIX_NAME, RUNNER_PID, KeysInclude, clean_stale_prefixes
-from coderig.frontdoor.nginx import hostport, local_address, public_name
+from coderig.frontdoor.local_tls import ensure_tls
+from coderig.frontdoor.nginx import hostport, local_address
+from coderig.frontdoor.nginx_hardening import worker_connections
 from coderig.frontdoor.supervise import Child, Supervisor
 
 READY_LINE = "coderig frontdoor: ready"
@@ -100,13 +102,6 @@ def read_keys(path: Path) -> dict[str, str]:
     if mode & 0o077:
         raise ValueError(f"{path}: mode {mode:04o} lets other users read every developer's key; run: chmod 600 {path}")
     return keys_of(read_json_file(path), str(path))
-
-
-def tls_names(host: str, extra: list[str]) -> tuple[list[str], list[str]]:
-    """(DNS names, IP addresses) for the server certificate; a wildcard listen address is named by
-    this machine's host name."""
-    named = [public_name(name) for name in [host, *extra]]
-    return access.certificate_sans([*named, "::1"])
 
 
 def litellm_env(master_key: str, base: dict[str, str]) -> dict[str, str]:
@@ -217,84 +212,6 @@ def http_ok(url: str) -> bool:
     ):
         return bool(resp.status == 200)
     return False
-
-
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def ensure_tls(tls_dir: Path, host: str, extra_names: list[str]) -> tuple[Path, Path, Path]:
-    """(ca.pem, server.pem, server.key): the CA is reused, the server certificate is new."""
-    tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    ca, ca_key = tls_dir / "ca.pem", tls_dir / "ca.key"
-    cert, key = tls_dir / "server.pem", tls_dir / "server.key"
-    old_umask = os.umask(0o077)
-    try:
-        if not (ca.exists() and ca_key.exists()):
-            _openssl(
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                str(ca_key),
-                "-out",
-                str(ca),
-                "-days",
-                "3650",
-                "-subj",
-                "/CN=coderig front door CA",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            )
-        dns, ips = tls_names(host, extra_names)
-        san = ",".join([f"DNS:{d}" for d in dns] + [f"IP:{i}" for i in ips])
-        ext = tls_dir / "server.ext"
-        ext.write_text(
-            f"subjectAltName={san}\nbasicConstraints=critical,CA:FALSE\n"
-            "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
-        )
-        csr = tls_dir / "server.csr"
-        _openssl(
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(csr),
-            "-subj",
-            "/CN=coderig front door",
-        )
-        _openssl(
-            "x509",
-            "-req",
-            "-in",
-            str(csr),
-            "-CA",
-            str(ca),
-            "-CAkey",
-            str(ca_key),
-            "-CAcreateserial",
-            "-out",
-            str(cert),
-            "-days",
-            "397",
-            "-extfile",
-            str(ext),
-        )
-    finally:
-        os.umask(old_umask)
-    os.chmod(ca, 0o644)
-    return ca, cert, key
 
 
 def reload_keys(keys_file: Path, keys_conf: KeysInclude, master_key: str, nginx: Child) -> dict[str, str] | None:
@@ -428,7 +345,9 @@ def run(opts: RunOptions) -> int:
             access_log=str(state_dir / "gateway-access.log"),
             temp_dir=str(prefix / "tmp"),
         )
-        route, spec = assemble(inputs, paths, worker_processes="2")
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        slots = worker_connections(nofile if nofile != resource.RLIM_INFINITY else 1 << 20)
+        route, spec = assemble(inputs, paths, worker_processes="2", worker_connections=slots)
         litellm_cfg = prefix / "litellm.yaml"
         litellm_cfg.write_text(frontdoor.render_litellm_config(route))
         nginx_conf = prefix / "nginx.conf"

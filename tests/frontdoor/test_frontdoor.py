@@ -29,6 +29,7 @@ from coderig.frontdoor import (  # noqa: E402
     ModelRoute,
     is_loopback,
     litellm_config,
+    local_tls,  # noqa: E402
     parse_listen,
     render_gateway_conf,
     render_gateway_keys,
@@ -225,7 +226,7 @@ def test_routes_are_an_allow_list_of_exact_paths_and_methods() -> None:
     expected = {
         "/v1/messages": "POST", "/v1/messages/count_tokens": "POST", "/v1/chat/completions": "POST",
         "/v1/responses": "POST", "/v1/models": "GET", "/api/hello": "HEAD|GET",
-        "/api/event_logging/batch": "POST", "/healthz": "GET|HEAD",
+        "/api/event_logging/batch": "POST", "/healthz": "GET|HEAD", "/healthz/front": "GET|HEAD",
     }  # fmt: skip
     assert {p: r.path for p, r in zip(expected, frontdoor.ROUTES, strict=True)} == {p: p for p in expected}
     for path, methods in expected.items():
@@ -233,7 +234,7 @@ def test_routes_are_an_allow_list_of_exact_paths_and_methods() -> None:
         assert f"if ($request_method !~ ^(?:{methods})$)" in body, path
         assert "return 405 " in body and f'add_header Allow "{methods.replace("|", ", ")}" always;' in body
         assert body.index("return 405") < body.find("proxy_pass") or "proxy_pass" not in body
-        if "proxy_pass http://coderig_" in body and path != "/healthz":
+        if "proxy_pass http://coderig_" in body and not path.startswith("/healthz"):
             # the upstream path is the route's own, not the client's raw request target
             assert re.search(rf"proxy_pass http://coderig_(litellm|model){re.escape(path)};", body), path
     with pytest.raises(ValueError, match="twice"):
@@ -460,7 +461,7 @@ def test_run_helpers() -> None:
     assert model_health_url("http://h:1/v1/", "healthz") == "http://h:1/healthz"
     assert frontdoor.upstream_hostport("http://127.0.0.1:8000/v1") == "127.0.0.1:8000"
     assert frontdoor.upstream_hostport("http://model/v1") == "model:80"
-    dns, ips = frontdoor_run.tls_names("10.0.0.5", ["gpu1.example.internal"])
+    dns, ips = local_tls.tls_names("10.0.0.5", ["gpu1.example.internal"])
     assert "10.0.0.5" in ips and "127.0.0.1" in ips and "gpu1.example.internal" in dns
     env = frontdoor_run.litellm_env("mk", {"PATH": "/bin"})
     assert env["LITELLM_MASTER_KEY"] == "mk" and env["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"

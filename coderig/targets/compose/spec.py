@@ -44,6 +44,7 @@ from coderig.frontdoor.assemble import (
     from_settings,
     model_health_url,
     relay_command,
+    relay_probe,
 )
 from coderig.frontdoor.litellm import DEFAULT_TIMEOUT_S
 from coderig.runtime.scripts import SCRIPT_NAMES, script_text
@@ -214,9 +215,11 @@ def gateway_service(spec: NodeSpec) -> dict[str, Any]:
         "restart": "unless-stopped",
         "command": ["nginx", "-c", "/etc/nginx/coderig/nginx.conf"],
         "depends_on": {"litellm": {"condition": "service_started"}},
-        # listening with its certificate and keys loaded (answered by nginx itself, never forwarded);
+        # nginx and LiteLLM answer through it (not the model: a loading model is no unhealthy gateway);
         # the whole request path is checked once by wait-ready through /healthz
-        "healthcheck": _healthcheck(["CMD", *gateway_probe(gateway_url(spec, "/api/hello"))], GATEWAY_HEALTH_START_S),
+        "healthcheck": _healthcheck(
+            ["CMD", *gateway_probe(gateway_url(spec, "/healthz/front"))], GATEWAY_HEALTH_START_S
+        ),
         # only the gateway's own secrets (not the env files of the other services)
         "volumes": [
             f"./{GATEWAY_CONF}:/etc/nginx/coderig/nginx.conf:ro",
@@ -276,7 +279,8 @@ KEEPALIVE_MOUNT = "/opt/coderig-keepalive"
 def keepalive_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any] | None:
     """The SSE keepalive relay in front of the model servers for the gateway's native routes: the
     pinned LiteLLM image (it has python3) runs the shipped stdlib module from the bundle."""
-    command = relay_command(front_door(settings, spec)[1])
+    gateway = front_door(settings, spec)[1]
+    command = relay_command(gateway)
     if not command:
         return None
     return {
@@ -287,6 +291,8 @@ def keepalive_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]
         "command": command[3:],
         "environment": {"PYTHONPATH": KEEPALIVE_MOUNT, "PYTHONDONTWRITEBYTECODE": "1"},
         "volumes": [f"./{KEEPALIVE_DIR}:{KEEPALIVE_MOUNT}:ro"],
+        # every listener accepts (the relay has no endpoint of its own; /healthz asks the model through it)
+        "healthcheck": _healthcheck(["CMD", *relay_probe(gateway)], 10),
     }
 
 
