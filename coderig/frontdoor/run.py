@@ -12,6 +12,9 @@ a developer without a restart). The integration tests use it too.
   with ``CODERIG_LITELLM``.
 - TLS unless ``--plain-http`` (loopback listen addresses only): a CA kept in the state dir
   (reused across runs, so clients trust it once) signs a fresh server certificate per run.
+- It heals itself: a child that exits (the relay, LiteLLM, nginx) is stopped with its whole process
+  group (workers included) and started again on the same address, with a backoff
+  (coderig.frontdoor.supervise); /healthz answers 503 meanwhile.
 - Nothing outlives it: nginx and LiteLLM get SIGTERM when it dies, however it dies (Linux:
   PR_SET_PDEATHSIG), and the keys include (every developer key and LiteLLM's master key) is a
   nameless file nginx reads through /proc, gone with the process. Prefixes left by a run that
