@@ -79,6 +79,7 @@ HEALTHZ_RATE = "5r/s"  # per client address, burst HEALTHZ_BURST (bounds probes 
 HEALTHZ_BURST = 20
 
 _TOO_LARGE_MSG = "request body too large for this gateway"
+_TRANSLATOR_MSG = "the translation layer of the gateway (LiteLLM) failed on this request; its log has the details"
 _ERRORS: dict[tuple[Shape, int], str] = {
     ("anthropic", 404): anthropic_error("not_found_error", "no such endpoint on this gateway"),
     ("openai", 404): openai_error("invalid_request_error", "not_found", "no such endpoint on this gateway"),
@@ -90,6 +91,8 @@ _ERRORS: dict[tuple[Shape, int], str] = {
     ("openai", 401): openai_error("invalid_request_error", "invalid_api_key", UNAUTHORIZED_MSG),
     ("anthropic", 429): anthropic_error("rate_limit_error", RATE_MSG),
     ("openai", 429): openai_error("rate_limit_error", "rate_limit_exceeded", RATE_MSG),
+    ("anthropic", 500): anthropic_error("api_error", _TRANSLATOR_MSG),
+    ("openai", 500): openai_error("server_error", "translator_error", _TRANSLATOR_MSG),
     ("anthropic", 503): anthropic_error("overloaded_error", UNAVAILABLE_MSG),
     ("openai", 503): openai_error("server_error", "upstream_unavailable", UNAVAILABLE_MSG),
 }  # fmt: skip
@@ -201,9 +204,19 @@ def _to_litellm(route: Route, spec: GatewaySpec) -> list[str]:
     return [
         *_auth_guard(route.shape, spec),
         *_long_timeouts(spec),
+        *_litellm_errors(route.shape, spec),
         *proxy_headers("$coderig_upstream_authorization"),
         f"proxy_pass http://coderig_litellm{route.path};",
     ]
+
+
+def _litellm_errors(shape: Shape, spec: GatewaySpec) -> list[str]:
+    """LiteLLM's own failures (a plain-text 500 from its web server, 502-504) reach the client in its
+    JSON error shape; its 4xx answers (a context too long, a bad request) pass as they are. With the
+    model gate on, its 500 page is the gate's, so LiteLLM's errors pass as they are there."""
+    if spec.model_gate_retry_after_s:
+        return []
+    return ["proxy_intercept_errors on;", f"error_page 500 = @coderig_500_{shape};"]
 
 
 def _chat(route: Route, spec: GatewaySpec) -> list[str]:
@@ -299,7 +312,7 @@ def _named_errors(spec: GatewaySpec) -> list[str]:
     out: list[str] = []
     shapes: tuple[Shape, ...] = ("anthropic", "openai")
     for shape in shapes:
-        for status in (413, 429, 503):
+        for status in (413, 429, 500, 503):
             answer = nginx_quote(error_body(shape, status))
             out.append(f"location @coderig_{status}_{shape} {{ return {status} {answer}; }}")
         if spec.model_gate_retry_after_s:

@@ -50,6 +50,15 @@ class _FakeLiteLLM(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        body = b"Internal Server Error"  # what LiteLLM's web server answers for an unhandled exception
+        self.send_response(500)
+        self.send_header("content-type", "text/plain; charset=utf-8")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's name
         pass
 
@@ -174,6 +183,19 @@ def test_litellm_headers_never_reach_the_client(tmp_path: Path) -> None:
         assert status == 200
         leaked = sorted(h for h in headers if h.startswith(("x-litellm", "llm_provider")))
         assert not leaked, leaked
+
+
+def test_litellm_failures_reach_the_client_in_its_json_shape(tmp_path: Path) -> None:
+    with gateway(tmp_path) as gw:
+        for path, anthropic in (("/v1/messages", True), ("/v1/responses", False), ("/v1/chat/completions", False)):
+            request = f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Length: 2\r\n"
+            status, headers, body = raw(gw.port, request.encode() + CLOSE + b"{}")
+            assert status == 500 and headers["content-type"] == "application/json", (path, body)
+            error = json.loads(body)
+            if anthropic:
+                assert error["type"] == "error" and error["error"]["type"] == "api_error"
+            else:
+                assert error["error"]["type"] == "server_error" and "LiteLLM" in error["error"]["message"]
 
 
 def test_a_world_readable_keys_file_is_refused(tmp_path: Path) -> None:
