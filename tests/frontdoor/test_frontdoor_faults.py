@@ -111,9 +111,12 @@ def test_a_killed_child_leaves_no_orphan_and_comes_back_on_the_same_address(tmp_
             wait_for(lambda works=works: works(door) == 200, 300)  # the same address serves again (LiteLLM: slow start)
             assert children(door.proc.pid)[name] != pid
             wait_for(lambda: healthz(door) == 200, 60)
-        logs = door.logs()
-        for name in ("nginx", "LiteLLM", "keepalive relay"):
-            assert f"{name} exited (-9); restarting" in logs and f"{name} serves again" in logs, logs[-3000:]
+        said = [
+            f"{name} {what}"
+            for name in ("nginx", "LiteLLM", "keepalive relay")
+            for what in ("exited (-9); restarting", "serves again")
+        ]
+        wait_for(lambda: all(line in door.logs() for line in said), 10)  # the runner's next poll says so
     for pgid in groups + list(children(door.proc.pid).values()):
         assert not group_members(pgid)  # nothing outlives the runner either
 
