@@ -12,7 +12,7 @@ from typing import Any
 from coderig.core import engine
 from coderig.core.settings import StackSettings
 from coderig.frontdoor.litellm import DEFAULT_TIMEOUT_S, ModelRoute
-from coderig.frontdoor.nginx import GatewaySpec, direct_chat_backend, hostport, parse_listen
+from coderig.frontdoor.nginx import GatewaySpec, direct_chat_backend, hostport, local_address, parse_listen
 
 # every model server coderig runs requires its API key; LiteLLM reads it from this variable (an
 # external endpoint's own key, `coderig:externalApiKey`, travels the same way)
@@ -112,12 +112,23 @@ def relays(inputs: FrontDoorInputs) -> tuple[str, ...]:
     return tuple(f"{inputs.relay_host}:{inputs.relay_port + i}" for i in range(len(inputs.direct_chat)))
 
 
+def gateway_health_url(inputs: FrontDoorInputs) -> str:
+    """What /healthz asks: the model server's health through its keepalive relay when the model
+    server has one (so a dead relay reports unready like a dead model), else the model server."""
+    via = dict(zip(inputs.direct_chat, relays(inputs), strict=False))
+    scheme, sep, rest = inputs.health_url.partition("://")
+    target, slash, path = rest.partition("/")
+    if scheme != "http" or target not in via:
+        return inputs.health_url
+    return f"{scheme}{sep}{via[target]}{slash}{path}"
+
+
 RELAY_MODULE = "coderig.runtime.sse_keepalive"
 RELAY_FILE = "coderig/runtime/sse_keepalive.py"  # below the directory on PYTHONPATH (namespace packages)
 RELAY_INTERVAL_S = 15
 # the relay's usage accounting (coderig.runtime.usage*): shipped next to it, the record on a host
 # directory (survives the container and a reboot), the metrics listener on the machine's loopback
-USAGE_FILES = ("coderig/runtime/usage.py", "coderig/runtime/usage_record.py", "coderig/runtime/usage_server.py")
+USAGE_FILES = tuple(f"coderig/runtime/{m}.py" for m in ("usage", "usage_args", "usage_record", "usage_server"))
 USAGE_DIR = "/var/lib/coderig/usage"
 USAGE_RECORD = f"{USAGE_DIR}/usage.json"
 METRICS_LISTEN = "127.0.0.1:9300"
@@ -132,18 +143,29 @@ def relayed_route(route: ModelRoute, relay_listens: tuple[str, ...]) -> ModelRou
     return dataclasses.replace(route, backends=tuple(f"http://{r}/v1" for r in relay_listens), forward_developer=True)
 
 
-def relay_command(spec: GatewaySpec, python: str = "python3", usage: bool = False) -> list[str]:
+def relay_command(
+    spec: GatewaySpec, python: str = "python3", interval: float = RELAY_INTERVAL_S, usage: bool = False
+) -> list[str]:
     """The SSE keepalive relay's command line for this gateway ([] when it proxies to no model server
-    of its own); `usage`: with the usage record and the metrics listener."""
+    of its own); `usage`: with the usage record, the metrics listener and the gateway probe."""
     if not spec.native_relays:
         return []
     routes: list[str] = []
     for listen, target in zip(spec.native_relays, spec.direct_chat_backends, strict=True):
         routes += ["--route", f"{listen}={target}"]
     host, port = parse_listen(spec.listen)
-    gateway = hostport({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host), port)  # noqa: S104 - naming it
+    gateway = hostport(local_address(host), port)
     accounting = ["--usage-file", USAGE_RECORD, "--metrics", METRICS_LISTEN, "--gateway", gateway] if usage else []
-    return [python, "-m", RELAY_MODULE, *routes, "--interval", str(RELAY_INTERVAL_S), *accounting]
+    # the silence bound is the gateway's read timeout: keepalives must not keep a wedged model open
+    silence = ["--silence", str(spec.timeout_s)]
+    return [python, "-m", RELAY_MODULE, *routes, "--interval", str(interval), *silence, *accounting]
+
+
+def relay_probe(spec: GatewaySpec, python: str = "python3") -> list[str]:
+    """A health probe of the relay: every listener accepts a connection (the relay has no endpoint of
+    its own; the gateway's /healthz asks the model server through it)."""
+    pairs = [(host, int(port)) for host, _, port in (listen.rpartition(":") for listen in spec.native_relays)]
+    return [python, "-c", f"import socket\nfor a in {pairs!r}: socket.create_connection(a, timeout=5).close()"]
 
 
 def assemble(inputs: FrontDoorInputs, paths: GatewayPaths, **gateway: Any) -> tuple[ModelRoute, GatewaySpec]:
@@ -165,7 +187,7 @@ def assemble(inputs: FrontDoorInputs, paths: GatewayPaths, **gateway: Any) -> tu
     spec = GatewaySpec(
         listen=inputs.listen,
         litellm=inputs.litellm,
-        model_health_url=inputs.health_url,
+        model_health_url=gateway_health_url(inputs),
         keys_include=paths.keys_include,
         tls_cert=paths.tls_cert,
         tls_key=paths.tls_key,
