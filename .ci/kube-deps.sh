@@ -6,11 +6,15 @@
 #   kube-scheduler, kubectl                    module replacing the 31 staging modules with v0.34.4)
 #   etcd                                       go.etcd.io/etcd/server/v3 v3.6.4 (tools/kube/etcd)
 #   kwok                                       sigs.k8s.io/kwok v0.7.0 (tools/kube/kwok): fake nodes/pods
-# Cold on 2 cores: ~9-10 min and ~4.5 GB of Go caches (measured, see README "Kubernetes, for real");
+#   pulumi-resource-kubernetes                 github.com/pulumi/pulumi-kubernetes/provider/v4 at the
+#                                              pseudo-version the proxy serves (tools/kube/pulumi-kubernetes;
+#                                              its schema and terraform mapping embedded as its generate.go does)
+# Cold on 2 cores: see docs/kubernetes.md "A real control plane in the tests" for measured times and sizes;
 # warm (this cache complete): well under a second. Then PATH gets the bin dir and CODERIG_KUBE_BIN
 # names it (tests/kube_cluster.py starts the processes; nothing is started here).
 _kube_deps() {
   local kube_version=1.34.4 etcd_version=3.6.4 kwok_version=0.7.0
+  local provider_version=4.0.0-20260115033456-f47bc2d6f199 provider_dir cmd
   local root key cache bin log t0 ldflags f
   root=$(pwd)
   if ! command -v go >/dev/null 2>&1; then
@@ -56,6 +60,24 @@ _kube_deps() {
     _kube_deps_build kwok "$cache/src/kwok" go build -trimpath -o "$cache/bin.tmp/kwok" \
       -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$kwok_version -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=$kube_version" \
       sigs.k8s.io/kwok/cmd/kwok || return 1
+    # The provider embeds its schema (version set) and terraform mapping, minified: what the module's
+    # cmd/pulumi-resource-kubernetes/generate.go writes before its release build.
+    cmd="$cache/src/pulumi-kubernetes/cmd/pulumi-resource-kubernetes"
+    provider_dir=$(cd "$cache/src/pulumi-kubernetes" && GOFLAGS=-mod=mod go list -m -f '{{.Dir}}' \
+      github.com/pulumi/pulumi-kubernetes/provider/v4) || return 1
+    python3 - "$provider_dir/cmd/pulumi-resource-kubernetes" "$cmd" "$provider_version" <<'PY' || return 1
+import json, sys
+src, dst, version = sys.argv[1:]
+schema = json.load(open(f"{src}/schema.json"))
+schema["version"] = version
+json.dump(schema, open(f"{dst}/schema-embed.json", "w"), separators=(",", ":"))
+json.dump(json.load(open(f"{src}/terraform-mapping.json")), open(f"{dst}/terraform-mapping-embed.json", "w"),
+          separators=(",", ":"))
+PY
+    _kube_deps_build pulumi-resource-kubernetes "$cache/src/pulumi-kubernetes" go build -trimpath \
+      -o "$cache/bin.tmp/pulumi-resource-kubernetes" \
+      -ldflags "-s -w -X github.com/pulumi/pulumi-kubernetes/provider/v4/pkg/version.Version=$provider_version" \
+      ./cmd/pulumi-resource-kubernetes || return 1
     rm -rf "$bin" "$cache/src"
     mv "$cache/bin.tmp" "$bin"
     touch "$cache/.complete"

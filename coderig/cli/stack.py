@@ -11,7 +11,7 @@ from coderig.core import planner
 from coderig.core.errors import REFUSED, UserError
 from coderig.core.files import Bundle, write_bundle, write_file
 from coderig.core.settings import StackSettings, load_stack_file, stack_name_from_path
-from coderig.targets import render_stack
+from coderig.targets import REGISTRY, render_stack
 
 MANIFEST = ".coderig-render"  # in the --out directory: the files the last render wrote
 
@@ -53,6 +53,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(json.dumps({"stack": stack, **p.summary()}, indent=2))
     else:
         print(planner.format_plan(p, stack))
+        extra = REGISTRY[settings.target.kind].plan_lines
+        if extra is not None and p.fits:
+            print("\n".join(extra(settings, p)))
     if not p.fits:
         raise _refusal(p)
     return 0

@@ -21,6 +21,7 @@ from coderig.core.settings import StackSettings
 from coderig.targets.aws import ops as aws_ops
 from coderig.targets.compose.spec import render_node_files
 from coderig.targets.kubernetes import ops as kube_ops
+from coderig.targets.kubernetes import preflight as kube_preflight
 from coderig.targets.kubernetes.render import render_manifests
 
 Renderer = Callable[[StackSettings, str], Bundle]
@@ -31,6 +32,7 @@ class TargetKind:
     render: Renderer  # the target's own files for `coderig render`
     ops: ModuleType | None  # module with COMMANDS {"start", "stop", "idle"}; None: no idle mechanism
     instead: str = ""  # how to stop and start this kind's model by hand, when ops is None
+    plan_lines: Callable[[StackSettings, planner.Plan], list[str]] | None = None  # extra `coderig plan` lines
 
 
 _COMPOSE = "docker compose -p coderig"
@@ -53,7 +55,7 @@ REGISTRY: Mapping[str, TargetKind] = {
         "the endpoint's own platform starts and stops its model (coderig runs only the front door, no GPU)",
     ),
     "aws": TargetKind(render_node_files, aws_ops),
-    "kubernetes": TargetKind(render_manifests, kube_ops),
+    "kubernetes": TargetKind(render_manifests, kube_ops, plan_lines=kube_preflight.plan_lines),
 }
 
 
