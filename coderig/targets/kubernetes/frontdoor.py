@@ -53,7 +53,6 @@ from coderig.targets.kubernetes.manifests import (
     target,
 )
 
-
 # Labels only GPU nodes carry: the NVIDIA GPU Operator's (node feature discovery) presence label; the
 # model's own coderig:target.nodeSelector keys are added.
 GPU_NODE_LABELS = ("nvidia.com/gpu.present",)
