@@ -17,6 +17,7 @@ from kube_helpers import MODEL, settings_of, stream_chat  # noqa: F401 - MODEL i
 
 from coderig.runtime import kube_reaper
 from coderig.runtime.idle import ReaperError
+from coderig.runtime.kube_wake import ScaleWaker, WakeError
 from coderig.targets.kubernetes import manifests as km
 from coderig.targets.kubernetes import render as kube_render
 
@@ -170,3 +171,24 @@ def test_a_busy_model_is_kept_and_an_idle_one_scales_to_zero(reaper: tuple[KubeC
     # at zero, nothing more happens
     r = kube_reaper.reap(cfg(standin.port), api, now=t0 + timedelta(minutes=40), addrs=addrs)
     assert r.action == "keep" and kube.get("deployment", km.MODEL, "-n", NS)["spec"]["replicas"] == 0
+
+
+def test_the_scale_waker_brings_it_back_with_the_same_token(reaper: tuple[KubeCluster, Any]) -> None:
+    """After the idle test the model is at zero: the "scale" Waker reads that, scales it back to what the
+    reaper stopped, and the pod comes back Running/Ready; a second wake() changes nothing."""
+    kube, api = reaper
+    waker = ScaleWaker(api, NS, km.MODEL, km.IDLE_STATE)
+    if kube.get("deployment", km.MODEL, "-n", NS)["spec"]["replicas"] != 0:
+        kube.kubectl("-n", NS, "scale", f"deployment/{km.MODEL}", "--replicas=0")
+    kube.wait_for("zero replicas", lambda: waker.state() == "stopped")
+    waker.wake()
+    assert waker.state() in ("waking", "awake")
+    generation = kube.get("deployment", km.MODEL, "-n", NS)["metadata"]["generation"]
+    kube.wait_for("the model awake", lambda: waker.state() == "awake", timeout=60)
+    waker.wake()  # idempotent
+    dep = kube.get("deployment", km.MODEL, "-n", NS)
+    assert dep["spec"]["replicas"] == 1 and dep["metadata"]["generation"] == generation
+    # a waker for a Deployment its token may not scale fails in one line
+    with pytest.raises(WakeError, match="cannot scale coderig-other/coderig-model back up: .*HTTP 403"):
+        ScaleWaker(api, "coderig-other", km.MODEL).wake()
+    assert ScaleWaker(api, "coderig-other", km.MODEL).state() == "unknown"
