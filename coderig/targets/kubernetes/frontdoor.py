@@ -61,8 +61,8 @@ GPU_NODE_LABELS = ("nvidia.com/gpu.present",)
 def avoid_gpu_nodes(t: KubernetesTarget) -> Obj:
     """Prefer nodes without GPU labels for the front door (no GPU of its own): on a cluster whose GPU
     nodes are not tainted the scheduler otherwise spreads it onto them (met on a real scheduler: the
-    empty 8-GPU nodes score highest). Preferred, so a GPU-only cluster still runs it. Weighted above
-    the spread over hosts: a second general node is chosen before a GPU node."""
+    empty 8-GPU nodes score highest), and a cluster autoscaler could not remove a GPU node the model
+    no longer uses. Preferred, so a GPU-only cluster still runs it."""
     keys = dict.fromkeys([*GPU_NODE_LABELS, *t.nodeSelector])
     expressions = [{"key": k, "operator": "DoesNotExist"} for k in keys]
     return {
@@ -237,20 +237,9 @@ def frontdoor_deployment(settings: StackSettings, stack: str) -> Obj:
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 60,
         "securityContext": pod_security(NGINX_UID, fs_group=NGINX_UID),
-        "affinity": {
-            "nodeAffinity": avoid_gpu_nodes(target(settings)),
-            "podAntiAffinity": {
-                "preferredDuringSchedulingIgnoredDuringExecution": [
-                    {
-                        "weight": 50,
-                        "podAffinityTerm": {
-                            "labelSelector": {"matchLabels": selector(stack, "frontdoor")},
-                            "topologyKey": "kubernetes.io/hostname",
-                        },
-                    }
-                ]
-            },
-        },
+        # no pod anti-affinity: it outweighs the node preference on a cluster with one general node (met on
+        # the real scheduler); the scheduler's default topology spread still spreads over general nodes
+        "affinity": {"nodeAffinity": avoid_gpu_nodes(target(settings))},
         "containers": [gateway, litellm, *([keepalive] if keepalive else [])],
         "volumes": [
             {
