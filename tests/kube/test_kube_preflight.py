@@ -224,3 +224,30 @@ def test_an_unreachable_cluster_is_reported_not_raised(tmp_path: Path) -> None:
                 cmd, 1, "", "error: stat missing.kubeconfig: no such file"
             ),
         )
+
+
+@pytest.mark.integration
+def test_the_program_refuses_before_registering_anything(on_path: KubeCluster) -> None:
+    """stacks.kubernetes runs the preflight first: a cluster that cannot run the stack raises the
+    program's ConfigError (pulumi prints it without a traceback) listing every problem."""
+    from stacks import ConfigError
+    from stacks.kubernetes import check_cluster
+
+    s = settings_of(config(kubeconfig=str(on_path.kubeconfig), storageClass="standard", replicas=3))
+    with pytest.raises(ConfigError) as err:
+        check_cluster(s, STACK, planner.plan_stack(s))
+    lines = str(err.value).splitlines()
+    assert lines[0] == "the cluster cannot run this stack:"
+    assert [line.split(":")[1].split()[0] for line in lines[1:]] == ["target.storageClass", "target.replicas"]
+    on_path.apply(
+        [
+            {
+                "apiVersion": "storage.k8s.io/v1",
+                "kind": "StorageClass",
+                "metadata": {"name": "fast-rwx"},
+                "provisioner": "kubernetes.io/no-provisioner",
+            }
+        ]
+    )
+    ok = settings_of(config(kubeconfig=str(on_path.kubeconfig)))
+    check_cluster(ok, STACK, planner.plan_stack(ok))
