@@ -14,16 +14,15 @@
 # names it (tests/kube_cluster.py starts the processes; nothing is started here).
 _kube_deps() {
   local kube_version=1.34.4 etcd_version=3.6.4 kwok_version=0.7.0
-  local provider_version=4.0.0-20260115033456-f47bc2d6f199 provider_dir cmd
   local root key cache bin log t0 ldflags f
   root=$(pwd)
   if ! command -v go >/dev/null 2>&1; then
     echo "kube-deps: go is not installed (needs Go >= 1.26.6)" >&2
     return 1
   fi
-  # The cache key covers the versions, the Go version, this script and the wrapper modules.
+  # The cache key covers the versions, the Go version, this script and the control plane's wrapper modules.
   key=$( (echo "$kube_version $etcd_version $kwok_version $(go env GOVERSION)"
-    cd "$root" && { echo .ci/kube-deps.sh; find tools/kube -type f \( -name '*.go' -o -name go.mod -o -name go.sum \); } |
+    cd "$root" && { echo .ci/kube-deps.sh; find tools/kube/k8s tools/kube/etcd tools/kube/kwok -type f \( -name '*.go' -o -name go.mod -o -name go.sum \); } |
     LC_ALL=C sort | xargs sha256sum) | sha256sum | cut -c1-12)
   cache="${CODERIG_TOOLS_CACHE:-$HOME/.cache/coderig/tools}/kube-$kube_version-$key"
   bin="$cache/bin"
@@ -31,7 +30,8 @@ _kube_deps() {
   if ! [ -e "$cache/.complete" ]; then
     rm -rf "$cache"
     mkdir -p "$cache/log" "$cache/bin.tmp"
-    cp -r "$root/tools/kube" "$cache/src"
+    mkdir -p "$cache/src"
+    cp -r "$root/tools/kube/k8s" "$root/tools/kube/etcd" "$root/tools/kube/kwok" "$cache/src/"
     _kube_deps_build() {  # name dir command...
       local name=$1 dir=$2
       shift 2
@@ -60,24 +60,6 @@ _kube_deps() {
     _kube_deps_build kwok "$cache/src/kwok" go build -trimpath -o "$cache/bin.tmp/kwok" \
       -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$kwok_version -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=$kube_version" \
       sigs.k8s.io/kwok/cmd/kwok || return 1
-    # The provider embeds its schema (version set) and terraform mapping, minified: what the module's
-    # cmd/pulumi-resource-kubernetes/generate.go writes before its release build.
-    cmd="$cache/src/pulumi-kubernetes/cmd/pulumi-resource-kubernetes"
-    provider_dir=$(cd "$cache/src/pulumi-kubernetes" && GOFLAGS=-mod=mod go list -m -f '{{.Dir}}' \
-      github.com/pulumi/pulumi-kubernetes/provider/v4) || return 1
-    python3 - "$provider_dir/cmd/pulumi-resource-kubernetes" "$cmd" "$provider_version" <<'PY' || return 1
-import json, sys
-src, dst, version = sys.argv[1:]
-schema = json.load(open(f"{src}/schema.json"))
-schema["version"] = version
-json.dump(schema, open(f"{dst}/schema-embed.json", "w"), separators=(",", ":"))
-json.dump(json.load(open(f"{src}/terraform-mapping.json")), open(f"{dst}/terraform-mapping-embed.json", "w"),
-          separators=(",", ":"))
-PY
-    _kube_deps_build pulumi-resource-kubernetes "$cache/src/pulumi-kubernetes" go build -trimpath \
-      -o "$cache/bin.tmp/pulumi-resource-kubernetes" \
-      -ldflags "-s -w -X github.com/pulumi/pulumi-kubernetes/provider/v4/pkg/version.Version=$provider_version" \
-      ./cmd/pulumi-resource-kubernetes || return 1
     rm -rf "$bin" "$cache/src"
     mv "$cache/bin.tmp" "$bin"
     touch "$cache/.complete"
@@ -87,5 +69,53 @@ PY
   echo "kube-deps: $("$bin/kubectl" version --client | head -1), etcd $("$bin/etcd" --version | head -1 | awk '{print $3}'), kwok from $bin"
 }
 
+# The Pulumi Kubernetes provider, in its own cache entry. A failure here is reported and leaves the
+# provider off PATH (tests/kube/test_kube_up.py then fails in CI naming this script); the control
+# plane above is still used by the other kubernetes tests.
+_kube_provider_deps() {
+  local provider_version=4.0.0-20260115033456-f47bc2d6f199
+  local root key cache provider_dir cmd log t0
+  root=$(pwd)
+  key=$( (echo "$provider_version $(go env GOVERSION)"
+    cd "$root" && { echo .ci/kube-deps.sh; find tools/kube/pulumi-kubernetes -type f \( -name '*.go' -o -name go.mod -o -name go.sum \); } |
+    LC_ALL=C sort | xargs sha256sum) | sha256sum | cut -c1-12)
+  cache="${CODERIG_TOOLS_CACHE:-$HOME/.cache/coderig/tools}/pulumi-kubernetes-$provider_version-$key"
+  if ! [ -e "$cache/.complete" ]; then
+    rm -rf "$cache"
+    mkdir -p "$cache/bin.tmp"
+    cp -r "$root/tools/kube/pulumi-kubernetes" "$cache/src"
+    log="$cache/build.log"
+    t0=$SECONDS
+    # The provider embeds its schema (version set) and terraform mapping, minified: what the module's
+    # cmd/pulumi-resource-kubernetes/generate.go writes before its release build.
+    cmd="$cache/src/cmd/pulumi-resource-kubernetes"
+    if ! provider_dir=$(cd "$cache/src" && GOFLAGS=-mod=mod go list -m -f '{{.Dir}}' \
+        github.com/pulumi/pulumi-kubernetes/provider/v4 2>"$log") ||
+      ! python3 - "$provider_dir/cmd/pulumi-resource-kubernetes" "$cmd" "$provider_version" <<'PY' >>"$log" 2>&1 ||
+import json, sys
+src, dst, version = sys.argv[1:]
+schema = json.load(open(f"{src}/schema.json"))
+schema["version"] = version
+json.dump(schema, open(f"{dst}/schema-embed.json", "w"), separators=(",", ":"))
+json.dump(json.load(open(f"{src}/terraform-mapping.json")), open(f"{dst}/terraform-mapping-embed.json", "w"),
+          separators=(",", ":"))
+PY
+      ! (cd "$cache/src" && GOFLAGS=-mod=mod go build -trimpath -o "$cache/bin.tmp/pulumi-resource-kubernetes" \
+        -ldflags "-s -w -X github.com/pulumi/pulumi-kubernetes/provider/v4/pkg/version.Version=$provider_version" \
+        ./cmd/pulumi-resource-kubernetes) >>"$log" 2>&1; then
+      echo "kube-deps: building pulumi-resource-kubernetes failed after $((SECONDS - t0))s (left off PATH); $log ends:" >&2
+      tail -n 30 "$log" >&2
+      return 0
+    fi
+    echo "kube-deps: built pulumi-resource-kubernetes in $((SECONDS - t0))s"
+    rm -rf "$cache/src"
+    mv "$cache/bin.tmp" "$cache/bin"
+    touch "$cache/.complete"
+  fi
+  export PATH="$cache/bin:$PATH"
+  echo "kube-deps: pulumi-resource-kubernetes $provider_version from $cache/bin"
+}
+
 _kube_deps || return 1
-unset -f _kube_deps _kube_deps_build
+_kube_provider_deps
+unset -f _kube_deps _kube_deps_build _kube_provider_deps

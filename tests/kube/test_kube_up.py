@@ -24,8 +24,8 @@ NS = "coderig-up"
 CLASS = "coderig-test-up"
 
 
-def provider(kube: KubeCluster) -> str:
-    found = shutil.which("pulumi-resource-kubernetes", path=str(kube.bin))
+def provider() -> str:
+    found = shutil.which("pulumi-resource-kubernetes")
     if not found:
         message = "pulumi-resource-kubernetes not built: `source .ci/kube-deps.sh` first (.ci/run does)"
         if os.environ.get("CI"):
@@ -64,7 +64,7 @@ def generations(kube: KubeCluster) -> dict[str, int]:
 
 
 def test_up_no_changes_add_a_developer_refusal_destroy(kube: KubeCluster, tmp_path: Path) -> None:
-    provider(kube)
+    provider()
     project = project_copy(tmp_path)
     project.env["PATH"] = f"{kube.bin}{os.pathsep}{project.env['PATH']}"  # kubectl for the preflight, the provider
     kube.apply(
