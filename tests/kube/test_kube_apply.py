@@ -13,6 +13,7 @@ import pytest
 from kube_cluster import GPU_TAINT, KubeCluster, pod_ready
 from kube_helpers import settings_of
 
+from coderig.core import planner
 from coderig.core.secrets import placeholder_secrets
 from coderig.targets.kubernetes import frontdoor as kube_fd
 from coderig.targets.kubernetes import manifests as km
@@ -47,7 +48,9 @@ def stack_objects(developers: list[str]) -> list[dict[str, Any]]:
     """Every object `pulumi up` creates, Secrets included (placeholder values, as render checksums them)."""
     s = settings_of(config(developers))
     secrets = kube_fd.secret_objects(s, STACK, placeholder_secrets(s.developers))
-    objs = kube_fd.with_secret_checksums(kube_render.objects(s, STACK), kube_fd.secret_checksums(secrets))
+    objs = kube_fd.with_secret_checksums(
+        kube_render.objects(s, STACK, planner.plan_stack(s)), kube_fd.secret_checksums(secrets)
+    )
     return [objs[0], *secrets, *objs[1:]]
 
 
@@ -164,7 +167,7 @@ def test_front_door_prefers_nodes_without_gpus(kube: KubeCluster) -> None:
     node (so this test can fail)."""
     ns = "coderig-affinity"
     s = settings_of(config(["alice"]) | {"target": {**config(["alice"])["target"], "namespace": ns}})
-    dep = kube_fd.frontdoor_deployment(s, "affinity")
+    dep = kube_fd.frontdoor_deployment(s, "affinity", planner.plan_stack(s))
     dep["spec"]["replicas"] = 2
     plain = copy.deepcopy(dep)
     plain["metadata"]["name"] = "no-node-affinity"

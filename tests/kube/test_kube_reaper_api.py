@@ -15,6 +15,7 @@ import pytest
 from kube_cluster import KubeCluster, pod_ready
 from kube_helpers import MODEL, settings_of, stream_chat  # noqa: F401 - MODEL is read by conftest's standin
 
+from coderig.core import planner
 from coderig.runtime import kube_reaper
 from coderig.runtime.idle import ReaperError
 from coderig.runtime.kube_wake import ScaleWaker, WakeError
@@ -58,7 +59,7 @@ def reaper(kube: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
     keep = {"Namespace", "PersistentVolumeClaim", "ServiceAccount", "Role", "RoleBinding"}
     objs = [
         o
-        for o in kube_render.objects(s, STACK)
+        for o in kube_render.objects(s, STACK, planner.plan_stack(s))
         if o["kind"] in keep
         or o["metadata"]["name"] in (km.MODEL, km.IDLE_STATE)
         and o["kind"] in ("Deployment", "ConfigMap")

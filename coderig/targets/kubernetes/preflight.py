@@ -233,12 +233,12 @@ def _quota_problems(q: Obj, need: Mapping[str, float], own: Mapping[str, float])
     return out
 
 
-def stack_requests(settings: StackSettings, stack: str, want: PodRequest) -> dict[str, float]:
+def stack_requests(settings: StackSettings, stack: str, plan: planner.Plan, want: PodRequest) -> dict[str, float]:
     """What the stack's pods and claim count against a quota: the model pods and the front-door pods."""
     t = kube.target(settings)
     fd = [
         PodRequest.of(c.get("resources") or {})
-        for c in kube_fd.frontdoor_deployment(settings, stack)["spec"]["template"]["spec"]["containers"]
+        for c in kube_fd.frontdoor_deployment(settings, stack, plan)["spec"]["template"]["spec"]["containers"]
     ]
     cpu = want.cpu * t.replicas + sum(r.cpu for r in fd) * t.frontDoorReplicas
     mem = want.memory * t.replicas + sum(r.memory for r in fd) * t.frontDoorReplicas
@@ -276,6 +276,7 @@ def _own_usage(pods: Sequence[Obj]) -> dict[str, float]:
 def problems(settings: StackSettings, stack: str, facts: ClusterFacts, plan: planner.Plan | None = None) -> list[str]:
     """Every reason the stack cannot come up on this cluster, one line each, naming the key."""
     t = kube.target(settings)
+    plan = plan or planner.plan_stack(settings)
     out: list[str] = []
     classes = [(c.get("metadata") or {}).get("name", "") for c in facts.storage_classes]
     defaults = [
@@ -303,7 +304,7 @@ def problems(settings: StackSettings, stack: str, facts: ClusterFacts, plan: pla
         out.append(f"{KEY}.namespace: namespace {t.namespace!r} is being deleted: wait, or name another")
     want = model_pod_request(settings, plan)
     if facts.quotas:
-        need = stack_requests(settings, stack, want)
+        need = stack_requests(settings, stack, plan, want)
         own = _own_usage(facts.own_pods)
         for q in facts.quotas:
             out += [f"{KEY}.replicas / {KEY}.namespace: {line}" for line in _quota_problems(q, need, own)]
