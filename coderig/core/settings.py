@@ -23,11 +23,12 @@ from pydantic import (
     BaseModel,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from coderig.core import catalog, sizing
+from coderig.core import catalog, sizing, vllm_flags
 from coderig.core.errors import UserError
 from coderig.core.settings_base import KeyProblem as _KeyError
 from coderig.core.settings_base import Loc
@@ -102,6 +103,11 @@ class ModelSettings(_Model):
     @property
     def revision_pinned(self) -> bool:
         return bool(COMMIT_RE.fullmatch(self.revision))
+
+    @field_validator("extraArgs")
+    @classmethod
+    def _vllm_flags(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        return vllm_flags.checked_extra_args(v, catalog.PRESETS.get(info.data.get("preset", "")))
 
     @field_validator("preset")
     @classmethod
