@@ -22,7 +22,7 @@ LITELLM_PORT = 4000
 KEEPALIVE_PORT = 4100  # the SSE keepalive relay: one loopback port per model replica from here up
 
 # The client APIs each engine serves itself at the pinned version, which the gateway sends straight
-# to it (coderig.frontdoor.native): vLLM 0.28 serves /v1/messages (+ count_tokens) and /v1/responses;
+# to it (coderig.frontdoor.native): vLLM 0.28 and 0.34 serve /v1/messages (+ count_tokens) and /v1/responses;
 # llama.cpp server b9603 serves the Anthropic pair (ggml-org/llama.cpp#17570) but not /v1/responses
 # (ggml-org/llama.cpp#19138), which stays on LiteLLM's translation.
 NATIVE_APIS: dict[str, tuple[str, ...]] = {
@@ -36,7 +36,8 @@ HF_HOME = f"{CACHE_MOUNT}/hf"
 def vllm_args(model: ModelSettings, layout: Layout, host: str = MODEL_HOST, port: int = MODEL_PORT) -> list[str]:
     """Arguments after `vllm serve`. The parallel layout is the plan's (`planner.plan_stack(...).layout`);
     tool calling and reasoning parsers come from the preset. --gpu-memory-utilization is always
-    passed (coderig's 0.90 default, not vLLM 0.28's 0.92), so the plan's arithmetic is what runs."""
+    passed (coderig's 0.90 default): unset, vLLM 0.34 uses 1.0 with its extensible KV cache on CUDA and
+    0.92 otherwise (config/cache.py: resolved_gpu_memory_utilization), so the plan's arithmetic is what runs."""
     p = model.spec
     args = [
         p.hf_repo,
