@@ -23,6 +23,7 @@ _vllm_deps() {
     echo "vllm-deps: installing vllm==$version into $venv"
     uv venv --quiet --python-preference only-system "$venv" || return 1
     overrides="$venv/overrides.txt"
+    # shellcheck disable=SC2086  # one override per word
     printf '%s\n' $extra >"$overrides"
     VLLM_TARGET_DEVICE=cpu uv pip install --quiet --python "$venv/bin/python" "vllm==$version" \
       --override "$overrides" || return 1
