@@ -36,6 +36,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-np", "--parallel", type=int, default=1)
     p.add_argument("-ctk", "--cache-type-k", choices=sorted(CACHE_TYPES), default="f16")
     p.add_argument("-ctv", "--cache-type-v", choices=sorted(CACHE_TYPES), default="f16")
+    p.add_argument("--chat-template")
     p.add_argument("--chat-template-file")
     p.add_argument("-t", "--threads", type=int, default=0)
     p.add_argument("--temp", type=float)
@@ -56,6 +57,8 @@ def params(a: argparse.Namespace) -> xlc.CommonParams:
     c.n_parallel = a.parallel
     c.cache_type_k = getattr(xlc.ggml_type, CACHE_TYPES[a.cache_type_k])
     c.cache_type_v = getattr(xlc.ggml_type, CACHE_TYPES[a.cache_type_v])
+    if a.chat_template:  # the template itself (common/arg.cpp: --chat-template)
+        c.chat_template = a.chat_template
     if a.chat_template_file:  # llama-server reads the file into params.chat_template (common/arg.cpp)
         c.chat_template = Path(a.chat_template_file).read_text()
     if a.threads:

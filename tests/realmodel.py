@@ -210,16 +210,30 @@ def serve(
 ) -> Iterator[Served]:
     """llama.cpp's server on 127.0.0.1:`port` with the verified model; `args` are more llama-server flags.
     `path` (default: the cache's file) is verified first: a file that is not Qwen's is never served."""
+    gguf = path if path is not None else CACHE / model.file
+    argv = ["--model", str(gguf), "--alias", alias, "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--ctx-size", str(ctx), "--jinja", *args]
+    with serve_argv(model, argv, log_dir, timeout=timeout) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def serve_argv(model: Gguf, argv: Sequence[str], log_dir: Path, *, timeout: float = 120) -> Iterator[Served]:
+    """llama-server with exactly `argv` (e.g. what coderig.core.engine.llamacpp_args renders); its
+    --model file is verified first. The server must listen on 127.0.0.1."""
+    args = list(argv)
+    verify(model, Path(args[args.index("--model") + 1]))
+    assert args[args.index("--host") + 1] == "127.0.0.1", "loopback only"
     python = xllamacpp_python()
     if python is None:
         raise RuntimeError("xllamacpp is not installed: source .ci/model-deps.sh")
-    gguf = verify(model, path if path is not None else CACHE / model.file)
-    cmd = [python, str(HERE / "llamacpp_server.py"), "--model", str(gguf), "--alias", alias]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--ctx-size", str(ctx), "--jinja", *args]
+    port = args[args.index("--port") + 1]
     log = log_dir / f"llama-server-{port}.log"
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [python, str(HERE / "llamacpp_server.py"), *args], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
     served = Served(f"http://127.0.0.1:{port}", proc, log)
     try:
         _wait_healthy(served, timeout)
@@ -261,3 +275,33 @@ def main(argv: Sequence[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+
+def gguf_metadata(path: Path) -> dict[str, Any]:
+    """The key/value header of a GGUF file (format: ggml's docs/gguf.md), arrays of strings skipped."""
+    import struct
+
+    def read(fmt: str) -> Any:
+        return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
+
+    def string() -> str:
+        return f.read(read("<Q")).decode()
+
+    def value(kind: int) -> Any:
+        if kind == 8:
+            return string()
+        if kind == 9:
+            item, n = read("<I"), read("<Q")
+            items = [value(item) for _ in range(n)]
+            return None if item == 8 else items
+        return read(_GGUF_SCALARS[kind])
+
+    with path.open("rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ModelRefused(f"{path}: not a GGUF file")
+        read("<I")  # version
+        read("<Q")  # tensor count
+        return {string(): value(read("<I")) for _ in range(read("<Q"))}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import shlex
 
-from coderig.core import versions
+from coderig.core import templates, versions
 from coderig.core.catalog import LLAMACPP_CACHE_TYPE, Preset
 from coderig.core.layout import Layout
 from coderig.core.settings import ModelSettings
@@ -54,6 +54,7 @@ def vllm_args(model: ModelSettings, layout: Layout, host: str = MODEL_HOST, port
     if model.revision != "main":  # the weights step fetched this revision; load exactly it (offline)
         args += ["--revision", model.revision, "--tokenizer-revision", model.revision]
     args += _parser_flags(p)
+    args += _chat_template_flags(model)
     args += _default_flags(p)
     args += list(p.extra_args)
     args += list(model.extraArgs)
@@ -69,6 +70,12 @@ def _parser_flags(p: Preset) -> list[str]:
     if p.tokenizer_mode:
         out += ["--tokenizer-mode", p.tokenizer_mode]
     return out
+
+
+def _chat_template_flags(model: ModelSettings) -> list[str]:
+    """The chosen coderig chat template's text (coderig.core.templates): the same flag on both servers."""
+    name = templates.chosen(model.chatTemplate, model.spec.chat_template)
+    return ["--chat-template", templates.text(name)] if name else []
 
 
 def _default_flags(p: Preset) -> list[str]:
@@ -101,6 +108,7 @@ def llamacpp_args(model: ModelSettings, gguf_path: str, host: str = MODEL_HOST, 
         "--parallel", "1",
         "--cache-type-k", LLAMACPP_CACHE_TYPE,
         "--cache-type-v", LLAMACPP_CACHE_TYPE,
+        *_chat_template_flags(model),  # after --jinja: llama-server then takes any Jinja template
         *model.extraArgs,
     ]  # fmt: skip
 

@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from coderig.core import catalog, sizing, vllm_flags
+from coderig.core import catalog, sizing, templates, vllm_flags
 from coderig.core.errors import UserError
 from coderig.core.settings_base import KeyProblem as _KeyError
 from coderig.core.settings_base import Loc
@@ -92,6 +92,7 @@ class ModelSettings(_Model):
     extraArgs: list[str] = Field(default_factory=list, description="extra model-server flags, appended")
     parallel: sizing.ParallelSettings | None = Field(default=None, description="override the planned layout")
     revision: str = Field(default="main", description="the weights' commit sha (pins them) or a branch (floats)")
+    chatTemplate: templates.Name = Field(default=None, description="a coderig chat template or 'model' (its own)")
 
     @field_validator("revision")
     @classmethod

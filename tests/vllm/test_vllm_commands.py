@@ -68,8 +68,9 @@ def rendered_commands() -> dict[str, list[str]]:
                 for lay in layout.candidates(p, gpu, count):
                     out[f"{p.id} {lay.name}"] = ["serve", *engine.vllm_args(model(p.id), lay)]
         lay = layout.candidates(p, catalog.GPUS["H200"], 8)[0]
-        variant = model(p.id, extraArgs=EXTRA_ARGS, revision="0" * 40, kvCacheDtype="bf16", servedName="x.y")
-        out[f"{p.id} {lay.name} extraArgs+revision+bf16"] = ["serve", *engine.vllm_args(variant, lay)]
+        variant = model(p.id, extraArgs=EXTRA_ARGS, revision="0" * 40, kvCacheDtype="bf16", servedName="x.y",
+                        chatTemplate="qwen2.5-coder-fenced-tools.jinja")  # fmt: skip
+        out[f"{p.id} {lay.name} extraArgs+revision+bf16+chatTemplate"] = ["serve", *engine.vllm_args(variant, lay)]
     for stack in sorted((ROOT / "tests" / "golden" / "stacks").glob("Pulumi.*.yaml")):
         settings = load_stack_file(stack)
         if settings.model.spec.engine == "vllm":
