@@ -2,11 +2,15 @@
 coderig renders. Prints JSON on stdout.
 
   VLLM_TARGET_DEVICE=cpu python tests/vllm_check.py < commands.json
-  stdin:  {"commands": [{"name": ..., "argv": ["serve", MODEL, ...]}, ...]}
+  stdin:  {"commands": [{"name": ..., "argv": ["serve", MODEL, ...]}, ...],
+           "tool_outputs": [{"id": ..., "parser": ..., "text": MODEL_OUTPUT}, ...], "markers": [TOKEN, ...]}
   stdout: {"version": "0.34.0",
            "flags": [...every option string of `vllm serve`, from its own parser...],
            "registries": {"tool_call_parser": [...], "reasoning_parser": [...], "tokenizer_mode": [...]},
-           "results": [{"name": ..., "error": null | "..."}, ...]}
+           "results": [{"name": ..., "error": null | "..."}, ...],
+           "tool_calls": {ID: {"called": bool, "calls": [[NAME, ARGUMENTS_JSON], ...], "error": ...}}}
+Each tool parser runs on a tiny tokenizer (a WordLevel vocabulary of the marker tokens, as special
+tokens) with one `Write(file_path, content)` tool offered, over the model output given for it.
 One process for all of it: importing vLLM takes seconds to a minute on a busy machine.
 
 The check builds the `vllm` CLI parser the way vllm/entrypoints/cli/main.py does (FlexibleArgumentParser,
@@ -74,15 +78,44 @@ def check_one(argv: list[str]) -> str | None:
     return None
 
 
+def tool_calls(outputs: list[dict[str, str]], markers: list[str]) -> dict[str, dict[str, Any]]:
+    from tokenizers import Tokenizer, models, pre_tokenizers  # pyright: ignore[reportMissingImports]
+    from transformers import PreTrainedTokenizerFast  # pyright: ignore[reportMissingImports]
+    from vllm.entrypoints.openai.chat_completion.protocol import (  # pyright: ignore[reportMissingImports]
+        ChatCompletionRequest,
+    )
+    from vllm.tool_parsers import ToolParserManager  # pyright: ignore[reportMissingImports]
+
+    vocab = {"[UNK]": 0, **{m: i + 1 for i, m in enumerate(markers)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", additional_special_tokens=markers)
+    schema = {"type": "object", "properties": {"file_path": {"type": "string"}, "content": {"type": "string"}}}
+    tools = [{"type": "function", "function": {"name": "Write", "parameters": schema}}]
+    request = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "x"}], tools=tools)
+    out: dict[str, dict[str, Any]] = {}
+    for case in outputs:
+        try:
+            parser = ToolParserManager.get_tool_parser(case["parser"])(tokenizer, request.tools)
+            got = parser.extract_tool_calls(case["text"], request)
+            calls = [[c.function.name, c.function.arguments] for c in got.tool_calls]
+            out[case["id"]] = {"called": got.tools_called, "calls": calls, "error": None}
+        except Exception as e:  # reported, not raised: the test says which parser failed and how
+            out[case["id"]] = {"called": False, "calls": [], "error": f"{type(e).__name__}: {e}"}
+    return out
+
+
 def main() -> int:
     import vllm  # pyright: ignore[reportMissingImports]
 
-    commands = json.load(sys.stdin)["commands"]
+    given = json.load(sys.stdin)
+    commands = given["commands"]
     out = {
         "version": vllm.__version__,  # pyright: ignore[reportAttributeAccessIssue]
         "flags": flags(),
         "registries": registries(),
         "results": [{"name": c["name"], "error": check_one(c["argv"])} for c in commands],
+        "tool_calls": tool_calls(given.get("tool_outputs", []), given.get("markers", [])),
     }
     sys.stdout.write(json.dumps(out, indent=1) + "\n")
     return 0

@@ -22,6 +22,7 @@ import pytest
 from conftest import ROOT, ssh_config
 
 from coderig.core import catalog, engine, layout, planner, versions, vllm_flags
+from coderig.core.catalog import Preset
 from coderig.core.errors import UserError
 from coderig.core.settings import ModelSettings, load_stack_file, parse_settings
 
@@ -39,6 +40,32 @@ REFUSED = {
 }
 # Prefixes of real flags: argparse (so vLLM) accepts them; coderig refuses them.
 ABBREVIATED = ["--enable-prefix-cachin", "--max-num-seq", "8"]
+
+
+# Each tool parser's model output for one Write call, in the format its model's chat template renders a
+# call in (so the format the model was trained to emit): Qwen3-Coder's template (<function=…><parameter=…>),
+# GLM-4.7's (<arg_key>/<arg_value>), MiniMax-M2's (<invoke name=…>), DeepSeek V3.2's DSML
+# (vllm/tokenizers/deepseek_v32_encoding.py). gpt-oss (`openai`): at 0.34 that parser is a stub
+# (GptOssToolParser.extract_tool_calls raises NotImplementedError); vLLM reads gpt-oss calls from harmony
+# token ids (entrypoints/openai/parser/harmony_utils.py), which a marker tokenizer cannot stand in for.
+WRITE_ARGS = {"file_path": "/a.txt", "content": "hi"}
+TOOL_OUTPUTS = {
+    "qwen3_coder": "<tool_call>\n<function=Write>\n<parameter=file_path>\n/a.txt\n</parameter>\n"
+    "<parameter=content>\nhi\n</parameter>\n</function>\n</tool_call>",
+    "glm47": "<tool_call>Write<arg_key>file_path</arg_key><arg_value>/a.txt</arg_value>"
+    "<arg_key>content</arg_key><arg_value>hi</arg_value></tool_call>",
+    "minimax_m2": '<minimax:tool_call>\n<invoke name="Write">\n<parameter name="file_path">/a.txt</parameter>\n'
+    '<parameter name="content">hi</parameter>\n</invoke>\n</minimax:tool_call>',
+    "deepseek_v32": '<｜DSML｜function_calls>\n<｜DSML｜invoke name="Write">\n'
+    '<｜DSML｜parameter name="file_path" string="true">/a.txt</｜DSML｜parameter>\n'
+    '<｜DSML｜parameter name="content" string="true">hi</｜DSML｜parameter>\n'
+    "</｜DSML｜invoke>\n</｜DSML｜function_calls>",
+}
+NOT_EXERCISED = {"openai"}
+MARKERS = ["<tool_call>", "</tool_call>", "<function=", "</function>", "<parameter=", "</parameter>", "<arg_key>",
+           "</arg_key>", "<arg_value>", "</arg_value>", "<minimax:tool_call>", "</minimax:tool_call>",
+           "<｜DSML｜function_calls>", "</｜DSML｜function_calls>", "<｜DSML｜invoke", "</｜DSML｜invoke>",
+           "<｜DSML｜parameter", "</｜DSML｜parameter>", "<think>", "</think>"]  # fmt: skip
 
 
 def vllm_python() -> str:
@@ -80,6 +107,14 @@ def rendered_commands() -> dict[str, list[str]]:
     return out
 
 
+PROSE = "I will write /a.txt now."
+
+
+def _tool_cases() -> list[dict[str, str]]:
+    cases = [{"id": parser, "parser": parser, "text": text} for parser, text in TOOL_OUTPUTS.items()]
+    return cases + [{"id": f"{parser} on prose", "parser": parser, "text": PROSE} for parser in TOOL_OUTPUTS]
+
+
 @cache
 def _report(python: str) -> dict[str, Any]:
     commands = [{"name": k, "argv": v} for k, v in rendered_commands().items()]
@@ -87,7 +122,7 @@ def _report(python: str) -> dict[str, Any]:
     commands += [{"name": "abbreviated", "argv": ["serve", "m", *ABBREVIATED]}]
     proc = subprocess.run(
         [python, str(ROOT / "tests" / "vllm_check.py")],
-        input=json.dumps({"commands": commands}),
+        input=json.dumps({"commands": commands, "tool_outputs": _tool_cases(), "markers": MARKERS}),
         capture_output=True,
         text=True,
         env={**os.environ, "VLLM_TARGET_DEVICE": "cpu"},
@@ -153,3 +188,22 @@ def test_coderig_refuses_the_abbreviations_vllms_parser_accepts(report: dict[str
     assert "coderig:model.extraArgs" in str(refused.value)
     assert "did you mean --enable-prefix-caching?" in str(refused.value)
     assert "did you mean --max-num-seqs?" in str(refused.value)
+
+
+@pytest.mark.parametrize("preset", VLLM_PRESETS, ids=lambda p: p.id)
+def test_each_tool_parser_extracts_a_call_from_its_models_format(report: dict[str, Any], preset: Preset) -> None:
+    name = preset.tool_call_parser
+    if name in NOT_EXERCISED:
+        pytest.skip(f"{name}: a stub at this vLLM; gpt-oss calls are parsed from harmony token ids")
+    got = report["tool_calls"][name]
+    assert got["error"] is None and got["called"], got
+    ((tool, arguments),) = got["calls"]
+    assert tool == "Write" and json.loads(arguments) == WRITE_ARGS
+
+
+def test_a_parser_finds_no_call_in_prose(report: dict[str, Any]) -> None:
+    """The check can fail: without its model's markers a parser reports no call."""
+    assert set(TOOL_OUTPUTS) >= {p.tool_call_parser for p in VLLM_PRESETS} - NOT_EXERCISED
+    for parser in TOOL_OUTPUTS:
+        got = report["tool_calls"][f"{parser} on prose"]
+        assert got["error"] is None and not got["called"] and got["calls"] == [], (parser, got)
