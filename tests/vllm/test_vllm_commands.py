@@ -24,7 +24,8 @@ from conftest import ROOT, ssh_config
 from coderig.core import catalog, engine, layout, planner, versions, vllm_flags
 from coderig.core.catalog import Preset
 from coderig.core.errors import UserError
-from coderig.core.settings import ModelSettings, load_stack_file, parse_settings
+from coderig.core.settings import ModelSettings, parse_settings
+from coderig.core.stack_file import load_stack_file
 
 pytestmark = pytest.mark.integration
 

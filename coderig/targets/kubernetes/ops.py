@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from coderig.core import planner
+from coderig.core import budgets
 from coderig.core.errors import REFUSED, UserError
 from coderig.core.settings import StackSettings
 from coderig.runtime.kube_reaper import STATE_KEY
@@ -40,7 +40,7 @@ def load_kube_stack(args: argparse.Namespace, settings: StackSettings | None) ->
     if settings is None:
         raise UserError(f"no Pulumi.{stack}.yaml here: pass --config FILE (a kubernetes stack's settings are needed)")
     t = kube.target(settings)
-    budget = planner.load_budget_seconds(settings.model.spec) + planner.IMAGE_PULL_S
+    budget = budgets.load_budget_seconds(settings.model.spec) + budgets.IMAGE_PULL_S
     return KubeStack(
         stack=stack,
         namespace=t.namespace,
@@ -189,8 +189,21 @@ def cmd_idle(args: argparse.Namespace, settings: StackSettings | None, run: Runn
     return 0
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace, StackSettings | None], int]] = {
-    "start": lambda a, s: cmd_start(a, s),
-    "stop": lambda a, s: cmd_stop(a, s),
-    "idle": lambda a, s: cmd_idle(a, s),
-}
+class KubernetesOperations:
+    """coderig.targets.operations.TargetOperations of the kubernetes kind: kubectl on the model
+    Deployment; `run` runs each kubectl command (tests give a fake)."""
+
+    def __init__(self, run: Runner = _run) -> None:
+        self.run = run
+
+    def idle(self, args: argparse.Namespace, settings: StackSettings | None) -> int:
+        return cmd_idle(args, settings, self.run)
+
+    def stop(self, args: argparse.Namespace, settings: StackSettings | None) -> int:
+        return cmd_stop(args, settings, self.run)
+
+    def start(self, args: argparse.Namespace, settings: StackSettings | None) -> int:
+        return cmd_start(args, settings, self.run)
+
+
+OPERATIONS = KubernetesOperations()
