@@ -347,3 +347,18 @@ def test_readme_sudoers_line_is_valid(tmp_path: Path) -> None:
     path.chmod(0o440)
     proc = subprocess.run([visudo, "-c", "-f", str(path)], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_files_the_readme_makes_in_the_project_are_git_ignored() -> None:
+    """Every file a README command writes in the project directory holds a secret (keys, every token, a
+    developer's bundle): git must ignore each one where the README makes it."""
+    made: set[str] = set()
+    for cmd in (c for b in readme_blocks("bash") for c in commands(b)):
+        code = cmd.split("#", 1)[0]
+        made.update(re.findall(r"(?:>|--out|--out-dir|--bundles-dir|--keys-file) (\S+)", code))
+    made = {m for m in made if not m.startswith(("~", "/", "$", ".pulumi-state/"))}
+    assert {"keys.json", "outputs.json", "alice.json", "bundles/", "rendered/"} <= made, made
+    proc = subprocess.run(["git", "check-ignore", "--no-index", "-v", *sorted(made)], cwd=ROOT,
+                          capture_output=True, text=True)  # fmt: skip
+    ignored = {line.split("\t")[-1] for line in proc.stdout.splitlines()}
+    assert ignored == made, f"not git-ignored: {made - ignored}"
