@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from coderig.core import catalog, sizing
+from coderig.core import catalog, naming, sizing
 from coderig.core.errors import UserError
 from coderig.core.settings_base import KeyProblem as _KeyError
 from coderig.core.settings_base import Loc
@@ -139,6 +139,10 @@ class ModelSettings(_Model):
     @property
     def served_name(self) -> str:
         return self.servedName or self.spec.served_name
+
+    @property
+    def former_name(self) -> str | None:
+        return naming.former_name(self.servedName, self.spec)
 
     @property
     def max_model_len(self) -> int:
@@ -293,6 +297,7 @@ class StackSettings(_Model):
                 f"coderig:model.revision: {self.model.revision!r} floats (a branch or tag): a new volume may get "
                 f"other weights than the last; pin a commit sha of {self.model.spec.hf_repo}"
             )
+        out += naming.warnings(self.model.preset, self.model.served_name, self.model.former_name)
         return out
 
     @model_validator(mode="after")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from coderig.core import engine
+from coderig.core import engine, naming
 from coderig.core.settings import StackSettings
 from coderig.frontdoor.litellm import DEFAULT_TIMEOUT_S, ModelRoute
 from coderig.frontdoor.nginx import GatewaySpec, direct_chat_backend
@@ -69,6 +69,7 @@ def from_settings(
     p = m.spec
     return FrontDoorInputs(
         served_name=m.served_name,
+        aliases=naming.aliases(m.former_name),
         backends=tuple(backends),
         max_tokens=m.max_output_tokens,
         listen=listen,
