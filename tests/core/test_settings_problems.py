@@ -163,7 +163,10 @@ def test_open_gateway_is_a_warning_from_plan(tmp_path: Path, capsys: pytest.Capt
     assert len(lines) == 1, lines
     assert lines[0].startswith("coderig: warning: coderig:target.allowedCidrs: 0.0.0.0/0")
     rc, err = plan(
-        tmp_path, aws(allowedCidrs=["203.0.113.0/24"]) | {"model": {"preset": "deepseek-v3.2", "revision": SHA, "servedName": "ds"}}, capsys
+        tmp_path,
+        aws(allowedCidrs=["203.0.113.0/24"])
+        | {"model": {"preset": "deepseek-v3.2", "revision": SHA, "servedName": "ds"}},
+        capsys,
     )
     assert rc == 0 and err == ""
 
