@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from coderig.core import planner
+from coderig.core import planner, report
 from coderig.core.errors import REFUSED, UserError
 from coderig.core.files import Bundle, write_bundle, write_file
 from coderig.core.settings import StackSettings, load_stack_file, stack_name_from_path
@@ -50,9 +50,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     stack = stack_name_from_path(args.config)
     p = planner.plan_stack(settings)
     if args.json:
-        print(json.dumps({"stack": stack, **p.summary()}, indent=2))
+        print(json.dumps(report.plan_json(settings, p, stack), indent=2))
     else:
-        print(planner.format_plan(p, stack))
+        print(report.plan_text(settings, p, stack))
     if not p.fits:
         raise _refusal(p)
     return 0

@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from coderig.core import catalog, naming, sizing
+from coderig.core.cost import CostSettings
 from coderig.core.errors import UserError
 from coderig.core.settings_base import KeyProblem as _KeyError
 from coderig.core.settings_base import Loc
@@ -279,6 +280,7 @@ class StackSettings(_Model):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     environment: str | None = Field(default=None, description="tag value; defaults to the stack name")
     workload: sizing.WorkloadSettings | None = None
+    cost: CostSettings | None = None
     # secrets: only their presence matters here
     sshPrivateKey: Any = None
     hfToken: Any = None

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 
-from coderig.core import engine, planner
+from coderig.core import engine, planner, report
 from coderig.core.files import Bundle, RenderedFile
 from coderig.core.settings import StackSettings
 from coderig.targets.aws import ops as aws_ops
@@ -59,10 +59,10 @@ REGISTRY: Mapping[str, TargetKind] = {
 
 def plan_files(settings: StackSettings, stack: str) -> Bundle:
     p = planner.plan_stack(settings)
-    summary = {"stack": stack, **p.summary()}
+    summary = report.plan_json(settings, p, stack)
     return {
         "plan.json": RenderedFile(json.dumps(summary, indent=2) + "\n"),
-        "plan.txt": RenderedFile(planner.format_plan(p, stack) + "\n"),
+        "plan.txt": RenderedFile(report.plan_text(settings, p, stack) + "\n"),
     }
 
 

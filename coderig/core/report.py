@@ -1,0 +1,41 @@
+"""The plan as `coderig plan` prints it, `coderig render` writes it and the stack exports it: the
+capacity plan (planner) followed by what it costs (cost)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from coderig.core import catalog, cost, planner
+
+if TYPE_CHECKING:
+    from coderig.core.settings import StackSettings
+
+
+def plan_text(settings: StackSettings, p: planner.Plan, stack: str) -> str:
+    return "\n".join([planner.format_plan(p, stack), *cost_estimate(settings).lines()])
+
+
+def plan_json(settings: StackSettings, p: planner.Plan, stack: str) -> dict[str, object]:
+    return {"stack": stack, **p.summary(), "cost": cost_estimate(settings).summary()}
+
+
+def cost_estimate(settings: StackSettings) -> cost.Estimate:
+    """The estimate for a validated stack: its hosts, its target's list price and idle mechanism."""
+    t = settings.target
+    office = settings.idle.officeHours
+    window = cost.Window(tuple(office.days), office.start, office.end, office.timezone) if office else None
+    awake = cost.awake_hours(
+        mechanism=t.idle_mechanism,
+        policy_enabled=settings.idle.enabled,
+        window=window,
+        stop_after_minutes=settings.idle.stop_after_minutes,
+    )
+    inst = catalog.AWS_INSTANCES.get(t.instance_type) if t.instance_type else None
+    return cost.estimate(
+        settings.cost,
+        hosts=t.replica_count,
+        list_price_per_host=inst.usd_per_hour if inst else None,
+        list_basis=f"AWS on-demand list price of {t.instance_type}, us-east-1",
+        awake=awake,
+        serves_model=t.serves_model,
+    )
