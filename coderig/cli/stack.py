@@ -10,7 +10,8 @@ from pathlib import Path
 from coderig.core import planner, report
 from coderig.core.errors import REFUSED, UserError
 from coderig.core.files import Bundle, write_bundle, write_file
-from coderig.core.settings import StackSettings, load_stack_file, stack_name_from_path
+from coderig.core.settings import StackSettings
+from coderig.core.stack_file import load_stack_file, stack_name_from_path
 from coderig.targets import render_stack
 
 MANIFEST = ".coderig-render"  # in the --out directory: the files the last render wrote
@@ -50,9 +51,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     stack = stack_name_from_path(args.config)
     p = planner.plan_stack(settings)
     if args.json:
-        print(json.dumps(report.plan_json(settings, p, stack), indent=2))
+        print(json.dumps(report.summary(settings, p, stack), indent=2))
     else:
-        print(report.plan_text(settings, p, stack))
+        print(report.text(settings, p, stack))
     if not p.fits:
         raise _refusal(p)
     return 0

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from coderig.core import catalog, cost, planner
+from coderig.core import catalog, cost, plan_text, planner
 
 if TYPE_CHECKING:
     from coderig.core.settings import StackSettings
 
 
-def plan_text(settings: StackSettings, p: planner.Plan, stack: str) -> str:
-    return "\n".join([planner.format_plan(p, stack), *cost_estimate(settings).lines()])
+def text(settings: StackSettings, p: planner.Plan, stack: str) -> str:
+    return "\n".join([plan_text.format_plan(p, stack), *cost_estimate(settings).lines()])
 
 
-def plan_json(settings: StackSettings, p: planner.Plan, stack: str) -> dict[str, object]:
+def summary(settings: StackSettings, p: planner.Plan, stack: str) -> dict[str, object]:
     return {"stack": stack, **p.summary(), "cost": cost_estimate(settings).summary()}
 
 

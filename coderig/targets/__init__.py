@@ -59,10 +59,10 @@ REGISTRY: Mapping[str, TargetKind] = {
 
 def plan_files(settings: StackSettings, stack: str) -> Bundle:
     p = planner.plan_stack(settings)
-    summary = report.plan_json(settings, p, stack)
+    summary = report.summary(settings, p, stack)
     return {
         "plan.json": RenderedFile(json.dumps(summary, indent=2) + "\n"),
-        "plan.txt": RenderedFile(report.plan_text(settings, p, stack) + "\n"),
+        "plan.txt": RenderedFile(report.text(settings, p, stack) + "\n"),
     }
 
 

@@ -74,11 +74,11 @@ def test_every_target_prints_its_cost(kind: str) -> None:
     config["cost"] = {"usdPerHour": 12.5}
     s = parse_settings(config)
     p = planner.plan_stack(s)
-    text = report.plan_text(s, p, "prod")
+    text = report.text(s, p, "prod")
     hosts = max(1, s.target.replica_count)
     assert f"  cost               ${12.5 * hosts:,.2f}/h for {hosts} host" in text
     assert f"${12.5 * hosts * 730:,.0f} always on" in text
-    assert report.plan_json(s, p, "prod")["cost"]["usd_per_hour"] == 12.5 * hosts  # type: ignore[index]
+    assert report.summary(s, p, "prod")["cost"]["usd_per_hour"] == 12.5 * hosts  # type: ignore[index]
 
 
 def test_aws_list_price_and_office_hours_from_the_stack() -> None:
