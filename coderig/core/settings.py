@@ -30,7 +30,7 @@ from coderig.core.aws_settings import AWS_FIRST_HOST, AWS_REGIONS, AWS_SUBNET_PR
 from coderig.core.cost import CostSettings
 from coderig.core.errors import UserError
 from coderig.core.settings_base import KeyProblem as _KeyError
-from coderig.core.settings_base import Loc
+from coderig.core.settings_base import Loc, cidr
 from coderig.core.settings_base import Model as _Model
 from coderig.core.target_base import NODE_CACHE_PATH, GpuSpec, SshHost
 from coderig.core.targets_settings import (
@@ -230,6 +230,12 @@ class GatewaySettings(_Model):
     port: int = Field(default=DEFAULT_GATEWAY_PORT, ge=1, le=65535)
     rateLimitPerMinute: int = Field(default=600, ge=1)
     hostnames: list[str] = Field(default_factory=list, description="extra DNS names for the certificate")
+    allowedCidrs: list[str] = Field(default_factory=list, description="client addresses the gateway serves")
+
+    @field_validator("allowedCidrs")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        return [cidr(c) for c in v]
 
     @property
     def rate_per_second(self) -> int:

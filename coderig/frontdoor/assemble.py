@@ -58,6 +58,7 @@ class FrontDoorInputs:
     timeout_s: int = DEFAULT_TIMEOUT_S
     litellm_timeout_s: int = DEFAULT_TIMEOUT_S
     gate_retry_after_s: int | None = None  # 503 + Retry-After while the model is at zero or loading
+    allowed_cidrs: tuple[str, ...] = ()  # coderig:gateway.allowedCidrs; () -> every address
 
 
 def from_settings(
@@ -76,6 +77,7 @@ def from_settings(
         litellm=litellm,
         health_url=health_url,
         rate_per_second=settings.gateway.rate_per_second,
+        allowed_cidrs=tuple(settings.gateway.allowedCidrs),
         temperature=p.temperature,
         top_p=p.top_p,
         chat_template_kwargs=p.chat_template_kwargs,
@@ -158,6 +160,7 @@ def assemble(inputs: FrontDoorInputs, paths: GatewayPaths, **gateway: Any) -> tu
         native_routes=inputs.native_routes,
         native_relays=relays(inputs),
         model_gate_retry_after_s=inputs.gate_retry_after_s,
+        allowed_cidrs=inputs.allowed_cidrs,
         **gateway,
     )
     return route, spec
