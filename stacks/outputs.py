@@ -1,4 +1,4 @@
-"""The stack outputs every target exports: the client bundle (schema in `coderig.clients`) and the
+"""The stack outputs every target exports: the client bundle (schema in `coderig.client.bundle`) and the
 developer tokens, the only secret output.
 
     return {**client_outputs(ctx, host=address, port=s.gateway.port, ca_pem=access.ca_pem,
@@ -14,6 +14,7 @@ from typing import Any
 
 import pulumi
 
+from coderig import targets
 from coderig.client import bundle as clients
 from coderig.core import report
 from stacks import StackContext
@@ -35,7 +36,7 @@ def client_outputs(
     model = s.model
     plan = ctx.plan.summary()
     idle = s.idle.model_dump(mode="json")
-    estimate = report.cost_estimate(s)
+    estimate = report.cost_estimate(s, targets.kind_of(s).idle_mechanism)
 
     def build(values: list[Any]) -> dict[str, Any]:
         address, ca = values

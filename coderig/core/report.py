@@ -1,5 +1,6 @@
 """The plan as `coderig plan` prints it, `coderig render` writes it and the stack exports it: the
-capacity plan (planner) followed by what it costs (cost)."""
+capacity plan (plan_text) followed by what it costs (cost). The target kind's idle mechanism comes from
+the caller (coderig.targets.REGISTRY), which this layer cannot import."""
 
 from __future__ import annotations
 
@@ -11,21 +12,22 @@ if TYPE_CHECKING:
     from coderig.core.settings import StackSettings
 
 
-def text(settings: StackSettings, p: planner.Plan, stack: str) -> str:
-    return "\n".join([plan_text.format_plan(p, stack), *cost_estimate(settings).lines()])
+def text(settings: StackSettings, p: planner.Plan, stack: str, idle_mechanism: str | None) -> str:
+    return "\n".join([plan_text.format_plan(p, stack), *cost_estimate(settings, idle_mechanism).lines()])
 
 
-def summary(settings: StackSettings, p: planner.Plan, stack: str) -> dict[str, object]:
-    return {"stack": stack, **p.summary(), "cost": cost_estimate(settings).summary()}
+def summary(settings: StackSettings, p: planner.Plan, stack: str, idle_mechanism: str | None) -> dict[str, object]:
+    return {"stack": stack, **p.summary(), "cost": cost_estimate(settings, idle_mechanism).summary()}
 
 
-def cost_estimate(settings: StackSettings) -> cost.Estimate:
-    """The estimate for a validated stack: its hosts, its target's list price and idle mechanism."""
+def cost_estimate(settings: StackSettings, idle_mechanism: str | None) -> cost.Estimate:
+    """The estimate for a validated stack: its hosts, its target's list price, and what its kind does
+    when idle (the registry's `TargetKind.idle_mechanism`: None when nothing stops the model)."""
     t = settings.target
     office = settings.idle.officeHours
     window = cost.Window(tuple(office.days), office.start, office.end, office.timezone) if office else None
     awake = cost.awake_hours(
-        mechanism=t.idle_mechanism,
+        mechanism=idle_mechanism,
         policy_enabled=settings.idle.enabled,
         window=window,
         stop_after_minutes=settings.idle.stop_after_minutes,

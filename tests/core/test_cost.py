@@ -11,6 +11,7 @@ from coderig.core import cost, planner, report
 from coderig.core.errors import UserError
 from coderig.core.settings import parse_settings
 from coderig.runtime import idle
+from coderig.targets import kind_of
 
 MON_FRI = ("mon", "tue", "wed", "thu", "fri")
 CONFIGS = {
@@ -74,11 +75,11 @@ def test_every_target_prints_its_cost(kind: str) -> None:
     config["cost"] = {"usdPerHour": 12.5}
     s = parse_settings(config)
     p = planner.plan_stack(s)
-    text = report.text(s, p, "prod")
+    text = report.text(s, p, "prod", kind_of(s).idle_mechanism)
     hosts = max(1, s.target.replica_count)
     assert f"  cost               ${12.5 * hosts:,.2f}/h for {hosts} host" in text
     assert f"${12.5 * hosts * 730:,.0f} always on" in text
-    assert report.summary(s, p, "prod")["cost"]["usd_per_hour"] == 12.5 * hosts  # type: ignore[index]
+    assert report.summary(s, p, "prod", kind_of(s).idle_mechanism)["cost"]["usd_per_hour"] == 12.5 * hosts  # type: ignore[index]
 
 
 def test_aws_list_price_and_office_hours_from_the_stack() -> None:
@@ -86,12 +87,14 @@ def test_aws_list_price_and_office_hours_from_the_stack() -> None:
     config["idle"] = {"stopAfterMinutes": 45, "officeHours": {"timezone": "Europe/Paris", "start": "08:00",
                                                               "end": "19:00"}}  # fmt: skip
     s = parse_settings(config)
-    e = report.cost_estimate(s)
+    e = report.cost_estimate(s, kind_of(s).idle_mechanism)
     assert e.usd_per_host_hour == pytest.approx(63.3) and "p5en.48xlarge" in e.basis
     assert e.awake.hours_per_week == pytest.approx(58.75)
     office_only = parse_settings({**config, "idle": {"officeHours": {"timezone": "UTC"}}})
     tail = idle.DEFAULT_STOP_AFTER_MINUTES / 60
-    assert report.cost_estimate(office_only).awake.hours_per_week == pytest.approx(5 * (11 + tail))
+    assert report.cost_estimate(office_only, kind_of(office_only).idle_mechanism).awake.hours_per_week == pytest.approx(
+        5 * (11 + tail)
+    )
 
 
 def test_bad_cost_settings_name_the_key() -> None:
@@ -111,6 +114,6 @@ def test_readme_cost_example_is_what_the_aws_stack_plans() -> None:
     golden = (ROOT / "tests" / "golden" / "rendered" / "aws" / "plan.txt").read_text()
     assert block.strip("\n").splitlines() == [line for line in golden.splitlines() if line.startswith("  cost")]
     s = parse_settings(aws_config(count=1) | {"idle": {"stopAfterMinutes": 45, "officeHours": {"timezone": "UTC"}}})
-    e = report.cost_estimate(s)
+    e = report.cost_estimate(s, kind_of(s).idle_mechanism)
     assert f"${e.usd_per_month_always_on:,.0f} a month if never stopped" in text
     assert f"it is ${e.usd_per_month_with_idle:,.0f}" in text

@@ -18,6 +18,7 @@ from frontdoor_fixtures import require_tool
 from sshhost import network_namespace
 
 from coderig import frontdoor
+from coderig.core import planner
 from coderig.core.settings import parse_settings
 from coderig.frontdoor import cidrs
 
@@ -126,7 +127,8 @@ def test_every_target_renders_the_check(kind: str) -> None:
     config = {"local": dev_config, "ssh": ssh_two_hosts, "aws": aws_config, "kubernetes": kube_config,
               "external": external_config}[kind]()  # fmt: skip
     config["gateway"] = {**config.get("gateway", {}), "allowedCidrs": ["198.51.100.0/24"]}
-    rendered = render_stack(parse_settings(config), "prod")
+    settings = parse_settings(config)
+    rendered = render_stack(settings, "prod", planner.plan_stack(settings))
     texts = [f.content for name, f in rendered.items() if not name.startswith("kubernetes/")]
     for name, f in rendered.items():  # a Kubernetes ConfigMap holds nginx.conf as a YAML string
         if name.startswith("kubernetes/"):
