@@ -29,6 +29,7 @@ from coderig.core import catalog, naming, sizing
 from coderig.core.aws_settings import AWS_FIRST_HOST, AWS_REGIONS, AWS_SUBNET_PREFIX, AwsTarget
 from coderig.core.cost import CostSettings
 from coderig.core.errors import UserError
+from coderig.core.log_settings import LogSettings
 from coderig.core.settings_base import KeyProblem as _KeyError
 from coderig.core.settings_base import Loc, cidr
 from coderig.core.settings_base import Model as _Model
@@ -308,6 +309,7 @@ class StackSettings(_Model):
     environment: str | None = Field(default=None, description="tag value; defaults to the stack name")
     workload: sizing.WorkloadSettings | None = None
     cost: CostSettings | None = None
+    logs: LogSettings = Field(default_factory=LogSettings)
     # secrets: only their presence matters here
     sshPrivateKey: Any = None
     hfToken: Any = None

@@ -20,6 +20,7 @@ runs the same strings with the `ssh` client.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import tarfile
@@ -145,6 +146,9 @@ def direct_chat(spec: NodeSpec) -> bool:
 
 NODE_PATHS = GatewayPaths(
     keys_include=f"/etc/nginx/{GATEWAY_KEYS}",
+    # to the container's output, so Docker keeps and rotates them on the host (coderig:logs)
+    access_log="/dev/stdout",
+    error_log="/dev/stderr",
     tls_cert=f"/etc/nginx/{TLS_DIR}/server.crt",
     tls_key=f"/etc/nginx/{SECRETS_DIR}/server.key",
 )
@@ -164,7 +168,7 @@ def front_door(settings: StackSettings, spec: NodeSpec) -> tuple[frontdoor.Model
         # LiteLLM costs ~1.4 ms CPU per streamed chunk); they require the node's model API key.
         direct_chat=direct_targets(spec.backends) if direct_chat(spec) else (),
     )  # fmt: skip
-    paths = NODE_PATHS if spec.tls else GatewayPaths(keys_include=NODE_PATHS.keys_include)
+    paths = NODE_PATHS if spec.tls else dataclasses.replace(NODE_PATHS, tls_cert=None, tls_key=None)
     return assemble(inputs, paths)
 
 
@@ -302,7 +306,8 @@ def compose_dict(settings: StackSettings, spec: NodeSpec, gateway: frontdoor.Gat
         if keepalive:
             services["keepalive"] = keepalive
         services["gateway"] = gateway_service(spec)
-    return {"name": PROJECT, "services": services}
+    logging = settings.logs.compose_logging()  # on the host, rotated (coderig/core/log_settings.py)
+    return {"name": PROJECT, "services": {name: {**svc, "logging": logging} for name, svc in services.items()}}
 
 
 # ---------------------------------------------------------------- the bundle
