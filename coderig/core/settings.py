@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from coderig.core import catalog, naming, sizing
+from coderig.core import catalog, images, naming, sizing, versions
 from coderig.core.aws_settings import AWS_FIRST_HOST, AWS_REGIONS, AWS_SUBNET_PREFIX, AwsTarget
 from coderig.core.cost import CostSettings
 from coderig.core.errors import UserError
@@ -110,6 +110,12 @@ class ModelSettings(_Model):
     extraArgs: list[str] = Field(default_factory=list, description="extra model-server flags, appended")
     parallel: sizing.ParallelSettings | None = Field(default=None, description="override the planned layout")
     revision: str = Field(default="main", description="the weights' commit sha (pins them) or a branch (floats)")
+    image: str | None = Field(default=None, description="the model server image instead of the pinned one")
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str | None) -> str | None:
+        return v and images.check_ref(v)
 
     @field_validator("revision")
     @classmethod
@@ -329,6 +335,8 @@ class StackSettings(_Model):
                 f"other weights than the last; pin a commit sha of {self.model.spec.hf_repo}"
             )
         out += naming.warnings(self.model.preset, self.model.served_name, self.model.former_name)
+        pinned = versions.LLAMACPP_IMAGE if self.model.spec.engine == "llama.cpp" else versions.VLLM_IMAGE
+        out += images.override_warning(self.model.image, pinned)
         return out
 
     @model_validator(mode="after")

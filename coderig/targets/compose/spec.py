@@ -76,7 +76,7 @@ def weights_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
     env = engine.weights_env(settings.model)
     shipped = ["fetch_weights.py"] + ([versions.WEIGHTS_REQUIREMENTS] if "CODERIG_PIP_REQUIREMENTS" in env else [])
     return {
-        "image": engine.weights_image(settings.model.spec),
+        "image": engine.weights_image(settings.model),
         "network_mode": "host",
         "restart": "no",
         "entrypoint": engine.weights_entrypoint(),
@@ -103,7 +103,7 @@ def model_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
     if preset.engine == "llama.cpp":
         args = engine.llamacpp_args(settings.model, engine.gguf_path(preset, CACHE_MOUNT))
         return base | {
-            "image": versions.LLAMACPP_IMAGE,
+            "image": engine.model_image(settings.model),
             "command": args,
             "environment": {"HF_HOME": HF_HOME, "LLAMA_ARG_THREADS": "-1"},
             "healthcheck": _healthcheck(["CMD", "curl", "-fsS", health_url], start),
@@ -112,7 +112,7 @@ def model_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
         raise ValueError("NodeSpec: a model server needs the plan's layout (model_layout)")
     args = engine.vllm_args(settings.model, spec.model_layout)
     return base | {
-        "image": versions.VLLM_IMAGE,
+        "image": engine.model_image(settings.model),
         "entrypoint": ["vllm", "serve"],
         "command": args,
         "ipc": "host",
