@@ -403,3 +403,17 @@ def test_quick_start_state_and_migration_blocks_run_with_the_real_engine(tmp_pat
     assert (work / "migrated.key").read_text().strip() == key.strip()
     assert key.strip() not in (work / "Pulumi.prod.yaml").read_text()  # kept encrypted in the stack file
     assert list(work.glob("Pulumi.prod.yaml.bak.*")) and (store / ".pulumi" / "stacks").is_dir()
+
+
+def test_every_in_page_link_names_a_heading() -> None:
+    """The README is read by jumping from 'Where to start' and between sections: each `(#anchor)` is the
+    GitHub slug of one of its headings."""
+    text = README.read_text()
+    body = BLOCK.sub("", text)  # headings inside code blocks are comments, not sections
+
+    def slug(heading: str) -> str:
+        return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+    headings = {slug(m.group(1)) for m in re.finditer(r"^#{1,6} (.+)$", body, re.M)}
+    links = set(re.findall(r"\]\(#([^)]+)\)", text))
+    assert links and links <= headings, sorted(links - headings)
