@@ -82,22 +82,37 @@ def build(ctx: StackContext) -> dict[str, object]:
         )
     provider = aws.Provider("aws", region=t.region)
     filters = [aws.ec2.GetAmiFilterArgs(name=f["name"], values=f["values"]) for f in aws_resources.ami_filters()]
-    ami: Any = t.ami or aws.ec2.get_ami_output(
-        most_recent=True, owners=["amazon"], filters=filters,
-        opts=pulumi.InvokeOutputOptions(provider=provider),
-    ).id  # fmt: skip
+    ami: Any = (
+        t.ami
+        or aws.ec2.get_ami_output(
+            most_recent=True,
+            owners=["amazon"],
+            filters=filters,
+            opts=pulumi.InvokeOutputOptions(provider=provider),
+        ).id
+    )
     vpc_id, subnet_id, az, private_ips, network = _placement(ctx, provider)
     login_private, login_public = _login_key(ctx)
     gpu = GpuNodes(
         "gpu",
         NodeArgs(
-            stack=ctx.stack, environment=env, region=t.region, target=t, ami=ami, vpc_id=vpc_id,
-            subnet_id=subnet_id, availability_zone=az, private_ips=private_ips,
-            rules=aws_resources.ingress_rules(s), replica_port=engine.MODEL_PORT if t.count > 1 else None,
-            volume=aws_resources.weights_volume(s), login_public_key=login_public, eip_waits_for=network,
+            stack=ctx.stack,
+            environment=env,
+            region=t.region,
+            target=t,
+            ami=ami,
+            vpc_id=vpc_id,
+            subnet_id=subnet_id,
+            availability_zone=az,
+            private_ips=private_ips,
+            rules=aws_resources.ingress_rules(s),
+            replica_port=engine.MODEL_PORT if t.count > 1 else None,
+            volume=aws_resources.weights_volume(s),
+            login_public_key=login_public,
+            eip_waits_for=network,
         ),
         opts=pulumi.ResourceOptions(provider=provider),
-    )  # fmt: skip
+    )
     first_ip = gpu.nodes[0].eip.public_ip
     names = cast(list[str], [first_ip, *s.gateway.hostnames])
     access = front_door_access(s, names, ctx.secrets)
@@ -108,16 +123,22 @@ def build(ctx: StackContext) -> dict[str, object]:
         n = gpu.nodes[i]
         conn = Connection(
             command.remote.ConnectionArgs(
-                host=n.eip.public_ip, user=aws_resources.LOGIN_USER, private_key=login_private,
+                host=n.eip.public_ip,
+                user=aws_resources.LOGIN_USER,
+                private_key=login_private,
                 host_key=n.host_key.public_key_openssh.apply(lambda k: " ".join(k.split()[:2])),
-                dial_error_limit=60, per_dial_timeout=30,
+                dial_error_limit=60,
+                per_dial_timeout=30,
             ),
             aws_resources.LOGIN_USER,
-        )  # fmt: skip
+        )
         return NodeStack(
             f"node-{i}",
             NodeStackArgs(
-                s, nodes[i], conn, access.secrets,
+                s,
+                nodes[i],
+                conn,
+                access.secrets,
                 host=SshHost(address=f"aws-node-{i}", cacheDevice=aws_resources.WEIGHTS_DEVICE),
                 # the Elastic IP and host key survive a replaced instance: its id makes every step re-run
                 machine=[n.instance.id, n.attachment.id],
@@ -126,7 +147,7 @@ def build(ctx: StackContext) -> dict[str, object]:
                 link=access.link(i),
             ),
             opts=pulumi.ResourceOptions(depends_on=[n.attachment, n.eip_association]),
-        )  # fmt: skip
+        )
 
     runtimes = replicas_first(len(gpu.nodes), node_stack)
     # No login private key among the outputs: `coderig bundle` reads every output with
