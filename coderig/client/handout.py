@@ -21,7 +21,7 @@ from typing import Any
 from coderig.client import bundle as clients
 from coderig.client import configs
 from coderig.core.errors import UserError
-from coderig.core.files import write_file
+from coderig.core.files import read_json_file, write_file
 from coderig.core.settings import DEVELOPER_RE
 
 STATE_DIR = ".pulumi-state"  # the project-local backend `up.sh` creates (keep the two in step)
@@ -64,12 +64,7 @@ def pulumi_outputs(stack: str, cwd: str | None) -> dict[str, Any]:
 
 
 def saved_outputs(source: Path) -> dict[str, Any]:
-    try:
-        outputs = json.loads(source.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{source}: no such file") from None
-    except ValueError as exc:
-        raise UserError(f"{source}: not JSON ({exc})") from None
+    outputs = read_json_file(source)
     if not isinstance(outputs, dict):
         raise UserError(f"{source}: expected the object `pulumi stack output --json` prints")
     try:

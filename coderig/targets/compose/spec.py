@@ -43,6 +43,7 @@ from coderig.frontdoor.assemble import (
     from_settings,
     model_health_url,
     relay_command,
+    relay_probe,
 )
 from coderig.frontdoor.litellm import DEFAULT_TIMEOUT_S
 from coderig.targets.compose.machines import NodeSpec
@@ -203,9 +204,8 @@ GATEWAY_HEALTH_START_S = 30
 def gateway_url(spec: NodeSpec, path: str) -> str:
     """The gateway as seen from the node itself (host networking): loopback unless it listens on
     one address only."""
-    host, _, port = spec.gateway_listen.rpartition(":")
-    host = "127.0.0.1" if host in ("", "0.0.0.0", "*", "[::]") else host  # noqa: S104 - a wildcard listen, not a bind
-    return f"{'https' if spec.tls else 'http'}://{host}:{port}{path}"
+    host, port = frontdoor.parse_listen(spec.gateway_listen)
+    return f"{'https' if spec.tls else 'http'}://{frontdoor.hostport(frontdoor.local_address(host), port)}{path}"
 
 
 def gateway_probe(url: str) -> list[str]:
@@ -221,9 +221,11 @@ def gateway_service(spec: NodeSpec) -> dict[str, Any]:
         "restart": "unless-stopped",
         "command": ["nginx", "-c", "/etc/nginx/coderig/nginx.conf"],
         "depends_on": {"litellm": {"condition": "service_started"}},
-        # listening with its certificate and keys loaded (answered by nginx itself, never forwarded);
+        # nginx and LiteLLM answer through it (not the model: a loading model is no unhealthy gateway);
         # the whole request path is checked once by wait-ready through /healthz
-        "healthcheck": _healthcheck(["CMD", *gateway_probe(gateway_url(spec, "/api/hello"))], GATEWAY_HEALTH_START_S),
+        "healthcheck": _healthcheck(
+            ["CMD", *gateway_probe(gateway_url(spec, "/healthz/front"))], GATEWAY_HEALTH_START_S
+        ),
         # only the gateway's own secrets (not the env files of the other services)
         "volumes": [
             f"./{GATEWAY_CONF}:/etc/nginx/coderig/nginx.conf:ro",
@@ -294,6 +296,8 @@ def keepalive_service(gateway: frontdoor.GatewaySpec) -> dict[str, Any] | None:
         "command": command[3:],
         "environment": {"PYTHONPATH": KEEPALIVE_MOUNT, "PYTHONDONTWRITEBYTECODE": "1"},
         "volumes": [f"./{KEEPALIVE_DIR}:{KEEPALIVE_MOUNT}:ro"],
+        # every listener accepts (the relay has no endpoint of its own; /healthz asks the model through it)
+        "healthcheck": _healthcheck(["CMD", *relay_probe(gateway)], 10),
     }
 
 
@@ -311,8 +315,9 @@ def compose_dict(settings: StackSettings, spec: NodeSpec, gateway: frontdoor.Gat
         if keepalive:
             services["keepalive"] = keepalive
         services["gateway"] = gateway_service(spec)
-    logging = settings.logs.compose_logging()  # on the host, rotated (coderig/core/log_settings.py)
-    return {"name": PROJECT, "services": {name: {**svc, "logging": logging} for name, svc in services.items()}}
+    # every service's log on the host, rotated (coderig/core/log_settings.py); a copy each (no YAML anchors)
+    logged = {name: {**svc, "logging": settings.logs.compose_logging()} for name, svc in services.items()}
+    return {"name": PROJECT, "services": logged}
 
 
 # ---------------------------------------------------------------- the bundle
