@@ -11,7 +11,6 @@ from coderig.core import catalog, naming
 from coderig.core.settings import parse_settings
 from coderig.frontdoor import assemble, litellm
 
-
 # The real-model test presets (tests/realmodel.py) still serve as coderig-dev: their tests send that name
 # straight to llama-server. Renaming them belongs with that work; listed here so a new preset cannot join.
 TEST_MODEL_PRESETS = {"qwen2.5-coder-0.5b-cpu", "qwen2.5-coder-1.5b-cpu"}
