@@ -16,7 +16,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from coderig.core import engine, plan_text, planner
+from coderig.core import engine, planner, report
 from coderig.core.aws_settings import AwsTarget
 from coderig.core.files import FileSet, RenderedFile
 from coderig.core.settings import StackSettings
@@ -109,10 +109,10 @@ def kind_of(settings: StackSettings) -> TargetKind:
 
 
 def plan_files(settings: StackSettings, stack: str, p: planner.Plan) -> FileSet:
-    summary = {"stack": stack, **p.summary()}
+    summary = report.summary(settings, p, stack, kind_of(settings).idle_mechanism)
     return {
         "plan.json": RenderedFile(json.dumps(summary, indent=2) + "\n"),
-        "plan.txt": RenderedFile(plan_text.format_plan(p, stack) + "\n"),
+        "plan.txt": RenderedFile(report.text(settings, p, stack, kind_of(settings).idle_mechanism) + "\n"),
     }
 
 
