@@ -11,7 +11,7 @@ from coderig.core import planner
 from coderig.core.errors import REFUSED, UserError
 from coderig.core.files import Bundle, write_bundle, write_file
 from coderig.core.settings import StackSettings, load_stack_file, stack_name_from_path
-from coderig.targets import render_stack
+from coderig.targets import plan_summary, plan_text, render_stack
 
 MANIFEST = ".coderig-render"  # in the --out directory: the files the last render wrote
 
@@ -50,9 +50,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     stack = stack_name_from_path(args.config)
     p = planner.plan_stack(settings)
     if args.json:
-        print(json.dumps({"stack": stack, **p.summary()}, indent=2))
+        print(json.dumps(plan_summary(settings, stack, p), indent=2))
     else:
-        print(planner.format_plan(p, stack))
+        print(plan_text(settings, stack, p))
     if not p.fits:
         raise _refusal(p)
     return 0

@@ -12,6 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from coderig.core import catalog, hostkeys
+from coderig.core.frontdoor_machine import AwsFrontDoor, FrontDoorMachine, monthly_cost, ssh_front_door_checks
 from coderig.core.settings_base import KeyProblem, Loc, Model, cidr, is_everyone
 
 # Every AWS region name, per partition (aws, aws-cn, aws-us-gov, aws-eusc), as botocore 1.44.5 lists
@@ -189,6 +190,11 @@ class _Target(Model):
         """Accepted, but worth a line from `coderig plan` and `pulumi up`."""
         return []
 
+    @property
+    def front_door_machine(self) -> FrontDoorMachine | None:
+        """The separate always-on machine holding the gateway (None: the first machine holds it)."""
+        return None
+
 
 class LocalTarget(_Target):
     kind: Literal["local"]
@@ -210,6 +216,7 @@ class SshTarget(_Target):
     gpu: GpuSpec | None = None
     cachePath: str = NODE_CACHE_PATH
     insecureSkipHostKeyCheck: bool = False
+    frontDoor: SshHost | None = Field(default=None, description="a small always-on host for the gateway")
 
     _cache = field_validator("cachePath")(_check_cache_path)
 
@@ -229,7 +236,11 @@ class SshTarget(_Target):
     def replica_addresses(self) -> list[str]:
         return [h.address for h in self.hosts[1:]]
 
-    given_checks = (_ssh_hosts_pinned_and_distinct,)
+    @property
+    def front_door_machine(self) -> FrontDoorMachine | None:
+        return FrontDoorMachine(self.frontDoor.address, None) if self.frontDoor else None
+
+    given_checks = (_ssh_hosts_pinned_and_distinct, ssh_front_door_checks)
 
 
 AWS_SUBNET_PREFIX = "10.77.0."  # nodes get .10, .11, … in the subnet coderig creates (10.77.0.0/24)
@@ -253,6 +264,7 @@ class AwsTarget(_Target):
     capacityBlock: bool = Field(default=False, description="capacityReservationId is a Capacity Block for ML")
     spot: bool = Field(default=False, description="spot capacity, stopped (not terminated) on interruption")
     volumeSizeGb: int | None = Field(default=None, ge=100, le=16384)
+    frontDoor: AwsFrontDoor | None = Field(default=None, description="an always-on instance for the gateway")
 
     @property
     def gpus(self) -> tuple[str | None, int]:
@@ -277,6 +289,11 @@ class AwsTarget(_Target):
     @property
     def replica_addresses(self) -> list[str]:
         return [a for a in self.private_ips[1:] if a]
+
+    @property
+    def front_door_machine(self) -> FrontDoorMachine | None:
+        door = self.frontDoor
+        return FrontDoorMachine(door.instanceType, monthly_cost(door.instanceType)) if door else None
 
     @field_validator("region")
     @classmethod

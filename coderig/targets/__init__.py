@@ -57,12 +57,23 @@ REGISTRY: Mapping[str, TargetKind] = {
 }
 
 
+def plan_summary(settings: StackSettings, stack: str, p: planner.Plan) -> dict[str, object]:
+    """`coderig plan --json` and plan.json: the plan, plus the front-door machine when there is one."""
+    door = settings.target.front_door_machine
+    return {"stack": stack, **p.summary(), **({"front_door": door.summary()} if door else {})}
+
+
+def plan_text(settings: StackSettings, stack: str, p: planner.Plan) -> str:
+    """`coderig plan` and plan.txt: the plan, plus the front-door machine's line (its monthly cost)."""
+    door = settings.target.front_door_machine
+    return planner.format_plan(p, stack) + (f"\n{door.plan_line()}" if door else "")
+
+
 def plan_files(settings: StackSettings, stack: str) -> Bundle:
     p = planner.plan_stack(settings)
-    summary = {"stack": stack, **p.summary()}
     return {
-        "plan.json": RenderedFile(json.dumps(summary, indent=2) + "\n"),
-        "plan.txt": RenderedFile(planner.format_plan(p, stack) + "\n"),
+        "plan.json": RenderedFile(json.dumps(plan_summary(settings, stack, p), indent=2) + "\n"),
+        "plan.txt": RenderedFile(plan_text(settings, stack, p) + "\n"),
     }
 
 
