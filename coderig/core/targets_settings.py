@@ -234,7 +234,7 @@ class SshTarget(_Target):
 
     @property
     def replica_addresses(self) -> list[str]:
-        return [h.address for h in self.hosts[1:]]
+        return [h.address for h in (self.hosts if self.frontDoor else self.hosts[1:])]
 
     @property
     def front_door_machine(self) -> FrontDoorMachine | None:

@@ -71,12 +71,16 @@ def node_specs(settings: StackSettings, cache_path: str | None = None) -> list[N
         ]  # fmt: skip
     p = planner.plan_stack(settings)
     replicas = tuple(enumerate(t.replica_addresses, start=1))
+    door = t.front_door_machine is not None  # a separate front door: every GPU machine is a replica
     first = NodeSpec(
-        role="full",
+        role="frontdoor" if door else "full",
         cache_path=path,
-        gpu_count=p.gpu_count,
+        gpu_count=0 if door else p.gpu_count,
         gateway_listen=listen,
-        backends=(_backend_url(engine.MODEL_HOST), *(f"http://{links.link_listen(i)}/v1" for i, _ in replicas)),
+        backends=(
+            *(() if door else (_backend_url(engine.MODEL_HOST),)),
+            *(f"http://{links.link_listen(i)}/v1" for i, _ in replicas),
+        ),
         replica_links=replicas,
         litellm_workers=frontdoor.litellm_workers(p.max_concurrent_requests),
     )
