@@ -288,7 +288,7 @@ class AwsTarget(_Target):
 
     @property
     def replica_addresses(self) -> list[str]:
-        return [a for a in self.private_ips[1:] if a]
+        return [a for a in (self.private_ips if self.frontDoor else self.private_ips[1:]) if a]
 
     @property
     def front_door_machine(self) -> FrontDoorMachine | None:
@@ -353,6 +353,8 @@ class AwsTarget(_Target):
             )
         if self.capacityBlock and not self.capacityReservationId:
             raise KeyProblem("capacityBlock", "needs capacityReservationId (the Capacity Block's cr-… id)")
+        if self.frontDoor and self.subnetId:
+            raise KeyProblem("frontDoor", "needs the subnet coderig creates (fixed link addresses): unset subnetId")
         if self.count > 1 and self.subnetId:
             raise KeyProblem(
                 "count",
