@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from coderig.core import catalog, planner
+from coderig.core import budgets, catalog
 from coderig.core.settings import parse_settings
 from coderig.runtime import idle
 from coderig.runtime.idle_sim import Mechanism, Request, Result, awake_hours, p50, p99, simulate
@@ -127,27 +127,27 @@ def timings() -> Timings:
     h2d = 64 * GIB / 3.0
     sleep_wake = per_gpu / h2d
     # A stopped container restarts the engine: read the weights from the local cache volume and warm
-    # up (CUDA graphs, torch.compile), at coderig's own planner budgets (conservative: upper bounds).
+    # up (CUDA graphs, torch.compile), at coderig's own budgets (conservative: upper bounds).
     docker_start = 5.0  # `docker start` + vLLM's Python start; small next to the load
-    load = preset.weight_bytes / planner.LOAD_BYTES_PER_S
-    container = docker_start + load + planner.ENGINE_WARMUP_S
+    load = preset.weight_bytes / budgets.LOAD_BYTES_PER_S
+    container = docker_start + load + budgets.ENGINE_WARMUP_S
     # EC2: stopped -> running and OS boot: ~1-2 min for current types with encrypted EBS
     # (martysweet.co.uk/ec2-launch-times, 2023); GPU types with 8 GPUs and EFA boot slower: 180 s.
     # Then the weights are read from the gp3 volume at the throughput coderig provisions for it.
     settings = parse_settings({"target": {"kind": "aws", "instanceType": INSTANCE}, "model": {"preset": PRESET}})
     gp3 = aws_plan.weights_volume(settings).throughput_mibs * MIB
     ec2_boot = 180.0
-    ec2 = ec2_boot + docker_start + preset.weight_bytes / gp3 + planner.ENGINE_WARMUP_S
+    ec2 = ec2_boot + docker_start + preset.weight_bytes / gp3 + budgets.ENGINE_WARMUP_S
     # Stopping: ACPI shutdown, then "stopping" -> "stopped"; a hard stop after a few minutes at most
     # (docs.aws.amazon.com/AWSEC2/latest/UserGuide/how-ec2-instance-stop-start-works.html): 60 s.
     ec2_stop = 60.0
     lines = (
         f"model {PRESET}: {preset.weight_bytes / 1e9:.0f} GB of weights, {per_gpu / 1e9:.1f} GB per GPU on {INSTANCE}",
         f"vLLM sleep level 1 wake: {per_gpu / GIB:.1f} GiB per GPU at 64 GiB / 3 s (llm-d FMA) = {sleep_wake:.1f} s",
-        f"container start: {docker_start:.0f} s + load {load:.0f} s at {planner.LOAD_BYTES_PER_S / 1e6:.0f} MB/s "
-        f"+ warm-up {planner.ENGINE_WARMUP_S} s (coderig.core.planner budgets) = {container:.0f} s",
+        f"container start: {docker_start:.0f} s + load {load:.0f} s at {budgets.LOAD_BYTES_PER_S / 1e6:.0f} MB/s "
+        f"+ warm-up {budgets.ENGINE_WARMUP_S} s (coderig.core.budgets) = {container:.0f} s",
         f"EC2 start: boot {ec2_boot:.0f} s + {docker_start:.0f} s + EBS gp3 read at "
-        f"{gp3 / MIB:.0f} MiB/s {preset.weight_bytes / gp3:.0f} s + warm-up {planner.ENGINE_WARMUP_S} s = {ec2:.0f} s; "
+        f"{gp3 / MIB:.0f} MiB/s {preset.weight_bytes / gp3:.0f} s + warm-up {budgets.ENGINE_WARMUP_S} s = {ec2:.0f} s; "
         f"stop {ec2_stop:.0f} s",
     )
     return Timings(per_gpu, sleep_wake, container, ec2, ec2_stop, lines)

@@ -10,8 +10,9 @@ from pathlib import Path
 from coderig.core import planner
 from coderig.core.errors import REFUSED, UserError
 from coderig.core.files import Bundle, write_bundle, write_file
-from coderig.core.settings import StackSettings, load_stack_file, stack_name_from_path
-from coderig.targets import plan_summary, plan_text, render_stack
+from coderig.core.settings import StackSettings
+from coderig.core.stack_file import load_stack_file, stack_name_from_path
+from coderig.targets import plan_report, plan_summary, render_stack
 
 MANIFEST = ".coderig-render"  # in the --out directory: the files the last render wrote
 
@@ -52,7 +53,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(plan_summary(settings, stack, p), indent=2))
     else:
-        print(plan_text(settings, stack, p))
+        print(plan_report(settings, stack, p))
     if not p.fits:
         raise _refusal(p)
     return 0

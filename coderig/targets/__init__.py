@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 
-from coderig.core import engine, planner
+from coderig.core import engine, plan_text, planner
 from coderig.core.files import Bundle, RenderedFile
 from coderig.core.settings import StackSettings
 from coderig.targets.aws import ops as aws_ops
@@ -63,17 +63,17 @@ def plan_summary(settings: StackSettings, stack: str, p: planner.Plan) -> dict[s
     return {"stack": stack, **p.summary(), **({"front_door": door.summary()} if door else {})}
 
 
-def plan_text(settings: StackSettings, stack: str, p: planner.Plan) -> str:
+def plan_report(settings: StackSettings, stack: str, p: planner.Plan) -> str:
     """`coderig plan` and plan.txt: the plan, plus the front-door machine's line (its monthly cost)."""
     door = settings.target.front_door_machine
-    return planner.format_plan(p, stack) + (f"\n{door.plan_line()}" if door else "")
+    return plan_text.format_plan(p, stack) + (f"\n{door.plan_line()}" if door else "")
 
 
 def plan_files(settings: StackSettings, stack: str) -> Bundle:
     p = planner.plan_stack(settings)
     return {
         "plan.json": RenderedFile(json.dumps(plan_summary(settings, stack, p), indent=2) + "\n"),
-        "plan.txt": RenderedFile(plan_text(settings, stack, p) + "\n"),
+        "plan.txt": RenderedFile(plan_report(settings, stack, p) + "\n"),
     }
 
 

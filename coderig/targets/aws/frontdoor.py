@@ -12,8 +12,8 @@ import importlib.resources
 import json
 from typing import Any
 
+from coderig.core.aws_settings import AWS_FIRST_HOST, AWS_SUBNET_PREFIX
 from coderig.core.frontdoor_machine import FRONT_DOOR_ROOT_GB
-from coderig.core.targets_settings import AWS_FIRST_HOST, AWS_SUBNET_PREFIX
 from coderig.runtime.aws_reaper import FRONT_DOOR_ROLE, TAG_STACK
 from coderig.runtime.aws_wake import GPU_ROLE
 from coderig.targets.aws.plan import minify

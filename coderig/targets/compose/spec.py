@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from coderig import frontdoor
-from coderig.core import engine, planner, versions
+from coderig.core import budgets, engine, planner, versions
 from coderig.core import files as render
 from coderig.core.secrets import NodeSecrets
 from coderig.core.settings import StackSettings
@@ -95,7 +95,7 @@ def weights_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
 
 def model_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
     preset = settings.model.spec
-    start = planner.load_budget_seconds(preset)
+    start = budgets.load_budget_seconds(preset)
     base: dict[str, Any] = {
         "network_mode": "host",
         "restart": "unless-stopped",
