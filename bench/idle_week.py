@@ -34,6 +34,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from coderig.core import budgets, catalog
+from coderig.core.frontdoor_machine import DEFAULT_FRONT_DOOR_TYPE, HOURS_PER_MONTH, monthly_cost
 from coderig.core.settings import parse_settings
 from coderig.runtime import idle
 from coderig.runtime.idle_sim import Mechanism, Request, Result, awake_hours, p50, p99, simulate
@@ -255,9 +256,11 @@ def run(developers: int, seed: int, window: float, out: Callable[[str], None] = 
     out(row(f"SkyPilot autostop {window:g} min · if requests were jobs", best, gpus, usd))
     results["dstack"] = dstack_idle(reqs, t)
     out(row("dstack 0..1 replicas + idle_duration 5m", results["dstack"], gpus, usd))
+    door = monthly_cost(DEFAULT_FRONT_DOOR_TYPE)
+    week_usd = door.total * 7 * 24 / HOURS_PER_MONTH
+    out(f"\nthe aws front door ({DEFAULT_FRONT_DOOR_TYPE}) adds ${week_usd:.2f} to its row's week: {door.line()}")
     busy = _busy(reqs)
     model = awake_hours(busy, stop_after_minutes=window, period_s=60, wake_s=t.ec2_wake_s, rest_s=t.ec2_stop_s)
-    out("")
     out(f"plan model (coderig.runtime.idle_sim.awake_hours) for the front-door aws row: {model * gpus:,.0f} GPU-hours; "
         f"simulated {results['ec2'].on_s / 3600 * gpus:,.0f}")  # fmt: skip
     return results

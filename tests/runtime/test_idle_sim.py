@@ -138,3 +138,14 @@ def test_the_bench_prints_a_row_per_target_and_saves_nothing_without_save(
     out = capsys.readouterr().out
     for label in ("vLLM sleep", "container stop", "front door + EC2", "single machine", "SkyPilot", "dstack"):
         assert sum(label in line for line in out.splitlines() if line.startswith("| ")) >= 1, label
+
+
+def test_the_readme_table_is_the_newest_saved_run() -> None:
+    """Figures in the README come from the bench as rerun: every table row of the newest saved
+    output is in the README's section, as is."""
+    root = Path(__file__).parents[2]
+    newest = sorted((root / "bench" / "results").glob("idle-week-*.md"))[-1]
+    rows = [line for line in newest.read_text().splitlines() if line.startswith("| ")]
+    readme = (root / "README.md").read_text()
+    assert len(rows) >= 9 and f"`bench/results/{newest.name}`" in readme
+    assert [r for r in rows if r not in readme] == []
