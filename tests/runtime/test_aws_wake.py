@@ -6,7 +6,12 @@ asserted on the document, and the waker's own tag check is exercised against mot
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -207,3 +212,36 @@ def test_cli_wake_prints_the_state_and_exit_code(moto: Aws, capsys: pytest.Captu
     assert capsys.readouterr().out.strip() == "awake"
     assert aws_wake.main(["wake", "--stack", "gone", "--region", REGION]) == 1
     assert "no GPU instance tagged coderig:stack=gone" in capsys.readouterr().err
+
+
+def test_the_shipped_waker_runs_from_the_front_doors_cloud_init_files(tmp_path: Path) -> None:
+    """The modules cloud-init writes on the front door (minified, stdlib only, boto3 from the OS)
+    run as `python3 -m coderig.runtime.aws_wake` from that directory alone; an EC2 API that does not
+    answer is one line on stderr and exit 1, never a traceback."""
+    text = frontdoor.cloud_init(host_private_key="PRIV", host_public_key="PUB", login_public_key="LOGIN")
+    config = json.loads(text.removeprefix("#cloud-config\n"))
+    wake_dir = tmp_path / "opt-coderig-wake"
+    for f in config["write_files"]:
+        path = wake_dir / Path(f["path"]).relative_to(frontdoor.WAKE_DIR)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f["content"])
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        "PATH": os.environ["PATH"], "PYTHONPATH": str(wake_dir), "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_MAX_ATTEMPTS": "1",
+    }  # fmt: skip
+    where = subprocess.run(
+        [sys.executable, "-c", "import coderig.runtime.aws_wake as m; print(m.__file__)"],
+        env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert where.stdout.strip().startswith(str(wake_dir)), where
+    proc = subprocess.run(
+        [sys.executable, "-m", "coderig.runtime.aws_wake", "wake", "--stack", STACK, "--region", REGION],
+        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("aws_wake: cannot list the GPU instances: EndpointConnectionError")
+    assert len(proc.stderr.strip().splitlines()) == 1
