@@ -127,7 +127,7 @@ class FrontDoorMachine:
         where = f"{self.machine} " + (self.cost.line() if self.cost else "(your host, always on)")
         return (
             f"  front door         {where}: holds the gateway, the keys and the reaper; "
-            "the GPU machines stop when idle and a request starts them"
+            "the GPU machines behind it stop when idle"
         )
 
     def summary(self) -> dict[str, object]:
