@@ -156,6 +156,12 @@ def ec2_client(region: str) -> Any:
     return boto3.client("ec2", region_name=region)
 
 
+def waker(stack: str, region: str = "auto", imds_url: str = IMDS_URL) -> Ec2Waker:
+    """The front door's waker for this stack, as the relay builds it (`--wake ec2`): the region from
+    instance metadata unless given. Raises ReaperError when the metadata cannot be read."""
+    return Ec2Waker(stack, ec2=ec2_client(region if region != "auto" else imds_get("placement/region", imds_url)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m coderig.runtime.aws_wake")
     p.add_argument("command", choices=("state", "wake"))
@@ -164,11 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--imds-url", default=IMDS_URL)
     args = p.parse_args(list(argv) if argv is not None else None)
     try:
-        region = args.region if args.region != "auto" else imds_get("placement/region", args.imds_url)
-        waker = Ec2Waker(args.stack, ec2=ec2_client(region))
+        w = waker(args.stack, args.region, args.imds_url)
         if args.command == "wake":
-            waker.wake()
-        print(waker.state(), flush=True)
+            w.wake()
+        print(w.state(), flush=True)
     except (WakeError, ReaperError) as exc:
         print(f"aws_wake: {exc}", file=sys.stderr)
         return 1

@@ -22,6 +22,7 @@ from moto_aws import REGION, Aws, instance_state, launch, mocked_aws
 from coderig.runtime import aws_wake
 from coderig.runtime.aws_reaper import TAG_ROLE, TAG_STACK
 from coderig.runtime.aws_wake import Ec2Waker
+from coderig.runtime.idle import ReaperError
 from coderig.runtime.wake import WakeError, Waker
 from coderig.targets.aws import frontdoor
 from coderig.targets.aws import plan as aws_plan
@@ -245,3 +246,13 @@ def test_the_shipped_waker_runs_from_the_front_doors_cloud_init_files(tmp_path: 
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("aws_wake: cannot list the GPU instances: EndpointConnectionError")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_the_relays_factory_reads_the_region_or_says_why_it_cannot(moto: Aws) -> None:
+    stopped(moto, GPU)
+    assert aws_wake.waker(STACK, REGION).state() == "stopped"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(ReaperError, match="instance metadata placement/region unreadable"):
+        aws_wake.waker(STACK, "auto", imds_url=dead)
