@@ -38,7 +38,7 @@ from coderig.core.frontdoor_machine import DEFAULT_FRONT_DOOR_TYPE, HOURS_PER_MO
 from coderig.core.settings import parse_settings
 from coderig.runtime import idle
 from coderig.runtime.idle_sim import Mechanism, Request, Result, awake_hours, p50, p99, simulate
-from coderig.targets.aws import plan as aws_plan
+from coderig.targets.aws import resources as aws_resources
 
 DAY = 86400.0
 WEEK = 7 * DAY
@@ -136,7 +136,7 @@ def timings() -> Timings:
     # (martysweet.co.uk/ec2-launch-times, 2023); GPU types with 8 GPUs and EFA boot slower: 180 s.
     # Then the weights are read from the gp3 volume at the throughput coderig provisions for it.
     settings = parse_settings({"target": {"kind": "aws", "instanceType": INSTANCE}, "model": {"preset": PRESET}})
-    gp3 = aws_plan.weights_volume(settings).throughput_mibs * MIB
+    gp3 = aws_resources.weights_volume(settings).throughput_mibs * MIB
     ec2_boot = 180.0
     ec2 = ec2_boot + docker_start + preset.weight_bytes / gp3 + budgets.ENGINE_WARMUP_S
     # Stopping: ACPI shutdown, then "stopping" -> "stopped"; a hard stop after a few minutes at most
@@ -160,7 +160,7 @@ def timings() -> Timings:
 def mechanisms(t: Timings) -> list[tuple[str, Mechanism]]:
     """(row label, mechanism). A reaper on the machine that keeps the gateway reads its counters
     directly each minute and re-reads the in-flight count before acting; the Lambda reaper of the
-    single-machine aws layout reads CloudWatch every 5 minutes (aws_plan.REAPER_SCHEDULE), whose
+    single-machine aws layout reads CloudWatch every 5 minutes (aws_resources.REAPER_SCHEDULE), whose
     newest datapoints are a publisher minute plus delivery old (2 min)."""
     return [
         ("ssh/local · vLLM sleep (gateway holds)", Mechanism("sleep", t.sleep_wake_s, t.sleep_wake_s)),

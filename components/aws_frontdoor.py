@@ -15,7 +15,7 @@ import pulumi_aws as aws
 import pulumi_tls as tls
 
 from coderig.targets.aws import frontdoor
-from coderig.targets.aws import plan as aws_plan
+from coderig.targets.aws import resources as aws_plan
 
 
 @dataclass(frozen=True)

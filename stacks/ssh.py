@@ -7,7 +7,7 @@ gateway instead, and every GPU host is a replica behind its mutual-TLS link.
 
 from __future__ import annotations
 
-from coderig.targets.compose import machines
+from coderig.targets.compose.rendered import render_nodes
 from components.node import NodeStack, NodeStackArgs, front_door_access, replicas_first, ssh_connection
 from stacks import StackContext
 from stacks.outputs import client_outputs
@@ -17,11 +17,11 @@ def build(ctx: StackContext) -> dict[str, object]:
     s = ctx.settings
     t = s.target
     assert t.kind == "ssh"
-    specs = machines.node_specs(s)
+    nodes = render_nodes(s, ctx.plan)
     # machine i: the front door (when set) first, then the GPU hosts; each with its settings key
     hosts = [(t.frontDoor, "coderig:target.frontDoor")] if t.frontDoor else []
     hosts += [(h, f"coderig:target.hosts[{i}]") for i, h in enumerate(t.hosts)]
-    assert len(specs) == len(hosts)
+    assert len(nodes) == len(hosts)
     first = hosts[0][0]
     access = front_door_access(s, [first.address, *s.gateway.hostnames], ctx.secrets)
     key = ctx.secrets["sshPrivateKey"]
@@ -33,7 +33,7 @@ def build(ctx: StackContext) -> dict[str, object]:
             f"node-{i}",
             NodeStackArgs(
                 s,
-                specs[i],
+                nodes[i],
                 conn,
                 access.secrets,
                 host=host,
@@ -43,13 +43,13 @@ def build(ctx: StackContext) -> dict[str, object]:
             ),
         )
 
-    nodes = replicas_first(len(hosts), node_stack)
+    stacks = replicas_first(len(hosts), node_stack)
     return {
         **client_outputs(
             ctx, host=first.address, port=s.gateway.port, ca_pem=access.ca_pem, tokens=access.developer_keys
         ),
         "endpoint": f"https://{first.address}:{s.gateway.port}",
         "nodes": [h.address for h, _ in hosts],
-        "ready": nodes[0].ready,
-        "nodesReady": [n.ready for n in nodes],  # every host's readiness wait, first host first
+        "ready": stacks[0].ready,
+        "nodesReady": [n.ready for n in stacks],  # every host's readiness wait, first host first
     }

@@ -74,7 +74,6 @@ class TargetSettings(Model):
     the rest of coderig asks these instead of comparing `kind`."""
 
     engines: ClassVar[tuple[str, ...]] = ("vllm", "llama.cpp")  # model servers it can run
-    idle_mechanism: ClassVar[str | None] = None  # "stop-instances" | "scale-to-zero" | None
     min_gateway_port: ClassVar[int] = 1
     serves_model: ClassVar[bool] = True  # False: only the front door runs here (external)
 

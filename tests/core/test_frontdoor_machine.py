@@ -11,6 +11,7 @@ import yaml
 from conftest import HOST_KEY, ssh_config
 
 from coderig.cli import main
+from coderig.core import planner
 from coderig.core.frontdoor_machine import FRONT_DOOR_TYPES, HOURS_PER_MONTH, monthly_cost
 from coderig.core.settings import SECRET, UserError, parse_settings
 from coderig.targets import render_stack
@@ -90,6 +91,7 @@ def test_plan_prints_and_renders_the_front_door_cost(tmp_path: Path, capsys: pyt
     assert "front door         t3.small $21.23/month always on" in out
     assert main(["plan", "--json", "--config", str(path)]) == 0
     assert json.loads(capsys.readouterr().out)["front_door"] == {"machine": "t3.small", "usd_per_month": 21.23}
-    files = render_stack(parse_settings(config), "prod")
+    settings = parse_settings(config)
+    files = render_stack(settings, "prod", planner.plan_stack(settings))
     assert "front door         t3.small" in files["plan.txt"].content
     assert json.loads(files["plan.json"].content)["front_door"]["usd_per_month"] == 21.23

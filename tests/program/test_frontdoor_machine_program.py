@@ -55,6 +55,12 @@ def test_the_front_door_host_runs_the_gateway_and_every_gpu_host_is_a_replica() 
     with bundle(run, 0) as tar:
         compose = yaml.safe_load(tar.extractfile("compose.yaml").read())  # type: ignore[union-attr]
         litellm = yaml.safe_load(tar.extractfile("litellm/config.yaml").read())  # type: ignore[union-attr]
+        litellm_env = tar.extractfile("secrets/litellm.env").read().decode()  # type: ignore[union-attr]
+        gateway_conf = tar.extractfile("gateway/nginx.conf").read().decode()  # type: ignore[union-attr]
+    # LiteLLM calls the replicas with our model key (not an external endpoint's, which is unset)
+    assert "CODERIG_MODEL_API_KEY=" in litellm_env and "CODERIG_MODEL_API_KEY=none" not in litellm_env
+    # the gateway's /healthz asks the first replica's /health through its link
+    assert f"http://{links.link_listen(1)}/health" in gateway_conf
     assert "model" not in compose["services"] and {"gateway", "litellm", "link"} <= set(compose["services"])
     bases = {m["litellm_params"]["api_base"] for m in litellm["model_list"]}
     assert bases == {f"http://{links.link_listen(i)}/v1" for i in (1, 2)}  # both GPU hosts, through links

@@ -25,7 +25,7 @@ from coderig.runtime.aws_wake import Ec2Waker
 from coderig.runtime.idle import ReaperError
 from coderig.runtime.wake import WakeError, Waker
 from coderig.targets.aws import frontdoor
-from coderig.targets.aws import plan as aws_plan
+from coderig.targets.aws import resources as aws_plan
 
 STACK = "prod"
 GPU = {TAG_STACK: STACK, TAG_ROLE: aws_wake.GPU_ROLE}
