@@ -140,7 +140,7 @@ GATEWAY_KEYS = f"{SECRETS_DIR}/gateway-keys.conf"
 def direct_chat(spec: NodeSpec) -> bool:
     """The gateway proxies /v1/chat/completions to our own (keyed) model servers itself; an external
     endpoint's URL may be https or prefixed, so a front door for one keeps it on LiteLLM."""
-    return spec.runs_model and spec.runs_front_door
+    return spec.runs_front_door and not spec.fronts_external
 
 
 NODE_PATHS = GatewayPaths(
