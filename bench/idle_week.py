@@ -250,6 +250,10 @@ def run(developers: int, seed: int, window: float, out: Callable[[str], None] = 
         r = simulate(reqs, mech, t0=_t0(), horizon_s=WEEK, stop_after_minutes=window)
         results[mech.name] = r
         out(row(label, r, gpus, usd))
+    office = idle.OfficeHours.from_dict({"timezone": TZ, "days": "mon-fri", "start": "08:00", "end": "19:00"})
+    r = simulate(reqs, mechanisms(t)[2][1], t0=_t0(), horizon_s=WEEK, stop_after_minutes=window, schedule=office)
+    results["ec2-office"] = r
+    out(row("aws · front door + EC2 stop + officeHours mon-fri 08-19", r, gpus, usd))
     served, best = skypilot_autostop(reqs, t, window)
     results["skypilot-served"], results["skypilot-best"] = served, best
     out(row(f"SkyPilot autostop {window:g} min · vLLM as the job", served, gpus, usd))

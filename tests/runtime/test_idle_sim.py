@@ -109,6 +109,9 @@ def test_every_held_mechanism_loses_nothing_and_never_stops_a_request_in_flight(
         assert r.stops > 0 and r.waits, name
         assert r.on_s < week["always-on"].on_s / 2, name
     assert week["ec2-single"].lost > 0  # the single-machine layout refuses while the GPU is stopped
+    # office hours start the machine before people arrive: fewer waits, more hours on
+    office = week["ec2-office"]
+    assert office.lost == 0 and len(office.waits) < len(week["ec2"].waits) and office.on_s > week["ec2"].on_s
     assert week["skypilot-served"].on_s == 7 * 86400  # a served model is a job that never ends
 
 
