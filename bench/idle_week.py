@@ -237,8 +237,10 @@ def run(developers: int, seed: int, window: float, out: Callable[[str], None] = 
     inst = catalog.AWS_INSTANCES[INSTANCE]
     gpus, usd = inst.gpu_count, inst.usd_per_hour
     results: dict[str, Result] = {}
-    out(f"{developers} developers, seed {seed}, {len(reqs)} requests, idle window {window:g} min, {TZ} week of "
-        f"{WEEK_START:%Y-%m-%d}; {INSTANCE} ({gpus} GPUs) at ${usd:.2f}/h")  # fmt: skip
+    out(
+        f"{developers} developers, seed {seed}, {len(reqs)} requests, idle window {window:g} min, {TZ} week of "
+        f"{WEEK_START:%Y-%m-%d}; {INSTANCE} ({gpus} GPUs) at ${usd:.2f}/h"
+    )
     for line in t.lines:
         out(f"  {line}")
     out("")
@@ -265,8 +267,10 @@ def run(developers: int, seed: int, window: float, out: Callable[[str], None] = 
     out(f"\nthe aws front door ({DEFAULT_FRONT_DOOR_TYPE}) adds ${week_usd:.2f} to its row's week: {door.line()}")
     busy = _busy(reqs)
     model = awake_hours(busy, stop_after_minutes=window, period_s=60, wake_s=t.ec2_wake_s, rest_s=t.ec2_stop_s)
-    out(f"plan model (coderig.runtime.idle_sim.awake_hours) for the front-door aws row: {model * gpus:,.0f} GPU-hours; "
-        f"simulated {results['ec2'].on_s / 3600 * gpus:,.0f}")  # fmt: skip
+    out(
+        f"plan model (coderig.runtime.idle_sim.awake_hours) for the front-door aws row: {model * gpus:,.0f} GPU-hours; "
+        f"simulated {results['ec2'].on_s / 3600 * gpus:,.0f}"
+    )
     return results
 
 

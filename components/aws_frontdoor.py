@@ -68,7 +68,7 @@ class FrontDoorNode(pulumi.ComponentResource):
                 volume_size=frontdoor.ROOT_GB,
                 encrypted=True,
                 delete_on_termination=True,
-            ),  # fmt: skip
+            ),
             tags={**tags, "Name": f"{name}-instance"},
             opts=pulumi.ResourceOptions(
                 parent=self,
@@ -79,9 +79,11 @@ class FrontDoorNode(pulumi.ComponentResource):
         )
         self.eip = aws.ec2.Eip(f"{name}-eip", domain="vpc", tags={**tags, "Name": f"{name}-eip"}, opts=child)
         self.eip_association = aws.ec2.EipAssociation(
-            f"{name}-eip-assoc", allocation_id=self.eip.allocation_id, instance_id=self.instance.id,
+            f"{name}-eip-assoc",
+            allocation_id=self.eip.allocation_id,
+            instance_id=self.instance.id,
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.eip_waits_for)),
-        )  # fmt: skip
+        )
         self.public_ip = self.eip.public_ip
         self.instance_id = self.instance.id
         self.host_key = self.key.public_key_openssh

@@ -76,18 +76,25 @@ def _front_door(
         return None
     filters = [aws.ec2.GetAmiFilterArgs(name=f["name"], values=f["values"]) for f in aws_frontdoor.ami_filters()]
     ami = aws.ec2.get_ami_output(
-        most_recent=True, owners=[aws_frontdoor.UBUNTU_OWNER], filters=filters,
+        most_recent=True,
+        owners=[aws_frontdoor.UBUNTU_OWNER],
+        filters=filters,
         opts=pulumi.InvokeOutputOptions(provider=provider),
-    ).id  # fmt: skip
+    ).id
     return FrontDoorNode(
         "front-door",
         FrontDoorArgs(
-            stack=ctx.stack, environment=aws_resources.environment(ctx.settings, ctx.stack),
-            instance_type=t.frontDoor.instanceType, ami=ami, subnet_id=subnet_id,
-            security_group_id=gpu.security_group.id, login_public_key=login_public, eip_waits_for=tuple(network),
+            stack=ctx.stack,
+            environment=aws_resources.environment(ctx.settings, ctx.stack),
+            instance_type=t.frontDoor.instanceType,
+            ami=ami,
+            subnet_id=subnet_id,
+            security_group_id=gpu.security_group.id,
+            login_public_key=login_public,
+            eip_waits_for=tuple(network),
         ),
         opts=pulumi.ResourceOptions(provider=provider),
-    )  # fmt: skip
+    )
 
 
 def _first_zone(locations: list[str], instance_type: str, region: str) -> str:
@@ -109,23 +116,37 @@ def build(ctx: StackContext) -> dict[str, object]:
         )
     provider = aws.Provider("aws", region=t.region)
     filters = [aws.ec2.GetAmiFilterArgs(name=f["name"], values=f["values"]) for f in aws_resources.ami_filters()]
-    ami: Any = t.ami or aws.ec2.get_ami_output(
-        most_recent=True, owners=["amazon"], filters=filters,
-        opts=pulumi.InvokeOutputOptions(provider=provider),
-    ).id  # fmt: skip
+    ami: Any = (
+        t.ami
+        or aws.ec2.get_ami_output(
+            most_recent=True,
+            owners=["amazon"],
+            filters=filters,
+            opts=pulumi.InvokeOutputOptions(provider=provider),
+        ).id
+    )
     vpc_id, subnet_id, az, private_ips, network = _placement(ctx, provider)
     login_private, login_public = _login_key(ctx)
     gpu = GpuNodes(
         "gpu",
         NodeArgs(
-            stack=ctx.stack, environment=env, region=t.region, target=t, ami=ami, vpc_id=vpc_id,
-            subnet_id=subnet_id, availability_zone=az, private_ips=private_ips,
+            stack=ctx.stack,
+            environment=env,
+            region=t.region,
+            target=t,
+            ami=ami,
+            vpc_id=vpc_id,
+            subnet_id=subnet_id,
+            availability_zone=az,
+            private_ips=private_ips,
             rules=aws_resources.ingress_rules(s),
             replica_port=engine.MODEL_PORT if t.count > 1 or t.frontDoor else None,
-            volume=aws_resources.weights_volume(s), login_public_key=login_public, eip_waits_for=network,
+            volume=aws_resources.weights_volume(s),
+            login_public_key=login_public,
+            eip_waits_for=network,
         ),
         opts=pulumi.ResourceOptions(provider=provider),
-    )  # fmt: skip
+    )
     door = _front_door(ctx, provider, gpu, subnet_id, login_public, network)
     first_ip = door.public_ip if door else gpu.nodes[0].eip.public_ip
     names = cast(list[str], [first_ip, *s.gateway.hostnames])
@@ -136,30 +157,42 @@ def build(ctx: StackContext) -> dict[str, object]:
     def connection(ip: pulumi.Output[str], host_key: pulumi.Output[str]) -> Connection:
         return Connection(
             command.remote.ConnectionArgs(
-                host=ip, user=aws_resources.LOGIN_USER, private_key=login_private,
+                host=ip,
+                user=aws_resources.LOGIN_USER,
+                private_key=login_private,
                 host_key=host_key.apply(lambda k: " ".join(k.split()[:2])),
-                dial_error_limit=60, per_dial_timeout=30,
+                dial_error_limit=60,
+                per_dial_timeout=30,
             ),
             aws_resources.LOGIN_USER,
-        )  # fmt: skip
+        )
 
     def node_stack(i: int, after: list[NodeStack]) -> NodeStack:
         if door and i == 0:
             return NodeStack(
                 "node-0",
                 NodeStackArgs(
-                    s, nodes[0], connection(door.public_ip, door.host_key), access.secrets,
-                    host=SshHost(address="aws-front-door"), machine=[door.instance_id], after=after,
-                    model_secrets=access.model_secrets, link=access.link(0),
+                    s,
+                    nodes[0],
+                    connection(door.public_ip, door.host_key),
+                    access.secrets,
+                    host=SshHost(address="aws-front-door"),
+                    machine=[door.instance_id],
+                    after=after,
+                    model_secrets=access.model_secrets,
+                    link=access.link(0),
                 ),
                 opts=pulumi.ResourceOptions(depends_on=[door.eip_association]),
-            )  # fmt: skip
+            )
         n = gpu.nodes[i - 1 if door else i]
         conn = connection(n.eip.public_ip, n.host_key.public_key_openssh)
         return NodeStack(
             f"node-{i}",
             NodeStackArgs(
-                s, nodes[i], conn, access.secrets,
+                s,
+                nodes[i],
+                conn,
+                access.secrets,
                 host=SshHost(address=f"aws-node-{i}", cacheDevice=aws_resources.WEIGHTS_DEVICE),
                 # the Elastic IP and host key survive a replaced instance: its id makes every step re-run
                 machine=[n.instance.id, n.attachment.id],
@@ -168,7 +201,7 @@ def build(ctx: StackContext) -> dict[str, object]:
                 link=access.link(i),
             ),
             opts=pulumi.ResourceOptions(depends_on=[n.attachment, n.eip_association]),
-        )  # fmt: skip
+        )
 
     runtimes = replicas_first(len(nodes), node_stack)
     # No login private key among the outputs: `coderig bundle` reads every output with

@@ -96,22 +96,26 @@ def ssh_front_door_checks(given: dict[str, Any]) -> list[tuple[Loc, str, Any]]:
     out: list[tuple[Loc, str, Any]] = []
     address = door.get("address")
     if not door.get("hostKey") and given.get("insecureSkipHostKeyCheck") is not True:
-        out.append((
-            ("frontDoor", "hostKey"),
-            f"missing for {address}: refusing to connect to an unpinned host; paste the line printed by "
-            "`ssh-keyscan -t ed25519 HOST` (or, knowingly, set insecureSkipHostKeyCheck: true)",
-            None,
-        ))  # fmt: skip
+        out.append(
+            (
+                ("frontDoor", "hostKey"),
+                f"missing for {address}: refusing to connect to an unpinned host; paste the line printed by "
+                "`ssh-keyscan -t ed25519 HOST` (or, knowingly, set insecureSkipHostKeyCheck: true)",
+                None,
+            )
+        )
     hosts = given.get("hosts")
     gpu_addresses = [h.get("address") for h in hosts if isinstance(h, dict)] if isinstance(hosts, list) else []
     if isinstance(address, str) and address in gpu_addresses:
-        out.append((
-            ("frontDoor", "address"),
-            f"got {address!r}, already hosts[{gpu_addresses.index(address)}].address; the front door is a "
-            "separate small machine that stays up while the GPU hosts stop (omit frontDoor to keep the "
-            "gateway on the first GPU host)",
-            address,
-        ))  # fmt: skip
+        out.append(
+            (
+                ("frontDoor", "address"),
+                f"got {address!r}, already hosts[{gpu_addresses.index(address)}].address; the front door is a "
+                "separate small machine that stays up while the GPU hosts stop (omit frontDoor to keep the "
+                "gateway on the first GPU host)",
+                address,
+            )
+        )
     return out
 
 

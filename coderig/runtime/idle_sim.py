@@ -196,9 +196,13 @@ def simulate(
             continue
         samples = periods.samples(t0, now, mech.lag_s, window, since)
         d = idle.decide(
-            samples, clock, stop_after_minutes, schedule, period_seconds=mech.period_s,
+            samples,
+            clock,
+            stop_after_minutes,
+            schedule,
+            period_seconds=mech.period_s,
             up_since=t0 + timedelta(seconds=since),
-        )  # fmt: skip
+        )
         if d.action != "stop" or (mech.recheck and last_end > now):
             continue
         cut = sum(1 for _, e in running[-256:] if e > now)

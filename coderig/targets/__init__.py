@@ -88,7 +88,7 @@ REGISTRY: Mapping[str, TargetKind] = {
         render_node_files,
         "stacks.aws",
         AWS_OPERATIONS,
-        frozenset({feature.COMPOSE_NODES, feature.OVER_SSH, feature.IDLE_STOP_INSTANCES}),
+        frozenset({feature.COMPOSE_NODES, feature.IDLE_STOP_INSTANCES}),
     ),
     "kubernetes": TargetKind(
         KubernetesTarget,

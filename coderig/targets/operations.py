@@ -29,7 +29,7 @@ def run(ops: TargetOperations, command: str, args: argparse.Namespace, settings:
 # Features a kind declares (TargetKind.features). Other engineers extend this set; each is read by
 # the CLI, the plan or the docs, and tests/core/test_layers.py checks every kind declares only these.
 SERVES_MODEL = "serves-model"  # runs a model server (external: only the front door runs here)
-OVER_SSH = "over-ssh"  # `pulumi up` reaches its machines over SSH (external: when frontDoor is ssh)
+OVER_SSH = "over-ssh"  # may reach machines over SSH with coderig:sshPrivateKey (settings .over_ssh: this stack)
 COMPOSE_NODES = "compose-nodes"  # machines that run a Docker Compose bundle (coderig.targets.compose)
 IDLE_STOP_INSTANCES = "idle:stop-instances"  # idle: the GPU instances stop, EBS weights kept
 IDLE_SCALE_TO_ZERO = "idle:scale-to-zero"  # idle: the model Deployment scales to zero

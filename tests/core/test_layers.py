@@ -202,6 +202,7 @@ def registry_problems(registry: Mapping[str, Any], models: Mapping[str, type]) -
     implement TargetOperations (or None, with what to do instead) and only known features."""
     import importlib
 
+    from coderig.core.target_base import TargetSettings
     from coderig.targets import operations
 
     out = [f"{k}: validated but has no registry entry" for k in models if k not in registry]
@@ -219,6 +220,9 @@ def registry_problems(registry: Mapping[str, Any], models: Mapping[str, type]) -
         if entry.operations is not None and entry.idle_mechanism is None:
             out.append(f"{kind}: operations but no declared idle mechanism")
         out += [f"{kind}: unknown feature {f!r}" for f in sorted(entry.features - operations.FEATURES)]
+        ssh_key = entry.settings.over_ssh is not TargetSettings.over_ssh  # the model can say True
+        if ssh_key != (operations.OVER_SSH in entry.features):
+            out.append(f"{kind}: over-ssh declared {not ssh_key} but its settings model says {ssh_key}")
     return out
 
 
@@ -243,7 +247,9 @@ def test_the_registry_check_finds_an_incomplete_entry() -> None:
     assert registry_problems(broken, TARGET_MODELS) == [
         "external: validated but has no registry entry",
         "ssh: unknown feature 'teleport'",
+        "ssh: over-ssh declared False but its settings model says True",
         "aws: settings model <class 'coderig.core.targets_settings.SshTarget'> is not the validated one",
+        "aws: over-ssh declared False but its settings model says True",
     ]
 
 

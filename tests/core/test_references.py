@@ -84,3 +84,35 @@ def test_the_reference_check_finds_a_stale_one() -> None:
     )
     texts = [("x.py", line, t) for line, t in prose(source)]
     assert sorted(unresolved(texts)) == ["x.py:1: coderig.kube_ops", "x.py:2: coderig.core.planner.gone"]
+
+
+def kinds_table(text: str) -> dict[str, list[str]]:
+    """The rows of the development guide's target-kind table: kind -> its cells, backticks removed."""
+    section = text[text.index("Target kinds as the registry declares them") :]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    return {
+        cells[0]: cells[1:] for cells in ([c.strip().replace("`", "") for c in r.strip("|").split("|")] for r in rows)
+    }
+
+
+def registry_rows() -> dict[str, list[str]]:
+    from coderig.targets import REGISTRY
+
+    return {
+        kind: [
+            e.settings.__name__,
+            e.stack_module,
+            "idle · stop · start" if e.operations else "none",
+            ", ".join(sorted(e.features)),
+        ]
+        for kind, e in REGISTRY.items()
+    }
+
+
+def test_the_development_guide_lists_each_kind_as_the_registry_declares_it() -> None:
+    assert kinds_table((ROOT / "docs" / "development.md").read_text()) == registry_rows()
+
+
+def test_the_kinds_table_check_sees_a_stale_row() -> None:
+    text = (ROOT / "docs" / "development.md").read_text().replace("`idle:scale-to-zero`, ", "")
+    assert kinds_table(text) != registry_rows()

@@ -230,18 +230,30 @@ def test_the_shipped_waker_runs_from_the_front_doors_cloud_init_files(tmp_path: 
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {
-        "PATH": os.environ["PATH"], "PYTHONPATH": str(wake_dir), "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_MAX_ATTEMPTS": "1",
-    }  # fmt: skip
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(wake_dir),
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_MAX_ATTEMPTS": "1",
+    }
     where = subprocess.run(
         [sys.executable, "-c", "import coderig.runtime.aws_wake as m; print(m.__file__)"],
-        env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert where.stdout.strip().startswith(str(wake_dir)), where
     proc = subprocess.run(
         [sys.executable, "-m", "coderig.runtime.aws_wake", "wake", "--stack", STACK, "--region", REGION],
-        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1, proc
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("aws_wake: cannot list the GPU instances: EndpointConnectionError")

@@ -128,9 +128,12 @@ def test_the_plan_model_agrees_with_the_replay(bench: ModuleType, week: dict) ->
     t = bench.timings()
     reqs = bench.workload(3, 2)
     model = awake_hours(
-        [(r.at, r.at + r.duration) for r in reqs], stop_after_minutes=45, period_s=60,
-        wake_s=t.ec2_wake_s, rest_s=t.ec2_stop_s,
-    )  # fmt: skip
+        [(r.at, r.at + r.duration) for r in reqs],
+        stop_after_minutes=45,
+        period_s=60,
+        wake_s=t.ec2_wake_s,
+        rest_s=t.ec2_stop_s,
+    )
     assert model == pytest.approx(week["ec2"].on_s / H, rel=0.05)
 
 

@@ -305,9 +305,21 @@ def test_both_ends_of_the_link_authenticate(hosts: tuple[Host, Host], tmp_path: 
 
 def ask_body(host: Host, path: str) -> tuple[int, str]:
     body = {"model": SERVED, "max_tokens": 16, "messages": [{"role": "user", "content": f"fix {MARKER}"}]}
-    result = host.run("curl", "-s", "-w", "\n%{http_code}", "--max-time", "20",
-                      "-H", f"Authorization: Bearer {DEV_KEY}", "-H", "Content-Type: application/json",
-                      "--data", json.dumps(body), f"http://127.0.0.1:8443{path}")  # fmt: skip
+    result = host.run(
+        "curl",
+        "-s",
+        "-w",
+        "\n%{http_code}",
+        "--max-time",
+        "20",
+        "-H",
+        f"Authorization: Bearer {DEV_KEY}",
+        "-H",
+        "Content-Type: application/json",
+        "--data",
+        json.dumps(body),
+        f"http://127.0.0.1:8443{path}",
+    )
     text, _, code = result.stdout.rpartition("\n")
     return int(code or 0), text
 

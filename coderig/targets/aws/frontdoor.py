@@ -55,10 +55,13 @@ def cloud_init(*, host_private_key: str, host_public_key: str, login_public_key:
         "ssh_authorized_keys": [login_public_key],
         "write_files": files,
         "runcmd": [
-            ["sh", "-c", "python3 -c 'import boto3' 2>/dev/null || "
-             "apt-get -o DPkg::Lock::Timeout=600 install -y python3-boto3"],
+            [
+                "sh",
+                "-c",
+                "python3 -c 'import boto3' 2>/dev/null || apt-get -o DPkg::Lock::Timeout=600 install -y python3-boto3",
+            ],
         ],
-    }  # fmt: skip
+    }
     return "#cloud-config\n" + json.dumps(config, indent=1, sort_keys=True) + "\n"
 
 
@@ -84,9 +87,17 @@ def waker_policy(stack: str, *, tag_key: str = TAG_STACK) -> dict[str, Any]:
 def wake_command(stack: str, region: str) -> list[str]:
     """What the relay on the front door runs to wake the GPU instances (prints the state after)."""
     return [
-        "env", f"PYTHONPATH={WAKE_DIR}", "/usr/bin/python3", "-m", "coderig.runtime.aws_wake", "wake",
-        "--stack", stack, "--region", region,
-    ]  # fmt: skip
+        "env",
+        f"PYTHONPATH={WAKE_DIR}",
+        "/usr/bin/python3",
+        "-m",
+        "coderig.runtime.aws_wake",
+        "wake",
+        "--stack",
+        stack,
+        "--region",
+        region,
+    ]
 
 
 __all__ = ["GPU_ROLE", "PRIVATE_IP", "ROLE", "ami_filters", "cloud_init", "wake_command", "waker_policy"]

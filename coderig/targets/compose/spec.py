@@ -158,12 +158,15 @@ def front_door(settings: StackSettings, spec: NodeSpec) -> tuple[frontdoor.Model
         else f"http://{engine.MODEL_HOST}:{engine.MODEL_PORT}/health"
     )
     inputs = from_settings(
-        settings, spec.backends, listen=spec.gateway_listen, litellm=f"{engine.MODEL_HOST}:{engine.LITELLM_PORT}",
+        settings,
+        spec.backends,
+        listen=spec.gateway_listen,
+        litellm=f"{engine.MODEL_HOST}:{engine.LITELLM_PORT}",
         health_url=health,
         # OpenAI-native chat goes from nginx straight to our model servers (bench/frontdoor_bench.py:
         # LiteLLM costs ~1.4 ms CPU per streamed chunk); they require the node's model API key.
         direct_chat=direct_targets(spec.backends) if direct_chat(spec) else (),
-    )  # fmt: skip
+    )
     paths = NODE_PATHS if spec.tls else GatewayPaths(keys_include=NODE_PATHS.keys_include)
     return assemble(inputs, paths)
 
