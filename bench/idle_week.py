@@ -158,18 +158,17 @@ def timings() -> Timings:
 
 
 def mechanisms(t: Timings) -> list[tuple[str, Mechanism]]:
-    """(row label, mechanism). A reaper on the machine that keeps the gateway reads its counters
-    directly each minute and re-reads the in-flight count before acting; the Lambda reaper of the
-    single-machine aws layout reads CloudWatch every 5 minutes (aws_resources.REAPER_SCHEDULE), whose
-    newest datapoints are a publisher minute plus delivery old (2 min)."""
+    """(row label, mechanism). On ssh/local the reaper runs next to the gateway: it reads the
+    counters directly each minute and re-reads the in-flight count before acting. On aws the reaper
+    is the Lambda (both layouts, as deployed): it reads CloudWatch every 5 minutes
+    (aws_resources.REAPER_SCHEDULE), whose newest datapoints are a publisher minute plus delivery old
+    (2 min), and stops without a second look."""
+    lam = Mechanism("ec2", t.ec2_wake_s, t.ec2_stop_s, period_s=300, lag_s=120, recheck=False)
     return [
         ("ssh/local · vLLM sleep (gateway holds)", Mechanism("sleep", t.sleep_wake_s, t.sleep_wake_s)),
         ("ssh/local · container stop (gateway holds)", Mechanism("stop", t.container_start_s, 10.0)),
-        ("aws · front door + EC2 stop (held)", Mechanism("ec2", t.ec2_wake_s, t.ec2_stop_s)),
-        (
-            "aws · single machine, Lambda reaper",
-            Mechanism("ec2-single", t.ec2_wake_s, t.ec2_stop_s, period_s=300, lag_s=120, holds=False, recheck=False),
-        ),
+        ("aws · front door + EC2 stop (held)", lam),
+        ("aws · single machine (refused)", replace(lam, name="ec2-single", holds=False)),
     ]
 
 
@@ -266,7 +265,10 @@ def run(developers: int, seed: int, window: float, out: Callable[[str], None] = 
     week_usd = door.total * 7 * 24 / HOURS_PER_MONTH
     out(f"\nthe aws front door ({DEFAULT_FRONT_DOOR_TYPE}) adds ${week_usd:.2f} to its row's week: {door.line()}")
     busy = _busy(reqs)
-    model = awake_hours(busy, stop_after_minutes=window, period_s=60, wake_s=t.ec2_wake_s, rest_s=t.ec2_stop_s)
+    ec2 = mechanisms(t)[2][1]
+    model = awake_hours(
+        busy, stop_after_minutes=window, period_s=ec2.period_s, lag_s=ec2.lag_s, wake_s=ec2.wake_s, rest_s=ec2.rest_s
+    )
     out(
         f"plan model (coderig.runtime.idle_sim.awake_hours) for the front-door aws row: {model * gpus:,.0f} GPU-hours; "
         f"simulated {results['ec2'].on_s / 3600 * gpus:,.0f}"

@@ -221,12 +221,19 @@ def simulate(
 
 
 def awake_hours(
-    busy: Sequence[tuple[float, float]], *, stop_after_minutes: float, period_s: int, wake_s: float, rest_s: float
+    busy: Sequence[tuple[float, float]],
+    *,
+    stop_after_minutes: float,
+    period_s: int,
+    wake_s: float,
+    rest_s: float,
+    lag_s: float = 0.0,
 ) -> float:
     """The plan's model of the same thing: a machine is on from each wake through the last request
-    of a burst, then the idle window, half a reaper period on average before the reaper sees it,
-    and the time it takes to come to rest. Bursts closer than that stay one awake stretch."""
-    tail = stop_after_minutes * 60 + period_s / 2 + rest_s
+    of a burst, then the idle window, the reaper's metrics lag, half a reaper period on average
+    before the reaper sees it, and the time it takes to come to rest. Bursts closer than that stay
+    one awake stretch."""
+    tail = stop_after_minutes * 60 + lag_s + period_s / 2 + rest_s
     stretches: list[tuple[float, float]] = []
     for s, e in sorted(busy):
         if stretches and s <= stretches[-1][1]:

@@ -120,20 +120,25 @@ def test_waits_match_each_mechanism_timing(bench: ModuleType, week: dict) -> Non
     assert max(week["sleep"].waits) <= 2 * t.sleep_wake_s + 1  # a wake, plus a sleep still finishing
     assert p50(week["ec2"].waits) <= t.ec2_wake_s + t.ec2_stop_s
     assert max(week["stop"].waits) <= t.container_start_s + 10
-    for name in ("sleep", "stop", "ec2"):  # a local reaper, every minute: within two periods
+    for name in ("sleep", "stop"):  # a local reaper, every minute: within two periods
         assert week[name].worst_overshoot_s <= 2 * 60, name
+    for name in ("ec2", "ec2-single"):  # the Lambda: 5-minute period, CloudWatch 2 minutes behind
+        assert week[name].worst_overshoot_s <= 2 * 300 + 120, name
 
 
 def test_the_plan_model_agrees_with_the_replay(bench: ModuleType, week: dict) -> None:
     t = bench.timings()
     reqs = bench.workload(3, 2)
+    ec2 = bench.mechanisms(t)[2][1]
     model = awake_hours(
         [(r.at, r.at + r.duration) for r in reqs],
         stop_after_minutes=45,
-        period_s=60,
-        wake_s=t.ec2_wake_s,
-        rest_s=t.ec2_stop_s,
+        period_s=ec2.period_s,
+        lag_s=ec2.lag_s,
+        wake_s=ec2.wake_s,
+        rest_s=ec2.rest_s,
     )
+
     assert model == pytest.approx(week["ec2"].on_s / H, rel=0.05)
 
 
