@@ -1,4 +1,5 @@
-"""The node bundle and the node commands. Pure: no Pulumi, no I/O besides reading packaged scripts.
+"""What a node runs: its compose services, configs and secret files. Pure: no Pulumi, no I/O besides
+reading packaged scripts.
 
 A node is a machine (an `ssh` host, this workstation, later an AWS instance) that runs, with Docker
 Compose and host networking:
@@ -11,10 +12,11 @@ Compose and host networking:
   litellm              Anthropic/Responses <-> OpenAI translation, on 127.0.0.1   (first host only)
   gateway              nginx, TLS, per-developer keys: the only public listener   (first host only)
 
-`node_files` returns the non-secret files (what `coderig render` writes, byte for byte what a node
-gets); `node_secret_files` returns the 0600 files built from secrets at deploy time. The command
-builders return the exact shell strings the Pulumi components run over SSH or locally; the SSH test
-runs the same strings with the `ssh` client.
+`coderig.targets.compose.rendered.render_node` builds the services here once per machine into its
+non-secret files (what `coderig render` writes, byte for byte what a node gets); `node_secret_files`
+returns the 0600 files built from secrets at deploy time. The command builders
+(`coderig.targets.compose.commands`) return the exact shell strings the Pulumi components run over
+SSH or locally; the SSH test runs the same strings with the `ssh` client.
 """
 
 from __future__ import annotations
@@ -333,7 +335,7 @@ def link_secret_files(spec: NodeSpec, secrets: NodeSecrets) -> render.FileSet:
 
 def model_secret_files(spec: NodeSpec, secrets: NodeSecrets) -> render.FileSet:
     """The model server's 0600 files alone (HF token, model API key), and a replica's link
-    certificate: all a replica holds. The model half of `service_hashes` reads the first two."""
+    certificate: all a replica holds. The model half of `RenderedNode.hashes` reads the first two."""
     if not spec.runs_model:
         return {}
     hf = {"HF_TOKEN": secrets.hf_token} if secrets.hf_token else {}
