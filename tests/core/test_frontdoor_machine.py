@@ -49,7 +49,7 @@ def test_aws_front_door_defaults_to_t3_medium_and_states_its_monthly_cost() -> N
     assert "$36.42/month always on (t3.medium $30.37" in door.plan_line()
 
 
-def test_every_front_door_type_costs_less_than_an_hour_of_the_cheapest_gpu_a_day() -> None:
+def test_every_front_door_type_costs_less_a_day_than_the_cheapest_gpu_instance() -> None:
     """The point of the layout: the always-on part is small next to the GPUs it lets stop."""
     from coderig.core.catalog import AWS_INSTANCES
 
