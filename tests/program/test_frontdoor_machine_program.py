@@ -59,8 +59,11 @@ def test_the_front_door_host_runs_the_gateway_and_every_gpu_host_is_a_replica() 
         gateway_conf = tar.extractfile("gateway/nginx.conf").read().decode()  # type: ignore[union-attr]
     # LiteLLM calls the replicas with our model key (not an external endpoint's, which is unset)
     assert "CODERIG_MODEL_API_KEY=" in litellm_env and "CODERIG_MODEL_API_KEY=none" not in litellm_env
-    # the gateway's /healthz asks the first replica's /health through its link
-    assert f"http://{links.link_listen(1)}/health" in gateway_conf
+    # the gateway's /healthz asks the model through the relay, and the relay's route is the first
+    # replica's link (no model server of its own on the front door)
+    assert "127.0.0.1:8000" not in gateway_conf
+    relay = compose["services"]["keepalive"]["command"]
+    assert any(arg.endswith(f"={links.link_listen(1)}") for arg in relay), relay
     assert "model" not in compose["services"] and {"gateway", "litellm", "link"} <= set(compose["services"])
     bases = {m["litellm_params"]["api_base"] for m in litellm["model_list"]}
     assert bases == {f"http://{links.link_listen(i)}/v1" for i in (1, 2)}  # both GPU hosts, through links
