@@ -106,7 +106,8 @@ class Accounting:
             for (h, p), (status, _body) in zip(self.targets, results, strict=True):
                 self.awake[f"{h}:{p}"] = status == 200
             if any(status == 200 for status, _ in results):
-                self.ledger.mark_awake(start, time.time(), self.probe_s * 1.5)
+                # awake until the next probe says otherwise (a stop is counted up to one interval late)
+                self.ledger.mark_awake(start, start + self.probe_s, self.probe_s * 1.5)
             await asyncio.sleep(self.probe_s)
 
     # ------------------------------------------------------------ the metrics listener
