@@ -59,7 +59,11 @@ def run(argv: list[str], cwd: Path, env: dict[str, str]) -> str:
 
 
 def check_affinity(
-    replicas: list[StandIn], path: str, header: str, new_session: Callable[[int], None], more_turns: Callable[[str], None]
+    replicas: list[StandIn],
+    path: str,
+    header: str,
+    new_session: Callable[[int], None],
+    more_turns: Callable[[str], None],
 ) -> None:
     """Two long sessions each stay on one replica; fresh sessions reach both replicas."""
     for n in range(2):
