@@ -384,15 +384,16 @@ def test_aws_replicas_use_the_fixed_private_addresses_of_the_stack_subnet():
 @pytest.mark.parametrize("kind", ["ssh-1", "local", "external"])
 def test_gateway_has_a_health_check_and_wait_ready_checks_through_it(kind: str) -> None:
     """wait-ready counts a service without a health check ready as soon as it is "running": the
-    gateway gets one (busybox wget in nginx:*-alpine, against its own /api/hello), and the wait ends
-    with one GET of /healthz through the gateway, which needs LiteLLM and the model server."""
+    gateway gets one (busybox wget in nginx:*-alpine, /healthz/front: nginx and LiteLLM answer, whatever
+    the model does), the relay one (its listeners accept), and the wait ends with one GET of /healthz
+    through the gateway, which needs LiteLLM, the relay and the model server."""
     settings = ALL[kind]()
     spec = machines.node_specs(settings, planner.plan_stack(settings))[0]
     gateway = render_node(settings, spec).compose["services"]["gateway"]
     assert versions.NGINX_IMAGE.startswith("nginx:") and versions.NGINX_IMAGE.endswith("-alpine")
     test = gateway["healthcheck"]["test"]
     port = settings.gateway.port
-    assert test == ["CMD", "wget", "-q", "-O", "-", "--no-check-certificate", f"https://127.0.0.1:{port}/api/hello"]
+    assert test == ["CMD", "wget", "-q", "-O", "-", "--no-check-certificate", f"https://127.0.0.1:{port}/healthz/front"]
     assert gateway["healthcheck"]["start_period"] == f"{node.GATEWAY_HEALTH_START_S}s"
     wait = commands.wait_command(render_node(settings, spec))
     assert f"CODERIG_GATEWAY_URL=https://127.0.0.1:{port}/healthz" in wait
@@ -400,8 +401,13 @@ def test_gateway_has_a_health_check_and_wait_ready_checks_through_it(kind: str) 
     # what /healthz checks: the model server (the upstream for a front door) behind LiteLLM
     conf = render_node(settings, spec).files[node.GATEWAY_CONF].content
     assert "location = /healthz" in conf and "auth_request /_coderig_model_health;" in conf
-    upstream = "https://kserve.internal/v1/models" if kind == "external" else "http://127.0.0.1:8000/health"
+    relay = f"127.0.0.1:{engine.KEEPALIVE_PORT}"  # the model server's health, asked through its relay
+    upstream = "https://kserve.internal/v1/models" if kind == "external" else f"http://{relay}/health"
     assert f"proxy_pass {upstream};" in conf
+    keepalive = render_node(settings, spec).compose["services"].get("keepalive")
+    assert (keepalive is None) == (kind == "external")
+    if keepalive:
+        assert repr(("127.0.0.1", engine.KEEPALIVE_PORT)) in keepalive["healthcheck"]["test"][-1]
 
 
 def test_replicas_wait_without_a_gateway_check() -> None:

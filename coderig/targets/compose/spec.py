@@ -43,6 +43,7 @@ from coderig.frontdoor.assemble import (
     from_settings,
     model_health_url,
     relay_command,
+    relay_probe,
 )
 from coderig.frontdoor.litellm import DEFAULT_TIMEOUT_S
 from coderig.targets.compose.machines import NodeSpec
@@ -200,9 +201,8 @@ GATEWAY_HEALTH_START_S = 30
 def gateway_url(spec: NodeSpec, path: str) -> str:
     """The gateway as seen from the node itself (host networking): loopback unless it listens on
     one address only."""
-    host, _, port = spec.gateway_listen.rpartition(":")
-    host = "127.0.0.1" if host in ("", "0.0.0.0", "*", "[::]") else host  # noqa: S104 - a wildcard listen, not a bind
-    return f"{'https' if spec.tls else 'http'}://{host}:{port}{path}"
+    host, port = frontdoor.parse_listen(spec.gateway_listen)
+    return f"{'https' if spec.tls else 'http'}://{frontdoor.hostport(frontdoor.local_address(host), port)}{path}"
 
 
 def gateway_probe(url: str) -> list[str]:
@@ -218,9 +218,11 @@ def gateway_service(spec: NodeSpec) -> dict[str, Any]:
         "restart": "unless-stopped",
         "command": ["nginx", "-c", "/etc/nginx/coderig/nginx.conf"],
         "depends_on": {"litellm": {"condition": "service_started"}},
-        # listening with its certificate and keys loaded (answered by nginx itself, never forwarded);
+        # nginx and LiteLLM answer through it (not the model: a loading model is no unhealthy gateway);
         # the whole request path is checked once by wait-ready through /healthz
-        "healthcheck": _healthcheck(["CMD", *gateway_probe(gateway_url(spec, "/api/hello"))], GATEWAY_HEALTH_START_S),
+        "healthcheck": _healthcheck(
+            ["CMD", *gateway_probe(gateway_url(spec, "/healthz/front"))], GATEWAY_HEALTH_START_S
+        ),
         # only the gateway's own secrets (not the env files of the other services)
         "volumes": [
             f"./{GATEWAY_CONF}:/etc/nginx/coderig/nginx.conf:ro",
@@ -291,6 +293,8 @@ def keepalive_service(gateway: frontdoor.GatewaySpec) -> dict[str, Any] | None:
         "command": command[3:],
         "environment": {"PYTHONPATH": KEEPALIVE_MOUNT, "PYTHONDONTWRITEBYTECODE": "1"},
         "volumes": [f"./{KEEPALIVE_DIR}:{KEEPALIVE_MOUNT}:ro"],
+        # every listener accepts (the relay has no endpoint of its own; /healthz asks the model through it)
+        "healthcheck": _healthcheck(["CMD", *relay_probe(gateway)], 10),
     }
 
 
