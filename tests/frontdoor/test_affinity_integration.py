@@ -4,8 +4,11 @@ lands on one replica (its prefix cache), and sessions spread over both.
 
 Chance: without affinity each request picks a replica at random, so a session of n turns stays on one
 replica with probability 2^(1-n); each client here runs two sessions of >= 5 turns (<= 2^-8 to pass
-by luck). Spreading is checked over up to 12 fresh sessions (a correct gateway fails that with
-probability 2^-11, a gateway that pins every session to one replica always fails)."""
+by luck; a new opencode session makes 2 requests, its title and its answer, each `--session` run 1;
+a new Codex session 2, each `exec resume` 1). Spreading is checked over up to 12 fresh sessions (a
+correct gateway fails that with probability 2^-11, a gateway that pins every session to one replica
+always fails). With the Claude-Code-only map this branch replaced, the Codex test fails (one session's
+turns on both replicas)."""
 
 from __future__ import annotations
 
@@ -125,7 +128,7 @@ def test_opencode_sessions_stick_to_one_replica_and_spread(tmp_path: Path) -> No
             assert "tok0 tok1" in run([opencode, "run", f"Say hello {n}"], work, env)
 
         def more_turns(session: str) -> None:
-            for k in range(4):  # continue the same session: opencode sends the same X-Session-Id again
+            for k in range(3):  # continue the same session: opencode sends the same X-Session-Id again
                 run([opencode, "run", "--session", session, f"And again {k}"], work, env)
 
         check_affinity(replicas, "/v1/chat/completions", "x-session-id", new_session, more_turns)
