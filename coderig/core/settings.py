@@ -21,11 +21,12 @@ from pydantic import (
     BaseModel,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from coderig.core import catalog, sizing
+from coderig.core import catalog, sizing, templates, vllm_flags
 from coderig.core.aws_settings import AWS_FIRST_HOST, AWS_REGIONS, AWS_SUBNET_PREFIX, AwsTarget
 from coderig.core.errors import UserError
 from coderig.core.settings_base import KeyProblem as _KeyError
@@ -108,6 +109,7 @@ class ModelSettings(_Model):
     extraArgs: list[str] = Field(default_factory=list, description="extra model-server flags, appended")
     parallel: sizing.ParallelSettings | None = Field(default=None, description="override the planned layout")
     revision: str = Field(default="main", description="the weights' commit sha (pins them) or a branch (floats)")
+    chatTemplate: templates.Name = Field(default=None, description="a coderig chat template or 'model' (its own)")
 
     @field_validator("revision")
     @classmethod
@@ -119,6 +121,11 @@ class ModelSettings(_Model):
     @property
     def revision_pinned(self) -> bool:
         return bool(COMMIT_RE.fullmatch(self.revision))
+
+    @field_validator("extraArgs")
+    @classmethod
+    def _vllm_flags(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        return vllm_flags.checked_extra_args(v, catalog.PRESETS.get(info.data.get("preset", "")))
 
     @field_validator("preset")
     @classmethod
