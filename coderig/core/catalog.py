@@ -105,7 +105,7 @@ class Preset:
     id: str
     title: str
     hf_repo: str
-    served_name: str
+    served_name: str  # the default model name clients send: the model's own name, so developers recognise it
     engine: Literal["vllm", "llama.cpp"]
     weight_bytes: int
     attention: Attention
@@ -134,6 +134,9 @@ class Preset:
     top_p: float | None = None
     default_max_tokens: int = 32000
     gguf_file: str | None = None  # llama.cpp: file inside hf_repo
+    # What this preset served as before the default became the model's own name: a stack that leaves
+    # coderig:model.servedName unset is warned (settings.warnings) and the gateway keeps accepting it.
+    former_served_name: str | None = None
     # A chat template shipped with coderig (coderig/core/templates/) instead of the model's own, rendered
     # as the server's --chat-template; a stack picks another or the model's own with coderig:model.chatTemplate.
     chat_template: str | None = None
@@ -177,7 +180,8 @@ PRESETS: dict[str, Preset] = {
             id="deepseek-v3.2",
             title="DeepSeek V3.2 (base of umans-coder-v0), 671B MoE, FP8, sparse MLA",
             hf_repo="deepseek-ai/DeepSeek-V3.2",
-            served_name="umans-coder-v0",
+            served_name="deepseek-v3.2",
+            former_served_name="umans-coder-v0",
             engine="vllm",
             weight_bytes=689 * GB,
             attention=Attention(
@@ -361,7 +365,8 @@ PRESETS: dict[str, Preset] = {
             id="qwen3-1.7b-cpu",
             title="Qwen3-1.7B, GGUF Q4_K_M, llama.cpp on CPU (dev)",
             hf_repo="ggml-org/Qwen3-1.7B-GGUF",
-            served_name="coderig-dev",
+            served_name="qwen3-1.7b",
+            former_served_name="coderig-dev",
             engine="llama.cpp",
             weight_bytes=1_280_000_000,
             attention=Attention(kind="gqa", layers=28, kv_heads=8, head_dim=128, attention_heads=16),

@@ -131,9 +131,15 @@ def command_line(model: ModelSettings, layout: Layout) -> str:
 WEIGHTS_SCRIPT_DIR = "/coderig"  # where fetch_weights.py (and its requirements file) are mounted
 
 
-def weights_image(preset: Preset) -> str:
-    """The weights step's image: one that already has huggingface_hub (see coderig.core.versions)."""
-    return versions.WEIGHTS_IMAGE_CPU if preset.engine == "llama.cpp" else versions.WEIGHTS_IMAGE_VLLM
+def model_image(model: ModelSettings) -> str:
+    """The model server's image: `coderig:model.image` when set, else the one pinned for the engine."""
+    return model.image or (versions.LLAMACPP_IMAGE if model.spec.engine == "llama.cpp" else versions.VLLM_IMAGE)
+
+
+def weights_image(model: ModelSettings) -> str:
+    """The weights step's image: one that already has huggingface_hub (see coderig.core.versions); for
+    vLLM the model server's own image, so an image override is pulled once, not twice."""
+    return versions.WEIGHTS_IMAGE_CPU if model.spec.engine == "llama.cpp" else model_image(model)
 
 
 def weights_entrypoint() -> list[str]:
@@ -152,7 +158,7 @@ def weights_env(model: ModelSettings, cache_mount: str = CACHE_MOUNT) -> dict[st
         "CODERIG_WEIGHTS_BYTES": str(preset.weight_bytes),
         "PYTHONUNBUFFERED": "1",
     }
-    if weights_image(preset) == versions.WEIGHTS_IMAGE_CPU:
+    if weights_image(model) == versions.WEIGHTS_IMAGE_CPU:
         # the one image without huggingface_hub: allowed to install it, from hash-pinned requirements only
         env["CODERIG_PIP_REQUIREMENTS"] = f"{WEIGHTS_SCRIPT_DIR}/{versions.WEIGHTS_REQUIREMENTS}"
     if preset.engine == "llama.cpp" and preset.gguf_file:

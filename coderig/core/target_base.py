@@ -32,8 +32,16 @@ class GpuSpec(Model):
     def _positive(cls, v: int) -> int:
         if v < 1:
             raise ValueError(f"got {v}; a host needs at least 1 GPU (allowed: 1, 2, 4, 8)")
-        if v not in (1, 2, 4, 8):
-            raise ValueError(f"got {v}; tensor parallelism splits attention heads evenly, use 1, 2, 4 or 8")
+        if v not in catalog.GPU_COUNTS:
+            more = (
+                f"; for {v} GPUs in all, list {v // 8} hosts of 8 (each host is a model replica)"
+                if v > 8 and v % 8 == 0
+                else ""
+            )
+            raise ValueError(
+                f"got {v}: the count is GPUs per host (per model replica), which tensor parallelism splits the "
+                f"model over evenly: use 1, 2, 4 or 8{more}"
+            )
         return v
 
 

@@ -74,7 +74,7 @@ def test_render_writes_vllm_command_and_plan(stack_file, tmp_path):
         "--enable-auto-tool-choice",
         "--max-model-len 131072",
         "--host 127.0.0.1",
-        "--served-model-name umans-coder-v0",
+        "--served-model-name deepseek-v3.2",
         """--default-chat-template-kwargs '{"thinking":true}'""",
         """--override-generation-config '{"temperature":1.0,"top_p":0.95}'""",
     ):

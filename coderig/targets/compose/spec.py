@@ -22,6 +22,7 @@ SSH or locally; the SSH test runs the same strings with the `ssh` client.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import tarfile
@@ -79,7 +80,7 @@ def weights_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
     env = engine.weights_env(settings.model)
     shipped = ["fetch_weights.py"] + ([versions.WEIGHTS_REQUIREMENTS] if "CODERIG_PIP_REQUIREMENTS" in env else [])
     return {
-        "image": engine.weights_image(settings.model.spec),
+        "image": engine.weights_image(settings.model),
         "network_mode": "host",
         "restart": "no",
         "entrypoint": engine.weights_entrypoint(),
@@ -106,7 +107,7 @@ def model_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
     if preset.engine == "llama.cpp":
         args = engine.llamacpp_args(settings.model, engine.gguf_path(preset, CACHE_MOUNT))
         return base | {
-            "image": versions.LLAMACPP_IMAGE,
+            "image": engine.model_image(settings.model),
             "command": args,
             "environment": {"HF_HOME": HF_HOME, "LLAMA_ARG_THREADS": "-1"},
             "healthcheck": _healthcheck(["CMD", "curl", "-fsS", health_url], start),
@@ -115,7 +116,7 @@ def model_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
         raise ValueError("NodeSpec: a model server needs the plan's layout (model_layout)")
     args = engine.vllm_args(settings.model, spec.model_layout)
     return base | {
-        "image": versions.VLLM_IMAGE,
+        "image": engine.model_image(settings.model),
         "entrypoint": ["vllm", "serve"],
         "command": args,
         "ipc": "host",
@@ -149,6 +150,9 @@ def direct_chat(spec: NodeSpec) -> bool:
 
 NODE_PATHS = GatewayPaths(
     keys_include=f"/etc/nginx/{GATEWAY_KEYS}",
+    # to the container's output, so Docker keeps and rotates them on the host (coderig:logs)
+    access_log="/dev/stdout",
+    error_log="/dev/stderr",
     tls_cert=f"/etc/nginx/{TLS_DIR}/server.crt",
     tls_key=f"/etc/nginx/{SECRETS_DIR}/server.key",
 )
@@ -171,7 +175,7 @@ def front_door(settings: StackSettings, spec: NodeSpec) -> tuple[frontdoor.Model
         # LiteLLM costs ~1.4 ms CPU per streamed chunk); they require the node's model API key.
         direct_chat=direct_targets(spec.backends) if direct_chat(spec) else (),
     )
-    paths = NODE_PATHS if spec.tls else GatewayPaths(keys_include=NODE_PATHS.keys_include)
+    paths = NODE_PATHS if spec.tls else dataclasses.replace(NODE_PATHS, tls_cert=None, tls_key=None)
     return assemble(inputs, paths)
 
 
@@ -312,7 +316,9 @@ def compose_dict(settings: StackSettings, spec: NodeSpec, gateway: frontdoor.Gat
         if keepalive:
             services["keepalive"] = keepalive
         services["gateway"] = gateway_service(spec)
-    return {"name": PROJECT, "services": services}
+    # every service's log on the host, rotated (coderig/core/log_settings.py); a copy each (no YAML anchors)
+    logged = {name: {**svc, "logging": settings.logs.compose_logging()} for name, svc in services.items()}
+    return {"name": PROJECT, "services": logged}
 
 
 # ---------------------------------------------------------------- the bundle
