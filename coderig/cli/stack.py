@@ -7,12 +7,12 @@ import json
 import sys
 from pathlib import Path
 
-from coderig.core import planner, report
+from coderig.core import planner
 from coderig.core.errors import REFUSED, UserError
 from coderig.core.files import FileSet, write_file, write_files
 from coderig.core.settings import StackSettings
 from coderig.core.stack_file import load_stack_file, stack_name_from_path
-from coderig.targets import REGISTRY, kind_of, render_stack
+from coderig.targets import REGISTRY, plan_report, plan_summary, render_stack
 
 MANIFEST = ".coderig-render"  # in the --out directory: the files the last render wrote
 
@@ -51,9 +51,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     stack = stack_name_from_path(args.config)
     p = planner.plan_stack(settings)
     if args.json:
-        print(json.dumps(report.summary(settings, p, stack, kind_of(settings).idle_mechanism), indent=2))
+        print(json.dumps(plan_summary(settings, stack, p), indent=2))
     else:
-        print(report.text(settings, p, stack, kind_of(settings).idle_mechanism))
+        print(plan_report(settings, stack, p))
         extra = REGISTRY[settings.target.kind].plan_lines
         if extra is not None and p.fits:
             print("\n".join(extra(settings, p)))

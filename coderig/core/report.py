@@ -13,11 +13,25 @@ if TYPE_CHECKING:
 
 
 def text(settings: StackSettings, p: planner.Plan, stack: str, idle_mechanism: str | None) -> str:
-    return "\n".join([plan_text.format_plan(p, stack), *cost_estimate(settings, idle_mechanism).lines()])
+    """The capacity plan, what it costs, and the always-on front-door machine's line when there is one."""
+    door = settings.target.front_door_machine
+    return "\n".join(
+        [
+            plan_text.format_plan(p, stack),
+            *cost_estimate(settings, idle_mechanism).lines(),
+            *([door.plan_line()] if door else []),
+        ]
+    )
 
 
 def summary(settings: StackSettings, p: planner.Plan, stack: str, idle_mechanism: str | None) -> dict[str, object]:
-    return {"stack": stack, **p.summary(), "cost": cost_estimate(settings, idle_mechanism).summary()}
+    door = settings.target.front_door_machine
+    return {
+        "stack": stack,
+        **p.summary(),
+        "cost": cost_estimate(settings, idle_mechanism).summary(),
+        **({"front_door": door.summary()} if door else {}),
+    }
 
 
 def cost_estimate(settings: StackSettings, idle_mechanism: str | None) -> cost.Estimate:

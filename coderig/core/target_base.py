@@ -5,12 +5,15 @@ these instead of comparing `kind`). The kinds' models are in `coderig.core.targe
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import Field, field_validator
 
 from coderig.core import catalog, hostkeys
 from coderig.core.settings_base import Model
+
+if TYPE_CHECKING:
+    from coderig.core.frontdoor_machine import FrontDoorMachine
 
 HOST_KEY_HELP = "paste the line printed by `ssh-keyscan -t ed25519 HOST`"
 
@@ -125,3 +128,8 @@ class TargetSettings(Model):
     def warnings(self) -> list[str]:
         """Accepted, but worth a line from `coderig plan` and `pulumi up`."""
         return []
+
+    @property
+    def front_door_machine(self) -> FrontDoorMachine | None:
+        """The separate always-on machine holding the gateway (None: the first machine holds it)."""
+        return None

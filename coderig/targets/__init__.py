@@ -108,11 +108,20 @@ def kind_of(settings: StackSettings) -> TargetKind:
     return REGISTRY[settings.target.kind]
 
 
+def plan_summary(settings: StackSettings, stack: str, p: planner.Plan) -> dict[str, object]:
+    """`coderig plan --json` and plan.json: the plan, its cost, the front-door machine when there is one."""
+    return report.summary(settings, p, stack, kind_of(settings).idle_mechanism)
+
+
+def plan_report(settings: StackSettings, stack: str, p: planner.Plan) -> str:
+    """`coderig plan` and plan.txt: the plan, its cost, the front-door machine's line when there is one."""
+    return report.text(settings, p, stack, kind_of(settings).idle_mechanism)
+
+
 def plan_files(settings: StackSettings, stack: str, p: planner.Plan) -> FileSet:
-    summary = report.summary(settings, p, stack, kind_of(settings).idle_mechanism)
     return {
-        "plan.json": RenderedFile(json.dumps(summary, indent=2) + "\n"),
-        "plan.txt": RenderedFile(report.text(settings, p, stack, kind_of(settings).idle_mechanism) + "\n"),
+        "plan.json": RenderedFile(json.dumps(plan_summary(settings, stack, p), indent=2) + "\n"),
+        "plan.txt": RenderedFile(plan_report(settings, stack, p) + "\n"),
     }
 
 

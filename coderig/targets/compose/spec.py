@@ -145,7 +145,7 @@ GATEWAY_KEYS = f"{SECRETS_DIR}/gateway-keys.conf"
 def direct_chat(spec: NodeSpec) -> bool:
     """The gateway proxies /v1/chat/completions to our own (keyed) model servers itself; an external
     endpoint's URL may be https or prefixed, so a front door for one keeps it on LiteLLM."""
-    return spec.runs_model and spec.runs_front_door
+    return spec.runs_front_door and not spec.fronts_external
 
 
 NODE_PATHS = GatewayPaths(
@@ -162,7 +162,7 @@ def front_door(settings: StackSettings, spec: NodeSpec) -> tuple[frontdoor.Model
     """This machine's LiteLLM route and gateway (first machine or a front door only)."""
     health = (
         model_health_url(spec.backends[0], spec.health_path)
-        if spec.fronts_external
+        if not spec.runs_model  # a front door only: ask its first backend (an endpoint, or a link)
         else f"http://{engine.MODEL_HOST}:{engine.MODEL_PORT}/health"
     )
     inputs = from_settings(
