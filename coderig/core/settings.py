@@ -185,6 +185,20 @@ class IdlePolicy(_Model):
     stopAfterMinutes: int | None = Field(default=None, ge=5, le=7 * 24 * 60)
     officeHours: OfficeHours | None = None
     dryRun: bool = False
+    # ssh/local (coderig.targets.compose.idle): what an idle model undergoes; None: sleep on vLLM, stop otherwise
+    action: Literal["sleep", "stop"] | None = None
+    periodSeconds: int | None = Field(default=None, ge=10, le=3600, description="ssh/local reaper period")
+
+    @model_validator(mode="after")
+    def _period_inside_window(self) -> IdlePolicy:
+        period = self.periodSeconds or idle.DEFAULT_PERIOD_SECONDS
+        if self.enabled and self.stop_after_minutes * 60 < period:
+            raise _KeyError(
+                "stopAfterMinutes",
+                f"got {self.stop_after_minutes}: the idle window is shorter than the reaper's period "
+                f"({period} s, idle.periodSeconds); lengthen the window or shorten the period",
+            )
+        return self
 
     @property
     def enabled(self) -> bool:
@@ -307,6 +321,10 @@ class StackSettings(_Model):
                 f"{self.model.preset} runs on {engine}; the {t.kind} target runs {', '.join(t.engines)} presets "
                 f"(allowed: {allowed}; use the local target for the CPU preset)",
             )
+        if self.idle.action is not None:
+            why = t.idle_action_problem(self.idle.action, engine)
+            if why:
+                raise _KeyError("idle.action", why)
         if self.gateway.port < t.min_gateway_port:
             raise _KeyError(
                 "gateway.port",

@@ -142,8 +142,21 @@ class _Target(Model):
 
     engines: ClassVar[tuple[str, ...]] = ("vllm", "llama.cpp")  # model servers it can run
     idle_mechanism: ClassVar[str | None] = None  # "stop-instances" | "scale-to-zero" | None
+    idle_actions: ClassVar[tuple[str, ...]] = ()  # what coderig:idle.action may choose (ssh, local)
     min_gateway_port: ClassVar[int] = 1
     serves_model: ClassVar[bool] = True  # False: only the front door runs here (external)
+
+    def idle_action_problem(self, action: str, engine: str) -> str | None:
+        """Why `coderig:idle.action` cannot be `action` here (None: it can)."""
+        if not self.idle_actions:
+            does = self.idle_mechanism or "nothing: it runs no model of its own"
+            return f"got {action!r}; idle.action is for the ssh and local targets (this target does {does})"
+        if action == "sleep" and engine != "vllm":
+            return (
+                f"got 'sleep', but {engine} has no sleep mode (vLLM's level 1 frees the GPU and keeps the weights "
+                "in host RAM); use idle.action: stop (the model container stops, the weights stay on disk)"
+            )
+        return None
 
     @property
     def gpu_spec(self) -> GpuSpec | None:
@@ -192,6 +205,7 @@ class _Target(Model):
 
 class LocalTarget(_Target):
     kind: Literal["local"]
+    idle_actions: ClassVar[tuple[str, ...]] = ("sleep", "stop")
     gpu: GpuSpec | None = Field(default=None, description="GPUs on this machine; omit for CPU (llama.cpp)")
     cachePath: str = "~/.cache/coderig"
 
@@ -206,6 +220,7 @@ class LocalTarget(_Target):
 
 class SshTarget(_Target):
     kind: Literal["ssh"]
+    idle_actions: ClassVar[tuple[str, ...]] = ("sleep", "stop")
     hosts: list[SshHost] = Field(min_length=1)
     gpu: GpuSpec | None = None
     cachePath: str = NODE_CACHE_PATH
