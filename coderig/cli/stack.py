@@ -12,6 +12,7 @@ from coderig.core.errors import REFUSED, UserError
 from coderig.core.files import Bundle, write_bundle, write_file
 from coderig.core.settings import StackSettings, load_stack_file, stack_name_from_path
 from coderig.targets import render_stack
+from coderig.targets.compose.idle import plan_note as idle_plan_note
 
 MANIFEST = ".coderig-render"  # in the --out directory: the files the last render wrote
 
@@ -53,6 +54,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(json.dumps({"stack": stack, **p.summary()}, indent=2))
     else:
         print(planner.format_plan(p, stack))
+        note = idle_plan_note(settings)  # ssh/local: what idling does there
+        if note:
+            print(note)
     if not p.fits:
         raise _refusal(p)
     return 0

@@ -151,6 +151,11 @@ class _Target(Model):
         if not self.idle_actions:
             does = self.idle_mechanism or "nothing: it runs no model of its own"
             return f"got {action!r}; idle.action is for the ssh and local targets (this target does {does})"
+        if action == "stop" and self.replica_count > 1:
+            return (
+                f"got 'stop' with {self.replica_count} hosts: the reaper on the first host stops its own model "
+                "container only; use idle.action: sleep (every host's model sleeps through its link)"
+            )
         if action == "sleep" and engine != "vllm":
             return (
                 f"got 'sleep', but {engine} has no sleep mode (vLLM's level 1 frees the GPU and keeps the weights "

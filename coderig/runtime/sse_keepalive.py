@@ -33,9 +33,11 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from coderig.runtime import relay_wake
-from coderig.runtime.wake import SleepWaker, StopWaker, Waker
+if TYPE_CHECKING:  # imported where used: a relay without --wake runs from this one file
+    from coderig.runtime import relay_wake
+    from coderig.runtime.wake import Waker
 
 DEFAULT_INTERVAL_S = 15.0
 COMMENT = b": keepalive\n\n"
@@ -289,6 +291,8 @@ class _Client(asyncio.Protocol):
 
     async def _hold(self, gate: relay_wake.Gate) -> bool:
         """Wait for the model to wake; the client hears keepalives meanwhile (a stream) or an error."""
+        from coderig.runtime import relay_wake
+
         info = relay_wake.request_info(b"".join(self.pending))
         while info is None and not self.pair.closed:
             self.arrived.clear()
@@ -386,6 +390,8 @@ class WakeOptions:
 
 
 def waker_for(mechanism: str, target: tuple[str, int], reaper: str | None) -> Waker:
+    from coderig.runtime.wake import SleepWaker, StopWaker
+
     if mechanism == "sleep":
         return SleepWaker(f"http://{hostport(*target)}")
     if mechanism == "stop":
@@ -402,6 +408,8 @@ def hostport(host: str, port: int) -> str:
 def gates_for(routes: Sequence[Route], wake: WakeOptions | None) -> list[relay_wake.Gate | None]:
     if wake is None:
         return [None for _ in routes]
+    from coderig.runtime import relay_wake
+
     return [
         relay_wake.Gate(
             hostport(*target), waker_for(wake.mechanism, target, wake.reaper), f"http://{hostport(*target)}/health",
@@ -425,8 +433,10 @@ async def serve(routes: Sequence[Route], interval: float, wake: WakeOptions | No
         )  # fmt: skip
     if wake is not None and wake.control:
         chost, cport = parse_hostport(wake.control)
+        from coderig.runtime.relay_wake import Control
+
         held = [g for g in gates if g is not None]
-        servers.append(await loop.create_server(lambda: relay_wake.Control(held), chost, cport, reuse_address=True))
+        servers.append(await loop.create_server(lambda: Control(held), chost, cport, reuse_address=True))
     return servers
 
 

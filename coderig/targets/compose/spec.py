@@ -47,6 +47,7 @@ from coderig.frontdoor.assemble import (
 )
 from coderig.frontdoor.litellm import DEFAULT_TIMEOUT_S
 from coderig.runtime.scripts import SCRIPT_NAMES, script_text
+from coderig.targets.compose import idle as node_idle
 from coderig.targets.compose.machines import NodeSpec, has_link, node_specs
 
 PROJECT = "coderig"
@@ -112,7 +113,8 @@ def model_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
             "environment": {"HF_HOME": HF_HOME, "LLAMA_ARG_THREADS": "-1"},
             "healthcheck": _healthcheck(["CMD", "curl", "-fsS", health_url], start),
         }
-    args = engine.vllm_args(settings.model, planner.plan_stack(settings).layout)
+    sleep_args, sleep_env = node_idle.model_overrides(settings)
+    args = engine.vllm_args(settings.model, planner.plan_stack(settings).layout) + sleep_args
     return base | {
         "image": versions.VLLM_IMAGE,
         "entrypoint": ["vllm", "serve"],
@@ -125,6 +127,7 @@ def model_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
             "VLLM_CACHE_ROOT": f"{CACHE_MOUNT}/vllm",  # torch.compile cache survives restarts
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",
+            **sleep_env,
         },
         "deploy": {
             "resources": {
@@ -280,6 +283,7 @@ def keepalive_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]
     command = relay_command(front_door(settings, spec)[1])
     if not command:
         return None
+    command += node_idle.relay_args(settings, spec)
     return {
         "image": versions.LITELLM_IMAGE,
         "network_mode": "host",
@@ -303,11 +307,20 @@ def compose_dict(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
         keepalive = keepalive_service(settings, spec)
         if keepalive:
             services["keepalive"] = keepalive
+        reaper = node_idle.reaper_service(settings, spec, KEEPALIVE_DIR, KEEPALIVE_MOUNT)
+        if reaper:
+            services[node_idle.REAPER_SERVICE] = reaper
         services["gateway"] = gateway_service(spec)
     return {"name": PROJECT, "services": services}
 
 
-FRONT_SERVICES = ("litellm", "keepalive", LINK_SERVICE, "gateway")  # every service but the model's
+FRONT_SERVICES = (
+    "litellm",
+    "keepalive",
+    node_idle.REAPER_SERVICE,
+    LINK_SERVICE,
+    "gateway",
+)  # every service but the model's
 
 
 def front_services(settings: StackSettings, spec: NodeSpec) -> list[str]:
@@ -341,6 +354,9 @@ def node_files(settings: StackSettings, spec: NodeSpec) -> render.Bundle:
         files[GATEWAY_CONF] = render.RenderedFile(frontdoor.render_gateway_conf(gateway))
         if gateway.native_relays:
             files[f"{KEEPALIVE_DIR}/{RELAY_FILE}"] = render.RenderedFile(script_text("sse_keepalive.py"))
+        if node_idle.action(settings):  # the relay's hold/wake path and the reaper
+            for name in node_idle.RUNTIME_MODULES:
+                files[f"{KEEPALIVE_DIR}/coderig/runtime/{name}"] = render.RenderedFile(script_text(name))
     if has_link(spec):
         files[LINK_CONF] = render.RenderedFile(link_conf(spec))
     return files
