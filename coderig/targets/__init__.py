@@ -19,6 +19,7 @@ from coderig.core import engine, planner
 from coderig.core.files import Bundle, RenderedFile
 from coderig.core.settings import StackSettings
 from coderig.targets.aws import ops as aws_ops
+from coderig.targets.compose import ops as compose_ops
 from coderig.targets.compose.spec import render_node_files
 from coderig.targets.kubernetes import ops as kube_ops
 from coderig.targets.kubernetes.render import render_manifests
@@ -37,13 +38,13 @@ _COMPOSE = "docker compose -p coderig"
 REGISTRY: Mapping[str, TargetKind] = {
     "local": TargetKind(
         render_node_files,
-        None,
+        compose_ops,
         f"`{_COMPOSE} stop` stops the model (the weights stay in the cache) and `{_COMPOSE} start` starts it "
         "again; `pulumi destroy` removes the stack",
     ),
     "ssh": TargetKind(
         render_node_files,
-        None,
+        compose_ops,
         f"on each host, `sudo {_COMPOSE} stop` stops the model (the weights stay on the cache volume) and "
         f"`sudo {_COMPOSE} start` starts it again; `pulumi destroy` removes the stack",
     ),
