@@ -43,7 +43,7 @@ fi
 state="$PWD/.pulumi-state"
 mkdir -p "$state"
 chmod 700 "$state"
-export PULUMI_BACKEND_URL="file://$state"
+export PULUMI_BACKEND_URL="${PULUMI_BACKEND_URL:-file://$state}"
 if [ -z "${PULUMI_CONFIG_PASSPHRASE:-}" ] && [ -z "${PULUMI_CONFIG_PASSPHRASE_FILE:-}" ]; then
   if [ ! -s "$state/passphrase" ]; then
     (umask 077 && head -c 32 /dev/urandom | base64 > "$state/passphrase")

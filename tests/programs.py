@@ -11,7 +11,7 @@ import pulumi
 import yaml
 from conftest import HOST_KEY, ROOT, ProgramRun, ResourceHook, run_program, ssh_config
 
-from coderig.core.settings import namespace_from_stack_file
+from coderig.core.stack_file import namespace_from_stack_file
 
 STACK = "prod"
 AMI_FROM_LOOKUP = "ami-0dlami24040000000"

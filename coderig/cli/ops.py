@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from coderig.core.errors import REFUSED, UserError
-from coderig.core.settings import StackSettings, load_stack_file
+from coderig.core.settings import StackSettings
+from coderig.core.stack_file import load_stack_file
 from coderig.runtime.aws_reaper import TAG_STACK
 from coderig.targets import REGISTRY
 

@@ -7,10 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from coderig.core import planner
+from coderig.core import plan_text, planner
 from coderig.core.errors import REFUSED, UserError
 from coderig.core.files import Bundle, write_bundle, write_file
-from coderig.core.settings import StackSettings, load_stack_file, stack_name_from_path
+from coderig.core.settings import StackSettings
+from coderig.core.stack_file import load_stack_file, stack_name_from_path
 from coderig.targets import render_stack
 from coderig.targets.compose.idle import plan_note as idle_plan_note
 
@@ -53,7 +54,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"stack": stack, **p.summary()}, indent=2))
     else:
-        print(planner.format_plan(p, stack))
+        print(plan_text.format_plan(p, stack))
         note = idle_plan_note(settings)  # ssh/local: what idling does there
         if note:
             print(note)

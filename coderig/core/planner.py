@@ -28,12 +28,13 @@ else the one with the most full-context concurrency. `coderig:model.parallel` ov
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from coderig.core import layout as lay
-from coderig.core.catalog import AWS_INSTANCES, GB, GPU_COUNTS, GPUS, LLAMACPP_CACHE_TYPE, PRESETS, GiB, Preset
+from coderig.core.catalog import AWS_INSTANCES, GB, GPU_COUNTS, GPUS, LLAMACPP_CACHE_TYPE, GiB, Preset
 from coderig.core.layout import OVERHEAD_PER_GPU, Layout, kv_bytes_per_request, kv_bytes_per_token
 
 if TYPE_CHECKING:
@@ -194,7 +195,7 @@ class Plan:
                         "max_concurrent_requests_per_replica": o.per_replica,
                     }
                     for o in self.options
-                ],  # fmt: skip
+                ],
             }
         else:
             out["ram_gb"] = round(self.ram_bytes / GB, 1)
@@ -234,9 +235,23 @@ def plan(
     )
     if external:
         return Plan(
-            preset.id, preset.engine, False, None, 0, 0, max_model_len, kv_cache_dtype, gpu_memory_utilization, 0,
-            0, 0, 0, 0, True, "the model is served by an external endpoint; only the front door runs here",
-        )  # fmt: skip
+            preset=preset.id,
+            engine=preset.engine,
+            served_here=False,
+            gpu=None,
+            gpu_count=0,
+            replicas=0,
+            max_model_len=max_model_len,
+            kv_cache_dtype=kv_cache_dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            gpu_memory_bytes=0,
+            weights_bytes=0,
+            kv_bytes_per_token=0,
+            kv_bytes_per_request=0,
+            indexer_bytes_per_request=0,
+            fits=True,
+            reason="the model is served by an external endpoint; only the front door runs here",
+        )
     g = GPUS[gpu] if gpu else None
     if preset.engine == "llama.cpp":
         kv_cache_dtype = LLAMACPP_CACHE_TYPE
@@ -245,15 +260,34 @@ def plan(
     indexer = preset.attention.indexer_bytes_per_layer * preset.attention.layers * max_model_len
     label = lay.kv_dtype_label(preset, kv_cache_dtype, g)
     workload = workload or Workload(1, 1.0, max_model_len, declared=False)
-    common = (preset.id, preset.engine, True)
+    served = functools.partial(
+        Plan,
+        preset=preset.id,
+        engine=preset.engine,
+        served_here=True,
+        replicas=replicas,
+        max_model_len=max_model_len,
+        kv_cache_dtype=label,
+        gpu_memory_utilization=gpu_memory_utilization,
+        weights_bytes=preset.weight_bytes,
+        kv_bytes_per_token=kv_tok,
+        kv_bytes_per_request=kv_req,
+        indexer_bytes_per_request=indexer,
+        estimates=estimates,
+        workload=workload,
+        usd_per_hour=usd,
+        instance_type=instance_type,
+    )
     if preset.engine == "llama.cpp" and gpu is None:
         need = preset.weight_bytes + kv_req
-        return Plan(
-            *common, None, 0, replicas, max_model_len, label, gpu_memory_utilization, 0, preset.weight_bytes,
-            kv_tok, kv_req, indexer, True,
-            f"runs on CPU with llama.cpp; needs about {need / GB:.1f} GB of RAM per replica",
-            estimates, workload=workload, usd_per_hour=usd, instance_type=instance_type, ram_bytes=need,
-        )  # fmt: skip
+        return served(
+            gpu=None,
+            gpu_count=0,
+            gpu_memory_bytes=0,
+            fits=True,
+            reason=f"runs on CPU with llama.cpp; needs about {need / GB:.1f} GB of RAM per replica",
+            ram_bytes=need,
+        )
     if gpu is None or g is None:
         raise ValueError(f"{preset.id} runs on vLLM and needs a GPU model")
     layouts = [parallel] if parallel else lay.candidates(preset, g, gpu_count)
@@ -284,11 +318,17 @@ def plan(
     suggestion = None
     if not fits and suggest:
         suggestion = smallest_fit(preset, max_model_len, kv_cache_dtype, gpu_memory_utilization)
-    p = Plan(
-        *common, gpu, gpu_count, replicas, max_model_len, label, gpu_memory_utilization, g.memory_bytes,
-        preset.weight_bytes, kv_tok, kv_req, indexer, fits, reason, estimates, chosen, options, why, workload,
-        None, suggestion, usd, instance_type,
-    )  # fmt: skip
+    p = served(
+        gpu=gpu,
+        gpu_count=gpu_count,
+        gpu_memory_bytes=g.memory_bytes,
+        fits=fits,
+        reason=reason,
+        chosen=chosen,
+        options=options,
+        why=why,
+        suggestion=suggestion,
+    )
     if fits and suggest and not p.carried:
         p = _with_advice(p, preset, kv_cache_dtype)
     return p
@@ -308,8 +348,16 @@ def _choose(options: tuple[Option, ...], w: Workload, replicas: int, *, overridd
 
 
 def _best_at(preset: Preset, gpu: str, count: int, kv_dtype: str, util: float, ctx: int, w: Workload) -> Option | None:
-    p = plan(preset, gpu=gpu, gpu_count=count, max_model_len=ctx, kv_cache_dtype=kv_dtype,
-             gpu_memory_utilization=util, suggest=False, workload=w)  # fmt: skip
+    p = plan(
+        preset,
+        gpu=gpu,
+        gpu_count=count,
+        max_model_len=ctx,
+        kv_cache_dtype=kv_dtype,
+        gpu_memory_utilization=util,
+        suggest=False,
+        workload=w,
+    )
     fitting = [o for o in p.options if o.per_replica >= 1]
     return max(fitting, key=lambda o: o.per_replica_at_peak) if fitting else None
 
@@ -340,8 +388,15 @@ def smallest_fit(preset: Preset, max_model_len: int, kv_cache_dtype: str, util: 
     """The smallest GPU configuration of the catalog that holds the preset, and the cheapest AWS type."""
 
     def fits(gpu: str, n: int) -> bool:
-        return plan(preset, gpu=gpu, gpu_count=n, max_model_len=max_model_len, kv_cache_dtype=kv_cache_dtype,
-                    gpu_memory_utilization=util, suggest=False).fits  # fmt: skip
+        return plan(
+            preset,
+            gpu=gpu,
+            gpu_count=n,
+            max_model_len=max_model_len,
+            kv_cache_dtype=kv_cache_dtype,
+            gpu_memory_utilization=util,
+            suggest=False,
+        ).fits
 
     options = [(g.memory_bytes * n, n, g.name) for g in GPUS.values() for n in GPU_COUNTS if fits(g.name, n)]
     if not options:
@@ -355,43 +410,6 @@ def smallest_fit(preset: Preset, max_model_len: int, kv_cache_dtype: str, util: 
     return text
 
 
-def weights_volume_gb(preset: Preset) -> int:
-    """Cache volume size: weights + 25% headroom (partial downloads, a second revision), min 100 GB."""
-    return max(100, math.ceil(preset.weight_bytes * 1.25 / GB / 10) * 10)
-
-
-# Throughputs the time budgets assume. Loading reads the cache volume (gp3 tops out at 2000 MiB/s);
-# the first download depends on the uplink to the model hub or mirror.
-LOAD_BYTES_PER_S = 500 * 10**6
-DOWNLOAD_BYTES_PER_S = 100 * 10**6
-ENGINE_WARMUP_S = 600  # CUDA graph capture, torch.compile, kernel JIT
-
-
-def load_budget_seconds(preset: Preset) -> int:
-    """How long a model server may take to become healthy once the weights are on the volume."""
-    if preset.engine == "llama.cpp":
-        return 120 + math.ceil(preset.weight_bytes / LOAD_BYTES_PER_S)
-    return ENGINE_WARMUP_S + math.ceil(preset.weight_bytes / LOAD_BYTES_PER_S)
-
-
-def download_budget_seconds(preset: Preset) -> int:
-    """How long a first download may take before the readiness wait gives up (×2 safety)."""
-    return 300 + 2 * math.ceil(preset.weight_bytes / DOWNLOAD_BYTES_PER_S)
-
-
-IMAGE_PULL_S = 900  # first pull of the images on a fresh machine (vLLM's is ~10 GB)
-
-
-def ready_budget_seconds(preset: Preset | None, *, download: bool = True) -> int:
-    """How long a node's readiness wait may take after `docker compose up`: image pull, the first
-    download (unless `download` is False), then the load, with 50% margin. `preset` None: a front
-    door only (no weights, no model server)."""
-    if preset is None:
-        return math.ceil(IMAGE_PULL_S * 1.5)
-    dl = math.ceil(preset.weight_bytes / DOWNLOAD_BYTES_PER_S) if download else 0
-    return math.ceil((IMAGE_PULL_S + dl + load_budget_seconds(preset)) * 1.5)
-
-
 def plan_stack(settings: StackSettings) -> Plan:
     """The plan for a validated stack: the GPUs of one replica come from the target."""
     t = settings.target
@@ -399,8 +417,8 @@ def plan_stack(settings: StackSettings) -> Plan:
     gpu, count = t.gpus
     w = settings.workload
     if w is not None:
-        workload = Workload(w.developers or len(settings.developers), w.peakActiveShare,
-                            w.contextTokens or m.max_model_len)  # fmt: skip
+        developers = w.developers or len(settings.developers)
+        workload = Workload(developers, w.peakActiveShare, w.contextTokens or m.max_model_len)
     else:
         workload = Workload(max(1, len(settings.developers)), 1.0, m.max_model_len, declared=False)
     return plan(
@@ -416,85 +434,3 @@ def plan_stack(settings: StackSettings) -> Plan:
         parallel=m.parallel.layout(count) if m.parallel and count else None,
         workload=workload,
     )
-
-
-def _n(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
-def _gb(n: float) -> str:
-    return f"{n / GB:.1f} GB"
-
-
-def _kv_breakdown(p: Plan, preset: Preset) -> str:
-    a = preset.attention
-    if a.kind == "mla":
-        latent = p.kv_bytes_per_token // a.layers - a.indexer_bytes_per_layer
-        idx = f" + {a.indexer_bytes_per_layer} B indexer" if a.indexer_bytes_per_layer else ""
-        return f"{a.layers} layers × ({latent} B latent{idx})"
-    return f"{a.layers} layers × 2 × {a.kv_heads} KV heads × {a.head_dim}, {p.kv_cache_dtype}"
-
-
-def format_plan(p: Plan, stack: str = "") -> str:
-    preset = PRESETS[p.preset]
-    est = "weights" in p.estimates
-    arch = "" if "architecture" not in p.estimates else f" (architecture {preset.checked}, see catalog)"
-    lines = [f"stack {stack}: {p.preset} ({p.engine})" if stack else f"{p.preset} ({p.engine})"]
-    if not p.served_here:
-        lines += [
-            f"  max-model-len      {p.max_model_len} tokens (what the front door and clients assume it serves)",
-            f"  fits: {p.reason}",
-        ]
-        return "\n".join(lines)
-    if p.gpu:
-        where = f"{p.gpu_count}× {p.gpu}" + (f" ({p.instance_type})" if p.instance_type else "")
-        lines.append(
-            f"  GPUs per replica   {where}, {p.gpu_memory_bytes * p.gpu_count / GB:.1f} GB, replicas {p.replicas}"
-        )
-    lines += [
-        f"  weights            {_gb(p.weights_bytes)}" + (" (estimate)" if est else ""),
-        f"  max-model-len      {p.max_model_len} tokens, KV cache {p.kv_cache_dtype}",
-        f"  KV per token       {p.kv_bytes_per_token} bytes: {_kv_breakdown(p, preset)}{arch}",
-    ]
-    req = f"  KV per request     {p.kv_bytes_per_request / GB:.2f} GB at full context"
-    if p.indexer_bytes_per_request:
-        latent = p.kv_bytes_per_request - p.indexer_bytes_per_request
-        req += f" ({latent / GB:.2f} GB latent + {p.indexer_bytes_per_request / GB:.2f} GB indexer)"
-    lines.append(req)
-    c = p.chosen
-    if c is None:
-        lines.append(
-            f"  concurrency        1 request at a time per replica (--parallel 1: each request gets the whole "
-            f"{p.max_model_len}-token context)"
-        )
-    else:
-        lines += [
-            f"  layout             {c.layout.name} ({' '.join(c.layout.flags())}): {p.why}",
-            f"  per GPU            {_gb(c.usable_per_gpu)} usable ({p.gpu_memory_utilization:.0%}) − "
-            f"{_gb(c.weights_per_gpu)} weights − {_gb(OVERHEAD_PER_GPU)} overhead = {_gb(max(c.kv_space_per_gpu, 0))} "
-            f"KV; {c.kv_per_request_per_gpu / GB:.2f} GB per full-context request",
-            f"  concurrency        {c.per_replica} full-context requests per replica, "
-            f"{p.max_concurrent_requests} in total ({_n(p.replicas, 'replica')})",
-        ]
-        alts = " · ".join(f"{o.layout.name} {o.per_replica}" for o in p.options)
-        backend = lay.mla_backend(preset, GPUS[p.gpu]) if p.gpu and preset.attention.kind == "mla" else None
-        if backend and preset.decode_context and not backend.decode_context:
-            alts += f"; no TP+DCP on {p.gpu} ({backend.name} cannot run decode context parallelism)"
-        lines.append(f"  layouts            full-context requests per replica: {alts}")
-        lines.append(f"  layout rule        {RULE}")
-    if p.workload is not None:
-        w = p.workload
-        src = "coderig:workload" if w.declared else "no coderig:workload: every developer, full context"
-        verdict = "carried" if p.carried else "NOT carried"
-        line = (
-            f"  workload           {_n(w.developers, 'developer')} × {w.share:.0%} at {w.context} tokens = "
-            f"{_n(w.peak, 'concurrent request')} ({src}): {verdict}, capacity {p.capacity_at_peak}"
-        )
-        lines.append(line + (f"; {p.advice}" if p.advice else ""))
-    if p.usd_per_hour is not None:
-        month = p.usd_per_hour * 24 * 30
-        lines.append(f"  cost               ${p.usd_per_hour:.2f}/h on demand (${month:,.0f}/month if never stopped)")
-    lines.append(f"  {'fits' if p.fits else 'DOES NOT FIT'}: {p.reason}")
-    if p.suggestion:
-        lines.append(f"  {p.suggestion}")
-    return "\n".join(lines)

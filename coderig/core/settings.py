@@ -15,10 +15,8 @@ import difflib
 import math
 import re
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     Field,
@@ -28,39 +26,58 @@ from pydantic import (
 )
 
 from coderig.core import catalog, sizing
+from coderig.core.aws_settings import AWS_FIRST_HOST, AWS_REGIONS, AWS_SUBNET_PREFIX, AwsTarget
 from coderig.core.errors import UserError
 from coderig.core.idle_settings import IdlePolicy, OfficeHours
 from coderig.core.settings_base import KeyProblem as _KeyError
 from coderig.core.settings_base import Loc
 from coderig.core.settings_base import Model as _Model
+from coderig.core.target_base import NODE_CACHE_PATH, GpuSpec, SshHost
 from coderig.core.targets_settings import (
-    AWS_FIRST_HOST,
-    AWS_REGIONS,
-    AWS_SUBNET_PREFIX,
     EXTERNAL_HEALTH_PATH,
-    NODE_CACHE_PATH,
     TARGET_KINDS,
     TARGET_MODELS,
-    AwsTarget,
     ExternalTarget,
-    GpuSpec,
     KubernetesTarget,
     LocalTarget,
-    SshHost,
     SshTarget,
     Target,
     Toleration,
 )
 
-# the target models live in core/targets_settings.py; importers keep using this module
+# the target models live in core/targets_settings.py, aws_settings.py and target_base.py; importers use this module
 __all__ = [
-    "AWS_FIRST_HOST", "AWS_REGIONS", "AWS_SUBNET_PREFIX", "AwsTarget", "COMMIT_RE", "DEVELOPER_RE",
-    "EXTERNAL_HEALTH_PATH", "ExternalTarget", "GatewaySettings", "GpuSpec", "IdlePolicy", "KubernetesTarget",
-    "LocalTarget", "ModelSettings", "NAMESPACE", "NODE_CACHE_PATH", "OfficeHours", "SECRET", "SECRET_KEYS",
-    "Secret", "SshHost", "SshTarget", "StackSettings", "TARGET_KINDS", "TARGET_MODELS", "Target", "Toleration",
-    "UserError", "load_stack_file", "misspelt_namespaces", "namespace_from_stack_file", "parse_settings",
-    "stack_name_from_path"
-]  # fmt: skip
+    "AWS_FIRST_HOST",
+    "AWS_REGIONS",
+    "AWS_SUBNET_PREFIX",
+    "AwsTarget",
+    "COMMIT_RE",
+    "DEVELOPER_RE",
+    "EXTERNAL_HEALTH_PATH",
+    "ExternalTarget",
+    "GatewaySettings",
+    "GpuSpec",
+    "IdlePolicy",
+    "KubernetesTarget",
+    "LocalTarget",
+    "ModelSettings",
+    "NAMESPACE",
+    "NODE_CACHE_PATH",
+    "OfficeHours",
+    "SECRET",
+    "SECRET_KEYS",
+    "Secret",
+    "SshHost",
+    "SshTarget",
+    "StackSettings",
+    "TARGET_KINDS",
+    "TARGET_MODELS",
+    "Target",
+    "Toleration",
+    "UserError",
+    "misspelt_namespaces",
+    "parse_settings",
+]
 
 NAMESPACE = "coderig"
 
@@ -185,11 +202,13 @@ def _developer_names(given: dict[str, Any]) -> list[tuple[Loc, str, Any]]:
                 why += f", e.g. {name.lower()!r}"
             out.append((("developers", i), why, name))
         elif name in seen:
-            out.append((
-                ("developers", i),
-                f"got {name!r}: listed twice (also developers[{seen[name]}]); each developer gets exactly one key",
-                name,
-            ))  # fmt: skip
+            out.append(
+                (
+                    ("developers", i),
+                    f"got {name!r}: listed twice (also developers[{seen[name]}]); each developer gets exactly one key",
+                    name,
+                )
+            )
         else:
             seen[name] = i
     return out
@@ -209,12 +228,14 @@ def _secrets_present(given: dict[str, Any]) -> list[tuple[Loc, str, Any]]:
         return out
     fields = {k: v for k, v in target.items() if k in model.model_fields}
     if model.model_construct(**fields).over_ssh:  # what the kind declares, from the keys as given
-        out.append((
-            ("sshPrivateKey",),
-            f"the {kind} target connects over SSH and needs it: "
-            "`pulumi config set --secret coderig:sshPrivateKey < KEY`",
-            None,
-        ))  # fmt: skip
+        out.append(
+            (
+                ("sshPrivateKey",),
+                f"the {kind} target connects over SSH and needs it: "
+                "`pulumi config set --secret coderig:sshPrivateKey < KEY`",
+                None,
+            )
+        )
     return out
 
 
@@ -380,64 +401,17 @@ def parse_settings(raw: dict[str, Any], other_keys: Iterable[str] = ()) -> Stack
         problems.extend(_format_error(dict(e)) for e in exc.errors())
         raise UserError(problems) from None
     m = settings.model
-    problems.extend(sizing.problems(
-        preset=m.spec, serves_model=settings.target.serves_model, gpus=settings.target.gpus,
-        max_model_len=m.max_model_len, parallel=m.parallel, workload=settings.workload,
-        developers=len(settings.developers),
-    ))  # fmt: skip
+    problems.extend(
+        sizing.problems(
+            preset=m.spec,
+            serves_model=settings.target.serves_model,
+            gpus=settings.target.gpus,
+            max_model_len=m.max_model_len,
+            parallel=m.parallel,
+            workload=settings.workload,
+            developers=len(settings.developers),
+        )
+    )
     if problems:
         raise UserError(problems)
     return settings
-
-
-def _opaque_secrets(value: Any) -> Any:
-    if isinstance(value, dict):
-        if set(value) == {"secure"}:
-            return SECRET
-        return {k: _opaque_secrets(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_opaque_secrets(v) for v in value]
-    return value
-
-
-def namespace_from_stack_file(data: dict[str, Any]) -> dict[str, Any]:
-    """The `coderig:` keys of a parsed `Pulumi.<stack>.yaml`, prefix stripped, secrets opaque."""
-    config = data.get("config") or {}
-    if not isinstance(config, dict):
-        raise UserError(["config: expected a mapping of keys to values"])
-    out: dict[str, Any] = {}
-    problems: list[str] = []
-    for key, value in config.items():
-        ns, sep, name = str(key).partition(":")
-        if not sep:
-            problems.append(f"{key}: config keys need a namespace, e.g. {NAMESPACE}:{key}")
-            continue
-        if ns != NAMESPACE:
-            continue  # aws:region, kubernetes:context… belong to providers
-        out[name] = _opaque_secrets(value)
-    if problems:
-        raise UserError(problems + misspelt_namespaces(map(str, config)))
-    return out
-
-
-def load_stack_file(path: str | Path) -> StackSettings:
-    """Read and validate `Pulumi.<stack>.yaml`, the file `coderig plan/render` take."""
-    p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except FileNotFoundError:
-        raise UserError([f"{p}: no such file (expected a Pulumi.<stack>.yaml)"]) from None
-    except yaml.YAMLError as exc:
-        raise UserError([f"{p}: not valid YAML: {exc}"]) from None
-    except UnicodeDecodeError:
-        raise UserError([f"{p}: not a text file (expected a Pulumi.<stack>.yaml)"]) from None
-    if not isinstance(data, dict):
-        raise UserError([f"{p}: expected a mapping with a config: section"])
-    config = data.get("config")
-    return parse_settings(namespace_from_stack_file(data), map(str, config if isinstance(config, dict) else {}))
-
-
-def stack_name_from_path(path: str | Path) -> str:
-    name = Path(path).name
-    m = re.fullmatch(r"Pulumi\.(.+)\.ya?ml", name)
-    return m.group(1) if m else Path(path).stem

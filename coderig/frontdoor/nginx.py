@@ -120,19 +120,19 @@ def openai_error(kind: str, code: str, message: str) -> str:
     return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}})
 
 
-_UNAUTHORIZED_MSG = "missing, invalid or revoked API key"
-_RATE_MSG = "rate limit exceeded for this developer"
-_UNAVAILABLE_MSG = "the model is not reachable through the gateway right now"
+UNAUTHORIZED_MSG = "missing, invalid or revoked API key"
+RATE_MSG = "rate limit exceeded for this developer"
+UNAVAILABLE_MSG = "the model is not reachable through the gateway right now"
 
 
-def _nginx_quote(text: str) -> str:
+def nginx_quote(text: str) -> str:
     """Single-quoted nginx string (our JSON bodies contain no single quotes or backslashes)."""
     if "'" in text or "\\" in text:
         raise ValueError("nginx literal must not contain quotes or backslashes")
     return f"'{text}'"
 
 
-def _json_log_format() -> str:
+def json_log_format() -> str:
     fields = {
         "time": "$time_iso8601",
         "developer": "$coderig_developer",
@@ -151,7 +151,7 @@ def _json_log_format() -> str:
     return "log_format coderig_json escape=json '{" + inner + "}';"
 
 
-def _listen_directive(spec: GatewaySpec) -> str:
+def listen_directive(spec: GatewaySpec) -> str:
     return f"listen {hostport(*parse_listen(spec.listen))}{' ssl' if spec.tls_cert else ''};"
 
 
@@ -164,7 +164,7 @@ TLS_CIPHERS_1_2 = (
 )
 
 
-def _tls_block(spec: GatewaySpec) -> list[str]:
+def tls_block(spec: GatewaySpec) -> list[str]:
     if bool(spec.tls_cert) != bool(spec.tls_key):
         raise ValueError("GatewaySpec: tls_cert and tls_key must be given together")
     if not spec.tls_cert:
@@ -198,7 +198,7 @@ def direct_chat_backend(backend: str) -> str | None:
     return upstream_hostport(backend)
 
 
-def _upstreams(spec: GatewaySpec) -> list[str]:
+def upstream_blocks(spec: GatewaySpec) -> list[str]:
     out = [
         "upstream coderig_litellm {",
         f"    server {spec.litellm} max_fails=0;",

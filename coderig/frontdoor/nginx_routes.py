@@ -20,18 +20,18 @@ from typing import Literal
 
 from coderig.frontdoor.native import failover, fallback_location, native_route, replayable
 from coderig.frontdoor.nginx import (
-    _RATE_MSG,
-    _UNAUTHORIZED_MSG,
-    _UNAVAILABLE_MSG,
     DEVELOPER_HEADER,
+    RATE_MSG,
+    UNAUTHORIZED_MSG,
+    UNAVAILABLE_MSG,
     GatewaySpec,
-    _json_log_format,
-    _listen_directive,
-    _nginx_quote,
-    _tls_block,
-    _upstreams,
     anthropic_error,
+    json_log_format,
+    listen_directive,
+    nginx_quote,
     openai_error,
+    tls_block,
+    upstream_blocks,
 )
 
 Shape = Literal["anthropic", "openai"]
@@ -83,12 +83,12 @@ _ERRORS: dict[tuple[Shape, int], str] = {
     ("openai", 405): openai_error("invalid_request_error", "method_not_allowed", "method not allowed on this endpoint"),
     ("anthropic", 413): anthropic_error("request_too_large", _TOO_LARGE_MSG),
     ("openai", 413): openai_error("invalid_request_error", "request_too_large", _TOO_LARGE_MSG),
-    ("anthropic", 401): anthropic_error("authentication_error", _UNAUTHORIZED_MSG),
-    ("openai", 401): openai_error("invalid_request_error", "invalid_api_key", _UNAUTHORIZED_MSG),
-    ("anthropic", 429): anthropic_error("rate_limit_error", _RATE_MSG),
-    ("openai", 429): openai_error("rate_limit_error", "rate_limit_exceeded", _RATE_MSG),
-    ("anthropic", 503): anthropic_error("overloaded_error", _UNAVAILABLE_MSG),
-    ("openai", 503): openai_error("server_error", "upstream_unavailable", _UNAVAILABLE_MSG),
+    ("anthropic", 401): anthropic_error("authentication_error", UNAUTHORIZED_MSG),
+    ("openai", 401): openai_error("invalid_request_error", "invalid_api_key", UNAUTHORIZED_MSG),
+    ("anthropic", 429): anthropic_error("rate_limit_error", RATE_MSG),
+    ("openai", 429): openai_error("rate_limit_error", "rate_limit_exceeded", RATE_MSG),
+    ("anthropic", 503): anthropic_error("overloaded_error", UNAVAILABLE_MSG),
+    ("openai", 503): openai_error("server_error", "upstream_unavailable", UNAVAILABLE_MSG),
 }  # fmt: skip
 
 
@@ -97,7 +97,7 @@ def error_body(shape: Shape, status: int) -> str:
 
 
 def _return(shape: Shape, status: int) -> str:
-    return f"return {status} {_nginx_quote(error_body(shape, status))};"
+    return f"return {status} {nginx_quote(error_body(shape, status))};"
 
 
 def _indent(lines: list[str], level: int) -> list[str]:
@@ -233,7 +233,7 @@ def _native(route: Route, spec: GatewaySpec, name: str, upstream: str) -> list[s
 
 
 def _answer(_route: Route, _spec: GatewaySpec) -> list[str]:
-    return ["access_log off;", "return 200 " + _nginx_quote("{}") + ";"]
+    return ["access_log off;", "return 200 " + nginx_quote("{}") + ";"]
 
 
 def _healthz(route: Route, _spec: GatewaySpec) -> list[str]:
@@ -283,12 +283,12 @@ def _named_errors(spec: GatewaySpec) -> list[str]:
     shapes: tuple[Shape, ...] = ("anthropic", "openai")
     for shape in shapes:
         for status in (413, 429, 503):
-            answer = _nginx_quote(error_body(shape, status))
+            answer = nginx_quote(error_body(shape, status))
             out.append(f"location @coderig_{status}_{shape} {{ return {status} {answer}; }}")
         if spec.model_gate_retry_after_s:
             out.append(
                 f"location @coderig_gate_{shape} {{ add_header Retry-After {spec.model_gate_retry_after_s} "
-                f"always; return 503 {_nginx_quote(error_body(shape, 503))}; }}"
+                f"always; return 503 {nginx_quote(error_body(shape, 503))}; }}"
             )
     return out
 
@@ -296,9 +296,9 @@ def _named_errors(spec: GatewaySpec) -> list[str]:
 def _server_block(spec: GatewaySpec, routes: tuple[Route, ...]) -> list[str]:
     client = f"{CLIENT_TIMEOUT_S}s"
     body: list[str] = [
-        _listen_directive(spec),
+        listen_directive(spec),
         "server_name _;",
-        *_tls_block(spec),
+        *tls_block(spec),
         "default_type application/json;",
         f"client_max_body_size {spec.max_body_mb}m;",
         f"client_body_buffer_size {CLIENT_BODY_BUFFER};",
@@ -322,7 +322,7 @@ def _server_block(spec: GatewaySpec, routes: tuple[Route, ...]) -> list[str]:
             "= /_coderig_model_health",
             ["internal;", *_health_request(), *_health_cache("model_health"), f"proxy_pass {spec.model_health_url};"],
         ),
-        "location @coderig_unready { return 503 " + _nginx_quote('{"status":"unready"}') + "; }",
+        "location @coderig_unready { return 503 " + nginx_quote('{"status":"unready"}') + "; }",
         "",
         "# Anything else: 404 in the client's shape, never forwarded (LiteLLM's admin/UI routes included).",
         *[line for prefix, shape in NOT_FOUND_SHAPES for line in _location(prefix, [_return(shape, 404)])],
@@ -353,7 +353,7 @@ def render_gateway_http(spec: GatewaySpec, routes: tuple[Route, ...] = ROUTES) -
         '    "" $coderig_dev_xkey;',
         "    default $coderig_dev_bearer;",
         "}",
-        _json_log_format(),
+        json_log_format(),
         f"limit_req_zone $coderig_developer zone=coderig_per_developer:10m rate={spec.rate_per_second}r/s;",
         f"limit_req_zone $binary_remote_addr zone=coderig_healthz:1m rate={HEALTHZ_RATE};",
         "limit_req_status 429;",
@@ -361,7 +361,7 @@ def render_gateway_http(spec: GatewaySpec, routes: tuple[Route, ...] = ROUTES) -
         "inactive=1m use_temp_path=off;",
         "server_tokens off;",
         *_temp_paths(spec),
-        *_upstreams(spec),
+        *upstream_blocks(spec),
         *_server_block(spec, routes),
     ]
     return "\n".join(lines) + "\n"

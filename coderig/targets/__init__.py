@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 
-from coderig.core import engine, planner
+from coderig.core import engine, plan_text, planner
 from coderig.core.files import Bundle, RenderedFile
 from coderig.core.settings import StackSettings
 from coderig.targets.aws import ops as aws_ops
@@ -63,7 +63,7 @@ def plan_files(settings: StackSettings, stack: str) -> Bundle:
     summary = {"stack": stack, **p.summary()}
     return {
         "plan.json": RenderedFile(json.dumps(summary, indent=2) + "\n"),
-        "plan.txt": RenderedFile(planner.format_plan(p, stack) + "\n"),
+        "plan.txt": RenderedFile(plan_text.format_plan(p, stack) + "\n"),
     }
 
 

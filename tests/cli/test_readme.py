@@ -11,6 +11,11 @@ the test, so a new README command forces a decision here):
 - skipped, needs the Pulumi CLI: `./up.sh` (its no-Pulumi path is `test_up_sh_without_pulumi`),
   any `pulumi …` line and `coderig bundle` without `--outputs` (it runs `pulumi stack output`).
 - skipped, needs cloud credentials: `coderig idle|stop|start` on the `aws` stack.
+- run, shell set-up around them: `ssh-keygen` (the deploy key, into the test's HOME), `mkdir`,
+  `(umask …)`, `export` (the state directory and passphrase the quick start makes before `pulumi`).
+- skipped, runs on a GPU host or needs one reachable: `nvidia-smi`, `sudo …` (sudoers line, compose
+  logs), `ssh-copy-id`, `ssh-keyscan`; the keyscan line runs against an sshd test host in
+  `test_readme_keyscan_line_is_a_host_key`, the sudoers line is checked by `visudo -c` where it exists.
 - skipped, interactive agents: `claude`, `codex`, `opencode` launched for a session (their headless
   round trips are tests/client/*_integration.py).
 - `uv run pytest` is not run recursively: it must be exactly the command `.ci/run` runs.
@@ -58,7 +63,10 @@ SKIP = {
     "up.sh": "needs the Pulumi CLI (test_up_sh_without_pulumi covers its no-Pulumi path)",
     "cloud": "needs cloud credentials",
     "agent": "an interactive agent session",
+    "host": "runs on a GPU host, or needs one reachable",
 }
+SHELL = ("ssh-keygen", "mkdir", "(umask", "export")
+HOST = ("nvidia-smi", "sudo", "ssh-copy-id", "ssh-keyscan")
 
 
 @dataclass(frozen=True)
@@ -97,9 +105,13 @@ def classify(cmd: str) -> str:
         return "cloud"
     if words[:1] in (["claude"], ["codex"], ["opencode"]) or re.search(r"&& (codex|opencode)\s*$", cmd.split("#")[0]):
         return "agent"
+    if words[:1] and words[0] in HOST or re.search(r"\| sudo ", cmd):
+        return "host"
     if words[:3] == ["uv", "run", "pytest"]:
         return "pytest"
     if re.match(r"(uv run )?coderig (plan|render|frontdoor run|bundle|onboard|smoke)\b", cmd) or words[:1] == ["echo"]:
+        return "run"
+    if words[:1] and words[0] in SHELL:
         return "run"
     return "unclassified"
 
@@ -168,6 +180,7 @@ def environment(work: Path) -> dict[str, str]:
     shim.chmod(0o755)
     home = work.parent / "home"
     home.mkdir(exist_ok=True)
+    (home / ".ssh").mkdir(mode=0o700, exist_ok=True)  # a workstation's ~/.ssh, where ssh-keygen writes
     uv = os.environ.get("UV") or shutil.which("uv") or "uv"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "OPENAI_", "CODERIG_"))}
     env.update(
@@ -297,3 +310,40 @@ def test_up_sh_without_pulumi(tmp_path: Path) -> None:
     proc = subprocess.run(["./up.sh", "bad"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "coderig:target.kind" in proc.stderr
     assert not (repo / ".pulumi-state").exists()
+
+
+# ---------------------------------------------------------------- the GPU-host lines of the quick start
+
+
+def readme_command(prefix: str) -> str:
+    found = [c for b in readme_blocks("bash") for c in commands(b) if c.startswith(prefix)]
+    assert len(found) == 1, found
+    return found[0]
+
+
+@pytest.mark.integration
+def test_readme_keyscan_line_is_a_host_key(ssh_host) -> None:  # noqa: ANN001 (the sshhost fixture)
+    """The quick start's `ssh-keyscan` line, against an sshd test host in place of gpu1.internal: it
+    prints the host's own key, in the form `coderig:target.hosts[].hostKey` pins."""
+    line = readme_command("ssh-keyscan ")
+    cmd = line.replace("gpu1.internal", f"-p {ssh_host.port} {ssh_host.address}")
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    keys = [" ".join(row.split()[1:3]) for row in proc.stdout.splitlines() if not row.startswith("#")]
+    assert keys == [ssh_host.host_key], proc.stdout
+
+
+def test_readme_sudoers_line_is_valid(tmp_path: Path) -> None:
+    """The quick start's passwordless-sudo line, written to a file instead of /etc/sudoers.d: sudo's
+    own parser accepts it (visudo -c), and it grants NOPASSWD to the login user the stack file names."""
+    line = readme_command("echo 'ubuntu ALL=")
+    entry = re.match(r"echo '([^']+)' \| sudo tee /etc/sudoers.d/coderig", line)
+    assert entry, line
+    assert entry.group(1).startswith("ubuntu ") and "NOPASSWD: ALL" in entry.group(1)
+    assert "user: ubuntu" in README.read_text()
+    visudo = shutil.which("visudo") or pytest.skip("visudo (Debian package sudo) is not installed")
+    path = tmp_path / "coderig"
+    path.write_text(entry.group(1) + "\n")
+    path.chmod(0o440)
+    proc = subprocess.run([visudo, "-c", "-f", str(path)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -88,6 +89,49 @@ def test_the_cycle_check_finds_a_cycle(tmp_path: Path) -> None:
     assert "coderig.core.settings" in imports_of(a, "coderig.core.planner")
 
 
+def private_imports(path: Path, name: str, modules: set[str]) -> set[str]:
+    """`_x` names this module takes from another project module: `from m import _x` or `m._x`."""
+    tree = ast.parse(path.read_text())
+    aliases: dict[str, str] = {}  # local name -> project module it stands for
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module in modules and node.module != name:
+            for a in node.names:
+                if f"{node.module}.{a.name}" in modules:
+                    aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+                elif a.name.startswith("_"):
+                    found.add(f"{node.module}.{a.name}")
+        elif isinstance(node, ast.Import):
+            aliases.update({a.asname or a.name: a.name for a in node.names if a.name in modules})
+    for node in ast.walk(tree):
+        owner = (
+            aliases.get(node.value.id) if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) else None
+        )
+        if owner and owner != name and isinstance(node, ast.Attribute) and re.match(r"_[^_]", node.attr):
+            found.add(f"{owner}.{node.attr}")
+    return found
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    """A helper used by two modules is public (no leading underscore) in the module that owns it."""
+    mods = project_modules()
+    for name, path in mods.items():
+        assert not private_imports(path, name, set(mods)), f"{name} uses {private_imports(path, name, set(mods))}"
+
+
+def test_the_private_name_check_finds_one(tmp_path: Path) -> None:
+    mods = set(project_modules())
+    a = tmp_path / "a.py"
+    a.write_text("from coderig.frontdoor.nginx import _secret\n")
+    b = tmp_path / "b.py"
+    b.write_text("from coderig.core import planner\n\nplanner._choose\n")
+    c = tmp_path / "c.py"
+    c.write_text("from coderig.core import planner\n\nplanner.plan\n")
+    assert private_imports(a, "coderig.x", mods) == {"coderig.frontdoor.nginx._secret"}
+    assert private_imports(b, "coderig.x", mods) == {"coderig.core.planner._choose"}
+    assert private_imports(c, "coderig.x", mods) == set()
+
+
 def test_coderig_never_imports_pulumi() -> None:
     for name, path in project_modules().items():
         if name.startswith("coderig"):
@@ -159,10 +203,32 @@ def test_the_kind_check_sees_a_comparison() -> None:
     assert not KIND_TEST.search('if kind in ("Deployment", "Job"):')
 
 
-def test_no_product_module_over_500_lines() -> None:
-    for name, path in project_modules().items():
-        lines = len(path.read_text().splitlines())
-        assert lines <= 500, f"{name} has {lines} lines"
+FMT_DIRECTIVE = re.compile(r"[ \t]*# fmt: (skip|off|on)\b.*$", re.M)
+
+
+def formatted_line_counts(sources: dict[str, str], tmp: Path) -> dict[str, int]:
+    """Lines of each source after `ruff format` with its `# fmt:` directives removed, so lines packed
+    by hand count as the formatter would lay them out. One ruff run over copies in `tmp`."""
+    for name, text in sources.items():
+        (tmp / f"{name}.py").write_text(FMT_DIRECTIVE.sub("", text))
+    (tmp / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
+    subprocess.run([sys.executable, "-m", "ruff", "format", "--quiet", "."], cwd=tmp, check=True)
+    return {name: len((tmp / f"{name}.py").read_text().splitlines()) for name in sources}
+
+
+def test_no_product_module_over_500_formatted_lines(tmp_path: Path) -> None:
+    sources = {name: path.read_text() for name, path in project_modules().items()}
+    counts = formatted_line_counts(sources, tmp_path)
+    over = {name: n for name, n in counts.items() if n > 500}
+    assert not over, f"over 500 lines once formatted: {over}"
+
+
+def test_the_size_check_counts_packed_lines_as_formatted(tmp_path: Path) -> None:
+    """A call packed onto one line behind `# fmt: skip` counts as the lines ruff would give it."""
+    args = ", ".join(f"argument_number_{i}=1" for i in range(12))
+    packed = f"f({args})  # fmt: skip\n"
+    assert len(packed.splitlines()) == 1
+    assert formatted_line_counts({"packed": packed}, tmp_path)["packed"] == 14
 
 
 def test_every_component_takes_name_args_opts_with_a_dataclass_args_type() -> None:

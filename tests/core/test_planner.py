@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from coderig.core import layout, planner
+from coderig.core import budgets, layout, plan_text, planner
 from coderig.core.catalog import AWS_INSTANCES, GB, GPUS, PRESETS, GiB
 from coderig.core.layout import Layout
 
@@ -173,16 +173,16 @@ def test_cpu_preset_one_slot_q8_0_and_budgets():
     assert r.fits and r.engine == "llama.cpp" and r.kv_cache_dtype == "q8_0"
     assert r.kv_bytes_per_token == math.ceil(28 * 2 * 8 * 128 * 34 / 32)  # q8_0: 34 bytes per 32 values
     assert r.max_concurrent_requests_per_replica == 1
-    assert "KV cache q8_0" in planner.format_plan(r)
+    assert "KV cache q8_0" in plan_text.format_plan(r)
     big = PRESETS["deepseek-v3.2"]
-    assert planner.load_budget_seconds(big) > 1800  # a 700 GB load cannot use a 10-minute budget
-    assert planner.weights_volume_gb(big) >= 689 * 1.25
-    assert planner.download_budget_seconds(big) > planner.load_budget_seconds(big)
+    assert budgets.load_budget_seconds(big) > 1800  # a 700 GB load cannot use a 10-minute budget
+    assert budgets.weights_volume_gb(big) >= 689 * 1.25
+    assert budgets.download_budget_seconds(big) > budgets.load_budget_seconds(big)
 
 
 def test_external_plan_prints_no_sizing():
     r = planner.plan(PRESETS["qwen3-coder-480b"], gpu=None, gpu_count=0, max_model_len=CTX, external=True)
-    text = planner.format_plan(r)
+    text = plan_text.format_plan(r)
     for absent in ("weights", "KV per", "concurrency", "layout"):
         assert absent not in text
     assert "weights_gb" not in r.summary() and "kv_gb_per_request" not in r.summary()
@@ -208,7 +208,7 @@ def test_catalog_entries_are_complete(preset):
 
 
 def test_estimates_are_marked_in_the_plan():
-    text = planner.format_plan(planner.plan(PRESETS["glm-5"], gpu="B200", gpu_count=8, max_model_len=CTX))
+    text = plan_text.format_plan(planner.plan(PRESETS["glm-5"], gpu="B200", gpu_count=8, max_model_len=CTX))
     assert "(estimate)" in text and "architecture secondary" in text
 
 

@@ -7,14 +7,8 @@ from typing import Any
 import pytest
 from conftest import HOST_KEY, ssh_config
 
-from coderig.core.settings import (
-    SECRET,
-    SshTarget,
-    UserError,
-    load_stack_file,
-    namespace_from_stack_file,
-    parse_settings,
-)
+from coderig.core.settings import SECRET, SshTarget, UserError, parse_settings
+from coderig.core.stack_file import load_stack_file, namespace_from_stack_file
 
 
 def problems(config: dict[str, Any]) -> str:

@@ -14,13 +14,8 @@ import yaml
 from conftest import HOST_KEY, ssh_config
 
 from coderig.cli import main
-from coderig.core.settings import (
-    AWS_REGIONS,
-    SECRET,
-    UserError,
-    load_stack_file,
-    parse_settings,
-)
+from coderig.core.settings import AWS_REGIONS, SECRET, UserError, parse_settings
+from coderig.core.stack_file import load_stack_file
 
 SHA = "a" * 40
 

@@ -21,7 +21,7 @@ from moto import mock_aws
 from standin import start_standin
 
 from coderig.cli import main
-from coderig.core.settings import load_stack_file
+from coderig.core.stack_file import load_stack_file
 from coderig.runtime import aws_reaper, idle
 from coderig.runtime.aws_reaper import ReaperConfig
 from coderig.runtime.idle import ReaperError

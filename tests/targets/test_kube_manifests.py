@@ -24,10 +24,11 @@ from kube_helpers import (
 
 from coderig import frontdoor, targets
 from coderig.cli import main
-from coderig.core import engine, planner, versions
+from coderig.core import budgets, engine, planner, versions
 from coderig.core.errors import UserError
 from coderig.core.secrets import NodeSecrets, placeholder_secrets
-from coderig.core.settings import load_stack_file, parse_settings
+from coderig.core.settings import parse_settings
+from coderig.core.stack_file import load_stack_file
 from coderig.targets.kubernetes import frontdoor as kube_fd
 from coderig.targets.kubernetes import manifests as kube
 from coderig.targets.kubernetes import render as kube_render
@@ -91,7 +92,7 @@ def test_probe_budget_shm_and_gpus_follow_the_plan(preset: str, gpus: int) -> No
     vllm = pod["containers"][0]
     probe = vllm["startupProbe"]
     budget = probe["failureThreshold"] * probe["periodSeconds"]
-    load = planner.load_budget_seconds(s.model.spec)
+    load = budgets.load_budget_seconds(s.model.spec)
     assert load <= budget < load + probe["periodSeconds"]
     assert probe["httpGet"]["path"] == "/health"
     assert vllm["readinessProbe"]["httpGet"]["path"] == "/health"
@@ -110,7 +111,7 @@ def test_probe_budget_shm_and_gpus_follow_the_plan(preset: str, gpus: int) -> No
     assert int(vllm["resources"]["requests"]["memory"].removesuffix("Gi")) > kube.shm_size_gi(gpus)
     # the weights volume: planner size, shared (RWX) only when replicas share it
     pvc = by_key(kube_render.objects(s, "prod"))[f"persistentvolumeclaim-{kube.WEIGHTS}"]
-    assert pvc["spec"]["resources"]["requests"]["storage"] == f"{planner.weights_volume_gb(s.model.spec)}Gi"
+    assert pvc["spec"]["resources"]["requests"]["storage"] == f"{budgets.weights_volume_gb(s.model.spec)}Gi"
     replicas = PRESETS[preset]["target"].get("replicas", 1)
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany" if replicas > 1 else "ReadWriteOnce"]
 
@@ -131,7 +132,7 @@ def test_a_700_gb_model_is_not_killed_by_a_ten_minute_budget() -> None:
     dep = by_key(kube_render.objects(big, "p"))[f"deployment-{kube.MODEL}"]
     assert int(dep["metadata"]["annotations"][kube.PULUMI_TIMEOUT]) >= big_s
     job = by_key(kube_render.objects(big, "p"))[f"job-{kube.WEIGHTS}"]
-    assert int(job["metadata"]["annotations"][kube.PULUMI_TIMEOUT]) == planner.download_budget_seconds(big.model.spec)
+    assert int(job["metadata"]["annotations"][kube.PULUMI_TIMEOUT]) == budgets.download_budget_seconds(big.model.spec)
 
 
 def test_model_pods_wait_for_the_download_jobs_completion_marker() -> None:

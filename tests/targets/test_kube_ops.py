@@ -24,8 +24,8 @@ from standin import StandIn
 from coderig import targets
 from coderig.cli import main
 from coderig.cli import ops as cli_ops
-from coderig.core import planner
-from coderig.core.settings import load_stack_file
+from coderig.core import budgets
+from coderig.core.stack_file import load_stack_file
 from coderig.targets.kubernetes import manifests as kube
 from coderig.targets.kubernetes import ops as kube_ops
 
@@ -59,7 +59,7 @@ def test_start_scales_back_and_waits_for_ready(tmp_path: Path, capsys: pytest.Ca
     prefix = ["kubectl", "--kubeconfig", os.path.expanduser("~/.kube/gpu-cluster"), "--context", "prod-gpu",
               "--namespace", "coderig-prod"]  # fmt: skip
     s = settings_of(k8s_config())
-    budget = planner.load_budget_seconds(s.model.spec) + planner.IMAGE_PULL_S
+    budget = budgets.load_budget_seconds(s.model.spec) + budgets.IMAGE_PULL_S
     assert kubectl.calls == [
         [*prefix, "scale", f"deployment/{kube.MODEL}", "--replicas=2"],
         [*prefix, "rollout", "status", f"deployment/{kube.MODEL}", f"--timeout={budget}s"],

@@ -31,7 +31,7 @@ import yaml
 from conftest import HOST_KEY, ssh_config
 
 from coderig import frontdoor, targets
-from coderig.core import engine, hostkeys, planner, versions
+from coderig.core import budgets, engine, hostkeys, planner, versions
 from coderig.core.files import RenderedFile
 from coderig.core.secrets import LinkTls
 from coderig.core.settings import NODE_CACHE_PATH, StackSettings, parse_settings
@@ -170,8 +170,8 @@ def test_vllm_service_gpus_ipc_cache_health() -> None:
     assert "--tool-call-parser" in model["command"]
     assert model["depends_on"] == {"weights": {"condition": "service_completed_successfully"}}
     start = int(model["healthcheck"]["start_period"].rstrip("s"))
-    assert start == math.ceil(settings.model.spec.weight_bytes / planner.LOAD_BYTES_PER_S) + planner.ENGINE_WARMUP_S
-    assert start == planner.load_budget_seconds(settings.model.spec)
+    assert start == math.ceil(settings.model.spec.weight_bytes / budgets.LOAD_BYTES_PER_S) + budgets.ENGINE_WARMUP_S
+    assert start == budgets.load_budget_seconds(settings.model.spec)
     assert "/health" in " ".join(model["healthcheck"]["test"])
     assert model["restart"] == "unless-stopped"
     w = svc["weights"]
@@ -411,17 +411,17 @@ def test_time_budgets_come_from_the_planner_only() -> None:
         spec = machines.node_specs(settings)[0]
         preset = settings.model.spec
         model = node.compose_dict(settings, spec)["services"]["model"]
-        assert model["healthcheck"]["start_period"] == f"{planner.load_budget_seconds(preset)}s"
-        budget = planner.ready_budget_seconds(preset)
+        assert model["healthcheck"]["start_period"] == f"{budgets.load_budget_seconds(preset)}s"
+        budget = budgets.ready_budget_seconds(preset)
         assert budget == math.ceil(
-            (planner.IMAGE_PULL_S + math.ceil(preset.weight_bytes / planner.DOWNLOAD_BYTES_PER_S)
-             + planner.load_budget_seconds(preset)) * 1.5
+            (budgets.IMAGE_PULL_S + math.ceil(preset.weight_bytes / budgets.DOWNLOAD_BYTES_PER_S)
+             + budgets.load_budget_seconds(preset)) * 1.5
         )  # fmt: skip
         assert f"CODERIG_BUDGET_SECONDS={budget} " in commands.wait_command(settings, spec)
     external = settings_external()
     fd = machines.node_specs(external)[0]
-    assert f"CODERIG_BUDGET_SECONDS={planner.ready_budget_seconds(None)} " in commands.wait_command(external, fd)
-    assert planner.ready_budget_seconds(None) == math.ceil(planner.IMAGE_PULL_S * 1.5)
+    assert f"CODERIG_BUDGET_SECONDS={budgets.ready_budget_seconds(None)} " in commands.wait_command(external, fd)
+    assert budgets.ready_budget_seconds(None) == math.ceil(budgets.IMAGE_PULL_S * 1.5)
 
 
 @pytest.mark.integration

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from coderig.core import engine, planner
+from coderig.core import budgets, engine
 from coderig.core.settings import AWS_SUBNET_PREFIX, AwsTarget, StackSettings
 from coderig.runtime import aws_reaper as aws_ops
 from coderig.runtime import idle
@@ -78,7 +78,7 @@ def weights_volume(settings: StackSettings) -> VolumeSpec:
     """Size from the plan (weights + headroom) unless `volumeSizeGb` says otherwise; gp3 at its maximum
     throughput, and the most IOPS the size allows, so a restart reads the weights as fast as EBS can."""
     t = aws_target(settings)
-    size = t.volumeSizeGb or planner.weights_volume_gb(settings.model.spec)
+    size = t.volumeSizeGb or budgets.weights_volume_gb(settings.model.spec)
     need = settings.model.spec.weight_bytes / 10**9
     if size < need:
         raise ValueError(

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from coderig.core import engine, planner, versions
+from coderig.core import budgets, engine, versions
+from coderig.core.files import Bundle, RenderedFile
 from coderig.core.settings import StackSettings
 from coderig.runtime import idle
+from coderig.runtime.scripts import script_text
 from coderig.targets.compose.machines import NodeSpec
 
 REAPER_SERVICE = "reaper"
@@ -84,7 +86,7 @@ def relay_args(settings: StackSettings, spec: NodeSpec) -> list[str]:
 
 
 def _budget(settings: StackSettings) -> int:
-    return planner.load_budget_seconds(settings.model.spec)
+    return budgets.load_budget_seconds(settings.model.spec)
 
 
 def reaper_service(settings: StackSettings, spec: NodeSpec, code_dir: str, code_mount: str) -> dict[str, Any] | None:
@@ -119,6 +121,18 @@ def reaper_service(settings: StackSettings, spec: NodeSpec, code_dir: str, code_
         },
         "volumes": volumes,
     }
+
+
+def services(settings: StackSettings, spec: NodeSpec, code_dir: str, code_mount: str) -> dict[str, Any]:
+    reaper = reaper_service(settings, spec, code_dir, code_mount)
+    return {REAPER_SERVICE: reaper} if reaper else {}
+
+
+def runtime_files(settings: StackSettings, code_dir: str) -> Bundle:
+    """The stdlib modules the relay (--wake) and the reaper import, below the keepalive directory."""
+    if action(settings) is None:
+        return {}
+    return {f"{code_dir}/coderig/runtime/{name}": RenderedFile(script_text(name)) for name in RUNTIME_MODULES}
 
 
 def _model_hostports(spec: NodeSpec) -> list[str]:

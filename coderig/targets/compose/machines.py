@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from coderig import frontdoor
-from coderig.core import engine, planner
+from coderig.core import budgets, engine, planner
 from coderig.core.settings import DEFAULT_GATEWAY_PORT, StackSettings
 from coderig.frontdoor import links
 
@@ -20,8 +20,8 @@ NodeRole = Literal["full", "replica", "frontdoor"]
 def ready_budget_seconds(settings: StackSettings, spec: NodeSpec) -> int:
     """The readiness wait of one machine: planner's budget for its preset (none for a front door)."""
     if spec.role == "frontdoor":
-        return planner.ready_budget_seconds(None)
-    return planner.ready_budget_seconds(settings.model.spec)
+        return budgets.ready_budget_seconds(None)
+    return budgets.ready_budget_seconds(settings.model.spec)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from coderig import frontdoor
-from coderig.core import engine, planner, versions
+from coderig.core import budgets, engine, planner, versions
 from coderig.core import files as render
 from coderig.core.secrets import NodeSecrets
 from coderig.core.settings import StackSettings
@@ -96,7 +96,7 @@ def weights_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
 
 def model_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
     preset = settings.model.spec
-    start = planner.load_budget_seconds(preset)
+    start = budgets.load_budget_seconds(preset)
     base: dict[str, Any] = {
         "network_mode": "host",
         "restart": "unless-stopped",
@@ -307,9 +307,7 @@ def compose_dict(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
         keepalive = keepalive_service(settings, spec)
         if keepalive:
             services["keepalive"] = keepalive
-        reaper = node_idle.reaper_service(settings, spec, KEEPALIVE_DIR, KEEPALIVE_MOUNT)
-        if reaper:
-            services[node_idle.REAPER_SERVICE] = reaper
+        services |= node_idle.services(settings, spec, KEEPALIVE_DIR, KEEPALIVE_MOUNT)
         services["gateway"] = gateway_service(spec)
     return {"name": PROJECT, "services": services}
 
@@ -354,9 +352,7 @@ def node_files(settings: StackSettings, spec: NodeSpec) -> render.Bundle:
         files[GATEWAY_CONF] = render.RenderedFile(frontdoor.render_gateway_conf(gateway))
         if gateway.native_relays:
             files[f"{KEEPALIVE_DIR}/{RELAY_FILE}"] = render.RenderedFile(script_text("sse_keepalive.py"))
-        if node_idle.action(settings):  # the relay's hold/wake path and the reaper
-            for name in node_idle.RUNTIME_MODULES:
-                files[f"{KEEPALIVE_DIR}/coderig/runtime/{name}"] = render.RenderedFile(script_text(name))
+        files |= node_idle.runtime_files(settings, KEEPALIVE_DIR)  # the relay's hold/wake path, the reaper
     if has_link(spec):
         files[LINK_CONF] = render.RenderedFile(link_conf(spec))
     return files

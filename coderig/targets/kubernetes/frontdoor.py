@@ -41,14 +41,14 @@ from coderig.targets.kubernetes.manifests import (
     SECRET_TLS,
     STREAMING_INGRESS_ANNOTATIONS,
     Obj,
-    _empty_dir,
-    _env,
-    _meta,
-    _secret_env,
     checksum,
     container_security,
+    empty_dir,
+    env_list,
     labels,
+    meta,
     pod_security,
+    secret_env,
     selector,
     target,
 )
@@ -101,13 +101,13 @@ def frontdoor_configmaps(settings: StackSettings, stack: str) -> list[Obj]:
         {
             "apiVersion": "v1",
             "kind": "ConfigMap",
-            "metadata": _meta(LITELLM_CONFIG, t.namespace, stack, "frontdoor"),
+            "metadata": meta(LITELLM_CONFIG, t.namespace, stack, "frontdoor"),
             "data": {"config.yaml": frontdoor.render_litellm_config(front_door(settings)[0])},
         },
         {
             "apiVersion": "v1",
             "kind": "ConfigMap",
-            "metadata": _meta(GATEWAY_CONFIG, t.namespace, stack, "frontdoor"),
+            "metadata": meta(GATEWAY_CONFIG, t.namespace, stack, "frontdoor"),
             "data": {"nginx.conf": frontdoor.render_gateway_conf(front_door(settings)[1]), **_keepalive_data(settings)},
         },
     ]
@@ -131,7 +131,7 @@ def keepalive_container(settings: StackSettings) -> Obj | None:
         "name": "keepalive",
         "image": versions.LITELLM_IMAGE,
         "command": command,
-        "env": _env({"PYTHONPATH": KEEPALIVE_DIR, "PYTHONDONTWRITEBYTECODE": "1"}),
+        "env": env_list({"PYTHONPATH": KEEPALIVE_DIR, "PYTHONDONTWRITEBYTECODE": "1"}),
         "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
         "livenessProbe": {"tcpSocket": {"port": engine.KEEPALIVE_PORT}, "periodSeconds": 20, "failureThreshold": 3},
         "securityContext": container_security(read_only_root=True, uid=LITELLM_UID),
@@ -189,9 +189,9 @@ def frontdoor_deployment(settings: StackSettings, stack: str) -> Obj:
             frontdoor_litellm_workers(settings),
         ),
         "env": [
-            *_env({"LITELLM_TELEMETRY": "False", "LITELLM_LOG": "ERROR", "HOME": "/tmp"}),
-            _secret_env(frontdoor.MASTER_KEY_ENV, SECRET_FRONTDOOR, frontdoor.MASTER_KEY_ENV),
-            _secret_env(MODEL_API_KEY_ENV, SECRET_FRONTDOOR, MODEL_API_KEY_ENV),
+            *env_list({"LITELLM_TELEMETRY": "False", "LITELLM_LOG": "ERROR", "HOME": "/tmp"}),
+            secret_env(frontdoor.MASTER_KEY_ENV, SECRET_FRONTDOOR, frontdoor.MASTER_KEY_ENV),
+            secret_env(MODEL_API_KEY_ENV, SECRET_FRONTDOOR, MODEL_API_KEY_ENV),
         ],
         "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "4Gi"}},
         "startupProbe": {
@@ -258,13 +258,13 @@ def frontdoor_deployment(settings: StackSettings, stack: str) -> Obj:
                 },
             },
             {"name": "tls", "secret": {"secretName": SECRET_TLS, "defaultMode": 0o440}},
-            _empty_dir("tmp", "1Gi"),
+            empty_dir("tmp", "1Gi"),
         ],
     }
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _meta(FRONTDOOR, t.namespace, stack, "frontdoor"),
+        "metadata": meta(FRONTDOOR, t.namespace, stack, "frontdoor"),
         "spec": {
             "replicas": t.frontDoorReplicas,
             "selector": {"matchLabels": selector(stack, "frontdoor")},
@@ -292,7 +292,7 @@ def gateway_service(settings: StackSettings, stack: str) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _meta(GATEWAY, t.namespace, stack, "frontdoor"),
+        "metadata": meta(GATEWAY, t.namespace, stack, "frontdoor"),
         "spec": spec,
     }
 
@@ -323,7 +323,7 @@ def gateway_ingress(settings: StackSettings, stack: str) -> Obj | None:
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "Ingress",
-        "metadata": _meta(GATEWAY, t.namespace, stack, "frontdoor", annotations=dict(STREAMING_INGRESS_ANNOTATIONS)),
+        "metadata": meta(GATEWAY, t.namespace, stack, "frontdoor", annotations=dict(STREAMING_INGRESS_ANNOTATIONS)),
         "spec": spec,
     }
 
@@ -333,7 +333,7 @@ def frontdoor_pdb(settings: StackSettings, stack: str) -> Obj:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": _meta(FRONTDOOR, t.namespace, stack, "frontdoor"),
+        "metadata": meta(FRONTDOOR, t.namespace, stack, "frontdoor"),
         # one at a time: never blocks a node drain, even with a single front-door replica
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(stack, "frontdoor")}},
     }
@@ -352,14 +352,14 @@ def secret_objects(settings: StackSettings, stack: str, secrets: NodeSecrets) ->
             "apiVersion": "v1",
             "kind": "Secret",
             "type": "Opaque",
-            "metadata": _meta(SECRET_MODEL, ns, stack, "model"),
+            "metadata": meta(SECRET_MODEL, ns, stack, "model"),
             "stringData": {"VLLM_API_KEY": secrets.model_api_key},
         },
         {
             "apiVersion": "v1",
             "kind": "Secret",
             "type": "Opaque",
-            "metadata": _meta(SECRET_FRONTDOOR, ns, stack, "frontdoor"),
+            "metadata": meta(SECRET_FRONTDOOR, ns, stack, "frontdoor"),
             "stringData": {
                 "gateway-keys.conf": frontdoor.render_gateway_keys(
                     dict(secrets.developer_keys), secrets.litellm_master_key, secrets.model_api_key
@@ -372,7 +372,7 @@ def secret_objects(settings: StackSettings, stack: str, secrets: NodeSecrets) ->
             "apiVersion": "v1",
             "kind": "Secret",
             "type": "kubernetes.io/tls",
-            "metadata": _meta(SECRET_TLS, ns, stack, "frontdoor"),
+            "metadata": meta(SECRET_TLS, ns, stack, "frontdoor"),
             "stringData": {"tls.crt": secrets.tls_cert, "tls.key": secrets.tls_key},
         },
     ]
@@ -382,7 +382,7 @@ def secret_objects(settings: StackSettings, stack: str, secrets: NodeSecrets) ->
                 "apiVersion": "v1",
                 "kind": "Secret",
                 "type": "Opaque",
-                "metadata": _meta(SECRET_HF, ns, stack, "weights"),
+                "metadata": meta(SECRET_HF, ns, stack, "weights"),
                 "stringData": {"HF_TOKEN": secrets.hf_token},
             }
         )

@@ -16,11 +16,11 @@ from coderig.targets.kubernetes.manifests import (
     MODEL_PODS,
     PYTHON_UID,
     Obj,
-    _env,
-    _meta,
     container_security,
+    env_list,
     idle_period_seconds,
     labels,
+    meta,
     pod_security,
     target,
 )
@@ -52,7 +52,7 @@ def idle_code_configmap(settings: StackSettings, stack: str, sources: Mapping[st
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _meta(IDLE_CODE, t.namespace, stack, "idle"),
+        "metadata": meta(IDLE_CODE, t.namespace, stack, "idle"),
         "data": data,
     }
 
@@ -62,7 +62,7 @@ def idle_state_configmap(settings: StackSettings, stack: str) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _meta(IDLE_STATE, t.namespace, stack, "idle"),
+        "metadata": meta(IDLE_STATE, t.namespace, stack, "idle"),
         "data": {"state.json": "{}"},  # written by the reaper; Pulumi creates it and then ignores data
     }
 
@@ -74,13 +74,13 @@ def idle_rbac(settings: StackSettings, stack: str) -> list[Obj]:
         {
             "apiVersion": "v1",
             "kind": "ServiceAccount",
-            "metadata": _meta(IDLE, ns, stack, "idle"),
+            "metadata": meta(IDLE, ns, stack, "idle"),
             "automountServiceAccountToken": False,  # mounted only into the reaper's pod
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
-            "metadata": _meta(IDLE, ns, stack, "idle"),
+            "metadata": meta(IDLE, ns, stack, "idle"),
             "rules": [
                 # scale the model server, nothing else
                 {
@@ -103,7 +103,7 @@ def idle_rbac(settings: StackSettings, stack: str) -> list[Obj]:
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "RoleBinding",
-            "metadata": _meta(IDLE, ns, stack, "idle"),
+            "metadata": meta(IDLE, ns, stack, "idle"),
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": IDLE},
             "subjects": [{"kind": "ServiceAccount", "name": IDLE, "namespace": ns}],
         },
@@ -125,7 +125,9 @@ def idle_cronjob(settings: StackSettings, stack: str) -> Obj:
                 "name": "reaper",
                 "image": versions.PYTHON_IMAGE,
                 "command": ["python", "-m", "coderig.runtime.kube_reaper", "reap"],
-                "env": _env(idle_env(settings, stack) | {"PYTHONPATH": "/opt/coderig", "PYTHONDONTWRITEBYTECODE": "1"}),
+                "env": env_list(
+                    idle_env(settings, stack) | {"PYTHONPATH": "/opt/coderig", "PYTHONDONTWRITEBYTECODE": "1"}
+                ),
                 "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
                 "securityContext": container_security(read_only_root=True),
                 "volumeMounts": [{"name": "code", "mountPath": RUNTIME_MOUNT, "readOnly": True}],
@@ -136,7 +138,7 @@ def idle_cronjob(settings: StackSettings, stack: str) -> Obj:
     return {
         "apiVersion": "batch/v1",
         "kind": "CronJob",
-        "metadata": _meta(IDLE, t.namespace, stack, "idle"),
+        "metadata": meta(IDLE, t.namespace, stack, "idle"),
         "spec": {
             "schedule": schedule,
             "concurrencyPolicy": "Forbid",

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from coderig import frontdoor
-from coderig.core import engine, planner, versions
+from coderig.core import budgets, engine, planner, versions
 from coderig.core.settings import KubernetesTarget, StackSettings
 from coderig.runtime.scripts import script_text
 
@@ -119,7 +119,7 @@ def selector(stack: str, component: str) -> dict[str, str]:
     return {k: full[k] for k in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component")}
 
 
-def _meta(name: str, ns: str, stack: str, component: str, **extra: Any) -> Obj:
+def meta(name: str, ns: str, stack: str, component: str, **extra: Any) -> Obj:
     return {"name": name, "namespace": ns, "labels": labels(stack, component), **extra}
 
 
@@ -160,11 +160,11 @@ def startup_probe(budget_s: int, period_s: int = 10) -> Obj:
 
 def startup_budget_seconds(settings: StackSettings) -> int:
     """The model server's startup probe budget: the planner's load budget for these weights."""
-    return planner.load_budget_seconds(settings.model.spec)
+    return budgets.load_budget_seconds(settings.model.spec)
 
 
 def weights_volume_size(settings: StackSettings) -> str:
-    return f"{planner.weights_volume_gb(settings.model.spec)}Gi"
+    return f"{budgets.weights_volume_gb(settings.model.spec)}Gi"
 
 
 def model_resources(gpu_count: int) -> Obj:
@@ -256,7 +256,7 @@ def weights_pvc(settings: StackSettings, stack: str) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": _meta(t.weightsVolumeName, t.namespace, stack, "weights"),
+        "metadata": meta(t.weightsVolumeName, t.namespace, stack, "weights"),
         "spec": spec,
     }
 
@@ -266,7 +266,7 @@ def weights_script_configmap(settings: StackSettings, stack: str) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _meta(WEIGHTS_SCRIPT, t.namespace, stack, "weights"),
+        "metadata": meta(WEIGHTS_SCRIPT, t.namespace, stack, "weights"),
         "data": {"fetch_weights.py": script_text("fetch_weights.py")},
     }
 
@@ -281,18 +281,18 @@ def _weights_env(settings: StackSettings) -> dict[str, str]:
     return engine.weights_env(settings.model, CACHE_MOUNT)
 
 
-def _env(values: Mapping[str, str]) -> list[Obj]:
+def env_list(values: Mapping[str, str]) -> list[Obj]:
     return [{"name": k, "value": v} for k, v in values.items()]
 
 
-def _secret_env(name: str, secret: str, key: str, *, optional: bool = False) -> Obj:
+def secret_env(name: str, secret: str, key: str, *, optional: bool = False) -> Obj:
     ref: Obj = {"name": secret, "key": key}
     if optional:
         ref["optional"] = True
     return {"name": name, "valueFrom": {"secretKeyRef": ref}}
 
 
-def _empty_dir(name: str, size: str, *, memory: bool = False) -> Obj:
+def empty_dir(name: str, size: str, *, memory: bool = False) -> Obj:
     d: Obj = {"sizeLimit": size}
     if memory:
         d["medium"] = "Memory"
@@ -307,8 +307,8 @@ def weights_job(settings: StackSettings, stack: str) -> Obj:
     t = target(settings)
     preset = settings.model.spec
     # the pinned vLLM image's own huggingface_hub: nothing is installed (non-root, read-only image)
-    env = _env(_weights_env(settings) | {"HOME": "/tmp"})
-    env += [_secret_env("HF_TOKEN", SECRET_HF, "HF_TOKEN", optional=True)]
+    env = env_list(_weights_env(settings) | {"HOME": "/tmp"})
+    env += [secret_env("HF_TOKEN", SECRET_HF, "HF_TOKEN", optional=True)]
     pod: Obj = {
         "restartPolicy": "OnFailure",
         "automountServiceAccountToken": False,
@@ -333,19 +333,19 @@ def weights_job(settings: StackSettings, stack: str) -> Obj:
         "volumes": [
             {"name": "cache", "persistentVolumeClaim": {"claimName": t.weightsVolumeName}},
             {"name": "script", "configMap": {"name": WEIGHTS_SCRIPT}},
-            _empty_dir("tmp", "2Gi"),
+            empty_dir("tmp", "2Gi"),
         ],
     }
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _meta(
+        "metadata": meta(
             WEIGHTS,
             t.namespace,
             stack,
             "weights",
             annotations={
-                PULUMI_TIMEOUT: str(planner.download_budget_seconds(preset)),
+                PULUMI_TIMEOUT: str(budgets.download_budget_seconds(preset)),
                 "coderig.dev/repo": preset.hf_repo,
             },
         ),
@@ -384,7 +384,7 @@ def model_deployment(settings: StackSettings, stack: str, plan: planner.Plan | N
         "command": ["vllm", "serve"],
         "args": args,
         "ports": [{"name": "http", "containerPort": engine.MODEL_PORT, "protocol": "TCP"}],
-        "env": [*_env(env), _secret_env("VLLM_API_KEY", SECRET_MODEL, "VLLM_API_KEY")],
+        "env": [*env_list(env), secret_env("VLLM_API_KEY", SECRET_MODEL, "VLLM_API_KEY")],
         "resources": model_resources(gpus),
         "startupProbe": startup_probe(budget),
         "readinessProbe": probe_http | {"periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3},
@@ -420,20 +420,20 @@ def model_deployment(settings: StackSettings, stack: str, plan: planner.Plan | N
         "containers": [container],
         "volumes": [
             {"name": "cache", "persistentVolumeClaim": {"claimName": t.weightsVolumeName}},
-            _empty_dir("dshm", f"{shm_size_gi(gpus)}Gi", memory=True),
-            _empty_dir("tmp", "50Gi"),
+            empty_dir("dshm", f"{shm_size_gi(gpus)}Gi", memory=True),
+            empty_dir("tmp", "50Gi"),
         ],
     }
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _meta(
+        "metadata": meta(
             MODEL,
             t.namespace,
             stack,
             "model",
             annotations={
-                PULUMI_TIMEOUT: str(budget + planner.IMAGE_PULL_S),
+                PULUMI_TIMEOUT: str(budget + budgets.IMAGE_PULL_S),
                 PULUMI_PATCH_FORCE: "true",
             },
         ),
@@ -459,13 +459,13 @@ def model_services(settings: StackSettings, stack: str) -> list[Obj]:
     svc = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _meta(MODEL, t.namespace, stack, "model"),
+        "metadata": meta(MODEL, t.namespace, stack, "model"),
         "spec": {"type": "ClusterIP", "selector": selector(stack, "model"), "ports": [port]},
     }
     headless = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _meta(MODEL_PODS, t.namespace, stack, "model"),
+        "metadata": meta(MODEL_PODS, t.namespace, stack, "model"),
         "spec": {"clusterIP": "None", "selector": selector(stack, "model"), "ports": [port]},
     }
     return [svc, headless]
@@ -481,7 +481,7 @@ def model_network_policy(settings: StackSettings, stack: str) -> Obj:
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": _meta(MODEL, t.namespace, stack, "model"),
+        "metadata": meta(MODEL, t.namespace, stack, "model"),
         "spec": {
             "podSelector": {"matchLabels": selector(stack, "model")},
             "policyTypes": ["Ingress"],

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from coderig.core import planner
+from coderig.core import budgets
 from coderig.core.errors import REFUSED, UserError
 from coderig.core.settings import StackSettings
 from coderig.runtime.kube_reaper import STATE_KEY
@@ -40,7 +40,7 @@ def load_kube_stack(args: argparse.Namespace, settings: StackSettings | None) ->
     if settings is None:
         raise UserError(f"no Pulumi.{stack}.yaml here: pass --config FILE (a kubernetes stack's settings are needed)")
     t = kube.target(settings)
-    budget = planner.load_budget_seconds(settings.model.spec) + planner.IMAGE_PULL_S
+    budget = budgets.load_budget_seconds(settings.model.spec) + budgets.IMAGE_PULL_S
     return KubeStack(
         stack=stack,
         namespace=t.namespace,

@@ -1,0 +1,47 @@
+"""Time and size budgets derived from a preset's weights: the cache volume's size, how long a model
+server may take to load, how long a first download and a node's readiness wait may take. Pure
+arithmetic; the planner (`coderig.core.planner`) decides whether the model fits, this module only
+how long and how large the steps around it may be."""
+
+from __future__ import annotations
+
+import math
+
+from coderig.core.catalog import GB, Preset
+
+
+def weights_volume_gb(preset: Preset) -> int:
+    """Cache volume size: weights + 25% headroom (partial downloads, a second revision), min 100 GB."""
+    return max(100, math.ceil(preset.weight_bytes * 1.25 / GB / 10) * 10)
+
+
+# Throughputs the time budgets assume. Loading reads the cache volume (gp3 tops out at 2000 MiB/s);
+# the first download depends on the uplink to the model hub or mirror.
+LOAD_BYTES_PER_S = 500 * 10**6
+DOWNLOAD_BYTES_PER_S = 100 * 10**6
+ENGINE_WARMUP_S = 600  # CUDA graph capture, torch.compile, kernel JIT
+
+
+def load_budget_seconds(preset: Preset) -> int:
+    """How long a model server may take to become healthy once the weights are on the volume."""
+    if preset.engine == "llama.cpp":
+        return 120 + math.ceil(preset.weight_bytes / LOAD_BYTES_PER_S)
+    return ENGINE_WARMUP_S + math.ceil(preset.weight_bytes / LOAD_BYTES_PER_S)
+
+
+def download_budget_seconds(preset: Preset) -> int:
+    """How long a first download may take before the readiness wait gives up (×2 safety)."""
+    return 300 + 2 * math.ceil(preset.weight_bytes / DOWNLOAD_BYTES_PER_S)
+
+
+IMAGE_PULL_S = 900  # first pull of the images on a fresh machine (vLLM's is ~10 GB)
+
+
+def ready_budget_seconds(preset: Preset | None, *, download: bool = True) -> int:
+    """How long a node's readiness wait may take after `docker compose up`: image pull, the first
+    download (unless `download` is False), then the load, with 50% margin. `preset` None: a front
+    door only (no weights, no model server)."""
+    if preset is None:
+        return math.ceil(IMAGE_PULL_S * 1.5)
+    dl = math.ceil(preset.weight_bytes / DOWNLOAD_BYTES_PER_S) if download else 0
+    return math.ceil((IMAGE_PULL_S + dl + load_budget_seconds(preset)) * 1.5)

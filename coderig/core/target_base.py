@@ -1,0 +1,138 @@
+"""What every `coderig:target` settings model shares: the GPU and host shapes, and the base class on
+which each kind declares its differences (class attributes and properties; the rest of coderig asks
+these instead of comparing `kind`). The kinds' models are in `coderig.core.targets_settings` and
+`coderig.core.aws_settings`."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field, field_validator
+
+from coderig.core import catalog, hostkeys
+from coderig.core.settings_base import Model
+
+HOST_KEY_HELP = "paste the line printed by `ssh-keyscan -t ed25519 HOST`"
+
+
+class GpuSpec(Model):
+    model: str = Field(description="GPU model on each host, e.g. H100, H200, B200")
+    count: int = Field(description="GPUs per host used by the model server")
+
+    @field_validator("model")
+    @classmethod
+    def _known_gpu(cls, v: str) -> str:
+        gpu = catalog.GPUS.get(v.upper())
+        if gpu is None:
+            raise ValueError(f"unknown GPU model {v!r}; allowed: {', '.join(catalog.GPUS)}")
+        return gpu.name
+
+    @field_validator("count")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"got {v}; a host needs at least 1 GPU (allowed: 1, 2, 4, 8)")
+        if v not in (1, 2, 4, 8):
+            raise ValueError(f"got {v}; tensor parallelism splits attention heads evenly, use 1, 2, 4 or 8")
+        return v
+
+
+class SshHost(Model):
+    address: str
+    user: str = "ubuntu"
+    port: int = Field(default=22, ge=1, le=65535)
+    hostKey: str | None = Field(
+        default=None, description="the host's public key line, e.g. 'ssh-ed25519 AAAA…' (ssh-keyscan)"
+    )
+    cacheDevice: str | None = Field(
+        default=None, description="block device for the weights cache, formatted only if blank"
+    )
+
+    @field_validator("hostKey")
+    @classmethod
+    def _key_shape(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        kind, key = hostkeys.parse_host_key(v)
+        return f"{kind} {key}"
+
+
+def check_cache_path(v: str) -> str:
+    if not v.startswith("/"):
+        raise ValueError(f"got {v!r}; the weights cache path must be absolute, e.g. /var/lib/coderig")
+    return v
+
+
+NODE_CACHE_PATH = "/var/lib/coderig"  # the weights cache on a machine coderig prepares (ssh, aws)
+
+
+class TargetSettings(Model):
+    """What differs between target kinds, declared once per kind (class attributes and properties);
+    the rest of coderig asks these instead of comparing `kind`."""
+
+    engines: ClassVar[tuple[str, ...]] = ("vllm", "llama.cpp")  # model servers it can run
+    idle_mechanism: ClassVar[str | None] = None  # "stop-instances" | "scale-to-zero" | None
+    idle_actions: ClassVar[tuple[str, ...]] = ()  # what coderig:idle.action may choose (ssh, local)
+    min_gateway_port: ClassVar[int] = 1
+    serves_model: ClassVar[bool] = True  # False: only the front door runs here (external)
+
+    def idle_action_problem(self, action: str, engine: str) -> str | None:
+        """Why `coderig:idle.action` cannot be `action` here (None: it can)."""
+        if not self.idle_actions:
+            does = self.idle_mechanism or "nothing: it runs no model of its own"
+            return f"got {action!r}; idle.action is for the ssh and local targets (this target does {does})"
+        if action == "stop" and self.replica_count > 1:
+            return (
+                f"got 'stop' with {self.replica_count} hosts: the reaper on the first host stops its own model "
+                "container only; use idle.action: sleep (every host's model sleeps through its link)"
+            )
+        if action == "sleep" and engine != "vllm":
+            return (
+                f"got 'sleep', but {engine} has no sleep mode (vLLM's level 1 frees the GPU and keeps the weights "
+                "in host RAM); use idle.action: stop (the model container stops, the weights stay on disk)"
+            )
+        return None
+
+    @property
+    def gpu_spec(self) -> GpuSpec | None:
+        """GPUs of one model replica as the stack file gives them (None: CPU or not ours to size)."""
+        return getattr(self, "gpu", None)
+
+    @property
+    def gpus(self) -> tuple[str | None, int]:
+        """(GPU model, GPUs per replica) the planner sizes for."""
+        g = self.gpu_spec
+        return (g.model, g.count) if g else (None, 0)
+
+    @property
+    def replica_count(self) -> int:
+        """Model replicas (each on `gpus`)."""
+        return 1
+
+    @property
+    def instance_type(self) -> str | None:
+        return None
+
+    @property
+    def over_ssh(self) -> bool:
+        """`pulumi up` reaches the machines over SSH with coderig:sshPrivateKey."""
+        return False
+
+    @property
+    def runs_locally(self) -> bool:
+        """The stack runs on the machine that runs `pulumi up` (no install step, no sudo)."""
+        return False
+
+    @property
+    def node_cache_path(self) -> str:
+        return NODE_CACHE_PATH
+
+    @property
+    def replica_addresses(self) -> list[str]:
+        """Private addresses of the model replicas after the first machine (compose-based targets)."""
+        return []
+
+    @property
+    def warnings(self) -> list[str]:
+        """Accepted, but worth a line from `coderig plan` and `pulumi up`."""
+        return []
