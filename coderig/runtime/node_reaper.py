@@ -227,6 +227,8 @@ def tick(
         )  # fmt: skip
         if route is None:
             d = idle.Decision("keep", "the relay's state did not answer: not acting without it")
+        elif d.action == "stop" and node.history[-1].running is None:  # this period's scrape, not an older one
+            d = idle.Decision("keep", f"no running-requests metric from {base}/metrics now: not acting without it")
         node.decision, node.reason = d.action, d.reason
         decisions.append(d)
         if cfg.dry_run or d.action == "keep":

@@ -104,8 +104,11 @@ def start_model_process(port: int, *extra: str) -> subprocess.Popen[bytes]:
 
 
 @contextlib.contextmanager
-def wake_rig(tmp_path: Path, model_port: int, *, budget_s: float = 30, interval_s: float = 0.5) -> Iterator[Rig]:
-    """nginx + relay (--wake sleep) before whatever listens on `model_port` (the caller starts it)."""
+def wake_rig(
+    tmp_path: Path, model_port: int, *, budget_s: float = 30, interval_s: float = 0.5, reaper: str | None = None
+) -> Iterator[Rig]:
+    """nginx + relay before whatever listens on `model_port` (the caller starts it): `--wake sleep`, or
+    `--wake stop` through the reaper's control URL `reaper`."""
     nginx = require_tool("nginx")
     rig = Rig(free_port(), model_port, free_port(), free_port())
     inputs = FrontDoorInputs(
@@ -125,8 +128,9 @@ def wake_rig(tmp_path: Path, model_port: int, *, budget_s: float = 30, interval_
     (tmp_path / "nginx.conf").write_text(frontdoor.render_gateway_conf(spec))
     relay = [*relay_command(spec, sys.executable)]
     relay[relay.index("--interval") + 1] = str(interval_s)
-    relay += ["--wake", "sleep", "--control", f"127.0.0.1:{rig.control}", "--served-name", MODEL,
-              "--start-budget", str(budget_s)]  # fmt: skip
+    relay += ["--wake", "stop" if reaper else "sleep", "--control", f"127.0.0.1:{rig.control}",
+              "--served-name", MODEL, "--start-budget", str(budget_s)]  # fmt: skip
+    relay += ["--reaper", reaper] if reaper else []
     log = (tmp_path / "relay.log").open("wb")
     try:
         rig.procs.append(subprocess.Popen(relay, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
