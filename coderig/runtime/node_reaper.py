@@ -66,8 +66,8 @@ class Docker:
         self.socket_path = socket_path
         self.timeout = timeout
 
-    def _call(self, method: str, path: str) -> tuple[int, bytes]:
-        conn = _UnixConnection(self.socket_path, self.timeout)
+    def _call(self, method: str, path: str, timeout: float | None = None) -> tuple[int, bytes]:
+        conn = _UnixConnection(self.socket_path, timeout or self.timeout)
         try:
             conn.request(method, path)
             resp = conn.getresponse()
@@ -93,7 +93,8 @@ class Docker:
             raise WakeError(f"docker start {container}: HTTP {status} {body[:200].decode(errors='replace')}")
 
     def stop(self, container: str, grace_s: int = 60) -> None:
-        status, body = self._call("POST", f"/containers/{container}/stop?t={grace_s}")
+        # the engine answers once the container exited: after SIGTERM, or SIGKILL at the end of the grace
+        status, body = self._call("POST", f"/containers/{container}/stop?t={grace_s}", timeout=grace_s + 30)
         if status not in (204, 304):
             raise WakeError(f"docker stop {container}: HTTP {status} {body[:200].decode(errors='replace')}")
 

@@ -43,7 +43,7 @@ def model_container(port: int) -> Iterator[str]:
     name = f"coderig-idle-test-{os.getpid()}"
     subprocess.run(["docker", "rm", "-f", name], capture_output=True)
     run = subprocess.run(
-        ["docker", "run", "-d", "--name", name, "--network", "host", "-v", f"{ROOT / 'tests'}:/t:ro", IMAGE,
+        ["docker", "run", "-d", "--init", "--name", name, "--network", "host", "-v", f"{ROOT / 'tests'}:/t:ro", IMAGE,
          "python3", "/t/standin.py", "--port", str(port), "--model", MODEL, "--api-key", MODEL_KEY,
          "--load-delay", "2", "--delay", "0.01"],
         capture_output=True, text=True,
