@@ -115,6 +115,14 @@ class Gate:
             self._settled = None
         return True, state
 
+    async def learn(self) -> None:
+        """At the relay's start: a model left asleep or stopped before it (re)started is held, not hit."""
+        if self.waker is None:
+            return
+        state = await asyncio.get_running_loop().run_in_executor(None, self.waker.state)
+        if state in ("sleeping", "stopped"):
+            self._set(state)
+
     # -- the request's side
     def begin(self) -> None:
         self.inflight += 1

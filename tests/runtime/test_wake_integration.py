@@ -43,6 +43,15 @@ def test_a_sleeping_model_is_woken_by_a_stream_that_hears_keepalives_meanwhile(t
         assert state["state"] == "awake" and state["wakes_total"] == 1 and state["inflight"] == 0
 
 
+def test_a_relay_restarted_while_the_model_sleeps_holds_and_wakes_it(tmp_path: Path) -> None:
+    with standin_rig(tmp_path, wake_delay=1.0) as (model, rig):
+        assert rig.put_to_sleep()
+        rig.restart_relay()
+        assert rig.relay_state()["state"] == "sleeping"  # asked the model (GET /is_sleeping), not assumed awake
+        assert rig.post("/v1/messages", MSG)[0] == 200
+        assert model.sleep.wakes == 1 and model.sleep.served_asleep == 0
+
+
 def test_twenty_requests_during_one_wake_get_one_wake_and_twenty_completions(tmp_path: Path) -> None:
     with standin_rig(tmp_path, wake_delay=3.0) as (model, rig):
         assert rig.put_to_sleep()
@@ -127,6 +136,8 @@ def test_the_reaper_never_sleeps_a_model_with_a_request_in_flight(tmp_path: Path
 
 def test_no_admin_route_of_the_model_server_passes_the_gateway(tmp_path: Path) -> None:
     with standin_rig(tmp_path) as (model, rig):
+        assert [r.path for r in model.requests] == ["/is_sleeping"]  # the relay's own look at start (loopback)
+        model.clear()
         tried = 0
         for route in ADMIN_ROUTES:
             for path in (route, f"{route}?level=1", f"/v1/..{route}", f"/v1/messages/../..{route}", f"/{route}"):

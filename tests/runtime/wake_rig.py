@@ -46,6 +46,15 @@ class Rig:
     relay_port: int
     control: int
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    relay_cmd: list[str] = field(default_factory=list)
+
+    def restart_relay(self) -> None:
+        """A new relay process (a container restart): it learns the model's state from the model itself."""
+        self.procs[0].terminate()
+        self.procs[0].wait(10)
+        self.procs[0] = subprocess.Popen(self.relay_cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_port(self.relay_port)
+        wait_port(self.control)
 
     @property
     def model_base(self) -> str:
@@ -133,6 +142,7 @@ def wake_rig(
     relay += ["--reaper", reaper] if reaper else []
     log = (tmp_path / "relay.log").open("wb")
     try:
+        rig.relay_cmd = relay
         rig.procs.append(subprocess.Popen(relay, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
         rig.procs.append(subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")]))
         wait_port(rig.gateway)
