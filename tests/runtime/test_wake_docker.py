@@ -5,9 +5,12 @@ port (the one holder of the docker socket); the held stream hears keepalives whi
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,5 +85,21 @@ def test_stop_then_a_request_starts_the_container_again(tmp_path: Path) -> None:
                 assert waker.state() == "awake"
                 state = rig.relay_state()
                 assert state["state"] == "awake" and state["wakes_total"] == 1
+                # the container killed while it starts: the held request gets why, the next one starts it again
+                assert node_reaper.put_down(cfg, 0, waker, node_reaper.http_post, print)
+                out: dict[str, tuple[int, bytes]] = {}
+                held = threading.Thread(
+                    target=lambda: out.update(r=rig.post("/v1/chat/completions", {"model": MODEL, "messages": hi}))
+                )
+                held.start()
+                deadline = time.monotonic() + 20
+                while waker.state() != "awake" and time.monotonic() < deadline:
+                    time.sleep(0.1)  # until the relay had the reaper start it (it loads for 2 s)
+                subprocess.run(["docker", "kill", name], check=True, capture_output=True)
+                held.join(30)
+                status, body = out["r"]
+                assert status == 503 and "stopped while waking" in json.loads(body)["error"]["message"]
+                assert rig.post("/v1/chat/completions", {"model": MODEL, "messages": hi})[0] == 200
+                assert rig.relay_state()["wakes_total"] == 3
         finally:
             server.shutdown()
