@@ -2,7 +2,7 @@
 and the idle reaper Lambda.
 
 Thin ComponentResources: each constructor delegates to a plain function; every policy document,
-rule, size, filter and cloud-init text comes from `coderig.aws_plan`. Children are named
+rule, size, filter and cloud-init text comes from `coderig.targets.aws.resources`. Children are named
 f"{name}-…" and parented to their component, and every AWS resource carries the stack,
 environment and role tags.
 """
@@ -18,9 +18,9 @@ import pulumi_aws as aws
 import pulumi_tls as tls
 
 from coderig.core.settings import AwsTarget
-from coderig.runtime import aws_reaper as aws_ops
-from coderig.targets.aws import plan as aws_plan
-from coderig.targets.aws.plan import Rule, VolumeSpec
+from coderig.runtime import aws_reaper
+from coderig.targets.aws import resources as aws_resources
+from coderig.targets.aws.resources import Rule, VolumeSpec
 
 # --- network -------------------------------------------------------------------------------------------
 
@@ -48,12 +48,12 @@ def _network(
 ) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
     child = pulumi.ResourceOptions(parent=parent)
     vpc = aws.ec2.Vpc(
-        f"{name}-vpc", cidr_block=aws_plan.VPC_CIDR, enable_dns_hostnames=True, enable_dns_support=True,
+        f"{name}-vpc", cidr_block=aws_resources.VPC_CIDR, enable_dns_hostnames=True, enable_dns_support=True,
         tags={**tags, "Name": f"{name}-vpc"}, opts=child,
     )  # fmt: skip
     igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags=tags, opts=child)
     subnet = aws.ec2.Subnet(
-        f"{name}-subnet", vpc_id=vpc.id, cidr_block=aws_plan.SUBNET_CIDR, availability_zone=az,
+        f"{name}-subnet", vpc_id=vpc.id, cidr_block=aws_resources.SUBNET_CIDR, availability_zone=az,
         map_public_ip_on_launch=False, tags={**tags, "Name": f"{name}-subnet"}, opts=child,
     )  # fmt: skip
     routes = aws.ec2.RouteTable(
@@ -70,7 +70,7 @@ def _network(
 
 @dataclass(frozen=True)
 class NodeArgs:
-    """Everything the GPU nodes need, already decided (by stacks.aws from settings + aws_plan)."""
+    """Everything the GPU nodes need, already decided (by stacks.aws from settings + aws_resources)."""
 
     stack: str
     environment: str
@@ -122,7 +122,7 @@ class GpuNodes(pulumi.ComponentResource):
 
 
 def _tags(args: NodeArgs, role: str, **extra: str) -> dict[str, str]:
-    return aws_plan.tags(args.stack, args.environment, role, **extra)
+    return aws_resources.tags(args.stack, args.environment, role, **extra)
 
 
 def _security_group(parent: pulumi.Resource, name: str, args: NodeArgs) -> aws.ec2.SecurityGroup:
@@ -165,13 +165,13 @@ def _instance_profile(parent: pulumi.Resource, name: str, args: NodeArgs) -> aws
     tags = _tags(args, "gpu-node")
     role = aws.iam.Role(
         f"{name}-role",
-        assume_role_policy=json.dumps(aws_plan.assume_role_policy("ec2.amazonaws.com")),
+        assume_role_policy=json.dumps(aws_resources.assume_role_policy("ec2.amazonaws.com")),
         description=f"coderig {args.stack} GPU node: SSM and this stack's metrics only",
         tags=tags,
         opts=child,
     )
-    aws.iam.RolePolicyAttachment(f"{name}-ssm", role=role.name, policy_arn=aws_plan.SSM_CORE_POLICY, opts=child)
-    aws.iam.RolePolicy(f"{name}-metrics", role=role.id, policy=json.dumps(aws_plan.node_policy()), opts=child)
+    aws.iam.RolePolicyAttachment(f"{name}-ssm", role=role.name, policy_arn=aws_resources.SSM_CORE_POLICY, opts=child)
+    aws.iam.RolePolicy(f"{name}-metrics", role=role.id, policy=json.dumps(aws_resources.node_policy()), opts=child)
     return aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=tags, opts=child)
 
 
@@ -221,8 +221,8 @@ def _node(gpu: GpuNodes, name: str, args: NodeArgs, index: int) -> Node:
         pulumi.Output.all(
             host_key.private_key_openssh, host_key.public_key_openssh, args.login_public_key, volume.id
         ).apply(
-            lambda v: aws_plan.user_data_base64(
-                aws_plan.cloud_init(
+            lambda v: aws_resources.user_data_base64(
+                aws_resources.cloud_init(
                     host_private_key=v[0], host_public_key=v[1], login_public_key=v[2], weights_volume_id=v[3],
                     stack=args.stack, region=args.region, gateway_metrics_url=args.gateway_metrics_url,
                 )
@@ -244,7 +244,7 @@ def _node(gpu: GpuNodes, name: str, args: NodeArgs, index: int) -> Node:
         ),
         root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
             volume_type="gp3",
-            volume_size=aws_plan.ROOT_VOLUME_GB,
+            volume_size=aws_resources.ROOT_VOLUME_GB,
             encrypted=True,
             delete_on_termination=True,
             tags=_tags(args, "root-volume", Name=f"{name}-root"),
@@ -286,11 +286,11 @@ def _node(gpu: GpuNodes, name: str, args: NodeArgs, index: int) -> Node:
 class ReaperArgs:
     stack: str
     environment: str
-    config: aws_ops.ReaperConfig
+    config: aws_reaper.ReaperConfig
 
 
 class IdleReaper(pulumi.ComponentResource):
-    """The boto3 reaper (coderig/aws_ops.py + coderig/idle.py) as a Lambda run every 5 minutes."""
+    """The boto3 reaper (coderig/aws_reaper.py + coderig/idle.py) as a Lambda run every 5 minutes."""
 
     function_name: pulumi.Output[str]
 
@@ -303,15 +303,15 @@ class IdleReaper(pulumi.ComponentResource):
 
 def _reaper(parent: pulumi.Resource, name: str, args: ReaperArgs) -> aws.lambda_.Function:
     child = pulumi.ResourceOptions(parent=parent)
-    tags = aws_plan.tags(args.stack, args.environment, "idle-reaper")
-    fn_name = aws_plan.reaper_function_name(args.stack)
+    tags = aws_resources.tags(args.stack, args.environment, "idle-reaper")
+    fn_name = aws_resources.reaper_function_name(args.stack)
     logs = aws.cloudwatch.LogGroup(
-        f"{name}-logs", name=f"/aws/lambda/{fn_name}", retention_in_days=aws_plan.LOG_RETENTION_DAYS,
+        f"{name}-logs", name=f"/aws/lambda/{fn_name}", retention_in_days=aws_resources.LOG_RETENTION_DAYS,
         tags=tags, opts=child,
     )  # fmt: skip
     role = aws.iam.Role(
         f"{name}-role",
-        assume_role_policy=json.dumps(aws_plan.assume_role_policy("lambda.amazonaws.com")),
+        assume_role_policy=json.dumps(aws_resources.assume_role_policy("lambda.amazonaws.com")),
         description=f"coderig {args.stack} idle reaper: stop/start this stack's instances only",
         tags=tags,
         opts=child,
@@ -321,17 +321,19 @@ def _reaper(parent: pulumi.Resource, name: str, args: ReaperArgs) -> aws.lambda_
         role=role.id,
         policy=logs.arn.apply(
             lambda arn: json.dumps(
-                aws_plan.reaper_policy(tag_key=args.config.tag_key, tag_value=args.config.tag_value, log_group_arn=arn)
+                aws_resources.reaper_policy(
+                    tag_key=args.config.tag_key, tag_value=args.config.tag_value, log_group_arn=arn
+                )
             )
         ),
         opts=child,
     )
-    code = pulumi.AssetArchive({path: pulumi.StringAsset(text) for path, text in aws_plan.lambda_files().items()})
+    code = pulumi.AssetArchive({path: pulumi.StringAsset(text) for path, text in aws_resources.lambda_files().items()})
     function = aws.lambda_.Function(
         f"{name}-fn",
         name=fn_name,
-        runtime=aws_plan.REAPER_RUNTIME,
-        handler=aws_plan.REAPER_HANDLER,
+        runtime=aws_resources.REAPER_RUNTIME,
+        handler=aws_resources.REAPER_HANDLER,
         code=code,
         role=role.arn,
         timeout=120,
@@ -341,7 +343,7 @@ def _reaper(parent: pulumi.Resource, name: str, args: ReaperArgs) -> aws.lambda_
         opts=pulumi.ResourceOptions(parent=parent, depends_on=[logs, policy]),
     )
     rule = aws.cloudwatch.EventRule(
-        f"{name}-schedule", schedule_expression=aws_plan.REAPER_SCHEDULE,
+        f"{name}-schedule", schedule_expression=aws_resources.REAPER_SCHEDULE,
         description=f"coderig {args.stack}: run the idle reaper", tags=tags, opts=child,
     )  # fmt: skip
     aws.cloudwatch.EventTarget(f"{name}-target", rule=rule.name, arn=function.arn, opts=child)

@@ -1,4 +1,4 @@
-"""The `kubernetes` target as Pulumi resources. Thin: every manifest comes from `coderig.kube`.
+"""The `kubernetes` target as Pulumi resources. Thin: every manifest comes from `coderig.targets.kubernetes`.
 
 One typed pulumi-kubernetes resource per manifest (clean per-object diffs, per-object options, and
 mocks that see every object), all through one explicit Provider built from `coderig:target.kubeconfig`

@@ -1,7 +1,8 @@
 """A node as Pulumi resources: the command steps that turn a machine into a running, ready stack.
 
-Thin: every command string and file comes from `coderig.node`; this module only wires them into
-`command.remote.Command` (an `ssh` host) or `command.local.Command` (this workstation).
+Thin: every command string and file comes from `coderig.targets.compose` (one RenderedNode per
+machine); this module only wires them into `command.remote.Command` (an `ssh` host) or
+`command.local.Command` (this workstation).
 
 Steps, each a child named f"{name}-<step>", each depending on the one before:
   preflight  read-only checks, one line per problem               (re-runs when its command changes)
@@ -34,11 +35,12 @@ import pulumi_command as command
 import pulumi_random as random
 
 from coderig.core import access, hostkeys
-from coderig.core.files import Bundle
+from coderig.core.files import FileSet
 from coderig.core.secrets import LinkTls, NodeSecrets
 from coderig.core.settings import SshHost, StackSettings
-from coderig.targets.compose import commands, machines
-from coderig.targets.compose import spec as node
+from coderig.targets.compose import commands
+from coderig.targets.compose import spec as compose_spec
+from coderig.targets.compose.rendered import RenderedNode
 from components.frontdoor import (
     DeveloperKeys,
     DeveloperKeysArgs,
@@ -133,8 +135,8 @@ def _cmd(
 
 
 @dataclass(frozen=True)
-class NodePlan:
-    """Everything non-secret a node's steps need, computed once (pure)."""
+class NodeCommands:
+    """Every command string a node's steps run, computed once from its RenderedNode (pure)."""
 
     preflight: str
     install: str | None
@@ -149,18 +151,19 @@ class NodePlan:
     wait_budget_s: int
 
 
-def node_plan(
+def node_commands(
     settings: StackSettings,
-    spec: machines.NodeSpec,
+    rendered: RenderedNode,
     *,
     bundle_dir: str,
     host: SshHost | None,
     user: str | None,
     install: bool,
-) -> NodePlan:
+) -> NodeCommands:
+    spec = rendered.spec
     device = host.cacheDevice if host else None
-    front = node.front_services(settings, spec)
-    return NodePlan(
+    front = rendered.front_services
+    return NodeCommands(
         preflight=commands.script_command("preflight.sh", commands.preflight_env(settings, spec, device), user=user),
         install=commands.install_command(spec, user) if install else None,
         volume=commands.volume_command(spec, device, user),
@@ -170,18 +173,18 @@ def node_plan(
         up=commands.up_command(bundle_dir, user),
         down=commands.down_command(bundle_dir, user),
         frontdoor_reload=commands.frontdoor_reload_command(front, bundle_dir, user) if front else None,
-        wait=commands.wait_command(settings, spec, bundle_dir, user),
-        wait_budget_s=machines.ready_budget_seconds(settings, spec),
+        wait=commands.wait_command(rendered, bundle_dir, user),
+        wait_budget_s=rendered.ready_budget_s,
     )
 
 
 @dataclass(frozen=True)
 class NodeStackArgs:
     settings: StackSettings
-    spec: machines.NodeSpec
+    node: RenderedNode  # this machine, rendered once (coderig.targets.compose.rendered.render_nodes)
     conn: Connection
     secrets: pulumi.Output[NodeSecrets]
-    bundle_dir: str = node.REMOTE_BUNDLE_DIR
+    bundle_dir: str = compose_spec.REMOTE_BUNDLE_DIR
     host: SshHost | None = None
     # a machine that can be replaced under the same address (an AWS instance id, its volume attachment)
     machine: Sequence[pulumi.Input[str]] = ()
@@ -206,19 +209,27 @@ class NodeStack(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: NodeStackArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("coderig:node:NodeStack", name, None, opts)
-        a = args
-        plan = node_plan(a.settings, a.spec, bundle_dir=a.bundle_dir, host=a.host, user=a.conn.user,
-                         install=a.conn.remote)  # fmt: skip
+        a, spec = args, args.node.spec
+        cmds = node_commands(
+            a.settings, a.node, bundle_dir=a.bundle_dir, host=a.host, user=a.conn.user, install=a.conn.remote
+        )
         model_secrets = _with_link(a.model_secrets if a.model_secrets is not None else a.secrets, a.link)
         # a replica holds only the model server's secrets
-        secrets = model_secrets if a.spec.role == "replica" else _with_link(a.secrets, a.link)
-        files = secrets.apply(lambda s: node.node_files(a.settings, a.spec) | node.node_secret_files(a.spec, s))
-        model_files = model_secrets.apply(lambda s: node.model_secret_files(a.spec, s))
+        secrets = model_secrets if spec.is_replica else _with_link(a.secrets, a.link)
+        files = secrets.apply(lambda s: a.node.files | compose_spec.node_secret_files(spec, s))
+        model_files = model_secrets.apply(lambda s: compose_spec.model_secret_files(spec, s))
         self.ready_step: pulumi.Resource
         self.ready_step, self.ready, self.bundle_hash = build_steps(
-            self, name, a.conn, plan, a.settings, a.spec, files,
-            machine=list(a.machine), after=[n.ready_step for n in a.after], model_files=model_files,
-        )  # fmt: skip
+            self,
+            name,
+            a.conn,
+            cmds,
+            a.node,
+            files,
+            machine=list(a.machine),
+            after=[n.ready_step for n in a.after],
+            model_files=model_files,
+        )
         self.register_outputs({"ready": self.ready, "bundle_hash": self.bundle_hash})
 
 
@@ -234,14 +245,13 @@ def build_steps(
     parent: pulumi.Resource,
     name: str,
     conn: Connection,
-    plan: NodePlan,
-    settings: StackSettings,
-    spec: machines.NodeSpec,
-    files: pulumi.Output[Bundle],
+    cmds: NodeCommands,
+    rendered: RenderedNode,
+    files: pulumi.Output[FileSet],
     *,
     machine: Sequence[pulumi.Input[str]] = (),
     after: Sequence[pulumi.Resource] = (),
-    model_files: pulumi.Output[Bundle] | None = None,
+    model_files: pulumi.Output[FileSet] | None = None,
 ) -> tuple[pulumi.Resource, pulumi.Output[str], pulumi.Output[str]]:
     """The steps; returns (the ready step, its stdout, the bundle hash). `machine` joins every
     step's triggers; `after` are other nodes' ready steps this node's ready step waits for;
@@ -254,24 +264,24 @@ def build_steps(
     def triggers(*values: Any) -> list[Any] | None:
         return [*values, *machine] or None
 
-    preflight = _cmd(conn, f"{name}-preflight", child(), create=plan.preflight, triggers=triggers())
+    preflight = _cmd(conn, f"{name}-preflight", child(), create=cmds.preflight, triggers=triggers())
     last = preflight
-    if plan.install:
-        last = _cmd(conn, f"{name}-install", child(preflight), create=plan.install, triggers=triggers())
-    volume = _cmd(conn, f"{name}-volume", child(last), create=plan.volume, triggers=triggers())
+    if cmds.install:
+        last = _cmd(conn, f"{name}-install", child(preflight), create=cmds.install, triggers=triggers())
+    volume = _cmd(conn, f"{name}-volume", child(last), create=cmds.volume, triggers=triggers())
 
-    full_hash = pulumi.Output.secret(files.apply(node.bundle_hash))
+    full_hash = pulumi.Output.secret(files.apply(compose_spec.bundle_hash))
     guard = pulumi.Output.secret(
         pulumi.Output.all(full_hash, *machine).apply(lambda v: commands.bundle_guard(v[0], [str(x) for x in v[1:]]))
     )
     archive = pulumi.Output.secret(
-        pulumi.Output.all(files, guard).apply(lambda v: node.bundle_archive(commands.with_hash_file(v[0], v[1])))
+        pulumi.Output.all(files, guard).apply(
+            lambda v: compose_spec.bundle_archive(commands.with_hash_file(v[0], v[1]))
+        )
     )
-    halves = pulumi.Output.secret(files.apply(lambda f: node.service_hashes(settings, spec, _secret_part(f))))
+    halves = pulumi.Output.secret(files.apply(lambda f: rendered.hashes(_secret_part(f))))
     model_part = model_files if model_files is not None else files.apply(_secret_part)
-    model_hash = pulumi.Output.secret(
-        model_part.apply(lambda f: node.service_hashes(settings, spec, _secret_part(f))["model"])
-    )
+    model_hash = pulumi.Output.secret(model_part.apply(lambda f: rendered.hashes(_secret_part(f))["model"]))
     frontdoor_hash = halves.apply(lambda h: h["frontdoor"])
 
     # Not delete-before-replace: its delete is guarded by the bundle hash (and the machine), so
@@ -281,8 +291,8 @@ def build_steps(
         conn,
         f"{name}-bundle",
         child(volume),
-        create=plan.copy,
-        delete=guard.apply(lambda h: commands.remove_secrets_command(h, plan.bundle_dir, plan.user)),
+        create=cmds.copy,
+        delete=guard.apply(lambda h: commands.remove_secrets_command(h, cmds.bundle_dir, cmds.user)),
         stdin=archive,
         triggers=triggers(full_hash),
         secret=True,
@@ -291,27 +301,29 @@ def build_steps(
         conn,
         f"{name}-up",
         child(bundle, delete_before_replace=True),
-        create=plan.up,
-        delete=plan.down,
+        create=cmds.up,
+        delete=cmds.down,
         triggers=triggers(model_hash),
     )
     waits_on: list[pulumi.Resource] = [up]
-    if plan.frontdoor_reload:
+    if cmds.frontdoor_reload:
         waits_on.append(
-            _cmd(conn, f"{name}-frontdoor", child(up), create=plan.frontdoor_reload, triggers=triggers(frontdoor_hash))
+            _cmd(conn, f"{name}-frontdoor", child(up), create=cmds.frontdoor_reload, triggers=triggers(frontdoor_hash))
         )
     ready = _cmd(
         conn,
         f"{name}-ready",
-        child(*waits_on, *after, custom_timeouts=pulumi.CustomTimeouts(create=f"{plan.wait_budget_s + 600}s")),
-        create=plan.wait,
+        child(*waits_on, *after, custom_timeouts=pulumi.CustomTimeouts(create=f"{cmds.wait_budget_s + 600}s")),
+        create=cmds.wait,
         triggers=triggers(model_hash, frontdoor_hash),
     )
     return ready, ready.stdout, full_hash  # type: ignore[attr-defined]
 
 
-def _secret_part(files: Bundle) -> Bundle:
-    return {p: f for p, f in files.items() if p.startswith((f"{node.SECRETS_DIR}/", f"{node.TLS_DIR}/"))}
+def _secret_part(files: FileSet) -> FileSet:
+    return {
+        p: f for p, f in files.items() if p.startswith((f"{compose_spec.SECRETS_DIR}/", f"{compose_spec.TLS_DIR}/"))
+    }
 
 
 @dataclass(frozen=True)

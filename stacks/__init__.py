@@ -1,4 +1,4 @@
-"""One module per target kind; `build` picks it from `settings.target.kind`.
+"""One module per target kind; `build` picks it from the kind's registry entry (coderig.targets).
 
 Each target module exposes `build(ctx: StackContext) -> dict[str, object]` returning the stack
 outputs. Config is read and validated once, here, before any resource is registered.
@@ -18,14 +18,7 @@ import pulumi.runtime.config as runtime_config
 from coderig.core import planner
 from coderig.core.errors import UserError
 from coderig.core.settings import NAMESPACE, SECRET, SECRET_KEYS, StackSettings, parse_settings
-
-TARGET_MODULES = {
-    "local": "stacks.local",
-    "ssh": "stacks.ssh",
-    "aws": "stacks.aws",
-    "kubernetes": "stacks.kubernetes",
-    "external": "stacks.external",
-}
+from coderig.targets import kind_of
 
 
 @dataclass
@@ -83,5 +76,5 @@ def build() -> dict[str, object]:
     if not p.fits:
         raise ConfigError(f"coderig:model: {p.reason}" + (f"; {p.suggestion}" if p.suggestion else ""))
     ctx = StackContext(settings, pulumi.get_stack(), pulumi.get_project(), p, secrets)
-    module = importlib.import_module(TARGET_MODULES[settings.target.kind])
+    module = importlib.import_module(kind_of(settings).stack_module)
     return module.build(ctx)

@@ -21,8 +21,8 @@ import pulumi_tls as tls
 
 from coderig.core import engine
 from coderig.core.settings import NODE_CACHE_PATH, SshHost
-from coderig.targets.aws import plan as aws_plan
-from coderig.targets.compose import machines
+from coderig.targets.aws import resources as aws_resources
+from coderig.targets.compose.rendered import render_nodes
 from components.aws import GpuNodes, IdleReaper, Network, NetworkArgs, NodeArgs, ReaperArgs
 from components.node import Connection, NodeStack, NodeStackArgs, front_door_access, replicas_first
 from stacks import StackContext
@@ -43,11 +43,11 @@ def _login_key(ctx: StackContext) -> tuple[pulumi.Output[str], pulumi.Output[str
 
 def _placement(ctx: StackContext, provider: aws.Provider) -> tuple[Any, Any, Any, list[str | None], list[Any]]:
     """(vpc_id, subnet_id, availability_zone, private_ips, resources the nodes must wait for)."""
-    t = aws_plan.aws_target(ctx.settings)
+    t = aws_resources.aws_target(ctx.settings)
     invoke = pulumi.InvokeOutputOptions(provider=provider)
     if t.subnetId:
         subnet = aws.ec2.get_subnet_output(id=t.subnetId, opts=invoke)
-        return t.vpcId, t.subnetId, subnet.availability_zone, aws_plan.private_ips(ctx.settings), []
+        return t.vpcId, t.subnetId, subnet.availability_zone, aws_resources.private_ips(ctx.settings), []
     az: Any = t.availabilityZone
     if az is None:
         offers = aws.ec2.get_instance_type_offerings_output(
@@ -56,9 +56,9 @@ def _placement(ctx: StackContext, provider: aws.Provider) -> tuple[Any, Any, Any
             opts=invoke,
         )
         az = offers.locations.apply(lambda locs: _first_zone(locs, t.instanceType, t.region))
-    tags = aws_plan.tags(ctx.stack, aws_plan.environment(ctx.settings, ctx.stack), "network")
+    tags = aws_resources.tags(ctx.stack, aws_resources.environment(ctx.settings, ctx.stack), "network")
     net = Network("network", NetworkArgs(az, tags), opts=pulumi.ResourceOptions(provider=provider))
-    ips = aws_plan.private_ips(ctx.settings)
+    ips = aws_resources.private_ips(ctx.settings)
     # the Elastic IP association needs the internet gateway attached: wait for the whole network
     return net.vpc_id, net.subnet_id, az, ips, [net]
 
@@ -71,8 +71,8 @@ def _first_zone(locations: list[str], instance_type: str, region: str) -> str:
 
 def build(ctx: StackContext) -> dict[str, object]:
     s = ctx.settings
-    t = aws_plan.aws_target(s)
-    env = aws_plan.environment(s, ctx.stack)
+    t = aws_resources.aws_target(s)
+    env = aws_resources.environment(s, ctx.stack)
     if not t.allowedCidrs:
         pulumi.log.warn("coderig:target.allowedCidrs is empty: nobody can reach the gateway")
     if not t.adminCidr:
@@ -81,44 +81,65 @@ def build(ctx: StackContext) -> dict[str, object]:
             "until it is set to a range that includes this machine"
         )
     provider = aws.Provider("aws", region=t.region)
-    filters = [aws.ec2.GetAmiFilterArgs(name=f["name"], values=f["values"]) for f in aws_plan.ami_filters()]
-    ami: Any = t.ami or aws.ec2.get_ami_output(
-        most_recent=True, owners=["amazon"], filters=filters,
-        opts=pulumi.InvokeOutputOptions(provider=provider),
-    ).id  # fmt: skip
+    filters = [aws.ec2.GetAmiFilterArgs(name=f["name"], values=f["values"]) for f in aws_resources.ami_filters()]
+    ami: Any = (
+        t.ami
+        or aws.ec2.get_ami_output(
+            most_recent=True,
+            owners=["amazon"],
+            filters=filters,
+            opts=pulumi.InvokeOutputOptions(provider=provider),
+        ).id
+    )
     vpc_id, subnet_id, az, private_ips, network = _placement(ctx, provider)
     login_private, login_public = _login_key(ctx)
     gpu = GpuNodes(
         "gpu",
         NodeArgs(
-            stack=ctx.stack, environment=env, region=t.region, target=t, ami=ami, vpc_id=vpc_id,
-            subnet_id=subnet_id, availability_zone=az, private_ips=private_ips,
-            rules=aws_plan.ingress_rules(s), replica_port=engine.MODEL_PORT if t.count > 1 else None,
-            volume=aws_plan.weights_volume(s), login_public_key=login_public, eip_waits_for=network,
+            stack=ctx.stack,
+            environment=env,
+            region=t.region,
+            target=t,
+            ami=ami,
+            vpc_id=vpc_id,
+            subnet_id=subnet_id,
+            availability_zone=az,
+            private_ips=private_ips,
+            rules=aws_resources.ingress_rules(s),
+            replica_port=engine.MODEL_PORT if t.count > 1 else None,
+            volume=aws_resources.weights_volume(s),
+            login_public_key=login_public,
+            eip_waits_for=network,
         ),
         opts=pulumi.ResourceOptions(provider=provider),
-    )  # fmt: skip
+    )
     first_ip = gpu.nodes[0].eip.public_ip
     names = cast(list[str], [first_ip, *s.gateway.hostnames])
     access = front_door_access(s, names, ctx.secrets)
-    specs = machines.node_specs(ctx.settings, CACHE_PATH)
-    assert len(specs) == len(gpu.nodes)
+    nodes = render_nodes(ctx.settings, ctx.plan, CACHE_PATH)
+    assert len(nodes) == len(gpu.nodes)
 
     def node_stack(i: int, after: list[NodeStack]) -> NodeStack:
         n = gpu.nodes[i]
         conn = Connection(
             command.remote.ConnectionArgs(
-                host=n.eip.public_ip, user=aws_plan.LOGIN_USER, private_key=login_private,
+                host=n.eip.public_ip,
+                user=aws_resources.LOGIN_USER,
+                private_key=login_private,
                 host_key=n.host_key.public_key_openssh.apply(lambda k: " ".join(k.split()[:2])),
-                dial_error_limit=60, per_dial_timeout=30,
+                dial_error_limit=60,
+                per_dial_timeout=30,
             ),
-            aws_plan.LOGIN_USER,
-        )  # fmt: skip
+            aws_resources.LOGIN_USER,
+        )
         return NodeStack(
             f"node-{i}",
             NodeStackArgs(
-                s, specs[i], conn, access.secrets,
-                host=SshHost(address=f"aws-node-{i}", cacheDevice=aws_plan.WEIGHTS_DEVICE),
+                s,
+                nodes[i],
+                conn,
+                access.secrets,
+                host=SshHost(address=f"aws-node-{i}", cacheDevice=aws_resources.WEIGHTS_DEVICE),
                 # the Elastic IP and host key survive a replaced instance: its id makes every step re-run
                 machine=[n.instance.id, n.attachment.id],
                 after=after,
@@ -126,7 +147,7 @@ def build(ctx: StackContext) -> dict[str, object]:
                 link=access.link(i),
             ),
             opts=pulumi.ResourceOptions(depends_on=[n.attachment, n.eip_association]),
-        )  # fmt: skip
+        )
 
     runtimes = replicas_first(len(gpu.nodes), node_stack)
     # No login private key among the outputs: `coderig bundle` reads every output with
@@ -146,10 +167,10 @@ def build(ctx: StackContext) -> dict[str, object]:
         "ready": runtimes[0].ready,
         "nodesReady": [r.ready for r in runtimes],  # every node's readiness wait, first node first
     }
-    if aws_plan.reaper_enabled(s):
+    if aws_resources.reaper_enabled(s):
         reaper = IdleReaper(
             "idle-reaper",
-            ReaperArgs(stack=ctx.stack, environment=env, config=aws_plan.reaper_config(s, ctx.stack)),
+            ReaperArgs(stack=ctx.stack, environment=env, config=aws_resources.reaper_config(s, ctx.stack)),
             opts=pulumi.ResourceOptions(provider=provider),
         )
         outputs["idleReaper"] = reaper.function_name

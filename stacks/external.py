@@ -4,7 +4,7 @@ InferenceService URL) gets only the front door (LiteLLM + gateway), on this work
 
 from __future__ import annotations
 
-from coderig.targets.compose import machines
+from coderig.targets.compose.rendered import render_nodes
 from components.node import NodeStack, NodeStackArgs, front_door_access, local_connection, ssh_connection
 from stacks import StackContext
 from stacks.local import bundle_dir
@@ -15,7 +15,7 @@ def build(ctx: StackContext) -> dict[str, object]:
     s = ctx.settings
     t = s.target
     assert t.kind == "external"
-    spec = machines.node_specs(s)[0]
+    (node,) = render_nodes(s, ctx.plan)
     if t.frontDoor == "ssh":
         assert t.host is not None
         if "sshPrivateKey" not in ctx.secrets:
@@ -25,12 +25,12 @@ def build(ctx: StackContext) -> dict[str, object]:
             t.host, ctx.secrets["sshPrivateKey"], insecure_skip=t.insecureSkipHostKeyCheck, where="coderig:target.host"
         )
         access = front_door_access(s, [where, *s.gateway.hostnames], ctx.secrets)
-        fd = NodeStack("frontdoor", NodeStackArgs(s, spec, conn, access.secrets, host=t.host))
+        fd = NodeStack("frontdoor", NodeStackArgs(s, node, conn, access.secrets, host=t.host))
     else:
         where = "localhost"
         access = front_door_access(s, ["localhost", "127.0.0.1", *s.gateway.hostnames], ctx.secrets)
         fd = NodeStack(
-            "frontdoor", NodeStackArgs(s, spec, local_connection(), access.secrets, bundle_dir=bundle_dir(ctx.stack))
+            "frontdoor", NodeStackArgs(s, node, local_connection(), access.secrets, bundle_dir=bundle_dir(ctx.stack))
         )
     return {
         **client_outputs(ctx, host=where, port=s.gateway.port, ca_pem=access.ca_pem, tokens=access.developer_keys),

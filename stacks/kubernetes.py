@@ -2,7 +2,7 @@
 
 The model server is a Deployment of `replicas` vLLM pods sharing one weights PVC; the front door
 (nginx gateway + LiteLLM in one pod) scales independently; an optional CronJob scales the model
-server to zero when idle. Manifests: `coderig.kube`; resources: `components.kube`.
+server to zero when idle. Manifests: `coderig.targets.kubernetes`; resources: `components.kube`.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from coderig.targets.compose import machines
+from coderig.targets.compose.rendered import render_nodes
 from components.node import NodeStack, NodeStackArgs, front_door_access, local_connection
 from stacks import StackContext
 from stacks.outputs import client_outputs
@@ -22,13 +22,13 @@ def bundle_dir(stack: str) -> str:
 def build(ctx: StackContext) -> dict[str, object]:
     s = ctx.settings
     assert s.target.kind == "local"
-    spec = machines.node_specs(s)[0]
+    (node,) = render_nodes(s, ctx.plan)
     access = front_door_access(s, ["localhost", "127.0.0.1", *s.gateway.hostnames], ctx.secrets)
     stack = NodeStack(
         "node-local",
         NodeStackArgs(
             s,
-            spec,
+            node,
             local_connection(),
             access.secrets,
             bundle_dir=bundle_dir(ctx.stack),

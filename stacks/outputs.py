@@ -1,4 +1,4 @@
-"""The stack outputs every target exports: the client bundle (schema in `coderig.clients`) and the
+"""The stack outputs every target exports: the client bundle (schema in `coderig.client.bundle`) and the
 developer tokens, the only secret output.
 
     return {**client_outputs(ctx, host=address, port=s.gateway.port, ca_pem=access.ca_pem,

@@ -6,7 +6,7 @@ the gateway, the stack's only public listener.
 
 from __future__ import annotations
 
-from coderig.targets.compose import machines
+from coderig.targets.compose.rendered import render_nodes
 from components.node import NodeStack, NodeStackArgs, front_door_access, replicas_first, ssh_connection
 from stacks import StackContext
 from stacks.outputs import client_outputs
@@ -16,8 +16,8 @@ def build(ctx: StackContext) -> dict[str, object]:
     s = ctx.settings
     t = s.target
     assert t.kind == "ssh"
-    specs = machines.node_specs(s)
-    assert len(specs) == len(t.hosts)
+    nodes = render_nodes(s, ctx.plan)
+    assert len(nodes) == len(t.hosts)
     first = t.hosts[0]
     access = front_door_access(s, [first.address, *s.gateway.hostnames], ctx.secrets)
     key = ctx.secrets["sshPrivateKey"]
@@ -29,7 +29,7 @@ def build(ctx: StackContext) -> dict[str, object]:
             f"node-{i}",
             NodeStackArgs(
                 s,
-                specs[i],
+                nodes[i],
                 conn,
                 access.secrets,
                 host=host,
@@ -39,13 +39,13 @@ def build(ctx: StackContext) -> dict[str, object]:
             ),
         )
 
-    nodes = replicas_first(len(t.hosts), node_stack)
+    stacks = replicas_first(len(t.hosts), node_stack)
     return {
         **client_outputs(
             ctx, host=first.address, port=s.gateway.port, ca_pem=access.ca_pem, tokens=access.developer_keys
         ),
         "endpoint": f"https://{first.address}:{s.gateway.port}",
         "nodes": [h.address for h in t.hosts],
-        "ready": nodes[0].ready,
-        "nodesReady": [n.ready for n in nodes],  # every host's readiness wait, first host first
+        "ready": stacks[0].ready,
+        "nodesReady": [n.ready for n in stacks],  # every host's readiness wait, first host first
     }

@@ -7,14 +7,20 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from coderig.core import planner
 from coderig.core.secrets import placeholder_secrets
-from coderig.core.settings import parse_settings
+from coderig.core.settings import StackSettings, parse_settings
 from coderig.targets.kubernetes import frontdoor as kube_fd
 from coderig.targets.kubernetes import render as kube_render
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
 SECRET_SIG = "4dabf18193072939515e22adb298388d"  # pulumi's marker of a secret value in mock inputs
+
+
+def objects_of(s: StackSettings, stack: str) -> list[dict[str, Any]]:
+    """Every non-secret object of a kubernetes stack, from its plan (what the program builds)."""
+    return kube_render.objects(s, stack, planner.plan_stack(s))
 
 
 def k8s_config(**target: Any) -> dict[str, Any]:
@@ -66,7 +72,7 @@ def by_key(objs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def all_objects(config: dict[str, Any]) -> list[dict[str, Any]]:
     s = settings_of(config)
     secrets = kube_fd.secret_objects(s, "prod", placeholder_secrets(s.developers))
-    return kube_fd.with_secret_checksums(kube_render.objects(s, "prod"), kube_fd.secret_checksums(secrets)) + secrets
+    return kube_fd.with_secret_checksums(objects_of(s, "prod"), kube_fd.secret_checksums(secrets)) + secrets
 
 
 def containers(pod: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1,5 +1,5 @@
 """`coderig idle|stop|start STACK`: parse, read the stack file once, hand it to its target's commands
-(coderig.targets.REGISTRY); a target kind without an idle mechanism is told what to do instead."""
+(coderig.targets.REGISTRY); a target kind without operations is told what to do instead."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from coderig.core.errors import REFUSED, UserError
 from coderig.core.settings import StackSettings
 from coderig.core.stack_file import load_stack_file
 from coderig.runtime.aws_reaper import TAG_STACK
-from coderig.targets import REGISTRY
+from coderig.targets import REGISTRY, operations
 
 
 def stack_settings(args: argparse.Namespace) -> StackSettings | None:
@@ -25,11 +25,12 @@ def stack_settings(args: argparse.Namespace) -> StackSettings | None:
 
 def no_ops_message(kind: str, command: str) -> str:
     """Why `coderig idle|stop|start` does nothing on this kind, and what to do instead."""
-    able = [k for k, t in REGISTRY.items() if t.ops is not None]
+    able = [k for k, t in REGISTRY.items() if t.operations is not None]
     kinds = ", ".join(able[:-1]) + f" and {able[-1]}" if len(able) > 1 else able[0]
+    how = "; ".join(f"{k}: {REGISTRY[k].idle_mechanism}" for k in able if REGISTRY[k].idle_mechanism)
     return (
         f"coderig:target.kind is {kind}: `coderig {command}` works on {kinds} stacks only (the kinds whose GPU "
-        f"capacity coderig stops and starts, by hand or by coderig:idle); on this {kind} stack, "
+        f"capacity coderig stops and starts, by hand or by coderig:idle: {how}); on this {kind} stack, "
         f"{REGISTRY[kind].instead}"
     )
 
@@ -37,10 +38,10 @@ def no_ops_message(kind: str, command: str) -> str:
 def run_command(args: argparse.Namespace) -> int:
     settings = stack_settings(args)
     kind = settings.target.kind if settings is not None else "aws"
-    ops = REGISTRY[kind].ops
+    ops = REGISTRY[kind].operations
     if ops is None:
         raise UserError(no_ops_message(kind, args.command), REFUSED)
-    return ops.COMMANDS[args.command](args, settings)
+    return operations.run(ops, args.command, args, settings)
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from coderig.core import plan_text, planner
 from coderig.core.errors import REFUSED, UserError
-from coderig.core.files import Bundle, write_bundle, write_file
+from coderig.core.files import FileSet, write_file, write_files
 from coderig.core.settings import StackSettings
 from coderig.core.stack_file import load_stack_file, stack_name_from_path
 from coderig.targets import render_stack
@@ -71,7 +71,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     if not p.fits:
         raise _refusal(p)
     out = Path(args.out)
-    bundle = render_stack(settings, stack)
+    bundle = render_stack(settings, stack, p)
     for path in replace_rendered(bundle, out, force=args.force):
         print(path)
     return 0
@@ -93,7 +93,7 @@ def _inside(out: Path, rel: str) -> Path | None:
     return out / rel
 
 
-def replace_rendered(bundle: Bundle, out: Path, *, force: bool) -> list[Path]:
+def replace_rendered(bundle: FileSet, out: Path, *, force: bool) -> list[Path]:
     """Write `bundle` into `out`. A non-empty `out` is refused unless `force`; then only coderig's own
     output is replaced: files the previous render listed in MANIFEST and this one does not write are
     removed (and directories they leave empty); any other file is kept."""
@@ -114,7 +114,7 @@ def replace_rendered(bundle: Bundle, out: Path, *, force: bool) -> list[Path]:
             if parent == out or not parent.is_relative_to(out) or any(parent.iterdir()):
                 break
             parent.rmdir()
-    written = write_bundle(bundle, out)
+    written = write_files(bundle, out)
     manifest = "# written by `coderig render`; `--force` replaces exactly these files\n"
     write_file(out / MANIFEST, manifest + "".join(f"{rel}\n" for rel in sorted(bundle)), 0o644)
     return written

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -54,7 +54,6 @@ AWS_FIRST_HOST = 10
 
 class AwsTarget(TargetSettings):
     kind: Literal["aws"]
-    idle_mechanism: ClassVar[str | None] = "stop-instances"
     instanceType: str
     count: int = Field(default=1, ge=1, le=16)
     region: str = "us-east-1"

@@ -9,7 +9,7 @@ Checkpoint sizes (`weight_bytes`) and the routed-expert share are estimates unle
 `weights_source` names where they were read; `coderig plan` marks estimates as such. Sources: the
 vLLM 0.28.0 wheel (model_executor/models/*.py) and vllm-project/recipes at 8959cf64.
 
-Parser names are those of the vLLM version pinned in `coderig.versions` (see the vLLM
+Parser names are those of the vLLM version pinned in `coderig.core.versions` (see the vLLM
 tool-calling and reasoning-output docs for that release).
 """
 

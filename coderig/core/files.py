@@ -19,7 +19,9 @@ class RenderedFile:
     mode: int = 0o644
 
 
-Bundle = dict[str, RenderedFile]
+# {relative path: file}: what a machine or `coderig render` gets (the developer bundle is another
+# thing: coderig.client.bundle.Bundle)
+FileSet = dict[str, RenderedFile]
 
 
 def write_file(path: Path, text: str, mode: int = 0o600) -> None:
@@ -38,7 +40,7 @@ def write_file(path: Path, text: str, mode: int = 0o600) -> None:
         raise
 
 
-def write_bundle(bundle: Bundle, out_dir: Path) -> list[Path]:
+def write_files(bundle: FileSet, out_dir: Path) -> list[Path]:
     written = []
     for rel, f in sorted(bundle.items()):
         write_file(out_dir / rel, f.content, f.mode)

@@ -71,16 +71,17 @@ class TargetSettings(Model):
     the rest of coderig asks these instead of comparing `kind`."""
 
     engines: ClassVar[tuple[str, ...]] = ("vllm", "llama.cpp")  # model servers it can run
-    idle_mechanism: ClassVar[str | None] = None  # "stop-instances" | "scale-to-zero" | None
-    idle_actions: ClassVar[tuple[str, ...]] = ()  # what coderig:idle.action may choose (ssh, local)
     min_gateway_port: ClassVar[int] = 1
     serves_model: ClassVar[bool] = True  # False: only the front door runs here (external)
+    idle_actions: ClassVar[tuple[str, ...]] = ()  # what coderig:idle.action may choose (ssh, local)
 
     def idle_action_problem(self, action: str, engine: str) -> str | None:
         """Why `coderig:idle.action` cannot be `action` here (None: it can)."""
         if not self.idle_actions:
-            does = self.idle_mechanism or "nothing: it runs no model of its own"
-            return f"got {action!r}; idle.action is for the ssh and local targets (this target does {does})"
+            return (
+                f"got {action!r}; idle.action is for the ssh and local targets (aws stops its instances, kubernetes "
+                "scales the model to zero, an external endpoint idles on its own platform): remove it"
+            )
         if action == "stop" and self.replica_count > 1:
             return (
                 f"got 'stop' with {self.replica_count} hosts: the reaper on the first host stops its own model "

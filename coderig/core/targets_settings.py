@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
@@ -109,7 +109,6 @@ class Toleration(Model):
 class KubernetesTarget(TargetSettings):
     kind: Literal["kubernetes"]
     engines: ClassVar[tuple[str, ...]] = ("vllm",)
-    idle_mechanism: ClassVar[str | None] = "scale-to-zero"
     # the gateway runs as non-root in its pod (the Service still exposes 443)
     min_gateway_port: ClassVar[int] = 1024
     gpu: GpuSpec
@@ -218,9 +217,9 @@ Target = Annotated[
     LocalTarget | SshTarget | AwsTarget | KubernetesTarget | ExternalTarget,
     Field(discriminator="kind"),
 ]
-# kind -> its settings model: the one list of target kinds (the registry and stacks cover exactly these)
+# kind -> its settings model, read off the union above (the one list of kinds validation knows);
+# the registry (coderig.targets.REGISTRY) has one entry per kind and holds the same model class
 TARGET_MODELS: dict[str, type[TargetSettings]] = {
-    cls.model_fields["kind"].annotation.__args__[0]: cls  # type: ignore[union-attr]
-    for cls in (LocalTarget, SshTarget, AwsTarget, KubernetesTarget, ExternalTarget)
+    get_args(cls.model_fields["kind"].annotation)[0]: cls for cls in get_args(get_args(Target)[0])
 }
 TARGET_KINDS = tuple(TARGET_MODELS)

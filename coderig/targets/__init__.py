@@ -1,7 +1,9 @@
-"""The target registry: for each target kind, what `coderig render` writes and which operator
-commands (`coderig stop|start|idle`) it has. The kinds themselves, and their capabilities, are
-declared on their settings models (coderig.core.settings.TARGET_MODELS); stacks/ routes `pulumi up`
-with its own module map. Nothing else dispatches on the kind.
+"""The target registry: one entry per target kind, holding everything that differs between kinds —
+its settings model, its renderer (what `coderig render` writes), the stacks module that builds it
+for `pulumi up` (named, since stacks/ imports coderig and not the reverse), its operator commands
+(`coderig stop|start|idle`, None where it has none) and the features it declares, which the CLI and
+the docs read. Nothing else dispatches on the kind. Adding a kind: its settings model (core), one
+folder here, one stacks module, one entry below (tests/core/test_layers.py walks every entry).
 
     local, ssh, external, aws   compose-based machines (coderig.targets.compose); aws adds the instances,
                                 their weights volumes and the idle reaper (coderig.targets.aws)
@@ -13,53 +15,93 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import ModuleType
 
 from coderig.core import engine, plan_text, planner
-from coderig.core.files import Bundle, RenderedFile
+from coderig.core.aws_settings import AwsTarget
+from coderig.core.files import FileSet, RenderedFile
 from coderig.core.settings import StackSettings
-from coderig.targets.aws import ops as aws_ops
-from coderig.targets.compose import ops as compose_ops
-from coderig.targets.compose.spec import render_node_files
-from coderig.targets.kubernetes import ops as kube_ops
+from coderig.core.target_base import TargetSettings
+from coderig.core.targets_settings import ExternalTarget, KubernetesTarget, LocalTarget, SshTarget
+from coderig.targets import operations as feature
+from coderig.targets.aws.ops import OPERATIONS as AWS_OPERATIONS
+from coderig.targets.compose.ops import OPERATIONS as COMPOSE_OPERATIONS
+from coderig.targets.compose.rendered import render_node_files
+from coderig.targets.kubernetes.ops import OPERATIONS as KUBERNETES_OPERATIONS
 from coderig.targets.kubernetes.render import render_manifests
+from coderig.targets.operations import TargetOperations
 
-Renderer = Callable[[StackSettings, str], Bundle]
+Renderer = Callable[[StackSettings, str, planner.Plan], FileSet]
 
 
 @dataclass(frozen=True)
 class TargetKind:
+    """One target kind: everything coderig does differently for it."""
+
+    settings: type[TargetSettings]  # its `coderig:target` model (coderig.core)
     render: Renderer  # the target's own files for `coderig render`
-    ops: ModuleType | None  # module with COMMANDS {"start", "stop", "idle"}; None: no idle mechanism
-    instead: str = ""  # how to stop and start this kind's model by hand, when ops is None
+    stack_module: str  # the stacks/ module whose build(ctx) registers its resources
+    operations: TargetOperations | None  # `coderig idle|stop|start`; None: it has none
+    declared: frozenset[str] = frozenset()  # features beyond what its settings model says
+    instead: str = ""  # how to stop and start this kind's model by hand, when operations is None
+
+    @property
+    def features(self) -> frozenset[str]:
+        """What it declares, plus `serves-model` from its settings model (the planner reads that there)."""
+        return self.declared | ({feature.SERVES_MODEL} if self.settings.serves_model else frozenset())
+
+    @property
+    def idle_mechanism(self) -> str | None:
+        """What `coderig:idle` does on this kind ("stop-instances", "scale-to-zero"), None: nothing."""
+        found = sorted(f.removeprefix(feature.IDLE_PREFIX) for f in self.features if f.startswith(feature.IDLE_PREFIX))
+        return found[0] if found else None
 
 
-_COMPOSE = "docker compose -p coderig"
 REGISTRY: Mapping[str, TargetKind] = {
     "local": TargetKind(
+        LocalTarget,
         render_node_files,
-        compose_ops,
-        f"`{_COMPOSE} stop` stops the model (the weights stay in the cache) and `{_COMPOSE} start` starts it "
-        "again; `pulumi destroy` removes the stack",
+        "stacks.local",
+        COMPOSE_OPERATIONS,
+        frozenset({feature.COMPOSE_NODES, feature.IDLE_SLEEP_OR_STOP}),
     ),
     "ssh": TargetKind(
+        SshTarget,
         render_node_files,
-        compose_ops,
-        f"on each host, `sudo {_COMPOSE} stop` stops the model (the weights stay on the cache volume) and "
-        f"`sudo {_COMPOSE} start` starts it again; `pulumi destroy` removes the stack",
+        "stacks.ssh",
+        COMPOSE_OPERATIONS,
+        frozenset({feature.COMPOSE_NODES, feature.OVER_SSH, feature.IDLE_SLEEP_OR_STOP}),
     ),
     "external": TargetKind(
+        ExternalTarget,
         render_node_files,
+        "stacks.external",
         None,
+        frozenset({feature.COMPOSE_NODES, feature.OVER_SSH}),
         "the endpoint's own platform starts and stops its model (coderig runs only the front door, no GPU)",
     ),
-    "aws": TargetKind(render_node_files, aws_ops),
-    "kubernetes": TargetKind(render_manifests, kube_ops),
+    "aws": TargetKind(
+        AwsTarget,
+        render_node_files,
+        "stacks.aws",
+        AWS_OPERATIONS,
+        frozenset({feature.COMPOSE_NODES, feature.IDLE_STOP_INSTANCES}),
+    ),
+    "kubernetes": TargetKind(
+        KubernetesTarget,
+        render_manifests,
+        "stacks.kubernetes",
+        KUBERNETES_OPERATIONS,
+        frozenset({feature.IDLE_SCALE_TO_ZERO}),
+    ),
 }
 
 
-def plan_files(settings: StackSettings, stack: str) -> Bundle:
-    p = planner.plan_stack(settings)
+def kind_of(settings: StackSettings) -> TargetKind:
+    """The registry entry of a validated stack."""
+    return REGISTRY[settings.target.kind]
+
+
+def plan_files(settings: StackSettings, stack: str, p: planner.Plan) -> FileSet:
     summary = {"stack": stack, **p.summary()}
     return {
         "plan.json": RenderedFile(json.dumps(summary, indent=2) + "\n"),
@@ -67,19 +109,19 @@ def plan_files(settings: StackSettings, stack: str) -> Bundle:
     }
 
 
-def model_server_files(settings: StackSettings, stack: str) -> Bundle:
+def model_server_files(settings: StackSettings, stack: str, p: planner.Plan) -> FileSet:
     if not settings.target.serves_model:
         return {}
-    p = planner.plan_stack(settings)
     line = engine.command_line(settings.model, p.layout)
     return {"model-server/command.sh": RenderedFile(f"#!/bin/sh\nexec {line}\n", 0o755)}
 
 
-def render_stack(settings: StackSettings, stack: str) -> Bundle:
-    """Every file the stack deploys that holds no secret: what `coderig render` writes."""
-    out: Bundle = {}
-    for contribute in (plan_files, model_server_files, REGISTRY[settings.target.kind].render):
-        files = contribute(settings, stack)
+def render_stack(settings: StackSettings, stack: str, plan: planner.Plan) -> FileSet:
+    """Every file the stack deploys that holds no secret: what `coderig render` writes, from the
+    stack's one plan."""
+    out: FileSet = {}
+    for contribute in (plan_files, model_server_files, kind_of(settings).render):
+        files = contribute(settings, stack, plan)
         clash = set(out) & set(files)
         if clash:
             raise RuntimeError(f"two renderers write {sorted(clash)}")

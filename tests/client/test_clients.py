@@ -102,8 +102,17 @@ def test_stack_outputs_from_real_settings() -> None:
     assert out["plan"]["max_concurrent_requests"] >= 1
 
 
-@pytest.mark.parametrize(("max_model_len", "max_output"), [(40960, 4096), (131072, 20000), (202752, 32000)])
-def test_claude_code_compacts_before_the_served_context(max_model_len: int, max_output: int) -> None:
+# worked by hand: window = served context − 5% rounded up; threshold = window − min(output, 20000) − 13000
+#   40960: 40960 − 2048 = 38912; 38912 − 4096 − 13000 = 21816
+#   131072: 131072 − 6554 (6553.6) = 124518; 124518 − 20000 − 13000 = 91518
+#   202752: 202752 − 10138 (10137.6) = 192614; 192614 − 20000 − 13000 = 159614
+@pytest.mark.parametrize(
+    ("max_model_len", "max_output", "window", "threshold"),
+    [(40960, 4096, 38912, 21816), (131072, 20000, 124518, 91518), (202752, 32000, 192614, 159614)],
+)
+def test_claude_code_compacts_before_the_served_context(
+    max_model_len: int, max_output: int, window: int, threshold: int
+) -> None:
     """Claude Code 2.1.330 compacts at W − min(max output, 20000) − 13000 (W = CLAUDE_CODE_MAX_CONTEXT_TOKENS
     for a model it does not know); the last request before that, plus its max_tokens, fits the server."""
     env = clients.recommended_env(
@@ -111,10 +120,8 @@ def test_claude_code_compacts_before_the_served_context(max_model_len: int, max_
         max_output_tokens=max_output, api_timeout_ms=1, ca_file=None,
     )  # fmt: skip
     assert "CLAUDE_CODE_AUTO_COMPACT_WINDOW" not in env  # floored at 100k by Claude Code: useless below
-    window = int(env["CLAUDE_CODE_MAX_CONTEXT_TOKENS"])
-    assert window == max_model_len - -(-max_model_len * 5 // 100)
-    threshold = window - min(max_output, 20000) - 13000
-    assert threshold == clients.claude_code_compact_threshold(max_model_len, max_output)
+    assert int(env["CLAUDE_CODE_MAX_CONTEXT_TOKENS"]) == window
+    assert clients.claude_code_compact_threshold(max_model_len, max_output) == threshold
     assert threshold + max_output <= max_model_len - 13000 + max(0, max_output - 20000)
     assert threshold > 14000  # above Claude Code's ~12-14k-token first request
 

@@ -8,7 +8,9 @@ import ast
 import re
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from conftest import ROOT
 
@@ -61,32 +63,50 @@ def graph() -> dict[str, set[str]]:
     return {name: {m for m in imports_of(path, name) if m in mods and m != name} for name, path in mods.items()}
 
 
-def test_no_import_cycle() -> None:
-    g = graph()
+def find_cycle(g: Mapping[str, set[str]]) -> list[str] | None:
+    """One import cycle of the graph (a path that returns to its start), or None (depth-first search)."""
     state: dict[str, int] = {}
     stack: list[str] = []
 
-    def visit(n: str) -> None:
+    def visit(n: str) -> list[str] | None:
         state[n] = 1
         stack.append(n)
-        for m in sorted(g[n]):
+        for m in sorted(g.get(n, ())):
             if state.get(m) == 1:
-                raise AssertionError("import cycle: " + " -> ".join([*stack[stack.index(m) :], m]))
-            if m not in state:
-                visit(m)
+                return [*stack[stack.index(m) :], m]
+            if m not in state and (found := visit(m)):
+                return found
         stack.pop()
         state[n] = 2
+        return None
 
     for n in sorted(g):
-        if n not in state:
-            visit(n)
+        if n not in state and (found := visit(n)):
+            return found
+    return None
+
+
+def test_no_import_cycle() -> None:
+    cycle = find_cycle(graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
 def test_the_cycle_check_finds_a_cycle(tmp_path: Path) -> None:
-    """The graph sees function-local imports: a two-module cycle through one is an edge both ways."""
-    a = tmp_path / "a.py"
-    a.write_text("def f():\n    from coderig.core import settings\n")
-    assert "coderig.core.settings" in imports_of(a, "coderig.core.planner")
+    """The search finds a cycle built from real files, one edge a function-local import, three modules
+    long, with acyclic modules around it; and finds none once the edge is gone."""
+    files = {
+        "a": "import b\n",
+        "b": "def f():\n    from c import g\n",
+        "c": "import a\nimport d\n",
+        "d": "",
+    }
+    for name, text in files.items():
+        (tmp_path / f"{name}.py").write_text(text)
+    g = {n: {m for m in imports_of(tmp_path / f"{n}.py", n) if m in files} for n in files}
+    assert find_cycle(g) == ["a", "b", "c", "a"]
+    g["c"].discard("a")
+    assert find_cycle(g) is None
+    assert find_cycle(graph()) is None
 
 
 def private_imports(path: Path, name: str, modules: set[str]) -> set[str]:
@@ -176,12 +196,61 @@ def test_each_layer_imports_only_the_layers_below_it() -> None:
                 assert any(m == ok or m.startswith(ok + ".") for ok in ALLOWED[layer]), f"{name} imports {m}"
 
 
-def test_registry_and_stacks_cover_exactly_the_target_kinds() -> None:
+def registry_problems(registry: Mapping[str, Any], models: Mapping[str, type]) -> list[str]:
+    """Every way a registry entry is incomplete: each kind validation knows has one entry holding its
+    settings model, a renderer in coderig.targets, a stacks module with build(ctx), operations that
+    implement TargetOperations (or None, with what to do instead) and only known features."""
+    import importlib
+
+    from coderig.core.target_base import TargetSettings
+    from coderig.targets import operations
+
+    out = [f"{k}: validated but has no registry entry" for k in models if k not in registry]
+    for kind, entry in registry.items():
+        if models.get(kind) is not entry.settings:
+            out.append(f"{kind}: settings model {entry.settings} is not the validated one")
+        if not entry.render.__module__.startswith("coderig.targets."):
+            out.append(f"{kind}: renderer {entry.render.__module__} outside coderig.targets")
+        if not callable(getattr(importlib.import_module(entry.stack_module), "build", None)):
+            out.append(f"{kind}: {entry.stack_module} has no build(ctx)")
+        if entry.operations is not None and not isinstance(entry.operations, operations.TargetOperations):
+            out.append(f"{kind}: operations lack idle/stop/start")
+        if (entry.operations is None) != bool(entry.instead):
+            out.append(f"{kind}: say what to do instead exactly when there are no operations")
+        if entry.operations is not None and entry.idle_mechanism is None:
+            out.append(f"{kind}: operations but no declared idle mechanism")
+        out += [f"{kind}: unknown feature {f!r}" for f in sorted(entry.features - operations.FEATURES)]
+        ssh_key = entry.settings.over_ssh is not TargetSettings.over_ssh  # the model can say True
+        if ssh_key != (operations.OVER_SSH in entry.features):
+            out.append(f"{kind}: over-ssh declared {not ssh_key} but its settings model says {ssh_key}")
+    return out
+
+
+def test_the_registry_has_one_complete_entry_per_target_kind() -> None:
+    from coderig.core.settings import TARGET_MODELS
     from coderig.targets import REGISTRY
-    from stacks import TARGET_MODULES
 
     assert set(REGISTRY) == set(TARGET_KINDS)
-    assert set(TARGET_MODULES) == set(TARGET_KINDS)
+    assert registry_problems(REGISTRY, TARGET_MODELS) == []
+
+
+def test_the_registry_check_finds_an_incomplete_entry() -> None:
+    import dataclasses
+
+    from coderig.core.settings import TARGET_MODELS
+    from coderig.targets import REGISTRY
+
+    broken = dict(REGISTRY)
+    broken["ssh"] = dataclasses.replace(REGISTRY["ssh"], stack_module="stacks.local", declared=frozenset({"teleport"}))
+    broken["aws"] = dataclasses.replace(REGISTRY["aws"], settings=TARGET_MODELS["ssh"], instead="")
+    del broken["external"]
+    assert registry_problems(broken, TARGET_MODELS) == [
+        "external: validated but has no registry entry",
+        "ssh: unknown feature 'teleport'",
+        "ssh: over-ssh declared False but its settings model says True",
+        "aws: settings model <class 'coderig.core.targets_settings.SshTarget'> is not the validated one",
+        "aws: over-ssh declared False but its settings model says True",
+    ]
 
 
 _KINDS = "local|ssh|aws|kubernetes|external"

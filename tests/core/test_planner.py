@@ -9,7 +9,7 @@ import math
 import pytest
 
 from coderig.core import budgets, layout, plan_text, planner
-from coderig.core.catalog import AWS_INSTANCES, GB, GPUS, PRESETS, GiB
+from coderig.core.catalog import AWS_INSTANCES, GB, GPUS, PRESETS
 from coderig.core.layout import Layout
 
 CTX = 131072
@@ -38,11 +38,12 @@ def test_deepseek_tp8_on_8xh200_holds_single_digit_requests_per_gpu_rank():
     assert c is not None and plan.fits
     # every TP rank holds the whole latent of every request
     assert c.kv_per_request_per_gpu == plan.kv_bytes_per_request
-    usable = int(141 * GiB * 0.90)
-    weights = math.ceil((p.weight_bytes - p.expert_bytes) / 8 + p.expert_bytes / 8)
-    assert c.weights_per_gpu == weights == math.ceil(689 * GB / 8)
-    space = usable - weights - layout.OVERHEAD_PER_GPU
-    assert c.per_replica == space // plan.kv_bytes_per_request == 7
+    # worked: 141 GiB × 0.90 = 136.26 GB usable; 689 GB ÷ 8 = 86.125 GB of weights; 3.22 GB overhead
+    # (3 GiB); 136.26 − 86.13 − 3.22 = 46.91 GB of KV space ÷ 6.30 GB per request = 7.4 -> 7
+    assert c.usable_per_gpu == 136_257_837_465
+    assert c.weights_per_gpu == 86_125_000_000
+    assert c.kv_space_per_gpu == 46_911_611_993
+    assert c.per_replica == 7
     assert 1 <= plan.max_concurrent_requests < 10  # not the pooled 71
 
 
@@ -53,10 +54,11 @@ def test_deepseek_layouts_on_h200_and_b200():
     assert [o.layout.name for o in h.options] == ["TP8", "DP8+EP"]
     dep = h.options[1]
     # DP attention: attention/dense weights whole on every rank, experts over 8; each rank its own requests
-    assert dep.weights_per_gpu == math.ceil(p.weight_bytes - p.expert_bytes + p.expert_bytes / 8)
+    # worked: 23.82 GB dense whole + 665.18 GB of experts ÷ 8 = 106.96 GB per GPU; 136.26 − 106.96 − 3.22
+    # = 26.07 GB ÷ 6.30 GB = 4 requests per rank, × 8 ranks = 32
+    assert dep.weights_per_gpu == 106_964_822_528
     assert dep.kv_per_request_per_gpu == h.kv_bytes_per_request
-    per_rank = (dep.usable_per_gpu - dep.weights_per_gpu - layout.OVERHEAD_PER_GPU) // dep.kv_per_request_per_gpu
-    assert dep.per_replica == 8 * per_rank
+    assert dep.per_replica == 32
     assert dep.per_replica > h.options[0].per_replica
     b = planner.plan(p, gpu="B200", gpu_count=8, max_model_len=CTX)
     names = [o.layout.name for o in b.options]
@@ -87,9 +89,10 @@ def test_glm47_tp8_per_request_and_per_rank():
     plan = planner.plan(p, gpu="H200", gpu_count=8, max_model_len=CTX, parallel=Layout(8))
     c = plan.chosen
     assert c is not None
-    assert c.kv_per_request_per_gpu == 2 * 1 * 128 * 92 * CTX  # one KV head per rank
-    space = c.usable_per_gpu - c.weights_per_gpu - layout.OVERHEAD_PER_GPU
-    assert c.per_replica == space // c.kv_per_request_per_gpu
+    assert c.kv_per_request_per_gpu == 2 * 1 * 128 * 92 * CTX  # one KV head per rank: 3.09 GB
+    # worked: 136.26 GB usable − 362 GB ÷ 8 (45.25 GB) − 3.22 GB = 87.79 GB ÷ 3.09 GB = 28.4 -> 28
+    assert c.weights_per_gpu == 45_250_000_000
+    assert c.per_replica == 28
     assert planner.kv_bytes_per_token(p, "bf16") == 2 * 2 * 8 * 128 * 92
 
 
@@ -100,7 +103,7 @@ def test_qwen36_on_4_gpus_counts_replicated_kv_heads():
     # 2 KV heads over 4 ranks: each rank keeps one whole head (replicated twice), not half a head
     per_rank = planner.kv_bytes_per_token(p, "fp8", g, tp4)
     assert per_rank == 10 * 2 * 1 * 256 * 1
-    assert per_rank == 2 * planner.kv_bytes_per_token(p, "fp8", g) / 4
+    assert planner.kv_bytes_per_token(p, "fp8", g) == 10 * 2 * 2 * 256 * 1  # both heads, one copy
     plan = planner.plan(p, gpu="H100", gpu_count=4, max_model_len=CTX, parallel=tp4)
     c = plan.chosen
     assert c is not None
@@ -148,14 +151,13 @@ def test_deepseek_fits_8xh200_not_8xh100():
 def test_suggestion_is_the_smallest_fitting_configuration():
     p = PRESETS["glm-4.7"]
     s = planner.smallest_fit(p, CTX, "fp8", 0.9)
-    fitting = [
-        (GPUS[g].memory_bytes * n, n, g)
-        for g in GPUS
-        for n in (1, 2, 4, 8)
-        if planner.plan(p, gpu=g, gpu_count=n, max_model_len=CTX, suggest=False).fits
-    ]
-    _, n, g = min(fitting)
-    assert f"{n}× {g}" in s
+    # worked: 362 GB of FP8 weights. Every configuration with less memory than 2× B300 (2 × 268 GiB =
+    # 536 GiB) has under 362 GB of GPU memory in all (1× B300 268 GiB, 2× H200 282 GiB, 4× H100 320 GiB)
+    # or is larger (4× H200 564 GiB, 8× H100 640 GiB). On 2× B300: 259 GB usable per GPU (90%) − 181 GB
+    # weights − 3.2 GB overhead leaves 74.8 GB, 12.3 GB per full-context request: 6 of them.
+    assert s.startswith("smallest that fits: 2× B300 (536 GiB)")
+    tp2 = planner.plan(p, gpu="B300", gpu_count=2, max_model_len=CTX, suggest=False)
+    assert tp2.fits and tp2.max_concurrent_requests_per_replica == 6
 
 
 def test_weights_fit_but_context_does_not():

@@ -18,7 +18,7 @@ from programs import AMI_FROM_LOOKUP, aws_config, aws_outputs, is_secret, run_st
 from coderig.core.errors import UserError
 from coderig.core.settings import parse_settings
 from coderig.runtime import aws_reaper, idle
-from coderig.targets.aws import plan as aws_plan
+from coderig.targets.aws import resources as aws_resources
 
 STACK = "prod"
 TAGGABLE_PREFIXES = (
@@ -84,8 +84,8 @@ def test_elastic_ip_is_the_endpoint_and_in_the_certificate(default_run: ProgramR
 def test_weights_volume_is_gp3_at_max_and_retained(default_run: ProgramRun) -> None:
     (vol,) = default_run.of_prefix("aws:ebs/volume:")
     assert vol.inputs["type"] == "gp3"
-    assert vol.inputs["throughput"] == aws_plan.GP3_MAX_THROUGHPUT_MIBS == 2000
-    assert vol.inputs["iops"] == aws_plan.GP3_MAX_IOPS
+    assert vol.inputs["throughput"] == aws_resources.GP3_MAX_THROUGHPUT_MIBS == 2000
+    assert vol.inputs["iops"] == aws_resources.GP3_MAX_IOPS
     assert vol.inputs["size"] >= 690 * 1.2  # DeepSeek V3.2 weights plus headroom
     assert vol.inputs["encrypted"] is True
     (attach,) = default_run.of_prefix("aws:ec2/volumeAttachment:")
@@ -196,7 +196,7 @@ def test_reaper_lambda_package_env_and_schedule(default_run: ProgramRun) -> None
 
 
 def test_lambda_zip_holds_only_the_handler_modules() -> None:
-    files = aws_plan.lambda_files()
+    files = aws_resources.lambda_files()
     assert sorted(files) == [
         "coderig/__init__.py",
         "coderig/runtime/__init__.py",
@@ -274,7 +274,7 @@ def test_secrets_stay_secret(default_run: ProgramRun) -> None:
 
 
 def test_user_data_fits_ec2_limit() -> None:
-    cloud = aws_plan.cloud_init(
+    cloud = aws_resources.cloud_init(
         host_private_key="-----BEGIN OPENSSH PRIVATE KEY-----\n" + "A" * 600 + "\n-----END OPENSSH PRIVATE KEY-----\n",
         host_public_key="ssh-ed25519 " + "A" * 68,
         login_public_key="ssh-ed25519 " + "B" * 68,
@@ -283,7 +283,7 @@ def test_user_data_fits_ec2_limit() -> None:
         region="ap-southeast-2",
     )
     raw = gzip.compress(cloud.encode(), mtime=0)
-    assert len(raw) < aws_plan.USER_DATA_LIMIT - 2048  # keep headroom for the code to grow
+    assert len(raw) < aws_resources.USER_DATA_LIMIT - 2048  # keep headroom for the code to grow
     # the minified publisher still runs: compile every shipped module
     doc = yaml.safe_load(cloud)
     for f in doc["write_files"]:

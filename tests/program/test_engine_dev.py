@@ -23,7 +23,7 @@ from frontdoor_fixtures import NPM_PREFIX, require_tool
 
 from coderig.core.settings import parse_settings
 from coderig.targets.compose import machines
-from coderig.targets.compose import spec as node
+from coderig.targets.compose.rendered import render_node
 
 pytestmark = [
     pytest.mark.integration,
@@ -50,7 +50,7 @@ def seed_weights(home: Path) -> Path:
     """The weights step's completion marker (and the model file) where the dev stack's cache is."""
     settings = parse_settings(yaml_config(ROOT / "Pulumi.dev.yaml"))
     spec = machines.node_specs(settings)[0]
-    env = node.compose_dict(settings, spec)["services"]["weights"]["environment"]
+    env = render_node(settings, spec).compose["services"]["weights"]["environment"]
     cache = home / ".cache" / "coderig"
     marker = cache / "hf" / "coderig-markers" / f"{env['CODERIG_REPO'].replace('/', '--')}.json"
     marker.parent.mkdir(parents=True)

@@ -15,6 +15,7 @@ from kube_helpers import (
     by_key,
     glm_config,
     k8s_config,
+    objects_of,
     settings_of,
 )
 
@@ -41,7 +42,7 @@ def test_pulumi_graph_names_provider_ordering_and_secrets() -> None:
     kinds = {r.typ.split(":")[-1] for r in k8s_res}
     assert {"Namespace", "PersistentVolumeClaim", "Job", "Deployment", "Service", "Ingress", "CronJob", "Role",
             "RoleBinding", "NetworkPolicy", "PodDisruptionBudget", "Secret", "ConfigMap"} <= kinds  # fmt: skip
-    # every manifest of coderig.kube became a resource, and nothing else
+    # every manifest of coderig.targets.kubernetes became a resource, and nothing else
     s = settings_of(k8s_config())
     expected = {kube_render.object_key(o) for o in all_objects(k8s_config())}
     assert {r.name.removeprefix("k8s-") for r in k8s_res} == expected
@@ -117,7 +118,7 @@ def _leaves(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def pvc_of(config: dict[str, Any]) -> dict[str, Any]:
-    (pvc,) = [o for o in kube_render.objects(settings_of(config), "prod") if o["kind"] == "PersistentVolumeClaim"]
+    (pvc,) = [o for o in objects_of(settings_of(config), "prod") if o["kind"] == "PersistentVolumeClaim"]
     return pvc
 
 
@@ -160,7 +161,7 @@ def test_every_pvc_change_a_stack_edit_can_make_is_ignored_not_replaced(
 def test_a_new_weights_volume_name_makes_a_new_pvc_and_keeps_the_old(monkeypatch: pytest.MonkeyPatch) -> None:
     """The documented way to really move the weights (new storage class, RWO -> RWX): a new PVC name."""
     cfg = k8s_config(weightsVolumeName="coderig-weights-rwx")
-    objs = by_key(kube_render.objects(settings_of(cfg), "prod"))
+    objs = by_key(objects_of(settings_of(cfg), "prod"))
     assert f"persistentvolumeclaim-{kube.WEIGHTS}" not in objs
     assert objs["persistentvolumeclaim-coderig-weights-rwx"]["metadata"]["name"] == "coderig-weights-rwx"
     for key in (f"job-{kube.WEIGHTS}", f"deployment-{kube.MODEL}"):

@@ -1,4 +1,4 @@
-"""coderig.idle: metrics parsing and the idle decision (pure, no AWS)."""
+"""coderig.runtime.idle: metrics parsing and the idle decision (pure, no AWS)."""
 
 from __future__ import annotations
 

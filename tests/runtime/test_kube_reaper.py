@@ -20,6 +20,7 @@ from kube_helpers import (  # noqa: F401 - MODEL is read by conftest's standin f
     MODEL,
     by_key,
     k8s_config,
+    objects_of,
     settings_of,
     stream_chat,
 )
@@ -28,7 +29,6 @@ from standin import StandIn
 from coderig.runtime import idle, kube_reaper
 from coderig.runtime.idle import ReaperError
 from coderig.targets.kubernetes import manifests as kube
-from coderig.targets.kubernetes import render as kube_render
 
 # --- scale to zero: the reaper on real metrics text -----------------------------------------------
 
@@ -121,7 +121,7 @@ def reaper_cfg(port: int, **kw: Any) -> kube_reaper.ReaperConfig:
 
 def test_reaper_config_round_trips_from_the_cronjobs_environment() -> None:
     s = settings_of({**k8s_config(), "idle": {"stopAfterMinutes": 45, "officeHours": {"timezone": "Europe/Paris"}}})
-    cron = by_key(kube_render.objects(s, "prod"))[f"cronjob-{kube.IDLE}"]
+    cron = by_key(objects_of(s, "prod"))[f"cronjob-{kube.IDLE}"]
     env = {
         e["name"]: e["value"] for e in cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["env"]
     }
@@ -291,14 +291,14 @@ def test_reaper_dry_run_and_office_hours_start(api_server) -> None:
 
 
 def cron_mounts(s: Any) -> list[dict[str, Any]]:
-    cron = by_key(kube_render.objects(s, "prod"))[f"cronjob-{kube.IDLE}"]
+    cron = by_key(objects_of(s, "prod"))[f"cronjob-{kube.IDLE}"]
     return cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
 
 
 def test_reaper_code_runs_standalone_from_its_configmap(tmp_path: Path) -> None:
     """The CronJob mounts only this ConfigMap into a plain python image: no pydantic, no yaml."""
     s = settings_of(k8s_config())
-    cm = by_key(kube_render.objects(s, "prod"))[f"configmap-{kube.IDLE_CODE}"]
+    cm = by_key(objects_of(s, "prod"))[f"configmap-{kube.IDLE_CODE}"]
     mount = [m for m in cron_mounts(s) if m["name"] == "code"][0]["mountPath"]
     assert mount == "/opt/coderig/coderig/runtime"
     pkg = tmp_path / mount.lstrip("/")
@@ -314,7 +314,7 @@ def test_reaper_code_runs_standalone_from_its_configmap(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert res.returncode == 1, res.stderr
     assert json.loads(res.stdout) == {"level": "error", "error": "CODERIG_STOP_AFTER_MINUTES is not set"}
-    cron = by_key(kube_render.objects(s, "prod"))[f"cronjob-{kube.IDLE}"]
+    cron = by_key(objects_of(s, "prod"))[f"cronjob-{kube.IDLE}"]
     container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["python", "-m", "coderig.runtime.kube_reaper", "reap"]
     env2 = {e["name"]: e["value"] for e in container["env"]} | {"PATH": os.environ["PATH"]}

@@ -20,7 +20,7 @@ from coderig.core import engine, planner, versions
 from coderig.core.settings import SECRET, parse_settings
 from coderig.runtime.scripts import SCRIPT_NAMES
 from coderig.targets.compose import machines
-from coderig.targets.compose import spec as node
+from coderig.targets.compose.rendered import render_node
 
 FETCHER = ROOT / "coderig" / "runtime" / "fetch_weights.py"
 REQUIREMENTS = ROOT / "coderig" / "runtime" / "weights-requirements.txt"
@@ -111,7 +111,7 @@ def stacks() -> dict[str, Any]:
 def test_compose_weights_service_uses_a_pinned_image_that_has_the_downloader(name: str) -> None:
     settings = stacks()[name]
     for spec in machines.node_specs(settings):
-        services = node.compose_dict(settings, spec)["services"]
+        services = render_node(settings, spec).compose["services"]
         if "weights" not in services:
             continue
         w = services["weights"]

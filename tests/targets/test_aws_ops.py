@@ -1,4 +1,4 @@
-"""coderig.aws_ops against moto (in-process EC2 and CloudWatch) and loopback HTTP servers."""
+"""coderig.targets.aws.ops against moto (in-process EC2 and CloudWatch) and loopback HTTP servers."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from coderig.runtime import aws_reaper, idle
 from coderig.runtime.aws_reaper import ReaperConfig
 from coderig.runtime.idle import ReaperError
 from coderig.targets.aws import ops as aws_ops
-from coderig.targets.aws import plan as aws_plan
+from coderig.targets.aws import resources as aws_resources
 
 REGION = "us-east-1"
 STACK = "prod"
@@ -527,9 +527,9 @@ def test_cli_reads_region_port_and_idle_policy_from_the_stack_file(tmp_path: Pat
 
 
 def test_handler_modules_import_with_stdlib_only(tmp_path: Path) -> None:
-    """The Lambda zip (exactly aws_plan.lambda_files()) imports with pydantic, yaml, pulumi and boto3
+    """The Lambda zip (exactly aws_resources.lambda_files()) imports with pydantic, yaml, pulumi and boto3
     blocked (boto3 is imported only when the handler runs)."""
-    for rel, text in aws_plan.lambda_files().items():
+    for rel, text in aws_resources.lambda_files().items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
     probe = (
@@ -539,7 +539,7 @@ def test_handler_modules_import_with_stdlib_only(tmp_path: Path) -> None:
         "        if name.split('.')[0] in {'pydantic', 'yaml', 'pulumi', 'boto3', 'botocore'}:\n"
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        f"import {aws_plan.REAPER_HANDLER.rsplit('.', 1)[0]} as m\n"
+        f"import {aws_resources.REAPER_HANDLER.rsplit('.', 1)[0]} as m\n"
         "assert callable(m.handler)\n"
         "print('ok', m.ReaperConfig.from_env({'CODERIG_STACK': 's'}).tag_value)\n"
     )

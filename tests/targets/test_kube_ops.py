@@ -92,7 +92,7 @@ def test_stop_refuses_while_requests_run(tmp_path: Path) -> None:
 def test_ops_commands_dispatch_by_target_kind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_stack(tmp_path, k8s_config(), "prod")
     settings = cli_ops.stack_settings(ops_args(path))
-    assert settings is not None and targets.REGISTRY[settings.target.kind].ops is kube_ops
+    assert settings is not None and targets.REGISTRY[settings.target.kind].operations is kube_ops.OPERATIONS
     assert cli_ops.stack_settings(argparse.Namespace(stack="nope", config=None)) is None
     glm = write_stack(tmp_path, {**glm_config(), "gateway": {"port": 80}}, "bad")
     assert main(["start", "prod", "--config", str(glm)]) == 2
@@ -119,7 +119,7 @@ def test_stop_reads_the_stack_file_once(tmp_path: Path, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(cli_ops, "load_stack_file", counting)
     quiet = FakeKubectl(running="2 0")
-    monkeypatch.setitem(kube_ops.COMMANDS, "stop", lambda a, st: kube_ops.cmd_stop(a, st, run=quiet))
+    monkeypatch.setattr(kube_ops.OPERATIONS, "run", quiet)
     assert main(["stop", "prod", "--config", str(path)]) == 0
     assert loads == [str(path)]
     # and it probes for the stack's served model name

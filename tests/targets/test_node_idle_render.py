@@ -11,6 +11,7 @@ from coderig.core.settings import StackSettings, parse_settings
 from coderig.targets.compose import commands, spec
 from coderig.targets.compose import idle as node_idle
 from coderig.targets.compose.machines import node_specs
+from coderig.targets.compose.rendered import RenderedNode, render_node
 
 
 def settings(idle: dict[str, Any] | None, hosts: int = 1, **model: Any) -> StackSettings:
@@ -22,8 +23,12 @@ def settings(idle: dict[str, Any] | None, hosts: int = 1, **model: Any) -> Stack
     return parse_settings(c)
 
 
+def node(s: StackSettings, machine: int = 0) -> RenderedNode:
+    return render_node(s, node_specs(s)[machine])
+
+
 def services(s: StackSettings, machine: int = 0) -> dict[str, Any]:
-    return spec.compose_dict(s, node_specs(s)[machine])["services"]
+    return node(s, machine).compose["services"]
 
 
 def test_no_idle_policy_adds_nothing() -> None:
@@ -54,7 +59,7 @@ def test_sleep_gives_vllm_sleep_mode_and_the_relay_and_reaper_their_flags() -> N
     replica = services(s, 1)
     assert "--enable-sleep-mode" in replica["model"]["command"] and node_idle.REAPER_SERVICE not in replica
     # the stdlib modules the relay and reaper import ship in the bundle
-    files = spec.node_files(s, node_specs(s)[0])
+    files = node(s).files
     for name in node_idle.RUNTIME_MODULES:
         assert f"{spec.KEEPALIVE_DIR}/coderig/runtime/{name}" in files
     assert commands.preflight_env(s, node_specs(s)[1])["CODERIG_SLEEP_RAM_BYTES"] == str(s.model.spec.weight_bytes)
@@ -76,7 +81,7 @@ def test_stop_mounts_the_docker_socket_into_the_reaper_alone() -> None:
     assert relay[relay.index("--wake") + 1] == "stop"
     assert relay[relay.index("--reaper") + 1] == f"http://{node_idle.REAPER_CONTROL}"
     assert "CODERIG_SLEEP_RAM_BYTES" not in commands.preflight_env(s, node_specs(s)[0])
-    assert spec.front_services(s, node_specs(s)[0]) == ["litellm", "keepalive", "reaper", "gateway"]
+    assert node(s).front_services == ["litellm", "keepalive", "reaper", "gateway"]
 
 
 def test_the_plan_says_what_idling_does() -> None:

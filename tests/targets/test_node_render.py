@@ -12,7 +12,6 @@ import base64
 import importlib.resources
 import io
 import json
-import math
 import os
 import re
 import shlex
@@ -35,8 +34,10 @@ from coderig.core import budgets, engine, hostkeys, planner, versions
 from coderig.core.files import RenderedFile
 from coderig.core.secrets import LinkTls
 from coderig.core.settings import NODE_CACHE_PATH, StackSettings, parse_settings
+from coderig.runtime.scripts import SCRIPT_NAMES
 from coderig.targets.compose import commands, machines
 from coderig.targets.compose import spec as node
+from coderig.targets.compose.rendered import render_node, render_node_files
 
 
 def compose_schema() -> dict[str, Any]:
@@ -98,14 +99,14 @@ def test_compose_is_valid_against_the_compose_spec_schema(kind: str) -> None:
     settings = ALL[kind]()
     schema = compose_schema()
     for spec in machines.node_specs(settings):
-        doc = yaml.safe_load(node.compose_text(settings, spec))
+        doc = yaml.safe_load(render_node(settings, spec).files["compose.yaml"].content)
         jsonschema.validate(doc, schema, cls=jsonschema.Draft202012Validator)
-        assert doc == node.compose_dict(settings, spec)
+        assert doc == render_node(settings, spec).compose
 
 
 def test_schema_catches_a_broken_compose_file() -> None:
     """Guard: the schema really checks what we rely on."""
-    doc = node.compose_dict(settings_ssh(), machines.node_specs(settings_ssh())[0])
+    doc = render_node(settings_ssh(), machines.node_specs(settings_ssh())[0]).compose
     doc["services"]["model"]["healthcheck"]["retires"] = 5  # misspelt key
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(doc, compose_schema(), cls=jsonschema.Draft202012Validator)
@@ -115,20 +116,20 @@ def test_schema_catches_a_broken_compose_file() -> None:
 def test_only_the_gateway_is_public(kind: str) -> None:
     settings = ALL[kind]()
     for spec in machines.node_specs(settings):
-        services = node.compose_dict(settings, spec)["services"]
+        services = render_node(settings, spec).compose["services"]
         for name, svc in services.items():
             assert svc["network_mode"] == "host", name
             assert "ports" not in svc, name
         if "litellm" in services:
             cmd = services["litellm"]["command"]
             assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
-            conf = node.node_files(settings, spec)[node.GATEWAY_CONF].content
+            conf = render_node(settings, spec).files[node.GATEWAY_CONF].content
             assert f"listen 0.0.0.0:{settings.gateway.port} ssl" in conf or f"0.0.0.0:{settings.gateway.port}" in conf
         if "model" in services:  # every model server on loopback, replicas' too (their link is TLS)
             cmd = services["model"]["command"]
             assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
         if "link" in services:
-            conf = node.node_files(settings, spec)[node.LINK_CONF].content
+            conf = render_node(settings, spec).files[node.LINK_CONF].content
             listens = re.findall(r"listen (\S+?)( ssl)?;", conf)
             if spec.role == "replica":  # its private address, TLS only
                 assert listens == [(f"{spec.link_address}:8000", " ssl")], conf
@@ -147,7 +148,7 @@ def test_images_are_pinned_from_versions() -> None:
     for kind in ALL:
         settings = ALL[kind]()
         for spec in machines.node_specs(settings):
-            for svc in node.compose_dict(settings, spec)["services"].values():
+            for svc in render_node(settings, spec).compose["services"].values():
                 assert svc["image"] in pinned
                 tag = svc["image"].rsplit(":", 1)[1]
                 assert tag not in ("latest", "stable", "main", "server") and any(ch.isdigit() for ch in tag)
@@ -157,7 +158,7 @@ def test_images_are_pinned_from_versions() -> None:
 def test_vllm_service_gpus_ipc_cache_health() -> None:
     settings = settings_ssh()
     spec = machines.node_specs(settings)[0]
-    svc = node.compose_dict(settings, spec)["services"]
+    svc = render_node(settings, spec).compose["services"]
     model = svc["model"]
     assert model["image"] == versions.VLLM_IMAGE and model["ipc"] == "host"
     assert model["deploy"]["resources"]["reservations"]["devices"] == [
@@ -167,11 +168,12 @@ def test_vllm_service_gpus_ipc_cache_health() -> None:
     assert model["environment"]["VLLM_CACHE_ROOT"].startswith("/cache/")  # compile cache on the volume
     assert f"{settings.target.cachePath}:/cache" in model["volumes"]  # type: ignore[union-attr]
     assert model["command"] == engine.vllm_args(settings.model, planner.plan_stack(settings).layout)
+    # deepseek-v3.2's 689 GB on 8× H200 with the default workload: TP8 (tests/core/test_planner.py)
+    assert model["command"][model["command"].index("--tensor-parallel-size") + 1] == "8"
     assert "--tool-call-parser" in model["command"]
     assert model["depends_on"] == {"weights": {"condition": "service_completed_successfully"}}
-    start = int(model["healthcheck"]["start_period"].rstrip("s"))
-    assert start == math.ceil(settings.model.spec.weight_bytes / budgets.LOAD_BYTES_PER_S) + budgets.ENGINE_WARMUP_S
-    assert start == budgets.load_budget_seconds(settings.model.spec)
+    # worked: 600 s warm-up + 689 GB read at 500 MB/s (1378 s) = 1978 s
+    assert model["healthcheck"]["start_period"] == "1978s"
     assert "/health" in " ".join(model["healthcheck"]["test"])
     assert model["restart"] == "unless-stopped"
     w = svc["weights"]
@@ -183,7 +185,7 @@ def test_vllm_service_gpus_ipc_cache_health() -> None:
 def test_llamacpp_dev_preset() -> None:
     settings = settings_local()
     spec = machines.node_specs(settings)[0]
-    svc = node.compose_dict(settings, spec)["services"]
+    svc = render_node(settings, spec).compose["services"]
     model = svc["model"]
     assert model["image"] == versions.LLAMACPP_IMAGE and "deploy" not in model and "ipc" not in model
     gguf = engine.gguf_path(settings.model.spec, node.CACHE_MOUNT)
@@ -205,7 +207,7 @@ def test_secrets_only_in_0600_env_files() -> None:
         link=LinkTls(ca_cert="LINK-CA", cert="LINK-CERT", key="link-key-0123456789"),
     )
     for spec in machines.node_specs(settings):
-        public = node.node_files(settings, spec)
+        public = render_node(settings, spec).files
         private = node.node_secret_files(spec, secrets)
         text = "".join(f.content for f in public.values())
         for value in ("model-key-0123", "sk-master-0123", "crk-alice", "hf_secret_token", "link-key-0123"):
@@ -213,13 +215,13 @@ def test_secrets_only_in_0600_env_files() -> None:
         for path, f in private.items():
             assert f.mode == (0o644 if path.endswith(".crt") else 0o600), path
         assert private[node.LINK_KEY].content == "link-key-0123456789"  # both ends of the link
-        compose = node.compose_dict(settings, spec)
+        compose = render_node(settings, spec).compose
         referenced = {e for s in compose["services"].values() for e in s.get("env_file", [])}
         referenced |= {v.split(":")[0].removeprefix("./") for s in compose["services"].values() for v in s["volumes"]}
         assert {p for p in referenced if p.startswith(("secrets/", "tls/"))} <= set(private)
     with pytest.raises(ValueError, match="no link certificate"):  # never a link without its certificate
         node.node_secret_files(machines.node_specs(settings)[1], replace(secrets, link=None))
-    gateway = node.compose_dict(settings, machines.node_specs(settings)[0])["services"]["gateway"]
+    gateway = render_node(settings, machines.node_specs(settings)[0]).compose["services"]["gateway"]
     assert not any(v.startswith("./secrets:") or ".env" in v for v in gateway["volumes"])  # least privilege
     env = node.node_secret_files(machines.node_specs(settings)[0], secrets)["secrets/weights.env"].content
     assert env == "HF_TOKEN=hf_secret_token\n"
@@ -230,25 +232,26 @@ def test_secrets_only_in_0600_env_files() -> None:
 
 
 def test_render_contributor_writes_every_node() -> None:
-    files = node.render_node_files(settings_ssh(2), "prod")
+    files = render_node_files(settings_ssh(2), "prod", planner.plan_stack(settings_ssh(2)))
     assert "node/0-full/compose.yaml" in files and "node/1-replica/compose.yaml" in files
     assert "node/0-full/litellm/config.yaml" in files and "node/0-full/gateway/nginx.conf" in files
-    for script in node.SCRIPT_NAMES:
+    for script in SCRIPT_NAMES:
         # the hash-pinned requirements ship only where the weights image lacks huggingface_hub (llama.cpp)
         assert (f"node/0-full/scripts/{script}" in files) == (script != versions.WEIGHTS_REQUIREMENTS)
-    assert "node/scripts/weights-requirements.txt" in node.render_node_files(settings_local(), "dev")
+    local = render_node_files(settings_local(), "dev", planner.plan_stack(settings_local()))
+    assert "node/scripts/weights-requirements.txt" in local
     assert not any("/secrets/" in p for p in files)
-    assert set(node.render_node_files(settings_local(), "dev")) >= {"node/compose.yaml", "node/scripts/volume.sh"}
+    assert set(local) >= {"node/compose.yaml", "node/scripts/volume.sh"}
 
 
 def test_coderig_render_writes_the_node_bundle(tmp_path: Path) -> None:
-    assert {k for k, t in targets.REGISTRY.items() if t.render is node.render_node_files} == {
+    assert {k for k, t in targets.REGISTRY.items() if t.render is render_node_files} == {
         "local",
         "ssh",
         "aws",
         "external",
     }
-    bundle = targets.render_stack(settings_ssh(2), "prod")
+    bundle = targets.render_stack(settings_ssh(2), "prod", planner.plan_stack(settings_ssh(2)))
     assert "node/0-full/compose.yaml" in bundle
 
 
@@ -256,7 +259,7 @@ def test_archive_is_deterministic_and_keeps_modes() -> None:
     settings = settings_ssh()
     spec = machines.node_specs(settings)[0]
     secrets = fake_secrets()
-    files = commands.with_hash_file(node.node_files(settings, spec) | node.node_secret_files(spec, secrets))
+    files = commands.with_hash_file(render_node(settings, spec).files | node.node_secret_files(spec, secrets))
     a, b = node.bundle_archive(files), node.bundle_archive(dict(reversed(list(files.items()))))
     assert a == b
     with tarfile.open(fileobj=io.BytesIO(base64.b64decode(a))) as tar:
@@ -269,8 +272,8 @@ def test_hashes_split_model_and_front_door() -> None:
     spec = machines.node_specs(settings)[0]
     s1 = fake_secrets()
     s2 = fake_secrets(developer_keys={"a": "crk-" + "a" * 20, "b": "crk-" + "b" * 20})
-    h1 = node.service_hashes(settings, spec, node.node_secret_files(spec, s1))
-    h2 = node.service_hashes(settings, spec, node.node_secret_files(spec, s2))
+    h1 = render_node(settings, spec).hashes(node.node_secret_files(spec, s1))
+    h2 = render_node(settings, spec).hashes(node.node_secret_files(spec, s2))
     assert h1["model"] == h2["model"] and h1["frontdoor"] != h2["frontdoor"]
 
 
@@ -298,7 +301,7 @@ def test_copy_then_up_then_guarded_delete(tmp_path: Path) -> None:
     spec = machines.node_specs(settings)[0]
     d = tmp_path / "bundle"
     secrets = fake_secrets()
-    files = node.node_files(settings, spec) | node.node_secret_files(spec, secrets)
+    files = render_node(settings, spec).files | node.node_secret_files(spec, secrets)
     old_hash = node.bundle_hash(files)
     d.mkdir()
     (d / "scripts").mkdir()
@@ -376,17 +379,17 @@ def test_gateway_has_a_health_check_and_wait_ready_checks_through_it(kind: str) 
     with one GET of /healthz through the gateway, which needs LiteLLM and the model server."""
     settings = ALL[kind]()
     spec = machines.node_specs(settings)[0]
-    gateway = node.compose_dict(settings, spec)["services"]["gateway"]
+    gateway = render_node(settings, spec).compose["services"]["gateway"]
     assert versions.NGINX_IMAGE.startswith("nginx:") and versions.NGINX_IMAGE.endswith("-alpine")
     test = gateway["healthcheck"]["test"]
     port = settings.gateway.port
     assert test == ["CMD", "wget", "-q", "-O", "-", "--no-check-certificate", f"https://127.0.0.1:{port}/api/hello"]
     assert gateway["healthcheck"]["start_period"] == f"{node.GATEWAY_HEALTH_START_S}s"
-    wait = commands.wait_command(settings, spec)
+    wait = commands.wait_command(render_node(settings, spec))
     assert f"CODERIG_GATEWAY_URL=https://127.0.0.1:{port}/healthz" in wait
     assert "CODERIG_GATEWAY_SERVICE=gateway" in wait
     # what /healthz checks: the model server (the upstream for a front door) behind LiteLLM
-    conf = node.node_files(settings, spec)[node.GATEWAY_CONF].content
+    conf = render_node(settings, spec).files[node.GATEWAY_CONF].content
     assert "location = /healthz" in conf and "auth_request /_coderig_model_health;" in conf
     upstream = "https://kserve.internal/v1/models" if kind == "external" else "http://127.0.0.1:8000/health"
     assert f"proxy_pass {upstream};" in conf
@@ -395,33 +398,33 @@ def test_gateway_has_a_health_check_and_wait_ready_checks_through_it(kind: str) 
 def test_replicas_wait_without_a_gateway_check() -> None:
     settings = settings_ssh(2)
     first, replica = machines.node_specs(settings)
-    assert "gateway" not in node.compose_dict(settings, replica)["services"]
-    assert "CODERIG_GATEWAY_URL=" not in commands.wait_command(settings, replica)
+    assert "gateway" not in render_node(settings, replica).compose["services"]
+    assert "CODERIG_GATEWAY_URL=" not in commands.wait_command(render_node(settings, replica))
     # the first machine's wait ends with /healthz and the replica's /health through its link
     urls = "https://127.0.0.1:8443/healthz http://127.0.0.1:4201/health"
-    assert f"CODERIG_GATEWAY_URL={shlex.quote(urls)} " in commands.wait_command(settings, first)
-    assert "CODERIG_SERVICES='model link litellm gateway'" in commands.wait_command(settings, first)
+    assert f"CODERIG_GATEWAY_URL={shlex.quote(urls)} " in commands.wait_command(render_node(settings, first))
+    assert "CODERIG_SERVICES='model link litellm gateway'" in commands.wait_command(render_node(settings, first))
 
 
 def test_time_budgets_come_from_the_planner_only() -> None:
-    """One set of throughput and pull assumptions (coderig.planner), shared with the kube target."""
+    """One set of throughput and pull assumptions (coderig.core.budgets), shared with the kube target."""
     for name in ("DOWNLOAD_BYTES_PER_S", "LOAD_BYTES_PER_S", "PULL_S", "WARMUP_S", "load_seconds"):
         assert not hasattr(node, name), name
-    for settings in (settings_ssh(), settings_local()):  # vLLM and llama.cpp
+    # worked by hand, (image pull 900 s + first download at 100 MB/s + load) × 1.5, rounded up:
+    #   deepseek-v3.2 (vLLM, 689 GB): load 600 + 1378 = 1978 s; (900 + 6890 + 1978) × 1.5 = 14652 s
+    #   qwen3-1.7b-cpu (llama.cpp, 1.28 GB): load 120 + 3 = 123 s; (900 + 13 + 123) × 1.5 = 1554 s
+    #   a front door only: 900 × 1.5 = 1350 s
+    for settings, start, budget in ((settings_ssh(), 1978, 14652), (settings_local(), 123, 1554)):
         spec = machines.node_specs(settings)[0]
-        preset = settings.model.spec
-        model = node.compose_dict(settings, spec)["services"]["model"]
-        assert model["healthcheck"]["start_period"] == f"{budgets.load_budget_seconds(preset)}s"
-        budget = budgets.ready_budget_seconds(preset)
-        assert budget == math.ceil(
-            (budgets.IMAGE_PULL_S + math.ceil(preset.weight_bytes / budgets.DOWNLOAD_BYTES_PER_S)
-             + budgets.load_budget_seconds(preset)) * 1.5
-        )  # fmt: skip
-        assert f"CODERIG_BUDGET_SECONDS={budget} " in commands.wait_command(settings, spec)
+        model = render_node(settings, spec).compose["services"]["model"]
+        assert model["healthcheck"]["start_period"] == f"{start}s"
+        assert budgets.load_budget_seconds(settings.model.spec) == start
+        assert budgets.ready_budget_seconds(settings.model.spec) == budget
+        assert f"CODERIG_BUDGET_SECONDS={budget} " in commands.wait_command(render_node(settings, spec))
     external = settings_external()
     fd = machines.node_specs(external)[0]
-    assert f"CODERIG_BUDGET_SECONDS={budgets.ready_budget_seconds(None)} " in commands.wait_command(external, fd)
-    assert budgets.ready_budget_seconds(None) == math.ceil(budgets.IMAGE_PULL_S * 1.5)
+    assert "CODERIG_BUDGET_SECONDS=1350 " in commands.wait_command(render_node(external, fd))
+    assert budgets.ready_budget_seconds(None) == 1350
 
 
 @pytest.mark.integration

@@ -2,7 +2,7 @@
 
 The test host is `ssh_host` (conftest.py, made by tests/sshhost.py): OpenSSH's sshd in a network
 namespace of its own with a stand-in `docker`. The command string is the one the Pulumi program
-gives pulumi-command (`coderig.node.preflight_command`); here the `ssh` client runs it with
+gives pulumi-command (`coderig.targets.compose.commands.preflight_command`); here the `ssh` client runs it with
 StrictHostKeyChecking=yes and a known_hosts file built from the pinned `hostKey`.
 """
 
@@ -22,6 +22,7 @@ from coderig.core import hostkeys
 from coderig.core.settings import StackSettings, parse_settings
 from coderig.targets.compose import commands, machines
 from coderig.targets.compose import spec as node
+from coderig.targets.compose.rendered import render_node
 
 pytestmark = [
     pytest.mark.integration,
@@ -115,7 +116,7 @@ def test_bundle_copy_over_ssh_via_stdin_keeps_secret_modes(ssh_host: SshHost, tm
         model_api_key="m" * 24, litellm_master_key="sk-" + "x" * 24, developer_keys={"alice": "crk-" + "a" * 24},
         tls_cert="CERT", tls_key="KEY",
     )  # fmt: skip
-    files = commands.with_hash_file(node.node_files(settings, spec) | node.node_secret_files(spec, secrets))
+    files = commands.with_hash_file(render_node(settings, spec).files | node.node_secret_files(spec, secrets))
     dest = tmp_path / "opt-coderig"
     known_hosts = ssh_host.workdir / "known_hosts.copy"
     known_hosts.write_text(hostkeys.known_hosts_line(ssh_host.address, ssh_host.port, ssh_host.host_key))
@@ -140,7 +141,7 @@ def test_every_node_step_over_ssh_in_order(ssh_host: SshHost, tmp_path: Path) ->
     """The whole create/delete chain the component runs, as the exact command strings, over SSH:
     preflight, install (nothing to do), volume (directory), bundle (stdin), up, front-door reload,
     readiness wait; then the deletes: compose down, secrets removed, weights kept."""
-    from components.node import node_plan
+    from components.node import node_commands
 
     roomy_disk = ssh_host.roomy_disk
     settings = ssh_settings(ssh_host, roomy_disk / "cache", cpu=True)
@@ -148,12 +149,14 @@ def test_every_node_step_over_ssh_in_order(ssh_host: SshHost, tmp_path: Path) ->
     assert t.kind == "ssh"
     spec = machines.node_specs(settings)[0]
     bundle_dir = str(tmp_path / "opt-coderig")
-    plan = node_plan(settings, spec, bundle_dir=bundle_dir, host=t.hosts[0], user="root", install=True)
+    plan = node_commands(
+        settings, render_node(settings, spec), bundle_dir=bundle_dir, host=t.hosts[0], user="root", install=True
+    )
     secrets = node.NodeSecrets(
         model_api_key="m" * 24, litellm_master_key="sk-" + "x" * 24, developer_keys={"alice": "crk-" + "a" * 24},
         tls_cert="CERT", tls_key="KEY",
     )  # fmt: skip
-    files = node.node_files(settings, spec) | node.node_secret_files(spec, secrets)
+    files = render_node(settings, spec).files | node.node_secret_files(spec, secrets)
     calls = ssh_host.workdir / "docker.calls"
     calls.write_text("")
     (ssh_host.workdir / "docker.state").unlink(missing_ok=True)

@@ -25,7 +25,7 @@ from coderig.runtime.aws_reaper import (
     reap,
 )
 from coderig.runtime.http import poll_ready
-from coderig.targets.aws import plan as aws_plan
+from coderig.targets.aws import resources as aws_resources
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,8 @@ def resolve_target(args: argparse.Namespace, settings: StackSettings | None) -> 
     if getattr(args, "stop_after_minutes", None):
         overrides["stop_after_minutes"] = float(args.stop_after_minutes)
     if settings is not None:
-        cfg = aws_plan.reaper_config(settings, stack)
-        region = args.region or aws_plan.aws_target(settings).region
+        cfg = aws_resources.reaper_config(settings, stack)
+        region = args.region or aws_resources.aws_target(settings).region
         port = args.port or settings.gateway.port
     else:
         region = args.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
@@ -218,8 +218,17 @@ def _aws_errors(command: Command) -> Command:
     return run
 
 
-COMMANDS: dict[str, Command] = {
-    "idle": _aws_errors(cmd_idle),
-    "stop": _aws_errors(cmd_stop),
-    "start": _aws_errors(cmd_start),
-}
+class AwsOperations:
+    """coderig.targets.operations.TargetOperations of the aws kind: the GPU instances, by tag."""
+
+    def idle(self, args: argparse.Namespace, settings: StackSettings | None) -> int:
+        return _aws_errors(cmd_idle)(args, settings)
+
+    def stop(self, args: argparse.Namespace, settings: StackSettings | None) -> int:
+        return _aws_errors(cmd_stop)(args, settings)
+
+    def start(self, args: argparse.Namespace, settings: StackSettings | None) -> int:
+        return _aws_errors(cmd_start)(args, settings)
+
+
+OPERATIONS = AwsOperations()

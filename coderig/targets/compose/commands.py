@@ -13,7 +13,8 @@ from coderig.core.settings import SshHost, StackSettings
 from coderig.frontdoor import links
 from coderig.runtime.scripts import script_text
 from coderig.targets.compose import idle as node_idle
-from coderig.targets.compose.machines import NodeSpec, ready_budget_seconds
+from coderig.targets.compose.machines import NodeSpec
+from coderig.targets.compose.rendered import RenderedNode
 from coderig.targets.compose.spec import (
     HF_HOME_SUBDIR,
     KEEPALIVE_DIR,
@@ -25,7 +26,6 @@ from coderig.targets.compose.spec import (
     TLS_DIR,
     UP_LOG,
     bundle_hash,
-    compose_dict,
     gateway_url,
 )
 
@@ -48,9 +48,9 @@ def host_hf_home(cache_path: str) -> str:
 
 def node_ports(settings: StackSettings, spec: NodeSpec) -> list[int]:
     ports = []
-    if spec.role in ("full", "replica"):
+    if spec.runs_model:
         ports.append(engine.MODEL_PORT)
-    if spec.role in ("full", "frontdoor"):
+    if spec.runs_front_door:
         ports += [engine.LITELLM_PORT, settings.gateway.port]
     ports += [links.link_port(i) for i, _ in spec.replica_links]
     return ports
@@ -61,10 +61,10 @@ def preflight_env(settings: StackSettings, spec: NodeSpec, cache_device: str | N
     preset = settings.model.spec
     gpu = t.gpu_spec
     env = {
-        "CODERIG_MODE": "gpu" if spec.gpu_count and spec.role != "frontdoor" else "cpu",
+        "CODERIG_MODE": "gpu" if spec.gpu_count and spec.runs_model else "cpu",
         "CODERIG_CACHE_PATH": spec.cache_path,
         "CODERIG_HF_HOME": host_hf_home(spec.cache_path),
-        "CODERIG_WEIGHTS_BYTES": str(preset.weight_bytes if spec.role != "frontdoor" else 0),
+        "CODERIG_WEIGHTS_BYTES": str(preset.weight_bytes if spec.runs_model else 0),
         "CODERIG_REPO": preset.hf_repo,
         "CODERIG_PORTS": ",".join(str(p) for p in node_ports(settings, spec)),
         "CODERIG_PROJECT": PROJECT,
@@ -87,7 +87,7 @@ def preflight_command(settings: StackSettings, spec: NodeSpec, host: SshHost | N
 
 
 def install_command(spec: NodeSpec, user: str | None = None) -> str:
-    mode = "gpu" if spec.gpu_count and spec.role != "frontdoor" else "cpu"
+    mode = "gpu" if spec.gpu_count and spec.runs_model else "cpu"
     return script_command("install.sh", {"CODERIG_MODE": mode}, user=user)
 
 
@@ -126,7 +126,7 @@ def bundle_guard(content_hash: str, deployment: Sequence[str] = ()) -> str:
     return hashlib.sha256("\0".join((content_hash, *deployment)).encode()).hexdigest()
 
 
-def with_hash_file(files: render.Bundle, guard: str | None = None) -> render.Bundle:
+def with_hash_file(files: render.FileSet, guard: str | None = None) -> render.FileSet:
     """The files plus `.bundle-hash` (default: the content hash), which tells whose bundle is on disk."""
     return files | {BUNDLE_HASH_FILE: render.RenderedFile((guard or bundle_hash(files)) + "\n")}
 
@@ -162,7 +162,7 @@ def up_command(bundle_dir: str = REMOTE_BUNDLE_DIR, user: str | None = None) -> 
 def frontdoor_reload_command(
     services: Sequence[str], bundle_dir: str = REMOTE_BUNDLE_DIR, user: str | None = None
 ) -> str:
-    """Recreate only the front services (`spec.front_services(...)`: LiteLLM, the keepalive relay, the
+    """Recreate only the front services (`RenderedNode.front_services`: LiteLLM, the keepalive relay, the
     replica link, the gateway: new keys, config, certificates); the model keeps running. Until the
     first `up` has created the last of them there is nothing to recreate."""
     c = _compose(bundle_dir, user)
@@ -179,17 +179,16 @@ def down_command(bundle_dir: str = REMOTE_BUNDLE_DIR, user: str | None = None) -
     return f"if [ -f {shlex.quote(bundle_dir)}/compose.yaml ]; then {c} down --remove-orphans; fi"
 
 
-def wait_command(
-    settings: StackSettings, spec: NodeSpec, bundle_dir: str = REMOTE_BUNDLE_DIR, user: str | None = None
-) -> str:
-    present = compose_dict(settings, spec)["services"]
-    services = [s for s in ("model", LINK_SERVICE, "litellm", "gateway") if s in present]
+def wait_command(node: RenderedNode, bundle_dir: str = REMOTE_BUNDLE_DIR, user: str | None = None) -> str:
+    """The readiness wait of one rendered machine: its own services, within its budget."""
+    spec = node.spec
+    services = [s for s in ("model", LINK_SERVICE, "litellm", "gateway") if s in node.services]
     env = {
         "CODERIG_BUNDLE_DIR": bundle_dir,
         "CODERIG_PROJECT": PROJECT,
-        "CODERIG_BUDGET_SECONDS": str(ready_budget_seconds(settings, spec)),
+        "CODERIG_BUDGET_SECONDS": str(node.ready_budget_s),
         "CODERIG_SERVICES": " ".join(services),
-        "CODERIG_WEIGHTS_SERVICE": "weights" if spec.role != "frontdoor" else "",
+        "CODERIG_WEIGHTS_SERVICE": "weights" if spec.runs_model else "",
     }
     if "gateway" in services:
         # last, one request through the gateway: /healthz answers 200 only when LiteLLM is alive and

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from coderig.core import budgets, engine, versions
-from coderig.core.files import Bundle, RenderedFile
+from coderig.core.files import FileSet, RenderedFile
 from coderig.core.settings import StackSettings
 from coderig.runtime import idle
 from coderig.runtime.scripts import script_text
@@ -128,7 +128,7 @@ def services(settings: StackSettings, spec: NodeSpec, code_dir: str, code_mount:
     return {REAPER_SERVICE: reaper} if reaper else {}
 
 
-def runtime_files(settings: StackSettings, code_dir: str) -> Bundle:
+def runtime_files(settings: StackSettings, code_dir: str) -> FileSet:
     """The stdlib modules the relay (--wake) and the reaper import, below the keepalive directory."""
     if action(settings) is None:
         return {}

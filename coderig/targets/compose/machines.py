@@ -1,5 +1,6 @@
 """What each machine of a compose-based stack (local, ssh, aws, external) runs: its role, its model
-server's size, its backends and its replica links. Pure; `spec` turns a NodeSpec into files."""
+server's size and layout (from the stack's one plan), its backends and its replica links. Pure;
+`rendered.render_node` turns a NodeSpec into services and files, once."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from typing import Literal
 
 from coderig import frontdoor
 from coderig.core import budgets, engine, planner
+from coderig.core.layout import Layout
 from coderig.core.settings import DEFAULT_GATEWAY_PORT, StackSettings
 from coderig.frontdoor import links
 
-# Time budgets (throughputs, image pull, warm-up) live in coderig.planner, shared with kube.
+# Time budgets (throughputs, image pull, warm-up) live in coderig.core.budgets, shared with kube.
 
 
 NodeRole = Literal["full", "replica", "frontdoor"]
@@ -19,9 +21,7 @@ NodeRole = Literal["full", "replica", "frontdoor"]
 
 def ready_budget_seconds(settings: StackSettings, spec: NodeSpec) -> int:
     """The readiness wait of one machine: planner's budget for its preset (none for a front door)."""
-    if spec.role == "frontdoor":
-        return budgets.ready_budget_seconds(None)
-    return budgets.ready_budget_seconds(settings.model.spec)
+    return budgets.ready_budget_seconds(settings.model.spec if spec.runs_model else None)
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,32 @@ class NodeSpec:
     tls: bool = True
     litellm_workers: int = 1  # full/frontdoor: sized from the concurrency the plan allows
     health_path: str = "/health"  # what the gateway's /healthz asks backends[0] (vLLM's own: /health)
+    model_layout: Layout | None = None  # the plan's parallel layout for its model server; None: no model
+
+    @property
+    def runs_model(self) -> bool:
+        """It runs the weights download and a model server (the first machine or a replica)."""
+        return self.role in ("full", "replica")
+
+    @property
+    def runs_front_door(self) -> bool:
+        """It runs LiteLLM and the gateway (the first machine, or a front door for an external endpoint)."""
+        return self.role in ("full", "frontdoor")
+
+    @property
+    def is_replica(self) -> bool:
+        """A model replica behind the first machine: model server and its link end only."""
+        return self.role == "replica"
+
+    @property
+    def fronts_external(self) -> bool:
+        """Only a front door: its model is an external endpoint (backends[0]), not served here."""
+        return self.role == "frontdoor"
+
+    @property
+    def has_link(self) -> bool:
+        """A replica, or the first machine of several: model traffic between them goes over the link."""
+        return self.is_replica or bool(self.replica_links)
 
 
 def _backend_url(host: str, port: int = engine.MODEL_PORT) -> str:
@@ -49,13 +75,16 @@ def _backend_url(host: str, port: int = engine.MODEL_PORT) -> str:
 EXTERNAL_LITELLM_WORKERS = 4  # the endpoint's capacity is unknown: room for ~48 streams
 
 
-def node_specs(settings: StackSettings, cache_path: str | None = None) -> list[NodeSpec]:
+def node_specs(
+    settings: StackSettings, plan: planner.Plan | None = None, cache_path: str | None = None
+) -> list[NodeSpec]:
     """One NodeSpec per machine of a compose-based stack (local, ssh, aws, external), first first.
 
     With several machines the first runs the model, LiteLLM and the gateway and balances over the
     others, which run the model only; each replica's model server is reached through its mutual-TLS
     link on its private address (`target.replica_addresses`), never in clear.
     A target that serves no model (external) gets one front door for its endpoint.
+    `plan` is the stack's plan (stacks and `coderig render` hand theirs down); None plans here.
     """
     t = settings.target
     listen = f"0.0.0.0:{settings.gateway.port}"
@@ -63,13 +92,16 @@ def node_specs(settings: StackSettings, cache_path: str | None = None) -> list[N
     if not t.serves_model:
         endpoint = str(getattr(t, "endpoint"))  # noqa: B009 - every front-door-only target has one
         health_path = str(getattr(t, "healthPath"))  # noqa: B009 - and says how to probe it
-        return [
-            NodeSpec(
-                role="frontdoor", cache_path=path, gateway_listen=listen, backends=(endpoint,),
-                litellm_workers=EXTERNAL_LITELLM_WORKERS, health_path=health_path,
-            )
-        ]  # fmt: skip
-    p = planner.plan_stack(settings)
+        front = NodeSpec(
+            role="frontdoor",
+            cache_path=path,
+            gateway_listen=listen,
+            backends=(endpoint,),
+            litellm_workers=EXTERNAL_LITELLM_WORKERS,
+            health_path=health_path,
+        )
+        return [front]
+    p = plan or planner.plan_stack(settings)
     replicas = tuple(enumerate(t.replica_addresses, start=1))
     first = NodeSpec(
         role="full",
@@ -79,11 +111,10 @@ def node_specs(settings: StackSettings, cache_path: str | None = None) -> list[N
         backends=(_backend_url(engine.MODEL_HOST), *(f"http://{links.link_listen(i)}/v1" for i, _ in replicas)),
         replica_links=replicas,
         litellm_workers=frontdoor.litellm_workers(p.max_concurrent_requests),
+        model_layout=p.layout,
     )
-    return [first, *(NodeSpec(role="replica", cache_path=path, gpu_count=p.gpu_count, link_address=a)
-                     for _, a in replicas)]  # fmt: skip
-
-
-def has_link(spec: NodeSpec) -> bool:
-    """A replica, or the first machine of several: model traffic between them goes over the link."""
-    return spec.role == "replica" or bool(spec.replica_links)
+    others = [
+        NodeSpec(role="replica", cache_path=path, gpu_count=p.gpu_count, link_address=a, model_layout=p.layout)
+        for _, a in replicas
+    ]
+    return [first, *others]

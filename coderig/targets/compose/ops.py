@@ -120,8 +120,20 @@ def _by_hand(args: argparse.Namespace, settings: StackSettings | None) -> int:
     )
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace, StackSettings | None], int]] = {
-    "idle": cmd_idle,
-    "stop": _by_hand,
-    "start": _by_hand,
-}
+class ComposeOperations:
+    """coderig.targets.operations.TargetOperations of the ssh and local kinds."""
+
+    def __init__(self, run: Runner = _run) -> None:
+        self.run = run
+
+    def idle(self, args: argparse.Namespace, settings: StackSettings | None) -> int:
+        return cmd_idle(args, settings, self.run)
+
+    def stop(self, args: argparse.Namespace, settings: StackSettings | None) -> int:
+        return _by_hand(args, settings)
+
+    def start(self, args: argparse.Namespace, settings: StackSettings | None) -> int:
+        return _by_hand(args, settings)
+
+
+OPERATIONS = ComposeOperations()

@@ -22,22 +22,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import json
 import tarfile
 from collections.abc import Mapping
 from typing import Any
 
-import yaml
-
 from coderig import frontdoor
-from coderig.core import budgets, engine, planner, versions
+from coderig.core import budgets, engine, versions
 from coderig.core import files as render
 from coderig.core.secrets import NodeSecrets
 from coderig.core.settings import StackSettings
 from coderig.frontdoor import links
 from coderig.frontdoor.assemble import (
     MODEL_API_KEY_ENV,
-    RELAY_FILE,
     GatewayPaths,
     assemble,
     direct_targets,
@@ -46,9 +42,8 @@ from coderig.frontdoor.assemble import (
     relay_command,
 )
 from coderig.frontdoor.litellm import DEFAULT_TIMEOUT_S
-from coderig.runtime.scripts import SCRIPT_NAMES, script_text
 from coderig.targets.compose import idle as node_idle
-from coderig.targets.compose.machines import NodeSpec, has_link, node_specs
+from coderig.targets.compose.machines import NodeSpec
 
 PROJECT = "coderig"
 REMOTE_BUNDLE_DIR = "/opt/coderig"
@@ -113,8 +108,10 @@ def model_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
             "environment": {"HF_HOME": HF_HOME, "LLAMA_ARG_THREADS": "-1"},
             "healthcheck": _healthcheck(["CMD", "curl", "-fsS", health_url], start),
         }
+    if spec.model_layout is None:
+        raise ValueError("NodeSpec: a model server needs the plan's layout (model_layout)")
     sleep_args, sleep_env = node_idle.model_overrides(settings)
-    args = engine.vllm_args(settings.model, planner.plan_stack(settings).layout) + sleep_args
+    args = engine.vllm_args(settings.model, spec.model_layout) + sleep_args
     return base | {
         "image": versions.VLLM_IMAGE,
         "entrypoint": ["vllm", "serve"],
@@ -146,7 +143,7 @@ GATEWAY_KEYS = f"{SECRETS_DIR}/gateway-keys.conf"
 def direct_chat(spec: NodeSpec) -> bool:
     """The gateway proxies /v1/chat/completions to our own (keyed) model servers itself; an external
     endpoint's URL may be https or prefixed, so a front door for one keeps it on LiteLLM."""
-    return spec.role == "full"
+    return spec.runs_model and spec.runs_front_door
 
 
 NODE_PATHS = GatewayPaths(
@@ -160,16 +157,19 @@ def front_door(settings: StackSettings, spec: NodeSpec) -> tuple[frontdoor.Model
     """This machine's LiteLLM route and gateway (first machine or a front door only)."""
     health = (
         model_health_url(spec.backends[0], spec.health_path)
-        if spec.role == "frontdoor"
+        if spec.fronts_external
         else f"http://{engine.MODEL_HOST}:{engine.MODEL_PORT}/health"
     )
     inputs = from_settings(
-        settings, spec.backends, listen=spec.gateway_listen, litellm=f"{engine.MODEL_HOST}:{engine.LITELLM_PORT}",
+        settings,
+        spec.backends,
+        listen=spec.gateway_listen,
+        litellm=f"{engine.MODEL_HOST}:{engine.LITELLM_PORT}",
         health_url=health,
         # OpenAI-native chat goes from nginx straight to our model servers (bench/frontdoor_bench.py:
         # LiteLLM costs ~1.4 ms CPU per streamed chunk); they require the node's model API key.
         direct_chat=direct_targets(spec.backends) if direct_chat(spec) else (),
-    )  # fmt: skip
+    )
     paths = NODE_PATHS if spec.tls else GatewayPaths(keys_include=NODE_PATHS.keys_include)
     return assemble(inputs, paths)
 
@@ -189,7 +189,7 @@ def litellm_service(spec: NodeSpec) -> dict[str, Any]:
             _py_probe(f"http://{engine.MODEL_HOST}:{engine.LITELLM_PORT}/health/liveliness", "python"), 60
         ),
     }
-    if spec.role == "full":
+    if spec.runs_model:
         svc["depends_on"] = {"model": {"condition": "service_started"}}
     return svc
 
@@ -247,8 +247,8 @@ LINK_PATHS = links.LinkPaths(cert=f"/etc/nginx/{LINK_CERT}", key=f"/etc/nginx/{L
 
 
 def link_conf(spec: NodeSpec, paths: links.LinkPaths = LINK_PATHS) -> str:
-    """This machine's end of its replica links (has_link(spec) must hold)."""
-    if spec.role == "replica":
+    """This machine's end of its replica links (spec.has_link must hold)."""
+    if spec.is_replica:
         if not spec.link_address:
             raise ValueError("NodeSpec: a replica needs its link_address")
         model = f"{engine.MODEL_HOST}:{engine.MODEL_PORT}"
@@ -270,20 +270,19 @@ def link_service(spec: NodeSpec) -> dict[str, Any]:
             *(f"./{f}:/etc/nginx/{f}:ro" for f in (LINK_CERT, LINK_CA, LINK_KEY)),
         ],
     }
-    return svc | ({"depends_on": {"model": {"condition": "service_started"}}} if spec.role == "replica" else {})
+    return svc | ({"depends_on": {"model": {"condition": "service_started"}}} if spec.is_replica else {})
 
 
 KEEPALIVE_DIR = "keepalive"  # bundle directory on PYTHONPATH in the keepalive container
 KEEPALIVE_MOUNT = "/opt/coderig-keepalive"
 
 
-def keepalive_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any] | None:
+def keepalive_service(gateway: frontdoor.GatewaySpec) -> dict[str, Any] | None:
     """The SSE keepalive relay in front of the model servers for the gateway's native routes: the
     pinned LiteLLM image (it has python3) runs the shipped stdlib module from the bundle."""
-    command = relay_command(front_door(settings, spec)[1])
+    command = relay_command(gateway)
     if not command:
         return None
-    command += node_idle.relay_args(settings, spec)
     return {
         "image": versions.LITELLM_IMAGE,
         "network_mode": "host",
@@ -295,67 +294,26 @@ def keepalive_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]
     }
 
 
-def compose_dict(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
+def compose_dict(settings: StackSettings, spec: NodeSpec, gateway: frontdoor.GatewaySpec | None) -> dict[str, Any]:
+    """The compose document of one machine; `gateway` is its front door's (None on a replica)."""
     services: dict[str, Any] = {}
-    if spec.role in ("full", "replica"):
+    if spec.runs_model:
         services["weights"] = weights_service(settings, spec)
         services["model"] = model_service(settings, spec)
-    if has_link(spec):
+    if spec.has_link:
         services[LINK_SERVICE] = link_service(spec)
-    if spec.role in ("full", "frontdoor"):
+    if spec.runs_front_door:
         services["litellm"] = litellm_service(spec)
-        keepalive = keepalive_service(settings, spec)
+        keepalive = keepalive_service(gateway) if gateway else None
         if keepalive:
+            keepalive["command"] += node_idle.relay_args(settings, spec)
             services["keepalive"] = keepalive
         services |= node_idle.services(settings, spec, KEEPALIVE_DIR, KEEPALIVE_MOUNT)
         services["gateway"] = gateway_service(spec)
     return {"name": PROJECT, "services": services}
 
 
-FRONT_SERVICES = (
-    "litellm",
-    "keepalive",
-    node_idle.REAPER_SERVICE,
-    LINK_SERVICE,
-    "gateway",
-)  # every service but the model's
-
-
-def front_services(settings: StackSettings, spec: NodeSpec) -> list[str]:
-    """The services of this machine the `frontdoor` step recreates, in creation order."""
-    present = compose_dict(settings, spec)["services"]
-    return [s for s in FRONT_SERVICES if s in present]
-
-
-def compose_text(settings: StackSettings, spec: NodeSpec) -> str:
-    return "# Rendered by coderig: the node stack. Secrets live in ./secrets (0600), not here.\n" + yaml.safe_dump(
-        compose_dict(settings, spec), sort_keys=False
-    )
-
-
 # ---------------------------------------------------------------- the bundle
-
-
-def node_files(settings: StackSettings, spec: NodeSpec) -> render.Bundle:
-    """Every non-secret file of one node, relative to the bundle directory."""
-    files: render.Bundle = {"compose.yaml": render.RenderedFile(compose_text(settings, spec))}
-    # every script ships too: fetch_weights.py is mounted into the weights container; the others
-    # run inside the deploy commands and are here so an operator can re-run them by hand
-    pip_allowed = "CODERIG_PIP_REQUIREMENTS" in engine.weights_env(settings.model)
-    for name in SCRIPT_NAMES:
-        if name == versions.WEIGHTS_REQUIREMENTS and not pip_allowed:
-            continue  # only the image without huggingface_hub (llama.cpp preset) installs it, from this file
-        files[f"scripts/{name}"] = render.RenderedFile(script_text(name), 0o755 if name.endswith(".sh") else 0o644)
-    if spec.role in ("full", "frontdoor"):
-        route, gateway = front_door(settings, spec)
-        files[LITELLM_CONFIG] = render.RenderedFile(frontdoor.render_litellm_config(route))
-        files[GATEWAY_CONF] = render.RenderedFile(frontdoor.render_gateway_conf(gateway))
-        if gateway.native_relays:
-            files[f"{KEEPALIVE_DIR}/{RELAY_FILE}"] = render.RenderedFile(script_text("sse_keepalive.py"))
-        files |= node_idle.runtime_files(settings, KEEPALIVE_DIR)  # the relay's hold/wake path, the reaper
-    if has_link(spec):
-        files[LINK_CONF] = render.RenderedFile(link_conf(spec))
-    return files
 
 
 def _env_file(values: Mapping[str, str]) -> str:
@@ -365,9 +323,9 @@ def _env_file(values: Mapping[str, str]) -> str:
     return "".join(f"{k}={v}\n" for k, v in values.items())
 
 
-def link_secret_files(spec: NodeSpec, secrets: NodeSecrets) -> render.Bundle:
+def link_secret_files(spec: NodeSpec, secrets: NodeSecrets) -> render.FileSet:
     """This machine's link certificate, its key (0600) and the internal CA; {} without a link."""
-    if not has_link(spec):
+    if not spec.has_link:
         return {}
     if secrets.link is None:
         raise ValueError("NodeSecrets: this machine has a replica link but no link certificate")
@@ -378,10 +336,10 @@ def link_secret_files(spec: NodeSpec, secrets: NodeSecrets) -> render.Bundle:
     }
 
 
-def model_secret_files(spec: NodeSpec, secrets: NodeSecrets) -> render.Bundle:
+def model_secret_files(spec: NodeSpec, secrets: NodeSecrets) -> render.FileSet:
     """The model server's 0600 files alone (HF token, model API key), and a replica's link
     certificate: all a replica holds. The model half of `service_hashes` reads the first two."""
-    if spec.role not in ("full", "replica"):
+    if not spec.runs_model:
         return {}
     hf = {"HF_TOKEN": secrets.hf_token} if secrets.hf_token else {}
     return {
@@ -389,15 +347,15 @@ def model_secret_files(spec: NodeSpec, secrets: NodeSecrets) -> render.Bundle:
         f"{SECRETS_DIR}/model.env": render.RenderedFile(
             _env_file({"VLLM_API_KEY": secrets.model_api_key, "LLAMA_API_KEY": secrets.model_api_key}), 0o600
         ),
-        **(link_secret_files(spec, secrets) if spec.role == "replica" else {}),
+        **(link_secret_files(spec, secrets) if spec.is_replica else {}),
     }
 
 
-def node_secret_files(spec: NodeSpec, secrets: NodeSecrets) -> render.Bundle:
+def node_secret_files(spec: NodeSpec, secrets: NodeSecrets) -> render.FileSet:
     """The 0600 files: env files for each service, gateway keys, the TLS key."""
-    files: render.Bundle = model_secret_files(spec, secrets)
-    if spec.role in ("full", "frontdoor"):
-        upstream_key = secrets.external_api_key if spec.role == "frontdoor" else secrets.model_api_key
+    files: render.FileSet = model_secret_files(spec, secrets)
+    if spec.runs_front_door:
+        upstream_key = secrets.external_api_key if spec.fronts_external else secrets.model_api_key
         files[f"{SECRETS_DIR}/litellm.env"] = render.RenderedFile(
             _env_file(
                 {frontdoor.MASTER_KEY_ENV: secrets.litellm_master_key, MODEL_API_KEY_ENV: upstream_key or "none"}
@@ -415,7 +373,7 @@ def node_secret_files(spec: NodeSpec, secrets: NodeSecrets) -> render.Bundle:
     return files
 
 
-def bundle_hash(files: render.Bundle) -> str:
+def bundle_hash(files: render.FileSet) -> str:
     h = hashlib.sha256()
     for path in sorted(files):
         f = files[path]
@@ -424,42 +382,7 @@ def bundle_hash(files: render.Bundle) -> str:
     return h.hexdigest()
 
 
-def service_hashes(settings: StackSettings, spec: NodeSpec, secret_files: render.Bundle) -> dict[str, str]:
-    """Two hashes: `model` (weights + model server definitions and their env) and `frontdoor`
-    (LiteLLM + gateway definitions, configs, keys, TLS). A new developer key changes only
-    `frontdoor`, so it restarts the gateway, never the model server. The replica links are in the
-    `frontdoor` half on every machine: a renewed link certificate restarts a link, not a model."""
-    compose = compose_dict(settings, spec)["services"]
-    files = node_files(settings, spec) | secret_files
-
-    def h(services: tuple[str, ...], prefixes: tuple[str, ...]) -> str:
-        picked = {s: compose[s] for s in services if s in compose}
-        parts: render.Bundle = {
-            f"compose:{s}": render.RenderedFile(json.dumps(d, sort_keys=True)) for s, d in picked.items()
-        }
-        parts |= {p: f for p, f in files.items() if p.startswith(prefixes)}
-        return bundle_hash(parts)
-
-    return {
-        "model": h(("weights", "model"), ("scripts/", f"{SECRETS_DIR}/weights.env", f"{SECRETS_DIR}/model.env")),
-        "frontdoor": h(
-            FRONT_SERVICES,
-            (
-                "litellm/",
-                f"{KEEPALIVE_DIR}/",
-                "gateway/",
-                f"{SECRETS_DIR}/litellm.env",
-                GATEWAY_KEYS,
-                TLS_DIR,
-                f"{SECRETS_DIR}/server",
-                f"{LINK_DIR}/",
-                LINK_KEY,
-            ),
-        ),
-    }
-
-
-def bundle_archive(files: render.Bundle) -> str:
+def bundle_archive(files: render.FileSet) -> str:
     """The bundle as a base64 tar.gz, deterministic (fixed mtimes, root owner, sorted), with modes."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w:gz", format=tarfile.PAX_FORMAT, compresslevel=9) as tar:
@@ -479,17 +402,3 @@ def bundle_archive(files: render.Bundle) -> str:
     blob = bytearray(raw.getvalue())
     blob[4:8] = b"\0\0\0\0"
     return base64.b64encode(bytes(blob)).decode()
-
-
-# ---------------------------------------------------------------- `coderig render`
-
-
-def render_node_files(settings: StackSettings, stack: str) -> render.Bundle:
-    """Contributor for `coderig render`: node/<n>/… for each machine of a local/ssh/aws/external stack."""
-    out: render.Bundle = {}
-    specs = node_specs(settings)
-    for i, spec in enumerate(specs):
-        prefix = f"node/{i}-{spec.role}" if len(specs) > 1 else "node"
-        for path, f in node_files(settings, spec).items():
-            out[f"{prefix}/{path}"] = f
-    return out

@@ -139,24 +139,24 @@ def keepalive_container(settings: StackSettings) -> Obj | None:
     }
 
 
-def frontdoor_streams_per_pod(settings: StackSettings) -> int:
+def frontdoor_streams_per_pod(settings: StackSettings, plan: planner.Plan) -> int:
     """Concurrent streams each front-door pod carries: every model replica's capacity, spread over the
     front-door pods (kube-proxy balances connections across them). At replicas 0, what `coderig start`
     brings back (at least one replica)."""
     t = target(settings)
-    total = planner.plan_stack(settings).max_concurrent_requests_per_replica * max(1, t.replicas)
+    total = plan.max_concurrent_requests_per_replica * max(1, t.replicas)
     return math.ceil(total / t.frontDoorReplicas)
 
 
-def frontdoor_litellm_workers(settings: StackSettings) -> int:
-    return frontdoor.litellm_workers(frontdoor_streams_per_pod(settings))
+def frontdoor_litellm_workers(settings: StackSettings, plan: planner.Plan) -> int:
+    return frontdoor.litellm_workers(frontdoor_streams_per_pod(settings, plan))
 
 
 def _py_exec_probe(url: str) -> list[str]:
     return ["python", "-c", f"import urllib.request; urllib.request.urlopen({url!r}, timeout=5)"]
 
 
-def frontdoor_deployment(settings: StackSettings, stack: str) -> Obj:
+def frontdoor_deployment(settings: StackSettings, stack: str, plan: planner.Plan) -> Obj:
     t = target(settings)
     port = settings.gateway.port
     config_sum = checksum({o["metadata"]["name"]: o["data"] for o in frontdoor_configmaps(settings, stack)})
@@ -186,7 +186,7 @@ def frontdoor_deployment(settings: StackSettings, stack: str) -> Obj:
             f"{LITELLM_CONF_DIR}/config.yaml",
             engine.MODEL_HOST,
             engine.LITELLM_PORT,
-            frontdoor_litellm_workers(settings),
+            frontdoor_litellm_workers(settings, plan),
         ),
         "env": [
             *env_list({"LITELLM_TELEMETRY": "False", "LITELLM_LOG": "ERROR", "HOME": "/tmp"}),

@@ -13,9 +13,9 @@ scale-to-zero need no LiteLLM config change (and no front-door restart); every c
 its own HTTP/1.1 connection, so long streams spread across replicas. A headless Service
 (coderig-model-pods) exists only so the idle reaper can scrape every replica's /metrics by DNS.
 
-Idle: CronJob coderig-idle runs `python -m coderig.kube_ops reap` (stdlib + coderig.idle, shipped as a
-ConfigMap) and scales the model Deployment to zero through `deployments/scale` when coderig.idle.decide
-says so; it keeps its counters in ConfigMap coderig-idle-state.
+Idle: CronJob coderig-idle runs `python -m coderig.runtime.kube_reaper reap` (stdlib +
+coderig.runtime.idle, shipped as a ConfigMap) and scales the model Deployment to zero through
+`deployments/scale` when coderig.runtime.idle.decide says so; it keeps its counters in ConfigMap coderig-idle-state.
 
 Secrets (developer keys, LiteLLM master key, model API key, TLS key, HF token) are Kubernetes
 Secrets created by Pulumi from secret Outputs (`secret_objects`). `coderig render` never writes them.
@@ -358,9 +358,9 @@ def weights_job(settings: StackSettings, stack: str) -> Obj:
     }
 
 
-def model_deployment(settings: StackSettings, stack: str, plan: planner.Plan | None = None) -> Obj:
+def model_deployment(settings: StackSettings, stack: str, plan: planner.Plan) -> Obj:
     t = target(settings)
-    p = plan or planner.plan_stack(settings)
+    p = plan
     gpus = p.gpu_count
     args = engine.vllm_args(settings.model, p.layout, host="0.0.0.0")  # noqa: S104 - pod IP; NetworkPolicy + API key
     env = {

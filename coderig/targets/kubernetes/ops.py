@@ -189,8 +189,21 @@ def cmd_idle(args: argparse.Namespace, settings: StackSettings | None, run: Runn
     return 0
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace, StackSettings | None], int]] = {
-    "start": lambda a, s: cmd_start(a, s),
-    "stop": lambda a, s: cmd_stop(a, s),
-    "idle": lambda a, s: cmd_idle(a, s),
-}
+class KubernetesOperations:
+    """coderig.targets.operations.TargetOperations of the kubernetes kind: kubectl on the model
+    Deployment; `run` runs each kubectl command (tests give a fake)."""
+
+    def __init__(self, run: Runner = _run) -> None:
+        self.run = run
+
+    def idle(self, args: argparse.Namespace, settings: StackSettings | None) -> int:
+        return cmd_idle(args, settings, self.run)
+
+    def stop(self, args: argparse.Namespace, settings: StackSettings | None) -> int:
+        return cmd_stop(args, settings, self.run)
+
+    def start(self, args: argparse.Namespace, settings: StackSettings | None) -> int:
+        return cmd_start(args, settings, self.run)
+
+
+OPERATIONS = KubernetesOperations()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import yaml
 
 from coderig.core import planner
-from coderig.core.files import Bundle, RenderedFile
+from coderig.core.files import FileSet, RenderedFile
 from coderig.core.secrets import placeholder_secrets
 from coderig.core.settings import StackSettings
 from coderig.targets.kubernetes.frontdoor import (
@@ -41,7 +41,7 @@ from coderig.targets.kubernetes.manifests import (
 # --- everything -----------------------------------------------------------------------------------
 
 
-def objects(settings: StackSettings, stack: str, plan: planner.Plan | None = None) -> list[Obj]:
+def objects(settings: StackSettings, stack: str, plan: planner.Plan) -> list[Obj]:
     """Every non-secret object, in apply order. Secret checksums are left empty (see
     `with_secret_checksums`)."""
     target(settings)  # refuses what this target cannot run, naming the key
@@ -54,7 +54,7 @@ def objects(settings: StackSettings, stack: str, plan: planner.Plan | None = Non
         model_deployment(settings, stack, plan),
         model_network_policy(settings, stack),
         *frontdoor_configmaps(settings, stack),
-        frontdoor_deployment(settings, stack),
+        frontdoor_deployment(settings, stack, plan),
         gateway_service(settings, stack),
         frontdoor_pdb(settings, stack),
     ]
@@ -82,14 +82,14 @@ _SECRETS_NOTE = """\
 """
 
 
-def render_manifests(settings: StackSettings, stack: str) -> Bundle:
+def render_manifests(settings: StackSettings, stack: str, plan: planner.Plan) -> FileSet:
     """`coderig render` contributor: kubernetes/NN-kind-name.yaml, one object per file, apply order.
     Secret objects are omitted (their values exist only as Pulumi secrets); the pods' secret checksum
     annotations are those of placeholders."""
     placeholders = secret_objects(settings, stack, placeholder_secrets(settings.developers))
-    objs = with_secret_checksums(objects(settings, stack), secret_checksums(placeholders))
+    objs = with_secret_checksums(objects(settings, stack, plan), secret_checksums(placeholders))
     secret_list = ", ".join(f"{o['metadata']['name']} ({', '.join(sorted(o['stringData']))})" for o in placeholders)
-    files: Bundle = {}
+    files: FileSet = {}
     for i, obj in enumerate(objs):
         head = f"# Rendered by coderig for stack {stack}.\n"
         if i == 0:

@@ -424,6 +424,9 @@ async def serve(routes: Sequence[Route], interval: float, wake: WakeOptions | No
     servers = []
     gates = gates_for(routes, wake)
     served = wake.served if wake else ()
+    for gate in gates:
+        if gate is not None:
+            await gate.learn()
     for ((lhost, lport), target), gate in zip(routes, gates, strict=True):
         servers.append(
             await loop.create_server(

@@ -16,8 +16,7 @@ from typing import Any
 
 from coderig.core import budgets, engine
 from coderig.core.settings import AWS_SUBNET_PREFIX, AwsTarget, StackSettings
-from coderig.runtime import aws_reaper as aws_ops
-from coderig.runtime import idle
+from coderig.runtime import aws_reaper, idle
 
 SSM_CORE_POLICY = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
 # gp3 limits (raised in 2025 from 1,000 MiB/s and 16,000 IOPS): at most 500 IOPS per GiB.
@@ -45,9 +44,9 @@ def private_ips(settings: StackSettings) -> list[str | None]:
 
 def tags(stack: str, environment: str, role: str, **extra: str) -> dict[str, str]:
     return {
-        aws_ops.TAG_STACK: stack,
-        aws_ops.TAG_ENVIRONMENT: environment,
-        aws_ops.TAG_ROLE: role,
+        aws_reaper.TAG_STACK: stack,
+        aws_reaper.TAG_ENVIRONMENT: environment,
+        aws_reaper.TAG_ROLE: role,
         **extra,
     }
 
@@ -138,7 +137,7 @@ def assume_role_policy(service: str) -> dict[str, Any]:
     }
 
 
-def node_policy(namespace: str = aws_ops.NAMESPACE) -> dict[str, Any]:
+def node_policy(namespace: str = aws_reaper.NAMESPACE) -> dict[str, Any]:
     """The node may put metrics into this stack's namespace and nothing else (plus SSM core, attached
     as the AWS managed policy). PutMetricData has no resource-level permissions: the namespace
     condition is what limits it."""
@@ -189,11 +188,11 @@ def reaper_enabled(settings: StackSettings) -> bool:
     return settings.idle.enabled
 
 
-def reaper_config(settings: StackSettings, stack: str, *, gateway_signal: bool = False) -> aws_ops.ReaperConfig:
+def reaper_config(settings: StackSettings, stack: str, *, gateway_signal: bool = False) -> aws_reaper.ReaperConfig:
     policy = settings.idle
     schedule = policy.schedule()
     signals = idle.SIGNALS if gateway_signal else tuple(s for s in idle.SIGNALS if s != "gateway_requests")
-    return aws_ops.ReaperConfig(
+    return aws_reaper.ReaperConfig(
         stack=stack,
         stop_after_minutes=float(policy.stop_after_minutes),
         schedule=schedule,
