@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -16,9 +15,8 @@ from coderig.core.errors import UserError
 from coderig.core.files import write_file
 from coderig.core.settings import EXTERNAL_HEALTH_PATH, GatewaySettings
 from coderig.frontdoor import run
+from coderig.frontdoor.nginx import WILDCARDS, public_name
 from coderig.runtime.http import http_get
-
-WILDCARDS = ("0.0.0.0", "::")  # noqa: S104 - naming the wildcard, not binding it
 
 
 def rate_per_second(args: argparse.Namespace) -> int:
@@ -56,7 +54,7 @@ def public_base(base_url: str, tls_names: list[str]) -> str:
     parts = urlsplit(base_url)
     if parts.hostname not in WILDCARDS:
         return base_url
-    host = tls_names[0] if tls_names else socket.gethostname()
+    host = tls_names[0] if tls_names else public_name(parts.hostname)
     return f"{parts.scheme}://{host}:{parts.port}"
 
 

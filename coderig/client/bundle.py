@@ -20,7 +20,6 @@ A developer bundle is the public part plus `kind` "coderig.developer", `develope
 from __future__ import annotations
 
 import copy
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -31,6 +30,7 @@ from urllib.parse import urlsplit
 
 from coderig.core.engine import CLAUDE_WILDCARD
 from coderig.core.errors import UserError
+from coderig.core.files import read_json_file
 
 BUNDLE_SCHEMA_VERSION = 1
 BUNDLE_OUTPUT = "clientBundle"
@@ -365,14 +365,7 @@ def load_bundle(data: Any) -> Bundle:
 
 
 def load_bundle_file(path: str) -> Bundle:
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{p}: no such file") from None
-    except ValueError as exc:
-        raise UserError(f"{p}: not JSON ({exc})") from None
-    return load_bundle(data)
+    return load_bundle(read_json_file(Path(path)))
 
 
 # ---------------------------------------------------------------- `coderig frontdoor run --bundles-dir`

@@ -27,7 +27,7 @@ from coderig.client import configs
 from coderig.client.bundle import Bundle, load_bundle_file
 from coderig.client.configs import ClientPaths
 from coderig.core.errors import UserError
-from coderig.core.files import write_file
+from coderig.core.files import read_json_file, write_file
 
 CLIENTS = ("claude", "codex", "opencode")
 
@@ -101,12 +101,7 @@ def pulumi_outputs(stack: str, cwd: str | None) -> dict[str, Any]:
 def cmd_bundle(args: argparse.Namespace) -> int:
     if args.outputs:
         source = Path(args.outputs)
-        try:
-            outputs = json.loads(source.read_text())
-        except FileNotFoundError:
-            raise UserError(f"{source}: no such file") from None
-        except ValueError as exc:
-            raise UserError(f"{source}: not JSON ({exc})") from None
+        outputs = read_json_file(source)
         if not isinstance(outputs, dict):
             raise UserError(f"{source}: expected the object `pulumi stack output --json` prints")
         mode = _mode(source)

@@ -6,10 +6,10 @@ import difflib
 import re
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from coderig.core import catalog
-from coderig.core.settings_base import KeyProblem, Loc, cidr, is_everyone
+from coderig.core.settings_base import Loc, cidr, is_everyone
 from coderig.core.target_base import TargetSettings
 
 # Every AWS region name, per partition (aws, aws-cn, aws-us-gov, aws-eusc), as botocore 1.44.5 lists
@@ -50,6 +50,35 @@ def _aws_zone_in_region(given: dict[str, Any]) -> list[tuple[Loc, str, Any]]:
 
 AWS_SUBNET_PREFIX = "10.77.0."  # nodes get .10, .11, … in the subnet coderig creates (10.77.0.0/24)
 AWS_FIRST_HOST = 10
+
+
+def _on(value: Any) -> bool:
+    """A flag as given (YAML true, or the string pydantic would take as true)."""
+    return value is True or (isinstance(value, str) and value.lower() in ("true", "yes", "1"))
+
+
+def _aws_combinations(given: dict[str, Any]) -> list[tuple[Loc, str, Any]]:
+    """Keys that do not go together, every one of them, whatever else is wrong (a given-check: it runs
+    even when another key fails its own validation)."""
+    vpc, subnet, reservation, count = (given.get(k) for k in ("vpcId", "subnetId", "capacityReservationId", "count"))
+    both = "set both, or neither for a new minimal VPC"
+    out: list[tuple[Loc, str, Any]] = []
+    if subnet and not vpc:
+        out.append((("vpcId",), f"subnetId is set without vpcId: {both}", None))
+    if vpc and not subnet:
+        out.append((("subnetId",), f"vpcId is set without subnetId: {both}", None))
+    if _on(given.get("spot")) and reservation:
+        spot = "spot cannot use capacityReservationId: choose one (reserved capacity is not spot)"
+        out.append((("spot",), spot, True))
+    if _on(given.get("capacityBlock")) and not reservation:
+        out.append((("capacityBlock",), "needs capacityReservationId (the Capacity Block's cr-… id)", True))
+    if isinstance(count, int) and count > 1 and subnet:
+        replicas = (
+            f"got {count} with subnetId: replicas need fixed private addresses, which coderig assigns "
+            "in a subnet it creates; unset vpcId/subnetId or use count: 1"
+        )
+        out.append((("count",), replicas, count))
+    return out
 
 
 class AwsTarget(TargetSettings):
@@ -102,7 +131,7 @@ class AwsTarget(TargetSettings):
             raise ValueError(f"got {v!r}: not an AWS region; {hint}allowed: {', '.join(AWS_REGIONS)}")
         return v
 
-    given_checks = (_aws_zone_in_region,)
+    given_checks = (_aws_zone_in_region, _aws_combinations)
 
     @property
     def warnings(self) -> list[str]:
@@ -138,23 +167,3 @@ class AwsTarget(TargetSettings):
         if v is not None and not re.fullmatch(r"cr-[0-9a-f]{8,17}", v):
             raise ValueError(f"got {v!r}; expected a capacity reservation id like cr-0123456789abcdef0")
         return v
-
-    @model_validator(mode="after")
-    def _subnet_needs_vpc(self) -> AwsTarget:
-        if self.subnetId and not self.vpcId:
-            raise ValueError("subnetId is set without vpcId: set both, or neither for a new minimal VPC")
-        if self.vpcId and not self.subnetId:
-            raise KeyProblem("subnetId", "vpcId is set without subnetId: set both, or neither for a new minimal VPC")
-        if self.spot and self.capacityReservationId:
-            raise KeyProblem(
-                "spot", "spot cannot use capacityReservationId: choose one (reserved capacity is not spot)"
-            )
-        if self.capacityBlock and not self.capacityReservationId:
-            raise KeyProblem("capacityBlock", "needs capacityReservationId (the Capacity Block's cr-… id)")
-        if self.count > 1 and self.subnetId:
-            raise KeyProblem(
-                "count",
-                f"got {self.count} with subnetId: replicas need fixed private addresses, which coderig assigns "
-                "in a subnet it creates; unset vpcId/subnetId or use count: 1",
-            )
-        return self

@@ -8,10 +8,10 @@ import os
 import re
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from coderig.core.aws_settings import AwsTarget
-from coderig.core.settings_base import KeyProblem, Loc, Model
+from coderig.core.settings_base import Loc, Model
 from coderig.core.target_base import HOST_KEY_HELP, NODE_CACHE_PATH, GpuSpec, SshHost, TargetSettings, check_cache_path
 
 
@@ -52,6 +52,27 @@ def _external_host_pinned(given: dict[str, Any]) -> list[tuple[Loc, str, Any]]:
     host = given.get("host")
     if isinstance(host, dict) and not host.get("hostKey") and given.get("insecureSkipHostKeyCheck") is not True:
         return [(("host", "hostKey"), f"missing for {host.get('address')}: {HOST_KEY_HELP}", None)]
+    return []
+
+
+def _kubernetes_combinations(given: dict[str, Any]) -> list[tuple[Loc, str, Any]]:
+    """Keys that do not go together, reported with every other problem."""
+    replicas = given.get("replicas")
+    out: list[tuple[Loc, str, Any]] = []
+    if isinstance(replicas, int) and replicas > 1 and not given.get("storageClass"):
+        shared = (
+            f"replicas is {replicas}: the replicas share one weights volume, name a ReadWriteMany "
+            "storage class (EFS, CephFS, Filestore, NFS); the default class is usually ReadWriteOnce"
+        )
+        out.append((("storageClass",), shared, None))
+    if given.get("ingressClass") and not given.get("ingressHost"):
+        out.append((("ingressClass",), "is set without ingressHost: set the host the Ingress serves", None))
+    return out
+
+
+def _external_host_for_ssh(given: dict[str, Any]) -> list[tuple[Loc, str, Any]]:
+    if given.get("frontDoor") == "ssh" and given.get("host") is None:
+        return [(("host",), "frontDoor is ssh but host is not set: add host: {address, user, hostKey}", None)]
     return []
 
 
@@ -148,17 +169,7 @@ class KubernetesTarget(TargetSettings):
             raise ValueError(f"got {v!r}; a PVC name is lowercase letters, digits and '-' (max 63)")
         return v
 
-    @model_validator(mode="after")
-    def _shared_weights(self) -> KubernetesTarget:
-        if self.replicas > 1 and not self.storageClass:
-            raise KeyProblem(
-                "storageClass",
-                f"replicas is {self.replicas}: the replicas share one weights volume, name a ReadWriteMany "
-                "storage class (EFS, CephFS, Filestore, NFS); the default class is usually ReadWriteOnce",
-            )
-        if self.ingressClass and not self.ingressHost:
-            raise KeyProblem("ingressClass", "is set without ingressHost: set the host the Ingress serves")
-        return self
+    given_checks = (_kubernetes_combinations,)
 
 
 # Every OpenAI-compatible server answers GET /v1/models once its model is loaded; /health is vLLM's
@@ -204,13 +215,7 @@ class ExternalTarget(TargetSettings):
     def runs_locally(self) -> bool:
         return self.frontDoor == "local"
 
-    @model_validator(mode="after")
-    def _host_for_ssh(self) -> ExternalTarget:
-        if self.frontDoor == "ssh" and self.host is None:
-            raise ValueError("frontDoor is ssh but host is not set: add host: {address, user, hostKey}")
-        return self
-
-    given_checks = (_external_host_pinned,)
+    given_checks = (_external_host_pinned, _external_host_for_ssh)
 
 
 Target = Annotated[

@@ -111,12 +111,23 @@ def relays(inputs: FrontDoorInputs) -> tuple[str, ...]:
     return tuple(f"{inputs.relay_host}:{inputs.relay_port + i}" for i in range(len(inputs.direct_chat)))
 
 
+def gateway_health_url(inputs: FrontDoorInputs) -> str:
+    """What /healthz asks: the model server's health through its keepalive relay when the model
+    server has one (so a dead relay reports unready like a dead model), else the model server."""
+    via = dict(zip(inputs.direct_chat, relays(inputs), strict=False))
+    scheme, sep, rest = inputs.health_url.partition("://")
+    target, slash, path = rest.partition("/")
+    if scheme != "http" or target not in via:
+        return inputs.health_url
+    return f"{scheme}{sep}{via[target]}{slash}{path}"
+
+
 RELAY_MODULE = "coderig.runtime.sse_keepalive"
 RELAY_FILE = "coderig/runtime/sse_keepalive.py"  # below the directory on PYTHONPATH (namespace packages)
 RELAY_INTERVAL_S = 15
 
 
-def relay_command(spec: GatewaySpec, python: str = "python3") -> list[str]:
+def relay_command(spec: GatewaySpec, python: str = "python3", interval: float = RELAY_INTERVAL_S) -> list[str]:
     """The SSE keepalive relay's command line for this gateway ([] when it proxies to no model server
     of its own)."""
     if not spec.native_relays:
@@ -124,7 +135,15 @@ def relay_command(spec: GatewaySpec, python: str = "python3") -> list[str]:
     routes: list[str] = []
     for listen, target in zip(spec.native_relays, spec.direct_chat_backends, strict=True):
         routes += ["--route", f"{listen}={target}"]
-    return [python, "-m", RELAY_MODULE, *routes, "--interval", str(RELAY_INTERVAL_S)]
+    # the silence bound is the gateway's read timeout: keepalives must not keep a wedged model open
+    return [python, "-m", RELAY_MODULE, *routes, "--interval", str(interval), "--silence", str(spec.timeout_s)]
+
+
+def relay_probe(spec: GatewaySpec, python: str = "python3") -> list[str]:
+    """A health probe of the relay: every listener accepts a connection (the relay has no endpoint of
+    its own; the gateway's /healthz asks the model server through it)."""
+    pairs = [(host, int(port)) for host, _, port in (listen.rpartition(":") for listen in spec.native_relays)]
+    return [python, "-c", f"import socket\nfor a in {pairs!r}: socket.create_connection(a, timeout=5).close()"]
 
 
 def assemble(inputs: FrontDoorInputs, paths: GatewayPaths, **gateway: Any) -> tuple[ModelRoute, GatewaySpec]:
@@ -146,7 +165,7 @@ def assemble(inputs: FrontDoorInputs, paths: GatewayPaths, **gateway: Any) -> tu
     spec = GatewaySpec(
         listen=inputs.listen,
         litellm=inputs.litellm,
-        model_health_url=inputs.health_url,
+        model_health_url=gateway_health_url(inputs),
         keys_include=paths.keys_include,
         tls_cert=paths.tls_cert,
         tls_key=paths.tls_key,

@@ -1,15 +1,13 @@
 """What keeps `coderig frontdoor run` from leaving anything behind: children that die with it, a
-keys include with no name on disk, and removal of the prefixes of runs that were killed."""
+keys include with no name on disk, and removal of the prefixes of runs that were killed (the
+process groups of its children: coderig.frontdoor.supervise)."""
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -120,31 +118,3 @@ def clean_stale_prefixes(tmp: Path, min_age_s: float = 60) -> list[Path]:
         shutil.rmtree(prefix, ignore_errors=True)
         removed.append(prefix)
     return removed
-
-
-def wait_listening(host: str, port: int, timeout_s: float, proc: subprocess.Popen[bytes]) -> bool:
-    """Whether `proc` (nginx) accepts connections on the listen address within `timeout_s` (a wildcard
-    address is tried on loopback), so the ready line never comes before the gateway does."""
-    target = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104 - naming the wildcard
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and proc.poll() is None:
-        with contextlib.suppress(OSError), socket.create_connection((target, port), timeout=1):
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def start_relay(listens: list[str], targets: tuple[str, ...], interval: float, log: Path) -> subprocess.Popen[bytes]:
-    """The SSE keepalive relay (coderig.runtime.sse_keepalive) as a child process, one listener per
-    target; returns once the last listener accepts connections (or the relay exited)."""
-    args = [arg for listen, target in zip(listens, targets, strict=True) for arg in ("--route", f"{listen}={target}")]
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "coderig.runtime.sse_keepalive", *args, "--interval", str(interval)],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            preexec_fn=die_with_parent(),
-        )  # fmt: skip
-    if not wait_listening("127.0.0.1", int(listens[-1].rsplit(":", 1)[1]), 30, proc):
-        proc.kill()
-        proc.wait(5)
-    return proc

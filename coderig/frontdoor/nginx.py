@@ -17,11 +17,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from coderig.frontdoor.litellm import DEFAULT_TIMEOUT_S
 from coderig.frontdoor.native import affinity_map, balanced_servers
+from coderig.frontdoor.nginx_hardening import WORKER_CONNECTIONS
 
 DEVELOPER_HEADER = "X-Coderig-Developer"
 DEFAULT_MAX_BODY_MB = 32  # Claude Code's client cap
@@ -52,7 +54,7 @@ class GatewaySpec:
     temp_dir: str | None = None  # client_body/proxy temp paths; None -> nginx's compiled-in default
     user: str | None = None  # worker user directive; None -> omitted
     worker_processes: str = "auto"
-    worker_connections: int = 4096
+    worker_connections: int = WORKER_CONNECTIONS
     timeout_s: int = DEFAULT_TIMEOUT_S
     max_body_mb: int = DEFAULT_MAX_BODY_MB
     rate_per_second: int = 10  # per developer, sustained
@@ -100,6 +102,21 @@ def hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+WILDCARDS = ("0.0.0.0", "::", "*", "")  # noqa: S104 - naming the wildcard listen addresses, not binding one
+
+
+def local_address(host: str) -> str:
+    """The address this machine reaches a listener on `host` at: loopback for a wildcard."""
+    if host not in WILDCARDS:
+        return host
+    return "::1" if host == "::" else "127.0.0.1"
+
+
+def public_name(host: str) -> str:
+    """How others name a listener on `host`: this machine's host name for a wildcard."""
+    return socket.gethostname() if host in WILDCARDS else host
+
+
 def is_loopback(host: str) -> bool:
     """An IP literal in 127.0.0.0/8, ::1, or exactly `localhost` (never a name that merely starts
     with "127.": `127.0.0.1.evil.test` resolves wherever its owner wants)."""
@@ -137,7 +154,7 @@ def json_log_format() -> str:
         "time": "$time_iso8601",
         "developer": "$coderig_developer",
         "method": "$request_method",
-        "path": "$uri",
+        "path": "$coderig_log_path",  # printable ASCII or a marker (coderig.frontdoor.nginx_hardening)
         "status": "$status",
         "duration_s": "$request_time",
         "upstream_s": "$upstream_response_time",
@@ -145,7 +162,7 @@ def json_log_format() -> str:
         "body_bytes_sent": "$body_bytes_sent",
         "request_bytes": "$request_length",
         "remote": "$remote_addr",
-        "session": "$http_x_claude_code_session_id",
+        "session": "$coderig_log_session",
     }
     inner = ",".join(f'"{k}":"{v}"' for k, v in fields.items())
     return "log_format coderig_json escape=json '{" + inner + "}';"

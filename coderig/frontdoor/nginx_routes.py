@@ -33,6 +33,7 @@ from coderig.frontdoor.nginx import (
     tls_block,
     upstream_blocks,
 )
+from coderig.frontdoor.nginx_hardening import HANDSHAKE_HEADER_TIMEOUT_S, http_lines, own_error_locations, server_lines
 
 Shape = Literal["anthropic", "openai"]
 
@@ -58,6 +59,8 @@ ROUTES: tuple[Route, ...] = (
     Route("/api/hello", ("HEAD", "GET"), "anthropic", "answer"),
     Route("/api/event_logging/batch", ("POST",), "anthropic", "answer"),
     Route("/healthz", ("GET", "HEAD"), "openai", "healthz"),
+    # the front door alone (nginx and LiteLLM answer), whatever the model does: container health checks
+    Route("/healthz/front", ("GET", "HEAD"), "openai", "front_healthz"),
 )
 
 # The shape of the 404 for a path outside ROUTES, by prefix (nginx picks the longest match).
@@ -76,6 +79,7 @@ HEALTHZ_RATE = "5r/s"  # per client address, burst HEALTHZ_BURST (bounds probes 
 HEALTHZ_BURST = 20
 
 _TOO_LARGE_MSG = "request body too large for this gateway"
+_TRANSLATOR_MSG = "the translation layer of the gateway (LiteLLM) failed on this request; its log has the details"
 _ERRORS: dict[tuple[Shape, int], str] = {
     ("anthropic", 404): anthropic_error("not_found_error", "no such endpoint on this gateway"),
     ("openai", 404): openai_error("invalid_request_error", "not_found", "no such endpoint on this gateway"),
@@ -87,6 +91,8 @@ _ERRORS: dict[tuple[Shape, int], str] = {
     ("openai", 401): openai_error("invalid_request_error", "invalid_api_key", UNAUTHORIZED_MSG),
     ("anthropic", 429): anthropic_error("rate_limit_error", RATE_MSG),
     ("openai", 429): openai_error("rate_limit_error", "rate_limit_exceeded", RATE_MSG),
+    ("anthropic", 500): anthropic_error("api_error", _TRANSLATOR_MSG),
+    ("openai", 500): openai_error("server_error", "translator_error", _TRANSLATOR_MSG),
     ("anthropic", 503): anthropic_error("overloaded_error", UNAVAILABLE_MSG),
     ("openai", 503): openai_error("server_error", "upstream_unavailable", UNAVAILABLE_MSG),
 }  # fmt: skip
@@ -198,9 +204,19 @@ def _to_litellm(route: Route, spec: GatewaySpec) -> list[str]:
     return [
         *_auth_guard(route.shape, spec),
         *_long_timeouts(spec),
+        *_litellm_errors(route.shape, spec),
         *proxy_headers("$coderig_upstream_authorization"),
         f"proxy_pass http://coderig_litellm{route.path};",
     ]
+
+
+def _litellm_errors(shape: Shape, spec: GatewaySpec) -> list[str]:
+    """LiteLLM's own failures (a plain-text 500 from its web server, 502-504) reach the client in its
+    JSON error shape; its 4xx answers (a context too long, a bad request) pass as they are. With the
+    model gate on, its 500 page is the gate's, so LiteLLM's errors pass as they are there."""
+    if spec.model_gate_retry_after_s:
+        return []
+    return ["proxy_intercept_errors on;", f"error_page 500 = @coderig_500_{shape};"]
 
 
 def _chat(route: Route, spec: GatewaySpec) -> list[str]:
@@ -251,11 +267,25 @@ def _healthz(route: Route, _spec: GatewaySpec) -> list[str]:
     ]
 
 
+def _front_healthz(route: Route, _spec: GatewaySpec) -> list[str]:
+    """Liveness of the front door itself: LiteLLM's liveliness through nginx, not the model's health."""
+    return [
+        "access_log off;",
+        f"limit_req zone=coderig_healthz burst={HEALTHZ_BURST} nodelay;",
+        f"error_page 429 = @coderig_429_{route.shape};",
+        *_health_request(),
+        *_health_cache("litellm_liveliness"),
+        "proxy_pass http://coderig_litellm/health/liveliness;",
+        "error_page 401 403 404 500 502 503 504 = @coderig_unready;",
+    ]
+
+
 HANDLERS: dict[str, Handler] = {
     "litellm": _to_litellm,
     "chat": _chat,
     "answer": _answer,
     "healthz": _healthz,
+    "front_healthz": _front_healthz,
 }
 
 
@@ -282,7 +312,7 @@ def _named_errors(spec: GatewaySpec) -> list[str]:
     out: list[str] = []
     shapes: tuple[Shape, ...] = ("anthropic", "openai")
     for shape in shapes:
-        for status in (413, 429, 503):
+        for status in (413, 429, 500, 503):
             answer = nginx_quote(error_body(shape, status))
             out.append(f"location @coderig_{status}_{shape} {{ return {status} {answer}; }}")
         if spec.model_gate_retry_after_s:
@@ -302,11 +332,12 @@ def _server_block(spec: GatewaySpec, routes: tuple[Route, ...]) -> list[str]:
         "default_type application/json;",
         f"client_max_body_size {spec.max_body_mb}m;",
         f"client_body_buffer_size {CLIENT_BODY_BUFFER};",
-        f"client_header_timeout {client};",
+        f"client_header_timeout {HANDSHAKE_HEADER_TIMEOUT_S}s;",  # and the TLS handshake (nginx 1.22)
         f"client_body_timeout {client};",
         f"send_timeout {client};",
         f"keepalive_timeout {KEEPALIVE_TIMEOUT_S}s;",
         "reset_timedout_connection on;",
+        *server_lines(),
         "gzip off;",
         "access_log " + spec.access_log + " coderig_json;",
         "proxy_http_version 1.1;",
@@ -327,6 +358,7 @@ def _server_block(spec: GatewaySpec, routes: tuple[Route, ...]) -> list[str]:
         "# Anything else: 404 in the client's shape, never forwarded (LiteLLM's admin/UI routes included).",
         *[line for prefix, shape in NOT_FOUND_SHAPES for line in _location(prefix, [_return(shape, 404)])],
         *_named_errors(spec),
+        *own_error_locations(),
     ]  # fmt: skip
     return ["server {", *_indent(body, 1), "}"]
 
@@ -354,6 +386,7 @@ def render_gateway_http(spec: GatewaySpec, routes: tuple[Route, ...] = ROUTES) -
         "    default $coderig_dev_bearer;",
         "}",
         json_log_format(),
+        *http_lines(),
         f"limit_req_zone $coderig_developer zone=coderig_per_developer:10m rate={spec.rate_per_second}r/s;",
         f"limit_req_zone $binary_remote_addr zone=coderig_healthz:1m rate={HEALTHZ_RATE};",
         "limit_req_status 429;",
@@ -372,6 +405,7 @@ def render_gateway_conf(spec: GatewaySpec, routes: tuple[Route, ...] = ROUTES) -
     head = [
         *([f"user {spec.user};"] if spec.user else []),
         f"worker_processes {spec.worker_processes};",
+        f"worker_rlimit_nofile {2 * spec.worker_connections + 1024};",  # a proxied request holds two
         f"pid {spec.pid_path};",
         f"error_log {spec.error_log} warn;",
         *([] if spec.daemon else ["daemon off;"]),

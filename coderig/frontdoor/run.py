@@ -12,6 +12,9 @@ a developer without a restart). The integration tests use it too.
   with ``CODERIG_LITELLM``.
 - TLS unless ``--plain-http`` (loopback listen addresses only): a CA kept in the state dir
   (reused across runs, so clients trust it once) signs a fresh server certificate per run.
+- It heals itself: a child that exits (the relay, LiteLLM, nginx) is stopped with its whole process
+  group (workers included) and started again on the same address, with a backoff
+  (coderig.frontdoor.supervise); /healthz answers 503 meanwhile.
 - Nothing outlives it: nginx and LiteLLM get SIGTERM when it dies, however it dies (Linux:
   PR_SET_PDEATHSIG), and the keys include (every developer key and LiteLLM's master key) is a
   nameless file nginx reads through /proc, gone with the process. Prefixes left by a run that
@@ -23,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import secrets
 import shutil
 import signal
@@ -37,19 +41,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from coderig import frontdoor
-from coderig.core import access
+from coderig.core.errors import UserError
+from coderig.core.files import read_json_file
 from coderig.core.versions import LITELLM_VERSION
-from coderig.frontdoor.lifecycle import (
-    PREFIX_NAME,
-    RUNNER_PID,
-    KeysInclude,
-    clean_stale_prefixes,
-    die_with_parent,
-    start_relay,
-    wait_listening,
+from coderig.frontdoor.assemble import (
+    FrontDoorInputs,
+    GatewayPaths,
+    assemble,
+    direct_targets,
+    model_health_url,
+    relay_command,
 )
+from coderig.frontdoor.lifecycle import PREFIX_NAME, RUNNER_PID, KeysInclude, clean_stale_prefixes
+from coderig.frontdoor.local_tls import ensure_tls
+from coderig.frontdoor.nginx import hostport, local_address
+from coderig.frontdoor.nginx_hardening import worker_connections
+from coderig.frontdoor.supervise import Child, Supervisor
 
 READY_LINE = "coderig frontdoor: ready"
 LITELLM_EXTRA_REQUIREMENTS = ("opentelemetry-sdk==1.45.2",)
@@ -73,43 +83,28 @@ def listen_error(listen: str, plain_http: bool) -> str | None:
     return None
 
 
-def health_url(backend: str, health_path: str) -> str:
-    """'http://127.0.0.1:8000/v1' -> 'http://127.0.0.1:8000/health'."""
-    base = backend.rstrip("/")
-    base = base[: -len("/v1")] if base.endswith("/v1") else base
-    return base + "/" + health_path.lstrip("/")
-
-
-def direct_backends(backends: list[str], enabled: bool) -> tuple[str, ...]:
-    """Where nginx sends /v1/chat/completions itself; () keeps it on LiteLLM (and says why)."""
-    if not enabled:
-        return ()
-    direct = [frontdoor.direct_chat_backend(b) for b in backends]
-    if None in direct:
-        print("coderig frontdoor: /v1/chat/completions goes through LiteLLM: a backend is https or has a path "
-              "prefix, which only LiteLLM proxies", file=sys.stderr)  # fmt: skip
-        return ()
-    return tuple(d for d in direct if d)
-
-
 def parse_keys(text: str, source: str) -> dict[str, str]:
     """The --keys-file JSON: {"developer": "token"}; errors name the file."""
     try:
         data = json.loads(text)
     except ValueError as exc:
         raise ValueError(f"{source}: not JSON ({exc})") from None
+    return keys_of(data, source)
+
+
+def keys_of(data: Any, source: str) -> dict[str, str]:
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         raise ValueError(f'{source}: must be a JSON object {{"developer": "token", ...}}')
     frontdoor.validate_keys(data)
     return dict(data)
 
 
-def tls_names(host: str, extra: list[str]) -> tuple[list[str], list[str]]:
-    """(DNS names, IP addresses) for the server certificate; a wildcard listen address is named by
-    this machine's host name."""
-    wildcard = ("0.0.0.0", "::")  # noqa: S104 - naming the wildcard, not binding it
-    named = [socket.gethostname() if name in wildcard else name for name in [host, *extra]]
-    return access.certificate_sans([*named, "::1"])
+def read_keys(path: Path) -> dict[str, str]:
+    """--keys-file: refused when others can read it (it holds every developer's key)."""
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise ValueError(f"{path}: mode {mode:04o} lets other users read every developer's key; run: chmod 600 {path}")
+    return keys_of(read_json_file(path), str(path))
 
 
 def litellm_env(master_key: str, base: dict[str, str]) -> dict[str, str]:
@@ -186,127 +181,53 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive free loopback ports (the relay listens on port, port+1, …)."""
+    for _ in range(50):
+        first = free_port()
+        socks: list[socket.socket] = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no {count} consecutive free ports on 127.0.0.1")
 
 
-def ensure_tls(tls_dir: Path, host: str, extra_names: list[str]) -> tuple[Path, Path, Path]:
-    """(ca.pem, server.pem, server.key): the CA is reused, the server certificate is new."""
-    tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    ca, ca_key = tls_dir / "ca.pem", tls_dir / "ca.key"
-    cert, key = tls_dir / "server.pem", tls_dir / "server.key"
-    old_umask = os.umask(0o077)
-    try:
-        if not (ca.exists() and ca_key.exists()):
-            _openssl(
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                str(ca_key),
-                "-out",
-                str(ca),
-                "-days",
-                "3650",
-                "-subj",
-                "/CN=coderig front door CA",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            )
-        dns, ips = tls_names(host, extra_names)
-        san = ",".join([f"DNS:{d}" for d in dns] + [f"IP:{i}" for i in ips])
-        ext = tls_dir / "server.ext"
-        ext.write_text(
-            f"subjectAltName={san}\nbasicConstraints=critical,CA:FALSE\n"
-            "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
-        )
-        csr = tls_dir / "server.csr"
-        _openssl(
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(csr),
-            "-subj",
-            "/CN=coderig front door",
-        )
-        _openssl(
-            "x509",
-            "-req",
-            "-in",
-            str(csr),
-            "-CA",
-            str(ca),
-            "-CAkey",
-            str(ca_key),
-            "-CAcreateserial",
-            "-out",
-            str(cert),
-            "-days",
-            "397",
-            "-extfile",
-            str(ext),
-        )
-    finally:
-        os.umask(old_umask)
-    os.chmod(ca, 0o644)
-    return ca, cert, key
-
-
-def wait_http_ok(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            return False
-        with (
-            contextlib.suppress(urllib.error.URLError, OSError),
-            urllib.request.urlopen(  # noqa: S310
-                url,
-                timeout=2,  # a loopback URL we built
-            ) as resp,
-        ):
-            if resp.status == 200:
-                return True
-        time.sleep(0.2)
+def accepts(host: str, port: int) -> bool:
+    """Something accepts connections on host:port (a wildcard address is tried on loopback)."""
+    with contextlib.suppress(OSError), socket.create_connection((local_address(host), port), timeout=1):
+        return True
     return False
 
 
-def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace_s: float = 10) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)
-    try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
+def http_ok(url: str) -> bool:
+    """One GET of a loopback URL we built answers 200."""
+    with (
+        contextlib.suppress(urllib.error.URLError, OSError),
+        urllib.request.urlopen(url, timeout=2) as resp,  # noqa: S310 - a loopback URL we built
+    ):
+        return bool(resp.status == 200)
+    return False
 
 
-def reload_keys(
-    keys_file: Path, keys_conf: KeysInclude, master_key: str, nginx: subprocess.Popen[bytes]
-) -> dict[str, str] | None:
+def reload_keys(keys_file: Path, keys_conf: KeysInclude, master_key: str, nginx: Child) -> dict[str, str] | None:
     """SIGHUP: re-read --keys-file and reload nginx, so adding or revoking a developer needs no
     restart. A bad file keeps the keys in force and says why."""
     try:
-        keys = parse_keys(keys_file.read_text(), str(keys_file))
-    except (OSError, ValueError) as exc:
+        keys = read_keys(keys_file)
+    except (OSError, ValueError, UserError) as exc:
         print(f"coderig frontdoor: keys NOT reloaded: {exc}", file=sys.stderr, flush=True)
         return None
     keys_conf.replace(frontdoor.render_gateway_keys(keys, master_key))
-    os.kill(nginx.pid, signal.SIGHUP)
+    if nginx.proc is not None and nginx.proc.poll() is None:  # a restarting nginx reads the new keys anyway
+        os.kill(nginx.proc.pid, signal.SIGHUP)
     print(f"coderig frontdoor: keys reloaded ({len(keys)} developer key(s))", flush=True)
     return keys
 
@@ -339,27 +260,58 @@ class RunOptions:
     keepalive_s: float = 15.0
 
 
+def direct_chat(opts: RunOptions) -> tuple[str, ...]:
+    """Where nginx sends /v1/chat/completions itself; () keeps it on LiteLLM (and says why)."""
+    if not opts.direct_chat:
+        return ()
+    direct = direct_targets(opts.backends)
+    if not direct:
+        print(
+            "coderig frontdoor: /v1/chat/completions goes through LiteLLM: a backend is https or has a path "
+            "prefix, which only LiteLLM proxies",
+            file=sys.stderr,
+        )
+    return direct
+
+
+def inputs_of(opts: RunOptions, litellm_port: int, relay_port: int) -> FrontDoorInputs:
+    """What `assemble` builds this front door from: the same function every stack's front door uses."""
+    direct = direct_chat(opts)
+    return FrontDoorInputs(
+        served_name=opts.model,
+        backends=tuple(opts.backends),
+        max_tokens=opts.max_tokens,
+        listen=opts.listen,
+        litellm=f"127.0.0.1:{litellm_port}",
+        health_url=model_health_url(opts.backends[0], opts.health_path),
+        rate_per_second=opts.rate_per_second,
+        rate_burst=opts.rate_burst,
+        aliases=tuple(opts.aliases),
+        direct_chat=direct,
+        native_routes=opts.native_routes if direct else (),
+        relay_host="127.0.0.1",
+        relay_port=relay_port,
+        timeout_s=opts.timeout_s,
+        litellm_timeout_s=opts.litellm_timeout_s,
+    )
+
+
 def run(opts: RunOptions) -> int:
     err = listen_error(opts.listen, opts.plain_http)
     if err:
         print(f"coderig frontdoor: {err}", file=sys.stderr)
         return 2
     try:
-        keys = parse_keys(opts.keys_file.read_text(), str(opts.keys_file))
-        route = frontdoor.ModelRoute(
-            served_name=opts.model,
-            backends=tuple(opts.backends),
-            max_tokens=opts.max_tokens,
-            aliases=tuple(opts.aliases),
-            timeout_s=opts.litellm_timeout_s,
-        )
-        frontdoor.validate_route(route)
+        keys = read_keys(opts.keys_file)
+        litellm_port = opts.litellm_port or free_port()
+        inputs = inputs_of(opts, litellm_port, free_ports(len(opts.backends)))
+        frontdoor.validate_route(assemble(inputs, GatewayPaths(keys_include=""))[0])
         nginx = find_nginx()
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, UserError) as exc:
         print(f"coderig frontdoor: {exc}", file=sys.stderr)
         return 2
 
-    host, _ = frontdoor.parse_listen(opts.listen)
+    host, port = frontdoor.parse_listen(opts.listen)
     # absolute: nginx resolves relative paths against its own (temporary) prefix, not our cwd
     state_dir = opts.state_dir.expanduser().resolve()
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -368,8 +320,7 @@ def run(opts: RunOptions) -> int:
         print(f"coderig frontdoor: removed {stale} (left by a run that was killed)", file=sys.stderr)
     prefix = Path(tempfile.mkdtemp(prefix=PREFIX_NAME, dir=tmp))
     (prefix / RUNNER_PID).write_text(f"{os.getpid()}\n")
-    procs: list[subprocess.Popen[bytes]] = []
-    names: list[str] = []
+    supervisor = Supervisor([])
     keys_conf: KeysInclude | None = None
     stop = {"signal": 0, "reload": 0}
 
@@ -386,18 +337,9 @@ def run(opts: RunOptions) -> int:
         if not opts.plain_http:
             ca, cert, key = ensure_tls(state_dir / "tls", host, opts.tls_names)
         master_key = "sk-" + secrets.token_urlsafe(32)  # LiteLLM expects master keys to start sk-
-        litellm_port = opts.litellm_port or free_port()
-        litellm_cfg = prefix / "litellm.yaml"
-        litellm_cfg.write_text(frontdoor.render_litellm_config(route))
         keys_conf = KeysInclude(prefix, frontdoor.render_gateway_keys(keys, master_key))
         os.chmod(prefix, 0o711)  # noqa: S103 - nginx workers (not root) must reach their temp dirs
-        direct = direct_backends(opts.backends, opts.direct_chat)
-        native_routes = opts.native_routes if direct else ()
-        relays = [f"127.0.0.1:{free_port()}" for _ in direct]  # the relay: every hop to a model server
-        spec = frontdoor.GatewaySpec(
-            listen=opts.listen,
-            litellm=f"127.0.0.1:{litellm_port}",
-            model_health_url=health_url(opts.backends[0], opts.health_path),
+        paths = GatewayPaths(
             keys_include=keys_conf.path,
             tls_cert=str(cert) if cert else None,
             tls_key=str(key) if key else None,
@@ -405,14 +347,12 @@ def run(opts: RunOptions) -> int:
             error_log=str(state_dir / "gateway-error.log"),
             access_log=str(state_dir / "gateway-access.log"),
             temp_dir=str(prefix / "tmp"),
-            worker_processes="2",
-            timeout_s=opts.timeout_s,
-            rate_per_second=opts.rate_per_second,
-            rate_burst=opts.rate_burst,
-            direct_chat_backends=direct,
-            native_routes=tuple(native_routes),
-            native_relays=tuple(relays),
         )
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        slots = worker_connections(nofile if nofile != resource.RLIM_INFINITY else 1 << 20)
+        route, spec = assemble(inputs, paths, worker_processes="2", worker_connections=slots)
+        litellm_cfg = prefix / "litellm.yaml"
+        litellm_cfg.write_text(frontdoor.render_litellm_config(route))
         nginx_conf = prefix / "nginx.conf"
         nginx_conf.write_text(frontdoor.render_gateway_conf(spec))
         (prefix / "tmp").mkdir()
@@ -422,44 +362,37 @@ def run(opts: RunOptions) -> int:
             print(f"coderig frontdoor: nginx rejected the config:\n{check.stderr}", file=sys.stderr)
             return 1
 
-        if relays:  # the SSE keepalive relay in front of each direct backend (every model path)
-            relay_log = state_dir / "keepalive.log"
-            procs.append(start_relay(relays, direct, opts.keepalive_s, relay_log))
-            names.append("keepalive relay")
-            if procs[-1].poll() is not None:
-                print(f"coderig frontdoor: the keepalive relay did not start; see {relay_log}", file=sys.stderr)
+        relay = relay_command(spec, sys.executable, opts.keepalive_s)
+        if relay:  # the SSE keepalive relay in front of each backend (native streaming routes)
+            last = frontdoor.parse_listen(spec.native_relays[-1])
+            child = Child("keepalive relay", relay, lambda: accepts(*last), state_dir / "keepalive.log", startup_s=30)
+            supervisor.children.append(child)
+            if not supervisor.start(child):
+                print(f"coderig frontdoor: the keepalive relay did not start; see {child.log}", file=sys.stderr)
                 return 1
-        litellm_exe = ensure_litellm()
-        log = open(state_dir / "litellm.log", "ab")  # noqa: SIM115 - lives as long as the child
-        started = time.monotonic()
-        procs.append(
-            subprocess.Popen(
-                litellm_command(litellm_exe, litellm_cfg, litellm_port, opts.litellm_workers),
-                env=litellm_env(master_key, dict(os.environ)),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=die_with_parent(),  # no threads of ours run yet
-                cwd=prefix,
-            )
-        )
-        names.append("LiteLLM")
         live = f"http://127.0.0.1:{litellm_port}/health/liveliness"
-        if not wait_http_ok(live, opts.startup_timeout_s, procs[-1]):
-            print(f"coderig frontdoor: LiteLLM did not start; see {state_dir / 'litellm.log'}", file=sys.stderr)
+        litellm = Child(
+            "LiteLLM",
+            litellm_command(ensure_litellm(), litellm_cfg, litellm_port, opts.litellm_workers),
+            lambda: http_ok(live),
+            state_dir / "litellm.log",
+            env=litellm_env(master_key, dict(os.environ)),
+            cwd=prefix,
+            startup_s=opts.startup_timeout_s,
+        )
+        supervisor.children.append(litellm)
+        started = time.monotonic()
+        if not supervisor.start(litellm):
+            print(f"coderig frontdoor: LiteLLM did not start; see {litellm.log}", file=sys.stderr)
             return 1
         litellm_s = time.monotonic() - started
-        procs.append(
-            subprocess.Popen(nginx_cmd, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent())
-        )
-        names.append("nginx")
-        scheme = "http" if opts.plain_http else "https"
-        url_host = f"[{host}]" if ":" in host else host
-        base = f"{scheme}://{url_host}:{frontdoor.parse_listen(opts.listen)[1]}"
-        if not wait_listening(host, frontdoor.parse_listen(opts.listen)[1], 30, procs[-1]):
+        gateway = Child("nginx", nginx_cmd, lambda: accepts(host, port), startup_s=30)
+        supervisor.children.append(gateway)
+        if not supervisor.start(gateway):
             print(f"coderig frontdoor: nginx exited or does not listen; see {spec.error_log}", file=sys.stderr)
             return 1
+        scheme = "http" if opts.plain_http else "https"
+        base = f"{scheme}://{hostport(host, port)}"
         ca_pem = ca.read_text() if ca else None
         if opts.on_keys:  # before the ready line: whoever waits for it finds the bundles written
             opts.on_keys(base, ca_pem, keys)
@@ -472,18 +405,14 @@ def run(opts: RunOptions) -> int:
         while not stop["signal"]:
             if stop["reload"]:
                 stop["reload"] = 0
-                reloaded = reload_keys(opts.keys_file, keys_conf, master_key, procs[-1])
+                reloaded = reload_keys(opts.keys_file, keys_conf, master_key, gateway)
                 if reloaded is not None and opts.on_keys:
                     opts.on_keys(base, ca_pem, reloaded)
-            for name, proc in zip(names, procs, strict=True):
-                if proc.poll() is not None:
-                    print(f"coderig frontdoor: {name} exited ({proc.returncode}); stopping", file=sys.stderr)
-                    return 1
+            supervisor.poll()
             time.sleep(0.2)
         return 0
     finally:
-        for proc in reversed(procs):
-            stop_process(proc)
+        supervisor.close()
         if keys_conf is not None:
             keys_conf.close()
         shutil.rmtree(prefix, ignore_errors=True)

@@ -25,15 +25,18 @@ to LiteLLM on the model server's 404), waits silently and gets a 503 in its shap
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from coderig.runtime.wake import STATES, WakeError, Waker
+from coderig.runtime.wake import STATES, SleepWaker, StopWaker, WakeError, Waker
 
 SETTLE_WAIT_S = 120.0  # how long a wake waits for the reaper to finish what it started
 HEALTH_POLL_S = 0.25
@@ -130,6 +133,26 @@ class Gate:
 
     def end(self) -> None:
         self.inflight = max(0, self.inflight - 1)
+
+    # a relayed connection (sse_keepalive._Pair: busy, closed, close) as its requests come and go
+    def started(self, pair: Any) -> None:
+        if not pair.busy:
+            pair.busy = True
+            self.begin()
+            self.idle_conns.discard(pair.close)
+
+    def done(self, pair: Any) -> None:
+        if pair.busy:
+            pair.busy = False
+            self.end()
+        if not pair.closed:
+            self.idle_conns.add(pair.close)
+
+    def dropped(self, pair: Any) -> None:
+        self.idle_conns.discard(pair.close)
+        if pair.busy:
+            pair.busy = False
+            self.end()
 
     async def wait_awake(self) -> str | None:
         """None once the model is awake; else the one-line reason it could not be woken."""
@@ -338,3 +361,112 @@ class Control(asyncio.Protocol):
             + payload
         )
         self.transport.close()
+
+
+# ---------------------------------------------------------------- the relay's wiring (sse_keepalive --wake)
+
+Route = tuple[tuple[str, int], tuple[str, int]]
+
+
+@dataclass(frozen=True)
+class WakeOptions:
+    """How the relay holds and wakes its model servers."""
+
+    mechanism: str  # "sleep": POST /wake_up on the target; "stop": the reaper's control port starts it
+    budget_s: float  # the start budget: a wake that takes longer fails every held request
+    control: str  # the relay's own control listener (host:port, loopback)
+    reaper: str | None = None  # http://127.0.0.1:PORT of the node's reaper ("stop")
+    served: tuple[str, ...] = ()  # the served model names (a held stream for another name waits silently)
+
+
+def hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def waker_for(mechanism: str, target: tuple[str, int], reaper: str | None) -> Waker:
+    if mechanism == "sleep":
+        return SleepWaker(f"http://{hostport(*target)}")
+    if mechanism == "stop":
+        if not reaper:
+            raise ValueError("--wake stop needs --reaper http://127.0.0.1:PORT (it alone starts containers)")
+        return StopWaker(reaper)
+    raise ValueError(f"--wake: {mechanism!r}; allowed: sleep, stop")
+
+
+def gates_for(routes: Sequence[Route], wake: WakeOptions) -> list[Gate | None]:
+    return [
+        Gate(hostport(*t), waker_for(wake.mechanism, t, wake.reaper), f"http://{hostport(*t)}/health", wake.budget_s)
+        for _, t in routes
+    ]
+
+
+def options(args: argparse.Namespace, routes: Sequence[Route]) -> WakeOptions:
+    """The relay's --wake arguments; a bad --reaper is refused here, not on the first request."""
+    wake = WakeOptions(args.wake, args.start_budget, args.control, args.reaper, tuple(args.served_name))
+    gates_for(routes, wake)
+    return wake
+
+
+async def start(gates: Sequence[Gate | None], wake: WakeOptions, control: tuple[str, int]) -> asyncio.Server:
+    """Learn each model's state, then listen for the reaper on the control port."""
+    held = [g for g in gates if g is not None]
+    for gate in held:
+        await gate.learn()
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: Control(held), *control, reuse_address=True)
+
+
+async def found_asleep(gate: Gate) -> bool:
+    """A refused connect: asleep or stopped by someone else (a relay restart lost the state)?"""
+    if gate.waker is None:
+        return False
+    state = await asyncio.get_running_loop().run_in_executor(None, gate.waker.state)
+    if state not in ("sleeping", "stopped"):
+        return False
+    gate.settled(state)
+    return True
+
+
+async def hold(conn: Any, gate: Gate, keepalive: bytes) -> bool:
+    """Hold one relayed connection's request (sse_keepalive._Client: pair, pending, arrived, served,
+    interval) until the model wakes; a stream hears keepalives meanwhile, a failure its error."""
+    info = request_info(b"".join(conn.pending))
+    while info is None and not conn.pair.closed:
+        conn.arrived.clear()
+        await conn.arrived.wait()
+        info = request_info(b"".join(conn.pending))
+    client = conn.pair.client
+    if info is None or client is None:
+        return False
+    path, streams, model = info
+    if path == "/health":  # a health probe (the gateway's /healthz) never wakes the model: it would wake
+        body = json.dumps({"status": gate.state, "wakes_on_request": True}).encode()  # on the next request
+        client.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n" % len(body))
+        client.write(b"Connection: close\r\n\r\n" + body)
+        conn.pair.close()
+        return False
+    shape = shape_of(path)
+    early = streams and (not conn.served or model in conn.served)
+    ticker = None
+    if early:
+        client.write(EARLY_HEAD)
+        ticker = asyncio.get_running_loop().create_task(_keepalives(conn, client, keepalive))
+    why = await gate.wait_awake()
+    if ticker is not None:
+        ticker.cancel()
+    if conn.pair.closed:
+        return False
+    if why is not None:
+        client.write(error_event(shape, why) if early else error_response(shape, why))
+        conn.pair.close()
+        return False
+    if early:
+        conn.pair.splice = Splice(shape)
+    return True
+
+
+async def _keepalives(conn: Any, client: asyncio.Transport, keepalive: bytes) -> None:
+    while not conn.pair.closed:
+        await asyncio.sleep(conn.interval)
+        if not conn.pair.closed:
+            client.write(keepalive)

@@ -17,6 +17,7 @@ from programs import external_config
 
 from coderig.cli import build_parser, main
 from coderig.cli import frontdoor as cli_frontdoor
+from coderig.core import planner
 from coderig.core.stack_file import load_stack_file
 from coderig.targets.compose.machines import node_specs
 from coderig.targets.compose.spec import front_door
@@ -119,12 +120,12 @@ def test_old_rate_limit_flag_is_refused_naming_the_new_one(capsys: pytest.Captur
 def test_external_health_probe_defaults_to_models_and_is_configurable(tmp_path: Path) -> None:
     assert _run_args().health_path == "/v1/models"  # frontdoor run's default matches the stack's
     settings = load_stack_file(write_stack(tmp_path, external_config(), "ext"))
-    _route, gateway = front_door(settings, node_specs(settings)[0])
+    _route, gateway = front_door(settings, node_specs(settings, planner.plan_stack(settings))[0])
     assert gateway.model_health_url == "https://kserve.internal/v1/models"
     config = external_config()
     config["target"]["healthPath"] = "/health"
     settings = load_stack_file(write_stack(tmp_path, config, "ext"))
-    _route, gateway = front_door(settings, node_specs(settings)[0])
+    _route, gateway = front_door(settings, node_specs(settings, planner.plan_stack(settings))[0])
     assert gateway.model_health_url == "https://kserve.internal/health"
 
 

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -27,6 +29,7 @@ from coderig.frontdoor import (  # noqa: E402
     ModelRoute,
     is_loopback,
     litellm_config,
+    local_tls,  # noqa: E402
     parse_listen,
     render_gateway_conf,
     render_gateway_keys,
@@ -34,6 +37,7 @@ from coderig.frontdoor import (  # noqa: E402
     validate_keys,
 )
 from coderig.frontdoor import run as frontdoor_run  # noqa: E402
+from coderig.frontdoor.assemble import GatewayPaths, assemble, model_health_url, relay_command  # noqa: E402
 
 ROUTE = ModelRoute(
     served_name="umans-coder-v0",
@@ -222,7 +226,7 @@ def test_routes_are_an_allow_list_of_exact_paths_and_methods() -> None:
     expected = {
         "/v1/messages": "POST", "/v1/messages/count_tokens": "POST", "/v1/chat/completions": "POST",
         "/v1/responses": "POST", "/v1/models": "GET", "/api/hello": "HEAD|GET",
-        "/api/event_logging/batch": "POST", "/healthz": "GET|HEAD",
+        "/api/event_logging/batch": "POST", "/healthz": "GET|HEAD", "/healthz/front": "GET|HEAD",
     }  # fmt: skip
     assert {p: r.path for p, r in zip(expected, frontdoor.ROUTES, strict=True)} == {p: p for p in expected}
     for path, methods in expected.items():
@@ -230,7 +234,7 @@ def test_routes_are_an_allow_list_of_exact_paths_and_methods() -> None:
         assert f"if ($request_method !~ ^(?:{methods})$)" in body, path
         assert "return 405 " in body and f'add_header Allow "{methods.replace("|", ", ")}" always;' in body
         assert body.index("return 405") < body.find("proxy_pass") or "proxy_pass" not in body
-        if "proxy_pass http://coderig_" in body and path != "/healthz":
+        if "proxy_pass http://coderig_" in body and not path.startswith("/healthz"):
             # the upstream path is the route's own, not the client's raw request target
             assert re.search(rf"proxy_pass http://coderig_(litellm|model){re.escape(path)};", body), path
     with pytest.raises(ValueError, match="twice"):
@@ -459,11 +463,11 @@ def test_keys_include_has_no_name_on_disk(tmp_path: Path) -> None:
 
 
 def test_run_helpers() -> None:
-    assert frontdoor_run.health_url("http://127.0.0.1:8000/v1", "/health") == "http://127.0.0.1:8000/health"
-    assert frontdoor_run.health_url("http://h:1/v1/", "healthz") == "http://h:1/healthz"
+    assert model_health_url("http://127.0.0.1:8000/v1", "/health") == "http://127.0.0.1:8000/health"
+    assert model_health_url("http://h:1/v1/", "healthz") == "http://h:1/healthz"
     assert frontdoor.upstream_hostport("http://127.0.0.1:8000/v1") == "127.0.0.1:8000"
     assert frontdoor.upstream_hostport("http://model/v1") == "model:80"
-    dns, ips = frontdoor_run.tls_names("10.0.0.5", ["gpu1.example.internal"])
+    dns, ips = local_tls.tls_names("10.0.0.5", ["gpu1.example.internal"])
     assert "10.0.0.5" in ips and "127.0.0.1" in ips and "gpu1.example.internal" in dns
     env = frontdoor_run.litellm_env("mk", {"PATH": "/bin"})
     assert env["LITELLM_MASTER_KEY"] == "mk" and env["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"
@@ -589,7 +593,32 @@ def test_direct_chat_only_for_plain_http_backends_at_v1() -> None:
 
 def test_frontdoor_run_keeps_https_backends_on_litellm(capsys: pytest.CaptureFixture[str]) -> None:
     local = ["http://127.0.0.1:8000/v1", "http://127.0.0.1:8001/v1"]
-    assert frontdoor_run.direct_backends(local, True) == ("127.0.0.1:8000", "127.0.0.1:8001")
-    assert frontdoor_run.direct_backends(local, False) == ()
-    assert frontdoor_run.direct_backends([*local, "https://kserve.internal/v1"], True) == ()
+    opts = run_options(local)
+    assert frontdoor_run.direct_chat(opts) == ("127.0.0.1:8000", "127.0.0.1:8001")
+    assert frontdoor_run.direct_chat(dataclasses.replace(opts, direct_chat=False)) == ()
+    assert frontdoor_run.direct_chat(run_options([*local, "https://kserve.internal/v1"])) == ()
     assert "through LiteLLM" in capsys.readouterr().err
+
+
+def run_options(backends: list[str], **kw: Any) -> frontdoor_run.RunOptions:
+    base: dict[str, Any] = dict(
+        backends=backends, model="m", listen="127.0.0.1:8443", keys_file=Path("k.json"), plain_http=False,
+        state_dir=Path("s"), aliases=[], max_tokens=1024, timeout_s=600, litellm_timeout_s=600, litellm_workers=1,
+        litellm_port=0, rate_per_second=10, rate_burst=100, tls_names=[], health_path="/health", direct_chat=True,
+        startup_timeout_s=60,
+    )  # fmt: skip
+    return frontdoor_run.RunOptions(**(base | kw))
+
+
+def test_frontdoor_run_builds_its_front_door_with_assemble() -> None:
+    """`frontdoor run` and every stack go through the same `assemble`: what run hands it is its inputs,
+    and the gateway's /healthz asks the model server through the keepalive relay."""
+    inputs = frontdoor_run.inputs_of(run_options(["http://127.0.0.1:8000/v1", "http://127.0.0.1:8001/v1"]), 4000, 9300)
+    route, spec = assemble(inputs, GatewayPaths(keys_include="/k"))
+    assert spec.native_relays == ("127.0.0.1:9300", "127.0.0.1:9301")
+    assert spec.direct_chat_backends == ("127.0.0.1:8000", "127.0.0.1:8001")
+    assert spec.model_health_url == "http://127.0.0.1:9300/health"  # through the relay in front of replica 0
+    assert route.backends == inputs.backends and spec.litellm == "127.0.0.1:4000"
+    external = frontdoor_run.inputs_of(run_options(["https://llm.example/v1"], health_path="/v1/models"), 4000, 9300)
+    assert assemble(external, GatewayPaths(keys_include="/k"))[1].model_health_url == "https://llm.example/v1/models"
+    assert relay_command(spec, "py", 0.5)[-4:] == ["--interval", "0.5", "--silence", "600"]

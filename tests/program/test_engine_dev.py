@@ -21,6 +21,7 @@ import pytest
 from engine import ROOT, project_copy
 from frontdoor_fixtures import NPM_PREFIX, require_tool
 
+from coderig.core import planner
 from coderig.core.settings import parse_settings
 from coderig.targets.compose import machines
 from coderig.targets.compose.rendered import render_node
@@ -49,7 +50,7 @@ def docker_ready() -> None:
 def seed_weights(home: Path) -> Path:
     """The weights step's completion marker (and the model file) where the dev stack's cache is."""
     settings = parse_settings(yaml_config(ROOT / "Pulumi.dev.yaml"))
-    spec = machines.node_specs(settings)[0]
+    spec = machines.node_specs(settings, planner.plan_stack(settings))[0]
     env = render_node(settings, spec).compose["services"]["weights"]["environment"]
     cache = home / ".cache" / "coderig"
     marker = cache / "hf" / "coderig-markers" / f"{env['CODERIG_REPO'].replace('/', '--')}.json"

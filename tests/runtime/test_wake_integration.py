@@ -31,6 +31,10 @@ def test_a_sleeping_model_is_woken_by_a_stream_that_hears_keepalives_meanwhile(t
         assert rig.put_to_sleep()
         assert model.sleep.sleeping and model.sleep.sleeps == 1 and model.sleep.aborted == 0
         assert rig.relay_state()["state"] == "sleeping"
+        conn = http.client.HTTPConnection("127.0.0.1", rig.relay_port, timeout=10)  # what /healthz asks
+        conn.request("GET", "/health")
+        assert conn.getresponse().status == 200 and model.sleep.wakes == 0  # a probe never wakes it
+        conn.close()
         status, lines = rig.stream_raw("/v1/messages", {**MSG, "stream": True})
         assert status == 200
         keepalives = [t for t, line in lines if line == ": keepalive"]

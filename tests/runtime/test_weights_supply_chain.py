@@ -110,7 +110,7 @@ def stacks() -> dict[str, Any]:
 @pytest.mark.parametrize("name", ["ssh", "aws", "local-cpu"])
 def test_compose_weights_service_uses_a_pinned_image_that_has_the_downloader(name: str) -> None:
     settings = stacks()[name]
-    for spec in machines.node_specs(settings):
+    for spec in machines.node_specs(settings, planner.plan_stack(settings)):
         services = render_node(settings, spec).compose["services"]
         if "weights" not in services:
             continue

@@ -7,10 +7,11 @@ from typing import Any
 
 from conftest import HOST_KEY, ssh_config
 
+from coderig.core import planner
 from coderig.core.settings import StackSettings, parse_settings
 from coderig.targets.compose import commands, spec
 from coderig.targets.compose import idle as node_idle
-from coderig.targets.compose.machines import node_specs
+from coderig.targets.compose.machines import NodeSpec, node_specs
 from coderig.targets.compose.rendered import RenderedNode, render_node
 
 
@@ -23,8 +24,12 @@ def settings(idle: dict[str, Any] | None, hosts: int = 1, **model: Any) -> Stack
     return parse_settings(c)
 
 
+def specs(s: StackSettings) -> list[NodeSpec]:
+    return node_specs(s, planner.plan_stack(s))
+
+
 def node(s: StackSettings, machine: int = 0) -> RenderedNode:
-    return render_node(s, node_specs(s)[machine])
+    return render_node(s, specs(s)[machine])
 
 
 def services(s: StackSettings, machine: int = 0) -> dict[str, Any]:
@@ -62,7 +67,7 @@ def test_sleep_gives_vllm_sleep_mode_and_the_relay_and_reaper_their_flags() -> N
     files = node(s).files
     for name in node_idle.RUNTIME_MODULES:
         assert f"{spec.KEEPALIVE_DIR}/coderig/runtime/{name}" in files
-    assert commands.preflight_env(s, node_specs(s)[1])["CODERIG_SLEEP_RAM_BYTES"] == str(s.model.spec.weight_bytes)
+    assert commands.preflight_env(s, specs(s)[1])["CODERIG_SLEEP_RAM_BYTES"] == str(s.model.spec.weight_bytes)
 
 
 def test_stop_mounts_the_docker_socket_into_the_reaper_alone() -> None:
@@ -80,7 +85,7 @@ def test_stop_mounts_the_docker_socket_into_the_reaper_alone() -> None:
     relay = svc["keepalive"]["command"]
     assert relay[relay.index("--wake") + 1] == "stop"
     assert relay[relay.index("--reaper") + 1] == f"http://{node_idle.REAPER_CONTROL}"
-    assert "CODERIG_SLEEP_RAM_BYTES" not in commands.preflight_env(s, node_specs(s)[0])
+    assert "CODERIG_SLEEP_RAM_BYTES" not in commands.preflight_env(s, specs(s)[0])
     assert node(s).front_services == ["litellm", "keepalive", "reaper", "gateway"]
 
 

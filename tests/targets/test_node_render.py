@@ -98,7 +98,7 @@ ALL = {
 def test_compose_is_valid_against_the_compose_spec_schema(kind: str) -> None:
     settings = ALL[kind]()
     schema = compose_schema()
-    for spec in machines.node_specs(settings):
+    for spec in machines.node_specs(settings, planner.plan_stack(settings)):
         doc = yaml.safe_load(render_node(settings, spec).files["compose.yaml"].content)
         jsonschema.validate(doc, schema, cls=jsonschema.Draft202012Validator)
         assert doc == render_node(settings, spec).compose
@@ -106,7 +106,9 @@ def test_compose_is_valid_against_the_compose_spec_schema(kind: str) -> None:
 
 def test_schema_catches_a_broken_compose_file() -> None:
     """Guard: the schema really checks what we rely on."""
-    doc = render_node(settings_ssh(), machines.node_specs(settings_ssh())[0]).compose
+    doc = render_node(
+        settings_ssh(), machines.node_specs(settings_ssh(), planner.plan_stack(settings_ssh()))[0]
+    ).compose
     doc["services"]["model"]["healthcheck"]["retires"] = 5  # misspelt key
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(doc, compose_schema(), cls=jsonschema.Draft202012Validator)
@@ -115,7 +117,7 @@ def test_schema_catches_a_broken_compose_file() -> None:
 @pytest.mark.parametrize("kind", list(ALL))
 def test_only_the_gateway_is_public(kind: str) -> None:
     settings = ALL[kind]()
-    for spec in machines.node_specs(settings):
+    for spec in machines.node_specs(settings, planner.plan_stack(settings)):
         services = render_node(settings, spec).compose["services"]
         for name, svc in services.items():
             assert svc["network_mode"] == "host", name
@@ -147,7 +149,7 @@ def test_images_are_pinned_from_versions() -> None:
     }
     for kind in ALL:
         settings = ALL[kind]()
-        for spec in machines.node_specs(settings):
+        for spec in machines.node_specs(settings, planner.plan_stack(settings)):
             for svc in render_node(settings, spec).compose["services"].values():
                 assert svc["image"] in pinned
                 tag = svc["image"].rsplit(":", 1)[1]
@@ -157,7 +159,7 @@ def test_images_are_pinned_from_versions() -> None:
 
 def test_vllm_service_gpus_ipc_cache_health() -> None:
     settings = settings_ssh()
-    spec = machines.node_specs(settings)[0]
+    spec = machines.node_specs(settings, planner.plan_stack(settings))[0]
     svc = render_node(settings, spec).compose["services"]
     model = svc["model"]
     assert model["image"] == versions.VLLM_IMAGE and model["ipc"] == "host"
@@ -184,7 +186,7 @@ def test_vllm_service_gpus_ipc_cache_health() -> None:
 
 def test_llamacpp_dev_preset() -> None:
     settings = settings_local()
-    spec = machines.node_specs(settings)[0]
+    spec = machines.node_specs(settings, planner.plan_stack(settings))[0]
     svc = render_node(settings, spec).compose["services"]
     model = svc["model"]
     assert model["image"] == versions.LLAMACPP_IMAGE and "deploy" not in model and "ipc" not in model
@@ -206,7 +208,7 @@ def test_secrets_only_in_0600_env_files() -> None:
         tls_key="KEY",
         link=LinkTls(ca_cert="LINK-CA", cert="LINK-CERT", key="link-key-0123456789"),
     )
-    for spec in machines.node_specs(settings):
+    for spec in machines.node_specs(settings, planner.plan_stack(settings)):
         public = render_node(settings, spec).files
         private = node.node_secret_files(spec, secrets)
         text = "".join(f.content for f in public.values())
@@ -220,14 +222,21 @@ def test_secrets_only_in_0600_env_files() -> None:
         referenced |= {v.split(":")[0].removeprefix("./") for s in compose["services"].values() for v in s["volumes"]}
         assert {p for p in referenced if p.startswith(("secrets/", "tls/"))} <= set(private)
     with pytest.raises(ValueError, match="no link certificate"):  # never a link without its certificate
-        node.node_secret_files(machines.node_specs(settings)[1], replace(secrets, link=None))
-    gateway = render_node(settings, machines.node_specs(settings)[0]).compose["services"]["gateway"]
+        node.node_secret_files(
+            machines.node_specs(settings, planner.plan_stack(settings))[1], replace(secrets, link=None)
+        )
+    gateway = render_node(settings, machines.node_specs(settings, planner.plan_stack(settings))[0]).compose["services"][
+        "gateway"
+    ]
     assert not any(v.startswith("./secrets:") or ".env" in v for v in gateway["volumes"])  # least privilege
-    env = node.node_secret_files(machines.node_specs(settings)[0], secrets)["secrets/weights.env"].content
+    env = node.node_secret_files(machines.node_specs(settings, planner.plan_stack(settings))[0], secrets)[
+        "secrets/weights.env"
+    ].content
     assert env == "HF_TOKEN=hf_secret_token\n"
     with pytest.raises(ValueError, match="newline"):
         node.node_secret_files(
-            machines.node_specs(settings)[0], node.NodeSecrets(model_api_key="a\nb", litellm_master_key="x" * 20)
+            machines.node_specs(settings, planner.plan_stack(settings))[0],
+            node.NodeSecrets(model_api_key="a\nb", litellm_master_key="x" * 20),
         )
 
 
@@ -257,7 +266,7 @@ def test_coderig_render_writes_the_node_bundle(tmp_path: Path) -> None:
 
 def test_archive_is_deterministic_and_keeps_modes() -> None:
     settings = settings_ssh()
-    spec = machines.node_specs(settings)[0]
+    spec = machines.node_specs(settings, planner.plan_stack(settings))[0]
     secrets = fake_secrets()
     files = commands.with_hash_file(render_node(settings, spec).files | node.node_secret_files(spec, secrets))
     a, b = node.bundle_archive(files), node.bundle_archive(dict(reversed(list(files.items()))))
@@ -269,7 +278,7 @@ def test_archive_is_deterministic_and_keeps_modes() -> None:
 
 def test_hashes_split_model_and_front_door() -> None:
     settings = settings_ssh()
-    spec = machines.node_specs(settings)[0]
+    spec = machines.node_specs(settings, planner.plan_stack(settings))[0]
     s1 = fake_secrets()
     s2 = fake_secrets(developer_keys={"a": "crk-" + "a" * 20, "b": "crk-" + "b" * 20})
     h1 = render_node(settings, spec).hashes(node.node_secret_files(spec, s1))
@@ -298,7 +307,7 @@ def sh(cmd: str, env: dict[str, str] | None = None, stdin: str | None = None) ->
 @pytest.mark.skipif(os.geteuid() != 0, reason="the command strings are built for root here (no sudo)")
 def test_copy_then_up_then_guarded_delete(tmp_path: Path) -> None:
     settings = settings_ssh()
-    spec = machines.node_specs(settings)[0]
+    spec = machines.node_specs(settings, planner.plan_stack(settings))[0]
     d = tmp_path / "bundle"
     secrets = fake_secrets()
     files = render_node(settings, spec).files | node.node_secret_files(spec, secrets)
@@ -346,7 +355,7 @@ def test_copy_then_up_then_guarded_delete(tmp_path: Path) -> None:
 
 def test_non_root_user_commands_use_sudo() -> None:
     settings = settings_ssh()
-    spec = machines.node_specs(settings)[0]
+    spec = machines.node_specs(settings, planner.plan_stack(settings))[0]
     host = settings.target.hosts[0]  # type: ignore[union-attr]
     assert commands.preflight_command(settings, spec, host).startswith("sudo -n env ")
     assert commands.volume_command(spec, "/dev/sdb", "ubuntu").startswith("sudo -n env ")
@@ -362,7 +371,7 @@ def test_known_hosts_line() -> None:
 
 
 def test_aws_replicas_use_the_fixed_private_addresses_of_the_stack_subnet():
-    first, replica = machines.node_specs(settings_aws())
+    first, replica = machines.node_specs(settings_aws(), planner.plan_stack(settings_aws()))
     # the replica through its link: a loopback listener on the first machine, TLS to 10.77.0.11:8000
     assert first.backends == ("http://127.0.0.1:8000/v1", "http://127.0.0.1:4201/v1")
     assert first.replica_links == ((1, "10.77.0.11"),)
@@ -375,15 +384,16 @@ def test_aws_replicas_use_the_fixed_private_addresses_of_the_stack_subnet():
 @pytest.mark.parametrize("kind", ["ssh-1", "local", "external"])
 def test_gateway_has_a_health_check_and_wait_ready_checks_through_it(kind: str) -> None:
     """wait-ready counts a service without a health check ready as soon as it is "running": the
-    gateway gets one (busybox wget in nginx:*-alpine, against its own /api/hello), and the wait ends
-    with one GET of /healthz through the gateway, which needs LiteLLM and the model server."""
+    gateway gets one (busybox wget in nginx:*-alpine, /healthz/front: nginx and LiteLLM answer, whatever
+    the model does), the relay one (its listeners accept), and the wait ends with one GET of /healthz
+    through the gateway, which needs LiteLLM, the relay and the model server."""
     settings = ALL[kind]()
-    spec = machines.node_specs(settings)[0]
+    spec = machines.node_specs(settings, planner.plan_stack(settings))[0]
     gateway = render_node(settings, spec).compose["services"]["gateway"]
     assert versions.NGINX_IMAGE.startswith("nginx:") and versions.NGINX_IMAGE.endswith("-alpine")
     test = gateway["healthcheck"]["test"]
     port = settings.gateway.port
-    assert test == ["CMD", "wget", "-q", "-O", "-", "--no-check-certificate", f"https://127.0.0.1:{port}/api/hello"]
+    assert test == ["CMD", "wget", "-q", "-O", "-", "--no-check-certificate", f"https://127.0.0.1:{port}/healthz/front"]
     assert gateway["healthcheck"]["start_period"] == f"{node.GATEWAY_HEALTH_START_S}s"
     wait = commands.wait_command(render_node(settings, spec))
     assert f"CODERIG_GATEWAY_URL=https://127.0.0.1:{port}/healthz" in wait
@@ -391,13 +401,18 @@ def test_gateway_has_a_health_check_and_wait_ready_checks_through_it(kind: str) 
     # what /healthz checks: the model server (the upstream for a front door) behind LiteLLM
     conf = render_node(settings, spec).files[node.GATEWAY_CONF].content
     assert "location = /healthz" in conf and "auth_request /_coderig_model_health;" in conf
-    upstream = "https://kserve.internal/v1/models" if kind == "external" else "http://127.0.0.1:8000/health"
+    relay = f"127.0.0.1:{engine.KEEPALIVE_PORT}"  # the model server's health, asked through its relay
+    upstream = "https://kserve.internal/v1/models" if kind == "external" else f"http://{relay}/health"
     assert f"proxy_pass {upstream};" in conf
+    keepalive = render_node(settings, spec).compose["services"].get("keepalive")
+    assert (keepalive is None) == (kind == "external")
+    if keepalive:
+        assert repr(("127.0.0.1", engine.KEEPALIVE_PORT)) in keepalive["healthcheck"]["test"][-1]
 
 
 def test_replicas_wait_without_a_gateway_check() -> None:
     settings = settings_ssh(2)
-    first, replica = machines.node_specs(settings)
+    first, replica = machines.node_specs(settings, planner.plan_stack(settings))
     assert "gateway" not in render_node(settings, replica).compose["services"]
     assert "CODERIG_GATEWAY_URL=" not in commands.wait_command(render_node(settings, replica))
     # the first machine's wait ends with /healthz and the replica's /health through its link
@@ -415,14 +430,14 @@ def test_time_budgets_come_from_the_planner_only() -> None:
     #   qwen3-1.7b-cpu (llama.cpp, 1.28 GB): load 120 + 3 = 123 s; (900 + 13 + 123) × 1.5 = 1554 s
     #   a front door only: 900 × 1.5 = 1350 s
     for settings, start, budget in ((settings_ssh(), 1978, 14652), (settings_local(), 123, 1554)):
-        spec = machines.node_specs(settings)[0]
+        spec = machines.node_specs(settings, planner.plan_stack(settings))[0]
         model = render_node(settings, spec).compose["services"]["model"]
         assert model["healthcheck"]["start_period"] == f"{start}s"
         assert budgets.load_budget_seconds(settings.model.spec) == start
         assert budgets.ready_budget_seconds(settings.model.spec) == budget
         assert f"CODERIG_BUDGET_SECONDS={budget} " in commands.wait_command(render_node(settings, spec))
     external = settings_external()
-    fd = machines.node_specs(external)[0]
+    fd = machines.node_specs(external, planner.plan_stack(external))[0]
     assert "CODERIG_BUDGET_SECONDS=1350 " in commands.wait_command(render_node(external, fd))
     assert budgets.ready_budget_seconds(None) == 1350
 
@@ -453,7 +468,8 @@ def test_nginx_accepts_the_gateway_config_coderig_render_writes(tmp_path: Path, 
         developer_keys={"alice": "crk-" + "a" * 40, "bob": "crk-" + "b" * 40},
         tls_cert=(tmp_path / "c.pem").read_text(), tls_key=(tmp_path / "k.pem").read_text(),
     )  # fmt: skip
-    spec = machines.node_specs(parse_settings({**ssh_config(), "sshPrivateKey": "k"}))[0]
+    ssh = parse_settings({**ssh_config(), "sshPrivateKey": "k"})
+    spec = machines.node_specs(ssh, planner.plan_stack(ssh))[0]
     files = node.node_secret_files(spec, secrets)
     mounts = {  # compose.yaml's gateway volumes: bundle path -> path under /etc/nginx
         node.GATEWAY_KEYS: "secrets/gateway-keys.conf",
@@ -512,7 +528,7 @@ def test_node_gateway_forwards_with_its_own_keys_never_the_developers(tmp_path: 
         sock.bind(("127.0.0.1", 0))
         gw_port = sock.getsockname()[1]
     s = parse_settings({**ssh_config(), "sshPrivateKey": "k"})
-    spec = machines.node_specs(s)[0]
+    spec = machines.node_specs(s, planner.plan_stack(s))[0]
     secrets = node.NodeSecrets(model_api_key=model_key, litellm_master_key=master,
                                developer_keys={"alice": dev_key})  # fmt: skip
     (tmp_path / "keys.conf").write_text(node.node_secret_files(spec, secrets)[node.GATEWAY_KEYS].content)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from sshhost import SshHost, keygen, ssh_run
 
-from coderig.core import hostkeys
+from coderig.core import hostkeys, planner
 from coderig.core.settings import StackSettings, parse_settings
 from coderig.targets.compose import commands, machines
 from coderig.targets.compose import spec as node
@@ -52,7 +52,7 @@ def ssh_settings(host: SshHost, cache_path: Path, *, cpu: bool = False, **model:
 def preflight_over_ssh(host: SshHost, settings: StackSettings) -> subprocess.CompletedProcess[str]:
     t = settings.target
     assert t.kind == "ssh"
-    spec = machines.node_specs(settings)[0]
+    spec = machines.node_specs(settings, planner.plan_stack(settings))[0]
     return ssh_run(host, commands.preflight_command(settings, spec, t.hosts[0]))
 
 
@@ -111,7 +111,7 @@ def test_unpinned_host_is_refused_unless_insecure_is_set(ssh_host: SshHost) -> N
 def test_bundle_copy_over_ssh_via_stdin_keeps_secret_modes(ssh_host: SshHost, tmp_path: Path) -> None:
     """The bundle step: the archive travels on stdin (never on the command line), modes survive."""
     settings = ssh_settings(ssh_host, tmp_path / "cache")
-    spec = machines.node_specs(settings)[0]
+    spec = machines.node_specs(settings, planner.plan_stack(settings))[0]
     secrets = node.NodeSecrets(
         model_api_key="m" * 24, litellm_master_key="sk-" + "x" * 24, developer_keys={"alice": "crk-" + "a" * 24},
         tls_cert="CERT", tls_key="KEY",
@@ -147,9 +147,9 @@ def test_every_node_step_over_ssh_in_order(ssh_host: SshHost, tmp_path: Path) ->
     settings = ssh_settings(ssh_host, roomy_disk / "cache", cpu=True)
     t = settings.target
     assert t.kind == "ssh"
-    spec = machines.node_specs(settings)[0]
+    spec = machines.node_specs(settings, planner.plan_stack(settings))[0]
     bundle_dir = str(tmp_path / "opt-coderig")
-    plan = node_commands(
+    cmds = node_commands(
         settings, render_node(settings, spec), bundle_dir=bundle_dir, host=t.hosts[0], user="root", install=True
     )
     secrets = node.NodeSecrets(
@@ -166,22 +166,22 @@ def test_every_node_step_over_ssh_in_order(ssh_host: SshHost, tmp_path: Path) ->
         assert r.returncode == 0, f"{cmd[:80]}: {r.stdout}{r.stderr}"
         return r.stdout
 
-    out = step(plan.preflight)
+    out = step(cmds.preflight)
     assert "preflight: ok docker: compose 2.40.0" in out and out.rstrip().endswith("all checks passed")
-    assert plan.install is not None
-    assert "docker present" in step(plan.install)
-    assert "cache is the directory" in step(plan.volume)
+    assert cmds.install is not None
+    assert "docker present" in step(cmds.install)
+    assert "cache is the directory" in step(cmds.volume)
     assert (roomy_disk / "cache").is_dir()
-    assert "bundle unpacked" in step(plan.copy, stdin=node.bundle_archive(commands.with_hash_file(files)))
-    assert "started docker compose up in the background" in step(plan.up)
+    assert "bundle unpacked" in step(cmds.copy, stdin=node.bundle_archive(commands.with_hash_file(files)))
+    assert "started docker compose up in the background" in step(cmds.up)
     for _ in range(100):
         if "compose-up-exit=0" in Path(bundle_dir, "up.log").read_text():
             break
         time.sleep(0.05)
     assert "compose-up-exit=0" in Path(bundle_dir, "up.log").read_text()
-    assert plan.frontdoor_reload is not None
-    step(plan.frontdoor_reload)
-    out = step(plan.wait)
+    assert cmds.frontdoor_reload is not None
+    step(cmds.frontdoor_reload)
+    out = step(cmds.wait)
     assert "wait-ready: ready after" in out
     log = calls.read_text()
     # "ready" ends with one request through the gateway (its /healthz needs LiteLLM and the model)
@@ -194,7 +194,7 @@ def test_every_node_step_over_ssh_in_order(ssh_host: SshHost, tmp_path: Path) ->
     # delete: compose down, secrets gone, weights (cache) and the bundle's public files stay
     (roomy_disk / "cache" / "hf").mkdir()
     (roomy_disk / "cache" / "hf" / "weights.bin").write_text("kept")
-    step(plan.down)
+    step(cmds.down)
     assert f"compose --project-directory {bundle_dir} -p coderig down --remove-orphans" in calls.read_text()
     assert "removed secrets" in step(commands.remove_secrets_command(node.bundle_hash(files), bundle_dir, "root"))
     assert not Path(bundle_dir, "secrets").exists() and Path(bundle_dir, "compose.yaml").exists()

@@ -25,6 +25,7 @@ from conftest import ROOT, ssh_config
 from frontdoor_fixtures import nginx_stream_module, require_tool
 
 from coderig import frontdoor
+from coderig.core import planner
 from coderig.core.secrets import LinkTls, NodeSecrets
 from coderig.core.settings import StackSettings, parse_settings
 from coderig.frontdoor import links
@@ -221,7 +222,7 @@ def test_nothing_crosses_between_hosts_in_clear(hosts: tuple[Host, Host], tmp_pa
         {"address": b.address, "user": "root", "hostKey": config["target"]["hosts"][0]["hostKey"]},
     ]
     settings = parse_settings({**config, "sshPrivateKey": "k"})
-    first, replica = machines.node_specs(settings)
+    first, replica = machines.node_specs(settings, planner.plan_stack(settings))
     ca = make_ca(tmp_path / "ca", "coderig test internal CA")
     client_tls = issue(tmp_path / "ca", ca, links.link_certificate(0))
     replica_tls = issue(tmp_path / "ca", ca, links.link_certificate(1, b.address))

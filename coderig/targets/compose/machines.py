@@ -20,7 +20,7 @@ NodeRole = Literal["full", "replica", "frontdoor"]
 
 
 def ready_budget_seconds(settings: StackSettings, spec: NodeSpec) -> int:
-    """The readiness wait of one machine: planner's budget for its preset (none for a front door)."""
+    """The readiness wait of one machine: the budget for its preset (coderig.core.budgets; none for a front door)."""
     return budgets.ready_budget_seconds(settings.model.spec if spec.runs_model else None)
 
 
@@ -75,16 +75,14 @@ def _backend_url(host: str, port: int = engine.MODEL_PORT) -> str:
 EXTERNAL_LITELLM_WORKERS = 4  # the endpoint's capacity is unknown: room for ~48 streams
 
 
-def node_specs(
-    settings: StackSettings, plan: planner.Plan | None = None, cache_path: str | None = None
-) -> list[NodeSpec]:
+def node_specs(settings: StackSettings, plan: planner.Plan, cache_path: str | None = None) -> list[NodeSpec]:
     """One NodeSpec per machine of a compose-based stack (local, ssh, aws, external), first first.
 
     With several machines the first runs the model, LiteLLM and the gateway and balances over the
     others, which run the model only; each replica's model server is reached through its mutual-TLS
     link on its private address (`target.replica_addresses`), never in clear.
     A target that serves no model (external) gets one front door for its endpoint.
-    `plan` is the stack's plan (stacks and `coderig render` hand theirs down); None plans here.
+    `plan` is the stack's one plan, handed down by stacks/ and `coderig render`.
     """
     t = settings.target
     listen = f"0.0.0.0:{settings.gateway.port}"
@@ -101,20 +99,19 @@ def node_specs(
             health_path=health_path,
         )
         return [front]
-    p = plan or planner.plan_stack(settings)
     replicas = tuple(enumerate(t.replica_addresses, start=1))
     first = NodeSpec(
         role="full",
         cache_path=path,
-        gpu_count=p.gpu_count,
+        gpu_count=plan.gpu_count,
         gateway_listen=listen,
         backends=(_backend_url(engine.MODEL_HOST), *(f"http://{links.link_listen(i)}/v1" for i, _ in replicas)),
         replica_links=replicas,
-        litellm_workers=frontdoor.litellm_workers(p.max_concurrent_requests),
-        model_layout=p.layout,
+        litellm_workers=frontdoor.litellm_workers(plan.max_concurrent_requests),
+        model_layout=plan.layout,
     )
     others = [
-        NodeSpec(role="replica", cache_path=path, gpu_count=p.gpu_count, link_address=a, model_layout=p.layout)
+        NodeSpec(role="replica", cache_path=path, gpu_count=plan.gpu_count, link_address=a, model_layout=plan.layout)
         for _, a in replicas
     ]
     return [first, *others]

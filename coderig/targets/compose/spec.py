@@ -1,4 +1,5 @@
-"""The node bundle and the node commands. Pure: no Pulumi, no I/O besides reading packaged scripts.
+"""What a node runs: its compose services, configs and secret files. Pure: no Pulumi, no I/O besides
+reading packaged scripts.
 
 A node is a machine (an `ssh` host, this workstation, later an AWS instance) that runs, with Docker
 Compose and host networking:
@@ -11,10 +12,11 @@ Compose and host networking:
   litellm              Anthropic/Responses <-> OpenAI translation, on 127.0.0.1   (first host only)
   gateway              nginx, TLS, per-developer keys: the only public listener   (first host only)
 
-`node_files` returns the non-secret files (what `coderig render` writes, byte for byte what a node
-gets); `node_secret_files` returns the 0600 files built from secrets at deploy time. The command
-builders return the exact shell strings the Pulumi components run over SSH or locally; the SSH test
-runs the same strings with the `ssh` client.
+`coderig.targets.compose.rendered.render_node` builds the services here once per machine into its
+non-secret files (what `coderig render` writes, byte for byte what a node gets); `node_secret_files`
+returns the 0600 files built from secrets at deploy time. The command builders
+(`coderig.targets.compose.commands`) return the exact shell strings the Pulumi components run over
+SSH or locally; the SSH test runs the same strings with the `ssh` client.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from coderig.frontdoor.assemble import (
     from_settings,
     model_health_url,
     relay_command,
+    relay_probe,
 )
 from coderig.frontdoor.litellm import DEFAULT_TIMEOUT_S
 from coderig.targets.compose import idle as node_idle
@@ -200,9 +203,8 @@ GATEWAY_HEALTH_START_S = 30
 def gateway_url(spec: NodeSpec, path: str) -> str:
     """The gateway as seen from the node itself (host networking): loopback unless it listens on
     one address only."""
-    host, _, port = spec.gateway_listen.rpartition(":")
-    host = "127.0.0.1" if host in ("", "0.0.0.0", "*", "[::]") else host  # noqa: S104 - a wildcard listen, not a bind
-    return f"{'https' if spec.tls else 'http'}://{host}:{port}{path}"
+    host, port = frontdoor.parse_listen(spec.gateway_listen)
+    return f"{'https' if spec.tls else 'http'}://{frontdoor.hostport(frontdoor.local_address(host), port)}{path}"
 
 
 def gateway_probe(url: str) -> list[str]:
@@ -218,9 +220,11 @@ def gateway_service(spec: NodeSpec) -> dict[str, Any]:
         "restart": "unless-stopped",
         "command": ["nginx", "-c", "/etc/nginx/coderig/nginx.conf"],
         "depends_on": {"litellm": {"condition": "service_started"}},
-        # listening with its certificate and keys loaded (answered by nginx itself, never forwarded);
+        # nginx and LiteLLM answer through it (not the model: a loading model is no unhealthy gateway);
         # the whole request path is checked once by wait-ready through /healthz
-        "healthcheck": _healthcheck(["CMD", *gateway_probe(gateway_url(spec, "/api/hello"))], GATEWAY_HEALTH_START_S),
+        "healthcheck": _healthcheck(
+            ["CMD", *gateway_probe(gateway_url(spec, "/healthz/front"))], GATEWAY_HEALTH_START_S
+        ),
         # only the gateway's own secrets (not the env files of the other services)
         "volumes": [
             f"./{GATEWAY_CONF}:/etc/nginx/coderig/nginx.conf:ro",
@@ -291,6 +295,8 @@ def keepalive_service(gateway: frontdoor.GatewaySpec) -> dict[str, Any] | None:
         "command": command[3:],
         "environment": {"PYTHONPATH": KEEPALIVE_MOUNT, "PYTHONDONTWRITEBYTECODE": "1"},
         "volumes": [f"./{KEEPALIVE_DIR}:{KEEPALIVE_MOUNT}:ro"],
+        # every listener accepts (the relay has no endpoint of its own; /healthz asks the model through it)
+        "healthcheck": _healthcheck(["CMD", *relay_probe(gateway)], 10),
     }
 
 
@@ -338,7 +344,7 @@ def link_secret_files(spec: NodeSpec, secrets: NodeSecrets) -> render.FileSet:
 
 def model_secret_files(spec: NodeSpec, secrets: NodeSecrets) -> render.FileSet:
     """The model server's 0600 files alone (HF token, model API key), and a replica's link
-    certificate: all a replica holds. The model half of `service_hashes` reads the first two."""
+    certificate: all a replica holds. The model half of `RenderedNode.hashes` reads the first two."""
     if not spec.runs_model:
         return {}
     hf = {"HF_TOKEN": secrets.hf_token} if secrets.hf_token else {}

@@ -15,13 +15,18 @@ an event boundary, it inserts one chunk holding the SSE comment `: keepalive` (e
 ignores comment lines: Claude Code, the OpenAI and Anthropic SDKs, browsers). No per-event
 parsing, no JSON: one timestamp per received buffer and a scan of chunk-size lines.
 
+Keepalives must not make a wedged model immortal: when the model server has sent nothing at all for
+`--silence` seconds (the gateway's read timeout), the relay ends the stream itself: at an event
+boundary with one error event in the client's shape (Anthropic `event: error` on /v1/messages, the
+Responses API's `error` event otherwise) and the chunked terminator, mid-event by dropping the
+connection. A malformed chunk size or content-length drops that one connection, never the others.
+
 When the model server cannot be reached the relay closes the client connection without a byte,
 which nginx counts as a failed attempt (`proxy_next_upstream error`) and retries on another replica.
 Listen addresses must be loopback: the relay has no authentication of its own.
 
-It is the one hop to a model server on every path (chat, native routes, LiteLLM's), so with
-`--wake sleep|stop` it also holds the requests for a model the node's reaper put to sleep or
-stopped, and wakes it (coderig.runtime.relay_wake, coderig.runtime.wake).
+The one hop to a model server on every path: with `--wake sleep|stop` it also holds the requests for
+a model put to sleep or stopped, and wakes it (coderig.runtime.relay_wake).
 """
 
 from __future__ import annotations
@@ -29,28 +34,47 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
+import re
 import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported where used: a relay without --wake runs from this one file
     from coderig.runtime import relay_wake
-    from coderig.runtime.wake import Waker
 
 DEFAULT_INTERVAL_S = 15.0
 COMMENT = b": keepalive\n\n"
 KEEPALIVE_CHUNK = b"%x\r\n%s\r\n" % (len(COMMENT), COMMENT)
+SILENCE_MESSAGE = "the model server sent nothing for {:g} s; the stream was ended"
 _HIGH_WATER = 1 << 20  # pause the other side when this much is queued for writing
 _HEAD_LIMIT = 1 << 16
 
-# response parser states
-_HEAD, _SIZE, _DATA, _TRAILER, _LENGTH, _UNTIL_CLOSE = range(6)
+# response parser states; _BROKEN: framing we must not guess at (the relay drops that connection)
+_HEAD, _SIZE, _DATA, _TRAILER, _LENGTH, _UNTIL_CLOSE, _BROKEN = range(7)
+# RFC 9112 7.1: chunk-size = 1*HEXDIG, then optional extensions; optional whitespace before CRLF as h11
+# tolerates. At most 16 hex digits (2^64 bytes): int() alone also takes "-6", "+5", "0x5", "1_0"
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\r\n]*)?[ \t]*")
+_DIGITS = re.compile(rb"[0-9]{1,19}")
+
+
+def silence_error(anthropic: bool, silence_s: float) -> bytes:
+    """The chunks that end a stream the model server left silent: one SSE error event in the client's
+    shape (Anthropic's `error` event; the Responses API's `error` event) and the chunked terminator."""
+    message = SILENCE_MESSAGE.format(silence_s)
+    if anthropic:
+        data = {"type": "error", "error": {"type": "timeout_error", "message": message}}
+    else:
+        data = {"type": "error", "code": "timeout", "message": message, "param": None, "sequence_number": 0}
+    event = b"event: error\ndata: %s\n\n" % json.dumps(data).encode()
+    return b"%x\r\n%s\r\n0\r\n\r\n" % (len(event), event)
 
 
 class _Pair:
-    """The two transports of one relayed connection and their back-pressure."""
+    """The two transports of one relayed connection, their back-pressure, and which API the request
+    in flight speaks (its request line: nginx sends one request at a time per connection)."""
 
     def __init__(self, gate: relay_wake.Gate | None = None) -> None:
         self.client: asyncio.Transport | None = None
@@ -59,39 +83,56 @@ class _Pair:
         self.gate = gate
         self.busy = False  # a request is in flight on this connection (counted in the gate)
         self.splice: relay_wake.Splice | None = None  # the client already has a stream's head
+        self.requests = 0  # request lines seen
+        self.responses = 0  # responses the framer saw complete
+        self.line = b""  # the start of the request in flight, until its request line is whole
+        self.anthropic = False  # the request in flight is /v1/messages
+        self.started = 0.0  # loop time the request in flight began
 
-    def request_started(self) -> None:
-        if self.gate is not None and not self.busy:
-            self.busy = True
-            self.gate.begin()
-            self.gate.idle_conns.discard(self.close)
-
-    def request_done(self) -> None:
-        if self.gate is not None and self.busy:
-            self.busy = False
-            self.gate.end()
-            if not self.closed:
-                self.gate.idle_conns.add(self.close)
+    def request_bytes(self, data: bytes) -> None:
+        """Keep track of the request line of each new request (cheap: only its first bytes)."""
+        if not self.line and self.requests > self.responses:
+            return  # the rest of a request whose line is known
+        if not self.line:
+            self.requests += 1
+            self.started = asyncio.get_running_loop().time()
+        self.line = (self.line + data)[:8192]
+        end = self.line.find(b"\r\n")
+        if end >= 0 or len(self.line) >= 8192:
+            target = self.line[: end if end >= 0 else None].split(b" ")
+            self.anthropic = len(target) > 1 and target[1].startswith(b"/v1/messages")
+            self.line = b""
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
         if self.gate is not None:
-            self.gate.idle_conns.discard(self.close)
-            if self.busy:
-                self.busy = False
-                self.gate.end()
+            self.gate.dropped(self)
         for t in (self.client, self.upstream):
             if t is not None:
                 t.close()
+
+    def abort(self) -> None:
+        """Close both sides now, dropping what is queued (nginx sees a truncated response)."""
+        self.closed = True
+        if self.gate is not None:
+            self.gate.dropped(self)
+        for t in (self.client, self.upstream):
+            if t is not None:
+                t.abort()
 
 
 class ResponseFramer:
     """Follows HTTP/1.1 response framing in the bytes it is fed (any split) and says when the
     stream sits between SSE events inside a chunked event-stream body. Pure: no I/O."""
 
-    __slots__ = ("state", "buf", "remaining", "sse", "at_event_end", "tail")
+    __slots__ = ("state", "buf", "remaining", "sse", "at_event_end", "tail", "completed")
+
+    @property
+    def broken(self) -> bool:
+        """The upstream's framing is malformed (a bad chunk size or content-length): stop relaying it."""
+        return self.state == _BROKEN
 
     def __init__(self) -> None:
         self.state = _HEAD
@@ -100,6 +141,7 @@ class ResponseFramer:
         self.sse = False
         self.at_event_end = True
         self.tail = b""
+        self.completed = 0  # responses whose end was seen
 
     def can_inject(self) -> bool:
         return self.sse and self.state == _SIZE and not self.buf and self.at_event_end
@@ -114,6 +156,10 @@ class ResponseFramer:
                 if payload and self.sse:
                     end = pos + payload
                     self.tail = (self.tail + data[max(pos, end - 4) : end])[-4:]
+                ending = data[pos + payload : pos + take]  # part of the CRLF after the chunk's data
+                if ending and ending != b"\r\n"[2 - min(2, self.remaining) :][: len(ending)]:
+                    self.state, self.sse = _BROKEN, False
+                    return
                 self.remaining -= take
                 pos += take
                 if self.remaining == 0:
@@ -126,8 +172,9 @@ class ResponseFramer:
                 pos += take
                 if self.remaining == 0:
                     self.state = _HEAD
+                    self.completed += 1
                 continue
-            if st == _UNTIL_CLOSE:
+            if st in (_UNTIL_CLOSE, _BROKEN):
                 return
             # line-oriented states: head, chunk size, trailer
             sep = b"\r\n\r\n" if st == _HEAD else b"\r\n"
@@ -144,13 +191,18 @@ class ResponseFramer:
             if st == _HEAD:
                 self._head(line)
             elif st == _SIZE:
-                size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+                match = _CHUNK_SIZE.fullmatch(line)
+                if match is None:
+                    self.state, self.sse, self.buf = _BROKEN, False, b""
+                    return
+                size = int(match.group(1), 16)
                 if size == 0:
                     self.state = _TRAILER
                 else:
                     self.remaining, self.state = size + 2, _DATA  # data + CRLF
             elif st == _TRAILER and not line:
                 self.state, self.sse = _HEAD, False
+                self.completed += 1
 
     def _head(self, head: bytes) -> None:
         lines = head.split(b"\r\n")
@@ -162,16 +214,25 @@ class ResponseFramer:
             name = name.strip().lower()
             if name == b"transfer-encoding":
                 chunked = b"chunked" in value.lower()
-            elif name == b"content-length":
-                length = int(value.strip() or b"0")
+            elif name == b"content-length":  # digits only; a list of equal values counts once (as h11)
+                values = {v.strip() for v in value.split(b",")}
+                given = values.pop()
+                if values or not _DIGITS.fullmatch(given) or (length is not None and int(given) != length):
+                    self.state, self.sse = _BROKEN, False
+                    return
+                length = int(given)
             elif name == b"content-type":
                 sse = value.strip().lower().startswith(b"text/event-stream")
-        if 100 <= status < 200 or status in (204, 304):
+        if 100 <= status < 200:
             self.state = _HEAD
+        elif status in (204, 304):
+            self.state = _HEAD
+            self.completed += 1
         elif chunked:
             self.state, self.sse, self.at_event_end, self.tail = _SIZE, sse, True, b""
         elif length is not None:
             self.state, self.remaining = (_LENGTH, length) if length else (_HEAD, 0)
+            self.completed += 0 if length else 1
         else:
             self.state = _UNTIL_CLOSE
 
@@ -179,12 +240,13 @@ class ResponseFramer:
 class _Upstream(asyncio.Protocol):
     """Model server -> client: forwards every byte, keeps the framer current, injects keepalives."""
 
-    def __init__(self, pair: _Pair, interval: float) -> None:
+    def __init__(self, pair: _Pair, interval: float, silence: float = 0) -> None:
         self.pair = pair
         self.framer = ResponseFramer()
         self.interval = interval
+        self.silence = silence  # > 0: end a response the model server left silent this long
         self.loop = asyncio.get_running_loop()
-        self.last = self.loop.time()
+        self.last = self.heard = self.loop.time()
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -193,15 +255,20 @@ class _Upstream(asyncio.Protocol):
         self.timer = self.loop.call_later(self.interval, self._tick)
 
     def data_received(self, data: bytes) -> None:
-        self.last = self.loop.time()
+        self.last = self.heard = self.loop.time()
         self.framer.feed(data)
+        self.pair.responses = self.framer.completed
+        if self.framer.broken:  # malformed framing: drop this one connection, never guess
+            self.pair.abort()
+            return
         client = self.pair.client
         out = data if self.pair.splice is None else self.pair.splice.feed(data)
         if client is not None and not self.pair.closed and out:
             client.write(out)
         if self.framer.state == _HEAD and not self.framer.buf:  # the response ended
             splice, self.pair.splice = self.pair.splice, None
-            self.pair.request_done()
+            if self.pair.gate is not None:
+                self.pair.gate.done(self.pair)
             if splice is not None and splice.failed:
                 self.pair.close()
         elif self.pair.splice is not None and self.pair.splice.failed:
@@ -210,6 +277,8 @@ class _Upstream(asyncio.Protocol):
     def _tick(self) -> None:
         if self.pair.closed:
             return
+        if self.silence > 0 and self._silenced():
+            return
         idle = self.loop.time() - self.last
         if idle >= self.interval - 0.01:
             client = self.pair.client
@@ -217,7 +286,25 @@ class _Upstream(asyncio.Protocol):
                 client.write(KEEPALIVE_CHUNK)
             self.last = self.loop.time()
             idle = 0.0
-        self.timer = self.loop.call_later(self.interval - idle, self._tick)
+        wait = self.interval - idle
+        if self.silence > 0:
+            since = max(self.heard, self.pair.started)
+            wait = min(wait, max(0.01, since + self.silence - self.loop.time()))
+        self.timer = self.loop.call_later(wait, self._tick)
+
+    def _silenced(self) -> bool:
+        """End a response in progress the model server has left silent for `silence` seconds (an
+        idle keep-alive connection between responses is not a stream: nginx closes those)."""
+        in_flight = self.pair.requests > self.pair.responses
+        if not in_flight or self.loop.time() - max(self.heard, self.pair.started) < self.silence - 0.01:
+            return False
+        client = self.pair.client
+        if self.framer.can_inject() and client is not None:
+            client.write(silence_error(self.pair.anthropic, self.silence))
+            self.pair.close()
+        else:  # mid-event, not an event stream, or before the headers: nginx sees the upstream fail
+            self.pair.abort()
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
@@ -237,10 +324,12 @@ class _Client(asyncio.Protocol):
     """nginx -> model server: connects on accept; request bytes pass through untouched."""
 
     def __init__(
-        self, target: tuple[str, int], interval: float, gate: relay_wake.Gate | None = None, served: Sequence[str] = ()
-    ) -> None:
+        self, target: tuple[str, int], interval: float, silence: float = 0,
+        gate: relay_wake.Gate | None = None, served: Sequence[str] = (),
+    ) -> None:  # fmt: skip
         self.target = target
         self.interval = interval
+        self.silence = silence
         self.pair = _Pair(gate)
         self.pending: list[bytes] = []
         self.connect: asyncio.Task[None] | None = None
@@ -258,14 +347,14 @@ class _Client(asyncio.Protocol):
     async def _connect(self, retry: bool = True) -> None:
         loop = asyncio.get_running_loop()
         gate = self.pair.gate
-        if gate is not None and not gate.awake and not await self._hold(gate):
+        if gate is not None and not gate.awake and not await relay_wake_module().hold(self, gate, KEEPALIVE_CHUNK):
             return
         try:
             transport, _ = await asyncio.wait_for(
-                loop.create_connection(lambda: _Upstream(self.pair, self.interval), *self.target), 10
+                loop.create_connection(lambda: _Upstream(self.pair, self.interval, self.silence), *self.target), 10
             )
         except (TimeoutError, OSError):
-            if retry and gate is not None and await self._found_asleep(gate):
+            if retry and gate is not None and await relay_wake_module().found_asleep(gate):
                 await self._connect(retry=False)  # held and woken like any other request
                 return
             # no byte back: nginx counts a failed attempt and tries the next replica
@@ -279,56 +368,10 @@ class _Client(asyncio.Protocol):
             transport.write(data)
         self.pending.clear()
 
-    async def _found_asleep(self, gate: relay_wake.Gate) -> bool:
-        """A refused connect: asleep or stopped by someone else (a relay restart lost the state)?"""
-        if gate.waker is None:
-            return False
-        state = await asyncio.get_running_loop().run_in_executor(None, gate.waker.state)
-        if state not in ("sleeping", "stopped"):
-            return False
-        gate.settled(state)
-        return True
-
-    async def _hold(self, gate: relay_wake.Gate) -> bool:
-        """Wait for the model to wake; the client hears keepalives meanwhile (a stream) or an error."""
-        from coderig.runtime import relay_wake
-
-        info = relay_wake.request_info(b"".join(self.pending))
-        while info is None and not self.pair.closed:
-            self.arrived.clear()
-            await self.arrived.wait()
-            info = relay_wake.request_info(b"".join(self.pending))
-        client = self.pair.client
-        if info is None or client is None:
-            return False
-        path, streams, model = info
-        shape = relay_wake.shape_of(path)
-        early = streams and (not self.served or model in self.served)
-        ticker = None
-        if early:
-            client.write(relay_wake.EARLY_HEAD)
-            ticker = asyncio.get_running_loop().create_task(self._keepalives(client))
-        why = await gate.wait_awake()
-        if ticker is not None:
-            ticker.cancel()
-        if self.pair.closed:
-            return False
-        if why is not None:
-            client.write(relay_wake.error_event(shape, why) if early else relay_wake.error_response(shape, why))
-            self.pair.close()
-            return False
-        if early:
-            self.pair.splice = relay_wake.Splice(shape)
-        return True
-
-    async def _keepalives(self, client: asyncio.Transport) -> None:
-        while not self.pair.closed:
-            await asyncio.sleep(self.interval)
-            if not self.pair.closed:
-                client.write(KEEPALIVE_CHUNK)
-
     def data_received(self, data: bytes) -> None:
-        self.pair.request_started()
+        self.pair.request_bytes(data)
+        if self.pair.gate is not None:
+            self.pair.gate.started(self.pair)
         self.arrived.set()
         upstream = self.pair.upstream
         if upstream is None:
@@ -378,73 +421,36 @@ def parse_route(text: str) -> tuple[tuple[str, int], tuple[str, int]]:
 Route = tuple[tuple[str, int], tuple[str, int]]
 
 
-@dataclass(frozen=True)
-class WakeOptions:
-    """How the relay holds and wakes its model servers (None: it only relays)."""
-
-    mechanism: str  # "sleep": POST /wake_up on the target; "stop": the reaper's control port starts it
-    budget_s: float  # the start budget: a wake that takes longer fails every held request
-    control: str | None = None  # the relay's own control listener (host:port, loopback)
-    reaper: str | None = None  # http://127.0.0.1:PORT of the node's reaper ("stop")
-    served: tuple[str, ...] = ()  # the served model names (a held stream for another name waits silently)
-
-
-def waker_for(mechanism: str, target: tuple[str, int], reaper: str | None) -> Waker:
-    from coderig.runtime.wake import SleepWaker, StopWaker
-
-    if mechanism == "sleep":
-        return SleepWaker(f"http://{hostport(*target)}")
-    if mechanism == "stop":
-        if not reaper:
-            raise ValueError("--wake stop needs --reaper http://127.0.0.1:PORT (it alone starts containers)")
-        return StopWaker(reaper)
-    raise ValueError(f"--wake: {mechanism!r}; allowed: sleep, stop")
-
-
-def hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def gates_for(routes: Sequence[Route], wake: WakeOptions | None) -> list[relay_wake.Gate | None]:
-    if wake is None:
-        return [None for _ in routes]
+def relay_wake_module() -> ModuleType:
+    """The hold/wake path, imported only by a relay started with --wake (one file ships otherwise)."""
     from coderig.runtime import relay_wake
 
-    return [
-        relay_wake.Gate(
-            hostport(*target), waker_for(wake.mechanism, target, wake.reaper), f"http://{hostport(*target)}/health",
-            wake.budget_s,
-        )
-        for _, target in routes
-    ]  # fmt: skip
+    return relay_wake
 
 
-async def serve(routes: Sequence[Route], interval: float, wake: WakeOptions | None = None) -> list[asyncio.Server]:
+async def serve(
+    routes: Sequence[Route], interval: float, silence: float = 0, wake: relay_wake.WakeOptions | None = None
+) -> list[asyncio.Server]:
     loop = asyncio.get_running_loop()
     servers = []
-    gates = gates_for(routes, wake)
+    gates = relay_wake_module().gates_for(routes, wake) if wake else [None for _ in routes]
     served = wake.served if wake else ()
-    for gate in gates:
-        if gate is not None:
-            await gate.learn()
     for ((lhost, lport), target), gate in zip(routes, gates, strict=True):
         servers.append(
             await loop.create_server(
-                lambda target=target, gate=gate: _Client(target, interval, gate, served),
+                lambda target=target, gate=gate: _Client(target, interval, silence, gate, served),
                 lhost, lport, reuse_address=True, backlog=1024,
             )
         )  # fmt: skip
-    if wake is not None and wake.control:
-        chost, cport = parse_hostport(wake.control)
-        from coderig.runtime.relay_wake import Control
-
-        held = [g for g in gates if g is not None]
-        servers.append(await loop.create_server(lambda: Control(held), chost, cport, reuse_address=True))
+    if wake is not None:
+        servers.append(await relay_wake_module().start(gates, wake, parse_hostport(wake.control)))
     return servers
 
 
-async def _main(routes: Sequence[Route], interval: float, wake: WakeOptions | None = None) -> None:
-    servers = await serve(routes, interval, wake)
+async def _main(
+    routes: Sequence[Route], interval: float, silence: float, wake: relay_wake.WakeOptions | None = None
+) -> None:
+    servers = await serve(routes, interval, silence, wake)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -463,10 +469,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--route", action="append", required=True, help="LISTEN_HOST:PORT=TARGET_HOST:PORT (repeatable)")
     ap.add_argument("--interval", type=float, default=DEFAULT_INTERVAL_S, help="seconds of silence before a comment")
     ap.add_argument("--wake", choices=("sleep", "stop"), help="hold and wake requests for an idle model")
-    ap.add_argument("--start-budget", type=float, default=600.0, help="seconds a wake may take")
-    ap.add_argument("--control", help="loopback HOST:PORT of the control API (GET /state, POST /hold, /settled)")
-    ap.add_argument("--reaper", help="http://127.0.0.1:PORT of the node's reaper (--wake stop)")
-    ap.add_argument("--served-name", action="append", default=[], help="a model name the model server serves")
+    ap.add_argument("--start-budget", type=float, default=600.0, help="--wake: seconds a wake may take")
+    ap.add_argument("--control", help="--wake: loopback HOST:PORT of the control API (GET /state, POST /hold)")
+    ap.add_argument("--reaper", help="--wake stop: http://127.0.0.1:PORT of the node's reaper")
+    ap.add_argument("--served-name", action="append", default=[], help="--wake: a model name it serves")
+    ap.add_argument(
+        "--silence", type=float, default=0, help="end a response the model server left silent this long (0: never)"
+    )
     args = ap.parse_args(argv)
     try:
         routes = [parse_route(r) for r in args.route]
@@ -474,15 +483,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.wake:
             if not args.control or not parse_route(f"{args.control}=127.0.0.1:1"):
                 raise ValueError("--wake needs --control HOST:PORT (loopback)")
-            wake = WakeOptions(args.wake, args.start_budget, args.control, args.reaper, tuple(args.served_name))
-            gates_for(routes, wake)  # a bad --reaper is refused here, not on the first request
+            wake = relay_wake_module().options(args, routes)
     except ValueError as exc:
         print(f"sse_keepalive: {exc}", file=sys.stderr)
         return 2
-    if args.interval <= 0 or args.start_budget <= 0:
-        print("sse_keepalive: --interval and --start-budget must be > 0", file=sys.stderr)
+    if args.interval <= 0 or args.silence < 0 or args.start_budget <= 0:
+        print("sse_keepalive: --interval and --start-budget must be > 0 and --silence >= 0", file=sys.stderr)
         return 2
-    asyncio.run(_main(routes, args.interval, wake))
+    asyncio.run(_main(routes, args.interval, args.silence, wake))
     return 0
 
 
