@@ -62,6 +62,7 @@ class Gate:
         self.waker = waker
         self.health_url = health_url
         self.budget_s = budget_s
+        self.served: tuple[str, ...] = ()  # the served model names (a held stream for another waits silently)
         self.state = "awake"
         self.since = _now_iso()
         self.inflight = 0
@@ -394,10 +395,14 @@ def waker_for(mechanism: str, target: tuple[str, int], reaper: str | None) -> Wa
 
 
 def gates_for(routes: Sequence[Route], wake: WakeOptions) -> list[Gate | None]:
-    return [
-        Gate(hostport(*t), waker_for(wake.mechanism, t, wake.reaper), f"http://{hostport(*t)}/health", wake.budget_s)
-        for _, t in routes
-    ]
+    gates: list[Gate | None] = []
+    for _, t in routes:
+        gate = Gate(
+            hostport(*t), waker_for(wake.mechanism, t, wake.reaper), f"http://{hostport(*t)}/health", wake.budget_s
+        )
+        gate.served = wake.served
+        gates.append(gate)
+    return gates
 
 
 def options(args: argparse.Namespace, routes: Sequence[Route]) -> WakeOptions:
@@ -428,8 +433,8 @@ async def found_asleep(gate: Gate) -> bool:
 
 
 async def hold(conn: Any, gate: Gate, keepalive: bytes) -> bool:
-    """Hold one relayed connection's request (sse_keepalive._Client: pair, pending, arrived, served,
-    interval) until the model wakes; a stream hears keepalives meanwhile, a failure its error."""
+    """Hold one relayed connection's request (sse_keepalive._Client: pair, pending, arrived, interval)
+    until the model wakes; a stream hears keepalives meanwhile, a failure its error."""
     info = request_info(b"".join(conn.pending))
     while info is None and not conn.pair.closed:
         conn.arrived.clear()
@@ -446,7 +451,7 @@ async def hold(conn: Any, gate: Gate, keepalive: bytes) -> bool:
         conn.pair.close()
         return False
     shape = shape_of(path)
-    early = streams and (not conn.served or model in conn.served)
+    early = streams and (not gate.served or model in gate.served)
     ticker = None
     if early:
         client.write(EARLY_HEAD)

@@ -34,13 +34,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import re
 import signal
 import sys
 from collections.abc import Sequence
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported where used: a relay without --wake runs from this one file
     from coderig.runtime import relay_wake
@@ -323,17 +324,13 @@ class _Upstream(asyncio.Protocol):
 class _Client(asyncio.Protocol):
     """nginx -> model server: connects on accept; request bytes pass through untouched."""
 
-    def __init__(
-        self, target: tuple[str, int], interval: float, silence: float = 0,
-        gate: relay_wake.Gate | None = None, served: Sequence[str] = (),
-    ) -> None:  # fmt: skip
+    def __init__(self, target: tuple[str, int], interval: float, silence: float = 0, gate: Any = None) -> None:
         self.target = target
         self.interval = interval
         self.silence = silence
         self.pair = _Pair(gate)
         self.pending: list[bytes] = []
         self.connect: asyncio.Task[None] | None = None
-        self.served = served  # model names the model server serves (a held stream gets early headers)
         self.arrived = asyncio.Event()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -434,14 +431,9 @@ async def serve(
     loop = asyncio.get_running_loop()
     servers = []
     gates = relay_wake_module().gates_for(routes, wake) if wake else [None for _ in routes]
-    served = wake.served if wake else ()
     for ((lhost, lport), target), gate in zip(routes, gates, strict=True):
-        servers.append(
-            await loop.create_server(
-                lambda target=target, gate=gate: _Client(target, interval, silence, gate, served),
-                lhost, lport, reuse_address=True, backlog=1024,
-            )
-        )  # fmt: skip
+        client = functools.partial(_Client, target, interval, silence, gate)
+        servers.append(await loop.create_server(client, lhost, lport, reuse_address=True, backlog=1024))
     if wake is not None:
         servers.append(await relay_wake_module().start(gates, wake, parse_hostport(wake.control)))
     return servers
