@@ -6,7 +6,9 @@ Per node: an instance from the Deep Learning Base GPU AMI (Ubuntu; looked up by 
 a gp3 weights volume kept on replacement and on destroy unless `retainWeights: false`, and an
 SSH host key generated here and installed by cloud-init, so the node runtime's SSH connection is
 pinned from the first boot. The first node runs LiteLLM and the gateway; others are replicas on
-fixed private addresses. The planner has already refused a type whose GPUs cannot hold the preset
+fixed private addresses. With `frontDoor` set, a small always-on instance (components.aws_frontdoor)
+runs LiteLLM and the gateway instead and every GPU node is a replica behind its link. The
+planner has already refused a type whose GPUs cannot hold the preset
 (stacks.build) before anything here is registered.
 """
 
@@ -21,9 +23,11 @@ import pulumi_tls as tls
 
 from coderig.core import engine
 from coderig.core.settings import NODE_CACHE_PATH, SshHost
+from coderig.targets.aws import frontdoor as aws_frontdoor
 from coderig.targets.aws import resources as aws_resources
 from coderig.targets.compose.rendered import render_nodes
 from components.aws import GpuNodes, IdleReaper, Network, NetworkArgs, NodeArgs, ReaperArgs
+from components.aws_frontdoor import FrontDoorArgs, FrontDoorNode
 from components.node import Connection, NodeStack, NodeStackArgs, front_door_access, replicas_first
 from stacks import StackContext
 from stacks.outputs import client_outputs
@@ -61,6 +65,36 @@ def _placement(ctx: StackContext, provider: aws.Provider) -> tuple[Any, Any, Any
     ips = aws_resources.private_ips(ctx.settings)
     # the Elastic IP association needs the internet gateway attached: wait for the whole network
     return net.vpc_id, net.subnet_id, az, ips, [net]
+
+
+def _front_door(
+    ctx: StackContext, provider: aws.Provider, gpu: GpuNodes, subnet_id: Any, login_public: Any, network: list[Any]
+) -> FrontDoorNode | None:
+    """The always-on front-door instance when `coderig:target.frontDoor` is set (else None)."""
+    t = aws_resources.aws_target(ctx.settings)
+    if t.frontDoor is None:
+        return None
+    filters = [aws.ec2.GetAmiFilterArgs(name=f["name"], values=f["values"]) for f in aws_frontdoor.ami_filters()]
+    ami = aws.ec2.get_ami_output(
+        most_recent=True,
+        owners=[aws_frontdoor.UBUNTU_OWNER],
+        filters=filters,
+        opts=pulumi.InvokeOutputOptions(provider=provider),
+    ).id
+    return FrontDoorNode(
+        "front-door",
+        FrontDoorArgs(
+            stack=ctx.stack,
+            environment=aws_resources.environment(ctx.settings, ctx.stack),
+            instance_type=t.frontDoor.instanceType,
+            ami=ami,
+            subnet_id=subnet_id,
+            security_group_id=gpu.security_group.id,
+            login_public_key=login_public,
+            eip_waits_for=tuple(network),
+        ),
+        opts=pulumi.ResourceOptions(provider=provider),
+    )
 
 
 def _first_zone(locations: list[str], instance_type: str, region: str) -> str:
@@ -106,32 +140,52 @@ def build(ctx: StackContext) -> dict[str, object]:
             availability_zone=az,
             private_ips=private_ips,
             rules=aws_resources.ingress_rules(s),
-            replica_port=engine.MODEL_PORT if t.count > 1 else None,
+            replica_port=engine.MODEL_PORT if t.count > 1 or t.frontDoor else None,
             volume=aws_resources.weights_volume(s),
             login_public_key=login_public,
             eip_waits_for=network,
         ),
         opts=pulumi.ResourceOptions(provider=provider),
     )
-    first_ip = gpu.nodes[0].eip.public_ip
+    door = _front_door(ctx, provider, gpu, subnet_id, login_public, network)
+    first_ip = door.public_ip if door else gpu.nodes[0].eip.public_ip
     names = cast(list[str], [first_ip, *s.gateway.hostnames])
     access = front_door_access(s, names, ctx.secrets)
     nodes = render_nodes(ctx.settings, ctx.plan, CACHE_PATH)
-    assert len(nodes) == len(gpu.nodes)
+    assert len(nodes) == len(gpu.nodes) + (1 if door else 0)
 
-    def node_stack(i: int, after: list[NodeStack]) -> NodeStack:
-        n = gpu.nodes[i]
-        conn = Connection(
+    def connection(ip: pulumi.Output[str], host_key: pulumi.Output[str]) -> Connection:
+        return Connection(
             command.remote.ConnectionArgs(
-                host=n.eip.public_ip,
+                host=ip,
                 user=aws_resources.LOGIN_USER,
                 private_key=login_private,
-                host_key=n.host_key.public_key_openssh.apply(lambda k: " ".join(k.split()[:2])),
+                host_key=host_key.apply(lambda k: " ".join(k.split()[:2])),
                 dial_error_limit=60,
                 per_dial_timeout=30,
             ),
             aws_resources.LOGIN_USER,
         )
+
+    def node_stack(i: int, after: list[NodeStack]) -> NodeStack:
+        if door and i == 0:
+            return NodeStack(
+                "node-0",
+                NodeStackArgs(
+                    s,
+                    nodes[0],
+                    connection(door.public_ip, door.host_key),
+                    access.secrets,
+                    host=SshHost(address="aws-front-door"),
+                    machine=[door.instance_id],
+                    after=after,
+                    model_secrets=access.model_secrets,
+                    link=access.link(0),
+                ),
+                opts=pulumi.ResourceOptions(depends_on=[door.eip_association]),
+            )
+        n = gpu.nodes[i - 1 if door else i]
+        conn = connection(n.eip.public_ip, n.host_key.public_key_openssh)
         return NodeStack(
             f"node-{i}",
             NodeStackArgs(
@@ -149,7 +203,7 @@ def build(ctx: StackContext) -> dict[str, object]:
             opts=pulumi.ResourceOptions(depends_on=[n.attachment, n.eip_association]),
         )
 
-    runtimes = replicas_first(len(gpu.nodes), node_stack)
+    runtimes = replicas_first(len(nodes), node_stack)
     # No login private key among the outputs: `coderig bundle` reads every output with
     # --show-secrets into files handed to developers. Ops get the key from the stack state:
     #   supplied:  pulumi config get coderig:sshPrivateKey   (prints a secret value decrypted)
@@ -167,6 +221,8 @@ def build(ctx: StackContext) -> dict[str, object]:
         "ready": runtimes[0].ready,
         "nodesReady": [r.ready for r in runtimes],  # every node's readiness wait, first node first
     }
+    if door:
+        outputs["frontDoor"] = door.public_ip
     if aws_resources.reaper_enabled(s):
         reaper = IdleReaper(
             "idle-reaper",

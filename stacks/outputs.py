@@ -14,7 +14,9 @@ from typing import Any
 
 import pulumi
 
+from coderig import targets
 from coderig.client import bundle as clients
+from coderig.core import report
 from stacks import StackContext
 
 
@@ -34,6 +36,7 @@ def client_outputs(
     model = s.model
     plan = ctx.plan.summary()
     idle = s.idle.model_dump(mode="json")
+    estimate = report.cost_estimate(s, targets.kind_of(s).idle_mechanism)
 
     def build(values: list[Any]) -> dict[str, Any]:
         address, ca = values
@@ -49,7 +52,8 @@ def client_outputs(
             developers=s.developers,
             plan=plan,
             idle=idle,
-            usd_per_hour=ctx.plan.usd_per_hour,
+            usd_per_hour=estimate.usd_per_hour,
+            cost=estimate.summary(),
             ca_cert_pem=ca or None,
             tls="provided" if ca is None and s.tlsCertificate is not None else None,
             aliases=aliases,

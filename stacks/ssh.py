@@ -1,7 +1,8 @@
 """`ssh` target: existing GPU hosts reached over SSH with pinned host keys.
 
 One model replica per host; the first host also runs LiteLLM (balancing across every replica) and
-the gateway, the stack's only public listener.
+the gateway, the stack's only public listener. With `frontDoor` set, that host runs LiteLLM and the
+gateway instead, and every GPU host is a replica behind its mutual-TLS link.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ def build(ctx: StackContext) -> dict[str, object]:
     t = s.target
     assert t.kind == "ssh"
     nodes = render_nodes(s, ctx.plan)
-    assert len(nodes) == len(t.hosts)
-    first = t.hosts[0]
+    # machine i: the front door (when set) first, then the GPU hosts; each with its settings key
+    hosts = [(t.frontDoor, "coderig:target.frontDoor")] if t.frontDoor else []
+    hosts += [(h, f"coderig:target.hosts[{i}]") for i, h in enumerate(t.hosts)]
+    assert len(nodes) == len(hosts)
+    first = hosts[0][0]
     access = front_door_access(s, [first.address, *s.gateway.hostnames], ctx.secrets)
     key = ctx.secrets["sshPrivateKey"]
 
     def node_stack(i: int, after: list[NodeStack]) -> NodeStack:
-        host, where = t.hosts[i], f"coderig:target.hosts[{i}]"
+        host, where = hosts[i]
         conn = ssh_connection(host, key, insecure_skip=t.insecureSkipHostKeyCheck, where=where)
         return NodeStack(
             f"node-{i}",
@@ -39,13 +43,13 @@ def build(ctx: StackContext) -> dict[str, object]:
             ),
         )
 
-    stacks = replicas_first(len(t.hosts), node_stack)
+    stacks = replicas_first(len(hosts), node_stack)
     return {
         **client_outputs(
             ctx, host=first.address, port=s.gateway.port, ca_pem=access.ca_pem, tokens=access.developer_keys
         ),
         "endpoint": f"https://{first.address}:{s.gateway.port}",
-        "nodes": [h.address for h in t.hosts],
+        "nodes": [h.address for h, _ in hosts],
         "ready": stacks[0].ready,
         "nodesReady": [n.ready for n in stacks],  # every host's readiness wait, first host first
     }

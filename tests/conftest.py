@@ -276,3 +276,16 @@ def ssh_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
     with start(tmp_path_factory.mktemp("sshhost"), os.getpid() % 100000) as host:
         yield host
+
+
+# --- a real Kubernetes control plane (tests/kube_cluster.py; binaries from .ci/kube-deps.sh) --------
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """etcd, kube-apiserver, controllers, scheduler and kwok on loopback with two 8-GPU nodes and one
+    general node (kube_cluster.NODES); every process is stopped at the end of the session."""
+    from kube_cluster import kube_cluster
+
+    with kube_cluster(tmp_path_factory.mktemp("kube")) as cluster:
+        yield cluster

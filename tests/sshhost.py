@@ -109,6 +109,18 @@ def _make_netns(tag: int) -> tuple[str, str, str]:
     return ns, host_if, ns_ip
 
 
+@contextlib.contextmanager
+def network_namespace(tag: int) -> Iterator[tuple[str, str]]:
+    """A network namespace of its own, linked to this host by a veth pair: yields (netns, the address
+    inside it); this host's end is the same /30's `.1`, so what it sends there is not from loopback."""
+    ns, host_if, ns_ip = _make_netns(tag)
+    try:
+        yield ns, ns_ip
+    finally:
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:

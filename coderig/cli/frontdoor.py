@@ -36,6 +36,30 @@ def _per_minute(per_second: str) -> str:
     return str(int(per_second) * 60) if per_second.isdigit() else "N"
 
 
+def served_models(backend: str) -> list[str] | None:
+    """The model ids the backend's GET /v1/models lists; None when it does not answer 200 with a list."""
+    body = http_get(backend.rstrip("/") + "/models", timeout=10)
+    try:
+        entries = json.loads(body or "null")["data"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    if not isinstance(entries, list):
+        return None
+    return [str(e["id"]) for e in entries if isinstance(e, dict) and "id" in e]
+
+
+def unserved_model(backends: list[str], model: str) -> str | None:
+    """Why --model cannot work: a backend lists its models and `model` is not among them. A backend that
+    does not list them (not up yet, a key on /v1/models) is left to /healthz."""
+    for backend in backends:
+        served = served_models(backend)
+        if served is not None and model not in served:
+            hint = f"; use --model {served[0]}" if len(served) == 1 else ""
+            listed = ", ".join(repr(m) for m in served) or "none"
+            return f"--model {model!r} is not served by {backend} (its /models lists: {listed}){hint}"
+    return None
+
+
 def served_context(backend: str, model: str) -> int | None:
     """The backend's context length for `model` from its GET /v1/models (`max_model_len`, as vLLM reports it)."""
     body = http_get(backend.rstrip("/") + "/models", timeout=10)
@@ -89,7 +113,7 @@ def bundle_writer(args: argparse.Namespace) -> Callable[[str, str | None, dict[s
         some = next(iter(bundles), "NAME")
         print(
             f"coderig frontdoor: wrote {len(bundles)} developer bundle(s) to {out}/ (mode 0600, each holds its "
-            f"developer's key); a developer runs: coderig onboard {some}.json",
+            f"developer's key); a developer runs: coderig onboard {out / some}.json",
             flush=True,
         )
 
@@ -97,6 +121,9 @@ def bundle_writer(args: argparse.Namespace) -> Callable[[str, str | None, dict[s
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    problem = unserved_model(args.backend, args.model)
+    if problem:  # every request would fail with the backend's 404 while /healthz said ready
+        raise UserError(problem)
     on_keys = bundle_writer(args)
     return run.run(
         run.RunOptions(
@@ -188,8 +215,9 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         default=True,
         help="send OpenAI-native /v1/chat/completions from the gateway straight to the backend, "
         "bypassing LiteLLM (default: on; it is much faster, see bench/frontdoor_bench.py). "
-        "Such requests must name the served model; /v1/messages and /v1/responses always "
-        "go through LiteLLM",
+        "Such requests must name the served model; /v1/messages, count_tokens and /v1/responses "
+        "follow --native-routes (by default straight to the backend too; a name it does not serve, "
+        "such as claude-*, goes on to LiteLLM)",
     )
     p.add_argument(
         "--native-routes",

@@ -7,12 +7,12 @@ import json
 import sys
 from pathlib import Path
 
-from coderig.core import plan_text, planner
+from coderig.core import planner
 from coderig.core.errors import REFUSED, UserError
 from coderig.core.files import FileSet, write_file, write_files
 from coderig.core.settings import StackSettings
 from coderig.core.stack_file import load_stack_file, stack_name_from_path
-from coderig.targets import render_stack
+from coderig.targets import REGISTRY, plan_report, plan_summary, render_stack
 from coderig.targets.compose.idle import plan_note as idle_plan_note
 
 MANIFEST = ".coderig-render"  # in the --out directory: the files the last render wrote
@@ -52,9 +52,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     stack = stack_name_from_path(args.config)
     p = planner.plan_stack(settings)
     if args.json:
-        print(json.dumps({"stack": stack, **p.summary()}, indent=2))
+        print(json.dumps(plan_summary(settings, stack, p), indent=2))
     else:
-        print(plan_text.format_plan(p, stack))
+        print(plan_report(settings, stack, p))
+        extra = REGISTRY[settings.target.kind].plan_lines
+        if extra is not None and p.fits:
+            print("\n".join(extra(settings, p)))
         note = idle_plan_note(settings)  # ssh/local: what idling does there
         if note:
             print(note)

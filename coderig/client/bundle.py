@@ -161,8 +161,10 @@ def stack_outputs(
     aliases: Sequence[str] = (),
     alias: str | None = None,
     api_timeout_ms: int = DEFAULT_API_TIMEOUT_MS,
+    cost: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The public `clientBundle` stack output, from plain values."""
+    """The public `clientBundle` stack output, from plain values; `cost` is the stack's cost estimate
+    (core/cost.py, with its own `usd_per_hour` and `basis`) when the caller has one."""
     if scheme not in ("https", "http"):
         raise UserError(f"scheme must be https or http, got {scheme!r}")
     if not 0 < max_output_tokens < max_model_len:
@@ -212,7 +214,9 @@ def stack_outputs(
         "developers": list(developers),
         "plan": dict(plan),
         "idle": dict(idle),
-        "cost": {
+        "cost": dict(cost)
+        if cost is not None
+        else {
             "usd_per_hour": usd_per_hour,
             "basis": "AWS on-demand list price, us-east-1, all replicas"
             if usd_per_hour is not None

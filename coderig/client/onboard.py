@@ -1,7 +1,5 @@
-"""`coderig bundle` (ops), `coderig onboard` and `coderig smoke` (developer).
+"""`coderig onboard` and `coderig smoke` (developer); `coderig bundle` (ops) is handout.py.
 
-- bundle: one developer's bundle (public stack outputs + that developer's token) as a 0600 JSON file,
-  from `pulumi stack output --json --show-secrets --stack STACK` or a saved copy of that output.
 - onboard: writes the token (0600) and CA files, merges the env block into Claude Code's
   settings.json (backup first, other keys kept), writes `use-<alias>.sh`, a Codex provider and an
   opencode provider. Prints what changed, never the token; a second run changes nothing.
@@ -13,10 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import stat
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +22,7 @@ from coderig.client import configs
 from coderig.client.bundle import Bundle, load_bundle_file
 from coderig.client.configs import ClientPaths
 from coderig.core.errors import UserError
-from coderig.core.files import read_json_file, write_file
+from coderig.core.files import write_file
 
 CLIENTS = ("claude", "codex", "opencode")
 
@@ -54,78 +49,6 @@ def _pretty(path: Path, home: Path) -> str:
         return "~/" + str(path.relative_to(home))
     except ValueError:
         return str(path)
-
-
-# ---------------------------------------------------------------- coderig bundle
-
-
-STATE_DIR = ".pulumi-state"  # the project-local backend `up.sh` creates (keep the two in step)
-
-
-def project_backend_env(cwd: str | None) -> dict[str, str]:
-    """The environment for `pulumi`: the project-local file backend and passphrase `up.sh` uses,
-    unless the caller already chose a backend or passphrase."""
-    env = dict(os.environ)
-    state = Path(cwd or ".").resolve() / STATE_DIR
-    if "PULUMI_BACKEND_URL" not in env and state.is_dir():
-        env["PULUMI_BACKEND_URL"] = f"file://{state}"
-        passphrase = state / "passphrase"
-        if not ({"PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE"} & set(env)) and passphrase.exists():
-            env["PULUMI_CONFIG_PASSPHRASE_FILE"] = str(passphrase)
-    return env
-
-
-def pulumi_outputs(stack: str, cwd: str | None) -> dict[str, Any]:
-    exe = shutil.which("pulumi")
-    if not exe:
-        raise UserError(
-            "pulumi not found on PATH. Run this where the Pulumi CLI and the stack's backend are, or save the "
-            f"outputs there with `pulumi stack output --json --show-secrets --stack {stack} > outputs.json` "
-            "(a secret file: chmod 600) and pass --outputs outputs.json"
-        )
-    proc = subprocess.run(
-        [exe, "stack", "output", "--json", "--show-secrets", "--stack", stack],
-        capture_output=True, text=True, cwd=cwd, check=False, env=project_backend_env(cwd),
-    )  # fmt: skip
-    if proc.returncode != 0:
-        raise UserError(f"`pulumi stack output --stack {stack}` failed:\n{proc.stderr.strip()}")
-    try:
-        data = json.loads(proc.stdout)
-    except ValueError:
-        raise UserError("`pulumi stack output --json` did not print JSON") from None
-    if not isinstance(data, dict):
-        raise UserError("`pulumi stack output --json` did not print an object")
-    return data
-
-
-def cmd_bundle(args: argparse.Namespace) -> int:
-    if args.outputs:
-        source = Path(args.outputs)
-        outputs = read_json_file(source)
-        if not isinstance(outputs, dict):
-            raise UserError(f"{source}: expected the object `pulumi stack output --json` prints")
-        mode = _mode(source)
-        if mode is not None and mode & 0o077:
-            print(
-                f"coderig bundle: warning: {source} holds every developer's token and is readable by "
-                f"others (mode {mode:o}); chmod 600 it",
-                file=sys.stderr,
-            )
-    else:
-        outputs = pulumi_outputs(args.stack, args.cwd)
-    data = clients.developer_bundle(outputs, args.developer)
-    if args.stack and data.get("stack") not in (None, args.stack):
-        raise UserError(f"the outputs are from stack {data.get('stack')!r}, not {args.stack!r}")
-    out = Path(args.out)
-    if out.is_dir():
-        raise UserError(f"--out {out} is a directory; give a file name such as {out}/{args.developer}.json")
-    write_file(out, configs.dumps_json(data))
-    print(
-        f"coderig bundle: wrote {out} (mode 0600, holds {args.developer}'s token) for stack {data['stack']}: "
-        f"{data['endpoint']['anthropic_base_url']}, model {data['model']['served_name']}"
-    )
-    print(f"  send it to {args.developer} over a private channel; they run: coderig onboard {out.name}")
-    return 0
 
 
 # ---------------------------------------------------------------- coderig onboard

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from coderig.core import catalog
+from coderig.core.frontdoor_machine import AwsFrontDoor, FrontDoorMachine, monthly_cost
 from coderig.core.settings_base import Loc, cidr, is_everyone
 from coderig.core.target_base import TargetSettings
 
@@ -72,6 +73,9 @@ def _aws_combinations(given: dict[str, Any]) -> list[tuple[Loc, str, Any]]:
         out.append((("spot",), spot, True))
     if _on(given.get("capacityBlock")) and not reservation:
         out.append((("capacityBlock",), "needs capacityReservationId (the Capacity Block's cr-… id)", True))
+    if given.get("frontDoor") is not None and subnet:
+        fixed = "needs the subnet coderig creates (fixed link addresses): unset vpcId/subnetId"
+        out.append((("frontDoor",), fixed, None))
     if isinstance(count, int) and count > 1 and subnet:
         replicas = (
             f"got {count} with subnetId: replicas need fixed private addresses, which coderig assigns "
@@ -97,6 +101,7 @@ class AwsTarget(TargetSettings):
     capacityBlock: bool = Field(default=False, description="capacityReservationId is a Capacity Block for ML")
     spot: bool = Field(default=False, description="spot capacity, stopped (not terminated) on interruption")
     volumeSizeGb: int | None = Field(default=None, ge=100, le=16384)
+    frontDoor: AwsFrontDoor | None = Field(default=None, description="an always-on instance for the gateway")
 
     @property
     def gpus(self) -> tuple[str | None, int]:
@@ -120,7 +125,12 @@ class AwsTarget(TargetSettings):
 
     @property
     def replica_addresses(self) -> list[str]:
-        return [a for a in self.private_ips[1:] if a]
+        return [a for a in (self.private_ips if self.frontDoor else self.private_ips[1:]) if a]
+
+    @property
+    def front_door_machine(self) -> FrontDoorMachine | None:
+        door = self.frontDoor
+        return FrontDoorMachine(door.instanceType, monthly_cost(door.instanceType)) if door else None
 
     @field_validator("region")
     @classmethod

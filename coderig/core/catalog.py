@@ -105,7 +105,7 @@ class Preset:
     id: str
     title: str
     hf_repo: str
-    served_name: str
+    served_name: str  # the default model name clients send: the model's own name, so developers recognise it
     engine: Literal["vllm", "llama.cpp"]
     weight_bytes: int
     attention: Attention
@@ -134,11 +134,41 @@ class Preset:
     top_p: float | None = None
     default_max_tokens: int = 32000
     gguf_file: str | None = None  # llama.cpp: file inside hf_repo
+    # What this preset served as before the default became the model's own name: a stack that leaves
+    # coderig:model.servedName unset is warned (settings.warnings) and the gateway keeps accepting it.
+    former_served_name: str | None = None
+    # A chat template shipped with coderig (coderig/core/templates/) instead of the model's own, rendered
+    # as the server's --chat-template; a stack picks another or the model's own with coderig:model.chatTemplate.
+    chat_template: str | None = None
 
 
 def _experts(moe_layers: int, experts: int, hidden: int, moe_intermediate: int, bytes_per_param: float) -> int:
     """Routed-expert bytes: gate, up and down projections (3 × hidden × moe_intermediate) per expert."""
     return int(moe_layers * experts * 3 * hidden * moe_intermediate * bytes_per_param)
+
+
+def _qwen25_coder_cpu(size: str, weight_bytes: int, layers: int, head_dim: int, heads: int) -> Preset:
+    """Qwen2.5-Coder-Instruct Q4_K_M on llama.cpp (CPU): the real model coderig's own tests run
+    (tests/realmodel.py). Numbers read from the GGUF header of Qwen's file (qwen2.block_count,
+    attention.head_count(_kv), embedding_length / head_count, context_length); size = the file's."""
+    name = f"Qwen2.5-Coder-{size}-Instruct"
+    return Preset(
+        id=f"qwen2.5-coder-{size.lower()}-cpu",
+        title=f"{name}, GGUF Q4_K_M, llama.cpp on CPU (dev, tests)",
+        hf_repo=f"Qwen/{name}-GGUF",
+        served_name="coderig-dev",
+        engine="llama.cpp",
+        weight_bytes=weight_bytes,
+        weights_source=f"Qwen/{name}-GGUF q4_k_m file size (sha256-verified in tests/realmodel.py)",
+        attention=Attention(kind="gqa", layers=layers, kv_heads=2, head_dim=head_dim, attention_heads=heads),
+        max_context=32768,
+        default_context=32768,
+        source=f"GGUF header of Qwen/{name}-GGUF's q4_k_m file (tests/model/test_real_tool_calls.py reads it)",
+        checked="verified",
+        gguf_file=f"qwen2.5-coder-{size.lower()}-instruct-q4_k_m.gguf",
+        chat_template="qwen2.5-coder-fenced-tools.jinja",
+        default_max_tokens=4096,
+    )
 
 
 RECIPES = "vllm-project/recipes@8959cf64 models/"  # the vLLM recipes read for layouts and sizes
@@ -150,7 +180,8 @@ PRESETS: dict[str, Preset] = {
             id="deepseek-v3.2",
             title="DeepSeek V3.2 (base of umans-coder-v0), 671B MoE, FP8, sparse MLA",
             hf_repo="deepseek-ai/DeepSeek-V3.2",
-            served_name="umans-coder-v0",
+            served_name="deepseek-v3.2",
+            former_served_name="umans-coder-v0",
             engine="vllm",
             weight_bytes=689 * GB,
             attention=Attention(
@@ -334,7 +365,8 @@ PRESETS: dict[str, Preset] = {
             id="qwen3-1.7b-cpu",
             title="Qwen3-1.7B, GGUF Q4_K_M, llama.cpp on CPU (dev)",
             hf_repo="ggml-org/Qwen3-1.7B-GGUF",
-            served_name="coderig-dev",
+            served_name="qwen3-1.7b",
+            former_served_name="coderig-dev",
             engine="llama.cpp",
             weight_bytes=1_280_000_000,
             attention=Attention(kind="gqa", layers=28, kv_heads=8, head_dim=128, attention_heads=16),
@@ -352,6 +384,8 @@ PRESETS: dict[str, Preset] = {
             top_p=0.95,
             default_max_tokens=4096,
         ),
+        _qwen25_coder_cpu("0.5B", 491_400_064, layers=24, head_dim=64, heads=14),
+        _qwen25_coder_cpu("1.5B", 1_117_320_768, layers=28, head_dim=128, heads=12),
     )
 }
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import shlex
 
-from coderig.core import versions
+from coderig.core import templates, versions
 from coderig.core.catalog import LLAMACPP_CACHE_TYPE, Preset
 from coderig.core.layout import Layout
 from coderig.core.settings import ModelSettings
@@ -22,7 +22,7 @@ LITELLM_PORT = 4000
 KEEPALIVE_PORT = 4100  # the SSE keepalive relay: one loopback port per model replica from here up
 
 # The client APIs each engine serves itself at the pinned version, which the gateway sends straight
-# to it (coderig.frontdoor.native): vLLM 0.28 serves /v1/messages (+ count_tokens) and /v1/responses;
+# to it (coderig.frontdoor.native): vLLM 0.28 and 0.34 serve /v1/messages (+ count_tokens) and /v1/responses;
 # llama.cpp server b9603 serves the Anthropic pair (ggml-org/llama.cpp#17570) but not /v1/responses
 # (ggml-org/llama.cpp#19138), which stays on LiteLLM's translation.
 NATIVE_APIS: dict[str, tuple[str, ...]] = {
@@ -36,7 +36,8 @@ HF_HOME = f"{CACHE_MOUNT}/hf"
 def vllm_args(model: ModelSettings, layout: Layout, host: str = MODEL_HOST, port: int = MODEL_PORT) -> list[str]:
     """Arguments after `vllm serve`. The parallel layout is the plan's (`planner.plan_stack(...).layout`);
     tool calling and reasoning parsers come from the preset. --gpu-memory-utilization is always
-    passed (coderig's 0.90 default, not vLLM 0.28's 0.92), so the plan's arithmetic is what runs."""
+    passed (coderig's 0.90 default): unset, vLLM 0.34 uses 1.0 with its extensible KV cache on CUDA and
+    0.92 otherwise (config/cache.py: resolved_gpu_memory_utilization), so the plan's arithmetic is what runs."""
     p = model.spec
     args = [
         p.hf_repo,
@@ -53,6 +54,7 @@ def vllm_args(model: ModelSettings, layout: Layout, host: str = MODEL_HOST, port
     if model.revision != "main":  # the weights step fetched this revision; load exactly it (offline)
         args += ["--revision", model.revision, "--tokenizer-revision", model.revision]
     args += _parser_flags(p)
+    args += _chat_template_flags(model)
     args += _default_flags(p)
     args += list(p.extra_args)
     args += list(model.extraArgs)
@@ -68,6 +70,12 @@ def _parser_flags(p: Preset) -> list[str]:
     if p.tokenizer_mode:
         out += ["--tokenizer-mode", p.tokenizer_mode]
     return out
+
+
+def _chat_template_flags(model: ModelSettings) -> list[str]:
+    """The chosen coderig chat template's text (coderig.core.templates): the same flag on both servers."""
+    name = templates.chosen(model.chatTemplate, model.spec.chat_template)
+    return ["--chat-template", templates.text(name)] if name else []
 
 
 def _default_flags(p: Preset) -> list[str]:
@@ -100,6 +108,7 @@ def llamacpp_args(model: ModelSettings, gguf_path: str, host: str = MODEL_HOST, 
         "--parallel", "1",
         "--cache-type-k", LLAMACPP_CACHE_TYPE,
         "--cache-type-v", LLAMACPP_CACHE_TYPE,
+        *_chat_template_flags(model),  # after --jinja: llama-server then takes any Jinja template
         *model.extraArgs,
     ]  # fmt: skip
 
@@ -122,9 +131,15 @@ def command_line(model: ModelSettings, layout: Layout) -> str:
 WEIGHTS_SCRIPT_DIR = "/coderig"  # where fetch_weights.py (and its requirements file) are mounted
 
 
-def weights_image(preset: Preset) -> str:
-    """The weights step's image: one that already has huggingface_hub (see coderig.core.versions)."""
-    return versions.WEIGHTS_IMAGE_CPU if preset.engine == "llama.cpp" else versions.WEIGHTS_IMAGE_VLLM
+def model_image(model: ModelSettings) -> str:
+    """The model server's image: `coderig:model.image` when set, else the one pinned for the engine."""
+    return model.image or (versions.LLAMACPP_IMAGE if model.spec.engine == "llama.cpp" else versions.VLLM_IMAGE)
+
+
+def weights_image(model: ModelSettings) -> str:
+    """The weights step's image: one that already has huggingface_hub (see coderig.core.versions); for
+    vLLM the model server's own image, so an image override is pulled once, not twice."""
+    return versions.WEIGHTS_IMAGE_CPU if model.spec.engine == "llama.cpp" else model_image(model)
 
 
 def weights_entrypoint() -> list[str]:
@@ -143,7 +158,7 @@ def weights_env(model: ModelSettings, cache_mount: str = CACHE_MOUNT) -> dict[st
         "CODERIG_WEIGHTS_BYTES": str(preset.weight_bytes),
         "PYTHONUNBUFFERED": "1",
     }
-    if weights_image(preset) == versions.WEIGHTS_IMAGE_CPU:
+    if weights_image(model) == versions.WEIGHTS_IMAGE_CPU:
         # the one image without huggingface_hub: allowed to install it, from hash-pinned requirements only
         env["CODERIG_PIP_REQUIREMENTS"] = f"{WEIGHTS_SCRIPT_DIR}/{versions.WEIGHTS_REQUIREMENTS}"
     if preset.engine == "llama.cpp" and preset.gguf_file:

@@ -1,6 +1,9 @@
-"""Parallel layouts of one model replica on the pinned vLLM (0.28.0) and what one GPU of each holds.
-Pure arithmetic, no I/O. Paths below are inside the vLLM 0.28.0 wheel's `vllm/` package (read from
-the wheel itself).
+"""Parallel layouts of one model replica on the pinned vLLM and what one GPU of each holds.
+Pure arithmetic, no I/O. Paths below are inside the vLLM wheel's `vllm/` package, first read at 0.28.0.
+Re-read at the pin, 0.34.0 (every path below still exists there): the 656 B fp8_ds_mla row
+(v1/attention/backend.py: get_fp8_ds_mla_row_bytes), the 132 B indexer key, the batched-token tiers,
+the CUDA MLA backend priorities, and decode context parallelism on Hopper's FlashMLA-sparse, which
+0.34 supports (see mla_backend). The GQA, sliding-window and mamba rules are as read at 0.28.0.
 
 A layout is (tensor, data, decode_context, expert): `tensor × data` GPUs per replica.
 
@@ -79,8 +82,8 @@ class Layout:
         return "+".join(parts)
 
     def flags(self) -> list[str]:
-        """vLLM 0.28 flags (engine/arg_utils.py: --tensor-parallel-size, --data-parallel-size,
-        --decode-context-parallel-size, --enable-expert-parallel)."""
+        """vLLM flags (engine/arg_utils.py: --tensor-parallel-size, --data-parallel-size,
+        --decode-context-parallel-size, --enable-expert-parallel; tests/vllm has the pinned vLLM parse them)."""
         out = ["--tensor-parallel-size", str(self.tensor)]
         if self.data > 1:
             out += ["--data-parallel-size", str(self.data)]
@@ -102,13 +105,16 @@ class MlaBackend:
 
 
 def mla_backend(preset: Preset, gpu: Gpu | None) -> MlaBackend:
-    """The MLA backend vLLM 0.28 picks (platforms/cuda.py: _get_backend_priorities) as far as sizing goes."""
+    """The MLA backend vLLM 0.34 picks (platforms/cuda.py: _get_backend_priorities) as far as sizing goes."""
     sm = gpu.sm if gpu else 0
     if preset.attention.sparse:
         if sm >= 100:  # Blackwell: FlashInfer-MLA-sparse keeps "standard" fp8 (576 B), supports DCP
             return MlaBackend("FLASHINFER_MLA_SPARSE", 576, True)
-        # Hopper: FlashAttn-MLA-sparse / FlashMLA-sparse, fp8 → fp8_ds_mla, no DCP (can_return_lse_for_decode unset)
-        return MlaBackend("FLASHMLA_SPARSE", FP8_DS_MLA_BYTES, False)
+        # Hopper: FlashAttn-MLA-sparse comes first but takes no fp8 cache and no DCP (supported_kv_cache_dtypes,
+        # supports_dcp unset), so fp8 or DCP runs FlashMLA-sparse: fp8 → fp8_ds_mla, and since vLLM 0.34 it
+        # runs DCP (v1/attention/backends/mla/flashmla_sparse.py: FlashMLASparseImpl.supports_dcp = True,
+        # can_return_lse_for_decode = True; at 0.28 it had neither)
+        return MlaBackend("FLASHMLA_SPARSE", FP8_DS_MLA_BYTES, True)
     return MlaBackend("FLASHMLA", 576, True)
 
 
@@ -138,7 +144,8 @@ def kv_bytes_per_token(preset: Preset, kv_dtype: str, gpu: Gpu | None = None, la
 
 
 def batched_tokens(gpu: Gpu | None) -> int:
-    """vLLM 0.28's default max_num_batched_tokens for the API server (engine/arg_utils.py)."""
+    """vLLM's default max_num_batched_tokens for the API server (engine/arg_utils.py; the same tiers at
+    0.28 and 0.34, which keeps GB10 on the small one)."""
     if gpu is None:
         return 2048
     if gpu.memory_bytes >= 160 * GiB:

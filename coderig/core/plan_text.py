@@ -82,9 +82,6 @@ def format_plan(p: Plan, stack: str = "") -> str:
             f"{_n(w.peak, 'concurrent request')} ({src}): {verdict}, capacity {p.capacity_at_peak}"
         )
         lines.append(line + (f"; {p.advice}" if p.advice else ""))
-    if p.usd_per_hour is not None:
-        month = p.usd_per_hour * 24 * 30
-        lines.append(f"  cost               ${p.usd_per_hour:.2f}/h on demand (${month:,.0f}/month if never stopped)")
     lines.append(f"  {'fits' if p.fits else 'DOES NOT FIT'}: {p.reason}")
     if p.suggestion:
         lines.append(f"  {p.suggestion}")

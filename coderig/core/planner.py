@@ -317,7 +317,7 @@ def plan(
         reason = f"fits on {where}: {chosen.per_replica} concurrent {max_model_len}-token requests per replica"
     suggestion = None
     if not fits and suggest:
-        suggestion = smallest_fit(preset, max_model_len, kv_cache_dtype, gpu_memory_utilization)
+        suggestion = smallest_fit(preset, max_model_len, kv_cache_dtype, gpu_memory_utilization, gpu=gpu)
     p = served(
         gpu=gpu,
         gpu_count=gpu_count,
@@ -384,8 +384,9 @@ def _with_advice(p: Plan, preset: Preset, kv_dtype: str) -> Plan:
     return dataclasses.replace(p, advice=advice)
 
 
-def smallest_fit(preset: Preset, max_model_len: int, kv_cache_dtype: str, util: float) -> str:
-    """The smallest GPU configuration of the catalog that holds the preset, and the cheapest AWS type."""
+def smallest_fit(preset: Preset, max_model_len: int, kv_cache_dtype: str, util: float, gpu: str | None = None) -> str:
+    """What holds the preset, for the hardware in the stack file first: the smallest count per host of
+    the same `gpu`, then the smallest configuration of another GPU, then the cheapest AWS type."""
 
     def fits(gpu: str, n: int) -> bool:
         return plan(
@@ -398,11 +399,25 @@ def smallest_fit(preset: Preset, max_model_len: int, kv_cache_dtype: str, util: 
             suggest=False,
         ).fits
 
-    options = [(g.memory_bytes * n, n, g.name) for g in GPUS.values() for n in GPU_COUNTS if fits(g.name, n)]
-    if not options:
+    parts = []
+    if gpu:
+        same = [n for n in GPU_COUNTS if fits(gpu, n)]
+        parts.append(
+            f"with your GPU: {same[0]}× {gpu} per host ({GPUS[gpu].memory_bytes * same[0] / GiB:.0f} GiB)"
+            if same
+            else f"no count of {gpu} per host holds it ({GPU_COUNTS[-1]} at most; each host is a replica holding "
+            "a whole copy, so more hosts do not help)"
+        )
+    options = [
+        (g.memory_bytes * n, n, g.name) for g in GPUS.values() if g.name != gpu for n in GPU_COUNTS if fits(g.name, n)
+    ]
+    if not options and not parts:
         return f"no GPU configuration in the catalog holds {preset.id} at maxModelLen {max_model_len}"
-    _, n, name = min(options)
-    text = f"smallest that fits: {n}× {name} ({GPUS[name].memory_bytes * n / GiB:.0f} GiB)"
+    if options:
+        _, n, name = min(options)
+        other = "other GPUs: " if gpu else ""
+        parts.append(f"{other}smallest that fits: {n}× {name} ({GPUS[name].memory_bytes * n / GiB:.0f} GiB)")
+    text = "; ".join(parts)
     aws = [i for i in AWS_INSTANCES.values() if fits(i.gpu, i.gpu_count)]
     if aws:
         cheapest = min(aws, key=lambda i: i.usd_per_hour)

@@ -21,16 +21,19 @@ from pydantic import (
     BaseModel,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from coderig.core import catalog, sizing
+from coderig.core import catalog, images, naming, sizing, templates, versions, vllm_flags
 from coderig.core.aws_settings import AWS_FIRST_HOST, AWS_REGIONS, AWS_SUBNET_PREFIX, AwsTarget
+from coderig.core.cost import CostSettings
 from coderig.core.errors import UserError
 from coderig.core.idle_settings import IdlePolicy, OfficeHours
+from coderig.core.log_settings import LogSettings
 from coderig.core.settings_base import KeyProblem as _KeyError
-from coderig.core.settings_base import Loc
+from coderig.core.settings_base import Loc, cidr
 from coderig.core.settings_base import Model as _Model
 from coderig.core.target_base import NODE_CACHE_PATH, GpuSpec, SshHost
 from coderig.core.targets_settings import (
@@ -108,6 +111,13 @@ class ModelSettings(_Model):
     extraArgs: list[str] = Field(default_factory=list, description="extra model-server flags, appended")
     parallel: sizing.ParallelSettings | None = Field(default=None, description="override the planned layout")
     revision: str = Field(default="main", description="the weights' commit sha (pins them) or a branch (floats)")
+    chatTemplate: templates.Name = Field(default=None, description="a coderig chat template or 'model' (its own)")
+    image: str | None = Field(default=None, description="the model server image instead of the pinned one")
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str | None) -> str | None:
+        return v and images.check_ref(v)
 
     @field_validator("revision")
     @classmethod
@@ -119,6 +129,11 @@ class ModelSettings(_Model):
     @property
     def revision_pinned(self) -> bool:
         return bool(COMMIT_RE.fullmatch(self.revision))
+
+    @field_validator("extraArgs")
+    @classmethod
+    def _vllm_flags(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        return vllm_flags.checked_extra_args(v, catalog.PRESETS.get(info.data.get("preset", "")))
 
     @field_validator("preset")
     @classmethod
@@ -158,6 +173,10 @@ class ModelSettings(_Model):
         return self.servedName or self.spec.served_name
 
     @property
+    def former_name(self) -> str | None:
+        return naming.former_name(self.servedName, self.spec)
+
+    @property
     def max_model_len(self) -> int:
         return self.maxModelLen or self.spec.default_context
 
@@ -176,6 +195,12 @@ class GatewaySettings(_Model):
     port: int = Field(default=DEFAULT_GATEWAY_PORT, ge=1, le=65535)
     rateLimitPerMinute: int = Field(default=600, ge=1)
     hostnames: list[str] = Field(default_factory=list, description="extra DNS names for the certificate")
+    allowedCidrs: list[str] = Field(default_factory=list, description="client addresses the gateway serves")
+
+    @field_validator("allowedCidrs")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        return [cidr(c) for c in v]
 
     @property
     def rate_per_second(self) -> int:
@@ -247,6 +272,8 @@ class StackSettings(_Model):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     environment: str | None = Field(default=None, description="tag value; defaults to the stack name")
     workload: sizing.WorkloadSettings | None = None
+    cost: CostSettings | None = None
+    logs: LogSettings = Field(default_factory=LogSettings)
     # secrets: only their presence matters here
     sshPrivateKey: Any = None
     hfToken: Any = None
@@ -265,6 +292,9 @@ class StackSettings(_Model):
                 f"coderig:model.revision: {self.model.revision!r} floats (a branch or tag): a new volume may get "
                 f"other weights than the last; pin a commit sha of {self.model.spec.hf_repo}"
             )
+        out += naming.warnings(self.model.preset, self.model.served_name, self.model.former_name)
+        pinned = versions.LLAMACPP_IMAGE if self.model.spec.engine == "llama.cpp" else versions.VLLM_IMAGE
+        out += images.override_warning(self.model.image, pinned)
         return out
 
     @model_validator(mode="after")

@@ -5,12 +5,15 @@ these instead of comparing `kind`). The kinds' models are in `coderig.core.targe
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import Field, field_validator
 
 from coderig.core import catalog, hostkeys
 from coderig.core.settings_base import Model
+
+if TYPE_CHECKING:
+    from coderig.core.frontdoor_machine import FrontDoorMachine
 
 HOST_KEY_HELP = "paste the line printed by `ssh-keyscan -t ed25519 HOST`"
 
@@ -32,8 +35,16 @@ class GpuSpec(Model):
     def _positive(cls, v: int) -> int:
         if v < 1:
             raise ValueError(f"got {v}; a host needs at least 1 GPU (allowed: 1, 2, 4, 8)")
-        if v not in (1, 2, 4, 8):
-            raise ValueError(f"got {v}; tensor parallelism splits attention heads evenly, use 1, 2, 4 or 8")
+        if v not in catalog.GPU_COUNTS:
+            more = (
+                f"; for {v} GPUs in all, list {v // 8} hosts of 8 (each host is a model replica)"
+                if v > 8 and v % 8 == 0
+                else ""
+            )
+            raise ValueError(
+                f"got {v}: the count is GPUs per host (per model replica), which tensor parallelism splits the "
+                f"model over evenly: use 1, 2, 4 or 8{more}"
+            )
         return v
 
 
@@ -137,3 +148,8 @@ class TargetSettings(Model):
     def warnings(self) -> list[str]:
         """Accepted, but worth a line from `coderig plan` and `pulumi up`."""
         return []
+
+    @property
+    def front_door_machine(self) -> FrontDoorMachine | None:
+        """The separate always-on machine holding the gateway (None: the first machine holds it)."""
+        return None

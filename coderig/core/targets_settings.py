@@ -11,6 +11,7 @@ from typing import Annotated, Any, ClassVar, Literal, get_args
 from pydantic import Field, field_validator
 
 from coderig.core.aws_settings import AwsTarget
+from coderig.core.frontdoor_machine import FrontDoorMachine, ssh_front_door_checks
 from coderig.core.settings_base import Loc, Model
 from coderig.core.target_base import HOST_KEY_HELP, NODE_CACHE_PATH, GpuSpec, SshHost, TargetSettings, check_cache_path
 
@@ -98,6 +99,7 @@ class SshTarget(TargetSettings):
     gpu: GpuSpec | None = None
     cachePath: str = NODE_CACHE_PATH
     insecureSkipHostKeyCheck: bool = False
+    frontDoor: SshHost | None = Field(default=None, description="a small always-on host for the gateway")
 
     _cache = field_validator("cachePath")(check_cache_path)
 
@@ -115,9 +117,13 @@ class SshTarget(TargetSettings):
 
     @property
     def replica_addresses(self) -> list[str]:
-        return [h.address for h in self.hosts[1:]]
+        return [h.address for h in (self.hosts if self.frontDoor else self.hosts[1:])]
 
-    given_checks = (_ssh_hosts_pinned_and_distinct,)
+    @property
+    def front_door_machine(self) -> FrontDoorMachine | None:
+        return FrontDoorMachine(self.frontDoor.address, None) if self.frontDoor else None
+
+    given_checks = (_ssh_hosts_pinned_and_distinct, ssh_front_door_checks)
 
 
 class Toleration(Model):

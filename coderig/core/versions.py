@@ -8,7 +8,13 @@ from __future__ import annotations
 
 LITELLM_VERSION = "1.106.2"
 LITELLM_IMAGE = f"ghcr.io/berriai/litellm:v{LITELLM_VERSION}-stable"
-VLLM_IMAGE = "vllm/vllm-openai:v0.28.0"
+VLLM_VERSION = "0.34.0"
+# What the pinned vLLM needs overridden to install from PyPI (.ci/vllm-deps.sh, for tests/vllm only; the
+# image ships its own): vllm 0.34.0's metadata pins flashinfer-python==0.7.3, a version PyPI does not
+# hold (0.7.2.post1 and 0.7.4 are there). flashinfer holds GPU attention kernels; nothing the tests
+# run (the serve parser, the config validators, the parser registries) imports it.
+VLLM_PIP_OVERRIDES = "flashinfer-python==0.7.4"
+VLLM_IMAGE = f"vllm/vllm-openai:v{VLLM_VERSION}"
 LLAMACPP_IMAGE = "ghcr.io/ggml-org/llama.cpp:server-b9603"
 NGINX_IMAGE = "nginx:1.29.3-alpine"
 # A plain Python for stdlib-only runtime code (the Kubernetes idle reaper): a patch-level tag.

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from coderig.core import engine
+from coderig.core import engine, naming
 from coderig.core.settings import StackSettings
 from coderig.frontdoor.litellm import DEFAULT_TIMEOUT_S, ModelRoute
 from coderig.frontdoor.nginx import GatewaySpec, direct_chat_backend
@@ -58,6 +58,7 @@ class FrontDoorInputs:
     timeout_s: int = DEFAULT_TIMEOUT_S
     litellm_timeout_s: int = DEFAULT_TIMEOUT_S
     gate_retry_after_s: int | None = None  # 503 + Retry-After while the model is at zero or loading
+    allowed_cidrs: tuple[str, ...] = ()  # coderig:gateway.allowedCidrs; () -> every address
 
 
 def from_settings(
@@ -69,12 +70,14 @@ def from_settings(
     p = m.spec
     return FrontDoorInputs(
         served_name=m.served_name,
+        aliases=naming.aliases(m.former_name),
         backends=tuple(backends),
         max_tokens=m.max_output_tokens,
         listen=listen,
         litellm=litellm,
         health_url=health_url,
         rate_per_second=settings.gateway.rate_per_second,
+        allowed_cidrs=tuple(settings.gateway.allowedCidrs),
         temperature=p.temperature,
         top_p=p.top_p,
         chat_template_kwargs=p.chat_template_kwargs,
@@ -181,6 +184,7 @@ def assemble(inputs: FrontDoorInputs, paths: GatewayPaths, **gateway: Any) -> tu
         native_routes=inputs.native_routes,
         native_relays=relayed,
         model_gate_retry_after_s=inputs.gate_retry_after_s,
+        allowed_cidrs=inputs.allowed_cidrs,
         **gateway,
     )
     return route, spec

@@ -77,6 +77,7 @@ class GatewaySpec:
     # server's health; if it is not ready the gateway answers 503 + Retry-After (client's error
     # shape) instead of LiteLLM's 500/502. None: no per-request check (one subrequest less).
     model_gate_retry_after_s: int | None = None
+    allowed_cidrs: tuple[str, ...] = ()  # coderig:gateway.allowedCidrs (cidrs.py); () -> every address
 
 
 def upstream_hostport(backend: str) -> str:

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from coderig.frontdoor.cidrs import http_lines as cidr_http_lines
+from coderig.frontdoor.cidrs import server_lines as cidr_server_lines
 from coderig.frontdoor.native import failover, fallback_location, native_route, replayable
 from coderig.frontdoor.nginx import (
     DEVELOPER_HEADER,
@@ -327,6 +329,7 @@ def _server_block(spec: GatewaySpec, routes: tuple[Route, ...]) -> list[str]:
     client = f"{CLIENT_TIMEOUT_S}s"
     body: list[str] = [
         listen_directive(spec),
+        *cidr_server_lines(spec.allowed_cidrs),
         "server_name _;",
         *tls_block(spec),
         "default_type application/json;",
@@ -387,6 +390,7 @@ def render_gateway_http(spec: GatewaySpec, routes: tuple[Route, ...] = ROUTES) -
         "}",
         json_log_format(),
         *http_lines(),
+        *cidr_http_lines(spec.allowed_cidrs),
         f"limit_req_zone $coderig_developer zone=coderig_per_developer:10m rate={spec.rate_per_second}r/s;",
         f"limit_req_zone $binary_remote_addr zone=coderig_healthz:1m rate={HEALTHZ_RATE};",
         "limit_req_status 429;",

@@ -36,6 +36,7 @@ NAMESPACE = "Coderig"
 TAG_STACK = "coderig:stack"
 TAG_ENVIRONMENT = "coderig:environment"
 TAG_ROLE = "coderig:role"
+FRONT_DOOR_ROLE = "front-door"  # the always-on machine holding the gateway: never reaped
 PERIOD_SECONDS = 60
 DEFAULT_STOP_AFTER_MINUTES = float(idle.DEFAULT_STOP_AFTER_MINUTES)
 
@@ -151,7 +152,9 @@ def list_stack_instances(ec2: Any, cfg: ReaperConfig) -> list[dict[str, Any]]:
     for page in paginator.paginate(Filters=filters):
         for reservation in page.get("Reservations", []):
             for inst in reservation.get("Instances", []):
-                if _tags(inst).get(cfg.tag_key) == cfg.tag_value:  # never trust a filter alone
+                tags = _tags(inst)
+                # never trust a filter alone; the front-door machine is never stopped for idleness
+                if tags.get(cfg.tag_key) == cfg.tag_value and tags.get(TAG_ROLE) != FRONT_DOOR_ROLE:
                     found.append(inst)
     return sorted(found, key=lambda i: i["InstanceId"])
 

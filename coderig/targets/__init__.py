@@ -16,7 +16,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from coderig.core import engine, plan_text, planner
+from coderig.core import engine, planner, report
 from coderig.core.aws_settings import AwsTarget
 from coderig.core.files import FileSet, RenderedFile
 from coderig.core.settings import StackSettings
@@ -27,6 +27,7 @@ from coderig.targets.aws.ops import OPERATIONS as AWS_OPERATIONS
 from coderig.targets.compose.ops import OPERATIONS as COMPOSE_OPERATIONS
 from coderig.targets.compose.rendered import render_node_files
 from coderig.targets.kubernetes.ops import OPERATIONS as KUBERNETES_OPERATIONS
+from coderig.targets.kubernetes.preflight import plan_lines as kubernetes_plan_lines
 from coderig.targets.kubernetes.render import render_manifests
 from coderig.targets.operations import TargetOperations
 
@@ -43,6 +44,7 @@ class TargetKind:
     operations: TargetOperations | None  # `coderig idle|stop|start`; None: it has none
     declared: frozenset[str] = frozenset()  # features beyond what its settings model says
     instead: str = ""  # how to stop and start this kind's model by hand, when operations is None
+    plan_lines: Callable[[StackSettings, planner.Plan], list[str]] | None = None  # extra `coderig plan` lines
 
     @property
     def features(self) -> frozenset[str]:
@@ -92,6 +94,7 @@ REGISTRY: Mapping[str, TargetKind] = {
         "stacks.kubernetes",
         KUBERNETES_OPERATIONS,
         frozenset({feature.IDLE_SCALE_TO_ZERO}),
+        plan_lines=kubernetes_plan_lines,
     ),
 }
 
@@ -101,11 +104,20 @@ def kind_of(settings: StackSettings) -> TargetKind:
     return REGISTRY[settings.target.kind]
 
 
+def plan_summary(settings: StackSettings, stack: str, p: planner.Plan) -> dict[str, object]:
+    """`coderig plan --json` and plan.json: the plan, its cost, the front-door machine when there is one."""
+    return report.summary(settings, p, stack, kind_of(settings).idle_mechanism)
+
+
+def plan_report(settings: StackSettings, stack: str, p: planner.Plan) -> str:
+    """`coderig plan` and plan.txt: the plan, its cost, the front-door machine's line when there is one."""
+    return report.text(settings, p, stack, kind_of(settings).idle_mechanism)
+
+
 def plan_files(settings: StackSettings, stack: str, p: planner.Plan) -> FileSet:
-    summary = {"stack": stack, **p.summary()}
     return {
-        "plan.json": RenderedFile(json.dumps(summary, indent=2) + "\n"),
-        "plan.txt": RenderedFile(plan_text.format_plan(p, stack) + "\n"),
+        "plan.json": RenderedFile(json.dumps(plan_summary(settings, stack, p), indent=2) + "\n"),
+        "plan.txt": RenderedFile(plan_report(settings, stack, p) + "\n"),
     }
 
 

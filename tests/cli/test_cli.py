@@ -74,7 +74,7 @@ def test_render_writes_vllm_command_and_plan(stack_file, tmp_path):
         "--enable-auto-tool-choice",
         "--max-model-len 131072",
         "--host 127.0.0.1",
-        "--served-model-name umans-coder-v0",
+        "--served-model-name deepseek-v3.2",
         """--default-chat-template-kwargs '{"thinking":true}'""",
         """--override-generation-config '{"temperature":1.0,"top_p":0.95}'""",
     ):
@@ -102,8 +102,9 @@ LAYOUT_CASES = [
     ("H200", None, None, ["--tensor-parallel-size 8"]),
     ("H200", {"data": 8, "expert": True}, None,
      ["--tensor-parallel-size 1", "--data-parallel-size 8", "--enable-expert-parallel"]),
-    ("H200", None, {"developers": 40, "peakActiveShare": 0.5},  # 20 at once: TP8 holds 7, DP8+EP 32
-     ["--tensor-parallel-size 1", "--data-parallel-size 8", "--enable-expert-parallel"]),
+    # 29 at once: one ssh replica of TP8+DCP4 holds 29 (DCP2 14); two Kubernetes replicas of DCP2 hold 28
+    ("H200", None, {"developers": 58, "peakActiveShare": 0.5},
+     ["--tensor-parallel-size 8", "--decode-context-parallel-size 4"]),
     ("B200", {"tensor": 8, "decodeContext": 8}, None,
      ["--tensor-parallel-size 8", "--decode-context-parallel-size 8"]),
 ]  # fmt: skip
@@ -144,15 +145,15 @@ def test_each_layout_reaches_compose_the_deployment_and_command_sh(
 
 
 def test_plan_prints_layout_rule_and_workload(stack_file, capsys):
-    c = _layout_config("ssh", "H200", None, {"developers": 200, "peakActiveShare": 0.5, "contextTokens": 65536})
+    c = _layout_config("ssh", "H200", None, {"developers": 400, "peakActiveShare": 0.5, "contextTokens": 65536})
     assert main(["plan", "--config", str(stack_file(c))]) == 0
     out = capsys.readouterr().out
     assert "layout rule        the lowest-latency layout" in out
     assert "NOT carried" in out and "on AWS" in out and "/h" in out
     assert main(["plan", "--config", str(stack_file(c)), "--json"]) == 0
     js = json.loads(capsys.readouterr().out)
-    assert js["workload"]["peak_concurrent_requests"] == 100 and js["workload"]["carried"] is False
-    assert js["parallel"] == {"tensor": 1, "data": 8, "decode_context": 1, "expert": True}
+    assert js["workload"]["peak_concurrent_requests"] == 200 and js["workload"]["carried"] is False
+    assert js["parallel"] == {"tensor": 8, "data": 1, "decode_context": 8, "expert": False}  # 119 at 64k
 
 
 @pytest.mark.parametrize(
@@ -160,7 +161,7 @@ def test_plan_prints_layout_rule_and_workload(stack_file, capsys):
     [
         ("H200", {"tensor": 4}, "coderig:model.parallel:"),  # 4 × 1 ≠ 8
         ("H200", {"tensor": 2, "data": 2, "expert": True}, "coderig:model.parallel:"),
-        ("H200", {"tensor": 8, "decodeContext": 8}, "coderig:model.parallel.decodeContext"),  # FlashMLA-sparse
+        ("H200", {"tensor": 8, "decodeContext": 16}, "coderig:model.parallel.decodeContext"),  # must divide TP
         ("B200", {"tensor": 8, "decodeContext": 3}, "coderig:model.parallel.decodeContext"),
         ("H200", {"tensor": 0}, "coderig:model.parallel.tensor"),
         ("H200", {"tensor": 8, "pipeline": 2}, "coderig:model.parallel.pipeline"),

@@ -347,3 +347,73 @@ def test_readme_sudoers_line_is_valid(tmp_path: Path) -> None:
     path.chmod(0o440)
     proc = subprocess.run([visudo, "-c", "-f", str(path)], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_files_the_readme_makes_in_the_project_are_git_ignored() -> None:
+    """Every file a README command writes in the project directory holds a secret (keys, every token, a
+    developer's bundle): git must ignore each one where the README makes it."""
+    made: set[str] = set()
+    for cmd in (c for b in readme_blocks("bash") for c in commands(b)):
+        code = cmd.split("#", 1)[0]
+        made.update(re.findall(r"(?:>|--out|--out-dir|--bundles-dir|--keys-file) (\S+)", code))
+    made = {m for m in made if not m.startswith(("~", "/", "$", ".pulumi-state/"))}
+    assert {"keys.json", "outputs.json", "alice.json", "bundles/", "rendered/"} <= made, made
+    proc = subprocess.run(["git", "check-ignore", "--no-index", "-v", *sorted(made)], cwd=ROOT,
+                          capture_output=True, text=True)  # fmt: skip
+    ignored = {line.split("\t")[-1] for line in proc.stdout.splitlines()}
+    assert ignored == made, f"not git-ignored: {made - ignored}"
+
+
+def block_with(line_start: str) -> str:
+    found = [b for b in readme_blocks("bash") if any(c.startswith(line_start) for c in commands(b))]
+    assert len(found) == 1, line_start
+    return found[0]
+
+
+@pytest.mark.integration
+def test_quick_start_state_and_migration_blocks_run_with_the_real_engine(tmp_path: Path) -> None:
+    """The quick start's deploy key and state blocks, then the State section's move to an object store, as
+    written, with the Pulumi CLI built here; the object store is a second file backend (the same DIY
+    backend code as s3://, which is unreachable here): the secret set before `./up.sh` reads back the same
+    from the new backend, with the same passphrase."""
+    from engine import built_pulumi
+
+    pulumi = built_pulumi()
+    work = tmp_path / "work"
+    work.mkdir()
+    stack_files(work)
+    # `{secure: v1:…}` in the README's stack file stands for what `pulumi config set --secret` writes there
+    prod = work / "Pulumi.prod.yaml"
+    prod.write_text("".join(line for line in prod.read_text().splitlines(True) if "{secure: v1:…}" not in line))
+    shutil.copy2(ROOT / "Pulumi.yaml", work / "Pulumi.yaml")
+    env = environment(work) | {"PULUMI_HOME": str(tmp_path / "pulumi-home"), "PULUMI_SKIP_UPDATE_CHECK": "1",
+                               "PATH": f"{Path(pulumi).parent}:{environment(work)['PATH']}"}  # fmt: skip
+    store = tmp_path / "object-store"
+    store.mkdir()
+    script = "\n".join([
+        readme_command("ssh-keygen "),
+        block_with("mkdir -p .pulumi-state"),
+        block_with("export PULUMI_BACKEND_URL=s3://").replace("s3://acme-coderig-state/prod", f"file://{store}"),
+        "pulumi config get --stack prod coderig:sshPrivateKey > migrated.key",
+    ])  # fmt: skip
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=work, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    key = Path(env["HOME"], ".ssh", "coderig").read_text()
+    assert (work / "migrated.key").read_text().strip() == key.strip()
+    assert key.strip() not in (work / "Pulumi.prod.yaml").read_text()  # kept encrypted in the stack file
+    assert list(work.glob("Pulumi.prod.yaml.bak.*")) and (store / ".pulumi" / "stacks").is_dir()
+
+
+def test_every_in_page_link_names_a_heading() -> None:
+    """The README is read by jumping from 'Where to start' and between sections: each `(#anchor)` is the
+    GitHub slug of one of its headings."""
+    text = README.read_text()
+    body = BLOCK.sub("", text)  # headings inside code blocks are comments, not sections
+
+    def slug(heading: str) -> str:
+        return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+    headings = {slug(m.group(1)) for m in re.finditer(r"^#{1,6} (.+)$", body, re.M)}
+    links = set(re.findall(r"\]\(#([^)]+)\)", text))
+    assert links and links <= headings, sorted(links - headings)

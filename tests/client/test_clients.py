@@ -534,7 +534,7 @@ def test_stack_outputs_under_pulumi_mocks_keep_tokens_secret() -> None:
     assert_no_token(public_text)
     # the developer bundle made from these outputs works end to end
     made = clients.load_bundle(clients.developer_bundle(run.outputs, "alice"))
-    assert made.token == TOKEN and made.served_name == MODEL
+    assert made.token == TOKEN and made.served_name == "deepseek-v3.2"  # the preset's model name
 
 
 def test_cli_module_is_registered() -> None:

@@ -50,9 +50,10 @@ def test_deepseek_tp8_on_8xh200_holds_single_digit_requests_per_gpu_rank():
 def test_deepseek_layouts_on_h200_and_b200():
     p = PRESETS["deepseek-v3.2"]
     h = planner.plan(p, gpu="H200", gpu_count=8, max_model_len=CTX)
-    # FlashMLA-sparse (Hopper) cannot run decode context parallelism: TP8 and DP8+EP only
-    assert [o.layout.name for o in h.options] == ["TP8", "DP8+EP"]
-    dep = h.options[1]
+    # FlashMLA-sparse (Hopper, fp8_ds_mla) runs decode context parallelism since vLLM 0.34
+    assert [o.layout.name for o in h.options] == ["TP8", "TP8+DCP2", "TP8+DCP4", "TP8+DCP8", "DP8+EP"]
+    assert h.options[3].kv_per_request_per_gpu == pytest.approx(h.kv_bytes_per_request / 8, abs=1)
+    dep = h.options[4]
     # DP attention: attention/dense weights whole on every rank, experts over 8; each rank its own requests
     # worked: 23.82 GB dense whole + 665.18 GB of experts ÷ 8 = 106.96 GB per GPU; 136.26 − 106.96 − 3.22
     # = 26.07 GB ÷ 6.30 GB = 4 requests per rank, × 8 ranks = 32
@@ -73,9 +74,10 @@ def test_layout_choice_follows_the_rule():
     small = planner.plan(p, gpu="H200", gpu_count=8, max_model_len=CTX, workload=planner.Workload(5, 1.0, CTX))
     assert small.layout == Layout(8) and small.carried  # TP8 carries 5: lowest latency wins
     big = planner.plan(p, gpu="H200", gpu_count=8, max_model_len=CTX, workload=planner.Workload(40, 0.5, CTX))
-    assert big.layout == Layout(1, data=8, expert=True) and big.carried  # 20 > 7: DP8+EP (32)
+    # 20 > 7 (TP8), 14 (DCP2): TP8+DCP4 holds 29, before DP8+EP (32) on latency
+    assert big.layout == Layout(8, decode_context=4) and big.carried
     huge = planner.plan(p, gpu="H200", gpu_count=8, max_model_len=CTX, workload=planner.Workload(200, 1.0, CTX))
-    assert huge.layout == Layout(1, data=8, expert=True) and not huge.carried  # the most concurrency
+    assert huge.layout == Layout(8, decode_context=8) and not huge.carried  # the most concurrency (59)
     assert huge.advice and "replicas of 8× H200" in huge.advice and "on AWS" in huge.advice
     # shorter requests pack more: 20 at 32k tokens fit TP8
     short = planner.plan(p, gpu="H200", gpu_count=8, max_model_len=CTX, workload=planner.Workload(40, 0.5, 32768))

@@ -26,7 +26,8 @@ def base() -> dict[str, Any]:
 def test_valid_ssh_stack_defaults():
     s = parse_settings(base())
     assert s.target.kind == "ssh"
-    assert s.model.served_name == "umans-coder-v0"
+    assert s.model.served_name == "deepseek-v3.2"  # the model's own name, not a product name
+    assert s.model.former_name == "umans-coder-v0"  # the former default: still routed, and warned about
     assert s.model.max_model_len == 131072
     assert isinstance(s.target, SshTarget) and s.target.hosts[0].hostKey == HOST_KEY
     assert s.developers == ["alice", "bob"]

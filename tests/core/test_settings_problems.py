@@ -151,14 +151,17 @@ def plan(tmp_path: Path, config: dict[str, Any], capsys: pytest.CaptureFixture[s
 
 def test_open_gateway_is_a_warning_from_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     c = aws(allowedCidrs=["0.0.0.0/0", "203.0.113.0/24"])
-    c["model"]["revision"] = SHA
+    c["model"] |= {"revision": SHA, "servedName": "deepseek-v3.2"}
     rc, err = plan(tmp_path, c, capsys)
     assert rc == 0
     lines = err.splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith("coderig: warning: coderig:target.allowedCidrs: 0.0.0.0/0")
     rc, err = plan(
-        tmp_path, aws(allowedCidrs=["203.0.113.0/24"]) | {"model": {"preset": "deepseek-v3.2", "revision": SHA}}, capsys
+        tmp_path,
+        aws(allowedCidrs=["203.0.113.0/24"])
+        | {"model": {"preset": "deepseek-v3.2", "revision": SHA, "servedName": "ds"}},
+        capsys,
     )
     assert rc == 0 and err == ""
 

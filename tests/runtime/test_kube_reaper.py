@@ -128,7 +128,7 @@ def test_reaper_config_round_trips_from_the_cronjobs_environment() -> None:
     cfg = kube_reaper.ReaperConfig.from_env(env)
     assert cfg.stop_after_minutes == 45 and cfg.period_seconds == 300 and cfg.replicas == 2
     assert cfg.metrics_host == f"{kube.MODEL_PODS}.coderig-prod.svc.cluster.local"
-    assert cfg.deployment == kube.MODEL and cfg.namespace == "coderig-prod" and cfg.model_name == "umans-coder-v0"
+    assert cfg.deployment == kube.MODEL and cfg.namespace == "coderig-prod" and cfg.model_name == "deepseek-v3.2"
     assert cfg.schedule is not None and cfg.schedule.timezone == "Europe/Paris"
     assert cron["spec"]["schedule"] == "*/5 * * * *" and cron["spec"]["concurrencyPolicy"] == "Forbid"
 

@@ -587,3 +587,20 @@ def test_publisher_and_reaper_agree_end_to_end(aws: Aws, text_server: Any, tmp_p
     assert reports[0].action == "keep" and "1 completed" in reports[0].reason
     reports, _ = run_reaper(aws, now + timedelta(minutes=1), stop_after_minutes=5, signals=aws_ops.NODE_SIGNALS)
     assert reports[0].action == "stop" and state(aws, iid) == "stopped"
+
+
+def test_cli_start_waits_for_the_front_door_gateway_not_each_gpu_node(
+    aws: Aws, tmp_path: Path, health: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With a front-door machine the only gateway is on it: `start` starts the stopped GPU node and
+    waits once, on the front door; the front door itself is neither started nor stopped by it."""
+    gpu = launch(aws, {aws_reaper.TAG_STACK: STACK, aws_reaper.TAG_ROLE: "gpu-node"})
+    door = launch(aws, {aws_reaper.TAG_STACK: STACK, aws_reaper.TAG_ROLE: aws_reaper.FRONT_DOOR_ROLE})
+    aws.ec2.stop_instances(InstanceIds=[gpu])
+    url = f"http://127.0.0.1:{health.server_port}/healthz"
+    rc = cli("start", STACK, "--config", str(stack_file(tmp_path)), "--health-url", url, "--interval", "0.05")
+    assert rc == 0
+    assert state(aws, gpu) == "running"
+    out = capsys.readouterr().out
+    assert f"starting {gpu}" in out and f"{door}  ready" in out and f"{gpu}  ready" not in out
+    assert health.hits == 3

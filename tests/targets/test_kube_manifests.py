@@ -354,8 +354,9 @@ def test_litellm_workers_follow_the_streams_each_front_door_pod_carries(
 
 def test_more_model_replicas_per_front_door_pod_get_more_litellm_workers() -> None:
     def workers(**target: Any) -> int:
-        # a large team: the planner picks DP8+EP (32 full-context requests per replica, not TP8's 7)
-        config = {**k8s_config(**target), "workload": {"developers": 100, "peakActiveShare": 1.0}}
+        # a team too large for any layout: every replica count gets the most concurrent one, TP8+DCP8
+        # (59 full-context requests per replica, not TP8's 7)
+        config = {**k8s_config(**target), "workload": {"developers": 1000, "peakActiveShare": 1.0}}
         dep = by_key(objects_of(settings_of(config), "prod"))[f"deployment-{kube.FRONTDOOR}"]
         args = dep["spec"]["template"]["spec"]["containers"][1]["args"]
         return int(args[args.index("--num_workers") + 1])

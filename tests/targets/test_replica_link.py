@@ -302,3 +302,72 @@ def test_both_ends_of_the_link_authenticate(hosts: tuple[Host, Host], tmp_path: 
         "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", f"http://{b.address}:8000/health"
     )
     assert plain.stdout != "200"
+
+
+def ask_body(host: Host, path: str) -> tuple[int, str]:
+    body = {"model": SERVED, "max_tokens": 16, "messages": [{"role": "user", "content": f"fix {MARKER}"}]}
+    result = host.run(
+        "curl",
+        "-s",
+        "-w",
+        "\n%{http_code}",
+        "--max-time",
+        "20",
+        "-H",
+        f"Authorization: Bearer {DEV_KEY}",
+        "-H",
+        "Content-Type: application/json",
+        "--data",
+        json.dumps(body),
+        f"http://127.0.0.1:8443{path}",
+    )
+    text, _, code = result.stdout.rpartition("\n")
+    return int(code or 0), text
+
+
+def test_a_front_door_machine_reaches_its_gpu_host_only_through_the_link(
+    hosts: tuple[Host, Host], tmp_path: Path
+) -> None:
+    """`frontDoor` layout: A runs only the gateway, relay and link client (no model), B the model
+    behind its link. Every request lands on B, in TLS between the hosts; with B's model stopped the
+    developer gets the gateway's error in the client's shape (the gateway stays up), not connection
+    refused; once the model is back, requests succeed again."""
+    a, b = hosts
+    nginx = require_tool("nginx")
+    require_tool("curl")
+    require_tool("openssl")
+    key = ssh_config()["target"]["hosts"][0]["hostKey"]
+    config = ssh_config()
+    config["target"]["hosts"] = [{"address": b.address, "user": "root", "hostKey": key}]
+    config["target"]["frontDoor"] = {"address": a.address, "user": "root", "hostKey": key}
+    settings = parse_settings({**config, "sshPrivateKey": "k"})
+    door, gpu = machines.node_specs(settings, planner.plan_stack(settings))
+    assert (door.role, door.runs_model, gpu.role) == ("frontdoor", False, "replica")
+    ca = make_ca(tmp_path / "ca", "coderig test internal CA")
+    start_link(b, nginx, gpu, issue(tmp_path / "ca", ca, links.link_certificate(1, b.address)), "link")
+    record = start_model(b)
+    b.wait_port(8000, b.address)
+    start_link(a, nginx, door, issue(tmp_path / "ca", ca, links.link_certificate(0)), "link")
+    a.wait_port(links.link_port(1))
+    start_gateway(a, nginx, settings, door)
+    assert a.run(sys.executable, "-c", "import socket; socket.create_connection(('127.0.0.1', 8000), 1)").returncode
+
+    wire = capture(b, b.interface, tmp_path / "wire.pcap")
+    for path in ("/v1/chat/completions", "/v1/messages"):
+        assert [ask(a, path, f"s{i}") for i in range(3)] == [200] * 3, path
+        assert seen_with_marker(record, path) == 3, path
+    wire_bytes = stop_capture(wire, tmp_path / "wire.pcap")
+    for secret in (MARKER, MODEL_KEY, DEV_KEY):
+        assert secret.encode() not in wire_bytes, secret
+
+    model = next(p for p in b.procs if "standin.py" in str(p.args))
+    model.terminate()
+    model.wait(timeout=10)
+    code, text = ask_body(a, "/v1/messages")
+    assert code == 503, (code, text)
+    assert json.loads(text)["type"] == "error"  # Anthropic's shape, from the front door that stays up
+    code, text = ask_body(a, "/v1/chat/completions")
+    assert code == 503 and "error" in json.loads(text), (code, text)
+
+    start_model(b)
+    assert ask(a, "/v1/messages", "after") == 200

@@ -18,6 +18,8 @@ from coderig.core.errors import INVALID, REFUSED, UserError
 from coderig.core.settings import DEFAULT_GATEWAY_PORT, StackSettings
 from coderig.runtime import idle
 from coderig.runtime.aws_reaper import (
+    FRONT_DOOR_ROLE,
+    TAG_ROLE,
     InstanceReport,
     ReaperConfig,
     fetch_samples,
@@ -169,21 +171,35 @@ def cmd_start(args: argparse.Namespace, settings: StackSettings | None) -> int:
     ec2.get_waiter("instance_running").wait(InstanceIds=ids, WaiterConfig={"Delay": 5, "MaxAttempts": 120})
     if args.no_wait:
         return 0
-    described = ec2.describe_instances(InstanceIds=ids)
+    # the gateways to wait for: the front-door machine's when the stack has one (it runs the only
+    # gateway and reaches the GPU nodes through their links), else each node's own
+    door = _front_door(ec2, cfg)
+    described = [door] if door else [i for r in ec2.describe_instances(InstanceIds=ids)["Reservations"]
+                                      for i in r["Instances"]]  # fmt: skip
     failed = 0
-    for res in described["Reservations"]:
-        for inst in res["Instances"]:
-            iid = inst["InstanceId"]
-            host = inst.get("PublicIpAddress") or inst.get("PrivateIpAddress")
-            url = args.health_url or f"https://{host}:{t.gateway_port}/healthz"
-            print(f"{iid}  waiting for {url}")
-            left = max(0.0, deadline - time.monotonic())
-            if wait_ready(url, left, interval=args.interval, ca_file=args.ca_file):
-                print(f"{iid}  ready")
-            else:
-                print(f"{iid}  not ready after {args.timeout:g}s ({url})", file=sys.stderr)
-                failed += 1
+    for inst in described:
+        iid = inst["InstanceId"]
+        host = inst.get("PublicIpAddress") or inst.get("PrivateIpAddress")
+        url = args.health_url or f"https://{host}:{t.gateway_port}/healthz"
+        print(f"{iid}  waiting for {url}")
+        left = max(0.0, deadline - time.monotonic())
+        if wait_ready(url, left, interval=args.interval, ca_file=args.ca_file):
+            print(f"{iid}  ready")
+        else:
+            print(f"{iid}  not ready after {args.timeout:g}s ({url})", file=sys.stderr)
+            failed += 1
     return 1 if failed else 0
+
+
+def _front_door(ec2: Any, cfg: ReaperConfig) -> dict[str, Any] | None:
+    """This stack's running front-door instance (tagged coderig:role=front-door), if it has one."""
+    filters = [
+        {"Name": f"tag:{cfg.tag_key}", "Values": [cfg.tag_value]},
+        {"Name": f"tag:{TAG_ROLE}", "Values": [FRONT_DOOR_ROLE]},
+        {"Name": "instance-state-name", "Values": ["running"]},
+    ]
+    found = [i for r in ec2.describe_instances(Filters=filters)["Reservations"] for i in r["Instances"]]
+    return found[0] if found else None
 
 
 Command = Callable[[argparse.Namespace, StackSettings | None], int]

@@ -59,8 +59,9 @@ class NodeSpec:
 
     @property
     def fronts_external(self) -> bool:
-        """Only a front door: its model is an external endpoint (backends[0]), not served here."""
-        return self.role == "frontdoor"
+        """Only a front door: its model is an external endpoint (backends[0]), not served here (a
+        front-door machine before our own replicas reaches them through links, with our model key)."""
+        return self.role == "frontdoor" and not self.replica_links
 
     @property
     def has_link(self) -> bool:
@@ -100,12 +101,16 @@ def node_specs(settings: StackSettings, plan: planner.Plan, cache_path: str | No
         )
         return [front]
     replicas = tuple(enumerate(t.replica_addresses, start=1))
+    door = t.front_door_machine is not None  # a separate front door: every GPU machine is a replica
     first = NodeSpec(
-        role="full",
+        role="frontdoor" if door else "full",
         cache_path=path,
-        gpu_count=plan.gpu_count,
+        gpu_count=0 if door else plan.gpu_count,
         gateway_listen=listen,
-        backends=(_backend_url(engine.MODEL_HOST), *(f"http://{links.link_listen(i)}/v1" for i, _ in replicas)),
+        backends=(
+            *(() if door else (_backend_url(engine.MODEL_HOST),)),
+            *(f"http://{links.link_listen(i)}/v1" for i, _ in replicas),
+        ),
         replica_links=replicas,
         litellm_workers=frontdoor.litellm_workers(plan.max_concurrent_requests),
         model_layout=plan.layout,

@@ -22,6 +22,7 @@ SSH or locally; the SSH test runs the same strings with the `ssh` client.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import tarfile
@@ -79,7 +80,7 @@ def weights_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
     env = engine.weights_env(settings.model)
     shipped = ["fetch_weights.py"] + ([versions.WEIGHTS_REQUIREMENTS] if "CODERIG_PIP_REQUIREMENTS" in env else [])
     return {
-        "image": engine.weights_image(settings.model.spec),
+        "image": engine.weights_image(settings.model),
         "network_mode": "host",
         "restart": "no",
         "entrypoint": engine.weights_entrypoint(),
@@ -106,7 +107,7 @@ def model_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
     if preset.engine == "llama.cpp":
         args = engine.llamacpp_args(settings.model, engine.gguf_path(preset, CACHE_MOUNT))
         return base | {
-            "image": versions.LLAMACPP_IMAGE,
+            "image": engine.model_image(settings.model),
             "command": args,
             "environment": {"HF_HOME": HF_HOME, "LLAMA_ARG_THREADS": "-1"},
             "healthcheck": _healthcheck(["CMD", "curl", "-fsS", health_url], start),
@@ -116,7 +117,7 @@ def model_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
     sleep_args, sleep_env = node_idle.model_overrides(settings)
     args = engine.vllm_args(settings.model, spec.model_layout) + sleep_args
     return base | {
-        "image": versions.VLLM_IMAGE,
+        "image": engine.model_image(settings.model),
         "entrypoint": ["vllm", "serve"],
         "command": args,
         "ipc": "host",
@@ -146,11 +147,14 @@ GATEWAY_KEYS = f"{SECRETS_DIR}/gateway-keys.conf"
 def direct_chat(spec: NodeSpec) -> bool:
     """The gateway proxies /v1/chat/completions to our own (keyed) model servers itself; an external
     endpoint's URL may be https or prefixed, so a front door for one keeps it on LiteLLM."""
-    return spec.runs_model and spec.runs_front_door
+    return spec.runs_front_door and not spec.fronts_external
 
 
 NODE_PATHS = GatewayPaths(
     keys_include=f"/etc/nginx/{GATEWAY_KEYS}",
+    # to the container's output, so Docker keeps and rotates them on the host (coderig:logs)
+    access_log="/dev/stdout",
+    error_log="/dev/stderr",
     tls_cert=f"/etc/nginx/{TLS_DIR}/server.crt",
     tls_key=f"/etc/nginx/{SECRETS_DIR}/server.key",
 )
@@ -160,7 +164,7 @@ def front_door(settings: StackSettings, spec: NodeSpec) -> tuple[frontdoor.Model
     """This machine's LiteLLM route and gateway (first machine or a front door only)."""
     health = (
         model_health_url(spec.backends[0], spec.health_path)
-        if spec.fronts_external
+        if not spec.runs_model  # a front door only: ask its first backend (an endpoint, or a link)
         else f"http://{engine.MODEL_HOST}:{engine.MODEL_PORT}/health"
     )
     inputs = from_settings(
@@ -173,7 +177,7 @@ def front_door(settings: StackSettings, spec: NodeSpec) -> tuple[frontdoor.Model
         # LiteLLM costs ~1.4 ms CPU per streamed chunk); they require the node's model API key.
         direct_chat=direct_targets(spec.backends) if direct_chat(spec) else (),
     )
-    paths = NODE_PATHS if spec.tls else GatewayPaths(keys_include=NODE_PATHS.keys_include)
+    paths = NODE_PATHS if spec.tls else dataclasses.replace(NODE_PATHS, tls_cert=None, tls_key=None)
     return assemble(inputs, paths)
 
 
@@ -316,7 +320,9 @@ def compose_dict(settings: StackSettings, spec: NodeSpec, gateway: frontdoor.Gat
             services["keepalive"] = keepalive
         services |= node_idle.services(settings, spec, KEEPALIVE_DIR, KEEPALIVE_MOUNT)
         services["gateway"] = gateway_service(spec)
-    return {"name": PROJECT, "services": services}
+    # every service's log on the host, rotated (coderig/core/log_settings.py); a copy each (no YAML anchors)
+    logged = {name: {**svc, "logging": settings.logs.compose_logging()} for name, svc in services.items()}
+    return {"name": PROJECT, "services": logged}
 
 
 # ---------------------------------------------------------------- the bundle

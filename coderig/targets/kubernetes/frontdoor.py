@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from coderig import frontdoor
 from coderig.core import engine, planner, versions
 from coderig.core.secrets import NodeSecrets
-from coderig.core.settings import StackSettings
+from coderig.core.settings import KubernetesTarget, StackSettings
 from coderig.frontdoor.assemble import (
     MODEL_API_KEY_ENV,
     RELAY_FILE,
@@ -52,6 +52,24 @@ from coderig.targets.kubernetes.manifests import (
     selector,
     target,
 )
+
+# Labels only GPU nodes carry: the NVIDIA GPU Operator's (node feature discovery) presence label; the
+# model's own coderig:target.nodeSelector keys are added.
+GPU_NODE_LABELS = ("nvidia.com/gpu.present",)
+
+
+def avoid_gpu_nodes(t: KubernetesTarget) -> Obj:
+    """Prefer nodes without GPU labels for the front door (no GPU of its own): on a cluster whose GPU
+    nodes are not tainted the scheduler otherwise spreads it onto them (met on a real scheduler: the
+    empty 8-GPU nodes score highest), and a cluster autoscaler could not remove a GPU node the model
+    no longer uses. Preferred, so a GPU-only cluster still runs it."""
+    keys = dict.fromkeys([*GPU_NODE_LABELS, *t.nodeSelector])
+    expressions = [{"key": k, "operator": "DoesNotExist"} for k in keys]
+    return {
+        "preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 100, "preference": {"matchExpressions": expressions}}
+        ]
+    }
 
 
 def gateway_dns_names(ns: str) -> list[str]:
@@ -219,19 +237,9 @@ def frontdoor_deployment(settings: StackSettings, stack: str, plan: planner.Plan
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 60,
         "securityContext": pod_security(NGINX_UID, fs_group=NGINX_UID),
-        "affinity": {
-            "podAntiAffinity": {
-                "preferredDuringSchedulingIgnoredDuringExecution": [
-                    {
-                        "weight": 100,
-                        "podAffinityTerm": {
-                            "labelSelector": {"matchLabels": selector(stack, "frontdoor")},
-                            "topologyKey": "kubernetes.io/hostname",
-                        },
-                    }
-                ]
-            }
-        },
+        # no pod anti-affinity: it outweighs the node preference on a cluster with one general node (met on
+        # the real scheduler); the scheduler's default topology spread still spreads over general nodes
+        "affinity": {"nodeAffinity": avoid_gpu_nodes(target(settings))},
         "containers": [gateway, litellm, *([keepalive] if keepalive else [])],
         "volumes": [
             {

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from coderig import frontdoor
-from coderig.core import budgets, engine, planner, versions
+from coderig.core import budgets, engine, planner
 from coderig.core.settings import KubernetesTarget, StackSettings
 from coderig.runtime.scripts import script_text
 
@@ -318,7 +318,7 @@ def weights_job(settings: StackSettings, stack: str) -> Obj:
         "containers": [
             {
                 "name": "weights",
-                "image": engine.weights_image(preset),
+                "image": engine.weights_image(settings.model),
                 "command": engine.weights_entrypoint(),
                 "env": env,
                 "resources": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "8Gi"}},
@@ -380,7 +380,7 @@ def model_deployment(settings: StackSettings, stack: str, plan: planner.Plan) ->
     probe_http = {"httpGet": {"path": "/health", "port": "http"}}
     container: Obj = {
         "name": "vllm",
-        "image": versions.VLLM_IMAGE,
+        "image": engine.model_image(settings.model),
         "command": ["vllm", "serve"],
         "args": args,
         "ports": [{"name": "http", "containerPort": engine.MODEL_PORT, "protocol": "TCP"}],
@@ -399,7 +399,7 @@ def model_deployment(settings: StackSettings, stack: str, plan: planner.Plan) ->
     }
     wait = {
         "name": "wait-for-weights",
-        "image": versions.VLLM_IMAGE,
+        "image": engine.model_image(settings.model),
         "command": [
             "sh",
             "-c",

@@ -1,0 +1,103 @@
+"""The `aws` target's front-door machine: what its instance role may do, its tags and its
+environment. Pure; components/aws.py turns these into resources.
+
+The front door starts this stack's stopped GPU instances when a request arrives
+(coderig.runtime.aws_wake); the reaper Lambda stops them. So the front door's role may start, never
+stop or terminate, and only instances carrying this stack's tag.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+from typing import Any
+
+from coderig.core.aws_settings import AWS_FIRST_HOST, AWS_SUBNET_PREFIX
+from coderig.core.frontdoor_machine import FRONT_DOOR_ROOT_GB
+from coderig.runtime.aws_reaper import FRONT_DOOR_ROLE, TAG_STACK
+from coderig.runtime.aws_wake import GPU_ROLE
+from coderig.targets.aws.resources import minify
+
+ROLE = FRONT_DOOR_ROLE  # the coderig:role tag of the front-door instance (the reaper skips it)
+PRIVATE_IP = f"{AWS_SUBNET_PREFIX}{AWS_FIRST_HOST - 1}"  # below the GPU nodes' .10, .11, …
+ROOT_GB = FRONT_DOOR_ROOT_GB
+WAKE_DIR = "/opt/coderig-wake"  # PYTHONPATH of `python3 -m coderig.runtime.aws_wake` on the front door
+WAKE_MODULES = ("__init__.py", "http.py", "idle.py", "aws_reaper.py", "wake.py", "aws_wake.py")
+# Canonical's Ubuntu 24.04 (the GPU nodes' DLAMI is Ubuntu 24.04 too: one install script for both)
+UBUNTU_OWNER = "099720109477"
+
+
+def ami_filters() -> list[dict[str, Any]]:
+    return [
+        {"name": "name", "values": ["ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"]},
+        {"name": "architecture", "values": ["x86_64"]},
+        {"name": "state", "values": ["available"]},
+    ]
+
+
+def wake_files() -> dict[str, str]:
+    """The stdlib modules `python3 -m coderig.runtime.aws_wake` needs, as the package coderig.runtime."""
+    pkg = importlib.resources.files("coderig.runtime")
+    return {"coderig/__init__.py": "", **{f"coderig/runtime/{n}": (pkg / n).read_text() for n in WAKE_MODULES}}
+
+
+def cloud_init(*, host_private_key: str, host_public_key: str, login_public_key: str) -> str:
+    """The front door's `#cloud-config`: the stack-generated SSH host key (pinned from the first
+    boot), the login key, the waker's modules and boto3. Holds a private key: keep it secret."""
+    files = [
+        {"path": f"{WAKE_DIR}/{path}", "permissions": "0644", "content": minify(text)}
+        for path, text in wake_files().items()
+    ]
+    config = {
+        "ssh_deletekeys": True,
+        "ssh_genkeytypes": [],
+        "ssh_keys": {"ed25519_private": host_private_key, "ed25519_public": host_public_key},
+        "ssh_authorized_keys": [login_public_key],
+        "write_files": files,
+        "runcmd": [
+            [
+                "sh",
+                "-c",
+                "python3 -c 'import boto3' 2>/dev/null || apt-get -o DPkg::Lock::Timeout=600 install -y python3-boto3",
+            ],
+        ],
+    }
+    return "#cloud-config\n" + json.dumps(config, indent=1, sort_keys=True) + "\n"
+
+
+def waker_policy(stack: str, *, tag_key: str = TAG_STACK) -> dict[str, Any]:
+    """Least privilege for the front door's waker: list instances (Describe* has no resource-level
+    permission), start only instances tagged `tag_key=stack`. EBS volumes encrypted with the AWS
+    managed key (coderig's default) need no KMS grant to start; a customer key would."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "ListInstances", "Effect": "Allow", "Action": "ec2:DescribeInstances", "Resource": "*"},
+            {
+                "Sid": "StartThisStacksGpuNodes",
+                "Effect": "Allow",
+                "Action": "ec2:StartInstances",
+                "Resource": "arn:aws:ec2:*:*:instance/*",
+                "Condition": {"StringEquals": {f"aws:ResourceTag/{tag_key}": stack}},
+            },
+        ],
+    }
+
+
+def wake_command(stack: str, region: str) -> list[str]:
+    """What the relay on the front door runs to wake the GPU instances (prints the state after)."""
+    return [
+        "env",
+        f"PYTHONPATH={WAKE_DIR}",
+        "/usr/bin/python3",
+        "-m",
+        "coderig.runtime.aws_wake",
+        "wake",
+        "--stack",
+        stack,
+        "--region",
+        region,
+    ]
+
+
+__all__ = ["GPU_ROLE", "PRIVATE_IP", "ROLE", "ami_filters", "cloud_init", "wake_command", "waker_policy"]

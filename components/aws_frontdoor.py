@@ -1,0 +1,104 @@
+"""The `aws` target's front-door machine: a small always-on instance that holds the gateway, the
+developer keys and the waker, in front of GPU instances the idle reaper stops.
+
+Thin: every decision (type, address, AMI filter, IAM policy, cloud-init) comes from
+coderig.targets.aws.frontdoor. Children are named f"{name}-…" and parented to the component.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_tls as tls
+
+from coderig.targets.aws import frontdoor
+from coderig.targets.aws import resources as aws_plan
+
+
+@dataclass(frozen=True)
+class FrontDoorArgs:
+    stack: str
+    environment: str
+    instance_type: str
+    ami: pulumi.Input[str]
+    subnet_id: pulumi.Input[str]
+    security_group_id: pulumi.Input[str]  # the stack's: gateway from allowedCidrs, SSH, the links
+    login_public_key: pulumi.Input[str]
+    eip_waits_for: tuple[pulumi.Resource, ...] = ()
+
+
+class FrontDoorNode(pulumi.ComponentResource):
+    """One always-on instance at a fixed private address, its Elastic IP, its SSH host key, and a
+    role that may start (never stop) this stack's tagged GPU instances."""
+
+    public_ip: pulumi.Output[str]
+    instance_id: pulumi.Output[str]
+    host_key: pulumi.Output[str]
+
+    def __init__(self, name: str, args: FrontDoorArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("coderig:aws:FrontDoorNode", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        tags = aws_plan.tags(args.stack, args.environment, frontdoor.ROLE)
+        profile = _profile(self, name, args, tags)
+        self.key = tls.PrivateKey(f"{name}-host-key", algorithm="ED25519", opts=child)
+        user_data = pulumi.Output.secret(
+            pulumi.Output.all(self.key.private_key_openssh, self.key.public_key_openssh, args.login_public_key).apply(
+                lambda v: aws_plan.user_data_base64(
+                    frontdoor.cloud_init(host_private_key=v[0], host_public_key=v[1], login_public_key=v[2])
+                )
+            )
+        )
+        self.instance = aws.ec2.Instance(
+            f"{name}-instance",
+            ami=args.ami,
+            instance_type=args.instance_type,
+            subnet_id=args.subnet_id,
+            private_ip=frontdoor.PRIVATE_IP,
+            vpc_security_group_ids=[args.security_group_id],
+            iam_instance_profile=profile.name,
+            user_data_base64=user_data,
+            metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
+                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1
+            ),
+            root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
+                volume_type="gp3",
+                volume_size=frontdoor.ROOT_GB,
+                encrypted=True,
+                delete_on_termination=True,
+            ),
+            tags={**tags, "Name": f"{name}-instance"},
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                ignore_changes=["ami", "userData", "userDataBase64"],
+                additional_secret_outputs=["userData", "userDataBase64"],
+                delete_before_replace=True,  # its fixed private address cannot be held twice
+            ),
+        )
+        self.eip = aws.ec2.Eip(f"{name}-eip", domain="vpc", tags={**tags, "Name": f"{name}-eip"}, opts=child)
+        self.eip_association = aws.ec2.EipAssociation(
+            f"{name}-eip-assoc",
+            allocation_id=self.eip.allocation_id,
+            instance_id=self.instance.id,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.eip_waits_for)),
+        )
+        self.public_ip = self.eip.public_ip
+        self.instance_id = self.instance.id
+        self.host_key = self.key.public_key_openssh
+        self.register_outputs({"public_ip": self.public_ip, "instance_id": self.instance_id, "host_key": self.host_key})
+
+
+def _profile(parent: pulumi.Resource, name: str, args: FrontDoorArgs, tags: dict[str, str]) -> aws.iam.InstanceProfile:
+    child = pulumi.ResourceOptions(parent=parent)
+    role = aws.iam.Role(
+        f"{name}-role",
+        assume_role_policy=json.dumps(aws_plan.assume_role_policy("ec2.amazonaws.com")),
+        description=f"coderig {args.stack} front door: start this stack's GPU instances, SSM",
+        tags=tags,
+        opts=child,
+    )
+    aws.iam.RolePolicyAttachment(f"{name}-ssm", role=role.name, policy_arn=aws_plan.SSM_CORE_POLICY, opts=child)
+    aws.iam.RolePolicy(f"{name}-wake", role=role.id, policy=json.dumps(frontdoor.waker_policy(args.stack)), opts=child)
+    return aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=tags, opts=child)
