@@ -618,7 +618,10 @@ def test_frontdoor_run_builds_its_front_door_with_assemble() -> None:
     assert spec.native_relays == ("127.0.0.1:9300", "127.0.0.1:9301")
     assert spec.direct_chat_backends == ("127.0.0.1:8000", "127.0.0.1:8001")
     assert spec.model_health_url == "http://127.0.0.1:9300/health"  # through the relay in front of replica 0
-    assert route.backends == inputs.backends and spec.litellm == "127.0.0.1:4000"
+    # LiteLLM reaches each model server through its relay too (every path has that one hop)
+    assert (
+        route.backends == ("http://127.0.0.1:9300/v1", "http://127.0.0.1:9301/v1") and spec.litellm == "127.0.0.1:4000"
+    )
     external = frontdoor_run.inputs_of(run_options(["https://llm.example/v1"], health_path="/v1/models"), 4000, 9300)
     assert assemble(external, GatewayPaths(keys_include="/k"))[1].model_health_url == "https://llm.example/v1/models"
     assert relay_command(spec, "py", 0.5)[-4:] == ["--interval", "0.5", "--silence", "600"]
