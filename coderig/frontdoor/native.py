@@ -29,14 +29,31 @@ NATIVE_ROUTES: dict[str, tuple[str, str, str]] = {
 AFFINITY_VAR = "$coderig_affinity"
 
 
+# The session header each agent CLI sends on every model request, checked in the pinned CLIs'
+# own code (.coderig/npm; the versions .ci/frontdoor-deps.sh installs):
+# - Claude Code 2.1.330: `X-Claude-Code-Session-Id`;
+# - Codex 0.169.0 (codex-rs, a Rust binary): `session-id` (the header name sits beside the Responses
+#   client's `x-client-request-id` / `x-codex-routing-hint` strings; `strings codex | grep session-id`);
+# - opencode 1.18.33 (bun bundle): for any provider but its own, `{"x-session-affinity": sessionID,
+#   "X-Session-Id": sessionID, ...}` (and `session-id` too for the built-in `openai` provider).
+# First match wins; a request with none of them gets its own $request_id (it spreads).
+SESSION_HEADERS: tuple[tuple[str, str], ...] = (
+    ("claude_code", "x_claude_code_session_id"),
+    ("codex", "session_id"),
+    ("opencode", "x_session_id"),
+)
+
+
 def affinity_map() -> list[str]:
-    """One replica per Claude Code session (its prefix cache); session-less clients spread."""
-    return [
-        f"map $http_x_claude_code_session_id {AFFINITY_VAR} {{",
-        '    "" $request_id;',
-        "    default $http_x_claude_code_session_id;",
-        "}",
-    ]
+    """One replica per agent session (its prefix cache), whichever client sent it; session-less
+    clients spread. A chain of maps, last header first: each falls back to the next one's value."""
+    out: list[str] = []
+    fallback = "$request_id"
+    for i, (client, header) in enumerate(reversed(SESSION_HEADERS)):
+        var = AFFINITY_VAR if i == len(SESSION_HEADERS) - 1 else f"$coderig_session_{client}"
+        out += [f"map $http_{header} {var} {{", f'    "" {fallback};', f"    default $http_{header};", "}"]
+        fallback = var
+    return out
 
 
 def balanced_servers(zone: str, servers: Sequence[str], keepalive: int, idle_s: int) -> list[str]:

@@ -32,6 +32,7 @@ from typing import Any
 from coderig import frontdoor
 from coderig.core import budgets, engine, versions
 from coderig.core import files as render
+from coderig.core.compile_caches import compile_cache_env
 from coderig.core.secrets import NodeSecrets
 from coderig.core.settings import StackSettings
 from coderig.frontdoor import links
@@ -125,7 +126,7 @@ def model_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
         "environment": {
             "HF_HOME": HF_HOME,
             "HF_HUB_OFFLINE": "1",  # the weights step already downloaded everything
-            "VLLM_CACHE_ROOT": f"{CACHE_MOUNT}/vllm",  # torch.compile cache survives restarts
+            **compile_cache_env(CACHE_MOUNT),  # compile/autotune/JIT caches survive restarts
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",
             **sleep_env,

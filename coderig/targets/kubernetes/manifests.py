@@ -33,6 +33,7 @@ from typing import Any
 
 from coderig import frontdoor
 from coderig.core import budgets, engine, planner
+from coderig.core.compile_caches import compile_cache_env
 from coderig.core.settings import KubernetesTarget, StackSettings
 from coderig.runtime.scripts import script_text
 
@@ -369,12 +370,10 @@ def model_deployment(settings: StackSettings, stack: str, plan: planner.Plan) ->
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",
         # non-root: the image has no USER; torch calls getpass.getuser(), which reads $USER first,
-        # and every cache (vLLM, torch inductor, triton, flashinfer, HF) resolves below $HOME
+        # and any cache not named below resolves below $HOME
         "HOME": "/tmp/home",
         "USER": "vllm",
-        "VLLM_CACHE_ROOT": "/tmp/vllm",
-        "TORCHINDUCTOR_CACHE_DIR": "/tmp/torchinductor",
-        "TRITON_CACHE_DIR": "/tmp/triton",
+        **compile_cache_env(CACHE_MOUNT),  # compile/autotune/JIT caches on the weights volume
     }
     budget = startup_budget_seconds(settings)
     probe_http = {"httpGet": {"path": "/health", "port": "http"}}
