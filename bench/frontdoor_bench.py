@@ -5,11 +5,11 @@ front of it (TLS) and claude-code-router 2.0.0 (a peer front door users pick for
 a self-hosted model, translating to the stand-in's /v1/chat/completions; installed into
 .coderig/npm on first use), then at 1, 16 and 64 concurrent streams measures, in one run:
   direct            straight to the stand-in's /v1/chat/completions (the ceiling)
-  chat              gateway -> model server /v1/chat/completions (opencode)
+  chat              gateway -> keepalive relay -> model server /v1/chat/completions (opencode)
   messages          gateway -> keepalive relay -> model server /v1/messages (Claude Code, default)
   messages/litellm  gateway -> (404 for a claude-* name) -> LiteLLM translation -> chat (fallback)
   responses         gateway -> keepalive relay -> model server /v1/responses (Codex)
-  count_tokens      gateway -> model server /v1/messages/count_tokens (never streams: no relay)
+  count_tokens      gateway -> keepalive relay -> model server /v1/messages/count_tokens (never streams)
   ccr messages      claude-code-router (plain HTTP) -> stand-in /v1/chat/completions
 Figures: time to first token (TTFT) p50/p99 (request sent -> first content token; count_tokens:
 -> whole answer), added p50 vs direct (count_tokens: vs the stand-in's own count_tokens),

@@ -47,7 +47,7 @@ def start(cmd: list[str], port: int) -> subprocess.Popen[str]:
 def parse_cost(tokens: int = 20_000) -> tuple[float, float]:
     """CPU µs per streamed token of the usage readers alone (no I/O, no other process: a figure the
     machine's load does not blur): (plain framing, framing + accounting)."""
-    from coderig.runtime.sse_keepalive import ResponseFramer
+    from coderig.runtime.http_framing import ResponseFramer
     from coderig.runtime.usage import Exchange, ResponseMeter
 
     head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"

@@ -38,7 +38,8 @@ Use it from Python::
     srv.stop()
 
 Options (all keyword): model, served_names=(), delay=0.0, max_reply_tokens=16, record=None,
-api_key=None, max_model_len=131072, engine="vllm" | "llama.cpp".
+api_key=None, max_model_len=131072, engine="vllm" | "llama.cpp", dev_mode=False (vLLM's sleep
+routes, standin_sleep.py), wake_delay=0.0 (what /wake_up takes), load_delay=0.0 (before it listens).
 
 or as a process: ``python tests/standin.py --port 8000 --delay 0.02 --model umans-coder-v0``.
 """
@@ -63,6 +64,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 import standin_anthropic as anthropic  # noqa: E402
 import standin_responses as responses  # noqa: E402
+import standin_sleep  # noqa: E402
 from standin_context import estimate_prompt_tokens, llama_cpp_length_error, openai_error, vllm_length_error  # noqa: E402
 from standin_responses import META, PRE, TOKEN, hex16  # noqa: E402
 
@@ -239,7 +241,8 @@ class Reply:
 
 # ---------------------------------------------------------------- server
 
-REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 500: "Internal Server Error"}
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
+           500: "Internal Server Error", 503: "Service Unavailable"}  # fmt: skip
 SSE_HEADERS = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\n"
     b"Transfer-Encoding: chunked\r\n\r\n"
@@ -261,6 +264,9 @@ class StandIn:
         max_model_len: int = 131072,
         served_names: Sequence[str] = (),
         engine: str = "vllm",
+        dev_mode: bool = False,
+        wake_delay: float = 0.0,
+        load_delay: float = 0.0,
     ) -> None:
         if engine not in ("vllm", "llama.cpp"):
             raise ValueError(f"engine must be 'vllm' or 'llama.cpp', not {engine!r}")
@@ -273,6 +279,10 @@ class StandIn:
         self.engine = engine
         self.delay = delay
         self.max_reply_tokens = max_reply_tokens
+        # vLLM sleep mode (standin_sleep): dev_mode is VLLM_SERVER_DEV_MODE=1 + --enable-sleep-mode;
+        # load_delay is how long the process takes before it listens (vLLM loads the weights first)
+        self.sleep = standin_sleep.SleepState(dev_mode=dev_mode, wake_delay=wake_delay)
+        self.load_delay = load_delay
         self.requests: list[SeenRequest] = []
         self.record = record  # optional JSONL file of every request seen (for debugging agents)
         self.running = 0
@@ -352,7 +362,7 @@ class StandIn:
                 if self.api_key and path.startswith("/v1/") and unauthorized:
                     keep = await self._send_json(writer, 401, {"error": "Unauthorized"})
                 else:
-                    keep = await self._route(method, path, body, headers, writer)
+                    keep = await self._admin_or_route(method, target, body, headers, writer)
                 if not keep or headers.get("connection", "").lower() == "close":
                     break
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
@@ -389,6 +399,21 @@ class StandIn:
         if method == "POST" and api and isinstance(body, dict):
             return await self._generate(api, body, headers, writer)
         return await self._send_json(writer, 404, {"error": {"message": f"no route {method} {path}"}})
+
+    async def _admin_or_route(
+        self, method: str, target: str, body: Any, headers: dict[str, str], writer: asyncio.StreamWriter
+    ) -> bool:
+        path, _, query = target.partition("?")
+        admin = await standin_sleep.route(self.sleep, self.running, method, path, query)
+        if admin is not None:
+            status, answer = admin
+            if answer is None:
+                return await self._send(writer, status, b"", "application/json")
+            return await self._send_json(writer, status, answer)
+        if self.sleep.sleeping and path.startswith("/v1/") and method == "POST":
+            self.sleep.served_asleep += 1
+            return await self._send_json(writer, 503, {"error": {"message": "model is sleeping", "code": 503}})
+        return await self._route(method, path, body, headers, writer)
 
     def _models(self) -> dict[str, Any]:
         owner = "llamacpp" if self.engine == "llama.cpp" else "vllm"
@@ -588,6 +613,7 @@ class StandIn:
     # -- lifecycle
     async def _main(self, ready: threading.Event | None) -> None:
         self._loop = asyncio.get_running_loop()
+        await asyncio.sleep(self.load_delay)  # like vLLM: nothing listens until the weights are loaded
         self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=64 * 2**20)
         self.port = self._server.sockets[0].getsockname()[1]
         if ready:
@@ -639,10 +665,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-model-len", type=int, default=131072, help="the served context, enforced")
     parser.add_argument("--served-name", action="append", default=[], help="another accepted model name")
     parser.add_argument("--engine", choices=("vllm", "llama.cpp"), default="vllm", help="whose error shapes")
+    parser.add_argument("--dev-mode", action="store_true", help="VLLM_SERVER_DEV_MODE=1 + --enable-sleep-mode")
+    parser.add_argument("--wake-delay", type=float, default=0.0, help="seconds /wake_up takes")
+    parser.add_argument("--load-delay", type=float, default=0.0, help="seconds before it listens (loading)")
     args = parser.parse_args(argv)
     server = StandIn(
         args.host, args.port, args.model, args.delay, args.tokens, args.record, args.api_key,
         max_model_len=args.max_model_len, served_names=args.served_name, engine=args.engine,
+        dev_mode=args.dev_mode, wake_delay=args.wake_delay, load_delay=args.load_delay,
     )  # fmt: skip
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()

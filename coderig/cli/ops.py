@@ -51,6 +51,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tag-key", help=f"aws: instance tag that names the stack (default {TAG_STACK})")
     p.add_argument("--tag-value", help="aws: its value (default the stack name)")
     p.add_argument("--port", type=int, help="aws: gateway port (default coderig:gateway.port, 8443)")
+    p.add_argument("--ssh-key", help="ssh: private key for the first host (default: your SSH agent/identity)")
     p.set_defaults(func=run_command)
 
 

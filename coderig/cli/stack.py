@@ -13,6 +13,7 @@ from coderig.core.files import FileSet, write_file, write_files
 from coderig.core.settings import StackSettings
 from coderig.core.stack_file import load_stack_file, stack_name_from_path
 from coderig.targets import REGISTRY, plan_report, plan_summary, render_stack
+from coderig.targets.compose.idle import plan_note as idle_plan_note
 
 MANIFEST = ".coderig-render"  # in the --out directory: the files the last render wrote
 
@@ -57,6 +58,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         extra = REGISTRY[settings.target.kind].plan_lines
         if extra is not None and p.fits:
             print("\n".join(extra(settings, p)))
+        note = idle_plan_note(settings)  # ssh/local: what idling does there
+        if note:
+            print(note)
     if not p.fits:
         raise _refusal(p)
     return 0

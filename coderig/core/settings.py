@@ -30,6 +30,7 @@ from coderig.core import catalog, images, naming, sizing, templates, versions, v
 from coderig.core.aws_settings import AWS_FIRST_HOST, AWS_REGIONS, AWS_SUBNET_PREFIX, AwsTarget
 from coderig.core.cost import CostSettings
 from coderig.core.errors import UserError
+from coderig.core.idle_settings import IdlePolicy, OfficeHours
 from coderig.core.log_settings import LogSettings
 from coderig.core.settings_base import KeyProblem as _KeyError
 from coderig.core.settings_base import Loc, cidr
@@ -46,7 +47,6 @@ from coderig.core.targets_settings import (
     Target,
     Toleration,
 )
-from coderig.runtime import idle
 
 # the target models live in core/targets_settings.py, aws_settings.py and target_base.py; importers use this module
 __all__ = [
@@ -188,55 +188,6 @@ class ModelSettings(_Model):
         return min(self.spec.default_max_tokens, self.max_model_len // 4)
 
 
-class OfficeHours(_Model):
-    timezone: str = "UTC"
-    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
-        default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"]
-    )
-    start: str = "08:00"
-    end: str = "19:00"
-
-    @field_validator("start", "end")
-    @classmethod
-    def _hhmm(cls, v: str) -> str:
-        if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", v):
-            raise ValueError(f"got {v!r}; expected HH:MM (24h)")
-        return v
-
-    @model_validator(mode="after")
-    def _window(self) -> OfficeHours:
-        """The reaper's own schedule type decides what a usable window is (one rule, two callers:
-        this validation and the Lambda / CronJob, which cannot import pydantic)."""
-        try:
-            idle.OfficeHours.from_dict(self.model_dump())
-        except idle.ScheduleError as exc:
-            key, _, why = str(exc).partition(": ")
-            if key not in type(self).model_fields:
-                key, why = "end", str(exc)
-            raise _KeyError(key, why) from None
-        return self
-
-
-class IdlePolicy(_Model):
-    stopAfterMinutes: int | None = Field(default=None, ge=5, le=7 * 24 * 60)
-    officeHours: OfficeHours | None = None
-    dryRun: bool = False
-
-    @property
-    def enabled(self) -> bool:
-        """A reaper runs when the stack has an idle policy: stopAfterMinutes, officeHours, or both."""
-        return self.stopAfterMinutes is not None or self.officeHours is not None
-
-    @property
-    def stop_after_minutes(self) -> int:
-        """The idle window; with office hours alone, the reapers' default outside the hours."""
-        return self.stopAfterMinutes or idle.DEFAULT_STOP_AFTER_MINUTES
-
-    def schedule(self) -> idle.OfficeHours | None:
-        """The office hours as the reapers' own type (what they receive through the environment)."""
-        return None if self.officeHours is None else idle.OfficeHours.from_dict(self.officeHours.model_dump())
-
-
 DEFAULT_GATEWAY_PORT = 8443
 
 
@@ -358,6 +309,10 @@ class StackSettings(_Model):
                 f"{self.model.preset} runs on {engine}; the {t.kind} target runs {', '.join(t.engines)} presets "
                 f"(allowed: {allowed}; use the local target for the CPU preset)",
             )
+        if self.idle.action is not None:
+            why = t.idle_action_problem(self.idle.action, engine)
+            if why:
+                raise _KeyError("idle.action", why)
         if self.gateway.port < t.min_gateway_port:
             raise _KeyError(
                 "gateway.port",

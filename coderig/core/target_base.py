@@ -84,6 +84,26 @@ class TargetSettings(Model):
     engines: ClassVar[tuple[str, ...]] = ("vllm", "llama.cpp")  # model servers it can run
     min_gateway_port: ClassVar[int] = 1
     serves_model: ClassVar[bool] = True  # False: only the front door runs here (external)
+    idle_actions: ClassVar[tuple[str, ...]] = ()  # what coderig:idle.action may choose (ssh, local)
+
+    def idle_action_problem(self, action: str, engine: str) -> str | None:
+        """Why `coderig:idle.action` cannot be `action` here (None: it can)."""
+        if not self.idle_actions:
+            return (
+                f"got {action!r}; idle.action is for the ssh and local targets (aws stops its instances, kubernetes "
+                "scales the model to zero, an external endpoint idles on its own platform): remove it"
+            )
+        if action == "stop" and self.replica_count > 1:
+            return (
+                f"got 'stop' with {self.replica_count} hosts: the reaper on the first host stops its own model "
+                "container only; use idle.action: sleep (every host's model sleeps through its link)"
+            )
+        if action == "sleep" and engine != "vllm":
+            return (
+                f"got 'sleep', but {engine} has no sleep mode (vLLM's level 1 frees the GPU and keeps the weights "
+                "in host RAM); use idle.action: stop (the model container stops, the weights stay on disk)"
+            )
+        return None
 
     @property
     def gpu_spec(self) -> GpuSpec | None:

@@ -79,6 +79,7 @@ def _external_host_for_ssh(given: dict[str, Any]) -> list[tuple[Loc, str, Any]]:
 
 class LocalTarget(TargetSettings):
     kind: Literal["local"]
+    idle_actions: ClassVar[tuple[str, ...]] = ("sleep", "stop")
     gpu: GpuSpec | None = Field(default=None, description="GPUs on this machine; omit for CPU (llama.cpp)")
     cachePath: str = "~/.cache/coderig"
 
@@ -93,6 +94,7 @@ class LocalTarget(TargetSettings):
 
 class SshTarget(TargetSettings):
     kind: Literal["ssh"]
+    idle_actions: ClassVar[tuple[str, ...]] = ("sleep", "stop")
     hosts: list[SshHost] = Field(min_length=1)
     gpu: GpuSpec | None = None
     cachePath: str = NODE_CACHE_PATH

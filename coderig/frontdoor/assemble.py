@@ -128,6 +128,8 @@ def gateway_health_url(inputs: FrontDoorInputs) -> str:
 
 RELAY_MODULE = "coderig.runtime.sse_keepalive"
 RELAY_FILE = "coderig/runtime/sse_keepalive.py"  # below the directory on PYTHONPATH (namespace packages)
+# what the relay imports and so ships with it wherever it runs (its HTTP framing)
+RELAY_FILES = (RELAY_FILE, "coderig/runtime/http_framing.py")
 RELAY_INTERVAL_S = 15
 # the relay's usage accounting (coderig.runtime.usage*): shipped next to it, the record on a host
 # directory (survives the container and a reboot), the metrics listener on the machine's loopback

@@ -271,6 +271,7 @@ class OfficeHours:
 
 # The idle window when a stack sets office hours but no stopAfterMinutes (every reaper, every target).
 DEFAULT_STOP_AFTER_MINUTES = 45
+DEFAULT_PERIOD_SECONDS = 60  # how often the ssh/local reaper looks (coderig:idle.periodSeconds)
 
 # How the reapers (the AWS Lambda, the Kubernetes CronJob) receive the policy: environment variables.
 ENV_SCHEDULE = "CODERIG_SCHEDULE"  # JSON of OfficeHours.to_dict(), or empty: no office hours

@@ -5,7 +5,7 @@ A `Waker` knows one model server's idle mechanism:
   name "sleep"  vLLM sleep mode level 1: POST /wake_up on the model server's admin address
   name "stop"   the model container was stopped: ask the node's reaper (which alone holds the
                 docker socket) to start it, on its loopback control port
-  name "ec2"    an EC2 GPU instance (coderig.runtime.aws_wake, IDLEAWS)
+  name "ec2"    a stopped EC2 GPU instance (coderig.runtime.aws_wake)
   name "scale"  a Kubernetes Deployment scaled to zero (KUBE)
 
 The relay holds the requests for a model that is not awake, calls `wake()` once for all of them,

@@ -24,6 +24,7 @@ from coderig.core.target_base import TargetSettings
 from coderig.core.targets_settings import ExternalTarget, KubernetesTarget, LocalTarget, SshTarget
 from coderig.targets import operations as feature
 from coderig.targets.aws.ops import OPERATIONS as AWS_OPERATIONS
+from coderig.targets.compose.ops import OPERATIONS as COMPOSE_OPERATIONS
 from coderig.targets.compose.rendered import render_node_files
 from coderig.targets.kubernetes.ops import OPERATIONS as KUBERNETES_OPERATIONS
 from coderig.targets.kubernetes.preflight import plan_lines as kubernetes_plan_lines
@@ -57,25 +58,20 @@ class TargetKind:
         return found[0] if found else None
 
 
-_COMPOSE = "docker compose -p coderig"
 REGISTRY: Mapping[str, TargetKind] = {
     "local": TargetKind(
         LocalTarget,
         render_node_files,
         "stacks.local",
-        None,
-        frozenset({feature.COMPOSE_NODES}),
-        f"`{_COMPOSE} stop` stops the model (the weights stay in the cache) and `{_COMPOSE} start` starts it "
-        "again; `pulumi destroy` removes the stack",
+        COMPOSE_OPERATIONS,
+        frozenset({feature.COMPOSE_NODES, feature.IDLE_SLEEP_OR_STOP}),
     ),
     "ssh": TargetKind(
         SshTarget,
         render_node_files,
         "stacks.ssh",
-        None,
-        frozenset({feature.COMPOSE_NODES, feature.OVER_SSH}),
-        f"on each host, `sudo {_COMPOSE} stop` stops the model (the weights stay on the cache volume) and "
-        f"`sudo {_COMPOSE} start` starts it again; `pulumi destroy` removes the stack",
+        COMPOSE_OPERATIONS,
+        frozenset({feature.COMPOSE_NODES, feature.OVER_SSH, feature.IDLE_SLEEP_OR_STOP}),
     ),
     "external": TargetKind(
         ExternalTarget,

@@ -33,5 +33,8 @@ OVER_SSH = "over-ssh"  # may reach machines over SSH with coderig:sshPrivateKey 
 COMPOSE_NODES = "compose-nodes"  # machines that run a Docker Compose bundle (coderig.targets.compose)
 IDLE_STOP_INSTANCES = "idle:stop-instances"  # idle: the GPU instances stop, EBS weights kept
 IDLE_SCALE_TO_ZERO = "idle:scale-to-zero"  # idle: the model Deployment scales to zero
+IDLE_SLEEP_OR_STOP = "idle:sleep-or-stop"  # idle: vLLM sleeps or the model container stops; requests wake it
 IDLE_PREFIX = "idle:"
-FEATURES = frozenset({SERVES_MODEL, OVER_SSH, COMPOSE_NODES, IDLE_STOP_INSTANCES, IDLE_SCALE_TO_ZERO})
+FEATURES = frozenset(
+    {SERVES_MODEL, OVER_SSH, COMPOSE_NODES, IDLE_STOP_INSTANCES, IDLE_SCALE_TO_ZERO, IDLE_SLEEP_OR_STOP}
+)

@@ -1,6 +1,7 @@
-"""`coderig idle|stop|start` on kinds without an idle mechanism (local, ssh, external) name the kinds
-that have one and what to do instead; the kubernetes `idle` error carries no unrelated hint; `frontdoor
-run` speaks the stack's rate-limit unit; an external stack's health probe is configurable."""
+"""`coderig idle|stop|start` on a kind without an idle mechanism (external) names the kinds that have one
+and what to do instead (ssh/local: `idle` needs a policy, stop/start are the reaper's); the kubernetes
+`idle` error carries no unrelated hint; `frontdoor run` speaks the stack's rate-limit unit; an external
+stack's health probe is configurable."""
 
 from __future__ import annotations
 
@@ -30,18 +31,35 @@ KINDS: dict[str, tuple[dict[str, Any], str]] = {
 }
 
 
-@pytest.mark.parametrize("kind", sorted(KINDS))
 @pytest.mark.parametrize("command", ["idle", "stop", "start"])
 def test_kinds_without_idle_mechanism_say_what_works(
-    kind: str, command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config, instead = KINDS[kind]
+    config, instead = KINDS["external"]
     path = write_stack(tmp_path, config, "prod")
     assert main([command, "prod", "--config", str(path)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"coderig: coderig:target.kind is {kind}: `coderig {command}` works on aws and kubernetes")
+    assert err.startswith(
+        f"coderig: coderig:target.kind is external: `coderig {command}` works on local, ssh, aws and kubernetes"
+    )
     assert instead in err
     assert "stopAfterMinutes" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("kind", ["local", "ssh"])
+@pytest.mark.parametrize("command", ["idle", "stop", "start"])
+def test_ssh_and_local_idle_needs_a_policy_and_stop_start_are_the_reapers(
+    kind: str, command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_stack(tmp_path, KINDS[kind][0], "prod")
+    assert main([command, "prod", "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    if command == "idle":
+        assert "has no idle policy: set coderig:idle.stopAfterMinutes" in err
+    else:
+        assert "the reaper sleeps or stops the model and the next request wakes it" in err
+        assert "docker compose -p coderig stop model" in err
+    assert "Traceback" not in err
 
 
 def _kube_args(path: Path) -> argparse.Namespace:

@@ -246,6 +246,7 @@ def test_the_registry_check_finds_an_incomplete_entry() -> None:
     del broken["external"]
     assert registry_problems(broken, TARGET_MODELS) == [
         "external: validated but has no registry entry",
+        "ssh: operations but no declared idle mechanism",
         "ssh: unknown feature 'teleport'",
         "ssh: over-ssh declared False but its settings model says True",
         "aws: settings model <class 'coderig.core.targets_settings.SshTarget'> is not the validated one",

@@ -162,3 +162,43 @@ def test_external_front_door_over_ssh_needs_the_ssh_key():
         "host": {"address": "fd.internal", "hostKey": HOST_KEY},
     }
     assert "coderig:sshPrivateKey" in problems(c)
+
+
+@pytest.mark.parametrize(
+    ("idle", "preset", "expected"),
+    [
+        (
+            {"stopAfterMinutes": 30, "action": "sleep"},
+            "qwen3-1.7b-cpu",
+            ["coderig:idle.action", "no sleep mode", "stop"],
+        ),
+        (
+            {"stopAfterMinutes": 5, "periodSeconds": 600},
+            None,
+            ["coderig:idle.stopAfterMinutes", "shorter than the reaper's period", "600 s"],
+        ),
+        ({"stopAfterMinutes": 30, "action": "nap"}, None, ["coderig:idle.action", "'nap'"]),
+        (
+            {"officeHours": {"timezone": "Europe/Atlantis"}},
+            None,
+            ["coderig:idle.officeHours.timezone", "'Europe/Atlantis'"],
+        ),
+    ],
+)
+def test_bad_idle_input_names_the_key_at_plan_time(idle, preset, expected):
+    c = base()
+    c["idle"] = idle
+    if preset:
+        c["model"] = {"preset": preset}
+        c["target"] = {"kind": "local"}
+    message = problems(c)
+    for part in expected:
+        assert part in message, message
+
+
+def test_idle_action_is_for_ssh_and_local_and_sleep_fits_vllm():
+    c = base()
+    c["idle"] = {"stopAfterMinutes": 30, "action": "sleep"}
+    assert parse_settings(c).idle.action == "sleep"
+    c["idle"]["action"] = "stop"
+    assert parse_settings(c).idle.action == "stop"

@@ -66,7 +66,9 @@ def test_the_front_door_host_runs_the_gateway_and_every_gpu_host_is_a_replica() 
     assert any(arg.endswith(f"={links.link_listen(1)}") for arg in relay), relay
     assert "model" not in compose["services"] and {"gateway", "litellm", "link"} <= set(compose["services"])
     bases = {m["litellm_params"]["api_base"] for m in litellm["model_list"]}
-    assert bases == {f"http://{links.link_listen(i)}/v1" for i in (1, 2)}  # both GPU hosts, through links
+    # both GPU hosts, each through its relay (the one hop on every path), whose route is its link
+    assert bases == {"http://127.0.0.1:4100/v1", "http://127.0.0.1:4101/v1"}
+    assert [a for a in relay if "=" in a] == [f"127.0.0.1:{4100 + i}={links.link_listen(i + 1)}" for i in (0, 1)]
     for i, address in ((1, "gpu1.internal"), (2, "10.0.0.6")):
         with bundle(run, i) as tar:
             compose = yaml.safe_load(tar.extractfile("compose.yaml").read())  # type: ignore[union-attr]

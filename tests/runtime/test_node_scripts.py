@@ -576,3 +576,18 @@ def test_wait_ready_fails_when_the_gateway_never_answers(tmp_path: Path) -> None
     assert result.returncode == 1
     assert "FAIL gateway: not ready within the budget of 3s (GET https://127.0.0.1:8443/healthz" in result.stdout
     assert "last 60 log lines of gateway:" in result.stdout and "  | 2026/11/21 [notice]" in result.stdout
+
+
+def test_preflight_host_ram_must_hold_the_sleeping_weights(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       65536000 kB\nMemFree:        1000 kB\n")  # 67.1 GB
+    env = {"CODERIG_MODE": "cpu", "CODERIG_CACHE_PATH": str(tmp_path / "c"), "CODERIG_MEMINFO": str(meminfo)}
+    small = run("preflight.sh", env | {"CODERIG_SLEEP_RAM_BYTES": str(50 * 10**9)})
+    assert any("host-ram: 67.1 GB holds the sleeping model's weights (50.0 GB + 10%)" in f
+               for f in preflight_lines(small.stdout, "ok")), small.stdout  # fmt: skip
+    big = run("preflight.sh", env | {"CODERIG_SLEEP_RAM_BYTES": str(700 * 10**9)})
+    (fail,) = [f for f in preflight_lines(big.stdout, "FAIL") if "host-ram" in f]
+    assert "cannot hold the weights (700.0 GB + 10%)" in fail and "coderig:idle.action: stop" in fail
+    assert big.returncode == 1
+    none = run("preflight.sh", env)  # no sleep: no check
+    assert "host-ram" not in none.stdout

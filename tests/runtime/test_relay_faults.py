@@ -17,7 +17,8 @@ import pytest
 from frontdoor_fixtures import free_port
 
 from coderig.runtime import sse_keepalive
-from coderig.runtime.sse_keepalive import KEEPALIVE_CHUNK, ResponseFramer
+from coderig.runtime.http_framing import ResponseFramer
+from coderig.runtime.sse_keepalive import KEEPALIVE_CHUNK
 
 HEAD_SSE = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 EVENT = b'event: message_start\ndata: {"type":"message_start"}\n\n'

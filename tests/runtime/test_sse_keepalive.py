@@ -8,7 +8,8 @@ import random
 import pytest
 
 from coderig.runtime import sse_keepalive
-from coderig.runtime.sse_keepalive import KEEPALIVE_CHUNK, ResponseFramer, parse_route
+from coderig.runtime.http_framing import ResponseFramer
+from coderig.runtime.sse_keepalive import KEEPALIVE_CHUNK, parse_route
 
 HEAD_SSE = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\ntransfer-encoding: chunked\r\n\r\n"
 EVENTS = [b'event: message_start\ndata: {"type":"message_start"}\n\n', b"event: message_stop\ndata: {}\n\n"]

@@ -499,7 +499,7 @@ def test_cli_errors_name_the_problem(aws: Aws, tmp_path: Path, capsys: pytest.Ca
     ssh = write_stack(tmp_path, ssh_config(), "ssh")
     assert cli("idle", "ssh", "--config", str(ssh)) == 1  # refused: tests/cli/test_ops_kinds.py has the wording
     err = capsys.readouterr().err
-    assert "coderig: coderig:target.kind is ssh: `coderig idle` works on aws and kubernetes stacks only" in err
+    assert "coderig: stack ssh has no idle policy: set coderig:idle.stopAfterMinutes" in err
     assert cli("stop", STACK, "--config", str(stack_file(tmp_path))) == 1  # no instances
     bad = stack_file(tmp_path, officeHours={"timezone": "UTC", "start": "9", "end": "17:00"})
     assert cli("idle", STACK, "--config", str(bad)) == 2

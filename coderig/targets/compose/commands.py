@@ -12,6 +12,7 @@ from coderig.core import files as render
 from coderig.core.settings import SshHost, StackSettings
 from coderig.frontdoor import links
 from coderig.runtime.scripts import script_text
+from coderig.targets.compose import idle as node_idle
 from coderig.targets.compose.machines import NodeSpec
 from coderig.targets.compose.rendered import RenderedNode
 from coderig.targets.compose.spec import (
@@ -75,6 +76,8 @@ def preflight_env(settings: StackSettings, spec: NodeSpec, cache_device: str | N
         env["CODERIG_GPU_COUNT"] = str(spec.gpu_count)
     if cache_device:
         env["CODERIG_CACHE_DEVICE"] = cache_device
+    if node_idle.action(settings) == "sleep" and spec.role in ("full", "replica"):
+        env["CODERIG_SLEEP_RAM_BYTES"] = str(preset.weight_bytes)  # the sleeping weights wait in host RAM
     return env
 
 

@@ -21,8 +21,9 @@ from coderig.core import engine, versions
 from coderig.core import files as render
 from coderig.core.planner import Plan
 from coderig.core.settings import StackSettings
-from coderig.frontdoor.assemble import RELAY_FILE, USAGE_FILES
+from coderig.frontdoor.assemble import RELAY_FILES, USAGE_FILES
 from coderig.runtime.scripts import SCRIPT_NAMES, script_text
+from coderig.targets.compose.idle import REAPER_SERVICE, runtime_files
 from coderig.targets.compose.machines import NodeSpec, node_specs, ready_budget_seconds
 from coderig.targets.compose.spec import (
     GATEWAY_CONF,
@@ -41,7 +42,7 @@ from coderig.targets.compose.spec import (
     link_conf,
 )
 
-FRONT_SERVICES = ("litellm", "keepalive", LINK_SERVICE, "gateway")  # every service but the model's
+FRONT_SERVICES = ("litellm", "keepalive", REAPER_SERVICE, LINK_SERVICE, "gateway")  # all but the model's
 COMPOSE_HEADER = "# Rendered by coderig: the node stack. Secrets live in ./secrets (0600), not here.\n"
 
 
@@ -113,9 +114,10 @@ def render_node(settings: StackSettings, spec: NodeSpec) -> RenderedNode:
         route, gateway = front
         files[LITELLM_CONFIG] = render.RenderedFile(frontdoor.render_litellm_config(route))
         files[GATEWAY_CONF] = render.RenderedFile(frontdoor.render_gateway_conf(gateway))
-        if gateway.native_routes:
-            for shipped in (RELAY_FILE, *USAGE_FILES):  # the relay and its usage accounting
+        if gateway.native_relays:
+            for shipped in (*RELAY_FILES, *USAGE_FILES):  # the relay and its usage accounting
                 files[f"{KEEPALIVE_DIR}/{shipped}"] = render.RenderedFile(script_text(shipped.rsplit("/", 1)[1]))
+        files |= runtime_files(settings, KEEPALIVE_DIR)  # the relay's hold/wake path, the idle reaper
     if spec.has_link:
         files[LINK_CONF] = render.RenderedFile(link_conf(spec))
     return RenderedNode(spec, compose, files, ready_budget_seconds(settings, spec))

@@ -48,6 +48,7 @@ from coderig.frontdoor.assemble import (
     relay_probe,
 )
 from coderig.frontdoor.litellm import DEFAULT_TIMEOUT_S
+from coderig.targets.compose import idle as node_idle
 from coderig.targets.compose.machines import NodeSpec
 
 PROJECT = "coderig"
@@ -115,7 +116,8 @@ def model_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
         }
     if spec.model_layout is None:
         raise ValueError("NodeSpec: a model server needs the plan's layout (model_layout)")
-    args = engine.vllm_args(settings.model, spec.model_layout)
+    sleep_args, sleep_env = node_idle.model_overrides(settings)
+    args = engine.vllm_args(settings.model, spec.model_layout) + sleep_args
     return base | {
         "image": engine.model_image(settings.model),
         "entrypoint": ["vllm", "serve"],
@@ -128,6 +130,7 @@ def model_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
             **compile_cache_env(CACHE_MOUNT),  # compile/autotune/JIT caches survive restarts
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",
+            **sleep_env,
         },
         "deploy": {
             "resources": {
@@ -315,7 +318,9 @@ def compose_dict(settings: StackSettings, spec: NodeSpec, gateway: frontdoor.Gat
         services["litellm"] = litellm_service(spec)
         keepalive = keepalive_service(gateway) if gateway else None
         if keepalive:
+            keepalive["command"] += node_idle.relay_args(settings, spec)
             services["keepalive"] = keepalive
+        services |= node_idle.services(settings, spec, KEEPALIVE_DIR, KEEPALIVE_MOUNT)
         services["gateway"] = gateway_service(spec)
     # every service's log on the host, rotated (coderig/core/log_settings.py); a copy each (no YAML anchors)
     logged = {name: {**svc, "logging": settings.logs.compose_logging()} for name, svc in services.items()}

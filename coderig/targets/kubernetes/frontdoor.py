@@ -12,7 +12,7 @@ from coderig.core.secrets import NodeSecrets
 from coderig.core.settings import KubernetesTarget, StackSettings
 from coderig.frontdoor.assemble import (
     MODEL_API_KEY_ENV,
-    RELAY_FILE,
+    RELAY_FILES,
     GatewayPaths,
     assemble,
     from_settings,
@@ -132,11 +132,14 @@ def frontdoor_configmaps(settings: StackSettings, stack: str) -> list[Obj]:
 
 
 KEEPALIVE_DIR = "/opt/coderig-keepalive"  # on PYTHONPATH; the module sits at coderig/runtime/ below it
-_KEEPALIVE_KEY = "sse_keepalive.py"
+# ConfigMap key -> path below KEEPALIVE_DIR, for each file the relay runs from
+_KEEPALIVE_FILES = {path.rsplit("/", 1)[1]: path for path in RELAY_FILES}
 
 
 def _keepalive_data(settings: StackSettings) -> dict[str, str]:
-    return {_KEEPALIVE_KEY: script_text(_KEEPALIVE_KEY)} if front_door(settings)[1].native_relays else {}
+    if not front_door(settings)[1].native_relays:
+        return {}
+    return {key: script_text(key) for key in _KEEPALIVE_FILES}
 
 
 def keepalive_container(settings: StackSettings) -> Obj | None:
@@ -250,7 +253,10 @@ def frontdoor_deployment(settings: StackSettings, stack: str, plan: planner.Plan
                 [
                     {
                         "name": "keepalive-code",
-                        "configMap": {"name": GATEWAY_CONFIG, "items": [{"key": _KEEPALIVE_KEY, "path": RELAY_FILE}]},
+                        "configMap": {
+                            "name": GATEWAY_CONFIG,
+                            "items": [{"key": k, "path": p} for k, p in _KEEPALIVE_FILES.items()],
+                        },
                     }
                 ]
                 if keepalive

@@ -19,6 +19,8 @@
 #   CODERIG_PORTS           space/comma separated TCP ports the stack will listen on
 #   CODERIG_PROJECT         compose project name (default coderig): ports held by it are not a problem
 #   CODERIG_OS_RELEASE      os-release file to read (default /etc/os-release)
+#   CODERIG_SLEEP_RAM_BYTES weights the host RAM must hold while vLLM sleeps (idle.action sleep; default 0: no check)
+#   CODERIG_MEMINFO         meminfo file to read (default /proc/meminfo)
 #   CODERIG_TARGET          node (default): a server we may install on | local: this workstation
 #                           (any OS with Docker; nothing is installed, so Docker must be present)
 set -euo pipefail
@@ -192,6 +194,22 @@ else
     fail disk "not enough disk: $(human "$avail") free at $probe, the weights need $(human "$need") more (incl. $(human "$HEADROOM") headroom)"
   else
     ok disk "$(human "$avail") free at $probe >= $(human "$need") needed"
+  fi
+fi
+
+# --- host RAM for vLLM sleep mode (coderig:idle.action sleep) -------------------
+# Sleep level 1 moves the weights from GPU memory to host RAM; the host must hold them with 10% to spare.
+SLEEP_RAM_BYTES="${CODERIG_SLEEP_RAM_BYTES:-0}"
+MEMINFO="${CODERIG_MEMINFO:-/proc/meminfo}"
+if (( SLEEP_RAM_BYTES > 0 )); then
+  mem_kb="$(awk '/^MemTotal:/ {print $2}' "$MEMINFO" 2>/dev/null || true)"
+  need=$((SLEEP_RAM_BYTES + SLEEP_RAM_BYTES / 10))
+  if [[ -z "$mem_kb" ]]; then
+    fail host-ram "cannot read MemTotal from $MEMINFO"
+  elif (( mem_kb * 1024 >= need )); then
+    ok host-ram "$(human $((mem_kb * 1024))) holds the sleeping model's weights ($(human "$SLEEP_RAM_BYTES") + 10%)"
+  else
+    fail host-ram "$(human $((mem_kb * 1024))) of RAM cannot hold the weights ($(human "$SLEEP_RAM_BYTES") + 10%) while the model sleeps (vLLM sleep level 1 keeps them in host RAM): set coderig:idle.action: stop, or use hosts with more RAM"
   fi
 fi
 

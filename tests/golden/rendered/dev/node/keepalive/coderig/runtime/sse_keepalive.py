@@ -24,6 +24,9 @@ connection. A malformed chunk size or content-length drops that one connection, 
 When the model server cannot be reached the relay closes the client connection without a byte,
 which nginx counts as a failed attempt (`proxy_next_upstream error`) and retries on another replica.
 Listen addresses must be loopback: the relay has no authentication of its own.
+
+The one hop to a model server on every path: with `--wake sleep|stop` it also holds the requests for
+a model put to sleep or stopped, and wakes it (coderig.runtime.relay_wake).
 """
 
 from __future__ import annotations
@@ -31,15 +34,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
-import re
 import signal
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from types import ModuleType
+from coderig.runtime.http_framing import ResponseFramer
 
+if TYPE_CHECKING:  # imported where used: a relay without --wake or accounting runs from this one file
+    from coderig.runtime import relay_wake
     from coderig.runtime.usage import RequestReader, ResponseMeter
     from coderig.runtime.usage_server import Accounting
 
@@ -48,14 +54,6 @@ COMMENT = b": keepalive\n\n"
 KEEPALIVE_CHUNK = b"%x\r\n%s\r\n" % (len(COMMENT), COMMENT)
 SILENCE_MESSAGE = "the model server sent nothing for {:g} s; the stream was ended"
 _HIGH_WATER = 1 << 20  # pause the other side when this much is queued for writing
-_HEAD_LIMIT = 1 << 16
-
-# response parser states; _BROKEN: framing we must not guess at (the relay drops that connection)
-_HEAD, _SIZE, _DATA, _TRAILER, _LENGTH, _UNTIL_CLOSE, _BROKEN = range(7)
-# RFC 9112 7.1: chunk-size = 1*HEXDIG, then optional extensions; optional whitespace before CRLF as h11
-# tolerates. At most 16 hex digits (2^64 bytes): int() alone also takes "-6", "+5", "0x5", "1_0"
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\r\n]*)?[ \t]*")
-_DIGITS = re.compile(rb"[0-9]{1,19}")
 
 
 def silence_error(anthropic: bool, silence_s: float) -> bytes:
@@ -74,13 +72,16 @@ class _Pair:
     """The two transports of one relayed connection, their back-pressure, and which API the request
     in flight speaks (its request line: nginx sends one request at a time per connection)."""
 
-    def __init__(self, accounting: Accounting | None = None) -> None:
+    def __init__(self, gate: relay_wake.Gate | None = None, accounting: Accounting | None = None) -> None:
         self.client: asyncio.Transport | None = None
         self.upstream: asyncio.Transport | None = None
         self.closed = False
         # usage accounting (coderig.runtime.usage): request side and response side of this connection
         self.reader: RequestReader | None = accounting.reader() if accounting else None
         self.meter: ResponseMeter | None = accounting.meter(self.reader) if accounting and self.reader else None
+        self.gate = gate
+        self.busy = False  # a request is in flight on this connection (counted in the gate)
+        self.splice: relay_wake.Splice | None = None  # the client already has a stream's head
         self.requests = 0  # request lines seen
         self.responses = 0  # responses the framer saw complete
         self.line = b""  # the start of the request in flight, until its request line is whole
@@ -105,134 +106,24 @@ class _Pair:
         if self.closed:
             return
         self.closed = True
+        if self.gate is not None:
+            self.gate.dropped(self)
+        if self.meter is not None:
+            self.meter.close()
         for t in (self.client, self.upstream):
             if t is not None:
                 t.close()
-        if self.meter is not None:
-            self.meter.close()
 
     def abort(self) -> None:
         """Close both sides now, dropping what is queued (nginx sees a truncated response)."""
         self.closed = True
+        if self.gate is not None:
+            self.gate.dropped(self)
+        if self.meter is not None:
+            self.meter.close()
         for t in (self.client, self.upstream):
             if t is not None:
                 t.abort()
-        if self.meter is not None:
-            self.meter.close()
-
-
-class ResponseFramer:
-    """Follows HTTP/1.1 response framing in the bytes it is fed (any split) and says when the
-    stream sits between SSE events inside a chunked event-stream body. Pure: no I/O."""
-
-    __slots__ = ("state", "buf", "remaining", "sse", "at_event_end", "tail", "completed")
-
-    @property
-    def broken(self) -> bool:
-        """The upstream's framing is malformed (a bad chunk size or content-length): stop relaying it."""
-        return self.state == _BROKEN
-
-    def __init__(self) -> None:
-        self.state = _HEAD
-        self.buf = b""
-        self.remaining = 0
-        self.sse = False
-        self.at_event_end = True
-        self.tail = b""
-        self.completed = 0  # responses whose end was seen
-
-    def can_inject(self) -> bool:
-        return self.sse and self.state == _SIZE and not self.buf and self.at_event_end
-
-    def feed(self, data: bytes) -> None:
-        pos, n = 0, len(data)
-        while pos < n:
-            st = self.state
-            if st == _DATA:
-                take = min(self.remaining, n - pos)
-                payload = min(take, self.remaining - 2) if self.remaining > 2 else 0
-                if payload and self.sse:
-                    end = pos + payload
-                    self.tail = (self.tail + data[max(pos, end - 4) : end])[-4:]
-                ending = data[pos + payload : pos + take]  # part of the CRLF after the chunk's data
-                if ending and ending != b"\r\n"[2 - min(2, self.remaining) :][: len(ending)]:
-                    self.state, self.sse = _BROKEN, False
-                    return
-                self.remaining -= take
-                pos += take
-                if self.remaining == 0:
-                    self.state = _SIZE
-                    self.at_event_end = self.tail.endswith(b"\n\n") or self.tail == b"\r\n\r\n"
-                continue
-            if st == _LENGTH:
-                take = min(self.remaining, n - pos)
-                self.remaining -= take
-                pos += take
-                if self.remaining == 0:
-                    self.state = _HEAD
-                    self.completed += 1
-                continue
-            if st in (_UNTIL_CLOSE, _BROKEN):
-                return
-            # line-oriented states: head, chunk size, trailer
-            sep = b"\r\n\r\n" if st == _HEAD else b"\r\n"
-            if self.buf:
-                data, pos, n = self.buf + data[pos:], 0, len(self.buf) + n - pos
-                self.buf = b""
-            idx = data.find(sep, pos)
-            if idx < 0:
-                self.buf = data[pos:]
-                if len(self.buf) > _HEAD_LIMIT:  # not HTTP framing we understand: stop looking
-                    self.state, self.sse, self.buf = _UNTIL_CLOSE, False, b""
-                return
-            line, pos = data[pos:idx], idx + len(sep)
-            if st == _HEAD:
-                self._head(line)
-            elif st == _SIZE:
-                match = _CHUNK_SIZE.fullmatch(line)
-                if match is None:
-                    self.state, self.sse, self.buf = _BROKEN, False, b""
-                    return
-                size = int(match.group(1), 16)
-                if size == 0:
-                    self.state = _TRAILER
-                else:
-                    self.remaining, self.state = size + 2, _DATA  # data + CRLF
-            elif st == _TRAILER and not line:
-                self.state, self.sse = _HEAD, False
-                self.completed += 1
-
-    def _head(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
-        parts = lines[0].split(b" ", 2)
-        status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-        chunked, length, sse = False, None, False
-        for raw in lines[1:]:
-            name, _, value = raw.partition(b":")
-            name = name.strip().lower()
-            if name == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-            elif name == b"content-length":  # digits only; a list of equal values counts once (as h11)
-                values = {v.strip() for v in value.split(b",")}
-                given = values.pop()
-                if values or not _DIGITS.fullmatch(given) or (length is not None and int(given) != length):
-                    self.state, self.sse = _BROKEN, False
-                    return
-                length = int(given)
-            elif name == b"content-type":
-                sse = value.strip().lower().startswith(b"text/event-stream")
-        if 100 <= status < 200:
-            self.state = _HEAD
-        elif status in (204, 304):
-            self.state = _HEAD
-            self.completed += 1
-        elif chunked:
-            self.state, self.sse, self.at_event_end, self.tail = _SIZE, sse, True, b""
-        elif length is not None:
-            self.state, self.remaining = (_LENGTH, length) if length else (_HEAD, 0)
-            self.completed += 0 if length else 1
-        else:
-            self.state = _UNTIL_CLOSE
 
 
 class _Upstream(asyncio.Protocol):
@@ -259,11 +150,20 @@ class _Upstream(asyncio.Protocol):
         if self.framer.broken:  # malformed framing: drop this one connection, never guess
             self.pair.abort()
             return
+        client = self.pair.client
         if self.pair.meter is not None:
             data = self.pair.meter.feed(data)
-        client = self.pair.client
-        if client is not None and not self.pair.closed and data:
-            client.write(data)
+        out = data if self.pair.splice is None else self.pair.splice.feed(data)
+        if client is not None and not self.pair.closed and out:
+            client.write(out)
+        if self.framer.between_responses:  # the response ended
+            splice, self.pair.splice = self.pair.splice, None
+            if self.pair.gate is not None:
+                self.pair.gate.done(self.pair)
+            if splice is not None and splice.failed:
+                self.pair.close()
+        elif self.pair.splice is not None and self.pair.splice.failed:
+            self.pair.close()
 
     def _tick(self) -> None:
         if self.pair.closed:
@@ -315,28 +215,42 @@ class _Client(asyncio.Protocol):
     """nginx -> model server: connects on accept; request bytes pass through untouched."""
 
     def __init__(
-        self, target: tuple[str, int], interval: float, silence: float = 0, accounting: Accounting | None = None
+        self,
+        target: tuple[str, int],
+        interval: float,
+        silence: float = 0,
+        gate: Any = None,
+        accounting: Accounting | None = None,
     ) -> None:
         self.target = target
         self.interval = interval
         self.silence = silence
-        self.pair = _Pair(accounting)
+        self.pair = _Pair(gate, accounting)
         self.pending: list[bytes] = []
         self.connect: asyncio.Task[None] | None = None
+        self.arrived = asyncio.Event()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.pair.client = transport
         transport.set_write_buffer_limits(high=_HIGH_WATER)
+        if self.pair.gate is not None:
+            self.pair.gate.idle_conns.add(self.pair.close)
         self.connect = asyncio.get_running_loop().create_task(self._connect())
 
-    async def _connect(self) -> None:
+    async def _connect(self, retry: bool = True) -> None:
         loop = asyncio.get_running_loop()
+        gate = self.pair.gate
+        if gate is not None and not gate.awake and not await relay_wake_module().hold(self, gate, KEEPALIVE_CHUNK):
+            return
         try:
             transport, _ = await asyncio.wait_for(
                 loop.create_connection(lambda: _Upstream(self.pair, self.interval, self.silence), *self.target), 10
             )
         except (TimeoutError, OSError):
+            if retry and gate is not None and await relay_wake_module().found_asleep(gate):
+                await self._connect(retry=False)  # held and woken like any other request
+                return
             # no byte back: nginx counts a failed attempt and tries the next replica
             self.pair.close()
             return
@@ -350,6 +264,9 @@ class _Client(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.pair.request_bytes(data)
+        if self.pair.gate is not None:
+            self.pair.gate.started(self.pair)
+        self.arrived.set()
         if self.pair.reader is not None:
             data = self.pair.reader.feed(data)
         upstream = self.pair.upstream
@@ -397,43 +314,52 @@ def parse_route(text: str) -> tuple[tuple[str, int], tuple[str, int]]:
     return (lhost, lport), parse_hostport(target)
 
 
+Route = tuple[tuple[str, int], tuple[str, int]]
+
+
+def relay_wake_module() -> ModuleType:
+    """The hold/wake path, imported only by a relay started with --wake (one file ships otherwise)."""
+    from coderig.runtime import relay_wake
+
+    return relay_wake
+
+
 async def serve(
-    routes: list[tuple[tuple[str, int], tuple[str, int]]],
+    routes: Sequence[Route],
     interval: float,
     silence: float = 0,
+    wake: relay_wake.WakeOptions | None = None,
     accounting: Accounting | None = None,
 ) -> list[asyncio.Server]:
     loop = asyncio.get_running_loop()
     servers = []
-    for (lhost, lport), target in routes:
-        servers.append(
-            await loop.create_server(
-                lambda target=target: _Client(target, interval, silence, accounting),
-                lhost,
-                lport,
-                reuse_address=True,
-                backlog=1024,
-            )
-        )
+    gates = relay_wake_module().gates_for(routes, wake) if wake else [None for _ in routes]
+    for ((lhost, lport), target), gate in zip(routes, gates, strict=True):
+        client = functools.partial(_Client, target, interval, silence, gate, accounting)
+        servers.append(await loop.create_server(client, lhost, lport, reuse_address=True, backlog=1024))
+    if wake is not None:
+        servers.append(await relay_wake_module().start(gates, wake, parse_hostport(wake.control)))
     return servers
 
 
 async def _main(
-    routes: list[tuple[tuple[str, int], tuple[str, int]]],
+    routes: Sequence[Route],
     interval: float,
     silence: float,
+    wake: relay_wake.WakeOptions | None = None,
     args: argparse.Namespace | None = None,
 ) -> None:
     usage = _usage_module()
     accounting = await usage.start_accounting([t for _, t in routes], args) if usage and args else None
-    servers = await serve(routes, interval, silence, accounting)
+    servers = await serve(routes, interval, silence, wake, accounting)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     names = ", ".join(f"{lh}:{lp} -> {th}:{tp}" for (lh, lp), (th, tp) in routes)
-    print(f"sse_keepalive: ready ({names}; keepalive after {interval:g}s of silence)", flush=True)
+    waking = f"; wakes by {wake.mechanism}, control {wake.control}" if wake else ""
+    print(f"sse_keepalive: ready ({names}; keepalive after {interval:g}s of silence{waking})", flush=True)
     await stop.wait()
     for server in servers:
         server.close()
@@ -445,6 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="SSE keepalive relay (loopback only)")
     ap.add_argument("--route", action="append", required=True, help="LISTEN_HOST:PORT=TARGET_HOST:PORT (repeatable)")
     ap.add_argument("--interval", type=float, default=DEFAULT_INTERVAL_S, help="seconds of silence before a comment")
+    ap.add_argument("--wake", choices=("sleep", "stop"), help="hold and wake requests for an idle model")
+    ap.add_argument("--start-budget", type=float, default=600.0, help="--wake: seconds a wake may take")
+    ap.add_argument("--control", help="--wake: loopback HOST:PORT of the control API (GET /state, POST /hold)")
+    ap.add_argument("--reaper", help="--wake stop: http://127.0.0.1:PORT of the node's reaper")
+    ap.add_argument("--served-name", action="append", default=[], help="--wake: a model name it serves")
     ap.add_argument(
         "--silence", type=float, default=0, help="end a response the model server left silent this long (0: never)"
     )
@@ -454,16 +385,21 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         routes = [parse_route(r) for r in args.route]
+        wake = None
+        if args.wake:
+            if not args.control or not parse_route(f"{args.control}=127.0.0.1:1"):
+                raise ValueError("--wake needs --control HOST:PORT (loopback)")
+            wake = relay_wake_module().options(args, routes)
         problem = usage.usage_problem(args) if usage is not None else None
     except ValueError as exc:
         print(f"sse_keepalive: {exc}", file=sys.stderr)
         return 2
-    if args.interval <= 0 or args.silence < 0:
-        problem = "--interval must be > 0 and --silence >= 0"
+    if args.interval <= 0 or args.silence < 0 or args.start_budget <= 0:
+        problem = "--interval and --start-budget must be > 0 and --silence >= 0"
     if problem:
         print(f"sse_keepalive: {problem}", file=sys.stderr)
         return 2
-    asyncio.run(_main(routes, args.interval, args.silence, args))
+    asyncio.run(_main(routes, args.interval, args.silence, wake, args))
     return 0
 
 

@@ -17,7 +17,7 @@ route, to ask for usage in a stream whose client did not (`RequestReader`); the 
 then taken out of what the client receives (`ResponseMeter(strip_usage=True)`).
 
 Both readers follow HTTP/1.1 framing in bytes fed in any split (keepalive connections, many
-exchanges each), like `sse_keepalive.ResponseFramer`, and cost one `find` per buffer while nothing
+exchanges each), like `http_framing.ResponseFramer`, and cost one `find` per buffer while nothing
 they need is in it.
 """
 
