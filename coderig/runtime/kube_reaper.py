@@ -40,7 +40,7 @@ REQUIRED_SIGNALS = ("running", "completed")  # the gateway keeps no counter on t
 STATE_KEY = "state.json"
 
 
-# --- configuration (the CronJob's environment, set by coderig.kube.idle_env) ------------------------
+# --- configuration (the CronJob's environment, set by coderig.targets.kubernetes.idle.idle_env) --------
 
 
 @dataclass(frozen=True)

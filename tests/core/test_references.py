@@ -16,10 +16,6 @@ from coderig.client.bundle import DEVELOPER_KIND, STACK_KIND
 
 CITE = re.compile(r"""(?<!["'\w./-])coderig(?:\.[A-Za-z_]\w*)+""")
 DATA = {STACK_KIND, DEVELOPER_KIND}  # bundle kinds: values, not modules
-# Stale, left as is on purpose: this comment ships inside the kubernetes idle ConfigMap, so fixing it
-# changes tests/golden/rendered/kubernetes (kept byte-identical by the change that added this test).
-# It means coderig.targets.kubernetes.idle.idle_env; fix it with the next change that re-renders it.
-KNOWN_STALE = {("coderig/runtime/kube_reaper.py", "coderig.kube.idle_env")}
 PACKAGES = ("coderig", "components", "stacks", "tests", "bench")
 
 
@@ -59,7 +55,7 @@ def unresolved(texts: list[tuple[str, int, str]]) -> list[str]:
         f"{where}:{line}: {m.group(0)}"
         for where, line, text in texts
         for m in CITE.finditer(text)
-        if m.group(0) not in DATA and (where, m.group(0)) not in KNOWN_STALE and not resolves(m.group(0))
+        if m.group(0) not in DATA and not resolves(m.group(0))
     ]
 
 
