@@ -38,7 +38,7 @@ import functools
 import json
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -103,19 +103,15 @@ class _Pair:
             self.line = b""
 
     def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        if self.gate is not None:
-            self.gate.dropped(self)
-        if self.meter is not None:
-            self.meter.close()
-        for t in (self.client, self.upstream):
-            if t is not None:
-                t.close()
+        if not self.closed:
+            self._end(lambda t: t.close())
 
     def abort(self) -> None:
         """Close both sides now, dropping what is queued (nginx sees a truncated response)."""
+        self._end(lambda t: t.abort())
+
+    def _end(self, how: Callable[[asyncio.Transport], None]) -> None:
+        """The connection is over: tell the wake gate and the usage meter, then end both transports."""
         self.closed = True
         if self.gate is not None:
             self.gate.dropped(self)
@@ -123,7 +119,7 @@ class _Pair:
             self.meter.close()
         for t in (self.client, self.upstream):
             if t is not None:
-                t.abort()
+                how(t)
 
 
 class _Upstream(asyncio.Protocol):
