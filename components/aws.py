@@ -48,19 +48,30 @@ def _network(
 ) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
     child = pulumi.ResourceOptions(parent=parent)
     vpc = aws.ec2.Vpc(
-        f"{name}-vpc", cidr_block=aws_resources.VPC_CIDR, enable_dns_hostnames=True, enable_dns_support=True,
-        tags={**tags, "Name": f"{name}-vpc"}, opts=child,
-    )  # fmt: skip
+        f"{name}-vpc",
+        cidr_block=aws_resources.VPC_CIDR,
+        enable_dns_hostnames=True,
+        enable_dns_support=True,
+        tags={**tags, "Name": f"{name}-vpc"},
+        opts=child,
+    )
     igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags=tags, opts=child)
     subnet = aws.ec2.Subnet(
-        f"{name}-subnet", vpc_id=vpc.id, cidr_block=aws_resources.SUBNET_CIDR, availability_zone=az,
-        map_public_ip_on_launch=False, tags={**tags, "Name": f"{name}-subnet"}, opts=child,
-    )  # fmt: skip
+        f"{name}-subnet",
+        vpc_id=vpc.id,
+        cidr_block=aws_resources.SUBNET_CIDR,
+        availability_zone=az,
+        map_public_ip_on_launch=False,
+        tags={**tags, "Name": f"{name}-subnet"},
+        opts=child,
+    )
     routes = aws.ec2.RouteTable(
-        f"{name}-routes", vpc_id=vpc.id,
+        f"{name}-routes",
+        vpc_id=vpc.id,
         routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=igw.id)],
-        tags=tags, opts=child,
-    )  # fmt: skip
+        tags=tags,
+        opts=child,
+    )
     aws.ec2.RouteTableAssociation(f"{name}-routes-assoc", subnet_id=subnet.id, route_table_id=routes.id, opts=child)
     return vpc.id, subnet.id
 
@@ -128,18 +139,25 @@ def _tags(args: NodeArgs, role: str, **extra: str) -> dict[str, str]:
 def _security_group(parent: pulumi.Resource, name: str, args: NodeArgs) -> aws.ec2.SecurityGroup:
     ingress = [
         aws.ec2.SecurityGroupIngressArgs(
-            description=r.description, protocol="tcp", from_port=r.port, to_port=r.port,
-            cidr_blocks=None if r.ipv6 else [r.cidr], ipv6_cidr_blocks=[r.cidr] if r.ipv6 else None,
+            description=r.description,
+            protocol="tcp",
+            from_port=r.port,
+            to_port=r.port,
+            cidr_blocks=None if r.ipv6 else [r.cidr],
+            ipv6_cidr_blocks=[r.cidr] if r.ipv6 else None,
         )
         for r in args.rules
-    ]  # fmt: skip
+    ]
     if args.replica_port is not None:
         ingress.append(
             aws.ec2.SecurityGroupIngressArgs(
-                description="model server between this stack's nodes", protocol="tcp",
-                from_port=args.replica_port, to_port=args.replica_port, self=True,
+                description="model server between this stack's nodes",
+                protocol="tcp",
+                from_port=args.replica_port,
+                to_port=args.replica_port,
+                self=True,
             )
-        )  # fmt: skip
+        )
     return aws.ec2.SecurityGroup(
         f"{name}-sg",
         description=f"coderig {args.stack}: gateway from allowedCidrs, ssh from adminCidr",
@@ -154,7 +172,7 @@ def _security_group(parent: pulumi.Resource, name: str, args: NodeArgs) -> aws.e
                 cidr_blocks=["0.0.0.0/0"],
                 ipv6_cidr_blocks=["::/0"],
             )
-        ],  # fmt: skip
+        ],
         tags=_tags(args, "gpu-node"),
         opts=pulumi.ResourceOptions(parent=parent),
     )
@@ -223,12 +241,17 @@ def _node(gpu: GpuNodes, name: str, args: NodeArgs, index: int) -> Node:
         ).apply(
             lambda v: aws_resources.user_data_base64(
                 aws_resources.cloud_init(
-                    host_private_key=v[0], host_public_key=v[1], login_public_key=v[2], weights_volume_id=v[3],
-                    stack=args.stack, region=args.region, gateway_metrics_url=args.gateway_metrics_url,
+                    host_private_key=v[0],
+                    host_public_key=v[1],
+                    login_public_key=v[2],
+                    weights_volume_id=v[3],
+                    stack=args.stack,
+                    region=args.region,
+                    gateway_metrics_url=args.gateway_metrics_url,
                 )
             )
         )
-    )  # fmt: skip
+    )
     tags = _tags(args, "gpu-node", Name=name)
     instance = aws.ec2.Instance(
         name,
@@ -248,7 +271,7 @@ def _node(gpu: GpuNodes, name: str, args: NodeArgs, index: int) -> Node:
             encrypted=True,
             delete_on_termination=True,
             tags=_tags(args, "root-volume", Name=f"{name}-root"),
-        ),  # fmt: skip
+        ),
         tags=tags,
         **_market_options(args.target),  # type: ignore[arg-type]
         opts=pulumi.ResourceOptions(
@@ -273,9 +296,11 @@ def _node(gpu: GpuNodes, name: str, args: NodeArgs, index: int) -> Node:
     )
     eip = aws.ec2.Eip(f"{name}-eip", domain="vpc", tags=_tags(args, "gpu-node", Name=f"{name}-eip"), opts=child)
     association = aws.ec2.EipAssociation(
-        f"{name}-eip-assoc", allocation_id=eip.allocation_id, instance_id=instance.id,
+        f"{name}-eip-assoc",
+        allocation_id=eip.allocation_id,
+        instance_id=instance.id,
         opts=pulumi.ResourceOptions(parent=gpu, depends_on=list(args.eip_waits_for)),
-    )  # fmt: skip
+    )
     return Node(instance, host_key, volume, attachment, eip, association)
 
 
@@ -306,9 +331,12 @@ def _reaper(parent: pulumi.Resource, name: str, args: ReaperArgs) -> aws.lambda_
     tags = aws_resources.tags(args.stack, args.environment, "idle-reaper")
     fn_name = aws_resources.reaper_function_name(args.stack)
     logs = aws.cloudwatch.LogGroup(
-        f"{name}-logs", name=f"/aws/lambda/{fn_name}", retention_in_days=aws_resources.LOG_RETENTION_DAYS,
-        tags=tags, opts=child,
-    )  # fmt: skip
+        f"{name}-logs",
+        name=f"/aws/lambda/{fn_name}",
+        retention_in_days=aws_resources.LOG_RETENTION_DAYS,
+        tags=tags,
+        opts=child,
+    )
     role = aws.iam.Role(
         f"{name}-role",
         assume_role_policy=json.dumps(aws_resources.assume_role_policy("lambda.amazonaws.com")),
@@ -343,12 +371,19 @@ def _reaper(parent: pulumi.Resource, name: str, args: ReaperArgs) -> aws.lambda_
         opts=pulumi.ResourceOptions(parent=parent, depends_on=[logs, policy]),
     )
     rule = aws.cloudwatch.EventRule(
-        f"{name}-schedule", schedule_expression=aws_resources.REAPER_SCHEDULE,
-        description=f"coderig {args.stack}: run the idle reaper", tags=tags, opts=child,
-    )  # fmt: skip
+        f"{name}-schedule",
+        schedule_expression=aws_resources.REAPER_SCHEDULE,
+        description=f"coderig {args.stack}: run the idle reaper",
+        tags=tags,
+        opts=child,
+    )
     aws.cloudwatch.EventTarget(f"{name}-target", rule=rule.name, arn=function.arn, opts=child)
     aws.lambda_.Permission(
-        f"{name}-invoke", action="lambda:InvokeFunction", function=function.name,
-        principal="events.amazonaws.com", source_arn=rule.arn, opts=child,
-    )  # fmt: skip
+        f"{name}-invoke",
+        action="lambda:InvokeFunction",
+        function=function.name,
+        principal="events.amazonaws.com",
+        source_arn=rule.arn,
+        opts=child,
+    )
     return function

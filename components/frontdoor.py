@@ -56,8 +56,9 @@ class MasterKey(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: MasterKeyArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("coderig:frontdoor:MasterKey", name, None, opts)
-        key = random.RandomPassword(f"{name}-litellm", length=access.KEY_LENGTH, special=False,
-                                    opts=pulumi.ResourceOptions(parent=self))  # fmt: skip
+        key = random.RandomPassword(
+            f"{name}-litellm", length=access.KEY_LENGTH, special=False, opts=pulumi.ResourceOptions(parent=self)
+        )
         self.value = pulumi.Output.secret(key.result.apply(lambda v: f"{args.prefix}{v}"))
         self.register_outputs({})
 
@@ -106,8 +107,16 @@ class ReplicaLinks(pulumi.ComponentResource):
         for i, address in enumerate(["", *args.replica_addresses]):
             want = links.link_certificate(i, address)
             names = (f"{name}-{i}-key", f"{name}-{i}-csr", f"{name}-{i}-cert")
-            cert, key = _issued(names, ca_key, ca, child, common_name=want.common_name, dns_names=list(want.dns_names),
-                                ip_addresses=list(want.ip_addresses), allowed_uses=want.allowed_uses)  # fmt: skip
+            cert, key = _issued(
+                names,
+                ca_key,
+                ca,
+                child,
+                common_name=want.common_name,
+                dns_names=list(want.dns_names),
+                ip_addresses=list(want.ip_addresses),
+                allowed_uses=want.allowed_uses,
+            )
             both = pulumi.Output.all(ca.cert_pem, cert, key)
             self.tls.append(pulumi.Output.secret(both.apply(lambda v: LinkTls(ca_cert=v[0], cert=v[1], key=v[2]))))
         self.register_outputs({"ca_pem": ca.cert_pem})
@@ -171,8 +180,13 @@ def _self_signed(
     ca_key, ca = _ca(name, f"coderig {stack} CA", child)
     sans = pulumi.Output.from_input(names).apply(access.certificate_sans)
     cert, key = _issued(
-        (f"{name}-server-key", f"{name}-csr", f"{name}-server"), ca_key, ca, child,
-        common_name=f"coderig {stack} gateway", dns_names=sans.apply(lambda s: s[0]),
-        ip_addresses=sans.apply(lambda s: s[1]), allowed_uses=("digital_signature", "key_encipherment", "server_auth"),
-    )  # fmt: skip
+        (f"{name}-server-key", f"{name}-csr", f"{name}-server"),
+        ca_key,
+        ca,
+        child,
+        common_name=f"coderig {stack} gateway",
+        dns_names=sans.apply(lambda s: s[0]),
+        ip_addresses=sans.apply(lambda s: s[1]),
+        allowed_uses=("digital_signature", "key_encipherment", "server_auth"),
+    )
     return cert, key, ca.cert_pem

@@ -211,8 +211,9 @@ def build_resources(
     def add(key: str, deps: Sequence[pulumi.Resource] = (), **extra: Any) -> None:
         obj = objs.pop(key)
         extra = {**keep.get(key, {}), **extra}
-        made[key] = resource(name, obj, pulumi.ResourceOptions.merge(base, pulumi.ResourceOptions(
-            depends_on=list(deps), **extra)))  # fmt: skip
+        made[key] = resource(
+            name, obj, pulumi.ResourceOptions.merge(base, pulumi.ResourceOptions(depends_on=list(deps), **extra))
+        )
 
     ns_key = f"namespace-{kube.target(settings).namespace}"
     add(ns_key)
@@ -231,15 +232,35 @@ def build_resources(
         add(f"service-{svc}", ns)
     add(f"networkpolicy-{kube.MODEL}", ns)
     _with_checksum(objs[f"deployment-{kube.MODEL}"], sums)
-    add(f"deployment-{kube.MODEL}", [*ns, *on(f"job-{kube.WEIGHTS}", f"secret-{kube.SECRET_MODEL}",
-                                               f"service-{kube.MODEL}", f"networkpolicy-{kube.MODEL}")])  # fmt: skip
+    add(
+        f"deployment-{kube.MODEL}",
+        [
+            *ns,
+            *on(
+                f"job-{kube.WEIGHTS}",
+                f"secret-{kube.SECRET_MODEL}",
+                f"service-{kube.MODEL}",
+                f"networkpolicy-{kube.MODEL}",
+            ),
+        ],
+    )
 
     add(f"configmap-{kube.LITELLM_CONFIG}", ns)
     add(f"configmap-{kube.GATEWAY_CONFIG}", ns)
     _with_checksum(objs[f"deployment-{kube.FRONTDOOR}"], sums)
-    add(f"deployment-{kube.FRONTDOOR}", [*ns, *on(
-        f"configmap-{kube.LITELLM_CONFIG}", f"configmap-{kube.GATEWAY_CONFIG}", f"secret-{kube.SECRET_FRONTDOOR}",
-        f"secret-{kube.SECRET_TLS}", f"service-{kube.MODEL}")])  # fmt: skip
+    add(
+        f"deployment-{kube.FRONTDOOR}",
+        [
+            *ns,
+            *on(
+                f"configmap-{kube.LITELLM_CONFIG}",
+                f"configmap-{kube.GATEWAY_CONFIG}",
+                f"secret-{kube.SECRET_FRONTDOOR}",
+                f"secret-{kube.SECRET_TLS}",
+                f"service-{kube.MODEL}",
+            ),
+        ],
+    )
     add(f"service-{kube.GATEWAY}", [*ns, *on(f"deployment-{kube.FRONTDOOR}")])
     add(f"poddisruptionbudget-{kube.FRONTDOOR}", ns)
     if f"ingress-{kube.GATEWAY}" in objs:
@@ -253,8 +274,18 @@ def build_resources(
         add(f"serviceaccount-{kube.IDLE}", ns)
         add(f"role-{kube.IDLE}", ns)
         add(f"rolebinding-{kube.IDLE}", [*ns, *on(f"role-{kube.IDLE}", f"serviceaccount-{kube.IDLE}")])
-        add(f"cronjob-{kube.IDLE}", [*ns, *on(f"rolebinding-{kube.IDLE}", f"configmap-{kube.IDLE_CODE}",
-                                              f"configmap-{kube.IDLE_STATE}", f"deployment-{kube.MODEL}")])  # fmt: skip
+        add(
+            f"cronjob-{kube.IDLE}",
+            [
+                *ns,
+                *on(
+                    f"rolebinding-{kube.IDLE}",
+                    f"configmap-{kube.IDLE_CODE}",
+                    f"configmap-{kube.IDLE_STATE}",
+                    f"deployment-{kube.MODEL}",
+                ),
+            ],
+        )
     if objs:
         raise RuntimeError(f"components.kube: no resource registered for {sorted(objs)}")
     return made

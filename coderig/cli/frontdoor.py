@@ -100,10 +100,16 @@ def bundle_writer(args: argparse.Namespace) -> Callable[[str, str | None, dict[s
 
     def write(base_url: str, ca_pem: str | None, keys: dict[str, str]) -> None:
         bundles = clients.frontdoor_bundles(
-            name=args.name, base_url=public_base(base_url, args.tls_name), served_name=args.model,
-            aliases=args.alias, max_model_len=max_model_len, max_output_tokens=args.max_tokens,
-            ca_cert_pem=ca_pem, tokens=keys, backends=args.backend,
-        )  # fmt: skip
+            name=args.name,
+            base_url=public_base(base_url, args.tls_name),
+            served_name=args.model,
+            aliases=args.alias,
+            max_model_len=max_model_len,
+            max_output_tokens=args.max_tokens,
+            ca_cert_pem=ca_pem,
+            tokens=keys,
+            backends=args.backend,
+        )
         for developer, data in bundles.items():
             write_file(out / f"{developer}.json", configs.dumps_json(data), 0o600)
         for gone in written - set(bundles):

@@ -337,10 +337,18 @@ def _check_public(data: Mapping[str, Any]) -> None:
             f"{BUNDLE_SCHEMA_VERSION}); upgrade coderig or regenerate the bundle with the matching version"
         )
     for path in (
-        "alias", "stack", "endpoint.host", "endpoint.port", "endpoint.scheme", "endpoint.anthropic_base_url",
-        "endpoint.openai_base_url", "model.served_name", "model.max_model_len", "model.max_output_tokens",
+        "alias",
+        "stack",
+        "endpoint.host",
+        "endpoint.port",
+        "endpoint.scheme",
+        "endpoint.anthropic_base_url",
+        "endpoint.openai_base_url",
+        "model.served_name",
+        "model.max_model_len",
+        "model.max_output_tokens",
         "client_env",
-    ):  # fmt: skip
+    ):
         node: Any = data
         for part in path.split("."):
             node = node.get(part) if isinstance(node, Mapping) else None
@@ -397,10 +405,20 @@ def frontdoor_bundles(
     scheme = parsed.scheme
     port = parsed.port or {"https": 443, "http": 80}[scheme]
     public = stack_outputs(
-        project=FRONTDOOR_PROJECT, stack=name, host=parsed.hostname, port=port, scheme=scheme,
-        served_name=served_name, aliases=aliases, max_model_len=max_model_len, max_output_tokens=max_output_tokens,
-        developers=sorted(tokens), plan={"source": "coderig frontdoor run", "backends": list(backends)},
-        idle={}, usd_per_hour=None, ca_cert_pem=ca_cert_pem,
-    )  # fmt: skip
+        project=FRONTDOOR_PROJECT,
+        stack=name,
+        host=parsed.hostname,
+        port=port,
+        scheme=scheme,
+        served_name=served_name,
+        aliases=aliases,
+        max_model_len=max_model_len,
+        max_output_tokens=max_output_tokens,
+        developers=sorted(tokens),
+        plan={"source": "coderig frontdoor run", "backends": list(backends)},
+        idle={},
+        usd_per_hour=None,
+        ca_cert_pem=ca_cert_pem,
+    )
     outputs = {BUNDLE_OUTPUT: public, TOKENS_OUTPUT: dict(tokens)}
     return {developer: developer_bundle(outputs, developer) for developer in sorted(tokens)}

@@ -50,8 +50,12 @@ def pulumi_outputs(stack: str, cwd: str | None) -> dict[str, Any]:
         )
     proc = subprocess.run(
         [exe, "stack", "output", "--json", "--show-secrets", "--stack", stack],
-        capture_output=True, text=True, cwd=cwd, check=False, env=project_backend_env(cwd),
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        check=False,
+        env=project_backend_env(cwd),
+    )
     if proc.returncode != 0:
         raise UserError(f"`pulumi stack output --stack {stack}` failed:\n{proc.stderr.strip()}")
     try:

@@ -41,16 +41,22 @@ def vllm_args(model: ModelSettings, layout: Layout, host: str = MODEL_HOST, port
     p = model.spec
     args = [
         p.hf_repo,
-        "--served-model-name", model.served_name,
-        "--host", host,
-        "--port", str(port),
+        "--served-model-name",
+        model.served_name,
+        "--host",
+        host,
+        "--port",
+        str(port),
         *layout.flags(),
-        "--max-model-len", str(model.max_model_len),
-        "--gpu-memory-utilization", f"{model.gpuMemoryUtilization:.2f}",
-        "--kv-cache-dtype", "fp8" if model.kvCacheDtype == "fp8" else "auto",
+        "--max-model-len",
+        str(model.max_model_len),
+        "--gpu-memory-utilization",
+        f"{model.gpuMemoryUtilization:.2f}",
+        "--kv-cache-dtype",
+        "fp8" if model.kvCacheDtype == "fp8" else "auto",
         "--enable-prefix-caching",
         "--enable-auto-tool-choice",
-    ]  # fmt: skip
+    ]
     if model.revision != "main":  # the weights step fetched this revision; load exactly it (offline)
         args += ["--revision", model.revision, "--tokenizer-revision", model.revision]
     args += _parser_flags(p)
@@ -98,19 +104,27 @@ def llamacpp_args(model: ModelSettings, gguf_path: str, host: str = MODEL_HOST, 
     gets the whole context; further requests queue. (The pinned build also has `--kv-unified`, which
     lets slots share one pool, but then two long requests can exhaust it mid-generation.)"""
     return [
-        "--model", gguf_path,
-        "--alias", model.served_name,
-        "--host", host,
-        "--port", str(port),
-        "--ctx-size", str(model.max_model_len),
+        "--model",
+        gguf_path,
+        "--alias",
+        model.served_name,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--ctx-size",
+        str(model.max_model_len),
         "--jinja",  # the model's chat template, needed for tool calls
         "--metrics",
-        "--parallel", "1",
-        "--cache-type-k", LLAMACPP_CACHE_TYPE,
-        "--cache-type-v", LLAMACPP_CACHE_TYPE,
+        "--parallel",
+        "1",
+        "--cache-type-k",
+        LLAMACPP_CACHE_TYPE,
+        "--cache-type-v",
+        LLAMACPP_CACHE_TYPE,
         *_chat_template_flags(model),  # after --jinja: llama-server then takes any Jinja template
         *model.extraArgs,
-    ]  # fmt: skip
+    ]
 
 
 def gguf_path(preset: Preset, cache_mount: str = CACHE_MOUNT) -> str:

@@ -63,9 +63,15 @@ class FrontDoorInputs:
 
 
 def from_settings(
-    settings: StackSettings, backends: Sequence[str], *, listen: str, litellm: str, health_url: str,
-    direct_chat: Sequence[str] = (), gate_retry_after_s: int | None = None,
-) -> FrontDoorInputs:  # fmt: skip
+    settings: StackSettings,
+    backends: Sequence[str],
+    *,
+    listen: str,
+    litellm: str,
+    health_url: str,
+    direct_chat: Sequence[str] = (),
+    gate_retry_after_s: int | None = None,
+) -> FrontDoorInputs:
     """A deployed stack's front door: the served model, its preset's defaults, the gateway rate."""
     m = settings.model
     p = m.spec

@@ -97,7 +97,7 @@ _ERRORS: dict[tuple[Shape, int], str] = {
     ("openai", 500): openai_error("server_error", "translator_error", _TRANSLATOR_MSG),
     ("anthropic", 503): anthropic_error("overloaded_error", UNAVAILABLE_MSG),
     ("openai", 503): openai_error("server_error", "upstream_unavailable", UNAVAILABLE_MSG),
-}  # fmt: skip
+}
 
 
 def error_body(shape: Shape, status: int) -> str:
@@ -362,7 +362,7 @@ def _server_block(spec: GatewaySpec, routes: tuple[Route, ...]) -> list[str]:
         *[line for prefix, shape in NOT_FOUND_SHAPES for line in _location(prefix, [_return(shape, 404)])],
         *_named_errors(spec),
         *own_error_locations(),
-    ]  # fmt: skip
+    ]
     return ["server {", *_indent(body, 1), "}"]
 
 

@@ -127,9 +127,20 @@ class MissingDownloader(Exception):
 
 def pip_install_command(requirements: str) -> list[str]:
     return [
-        sys.executable, "-m", "pip", "install", "--quiet", "--no-cache-dir", "--disable-pip-version-check",
-        "--require-hashes", "--only-binary", ":all:", "--no-input", "-r", requirements,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-cache-dir",
+        "--disable-pip-version-check",
+        "--require-hashes",
+        "--only-binary",
+        ":all:",
+        "--no-input",
+        "-r",
+        requirements,
+    ]
 
 
 def ensure_hub(env: dict[str, str], run: Callable[..., object] = subprocess.run) -> None:

@@ -316,8 +316,9 @@ def reap(
         d = decide(history, "running", up_since)
         if not s.complete:
             # older datapoints may still look fresh to decide(); this run saw only part of the replicas
-            d = idle.Decision("keep", f"metrics from {len(s.completed_by_addr)}/{ready} replicas: "
-                              "not stopping without data")  # fmt: skip
+            d = idle.Decision(
+                "keep", f"metrics from {len(s.completed_by_addr)}/{ready} replicas: not stopping without data"
+            )
         state.update(
             samples=_dump_samples(history),
             counters=s.completed_by_addr if s.complete else state.get("counters") or {},

@@ -222,10 +222,14 @@ def tick(
         if route and state == "awake":
             up = datetime.fromisoformat(str(route.get("since")))
         d = idle.decide(
-            node.history, now, cfg.stop_after_minutes, cfg.schedule,
+            node.history,
+            now,
+            cfg.stop_after_minutes,
+            cfg.schedule,
             state={"awake": "running", "sleeping": "stopped", "stopped": "stopped"}.get(state, state),
-            period_seconds=cfg.period_seconds, up_since=up,
-        )  # fmt: skip
+            period_seconds=cfg.period_seconds,
+            up_since=up,
+        )
         if route is None:
             d = idle.Decision("keep", "the relay's state did not answer: not acting without it")
         elif d.action == "stop" and node.history[-1].running is None:  # this period's scrape, not an older one
@@ -364,12 +368,18 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         cfg = Config(
-            relay=args.relay.rstrip("/"), models=tuple(m.rstrip("/") for m in args.model), action=args.action,
-            stop_after_minutes=args.stop_after_minutes, period_seconds=args.period,
-            schedule=idle.schedule_from_env(os.environ), dry_run=idle.dry_run_from_env(os.environ),
-            model_name=args.model_name, container=args.container, start_budget_s=args.start_budget,
+            relay=args.relay.rstrip("/"),
+            models=tuple(m.rstrip("/") for m in args.model),
+            action=args.action,
+            stop_after_minutes=args.stop_after_minutes,
+            period_seconds=args.period,
+            schedule=idle.schedule_from_env(os.environ),
+            dry_run=idle.dry_run_from_env(os.environ),
+            model_name=args.model_name,
+            container=args.container,
+            start_budget_s=args.start_budget,
             state_file=args.state_file,
-        )  # fmt: skip
+        )
         wakers = build(cfg, Docker(args.docker_socket))
         if args.control:
             if not isinstance(wakers[0], ContainerWaker):

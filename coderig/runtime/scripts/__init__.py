@@ -5,8 +5,13 @@ from __future__ import annotations
 import importlib.resources
 
 SCRIPT_NAMES = (
-    "preflight.sh", "install.sh", "volume.sh", "wait-ready.sh", "fetch_weights.py", "weights-requirements.txt"
-)  # fmt: skip
+    "preflight.sh",
+    "install.sh",
+    "volume.sh",
+    "wait-ready.sh",
+    "fetch_weights.py",
+    "weights-requirements.txt",
+)
 ARGUMENTS_MARKER = "# @coderig-arguments"
 
 

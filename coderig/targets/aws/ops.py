@@ -174,8 +174,9 @@ def cmd_start(args: argparse.Namespace, settings: StackSettings | None) -> int:
     # the gateways to wait for: the front-door machine's when the stack has one (it runs the only
     # gateway and reaches the GPU nodes through their links), else each node's own
     door = _front_door(ec2, cfg)
-    described = [door] if door else [i for r in ec2.describe_instances(InstanceIds=ids)["Reservations"]
-                                      for i in r["Instances"]]  # fmt: skip
+    described = (
+        [door] if door else [i for r in ec2.describe_instances(InstanceIds=ids)["Reservations"] for i in r["Instances"]]
+    )
     failed = 0
     for inst in described:
         iid = inst["InstanceId"]

@@ -222,11 +222,23 @@ def lambda_files() -> dict[str, str]:
 
 def publisher_command(stack: str, region: str, gateway_metrics_url: str | None = None) -> list[str]:
     cmd = [
-        "/usr/bin/python3", "-m", "coderig.runtime.aws_reaper", "publish",
-        "--stack", stack, "--region", region, "--instance-id", "auto",
-        "--vllm-url", f"http://{engine.MODEL_HOST}:{engine.MODEL_PORT}/metrics", "--loop", "60",
-        "--state-file", f"/var/lib/{STATE_DIRECTORY}/state.json",
-    ]  # fmt: skip
+        "/usr/bin/python3",
+        "-m",
+        "coderig.runtime.aws_reaper",
+        "publish",
+        "--stack",
+        stack,
+        "--region",
+        region,
+        "--instance-id",
+        "auto",
+        "--vllm-url",
+        f"http://{engine.MODEL_HOST}:{engine.MODEL_PORT}/metrics",
+        "--loop",
+        "60",
+        "--state-file",
+        f"/var/lib/{STATE_DIRECTORY}/state.json",
+    ]
     if gateway_metrics_url:
         cmd += ["--gateway-url", gateway_metrics_url]
     return cmd
@@ -301,7 +313,7 @@ def cloud_init(
                 "sh",
                 "-c",
                 "python3 -c 'import boto3' 2>/dev/null || apt-get -o DPkg::Lock::Timeout=600 install -y python3-boto3",
-            ],  # fmt: skip
+            ],
             ["systemctl", "daemon-reload"],
             ["systemctl", "enable", "--now", "coderig-metrics.service"],
         ],

@@ -97,13 +97,25 @@ def reaper_service(settings: StackSettings, spec: NodeSpec, code_dir: str, code_
         return None
     models = [f"http://{b}" for b in _model_hostports(spec)]
     command = [
-        "python3", "-m", "coderig.runtime.node_reaper", "--relay", f"http://{RELAY_CONTROL}",
-        *(a for m in models for a in ("--model", m)), "--action", act,
-        "--stop-after-minutes", str(settings.idle.stop_after_minutes),
-        "--period", str(settings.idle.periodSeconds or idle.DEFAULT_PERIOD_SECONDS),
-        "--model-name", settings.model.served_name, "--start-budget", str(_budget(settings)),
-        "--state-file", f"{STATE_MOUNT}/reaper.json",
-    ]  # fmt: skip
+        "python3",
+        "-m",
+        "coderig.runtime.node_reaper",
+        "--relay",
+        f"http://{RELAY_CONTROL}",
+        *(a for m in models for a in ("--model", m)),
+        "--action",
+        act,
+        "--stop-after-minutes",
+        str(settings.idle.stop_after_minutes),
+        "--period",
+        str(settings.idle.periodSeconds or idle.DEFAULT_PERIOD_SECONDS),
+        "--model-name",
+        settings.model.served_name,
+        "--start-budget",
+        str(_budget(settings)),
+        "--state-file",
+        f"{STATE_MOUNT}/reaper.json",
+    ]
     volumes = [f"./{code_dir}:{code_mount}:ro", f"./{STATE_DIR}:{STATE_MOUNT}"]
     if act == "stop":
         command += ["--container", MODEL_CONTAINER, "--control", REAPER_CONTROL]

@@ -63,8 +63,14 @@ def first_machine(settings: StackSettings, args: argparse.Namespace, command: st
             if host.hostKey:
                 with open(known, "w") as f:
                     f.write(hostkeys.known_hosts_line(host.address, host.port, host.hostKey))
-                opts += ["-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known}",
-                         "-o", "GlobalKnownHostsFile=/dev/null"]  # fmt: skip
+                opts += [
+                    "-o",
+                    "StrictHostKeyChecking=yes",
+                    "-o",
+                    f"UserKnownHostsFile={known}",
+                    "-o",
+                    "GlobalKnownHostsFile=/dev/null",
+                ]
             if getattr(args, "ssh_key", None):
                 opts += ["-o", "IdentitiesOnly=yes", "-i", args.ssh_key]
             done = run(["ssh", "-F", "/dev/null", *opts, f"{host.user}@{host.address}", command])

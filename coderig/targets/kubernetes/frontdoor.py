@@ -106,10 +106,14 @@ def front_door(settings: StackSettings) -> tuple[frontdoor.ModelRoute, frontdoor
     is at zero (or loading) every API call gets 503 + Retry-After, never LiteLLM's 500/502."""
     url = model_url(settings)
     inputs = from_settings(
-        settings, (f"{url}/v1",), listen=f"0.0.0.0:{settings.gateway.port}",
-        litellm=f"{engine.MODEL_HOST}:{engine.LITELLM_PORT}", health_url=f"{url}/health",
-        direct_chat=(frontdoor.upstream_hostport(url),), gate_retry_after_s=RETRY_AFTER_S,
-    )  # fmt: skip
+        settings,
+        (f"{url}/v1",),
+        listen=f"0.0.0.0:{settings.gateway.port}",
+        litellm=f"{engine.MODEL_HOST}:{engine.LITELLM_PORT}",
+        health_url=f"{url}/health",
+        direct_chat=(frontdoor.upstream_hostport(url),),
+        gate_retry_after_s=RETRY_AFTER_S,
+    )
     return assemble(inputs, GATEWAY_PATHS)
 
 
