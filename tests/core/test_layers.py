@@ -293,6 +293,17 @@ def test_no_product_module_over_500_formatted_lines(tmp_path: Path) -> None:
     assert not over, f"over 500 lines once formatted: {over}"
 
 
+def test_product_code_is_laid_out_by_the_formatter() -> None:
+    """No `# fmt:` directive in product code: what ruff lays out is what a reader sees (and packing
+    lines behind one cannot hide a module's size)."""
+    found = {
+        name: m.group(0).strip()
+        for name, path in project_modules().items()
+        if (m := FMT_DIRECTIVE.search(path.read_text()))
+    }
+    assert not found, f"# fmt: directives in product code: {found}"
+
+
 def test_the_size_check_counts_packed_lines_as_formatted(tmp_path: Path) -> None:
     """A call packed onto one line behind `# fmt: skip` counts as the lines ruff would give it."""
     args = ", ".join(f"argument_number_{i}=1" for i in range(12))
