@@ -293,6 +293,24 @@ def test_no_product_module_over_500_formatted_lines(tmp_path: Path) -> None:
     assert not over, f"over 500 lines once formatted: {over}"
 
 
+ROLE_COMPARISON = re.compile(r"\.role\s*(==|!=|in\b|not\s+in\b)")
+
+
+def test_node_roles_are_asked_through_the_nodes_properties() -> None:
+    """A machine's role is compared only inside NodeSpec's own properties (runs_model, runs_front_door,
+    is_replica, …): everywhere else asks those, so a new role changes one file."""
+    home = "coderig.targets.compose.machines"
+    found = [
+        f"{name}:{i}"
+        for name, path in project_modules().items()
+        if name != home
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if ROLE_COMPARISON.search(line)
+    ]
+    assert not found, f"node roles compared as strings: {found}"
+    assert ROLE_COMPARISON.search('if spec.role != "full":') and ROLE_COMPARISON.search("x.role in ROLES")
+
+
 def test_product_code_is_laid_out_by_the_formatter() -> None:
     """No `# fmt:` directive in product code: what ruff lays out is what a reader sees (and packing
     lines behind one cannot hide a module's size)."""

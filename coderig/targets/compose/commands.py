@@ -76,7 +76,7 @@ def preflight_env(settings: StackSettings, spec: NodeSpec, cache_device: str | N
         env["CODERIG_GPU_COUNT"] = str(spec.gpu_count)
     if cache_device:
         env["CODERIG_CACHE_DEVICE"] = cache_device
-    if node_idle.action(settings) == "sleep" and spec.role in ("full", "replica"):
+    if node_idle.action(settings) == "sleep" and spec.runs_model:
         env["CODERIG_SLEEP_RAM_BYTES"] = str(preset.weight_bytes)  # the sleeping weights wait in host RAM
     return env
 

@@ -75,7 +75,7 @@ def model_overrides(settings: StackSettings) -> tuple[list[str], dict[str, str]]
 def relay_args(settings: StackSettings, spec: NodeSpec) -> list[str]:
     """What the relay's command gains on the first machine: hold and wake."""
     act = action(settings)
-    if act is None or spec.role != "full":
+    if act is None or not (spec.runs_model and spec.runs_front_door):
         return []
     served = [settings.model.served_name]
     args = ["--wake", act, "--control", RELAY_CONTROL, "--start-budget", str(_budget(settings))]
@@ -93,7 +93,7 @@ def reaper_service(settings: StackSettings, spec: NodeSpec, code_dir: str, code_
     """The reaper on the first machine (None without an idle policy): the pinned LiteLLM image has
     python3; the stdlib modules come from the bundle, like the relay's."""
     act = action(settings)
-    if act is None or spec.role != "full":
+    if act is None or not (spec.runs_model and spec.runs_front_door):
         return None
     models = [f"http://{b}" for b in _model_hostports(spec)]
     command = [
