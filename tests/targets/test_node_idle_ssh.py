@@ -43,17 +43,25 @@ def wait_ok(host: SshHost, url: str, timeout: float = 20) -> None:
 @contextlib.contextmanager
 def node_parts(host: SshHost, tmp: Path) -> Iterator[None]:
     model = f"{engine.MODEL_HOST}:{engine.MODEL_PORT}"
+    # the model first, then the relay: a relay asks the model's state once at start, and a model not yet
+    # listening reads as stopped until the next request (what `coderig idle` would show meanwhile)
     procs = [
-        subprocess.Popen(in_ns(host, sys.executable, str(ROOT / "tests" / "standin.py"), "--port",
-                               str(engine.MODEL_PORT), "--model", MODEL, "--dev-mode", "--wake-delay", "1"),
-                         stdout=subprocess.DEVNULL),
-        subprocess.Popen(in_ns(host, sys.executable, "-m", "coderig.runtime.sse_keepalive", "--route",
-                               f"127.0.0.1:{engine.KEEPALIVE_PORT}={model}", "--wake", "sleep", "--control",
-                               node_idle.RELAY_CONTROL, "--served-name", MODEL, "--start-budget", "30"),
-                         cwd=ROOT, stdout=(tmp / "relay.log").open("wb"), stderr=subprocess.STDOUT),
+        subprocess.Popen(
+            in_ns(host, sys.executable, str(ROOT / "tests" / "standin.py"), "--port", str(engine.MODEL_PORT),
+                  "--model", MODEL, "--dev-mode", "--wake-delay", "1"),
+            stdout=subprocess.DEVNULL,
+        )
     ]  # fmt: skip
     try:
         wait_ok(host, f"http://{model}/health")
+        procs.append(
+            subprocess.Popen(
+                in_ns(host, sys.executable, "-m", "coderig.runtime.sse_keepalive", "--route",
+                      f"127.0.0.1:{engine.KEEPALIVE_PORT}={model}", "--wake", "sleep", "--control",
+                      node_idle.RELAY_CONTROL, "--served-name", MODEL, "--start-budget", "30"),
+                cwd=ROOT, stdout=(tmp / "relay.log").open("wb"), stderr=subprocess.STDOUT,
+            )
+        )  # fmt: skip
         wait_ok(host, f"http://{node_idle.RELAY_CONTROL}/state")
         yield
     finally:
