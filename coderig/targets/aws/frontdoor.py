@@ -9,14 +9,13 @@ stop or terminate, and only instances carrying this stack's tag.
 from __future__ import annotations
 
 import importlib.resources
-import json
 from typing import Any
 
 from coderig.core.aws_settings import AWS_FIRST_HOST, AWS_SUBNET_PREFIX
 from coderig.core.frontdoor_machine import FRONT_DOOR_ROOT_GB
 from coderig.runtime.aws_reaper import FRONT_DOOR_ROLE, TAG_STACK
 from coderig.runtime.aws_wake import GPU_ROLE
-from coderig.targets.aws.resources import minify
+from coderig.targets.aws.resources import INSTALL_BOTO3, cloud_config, minify
 
 ROLE = FRONT_DOOR_ROLE  # the coderig:role tag of the front-door instance (the reaper skips it)
 PRIVATE_IP = f"{AWS_SUBNET_PREFIX}{AWS_FIRST_HOST - 1}"  # below the GPU nodes' .10, .11, …
@@ -48,21 +47,7 @@ def cloud_init(*, host_private_key: str, host_public_key: str, login_public_key:
         {"path": f"{WAKE_DIR}/{path}", "permissions": "0644", "content": minify(text)}
         for path, text in wake_files().items()
     ]
-    config = {
-        "ssh_deletekeys": True,
-        "ssh_genkeytypes": [],
-        "ssh_keys": {"ed25519_private": host_private_key, "ed25519_public": host_public_key},
-        "ssh_authorized_keys": [login_public_key],
-        "write_files": files,
-        "runcmd": [
-            [
-                "sh",
-                "-c",
-                "python3 -c 'import boto3' 2>/dev/null || apt-get -o DPkg::Lock::Timeout=600 install -y python3-boto3",
-            ],
-        ],
-    }
-    return "#cloud-config\n" + json.dumps(config, indent=1, sort_keys=True) + "\n"
+    return cloud_config(host_private_key, host_public_key, login_public_key, files, [INSTALL_BOTO3])
 
 
 def waker_policy(stack: str, *, tag_key: str = TAG_STACK) -> dict[str, Any]:

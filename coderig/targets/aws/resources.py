@@ -300,23 +300,36 @@ def cloud_init(
         {"path": f"{PUBLISHER_DIR}/{path}", "permissions": "0644", "content": minify(text)}
         for path, text in lambda_files().items()
     ]
+    runcmd = [
+        ["udevadm", "control", "--reload-rules"],
+        ["udevadm", "trigger", "--subsystem-match=block"],
+        INSTALL_BOTO3,
+        ["systemctl", "daemon-reload"],
+        ["systemctl", "enable", "--now", "coderig-metrics.service"],
+    ]
+    return cloud_config(host_private_key, host_public_key, login_public_key, files, runcmd)
+
+
+# the shipped stdlib modules import boto3 inside their functions; Ubuntu's package brings it
+INSTALL_BOTO3 = [
+    "sh",
+    "-c",
+    "python3 -c 'import boto3' 2>/dev/null || apt-get -o DPkg::Lock::Timeout=600 install -y python3-boto3",
+]
+
+
+def cloud_config(
+    host_private_key: str, host_public_key: str, login_public_key: str, files: list[dict[str, str]], runcmd: list
+) -> str:
+    """A `#cloud-config` for a coderig instance: the stack-generated SSH host key (pinned from the first
+    boot, no other key generated), the login key, `files` and `runcmd`. Holds a private key: keep it secret."""
     config = {
         "ssh_deletekeys": True,
         "ssh_genkeytypes": [],
         "ssh_keys": {"ed25519_private": host_private_key, "ed25519_public": host_public_key},
         "ssh_authorized_keys": [login_public_key],
         "write_files": files,
-        "runcmd": [
-            ["udevadm", "control", "--reload-rules"],
-            ["udevadm", "trigger", "--subsystem-match=block"],
-            [
-                "sh",
-                "-c",
-                "python3 -c 'import boto3' 2>/dev/null || apt-get -o DPkg::Lock::Timeout=600 install -y python3-boto3",
-            ],
-            ["systemctl", "daemon-reload"],
-            ["systemctl", "enable", "--now", "coderig-metrics.service"],
-        ],
+        "runcmd": runcmd,
     }
     return "#cloud-config\n" + json.dumps(config, indent=1, sort_keys=True) + "\n"
 
