@@ -154,6 +154,7 @@ class NodeCommands:
     down: str
     frontdoor_reload: str | None
     wait: str
+    wait_env: dict[str, str]  # the readiness wait's parameters (the restart-gate runs the shipped copy)
     wait_budget_s: int
     image_check: str | None = None  # coderig:model.image: the image's vLLM reads the model command first
 
@@ -181,6 +182,7 @@ def node_commands(
         down=commands.down_command(bundle_dir, user),
         frontdoor_reload=commands.frontdoor_reload_command(front, bundle_dir, user) if front else None,
         wait=commands.wait_command(rendered, bundle_dir, user),
+        wait_env=commands.wait_env(rendered, bundle_dir),
         wait_budget_s=rendered.ready_budget_s,
         image_check=image_check.image_check_command(settings, rendered, user),
     )
@@ -374,7 +376,9 @@ def build_steps(
             f"{name}-restart-gate",
             child(up, delete_before_replace=True, custom_timeouts=pulumi.CustomTimeouts(delete=budget)),
             create=rolling.GATE_CREATE,
-            delete=guard.apply(lambda g: rolling.gate_delete_command(g, cmds.wait, cmds.bundle_dir)),
+            delete=rolling.gate_delete_command(
+                rolling.model_files_digest(rendered.files), cmds.wait_env, cmds.bundle_dir, cmds.user
+            ),
             triggers=triggers(model_hash),
         )
     return Steps(ready, full_hash, restart_gate)

@@ -11,8 +11,8 @@ two is a `restart-gate` step on machine p that machine n's `up` step depends on 
     p's `up` was replaced, and waits (p's own readiness wait) until p's model server is ready again.
     Only then is the new gate created and n's `up` (down, then up) allowed to run. A delete runs only on
     a replacement or a destroy, never on a first create;
-  - on a destroy the gate goes before p's bundle and `up`: the bundle on disk is still the one the
-    gate was made with (`.bundle-hash`), so the delete does not wait for anything.
+  - on a destroy the gate goes before p's bundle and `up`: the files on disk are still the ones the
+    gate was made with (`model_files_digest`), so the delete does not wait for anything.
 
 Order: the replicas first (1, 2, …), the first machine (which holds the gateway) last; machines that run
 no model server (a front door) are not in the chain.
@@ -20,10 +20,11 @@ no model server (a front door) are not in the chain.
 
 from __future__ import annotations
 
+import hashlib
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from coderig.targets.compose.commands import BUNDLE_HASH_FILE
+from coderig.core.files import FileSet
 
 
 def restart_order(runs_model: Sequence[bool]) -> list[int]:
@@ -38,16 +39,33 @@ def restart_after(runs_model: Sequence[bool]) -> dict[int, int]:
     return dict(zip(order[1:], order[:-1], strict=True))
 
 
-def gate_delete_command(guard: str, wait_command: str, bundle_dir: str) -> str:
-    """The gate's delete on its machine: when the bundle there is no longer the one the gate was made
-    with (`guard`: commands.bundle_guard), this machine's model half was just replaced: wait until it is
-    ready (`wait_command`, its readiness wait) before the next machine restarts. Otherwise (a destroy,
-    or nothing restarted here) return at once."""
-    hash_file = shlex.quote(f"{bundle_dir}/{BUNDLE_HASH_FILE}")
+MODEL_FILES = ("compose.yaml", "scripts/")  # the model half's non-secret files on a machine
+
+
+def model_files_digest(files: FileSet) -> str:
+    """sha256 over the model half's non-secret files of a machine (compose.yaml, then scripts/* in byte
+    order), as `gate_delete_command` recomputes it from the bundle on disk. Not secret: no key is in them."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in files if p == MODEL_FILES[0] or p.startswith(MODEL_FILES[1])):
+        h.update(files[path].content.encode())
+    return h.hexdigest()
+
+
+def gate_delete_command(digest: str, wait_env: Mapping[str, str], bundle_dir: str, user: str | None) -> str:
+    """The gate's delete on its machine. When the bundle there no longer has the files the gate was made
+    with (`digest`: model_files_digest), this machine's model half was just replaced: wait until it is
+    ready (the shipped wait-ready.sh with `wait_env`, the machine's readiness wait) before the next machine
+    restarts; a failed wait stops the roll there. Otherwise (a destroy, or nothing changed here) return at
+    once. Only a change of the model half's secrets alone (the HF token) restarts without this wait."""
+    d = shlex.quote(bundle_dir)
+    sudo = "" if user in (None, "root") else "sudo -n "
+    assigns = "".join(f"{k}={shlex.quote(v)} " for k, v in sorted(wait_env.items()))
+    on_disk = f"(cd {d} 2>/dev/null && LC_ALL=C cat compose.yaml scripts/* 2>/dev/null) | sha256sum | cut -c1-64"
     return (
-        f'if [ "$(cat {hash_file} 2>/dev/null)" != {shlex.quote(guard)} ]; then '
+        f'if [ "$({on_disk})" != {digest} ]; then '
         "echo 'rolling restart: the next machine restarts once this one is ready again'; "
-        f"{wait_command}; else echo 'rolling restart: no restart on this machine'; fi"
+        f"{sudo}env {assigns}bash {d}/scripts/wait-ready.sh; "
+        "else echo 'rolling restart: no restart on this machine'; fi"
     )
 
 
