@@ -159,4 +159,3 @@ def test_with_another_image_a_flag_unknown_to_the_pinned_vllm_is_left_to_the_ima
     else:
         raise AssertionError("the pinned vLLM's flag list accepted an unknown flag")
     assert parse_settings(ssh_config(extraArgs=new_flag, image=IMAGE)).model.extraArgs == new_flag
-
