@@ -296,3 +296,85 @@ def test_a_host_whose_key_is_not_the_pinned_one_is_refused(hosts: list[SshHost],
     assert project.timings["up (host key mismatch)"] < 60, "a host key mismatch must not be retried"
     print("refused:", next(ln.strip() for ln in out.splitlines() if "host key mismatch" in ln)[:400])
     project.pulumi("destroy", "--yes", "--stack", STACK)
+
+
+# The test hosts' docker, timed: every call logged with its time, and each service reported "starting"
+# for LAG seconds after `compose up -d` (a model server loading), then as the stand-in reports it.
+ROLL_LAG_S = 4
+TIMED_DOCKER = r"""#!/usr/bin/env bash
+echo "$(date +%s.%N) $*" >> WORK/docker.timed
+state=WORK/docker.state
+case "$*" in
+  *" ps -a --format "*)
+    if [ -f "$state" ] && [ $(( $(date +%s) - $(stat -c %Y "$state") )) -lt LAG ]; then
+      for s in model link litellm gateway; do echo "$s|running|starting|0"; done
+      echo 'weights|exited||0'
+      exit 0
+    fi ;;
+esac
+exec WORK/bin/docker-standin "$@"
+"""
+
+
+@contextlib.contextmanager
+def timed_docker(hosts: list[SshHost]) -> Iterator[None]:
+    for h in hosts:
+        b = h.workdir / "bin"
+        (b / "docker").rename(b / "docker-standin")
+        (b / "docker").write_text(TIMED_DOCKER.replace("WORK", str(h.workdir)).replace("LAG", str(ROLL_LAG_S)))
+        (b / "docker").chmod(0o755)
+    try:
+        yield
+    finally:
+        for h in hosts:
+            b = h.workdir / "bin"
+            (b / "docker-standin").replace(b / "docker")
+
+
+def timed(host: SshHost, pattern: str, since: float) -> list[float]:
+    """When (epoch seconds) the host's docker was called with `pattern` in its arguments, after `since`."""
+    path = host.workdir / "docker.timed"
+    lines = path.read_text().splitlines() if path.exists() else []
+    times = [float(ln.split(" ", 1)[0]) for ln in lines if pattern in ln]
+    return [t for t in times if t >= since]
+
+
+def test_a_model_change_restarts_the_hosts_one_at_a_time(hosts: list[SshHost], tmp_path: Path) -> None:
+    """First up: both hosts start at once. A model change: the replica (node-1) goes down and up first;
+    the first host's model (node-0) goes down only once the replica reports ready again."""
+    project = project_copy(tmp_path)
+    (project.dir / ".pulumi-state").mkdir()
+    write_stack(project, hosts, ["alice"])
+    project.pulumi("stack", "init", STACK, "--secrets-provider", "passphrase")
+    private_key = hosts[0].client_key.read_text()
+    project.pulumi("config", "set", "--secret", "coderig:sshPrivateKey", "--stack", STACK, stdin=private_key)
+    first, replica = hosts
+    with timed_docker(hosts):
+        t0 = time.time()
+        project.run("./up.sh", STACK, label="up (create, timed)")
+        up_first, up_replica = (
+            timed(first, "-p coderig up -d --remove-orphans", t0),
+            timed(replica, "-p coderig up -d --remove-orphans", t0),
+        )
+        assert len(up_first) == len(up_replica) == 1
+        # create stays parallel: the first host started before the replica was ready (LAG after its start)
+        assert up_first[0] < up_replica[0] + ROLL_LAG_S, (up_first, up_replica)
+
+        doc = yaml.safe_load((project.dir / f"Pulumi.{STACK}.yaml").read_text())
+        doc["config"]["coderig:model"]["maxModelLen"] = 16384  # the model half: both model servers restart
+        (project.dir / f"Pulumi.{STACK}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+        t1 = time.time()
+        rolled = project.run("./up.sh", STACK, label="up (model change, rolling)")
+        down = {h.address: timed(h, "-p coderig down", t1) for h in hosts}
+        up = {h.address: timed(h, "-p coderig up -d --remove-orphans", t1) for h in hosts}
+        assert all(len(v) == 1 for v in [*down.values(), *up.values()]), (down, up)
+        # the replica first; the first host only once the replica's model was back (LAG after its start)
+        assert down[replica.address][0] < up[replica.address][0] < down[first.address][0]
+        assert down[first.address][0] >= up[replica.address][0] + ROLL_LAG_S, (down, up)
+        assert "the next machine restarts once this one is ready again" in rolled.stdout
+        print("rolling restart (s after the up began):", {a: [round(t - t1, 1) for t in down[a] + up[a]] for a in up})
+
+        t2 = time.time()
+        project.pulumi("destroy", "--yes", "--stack", STACK, label="destroy (timed)")
+    for h in hosts:
+        assert timed(h, "-p coderig down", t2), "destroy did not stop the stack"
