@@ -1,7 +1,9 @@
 """Rolling model restarts across the machines of a compose-based stack (ssh, local, aws): when the model
 half changes, one machine's model server restarts at a time, the next only once the one before is back
 ready, so the gateway always has a ready replica to send requests to (its upstreams already move a
-request off a replica that refuses the connection: coderig.frontdoor.native.failover). Pure.
+request off a replica that refuses the connection: coderig.frontdoor.native.failover). A loading vLLM
+refuses connections: it binds its port before loading but listens only once it serves
+(vllm 0.34 entrypoints/launchers/launcher.py: create_server_socket binds, uvicorn listens). Pure.
 
 First `pulumi up` (create) stays parallel: every machine downloads and loads at once. What separates the
 two is a `restart-gate` step on machine p that machine n's `up` step depends on (components/node.py):
