@@ -27,6 +27,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 
 from coderig.core.files import FileSet
+from coderig.frontdoor.native import FAIL_TIMEOUT_S
 
 
 def restart_order(runs_model: Sequence[bool]) -> list[int]:
@@ -41,6 +42,11 @@ def restart_after(runs_model: Sequence[bool]) -> dict[int, int]:
     return dict(zip(order[1:], order[:-1], strict=True))
 
 
+# The gateway leaves a replica whose connection failed alone for FAIL_TIMEOUT_S (nginx max_fails=1
+# fail_timeout): a replica back from its restart gets requests again only after that, so the next machine
+# restarts only then (measured: without it, requests failed with 503 while the first host restarted
+# within 30 s of the replica, tests/program/test_engine_ssh.py).
+GATEWAY_SETTLE_S = FAIL_TIMEOUT_S + 1
 MODEL_FILES = ("compose.yaml", "scripts/")  # the model half's non-secret files on a machine
 
 
@@ -56,8 +62,8 @@ def model_files_digest(files: FileSet) -> str:
 def gate_delete_command(digest: str, wait_env: Mapping[str, str], bundle_dir: str, user: str | None) -> str:
     """The gate's delete on its machine. When the bundle there no longer has the files the gate was made
     with (`digest`: model_files_digest), this machine's model half was just replaced: wait until it is
-    ready (the shipped wait-ready.sh with `wait_env`, the machine's readiness wait) before the next machine
-    restarts; a failed wait stops the roll there. Otherwise (a destroy, or nothing changed here) return at
+    ready (the shipped wait-ready.sh with `wait_env`, the machine's readiness wait), then until the gateway
+    takes it back (GATEWAY_SETTLE_S), before the next machine restarts; a failed wait stops the roll there. Otherwise (a destroy, or nothing changed here) return at
     once. Only a change of the model half's secrets alone (the HF token) restarts without this wait."""
     d = shlex.quote(bundle_dir)
     sudo = "" if user in (None, "root") else "sudo -n "
@@ -66,7 +72,9 @@ def gate_delete_command(digest: str, wait_env: Mapping[str, str], bundle_dir: st
     return (
         f'if [ "$({on_disk})" != {digest} ]; then '
         "echo 'rolling restart: the next machine restarts once this one is ready again'; "
-        f"{sudo}env {assigns}bash {d}/scripts/wait-ready.sh; "
+        f"{sudo}env {assigns}bash {d}/scripts/wait-ready.sh && "
+        f"echo 'rolling restart: ready; {GATEWAY_SETTLE_S} s for the gateway to take it back' && "
+        f"sleep {GATEWAY_SETTLE_S}; "
         "else echo 'rolling restart: no restart on this machine'; fi"
     )
 
