@@ -14,8 +14,16 @@ from sshhost import FAKE_DOCKER
 
 from coderig.core import planner
 from coderig.core.settings import parse_settings
+from coderig.frontdoor import native
 from coderig.targets.compose import commands, rolling
 from coderig.targets.compose.rendered import RenderedNode, render_nodes
+
+
+def test_the_gate_outwaits_the_gateways_fail_timeout() -> None:
+    # the gateway leaves a failed replica alone for native.FAIL_TIMEOUT_S; the next restart waits longer
+    assert rolling.GATEWAY_SETTLE_S > native.FAIL_TIMEOUT_S
+    assert f"sleep {rolling.GATEWAY_SETTLE_S};" in rolling.gate_delete_command("0" * 64, {}, "/opt/coderig", None)
+    assert f"fail_timeout={native.FAIL_TIMEOUT_S}s;" in "\n".join(native.balanced_servers("z", ["a:1"], 8, 4))
 
 
 def test_replicas_restart_first_and_the_first_machine_last() -> None:
@@ -59,7 +67,7 @@ def node_dir(tmp_path: Path) -> tuple[Path, Path, RenderedNode]:
 
 def run_delete(bundle: Path, work: Path, node: RenderedNode, digest: str, **env: str) -> subprocess.CompletedProcess:
     wait = commands.wait_env(node, str(bundle)) | {"CODERIG_POLL_SECONDS": "1", **env}
-    command = rolling.gate_delete_command(digest, wait, str(bundle), None)
+    command = rolling.gate_delete_command(digest, wait, str(bundle), None, settle_s=1)
     path = f"{work / 'bin'}:{os.environ['PATH']}"
     return subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60, env={"PATH": path})
 
@@ -86,6 +94,7 @@ def test_a_new_model_half_on_disk_waits_for_this_machine_to_be_ready(node_dir) -
     assert done.returncode == 0, done.stdout + done.stderr
     assert "the next machine restarts once this one is ready again" in done.stdout
     assert "wait-ready: ready after" in done.stdout  # the shipped script ran, against this bundle
+    assert "ready; 1 s for the gateway to take it back" in done.stdout
     assert f"compose --project-directory {bundle} -p coderig ps -a --format" in calls(work)
 
 

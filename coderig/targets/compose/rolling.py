@@ -59,12 +59,15 @@ def model_files_digest(files: FileSet) -> str:
     return h.hexdigest()
 
 
-def gate_delete_command(digest: str, wait_env: Mapping[str, str], bundle_dir: str, user: str | None) -> str:
+def gate_delete_command(
+    digest: str, wait_env: Mapping[str, str], bundle_dir: str, user: str | None, settle_s: int = GATEWAY_SETTLE_S
+) -> str:
     """The gate's delete on its machine. When the bundle there no longer has the files the gate was made
     with (`digest`: model_files_digest), this machine's model half was just replaced: wait until it is
     ready (the shipped wait-ready.sh with `wait_env`, the machine's readiness wait), then until the gateway
-    takes it back (GATEWAY_SETTLE_S), before the next machine restarts; a failed wait stops the roll there. Otherwise (a destroy, or nothing changed here) return at
-    once. Only a change of the model half's secrets alone (the HF token) restarts without this wait."""
+    takes it back (`settle_s`), before the next machine restarts; a failed wait stops the roll there.
+    Otherwise (a destroy, or nothing changed here) return at once. Only a change of the model half's
+    secrets alone (the HF token) restarts without this wait."""
     d = shlex.quote(bundle_dir)
     sudo = "" if user in (None, "root") else "sudo -n "
     assigns = "".join(f"{k}={shlex.quote(v)} " for k, v in sorted(wait_env.items()))
@@ -73,8 +76,8 @@ def gate_delete_command(digest: str, wait_env: Mapping[str, str], bundle_dir: st
         f'if [ "$({on_disk})" != {digest} ]; then '
         "echo 'rolling restart: the next machine restarts once this one is ready again'; "
         f"{sudo}env {assigns}bash {d}/scripts/wait-ready.sh && "
-        f"echo 'rolling restart: ready; {GATEWAY_SETTLE_S} s for the gateway to take it back' && "
-        f"sleep {GATEWAY_SETTLE_S}; "
+        f"echo 'rolling restart: ready; {settle_s} s for the gateway to take it back' && "
+        f"sleep {settle_s}; "
         "else echo 'rolling restart: no restart on this machine'; fi"
     )
 
