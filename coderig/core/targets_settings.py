@@ -138,6 +138,7 @@ class KubernetesTarget(TargetSettings):
     engines: ClassVar[tuple[str, ...]] = ("vllm",)
     # the gateway runs as non-root in its pod (the Service still exposes 443)
     min_gateway_port: ClassVar[int] = 1024
+    counts_usage: ClassVar[bool] = False  # the front-door pod's relay keeps no usage record yet
     gpu: GpuSpec
     kubeconfig: str | None = None
     context: str | None = None
@@ -186,6 +187,7 @@ EXTERNAL_HEALTH_PATH = "/v1/models"
 class ExternalTarget(TargetSettings):
     kind: Literal["external"]
     serves_model: ClassVar[bool] = False
+    counts_usage: ClassVar[bool] = False  # no relay: the model server is someone else's
     endpoint: str = Field(description="OpenAI-compatible base URL ending in /v1")
     frontDoor: Literal["local", "ssh"] = "local"
     host: SshHost | None = Field(default=None, description="where the front door runs when frontDoor is ssh")

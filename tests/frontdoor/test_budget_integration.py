@@ -1,0 +1,95 @@
+"""Daily token budgets, for real: `coderig frontdoor run` (TLS, nginx, LiteLLM, the relay keeping the
+usage record) in front of the stand-in. alice has a small budget and bob none: once alice's counted
+tokens reach it, every model route answers 429 in its client's shape (the limit, the reset time,
+`retry-after`), nothing of hers reaches the model server, bob goes on, and a restarted front door
+still refuses her (the budget is the usage record)."""
+
+from __future__ import annotations
+
+import calendar
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.frontdoor_fixtures import FrontDoor, Response, free_port, running_frontdoor, standin_server
+
+pytestmark = pytest.mark.integration
+
+MODEL = "umans-coder-v0"
+KEYS = {"alice": "crk-alice0123456789abcdefABCDEFbudget", "bob": "crk-bob0123456789abcdefABCDEFbudget00"}
+LIMIT = 30  # below one answer's input + output: alice's first request reaches it
+MSGS = [{"role": "user", "content": "say hello to the budget"}]
+BODIES = {
+    "/v1/messages": {"model": MODEL, "max_tokens": 20, "messages": MSGS},
+    "/v1/messages/count_tokens": {"model": MODEL, "messages": MSGS},
+    "/v1/chat/completions": {"model": MODEL, "max_tokens": 20, "messages": MSGS},
+    "/v1/responses": {"model": MODEL, "input": "say hello to the budget"},
+}
+
+
+def seconds_to_utc_midnight() -> float:
+    now = time.time()
+    today = time.gmtime(now)
+    return calendar.timegm((today.tm_year, today.tm_mon, today.tm_mday, 0, 0, 0)) + 86400 - now
+
+
+def assert_refused(resp: Response, path: str) -> None:
+    assert resp.status == 429, (path, resp.status, resp.body[:300])
+    body = resp.json()
+    if path.startswith("/v1/messages"):
+        assert body["type"] == "error" and body["error"]["type"] == "rate_limit_error", body
+        message = body["error"]["message"]
+    else:
+        assert body["error"]["type"] == "rate_limit_error" and body["error"]["code"] == "rate_limit_exceeded", body
+        message = body["error"]["message"]
+    assert "developer alice: " in message and f" of {LIMIT} tokens used today" in message, message
+    reset = time.strftime("%Y-%m-%dT00:00:00Z", time.gmtime(time.time() + seconds_to_utc_midnight() + 1))
+    assert f"resets at {reset} (00:00 UTC)" in message, message
+    assert abs(int(resp.headers["retry-after"]) - seconds_to_utc_midnight()) < 120, resp.headers
+    assert resp.headers["x-should-retry"] == "false"
+
+
+def alice_requests(model_requests: list[object]) -> int:
+    return sum(1 for r in model_requests if getattr(r, "headers", {}).get("x-coderig-developer") == "alice")
+
+
+def check_refusals(door: FrontDoor) -> None:
+    for path, body in BODIES.items():
+        assert_refused(door.post(path, body, key=KEYS["alice"]), path)
+        assert_refused(door.post(path, {**body, "stream": True}, key=KEYS["alice"]), path)
+    # the claude-* fallback (LiteLLM's route) is refused before the model server's 404 too
+    haiku = {**BODIES["/v1/messages"], "model": "claude-haiku-4-5"}
+    assert_refused(door.post("/v1/messages", haiku, key=KEYS["alice"], header="x-api-key"), "/v1/messages")
+    # listing the model spends nothing: still answered
+    assert door.request("GET", "/v1/models", key=KEYS["alice"]).status == 200
+
+
+def test_over_budget_gets_429_in_its_clients_shape_on_every_route_and_after_a_restart(tmp_path: Path) -> None:
+    metrics = f"127.0.0.1:{free_port()}"
+    args = ("--daily-tokens", f"alice={LIMIT}", "--metrics-listen", metrics)
+    with standin_server(model=MODEL) as model:
+        with running_frontdoor(model.url, MODEL, tmp_path / "fd", KEYS, *args) as door:
+            first = door.post("/v1/messages", BODIES["/v1/messages"], key=KEYS["alice"])
+            assert first.status == 200, first.body
+            used = first.json()["usage"]
+            assert used["input_tokens"] + used["output_tokens"] >= LIMIT  # the premise of the test
+            seen = alice_requests(list(model.requests))
+            check_refusals(door)
+            assert alice_requests(list(model.requests)) == seen, "a refused request reached the model server"
+            for path, body in BODIES.items():  # bob has no budget
+                assert door.post(path, body, key=KEYS["bob"]).status == 200, path
+            haiku = {**BODIES["/v1/messages"], "model": "claude-haiku-4-5"}
+            assert door.post("/v1/messages", haiku, key=KEYS["bob"]).status == 200
+            # the refused requests are the gateway's own answers: in its access log, never counted as usage
+            lines = [json.loads(x) for x in (tmp_path / "fd" / "gateway-access.log").read_text().splitlines()]
+            refused = [x["path"] for x in lines if x["developer"] == "alice" and x["status"] == "429"]
+            assert len(refused) == 2 * len(BODIES) + 1 and set(refused) == set(BODIES), refused
+            assert not [x for x in lines if x["developer"] == "bob" and x["status"] != "200"]
+        # a new front door on the same state directory reads the record: alice is still over budget
+        with running_frontdoor(model.url, MODEL, tmp_path / "fd", KEYS, *args) as door:
+            seen = alice_requests(list(model.requests))
+            check_refusals(door)
+            assert alice_requests(list(model.requests)) == seen
+            assert door.post("/v1/messages", BODIES["/v1/messages"], key=KEYS["bob"]).status == 200
