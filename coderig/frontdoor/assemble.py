@@ -189,6 +189,8 @@ def assemble(inputs: FrontDoorInputs, paths: GatewayPaths, **gateway: Any) -> tu
     """The LiteLLM route and the gateway spec of one front door; `gateway` sets GatewaySpec's process
     knobs (worker_processes, daemon, …)."""
     relayed = relays(inputs)
+    if inputs.daily_tokens and not relayed:
+        raise ValueError("daily token budgets need the relay (its usage record): this front door has none")
     route = ModelRoute(
         served_name=inputs.served_name,
         backends=inputs.backends,
