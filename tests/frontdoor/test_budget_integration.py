@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import calendar
 import json
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.frontdoor_fixtures import FrontDoor, Response, free_port, running_frontdoor, standin_server
+from tests.frontdoor_fixtures import (
+    NPM_PREFIX,
+    FrontDoor,
+    Response,
+    free_port,
+    require_tool,
+    running_frontdoor,
+    standin_server,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -66,6 +75,25 @@ def check_refusals(door: FrontDoor) -> None:
     assert door.request("GET", "/v1/models", key=KEYS["alice"]).status == 200
 
 
+def claude_code(door: FrontDoor, key: str, home: Path) -> subprocess.CompletedProcess[str]:
+    """The real Claude Code CLI, headless, pointed at the front door with one developer's key."""
+    home.mkdir(exist_ok=True)
+    env = {
+        "PATH": f"{NPM_PREFIX / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(home),
+        "ANTHROPIC_BASE_URL": door.url,
+        "ANTHROPIC_AUTH_TOKEN": key,
+        "ANTHROPIC_MODEL": MODEL,
+        "ANTHROPIC_DEFAULT_HAIKU_MODEL": MODEL,
+        "NODE_EXTRA_CA_CERTS": str(door.ca),
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    }
+    return subprocess.run(
+        ["claude", "-p", "say hello"], cwd=home, env=env, capture_output=True, text=True, timeout=180,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 def test_over_budget_gets_429_in_its_clients_shape_on_every_route_and_after_a_restart(tmp_path: Path) -> None:
     metrics = f"127.0.0.1:{free_port()}"
     args = ("--daily-tokens", f"alice={LIMIT}", "--metrics-listen", metrics)
@@ -82,10 +110,19 @@ def test_over_budget_gets_429_in_its_clients_shape_on_every_route_and_after_a_re
                 assert door.post(path, body, key=KEYS["bob"]).status == 200, path
             haiku = {**BODIES["/v1/messages"], "model": "claude-haiku-4-5"}
             assert door.post("/v1/messages", haiku, key=KEYS["bob"]).status == 200
+            # Claude Code itself shows the developer why, at once (x-should-retry: false), and exits non-zero
+            require_tool("claude")
+            started = time.monotonic()
+            proc = claude_code(door, KEYS["alice"], tmp_path / "home-alice")
+            shown = proc.stdout + proc.stderr
+            assert proc.returncode != 0 and "429" in shown, shown[-2000:]
+            assert "daily token budget reached for developer alice" in shown and "00:00 UTC" in shown, shown[-2000:]
+            assert time.monotonic() - started < 60, "Claude Code retried a refusal it was told not to"
+            assert alice_requests(list(model.requests)) == seen
             # the refused requests are the gateway's own answers: in its access log, never counted as usage
             lines = [json.loads(x) for x in (tmp_path / "fd" / "gateway-access.log").read_text().splitlines()]
             refused = [x["path"] for x in lines if x["developer"] == "alice" and x["status"] == "429"]
-            assert len(refused) == 2 * len(BODIES) + 1 and set(refused) == set(BODIES), refused
+            assert len(refused) == 2 * len(BODIES) + 2 and set(refused) == set(BODIES), refused  # + Claude Code once
             assert not [x for x in lines if x["developer"] == "bob" and x["status"] != "200"]
         # a new front door on the same state directory reads the record: alice is still over budget
         with running_frontdoor(model.url, MODEL, tmp_path / "fd", KEYS, *args) as door:
