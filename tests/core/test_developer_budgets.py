@@ -4,8 +4,10 @@ pure budget decision (coderig.runtime.usage_budget)."""
 from __future__ import annotations
 
 import calendar
+from pathlib import Path
 
 import pytest
+import yaml
 from conftest import ssh_config
 
 from coderig.core.settings import UserError, parse_settings
@@ -93,3 +95,12 @@ def test_verdict_admits_below_the_limit_and_refuses_at_it_until_utc_midnight() -
 @pytest.mark.parametrize(("text", "limit"), [("2000", 2000), (" 7 ", 7), ("", None), ("-1", None), ("1e3", None)])
 def test_the_limit_header_is_digits_or_no_budget(text: str, limit: int | None) -> None:
     assert usage_budget.parse_limit(text) == limit
+
+
+def test_the_readme_example_is_a_valid_developers_list() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Daily token budgets") :]
+    block = section[section.index("```yaml\n") + 8 : section.index("```\n", section.index("```yaml\n") + 8)]
+    given = yaml.safe_load(block)["coderig:developers"]
+    s = parse_settings({**ssh_config(), "developers": given})
+    assert s.developers == ["alice", "bob"] and s.developers.budgets == {"bob": 2_000_000}
