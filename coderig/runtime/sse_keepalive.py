@@ -330,6 +330,8 @@ async def serve(
     loop = asyncio.get_running_loop()
     servers = []
     gates = relay_wake_module().gates_for(routes, wake) if wake else [None for _ in routes]
+    if accounting is not None:
+        accounting.watch(gates)  # the node-awake gauge: health probe and the gate's state
     for ((lhost, lport), target), gate in zip(routes, gates, strict=True):
         client = functools.partial(_Client, target, interval, silence, gate, accounting)
         servers.append(await loop.create_server(client, lhost, lport, reuse_address=True, backlog=1024))

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from coderig.runtime import usage_budget, usage_record
 from coderig.runtime.usage import Exchange, RequestReader, ResponseMeter
@@ -49,6 +50,9 @@ class Accounting:
         self.probe_s = probe_s
         self.ledger = usage_record.load(path) if path is not None and path.exists() else Ledger()
         self.awake: dict[str, bool | None] = {f"{h}:{p}": None for h, p in self.targets}
+        # the wake gate of each route (relay --wake), whose state says a model server that answers its
+        # health probe is nonetheless asleep (vLLM sleep mode keeps answering /health)
+        self.gates: dict[str, Any] = {}
         self.gateway = gateway  # the gateway's listener on this machine: accepts connections or not
         self.gateway_up: bool | None = None
         self.tasks: list[asyncio.Task[None]] = []
@@ -105,8 +109,9 @@ class Accounting:
             if self.gateway is not None:
                 self.gateway_up = await _accepts(*self.gateway)
             for (h, p), (status, _body) in zip(self.targets, results, strict=True):
-                self.awake[f"{h}:{p}"] = status == 200
-            if any(status == 200 for status, _ in results):
+                node = f"{h}:{p}"
+                self.awake[node] = node_awake(status, self.gates.get(node))
+            if any(self.awake.values()):
                 # awake until the next probe says otherwise (a stop is counted up to one interval late)
                 self.ledger.mark_awake(start, start + self.probe_s, self.probe_s * 1.5)
             await asyncio.sleep(self.probe_s)
@@ -117,6 +122,10 @@ class Accounting:
         limit = usage_budget.parse_limit(headers.get(usage_budget.LIMIT_HEADER, ""))
         now = time.time()
         return usage_budget.verdict(developer, limit, self.ledger.tokens_today(developer, now), now)
+
+    def watch(self, gates: Sequence[Any]) -> None:
+        """The wake gates (relay_wake.Gate or None), one per target in order."""
+        self.gates = {f"{h}:{p}": g for (h, p), g in zip(self.targets, gates, strict=True) if g is not None}
 
     # ------------------------------------------------------------ the metrics listener
 
@@ -167,6 +176,13 @@ class Accounting:
 
 
 _WRITING = threading.Lock()  # one write at a time, in snapshot order (a cancelled flush's thread runs on)
+
+
+def node_awake(health_status: int, gate: Any = None) -> bool:
+    """Awake: the model server answered its health probe (a dead or stopped one does not) and, where a
+    wake gate holds its requests, the gate has not put it to sleep or stopped it (a sleeping vLLM
+    still answers /health: its GPU memory is free all the same)."""
+    return health_status == 200 and (gate is None or gate.state in ("awake", "waking"))
 
 
 def _headers(head: bytes) -> dict[str, str]:
