@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from coderig.runtime import usage_record
+from coderig.runtime.http_framing import ResponseFramer
 from coderig.runtime.usage import Exchange, RequestReader, ResponseMeter, Usage, ask_for_usage, usage_from
 from coderig.runtime.usage_record import Ledger, RecordError
 from coderig.runtime.usage_server import relabel
@@ -380,3 +381,44 @@ def test_node_awake_is_down_while_the_wake_gate_has_the_model_asleep(tmp_path: P
         with urllib.request.urlopen(f"{standin.url.removesuffix('/v1')}/health", timeout=10) as resp:  # noqa: S310
             assert resp.status == 200  # the model server still answers its health probe
         wait_gauge(metrics, "0")
+
+
+def test_the_framer_hands_the_meter_every_head_body_byte_and_end_in_any_split() -> None:
+    """The relay parses response framing once (http_framing.ResponseFramer); what it hands its sink
+    is each response's head as sent, its body without chunk framing, and its end."""
+
+    class Sink:
+        def __init__(self) -> None:
+            self.seen: list[tuple[str, bytes]] = []
+
+        def on_head(self, status: int, ctype: bytes, raw: bytes, chunked: bool) -> None:
+            self.seen.append(("head", raw))
+
+        def on_body(self, piece: bytes) -> None:
+            if self.seen[-1][0] == "body":
+                self.seen[-1] = ("body", self.seen[-1][1] + piece)
+            else:
+                self.seen.append(("body", piece))
+
+        def on_end(self) -> None:
+            self.seen.append(("end", b""))
+
+    body = b'{"usage": {"input_tokens": 1}}'
+    plain = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+    empty = b"HTTP/1.1 204 No Content\r\n\r\n"
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n"
+    wire = interim + SSE_HEAD + chunked(ANTHROPIC) + plain + empty + SSE_HEAD + chunked(CHAT)
+    want = [
+        ("head", SSE_HEAD), ("body", b"".join(ANTHROPIC)), ("end", b""),
+        ("head", plain[: -len(body)]), ("body", body), ("end", b""),
+        ("head", empty), ("end", b""),
+        ("head", SSE_HEAD), ("body", b"".join(CHAT)), ("end", b""),
+    ]  # fmt: skip
+    rng = random.Random(7)
+    for _ in range(300):
+        sink = Sink()
+        framer = ResponseFramer(sink)
+        cuts = sorted(rng.sample(range(1, len(wire)), rng.randint(0, 40)))
+        for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True):
+            framer.feed(wire[a:b])
+        assert sink.seen == want and framer.completed == 4 and not framer.broken
