@@ -238,13 +238,14 @@ class ResponseMeter:
         self.body = b""  # a non-streamed JSON body being gathered
         self.json_body = False
         self.out: list[bytes] | None = None  # what to pass on, while rewriting
+        self.passing = False  # on_body's hot path applies (see there)
         self.withheld = False  # the last feed rewrote and kept bytes back: the next one must too
 
     def feed(self, data: bytes) -> bytes:
         strip = (
             self.withheld
             or (self.current is not None and self.current.strip_usage)
-            or any(e.strip_usage for e in self.exchanges)
+            or (self.exchanges and any(e.strip_usage for e in self.exchanges))
         )
         if not strip:
             self.framer.feed(data)
@@ -268,11 +269,16 @@ class ResponseMeter:
         self.sse = ctype.startswith(b"text/event-stream")
         self.json_body = ctype.startswith(b"application/json") and status == 200
         self.chunked = chunked
+        self.passing = False  # set once the first byte of a chunked event stream is timed
         self.event, self.body = b"", b""
         if self.out is not None:
             self.out.append(raw)
 
     def on_body(self, piece: bytes) -> None:
+        # the hot path, once per streamed token: a whole SSE event (vLLM sends one a chunk) without a
+        # usage key, the first byte already timed, nothing to rewrite: nothing to do
+        if self.passing and not self.event and self.out is None and piece.endswith(b"\n\n") and _USAGE_KEY not in piece:
+            return
         if self.chunked and not self.framer.until_close:
             self._payload(piece, self.out)
             return
@@ -314,6 +320,7 @@ class ResponseMeter:
                 out.append(b"%x\r\n%s\r\n" % (len(piece), piece))
             return
         self._first()
+        self.passing = True
         event = self.event + piece if self.event else piece
         start = 0
         while True:
