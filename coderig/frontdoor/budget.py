@@ -13,6 +13,9 @@ contacted, so no `error_page` interception on a proxied route can swallow it, an
 not woken for a request that is refused.
 
 Rendered only when some developer has a budget (one loopback subrequest per model request then).
+When the listener does not answer (the relay is down, and with it every model route) the check lets
+the request on, so the client gets the route's own 503 in its shape, not a bare 500; nginx's error
+log names the failed check.
 """
 
 from __future__ import annotations
@@ -77,8 +80,13 @@ def server_lines(daily_tokens: Sequence[tuple[str, int]], check: str) -> list[st
         f"    proxy_set_header X-Coderig-Daily-Tokens {LIMIT_VAR};",
         "    proxy_connect_timeout 2s;",
         "    proxy_read_timeout 5s;",
+        # the listener is the relay's own: when it cannot answer, the relay, the one hop to the model,
+        # is down too, and the request gets the route's own 503 in its shape rather than a bare 500
+        "    proxy_intercept_errors on;",
+        "    error_page 500 502 503 504 = @coderig_budget_unchecked;",
         f"    proxy_pass http://{check}/budget;",
         "}",
+        "location @coderig_budget_unchecked { return 204; }",
     ]
     bodies = {
         "anthropic": anthropic_error("rate_limit_error", MESSAGE_VAR),

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import calendar
 import json
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from coderig import frontdoor
+from coderig.frontdoor.assemble import FrontDoorInputs, GatewayPaths, assemble, relay_command
 from tests.frontdoor_fixtures import (
     NPM_PREFIX,
     FrontDoor,
@@ -28,6 +32,7 @@ pytestmark = pytest.mark.integration
 
 MODEL = "umans-coder-v0"
 KEYS = {"alice": "crk-alice0123456789abcdefABCDEFbudget", "bob": "crk-bob0123456789abcdefABCDEFbudget00"}
+REPO = Path(__file__).resolve().parents[2]
 LIMIT = 30  # below one answer's input + output: alice's first request reaches it
 MSGS = [{"role": "user", "content": "say hello to the budget"}]
 BODIES = {
@@ -130,3 +135,49 @@ def test_over_budget_gets_429_in_its_clients_shape_on_every_route_and_after_a_re
             check_refusals(door)
             assert alice_requests(list(model.requests)) == seen
             assert door.post("/v1/messages", BODIES["/v1/messages"], key=KEYS["bob"]).status == 200
+
+
+def test_an_unanswered_budget_check_lets_the_route_answer_for_itself(tmp_path: Path) -> None:
+    """The check asks the relay's listener; when nothing answers there, nginx lets the request on: with
+    the model hop up it is served, with it down the client gets the route's 503 in its shape (never
+    nginx's bare 500 page), and the error log names the failed check."""
+    nginx = require_tool("nginx")
+    relay_port, gateway, closed = free_port(), free_port(), free_port()
+    with standin_server(model=MODEL) as model:
+        inputs = FrontDoorInputs(
+            served_name=MODEL, backends=(model.url,), max_tokens=64, listen=f"127.0.0.1:{gateway}",
+            litellm=f"127.0.0.1:{free_port()}", health_url=f"http://127.0.0.1:{model.port}/health",
+            rate_per_second=1000, direct_chat=(f"127.0.0.1:{model.port}",),
+            native_routes=("messages", "count_tokens", "responses"), relay_port=relay_port,
+            daily_tokens=(("alice", 1),), budget_check=f"127.0.0.1:{closed}",
+        )  # fmt: skip
+        (tmp_path / "keys.conf").write_text(frontdoor.render_gateway_keys(KEYS, "sk-" + "m" * 40))
+        paths = GatewayPaths(
+            keys_include=str(tmp_path / "keys.conf"), pid_path=str(tmp_path / "nginx.pid"),
+            error_log=str(tmp_path / "error.log"), access_log=str(tmp_path / "access.log"),
+            temp_dir=str(tmp_path / "tmp"),
+        )  # fmt: skip
+        _, spec = assemble(inputs, paths, worker_processes="1")
+        (tmp_path / "tmp").mkdir()
+        (tmp_path / "nginx.conf").write_text(frontdoor.render_gateway_conf(spec))
+        relay = subprocess.Popen(relay_command(spec, sys.executable), cwd=REPO)
+        gate = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")], text=True)
+        try:
+            for port in (gateway, relay_port):
+                deadline = time.monotonic() + 20
+                while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+                    assert time.monotonic() < deadline, f"nothing listens on {port}"
+                    time.sleep(0.1)
+            door = FrontDoor(f"http://127.0.0.1:{gateway}", "127.0.0.1", gateway, None, tmp_path, tmp_path, gate)
+            assert door.post("/v1/messages", BODIES["/v1/messages"], key=KEYS["alice"]).status == 200
+            relay.terminate()
+            relay.wait(10)
+            down = door.post("/v1/messages", BODIES["/v1/messages"], key=KEYS["alice"])
+            assert down.status == 503 and down.json()["error"]["type"] == "overloaded_error", down.body
+            down = door.post("/v1/chat/completions", BODIES["/v1/chat/completions"], key=KEYS["alice"])
+            assert down.status == 503 and down.json()["error"]["code"] == "upstream_unavailable", down.body
+            assert "/_coderig_budget" in (tmp_path / "error.log").read_text()
+        finally:
+            for proc in (gate, relay):
+                proc.terminate()
+                proc.wait(10)
