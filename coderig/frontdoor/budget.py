@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from coderig.frontdoor.nginx import anthropic_error, nginx_quote, openai_error
 
 BUDGET_LOCATION = "/_coderig_budget"
+UPSTREAM = "coderig_budget"
 LIMIT_VAR = "$coderig_daily_tokens"
 MESSAGE_VAR = "$coderig_budget_message"
 RETRY_VAR = "$coderig_budget_retry"
@@ -42,12 +43,21 @@ def check_spec(daily_tokens: Sequence[tuple[str, int]], check: str, model_gate: 
         raise ValueError("GatewaySpec.daily_tokens and model_gate_retry_after_s both need the one auth_request")
 
 
-def http_lines(daily_tokens: Sequence[tuple[str, int]]) -> list[str]:
-    """Each developer's limit, by the name the keys include maps the key to ("" : no budget)."""
+def http_lines(daily_tokens: Sequence[tuple[str, int]], check: str) -> list[str]:
+    """Each developer's limit, by the name the keys include maps the key to ("" : no budget), and
+    the relay's usage listener as an upstream with kept-alive connections."""
     if not daily_tokens:
         return []
     rows = [f'    "{name}" "{limit}";' for name, limit in sorted(daily_tokens)]
-    return [f"map $coderig_developer {LIMIT_VAR} {{", '    default "";', *rows, "}"]
+    # a few idle connections kept (the listener closes one silent for 10 s; nginx's own timeout is shorter)
+    upstream = [
+        f"upstream {UPSTREAM} {{",
+        f"    server {check} max_fails=0;",
+        "    keepalive 4;",
+        "    keepalive_timeout 5s;",
+        "}",
+    ]
+    return [f"map $coderig_developer {LIMIT_VAR} {{", '    default "";', *rows, "}", *upstream]
 
 
 def guard(shape: str, daily_tokens: Sequence[tuple[str, int]], path: str) -> list[str]:
@@ -63,7 +73,7 @@ def guard(shape: str, daily_tokens: Sequence[tuple[str, int]], path: str) -> lis
     ]
 
 
-def server_lines(daily_tokens: Sequence[tuple[str, int]], check: str) -> list[str]:
+def server_lines(daily_tokens: Sequence[tuple[str, int]]) -> list[str]:
     """The subrequest's location (the developer's name and limit only: both key headers are cleared)
     and the 429 answer in each shape."""
     if not daily_tokens:
@@ -78,13 +88,14 @@ def server_lines(daily_tokens: Sequence[tuple[str, int]], check: str) -> list[st
         '    proxy_set_header x-api-key "";',
         "    proxy_set_header X-Coderig-Developer $coderig_developer;",
         f"    proxy_set_header X-Coderig-Daily-Tokens {LIMIT_VAR};",
+        '    proxy_set_header Connection "";',  # keep-alive to the listener (upstream below)
         "    proxy_connect_timeout 2s;",
         "    proxy_read_timeout 5s;",
         # the listener is the relay's own: when it cannot answer, the relay, the one hop to the model,
         # is down too, and the request gets the route's own 503 in its shape rather than a bare 500
         "    proxy_intercept_errors on;",
         "    error_page 500 502 503 504 = @coderig_budget_unchecked;",
-        f"    proxy_pass http://{check}/budget;",
+        f"    proxy_pass http://{UPSTREAM}/budget;",
         "}",
         "location @coderig_budget_unchecked { return 204; }",
     ]

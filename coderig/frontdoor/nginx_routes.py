@@ -363,7 +363,7 @@ def _server_block(spec: GatewaySpec, routes: tuple[Route, ...]) -> list[str]:
         "# Anything else: 404 in the client's shape, never forwarded (LiteLLM's admin/UI routes included).",
         *[line for prefix, shape in NOT_FOUND_SHAPES for line in _location(prefix, [_return(shape, 404)])],
         *_named_errors(spec),
-        *budget.server_lines(spec.daily_tokens, spec.budget_check),
+        *budget.server_lines(spec.daily_tokens),
         *own_error_locations(),
     ]
     return ["server {", *_indent(body, 1), "}"]
@@ -395,7 +395,7 @@ def render_gateway_http(spec: GatewaySpec, routes: tuple[Route, ...] = ROUTES) -
         json_log_format(),
         *http_lines(),
         *cidr_http_lines(spec.allowed_cidrs),
-        *budget.http_lines(spec.daily_tokens),
+        *budget.http_lines(spec.daily_tokens, spec.budget_check),
         f"limit_req_zone $coderig_developer zone=coderig_per_developer:10m rate={spec.rate_per_second}r/s;",
         f"limit_req_zone $binary_remote_addr zone=coderig_healthz:1m rate={HEALTHZ_RATE};",
         "limit_req_status 429;",

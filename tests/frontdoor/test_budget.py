@@ -38,7 +38,8 @@ def test_every_model_route_asks_the_relay_the_node_runs_and_only_names_the_devel
     # the check goes to the relay's usage listener as the node starts it
     command = relay_command(gw, usage=True)
     listener = command[command.index("--metrics") + 1]
-    assert f"proxy_pass http://{listener}/budget;" in conf
+    assert f"upstream coderig_budget {{\n        server {listener} max_fails=0;\n        keepalive 4;" in conf
+    assert "proxy_pass http://coderig_budget/budget;" in conf
     for path in MODEL_ROUTES:
         body = location(conf, f"= {path}")
         assert "auth_request /_coderig_budget;" in body, path
