@@ -17,10 +17,10 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_tls as tls
 
-from coderig.core.settings import AwsTarget
 from coderig.runtime import aws_reaper
 from coderig.targets.aws import resources as aws_resources
 from coderig.targets.aws.resources import Rule, VolumeSpec
+from coderig.targets.aws.settings import AwsTarget
 
 # --- network -------------------------------------------------------------------------------------------
 

@@ -1,11 +1,12 @@
 """What every `coderig:target` settings model shares: the GPU and host shapes, and the base class on
 which each kind declares its differences (class attributes and properties; the rest of coderig asks
-these instead of comparing `kind`). The kinds' models are in `coderig.core.targets_settings` and
-`coderig.core.aws_settings`."""
+these instead of comparing `kind`). Each kind's own model lives in its folder, e.g.
+`coderig.targets.ssh.settings`, and reaches validation through its registry entry (`coderig.targets`):
+core knows no kind by name."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field, field_validator
 
@@ -80,6 +81,10 @@ NODE_CACHE_PATH = "/var/lib/coderig"  # the weights cache on a machine coderig p
 class TargetSettings(Model):
     """What differs between target kinds, declared once per kind (class attributes and properties);
     the rest of coderig asks these instead of comparing `kind`."""
+
+    if TYPE_CHECKING:
+        # each kind declares `kind: Literal["<its name>"]`, the tag validation picks its model by
+        kind: Any
 
     engines: ClassVar[tuple[str, ...]] = ("vllm", "llama.cpp")  # model servers it can run
     min_gateway_port: ClassVar[int] = 1

@@ -18,7 +18,7 @@ from programs import external_config
 from coderig.cli import build_parser, main
 from coderig.cli import frontdoor as cli_frontdoor
 from coderig.core import planner
-from coderig.core.stack_file import load_stack_file
+from coderig.targets import load_stack_file
 from coderig.targets.compose.machines import node_specs
 from coderig.targets.compose.spec import front_door
 from coderig.targets.kubernetes import ops as kube_ops

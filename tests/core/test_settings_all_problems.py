@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from coderig.core.settings import UserError, parse_settings
+from coderig.core.settings import UserError
+from coderig.targets import parse_settings
 
 MODEL = {"preset": "deepseek-v3.2"}
 

@@ -21,10 +21,10 @@ from moto import mock_aws
 from standin import start_standin
 
 from coderig.cli import main
-from coderig.core.stack_file import load_stack_file
 from coderig.runtime import aws_reaper, idle
 from coderig.runtime.aws_reaper import ReaperConfig
 from coderig.runtime.idle import ReaperError
+from coderig.targets import load_stack_file
 from coderig.targets.aws import ops as aws_ops
 from coderig.targets.aws import resources as aws_resources
 
