@@ -339,16 +339,17 @@ def _validating_model(kinds: tuple[tuple[str, type[TargetSettings]], ...]) -> ty
     return model
 
 
+def _is_branch(loc: tuple[Any, ...], i: int, kinds: Kinds) -> bool:
+    """loc[i] is the discriminated union's branch (`target.<kind>`), not a key (a key may share its name)."""
+    return i == 1 and loc[0] == "target" and loc[1] in kinds
+
+
 def _key_path(loc: tuple[Any, ...], kinds: Kinds) -> str:
     parts: list[str] = []
-    for item in loc:
+    for i, item in enumerate(loc):
         if isinstance(item, int):
             parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
-        elif item in kinds and parts and parts[-1] == "target":
-            continue  # the discriminated-union branch name is not a key
-        elif isinstance(item, str) and item.startswith(("function-", "list[", "dict[")):
-            continue
-        else:
+        elif not _is_branch(loc, i, kinds) and not str(item).startswith(("function-", "list[", "dict[")):
             parts.append(str(item))
     return f"{NAMESPACE}:" + ".".join(parts)
 
@@ -385,8 +386,8 @@ def _format_error(err: dict[str, Any], model: type[StackSettings]) -> str:
 
 def _allowed_keys(loc: tuple[Any, ...], settings_model: type[StackSettings]) -> set[str]:
     model: Any = settings_model
-    for item in loc:
-        if item in settings_model.kinds:
+    for i, item in enumerate(loc):
+        if _is_branch(loc, i, settings_model.kinds):
             model = settings_model.kinds[item]
             continue
         if isinstance(item, int):
