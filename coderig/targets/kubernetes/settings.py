@@ -26,6 +26,13 @@ def _kubernetes_combinations(given: dict[str, Any]) -> list[tuple[Loc, str, Any]
     return out
 
 
+def _dns_label(v: str, what: str) -> str:
+    """A Kubernetes name that must be an RFC 1123 label (namespaces, PVCs)."""
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", v):
+        raise ValueError(f"got {v!r}; {what} is lowercase letters, digits and '-' (max 63)")
+    return v
+
+
 class Toleration(Model):
     key: str
     operator: Literal["Exists", "Equal"] = "Exists"
@@ -61,18 +68,7 @@ class KubernetesTarget(TargetSettings):
     def replica_count(self) -> int:
         return self.replicas
 
-    @field_validator("namespace")
-    @classmethod
-    def _k8s_namespace(cls, v: str) -> str:
-        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", v):
-            raise ValueError(f"got {v!r}; a namespace is lowercase letters, digits and '-' (max 63)")
-        return v
-
-    @field_validator("weightsVolumeName")
-    @classmethod
-    def _k8s_pvc_name(cls, v: str) -> str:
-        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", v):
-            raise ValueError(f"got {v!r}; a PVC name is lowercase letters, digits and '-' (max 63)")
-        return v
+    _namespace = field_validator("namespace")(lambda v: _dns_label(v, "a namespace"))
+    _pvc_name = field_validator("weightsVolumeName")(lambda v: _dns_label(v, "a PVC name"))
 
     given_checks = (_kubernetes_combinations,)
