@@ -114,6 +114,9 @@ def bench_kind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[type
     yield BenchTarget
     for name in ("coderig.targets.bench", "coderig.targets.bench.settings", "stacks.bench"):
         sys.modules.pop(name, None)
+    for package in (coderig.targets, stacks):
+        if hasattr(package, "bench"):
+            delattr(package, "bench")
 
 
 MODEL = {"preset": "qwen3-1.7b-cpu"}
