@@ -136,6 +136,11 @@ class TargetSettings(Model):
         return False
 
     @property
+    def ssh_machines(self) -> list[SshHost]:
+        """The machines reached over SSH, the first machine (gateway, relay, reaper) first; [] when none."""
+        return []
+
+    @property
     def runs_locally(self) -> bool:
         """The stack runs on the machine that runs `pulumi up` (no install step, no sudo)."""
         return False

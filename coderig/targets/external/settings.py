@@ -65,6 +65,10 @@ class ExternalTarget(TargetSettings):
         return self.frontDoor == "ssh"
 
     @property
+    def ssh_machines(self) -> list[SshHost]:
+        return [self.host] if self.frontDoor == "ssh" and self.host else []
+
+    @property
     def runs_locally(self) -> bool:
         return self.frontDoor == "local"
 

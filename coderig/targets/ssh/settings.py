@@ -64,6 +64,10 @@ class SshTarget(TargetSettings):
         return True
 
     @property
+    def ssh_machines(self) -> list[SshHost]:
+        return [self.frontDoor, *self.hosts] if self.frontDoor else list(self.hosts)
+
+    @property
     def node_cache_path(self) -> str:
         return self.cachePath
 
