@@ -33,6 +33,8 @@ def registry_problems(registry: Mapping[str, Any]) -> list[str]:
         if entry.operations is not None and entry.idle_mechanism is None:
             out.append(f"{kind}: operations but no declared idle mechanism")
         out += [f"{kind}: unknown feature {f!r}" for f in sorted(entry.features - operations.FEATURES)]
+        if not entry.settings.serves_model and entry.settings.upstream is TargetSettings.upstream:
+            out.append(f"{kind}: serves no model but names no upstream endpoint")
         ssh_key = entry.settings.over_ssh is not TargetSettings.over_ssh  # the model can say True
         if ssh_key != (operations.OVER_SSH in entry.features):
             out.append(f"{kind}: over-ssh declared {not ssh_key} but its settings model says {ssh_key}")

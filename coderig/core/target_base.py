@@ -136,6 +136,11 @@ class TargetSettings(Model):
         return False
 
     @property
+    def upstream(self) -> tuple[str, str] | None:
+        """(base URL, health path) of the model endpoint a target that serves no model forwards to."""
+        return None
+
+    @property
     def ssh_machines(self) -> list[SshHost]:
         """The machines reached over SSH, the first machine (gateway, relay, reaper) first; [] when none."""
         return []

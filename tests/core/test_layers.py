@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import ClassVar
 
 from conftest import ROOT
 from registry_check import registry_problems
@@ -206,7 +207,13 @@ def test_the_registry_check_finds_an_incomplete_entry() -> None:
     broken = dict(REGISTRY)
     broken["ssh"] = dataclasses.replace(REGISTRY["ssh"], stack_module="stacks.local", declared=frozenset({"teleport"}))
     broken["aws"] = dataclasses.replace(REGISTRY["aws"], settings=REGISTRY["ssh"].settings, instead="")
+
+    class NoUpstream(REGISTRY["local"].settings):  # a model that serves none and forwards nowhere
+        serves_model: ClassVar[bool] = False
+
+    broken["local"] = dataclasses.replace(REGISTRY["local"], settings=NoUpstream)
     assert registry_problems(broken) == [
+        "local: serves no model but names no upstream endpoint",
         "ssh: operations but no declared idle mechanism",
         "ssh: unknown feature 'teleport'",
         "ssh: over-ssh declared False but its settings model says True",

@@ -65,6 +65,10 @@ class ExternalTarget(TargetSettings):
         return self.frontDoor == "ssh"
 
     @property
+    def upstream(self) -> tuple[str, str] | None:
+        return self.endpoint, self.healthPath
+
+    @property
     def ssh_machines(self) -> list[SshHost]:
         return [self.host] if self.frontDoor == "ssh" and self.host else []
 
