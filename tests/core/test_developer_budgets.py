@@ -10,8 +10,9 @@ import pytest
 import yaml
 from conftest import ssh_config
 
-from coderig.core.settings import UserError, parse_settings
+from coderig.core.settings import UserError
 from coderig.runtime import usage_budget
+from coderig.targets import parse_settings
 
 
 def problems(config: dict[str, object]) -> list[str]:

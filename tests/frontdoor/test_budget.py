@@ -11,9 +11,9 @@ import pytest
 from conftest import ssh_config
 
 from coderig.core import planner
-from coderig.core.settings import parse_settings
 from coderig.frontdoor import render_gateway_conf
 from coderig.frontdoor.assemble import relay_command
+from coderig.targets import parse_settings
 from coderig.targets.compose import machines
 from coderig.targets.compose import spec as node
 

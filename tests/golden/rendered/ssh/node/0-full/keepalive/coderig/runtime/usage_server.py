@@ -31,6 +31,7 @@ from coderig.runtime.usage_record import Ledger
 DEFAULT_FLUSH_S = 10.0
 DEFAULT_PROBE_S = 30.0
 _SCRAPE_TIMEOUT_S = 3.0
+_IDLE_S = 10.0  # a listener connection silent this long (before or between requests) is closed
 
 
 class Accounting:
@@ -138,35 +139,44 @@ class Accounting:
         ]
         return usage_record.exposition(self.ledger, self.awake, self.gateway_up) + relabel(texts)
 
+    async def _answer(self, head: bytes, allowed: bool) -> tuple[int, str, bytes, list[tuple[str, str]], str]:
+        """(status, content type, body, extra headers, path) for one request head."""
+        method, _, rest = head.decode("latin-1").partition(" ")
+        path = rest.split(" ", 1)[0].split("?", 1)[0]
+        if not allowed:
+            return 403, "text/plain", b"forbidden\n", [], path
+        if method != "GET":
+            return 405, "text/plain", b"GET only\n", [], path
+        if path == "/metrics":
+            return 200, "text/plain; version=0.0.4", (await self.metrics_text()).encode(), [], path
+        if path == "/usage":
+            return 200, "application/json", json.dumps(self.ledger.to_json()).encode(), [], path
+        if path == usage_budget.BUDGET_PATH:
+            status, extra = usage_budget.answer(self.budget(_headers(head)))
+            return status, "text/plain", b"", extra, path
+        return 404, "text/plain", b"not found: /metrics, /usage or /budget\n", [], path
+
     async def serve_metrics(self, host: str, port: int, allow: Sequence[str]) -> asyncio.Server:
         networks = [ipaddress.ip_network(c, strict=False) for c in allow]
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
                 peer = writer.get_extra_info("peername")[0]
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-                method, _, rest = head.decode("latin-1").partition(" ")
-                path = rest.split(" ", 1)[0].split("?", 1)[0]
-                extra: list[tuple[str, str]] = []
-                if not peer_allowed(peer, networks):
-                    status, ctype, body = 403, "text/plain", b"forbidden\n"
-                elif method != "GET":
-                    status, ctype, body = 405, "text/plain", b"GET only\n"
-                elif path == "/metrics":
-                    status, ctype, body = 200, "text/plain; version=0.0.4", (await self.metrics_text()).encode()
-                elif path == "/usage":
-                    status, ctype, body = 200, "application/json", json.dumps(self.ledger.to_json()).encode()
-                elif path == usage_budget.BUDGET_PATH:
-                    status, extra = usage_budget.answer(self.budget(_headers(head)))
-                    ctype, body = "text/plain", b""
-                else:
-                    status, ctype, body = 404, "text/plain", b"not found: /metrics or /usage\n"
-                more = "".join(f"{k}: {v}\r\n" for k, v in extra).encode("latin-1")
-                writer.write(
-                    b"HTTP/1.1 %d X\r\nContent-Type: %s\r\nContent-Length: %d\r\n%sConnection: close\r\n\r\n%s"
-                    % (status, ctype.encode(), len(body), more, body)
-                )
-                await writer.drain()
+                # the gateway's budget checks keep their connection (one per model request otherwise);
+                # anything else is one request per connection
+                while True:
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _IDLE_S)
+                    status, ctype, body, extra, path = await self._answer(head, peer_allowed(peer, networks))
+                    headers = _headers(head)
+                    keep = path == usage_budget.BUDGET_PATH and headers.get("connection", "").lower() != "close"
+                    more = "".join(f"{k}: {v}\r\n" for k, v in extra).encode("latin-1")
+                    writer.write(
+                        b"HTTP/1.1 %d X\r\nContent-Type: %s\r\nContent-Length: %d\r\n%sConnection: %s\r\n\r\n%s"
+                        % (status, ctype.encode(), len(body), more, b"keep-alive" if keep else b"close", body)
+                    )
+                    await writer.drain()
+                    if not keep:
+                        break
             except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
                 pass
             finally:
