@@ -11,7 +11,7 @@ from conftest import ProgramRun, run_program, ssh_config
 from programs import aws_config, run_stack
 
 from coderig.core import planner
-from coderig.core.settings import parse_settings
+from coderig.targets import parse_settings
 from coderig.targets.compose import commands, rolling
 from coderig.targets.compose.rendered import render_nodes
 

@@ -13,8 +13,8 @@ from conftest import ssh_config
 from sshhost import FAKE_DOCKER
 
 from coderig.core import planner
-from coderig.core.settings import parse_settings
 from coderig.frontdoor import native
+from coderig.targets import parse_settings
 from coderig.targets.compose import commands, rolling
 from coderig.targets.compose.rendered import RenderedNode, render_nodes
 

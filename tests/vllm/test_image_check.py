@@ -18,8 +18,8 @@ from conftest import ssh_config
 from test_vllm_commands import vllm_python
 
 from coderig.core import planner
-from coderig.core.settings import parse_settings
 from coderig.runtime import vllm_argcheck
+from coderig.targets import parse_settings
 from coderig.targets.compose import image_check
 from coderig.targets.compose.rendered import render_nodes
 
