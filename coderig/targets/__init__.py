@@ -16,7 +16,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from coderig.core import engine, planner, report
+from coderig.core import engine, kv_tier, planner, report
 from coderig.core.aws_settings import AwsTarget
 from coderig.core.files import FileSet, RenderedFile
 from coderig.core.settings import StackSettings
@@ -124,7 +124,7 @@ def plan_files(settings: StackSettings, stack: str, p: planner.Plan) -> FileSet:
 def model_server_files(settings: StackSettings, stack: str, p: planner.Plan) -> FileSet:
     if not settings.target.serves_model:
         return {}
-    line = engine.command_line(settings.model, p.layout)
+    line = engine.command_line(settings.model, p.layout, kv_tier.flags(p.kv_tier))
     return {"model-server/command.sh": RenderedFile(f"#!/bin/sh\nexec {line}\n", 0o755)}
 
 

@@ -117,7 +117,7 @@ def model_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
     if spec.model_layout is None:
         raise ValueError("NodeSpec: a model server needs the plan's layout (model_layout)")
     sleep_args, sleep_env = node_idle.model_overrides(settings)
-    args = engine.vllm_args(settings.model, spec.model_layout) + sleep_args
+    args = engine.vllm_args(settings.model, spec.model_layout, tier=spec.model_tier) + sleep_args
     return base | {
         "image": engine.model_image(settings.model),
         "entrypoint": ["vllm", "serve"],
