@@ -88,7 +88,7 @@ def check_configs(args: Any) -> None:
     and its num_speculative_tokens through the field's own validator (> 0)."""
     import typing
 
-    from pydantic import TypeAdapter
+    from pydantic import create_model
     from vllm.config.cache import CacheConfig  # pyright: ignore[reportMissingImports]
     from vllm.config.speculative import SpeculativeConfig  # pyright: ignore[reportMissingImports]
 
@@ -106,8 +106,10 @@ def check_configs(args: Any) -> None:
     literal = next(a for a in typing.get_args(fields["method"].annotation) if typing.get_origin(a) is typing.Literal)
     if spec.get("method") not in typing.get_args(literal):
         raise ValueError(f"--speculative-config: method {spec.get('method')!r} is not one vLLM names")
-    n = fields["num_speculative_tokens"]
-    TypeAdapter(typing.Annotated[n.annotation, *n.metadata]).validate_python(spec.get("num_speculative_tokens"))
+    draft = create_model(
+        "Draft", num_speculative_tokens=(fields["num_speculative_tokens"].annotation, fields["num_speculative_tokens"])
+    )
+    draft.model_validate({"num_speculative_tokens": spec.get("num_speculative_tokens")})
 
 
 def tool_calls(outputs: list[dict[str, str]], markers: list[str]) -> dict[str, dict[str, Any]]:

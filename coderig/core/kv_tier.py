@@ -87,7 +87,8 @@ class Tier:
     def summary(self) -> dict[str, object]:
         out: dict[str, object] = {"on": self.on, "why": self.why}
         if self.host_bytes:
-            out |= {"host_memory_gib": round(self.host_bytes / GiB, 1), "available_gib": round(self.available_bytes / GiB, 1)}
+            out["host_memory_gib"] = round(self.host_bytes / GiB, 1)
+            out["available_gib"] = round(self.available_bytes / GiB, 1)
         if self.on:
             out |= {
                 "size_gib": round(self.size_bytes / GiB, 2),

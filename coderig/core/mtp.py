@@ -113,7 +113,10 @@ def problem(preset: Preset, setting: bool | None) -> str | None:
     if setting and spec(preset) is None:
         why = NO_MTP.get(preset.id, f"{preset.id} runs on {preset.engine}, which coderig runs without MTP")
         with_mtp = ", ".join(MTP)
-        return f"{MTP_KEY}: got true, but {preset.id} has no MTP layers to draft with ({why}); remove it (presets with MTP: {with_mtp})"
+        return (
+            f"{MTP_KEY}: got true, but {preset.id} has no MTP layers to draft with ({why}); remove it "
+            f"(presets with MTP: {with_mtp})"
+        )
     return None
 
 

@@ -33,8 +33,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from coderig.core import mtp
 from coderig.core import layout as lay
+from coderig.core import mtp
 from coderig.core.catalog import AWS_INSTANCES, GB, GPU_COUNTS, GPUS, LLAMACPP_CACHE_TYPE, GiB, Preset
 from coderig.core.kv_tier import RankKv, Tier
 from coderig.core.kv_tier import tier as host_tier

@@ -113,7 +113,7 @@ class ModelSettings(_Model):
     revision: str = Field(default="main", description="the weights' commit sha (pins them) or a branch (floats)")
     chatTemplate: templates.Name = Field(default=None, description="a coderig chat template or 'model' (its own)")
     image: str | None = Field(default=None, description="the model server image instead of the pinned one")
-    mtp: bool | None = Field(default=None, description="MTP speculative decoding; default: the preset's (coderig.core.mtp)")
+    mtp: bool | None = Field(default=None, description="MTP speculative decoding; default: the preset's (core/mtp.py)")
     kvOffload: kv_tier.KvOffloadSettings | None = Field(default=None, description="the host-memory KV tier")
 
     @field_validator("image")
@@ -307,7 +307,8 @@ class StackSettings(_Model):
     def kv_host(self) -> kv_tier.Host:
         """The model hosts as the host KV tier sizes them (coderig.core.kv_tier)."""
         t, m = self.target, self.model
-        return kv_tier.Host(m.preset, m.spec.engine, t.serves_model, t.kind, t.gpus[1], t.instance_type, self.sleeping_weights)
+        gpus, sleeping = t.gpus[1], self.sleeping_weights
+        return kv_tier.Host(m.preset, m.spec.engine, t.serves_model, t.kind, gpus, t.instance_type, sleeping)
 
     @property
     def sleeping_weights(self) -> int:

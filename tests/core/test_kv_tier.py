@@ -57,7 +57,9 @@ def test_minimax_on_ssh_sizes_the_tier_from_the_declared_ram():
 
 def test_the_tier_is_split_over_data_parallel_engines():
     """Each DP engine allocates its own --kv-offloading-size (engine_id differs per DP rank)."""
-    s = parse_settings(minimax(hostMemoryGiB=1024) | {"model": {"preset": "minimax-m2.1", "parallel": {"data": 4, "expert": True}, "kvOffload": {"hostMemoryGiB": 1024}}})
+    c = minimax(hostMemoryGiB=1024)
+    c["model"]["parallel"] = {"data": 4, "expert": True}
+    s = parse_settings(c)
     t = planner.plan_stack(s).kv_tier
     assert t is not None and t.on and t.engines == 4
     assert t.per_engine_gib == 124  # 496 / 4
@@ -149,3 +151,15 @@ def test_a_tier_no_larger_than_the_gpus_kv_space_says_so():
     p = planner.plan_stack(s)
     assert p.kv_tier is not None and p.kv_tier.on and p.kv_tier.tokens < p.kv_tier.gpu_tokens
     assert "mostly mirrors what they hold" in plan_text.format_plan(p)
+
+
+def test_the_preflight_gets_the_tier_and_the_ram_it_was_sized_from():
+    from coderig.targets.compose import commands, machines
+
+    s = parse_settings(minimax(hostMemoryGiB=1024))
+    (spec,) = machines.node_specs(s, planner.plan_stack(s))
+    env = commands.preflight_env(s, spec)
+    assert env["CODERIG_KV_TIER_BYTES"] == str(496 * GiB) and env["CODERIG_KV_HOST_BYTES"] == str(1024 * GiB)
+    s = parse_settings(minimax())
+    (spec,) = machines.node_specs(s, planner.plan_stack(s))
+    assert "CODERIG_KV_TIER_BYTES" not in commands.preflight_env(s, spec)
