@@ -204,7 +204,7 @@ if (( KV_TIER_BYTES > 0 )); then
   # MemTotal is RAM less what the kernel keeps (a few %): allow 5% below the declared size
   if [[ -z "$mem_kb" ]]; then
     fail kv-tier "cannot read MemTotal from $MEMINFO"
-  elif (( mem_kb * 1024 < KV_HOST_BYTES / 100 * 95 )); then
+  elif (( mem_kb * 1024 < KV_HOST_BYTES * 95 / 100 )); then
     fail kv-tier "$(human $((mem_kb * 1024))) of RAM, but the plan sized the host KV tier for $(human "$KV_HOST_BYTES"): set coderig:model.kvOffload.hostMemoryGiB to this host's RAM (or a smaller sizeGiB)"
   else
     ok kv-tier "$(human $((mem_kb * 1024))) of RAM, as the plan assumed ($(human "$KV_HOST_BYTES"))"
