@@ -29,6 +29,10 @@ from coderig.core.catalog import GB, Preset
 from coderig.core.catalog import RECIPES as _RECIPES
 
 MTP_KEY = "coderig:model.mtp"
+# The MTP layer counts are the models' config.json values as quoted with the catalog's architecture numbers
+# (coderig.core.catalog sources: "secondary"), not read from Hugging Face here; the recipes' MTP commands
+# and the catalog's expert counts ("+ the MTP layer") agree with one layer each.
+_CONFIG = "config.json, secondary"
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ MTP: dict[str, MtpSpec] = {
         # Multi-Token Prediction (MTP) Module weights"; V3.2 keeps the architecture; ~1 byte/param (FP8)
         weight_bytes=14 * GB,
         expert_bytes=256 * 3 * 7168 * 2048,
-        source=f"num_nextn_predict_layers 1 (config.json); {_RECIPES}deepseek-ai/DeepSeek-V3.2.yaml spec_decoding: "
+        source=f"num_nextn_predict_layers 1 ({_CONFIG}); {_RECIPES}deepseek-ai/DeepSeek-V3.2.yaml spec_decoding: "
         '{"method":"mtp","num_speculative_tokens":3}',
     ),
     "glm-4.7": MtpSpec(
@@ -59,7 +63,7 @@ MTP: dict[str, MtpSpec] = {
         # one MoE layer: 160 experts × 3 × 5120 × 1536 + attention (96 × 128 + 2 × 8 × 128) × 5120 × 2, FP8
         weight_bytes=4 * GB,
         expert_bytes=160 * 3 * 5120 * 1536,
-        source=f"num_nextn_predict_layers 1 (config.json); {_RECIPES}zai-org/GLM-4.7.yaml: "
+        source=f"num_nextn_predict_layers 1 ({_CONFIG}); {_RECIPES}zai-org/GLM-4.7.yaml: "
         "--speculative-config.method mtp --speculative-config.num_speculative_tokens 1 "
         '("1 speculative token gives ~90%+ acceptance and best throughput")',
     ),
@@ -69,7 +73,7 @@ MTP: dict[str, MtpSpec] = {
         # one MoE layer: 256 experts × 3 × 6144 × 2048 (9.7B) + attention, FP8
         weight_bytes=10 * GB,
         expert_bytes=256 * 3 * 6144 * 2048,
-        source=f"num_nextn_predict_layers 1 (config.json); {_RECIPES}zai-org/GLM-5.yaml spec_decoding: "
+        source=f"num_nextn_predict_layers 1 ({_CONFIG}); {_RECIPES}zai-org/GLM-5.yaml spec_decoding: "
         "num_speculative_tokens 3",
         default_on=False,
         note="the GLM-5 recipe says tool calling with MTP needs a newer vLLM than its tested release "
@@ -81,7 +85,7 @@ MTP: dict[str, MtpSpec] = {
         # one MoE layer: 256 experts × 3 × 2048 × 512 (0.8B) + attention, BF16
         weight_bytes=2 * GB,
         expert_bytes=0,  # catalog's expert_bytes counts the 40 main layers only
-        source=f"mtp_num_hidden_layers 1 (config.json); {_RECIPES}Qwen/Qwen3.6-35B-A3B.yaml guide: "
+        source=f"mtp_num_hidden_layers 1 ({_CONFIG}); {_RECIPES}Qwen/Qwen3.6-35B-A3B.yaml guide: "
         '--speculative-config \'{"method": "mtp", "num_speculative_tokens": 2}\'',
     ),
 }
