@@ -11,8 +11,9 @@ What the flag does in vLLM 0.34.0 (read in the installed wheel):
   world_size), so every TP rank's share of a token is stored: the tier holds size ÷ (bytes a token
   takes on one rank × TP) tokens (an MLA latent, replicated on every TP rank, is stored TP times; the
   single-copy layout needs `canonical_layout` in a hand-written --kv-transfer-config).
-- v1/kv_offload/config.py: engine_id "distinct per DP rank": each data-parallel engine has its own
-  tier of the full size, so coderig renders the host's tier ÷ data-parallel engines.
+- v1/kv_offload/config.py: engine_id "distinct per DP rank" (v1/engine/core.py appends `_dp{rank}` to it):
+  each data-parallel engine has its own connector and tier of the full size, so coderig renders the
+  host's tier ÷ data-parallel engines.
 - v1/kv_offload/cpu/shared_offload_region.py: on CUDA the tier is an mmap of files in /dev/shm
   (/dev/shm/vllm_offload_{engine_id}.mmap), and the model container runs with `ipc: host`: the tier
   must fit the host's /dev/shm, a tmpfs whose default size is half the RAM (Linux
