@@ -59,7 +59,7 @@ class KvOffloadSettings(BaseModel):
     hostMemoryGiB: int | None = Field(
         default=None, ge=1, le=1 << 20, description="each model host's RAM (aws: the instance type's)"
     )
-    sizeGiB: float | None = Field(default=None, gt=0, description="the tier per host; default: what the host spares")
+    sizeGiB: float | None = Field(default=None, ge=1, description="the tier per host; default: what the host spares")
 
 
 @dataclass(frozen=True)

@@ -163,3 +163,8 @@ def test_the_preflight_gets_the_tier_and_the_ram_it_was_sized_from():
     s = parse_settings(minimax())
     (spec,) = machines.node_specs(s, planner.plan_stack(s))
     assert "CODERIG_KV_TIER_BYTES" not in commands.preflight_env(s, spec)
+
+
+def test_a_tier_below_one_gib_is_refused_naming_the_key():
+    (why,) = problems(minimax(hostMemoryGiB=1024, sizeGiB=0.5))
+    assert why.startswith("coderig:model.kvOffload.sizeGiB: got 0.5"), why
