@@ -11,7 +11,8 @@ from conftest import ssh_config
 
 from coderig.core import engine, kv_tier, plan_text, planner
 from coderig.core.catalog import GiB
-from coderig.core.settings import UserError, parse_settings
+from coderig.core.errors import UserError
+from coderig.targets import parse_settings
 from coderig.targets.compose import idle as node_idle
 
 

@@ -12,7 +12,8 @@ from conftest import ssh_config
 
 from coderig.core import engine, mtp, plan_text, planner
 from coderig.core.catalog import PRESETS
-from coderig.core.settings import UserError, parse_settings
+from coderig.core.errors import UserError
+from coderig.targets import parse_settings
 
 VLLM = [p for p in PRESETS.values() if p.engine == "vllm"]
 

@@ -7,7 +7,8 @@ import re
 from pathlib import Path
 
 from coderig.core import catalog, engine, kv_tier, layout, mtp, plan_text, planner, vllm_flags
-from coderig.core.settings import ModelSettings, parse_settings
+from coderig.core.settings import ModelSettings
+from coderig.targets import parse_settings
 from coderig.targets.compose import idle as node_idle
 
 ROOT = Path(__file__).resolve().parents[2]
