@@ -86,7 +86,6 @@ class ModelSettings(_Model):
     kvCacheDtype: Literal["fp8", "auto", "bf16"] = "fp8"
     gpuMemoryUtilization: float = Field(default=0.90, gt=0.1, le=0.98)
     maxOutputTokens: int | None = Field(default=None, ge=256)
-    # before extraArgs: its check reads it (pydantic validates fields in order)
     image: str | None = Field(default=None, description="the model server image instead of the pinned one")
     extraArgs: list[str] = Field(default_factory=list, description="extra model-server flags, appended")
     parallel: sizing.ParallelSettings | None = Field(default=None, description="override the planned layout")
@@ -114,9 +113,7 @@ class ModelSettings(_Model):
     @field_validator("extraArgs")
     @classmethod
     def _vllm_flags(cls, v: list[str], info: ValidationInfo) -> list[str]:
-        if info.data.get("image") not in (None, versions.VLLM_IMAGE):
-            return v  # another vLLM: each node asks that image's own parser (coderig.targets.compose.image_check)
-        return vllm_flags.checked_extra_args(v, catalog.PRESETS.get(info.data.get("preset", "")))
+        return vllm_flags.checked_extra_args(v, info.data)  # preset, image: validated before (declared before)
 
     @field_validator("preset")
     @classmethod
