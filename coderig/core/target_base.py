@@ -153,3 +153,9 @@ class TargetSettings(Model):
     def front_door_machine(self) -> FrontDoorMachine | None:
         """The separate always-on machine holding the gateway (None: the first machine holds it)."""
         return None
+
+    @property
+    def machine_wake(self) -> dict[str, str] | None:
+        """How the front-door machine's relay starts GPU machines the idle policy stopped: its `--wake`
+        mechanism and that mechanism's options, as relay flags without the dashes (None: it does not)."""
+        return None

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from coderig.runtime import idle, node_reaper, relay_wake
+from coderig.runtime import idle, node_reaper, relay_shapes, relay_wake
 from coderig.runtime.wake import WakeError
 
 NOW = idle.utcnow()
@@ -137,16 +137,16 @@ def test_the_gate_refuses_to_hold_a_model_with_a_request_in_flight() -> None:
 def test_request_info_waits_for_the_whole_body() -> None:
     body = json.dumps({"model": "m", "stream": True}).encode()
     head = b"POST /v1/messages?beta=true HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body)
-    assert relay_wake.request_info(head + body[:-1]) is None
-    assert relay_wake.request_info(head + body) == ("/v1/messages", True, "m")
+    assert relay_shapes.request_info(head + body[:-1]) is None
+    assert relay_shapes.request_info(head + body) == ("/v1/messages", True, "m")
 
 
 def test_a_model_error_after_early_headers_becomes_an_error_event_in_the_clients_shape() -> None:
-    splice = relay_wake.Splice("anthropic")
+    splice = relay_shapes.Splice("anthropic")
     err = json.dumps({"type": "error", "error": {"type": "invalid_request_error", "message": "too long"}}).encode()
     out = splice.feed(b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n" % len(err) + err)
     assert b"event: error\ndata: " in out and b"too long" in out and out.endswith(b"0\r\n\r\n") and splice.failed
-    ok = relay_wake.Splice("openai")
+    ok = relay_shapes.Splice("openai")
     stream = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n5\r\ndata:\r\n"
     assert ok.feed(stream) == b"5\r\ndata:\r\n" and not ok.failed
-    assert json.loads(relay_wake.error_json("openai", "why"))["error"]["message"] == "why"
+    assert json.loads(relay_shapes.error_json("openai", "why"))["error"]["message"] == "why"

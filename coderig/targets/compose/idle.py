@@ -21,7 +21,7 @@ from typing import Any
 from coderig.core import budgets, engine, versions
 from coderig.core.files import FileSet, RenderedFile
 from coderig.core.settings import StackSettings
-from coderig.runtime import idle
+from coderig.runtime import aws_wake, idle
 from coderig.runtime.scripts import script_text
 from coderig.targets.compose.machines import NodeSpec
 
@@ -32,7 +32,16 @@ MODEL_CONTAINER = "coderig-model-1"  # compose's name for the model service's co
 STATE_DIR = "idle"  # bundle directory for the reaper's state file
 STATE_MOUNT = "/var/lib/coderig-idle"
 # the stdlib modules the relay and the reaper run, shipped below the keepalive directory
-RUNTIME_MODULES = ("sse_keepalive.py", "relay_wake.py", "wake.py", "node_reaper.py", "idle.py", "http.py")
+RUNTIME_MODULES = (
+    "sse_keepalive.py",
+    "relay_wake.py",
+    "relay_shapes.py",
+    "wake.py",
+    "node_reaper.py",
+    "idle.py",
+    "http.py",
+)
+EC2_MODULES = ("aws_wake.py", "aws_reaper.py")  # --wake ec2: the waker and the tags it shares with the reaper
 
 
 def action(settings: StackSettings) -> str | None:
@@ -72,17 +81,27 @@ def model_overrides(settings: StackSettings) -> tuple[list[str], dict[str, str]]
     return ["--enable-sleep-mode"], {"VLLM_SERVER_DEV_MODE": "1"}
 
 
+def machine_wake(settings: StackSettings) -> dict[str, str] | None:
+    """With an idle policy, how a separate front-door machine's relay starts the GPU machines the
+    policy stopped (aws: `--wake ec2`; None where the target does not stop machines)."""
+    return settings.target.machine_wake if settings.idle.enabled and settings.target.serves_model else None
+
+
 def relay_args(settings: StackSettings, spec: NodeSpec) -> list[str]:
-    """What the relay's command gains on the first machine: hold and wake."""
-    act = action(settings)
+    """What the relay's command gains where requests must wait for a model: on the first machine
+    (sleep, stop), or on a front-door machine before replicas on machines that stop (ec2)."""
+    act, machine = action(settings), machine_wake(settings)
+    fronts_replicas = spec.runs_front_door and not spec.runs_model and bool(spec.replica_links)
+    served = ["--served-name", settings.model.served_name]
+    if machine and fronts_replicas:
+        # the instances boot, may first finish stopping (aws_wake.STOP_WAIT_S), then load the weights
+        budget = _budget(settings) + budgets.EC2_BOOT_S + int(aws_wake.STOP_WAIT_S)
+        args = [a for key, value in machine.items() for a in (f"--{key}", value)]
+        return [*args, "--control", RELAY_CONTROL, "--start-budget", str(budget), *served]
     if act is None or not (spec.runs_model and spec.runs_front_door):
         return []
-    served = [settings.model.served_name]
-    args = ["--wake", act, "--control", RELAY_CONTROL, "--start-budget", str(_budget(settings))]
-    args += [a for name in served for a in ("--served-name", name)]
-    if act == "stop":
-        args += ["--reaper", f"http://{REAPER_CONTROL}"]
-    return args
+    args = ["--wake", act, "--control", RELAY_CONTROL, "--start-budget", str(_budget(settings)), *served]
+    return args + (["--reaper", f"http://{REAPER_CONTROL}"] if act == "stop" else [])
 
 
 def _budget(settings: StackSettings) -> int:
@@ -142,9 +161,10 @@ def services(settings: StackSettings, spec: NodeSpec, code_dir: str, code_mount:
 
 def runtime_files(settings: StackSettings, code_dir: str) -> FileSet:
     """The stdlib modules the relay (--wake) and the reaper import, below the keepalive directory."""
-    if action(settings) is None:
+    if action(settings) is None and machine_wake(settings) is None:
         return {}
-    return {f"{code_dir}/coderig/runtime/{name}": RenderedFile(script_text(name)) for name in RUNTIME_MODULES}
+    names = RUNTIME_MODULES + (EC2_MODULES if machine_wake(settings) else ())
+    return {f"{code_dir}/coderig/runtime/{name}": RenderedFile(script_text(name)) for name in names}
 
 
 def _model_hostports(spec: NodeSpec) -> list[str]:

@@ -1,0 +1,187 @@
+"""Wake on request on the `aws` front door, for real: nginx (the rendered gateway) -> the keepalive relay
+with `--wake ec2` (a subprocess, boto3 inside it) -> a model server that only exists once its GPU
+instance runs. The EC2 API is moto in server mode on loopback; the instance metadata service the
+relay reads its own stack tag from is a stand-in on loopback too."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from frontdoor_fixtures import free_port
+from moto_aws import MotoServer, moto_server
+from wake_rig import MODEL, Rig, start_model_process, wake_rig
+
+from coderig.runtime.aws_reaper import TAG_ROLE, TAG_STACK
+from coderig.runtime.aws_wake import GPU_ROLE
+from coderig.targets.aws import frontdoor
+
+pytestmark = pytest.mark.integration
+
+STACK = "prod-wake"
+MSG = {"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+
+
+@contextlib.contextmanager
+def imds(instance_id: str) -> Iterator[str]:
+    """IMDSv2 as an EC2 instance sees it: a token first, then metadata only with that token."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, status: int, body: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def do_PUT(self) -> None:  # noqa: N802
+            ok = self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")
+            self._send(200, "tok-1") if ok else self._send(400, "")
+
+        def do_GET(self) -> None:  # noqa: N802
+            if self.headers.get("X-aws-ec2-metadata-token") != "tok-1":
+                return self._send(401, "")
+            if self.path == "/latest/meta-data/instance-id":
+                return self._send(200, instance_id)
+            return self._send(404, "")
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def launch(moto: MotoServer, role: str, instance_type: str = "p5en.48xlarge") -> str:
+    tags = [{"Key": TAG_STACK, "Value": STACK}, {"Key": TAG_ROLE, "Value": role}]
+    return moto.client().run_instances(
+        ImageId="ami-12c6146b", MinCount=1, MaxCount=1, InstanceType=instance_type,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+    )["Instances"][0]["InstanceId"]  # fmt: skip
+
+
+def state(moto: MotoServer, iid: str) -> str:
+    found = moto.client().describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    return found["State"]["Name"]
+
+
+@contextlib.contextmanager
+def front_door(tmp_path: Path, *, budget_s: float = 30) -> Iterator[tuple[MotoServer, str, int, Rig]]:
+    """A stopped GPU instance of the stack, the front door's own instance, and the gateway + relay as the
+    front door runs them (`--wake ec2 --aws-region …`, the stack read from the front door's tag)."""
+    with moto_server() as moto:
+        door = launch(moto, frontdoor.ROLE, "t3.medium")
+        gpu = launch(moto, GPU_ROLE)
+        moto.client().stop_instances(InstanceIds=[gpu])
+        assert state(moto, gpu) == "stopped"
+        model_port = free_port()
+        with imds(door) as metadata:
+            wake = ["--wake", "ec2", "--aws-region", "us-east-1", "--aws-imds-url", metadata]
+            env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), **moto.env()}
+            with wake_rig(tmp_path, model_port, budget_s=budget_s, wake=wake, env=env) as rig:
+                yield moto, gpu, model_port, rig
+
+
+def boot_when_started(moto: MotoServer, iid: str, port: int, procs: list[Any], delay_s: float) -> threading.Thread:
+    """The GPU machine: once EC2 says the instance runs, the model server comes up `delay_s` later."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and state(moto, iid) != "running":
+            time.sleep(0.1)
+        time.sleep(delay_s)
+        procs.append(start_model_process(port))
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t
+
+
+def test_requests_for_a_stopped_gpu_instance_are_held_and_one_start_serves_them_all(tmp_path: Path) -> None:
+    with front_door(tmp_path) as (moto, gpu, model_port, rig):
+        assert rig.relay_state()["state"] == "stopped"  # learned from EC2 at the relay's start
+        assert "StartInstances" not in moto.actions
+        procs: list[Any] = []
+        booting = boot_when_started(moto, gpu, model_port, procs, delay_s=2.0)
+        kinds = [
+            ("/v1/messages", {**MSG, "stream": True}),
+            ("/v1/messages", MSG),
+            ("/v1/chat/completions", {**MSG, "stream": True}),
+            ("/v1/chat/completions", MSG),
+        ]
+        results: list[tuple[int, bytes]] = [(0, b"")] * 8
+        lines: list[tuple[float, str]] = []
+
+        def one(i: int) -> None:
+            results[i] = rig.post(*kinds[i % len(kinds)])
+
+        def streamed() -> None:
+            status, got = rig.stream_raw("/v1/messages", {**MSG, "stream": True})
+            lines.extend(got)
+            assert status == 200
+
+        try:
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+            threads.append(threading.Thread(target=streamed))
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            booting.join(10)
+            assert [s for s, _ in results] == [200] * 8, [b[:300] for s, b in results if s != 200]
+            assert moto.actions.count("StartInstances") == 1, moto.actions  # one start for nine requests
+            assert state(moto, gpu) == "running"
+            # the held stream heard keepalives while the instance booted, then the model's own events
+            assert any(line == ": keepalive" for _, line in lines)
+            events = [line.removeprefix("event: ") for _, line in lines if line.startswith("event:")]
+            assert events[0] == "message_start" and events[-1] == "message_stop"
+            route = rig.relay_state()
+            assert route["state"] == "awake" and route["wakes_total"] == 1 and route["mechanism"] == "ec2"
+        finally:
+            for p in procs:
+                p.terminate()
+                p.wait(10)
+
+
+def test_a_start_that_fails_ends_every_held_request_with_the_reason_in_its_shape(tmp_path: Path) -> None:
+    with front_door(tmp_path) as (moto, gpu, _, rig):
+        assert rig.relay_state()["state"] == "stopped"
+        moto.client().terminate_instances(InstanceIds=[gpu])  # the stack's GPU instance is gone
+        results: dict[str, tuple[int, bytes]] = {}
+        lines: list[tuple[float, str]] = []
+
+        def plain(path: str) -> None:
+            results[path] = rig.post(path, MSG)
+
+        def streamed() -> None:
+            lines.extend(rig.stream_raw("/v1/messages", {**MSG, "stream": True})[1])
+
+        threads = [threading.Thread(target=plain, args=(p,)) for p in ("/v1/messages", "/v1/chat/completions")]
+        threads.append(threading.Thread(target=streamed))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        why = f"could not wake the model: no GPU instance tagged {TAG_STACK}={STACK}, {TAG_ROLE}={GPU_ROLE}"
+        status, body = results["/v1/messages"]
+        err = json.loads(body)
+        assert status == 529 and err["type"] == "error" and err["error"]["type"] == "overloaded_error"
+        assert err["error"]["message"].startswith(why) and "pulumi up" in err["error"]["message"]
+        status, body = results["/v1/chat/completions"]
+        assert status == 503 and json.loads(body)["error"]["message"].startswith(why)
+        data = [line.removeprefix("data: ") for _, line in lines if line.startswith("data: ")]
+        assert any(json.loads(d)["error"]["message"].startswith(why) for d in data), lines
+        assert "StartInstances" not in moto.actions
+        route = rig.relay_state()
+        assert route["state"] == "stopped" and route["last_error"].startswith("no GPU instance tagged")

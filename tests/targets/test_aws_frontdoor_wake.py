@@ -1,0 +1,72 @@
+"""The `aws` front-door machine's relay holds requests and starts stopped GPU instances: `--wake ec2`
+is rendered into its keepalive service (and only there), with the modules it imports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from conftest import HOST_KEY, ssh_config
+from programs import aws_config
+
+from coderig.core import budgets, planner
+from coderig.core.settings import StackSettings, parse_settings
+from coderig.runtime import aws_wake
+from coderig.targets.compose import idle as node_idle
+from coderig.targets.compose import spec
+from coderig.targets.compose.machines import node_specs
+from coderig.targets.compose.rendered import RenderedNode, render_node
+
+
+def nodes(config: dict[str, Any]) -> list[RenderedNode]:
+    s = parse_settings(config)
+    return [render_node(s, n) for n in node_specs(s, planner.plan_stack(s))]
+
+
+def relay(node: RenderedNode) -> list[str]:
+    svc = node.compose["services"].get("keepalive")
+    return svc["command"] if svc else []
+
+
+def test_the_front_door_relay_wakes_the_gpu_instances_by_ec2() -> None:
+    config = aws_config(frontDoor={"instanceType": "t3.medium"}, count=2, region="eu-west-1")
+    config["target"]["availabilityZone"] = "eu-west-1a"
+    door, *replicas = nodes(config)
+    assert door.spec.runs_front_door and not door.spec.runs_model
+    cmd = relay(door)
+    assert cmd[cmd.index("--wake") + 1] == "ec2"
+    assert cmd[cmd.index("--aws-region") + 1] == "eu-west-1"  # the stack's region, not a metadata lookup
+    assert "--aws-stack" not in cmd  # the front door's own coderig:stack tag names the instances to start
+    assert cmd[cmd.index("--control") + 1] == node_idle.RELAY_CONTROL
+    s: StackSettings = parse_settings(config)
+    assert cmd[cmd.index("--served-name") + 1] == s.model.served_name
+    # the start budget: a stopping instance waited for, the boot, then the model's load from the volume
+    load = budgets.load_budget_seconds(s.model.spec)
+    assert int(cmd[cmd.index("--start-budget") + 1]) == load + budgets.EC2_BOOT_S + int(aws_wake.STOP_WAIT_S)
+    # the waker and what it imports ship beside the relay, in the keepalive directory
+    for name in (*node_idle.RUNTIME_MODULES, *node_idle.EC2_MODULES):
+        assert f"{spec.KEEPALIVE_DIR}/coderig/runtime/{name}" in door.files, name
+    # the GPU machines are replicas: no relay, no reaper, no sleep mode (their instance stops instead)
+    for r in replicas:
+        assert r.spec.is_replica and "keepalive" not in r.compose["services"]
+        assert node_idle.REAPER_SERVICE not in r.compose["services"]
+        assert "--enable-sleep-mode" not in r.compose["services"]["model"]["command"]
+
+
+def test_no_ec2_wake_without_an_idle_policy_or_without_a_front_door() -> None:
+    no_idle = aws_config(frontDoor={"instanceType": "t3.medium"})
+    del no_idle["idle"]
+    door = nodes(no_idle)[0]
+    assert "--wake" not in relay(door)
+    assert not any(p.endswith("aws_wake.py") for p in door.files)
+    # single machine: the gateway stops with the GPU instance, so nothing could hold a request
+    first = nodes(aws_config())[0]
+    assert first.spec.runs_model and "--wake" not in relay(first)
+
+
+def test_an_ssh_front_door_does_not_get_the_ec2_waker() -> None:
+    c = ssh_config()
+    c["target"]["frontDoor"] = {"address": "10.0.0.4", "user": "ops", "hostKey": HOST_KEY}
+    c["idle"] = {"stopAfterMinutes": 30}
+    door = nodes(c)[0]
+    assert "ec2" not in relay(door)
+    assert not any(p.endswith("aws_wake.py") for p in door.files)
