@@ -162,6 +162,19 @@ class Ec2Waker:
                 )
             self._sleep(self.poll_seconds)
 
+    def sleep(self) -> None:
+        """Stop the stack's running GPU instances (the front door's reaper, once the relay holds every
+        model server: nothing in flight, every new request held). Their EBS weights stay; the next
+        request's wake starts them again."""
+        with self._one_wake:
+            up = [i["InstanceId"] for i in self.instances() if i["State"]["Name"] in ("pending", "running")]
+            if not up:
+                return
+            try:
+                self.ec2.stop_instances(InstanceIds=up)
+            except Exception as exc:
+                raise WakeError(_error_line(exc, f"could not stop {', '.join(up)}")) from exc
+
     def _start(self, instance_ids: Sequence[str]) -> None:
         try:
             self.ec2.start_instances(InstanceIds=list(instance_ids))

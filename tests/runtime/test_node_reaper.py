@@ -150,3 +150,63 @@ def test_a_model_error_after_early_headers_becomes_an_error_event_in_the_clients
     stream = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n5\r\ndata:\r\n"
     assert ok.feed(stream) == b"5\r\ndata:\r\n" and not ok.failed
     assert json.loads(relay_shapes.error_json("openai", "why"))["error"]["message"] == "why"
+
+
+def test_ec2_stops_the_machines_only_when_every_route_is_held_and_releases_them_otherwise() -> None:
+    """The aws front door: the GPU instances stop together, so every route is held first; a refusal
+    (a request in flight on one) or a stop AWS refuses reopens every route held so far."""
+    cfg = node_reaper.Config(relay=RELAY, models=(BASE, "http://127.0.0.1:4201"), action="ec2", stop_after_minutes=30)
+
+    def run(refuse_route: int | None, waker: FakeWaker) -> list[str]:
+        posts: list[str] = []
+
+        def post(url: str) -> tuple[int, dict[str, Any]]:
+            posts.append(url)
+            refused = refuse_route is not None and f"hold?route={refuse_route}&" in url
+            return (409, {"detail": "busy: 1 requests in flight"}) if refused else (200, {})
+
+        node_reaper.put_down_machines(cfg, waker, post, lambda _: None)
+        return posts
+
+    ok = FakeWaker()
+    assert run(None, ok) == [
+        f"{RELAY}/hold?route=0&state=stopped",
+        f"{RELAY}/hold?route=1&state=stopped",
+        f"{RELAY}/settled?route=0&state=stopped",
+        f"{RELAY}/settled?route=1&state=stopped",
+    ]
+    assert ok.calls == ["sleep"]
+    busy = FakeWaker()
+    assert run(1, busy)[-1] == f"{RELAY}/settled?route=0&state=awake" and busy.calls == []
+
+    class Refused(FakeWaker):
+        def sleep(self) -> None:
+            raise WakeError("could not stop i-1: UnauthorizedOperation")
+
+    assert run(None, Refused())[-2:] == [f"{RELAY}/settled?route=0&state=awake", f"{RELAY}/settled?route=1&state=awake"]
+
+
+def test_ec2_acts_once_for_all_routes_and_only_when_all_are_idle() -> None:
+    cfg = node_reaper.Config(relay=RELAY, models=(BASE, "http://127.0.0.1:4201"), action="ec2", stop_after_minutes=30)
+    two = json.loads(relay_state())["routes"] * 2
+    posts: list[str] = []
+
+    def post(url: str) -> tuple[int, dict[str, Any]]:
+        posts.append(url)
+        return 200, {}
+
+    def tick(busy_second: bool) -> list[idle.Decision]:
+        routes = [two[0], {**two[1], "inflight": 1 if busy_second else 0}]
+        waker = FakeWaker()
+        return node_reaper.tick(
+            cfg, [idle_node(), idle_node()], [waker, waker], NOW,
+            get=lambda u: json.dumps({"routes": routes}) if u.endswith("/state") else IDLE_METRICS,
+            post=post, log=lambda _: None,
+        )  # fmt: skip
+
+    assert [d.action for d in tick(busy_second=True)] == ["stop", "keep"] and posts == []
+    assert [d.action for d in tick(busy_second=False)] == ["stop", "stop"]
+    assert [p.rsplit("/", 1)[1] for p in posts] == [
+        "hold?route=0&state=stopped", "hold?route=1&state=stopped",
+        "settled?route=0&state=stopped", "settled?route=1&state=stopped",
+    ]  # fmt: skip

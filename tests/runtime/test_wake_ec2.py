@@ -10,7 +10,9 @@ import json
 import os
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,9 @@ from frontdoor_fixtures import free_port
 from moto_aws import MotoServer, moto_server
 from wake_rig import MODEL, Rig, start_model_process, wake_rig
 
+from coderig.runtime import idle, node_reaper
 from coderig.runtime.aws_reaper import TAG_ROLE, TAG_STACK
-from coderig.runtime.aws_wake import GPU_ROLE
+from coderig.runtime.aws_wake import GPU_ROLE, Ec2Waker
 from coderig.targets.aws import frontdoor
 
 pytestmark = pytest.mark.integration
@@ -77,15 +80,18 @@ def state(moto: MotoServer, iid: str) -> str:
 
 
 @contextlib.contextmanager
-def front_door(tmp_path: Path, *, budget_s: float = 30) -> Iterator[tuple[MotoServer, str, int, Rig]]:
-    """A stopped GPU instance of the stack, the front door's own instance, and the gateway + relay as the
-    front door runs them (`--wake ec2 --aws-region …`, the stack read from the front door's tag)."""
+def front_door(
+    tmp_path: Path, *, budget_s: float = 30, model_port: int = 0, stopped: bool = True
+) -> Iterator[tuple[MotoServer, str, int, Rig]]:
+    """A (stopped) GPU instance of the stack, the front door's own instance, and the gateway + relay as
+    the front door runs them (`--wake ec2 --aws-region …`, the stack read from the front door's tag)."""
     with moto_server() as moto:
         door = launch(moto, frontdoor.ROLE, "t3.medium")
         gpu = launch(moto, GPU_ROLE)
-        moto.client().stop_instances(InstanceIds=[gpu])
-        assert state(moto, gpu) == "stopped"
-        model_port = free_port()
+        if stopped:
+            moto.client().stop_instances(InstanceIds=[gpu])
+            assert state(moto, gpu) == "stopped"
+        model_port = model_port or free_port()
         with imds(door) as metadata:
             wake = ["--wake", "ec2", "--aws-region", "us-east-1", "--aws-imds-url", metadata]
             env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), **moto.env()}
@@ -185,3 +191,50 @@ def test_a_start_that_fails_ends_every_held_request_with_the_reason_in_its_shape
         assert "StartInstances" not in moto.actions
         route = rig.relay_state()
         assert route["state"] == "stopped" and route["last_error"].startswith("no GPU instance tagged")
+
+
+def test_the_front_doors_reaper_stops_the_gpu_instance_only_through_the_relays_hold(tmp_path: Path) -> None:
+    """The live recheck: the reaper on the front door asks the relay to hold every model server right
+    before it stops the instances; a request in flight refuses it (the Lambda, reading CloudWatch minutes
+    late, could not know). Once idle, the instance stops, and the next request starts it again."""
+    port = free_port()
+    model = start_model_process(port)
+    try:
+        with front_door(tmp_path, model_port=port, stopped=False) as (moto, gpu, _, rig):
+            assert rig.relay_state()["state"] == "awake"
+            cfg = node_reaper.Config(
+                relay=f"http://127.0.0.1:{rig.control}", models=(f"http://127.0.0.1:{port}",), action="ec2",
+                stop_after_minutes=30, model_name=MODEL,
+            )  # fmt: skip
+            waker = Ec2Waker(STACK, ec2=moto.client())
+            log: list[str] = []
+            slow = {**MSG, "stream": True, "max_tokens": 64,
+                    "messages": [{"role": "user", "content": "[standin tokens=40 delay=0.05] go"}]}  # fmt: skip
+            busy = threading.Thread(target=rig.stream_raw, args=("/v1/messages", slow))
+            busy.start()
+            deadline = time.monotonic() + 10
+            while rig.relay_state()["inflight"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert not node_reaper.put_down_machines(cfg, waker, node_reaper.http_post, log.append)
+            assert "the relay refused to hold model 0 (busy: 1 requests in flight)" in log[-1]
+            busy.join(30)
+            assert state(moto, gpu) == "running" and "StopInstances" not in moto.actions
+            # idle for the whole window (the clock moved on): one period stops it, through the hold
+            now = idle.utcnow() + timedelta(hours=2)
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()  # noqa: S310
+            node = node_reaper.Node(
+                history=[idle.Sample(now - timedelta(minutes=m), 0, 0, 0) for m in range(40, 0, -1)],
+                requests_total=float(rig.relay_state()["requests_total"]),
+                completed_total=idle.read_node_counters(metrics, None, model_name=MODEL).completed_total,
+            )
+            (d,) = node_reaper.tick(cfg, [node], [waker], now, log=log.append)
+            assert d.action == "stop", d.reason
+            assert log[-1] == "GPU instances: stopped" and state(moto, gpu) == "stopped"
+            assert moto.actions.count("StopInstances") == 1
+            assert rig.relay_state()["state"] == "stopped"  # settled by the reaper: the next request is held
+            assert rig.post("/v1/chat/completions", MSG)[0] == 200
+            assert moto.actions.count("StartInstances") == 1 and state(moto, gpu) == "running"
+            assert rig.relay_state()["wakes_total"] == 1
+    finally:
+        model.terminate()
+        model.wait(10)

@@ -3,14 +3,15 @@ is rendered into its keepalive service (and only there), with the modules it imp
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from conftest import HOST_KEY, ssh_config
-from programs import aws_config
+from programs import aws_config, run_stack
 
 from coderig.core import budgets, planner
 from coderig.core.settings import StackSettings, parse_settings
-from coderig.runtime import aws_wake
+from coderig.runtime import aws_wake, idle
 from coderig.targets.compose import idle as node_idle
 from coderig.targets.compose import spec
 from coderig.targets.compose.machines import node_specs
@@ -45,6 +46,17 @@ def test_the_front_door_relay_wakes_the_gpu_instances_by_ec2() -> None:
     # the waker and what it imports ship beside the relay, in the keepalive directory
     for name in (*node_idle.RUNTIME_MODULES, *node_idle.EC2_MODULES):
         assert f"{spec.KEEPALIVE_DIR}/coderig/runtime/{name}" in door.files, name
+    # the reaper runs here too: it stops the instances through the relay's hold (no docker socket)
+    reaper = door.compose["services"][node_idle.REAPER_SERVICE]
+    rcmd = reaper["entrypoint"] + reaper["command"]
+    assert rcmd[rcmd.index("--action") + 1] == "ec2" and rcmd[rcmd.index("--aws-region") + 1] == "eu-west-1"
+    assert [rcmd[i + 1] for i, a in enumerate(rcmd) if a == "--model"] == [
+        "http://127.0.0.1:4201",
+        "http://127.0.0.1:4202",
+    ]
+    assert rcmd[rcmd.index("--relay") + 1] == f"http://{node_idle.RELAY_CONTROL}"
+    assert not any("docker.sock" in v for v in reaper["volumes"])
+    assert json.loads(reaper["environment"][idle.ENV_SCHEDULE])["timezone"] == "Europe/Paris"  # office hours
     # the GPU machines are replicas: no relay, no reaper, no sleep mode (their instance stops instead)
     for r in replicas:
         assert r.spec.is_replica and "keepalive" not in r.compose["services"]
@@ -70,3 +82,12 @@ def test_an_ssh_front_door_does_not_get_the_ec2_waker() -> None:
     door = nodes(c)[0]
     assert "ec2" not in relay(door)
     assert not any(p.endswith("aws_wake.py") for p in door.files)
+
+
+def test_with_a_front_door_the_reaper_lambda_is_not_deployed() -> None:
+    """Two reapers would race; the one on the front door holds requests before it stops anything."""
+    run = run_stack(aws_config(frontDoor={"instanceType": "t3.medium"}))
+    assert run.error is None, repr(run.error)
+    assert not run.of_prefix("aws:lambda/") and "idleReaper" not in run.outputs
+    single = run_stack(aws_config())
+    assert single.of_prefix("aws:lambda/") and "idleReaper" in single.outputs

@@ -91,13 +91,10 @@ def relay_args(settings: StackSettings, spec: NodeSpec) -> list[str]:
     """What the relay's command gains where requests must wait for a model: on the first machine
     (sleep, stop), or on a front-door machine before replicas on machines that stop (ec2)."""
     act, machine = action(settings), machine_wake(settings)
-    fronts_replicas = spec.runs_front_door and not spec.runs_model and bool(spec.replica_links)
     served = ["--served-name", settings.model.served_name]
-    if machine and fronts_replicas:
-        # the instances boot, may first finish stopping (aws_wake.STOP_WAIT_S), then load the weights
-        budget = _budget(settings) + budgets.EC2_BOOT_S + int(aws_wake.STOP_WAIT_S)
+    if machine and _fronts_replicas(spec):
         args = [a for key, value in machine.items() for a in (f"--{key}", value)]
-        return [*args, "--control", RELAY_CONTROL, "--start-budget", str(budget), *served]
+        return [*args, "--control", RELAY_CONTROL, "--start-budget", str(_start_budget(settings, spec)), *served]
     if act is None or not (spec.runs_model and spec.runs_front_door):
         return []
     args = ["--wake", act, "--control", RELAY_CONTROL, "--start-budget", str(_budget(settings)), *served]
@@ -108,12 +105,37 @@ def _budget(settings: StackSettings) -> int:
     return budgets.load_budget_seconds(settings.model.spec)
 
 
+def _start_budget(settings: StackSettings, spec: NodeSpec) -> int:
+    """The model's load; before replicas on stopped machines (ec2) also their boot, after waiting for
+    one still stopping (aws_wake.STOP_WAIT_S)."""
+    if machine_wake(settings) and _fronts_replicas(spec):
+        return _budget(settings) + budgets.EC2_BOOT_S + int(aws_wake.STOP_WAIT_S)
+    return _budget(settings)
+
+
+def _fronts_replicas(spec: NodeSpec) -> bool:
+    """A front-door machine before our own replicas (not the first GPU machine, not an external endpoint)."""
+    return spec.runs_front_door and not spec.runs_model and bool(spec.replica_links)
+
+
+def _reaper_action(settings: StackSettings, spec: NodeSpec) -> tuple[str, list[str]] | None:
+    """(node_reaper --action, its extra flags) on this machine, or None: it runs no reaper."""
+    act, machine = action(settings), machine_wake(settings)
+    if machine and _fronts_replicas(spec):
+        options = [a for key, value in machine.items() if key != "wake" for a in (f"--{key}", value)]
+        return machine["wake"], options
+    if act and spec.runs_model and spec.runs_front_door:
+        return act, (["--container", MODEL_CONTAINER, "--control", REAPER_CONTROL] if act == "stop" else [])
+    return None
+
+
 def reaper_service(settings: StackSettings, spec: NodeSpec, code_dir: str, code_mount: str) -> dict[str, Any] | None:
-    """The reaper on the first machine (None without an idle policy): the pinned LiteLLM image has
-    python3; the stdlib modules come from the bundle, like the relay's."""
-    act = action(settings)
-    if act is None or not (spec.runs_model and spec.runs_front_door):
+    """The reaper on the first machine, or on the aws front door (None without an idle policy): the
+    pinned LiteLLM image has python3 (and boto3, for ec2); the stdlib modules come from the bundle."""
+    found = _reaper_action(settings, spec)
+    if found is None:
         return None
+    act, extra = found
     models = [f"http://{b}" for b in _model_hostports(spec)]
     command = [
         "python3",
@@ -131,13 +153,13 @@ def reaper_service(settings: StackSettings, spec: NodeSpec, code_dir: str, code_
         "--model-name",
         settings.model.served_name,
         "--start-budget",
-        str(_budget(settings)),
+        str(_start_budget(settings, spec)),
         "--state-file",
         f"{STATE_MOUNT}/reaper.json",
+        *extra,
     ]
     volumes = [f"./{code_dir}:{code_mount}:ro", f"./{STATE_DIR}:{STATE_MOUNT}"]
     if act == "stop":
-        command += ["--container", MODEL_CONTAINER, "--control", REAPER_CONTROL]
         volumes.append("/var/run/docker.sock:/var/run/docker.sock")  # this service only
     return {
         "image": versions.LITELLM_IMAGE,
