@@ -73,20 +73,4 @@ def waker_policy(stack: str, *, tag_key: str = TAG_STACK) -> dict[str, Any]:
     }
 
 
-def wake_command(stack: str, region: str) -> list[str]:
-    """What the relay on the front door runs to wake the GPU instances (prints the state after)."""
-    return [
-        "env",
-        f"PYTHONPATH={WAKE_DIR}",
-        "/usr/bin/python3",
-        "-m",
-        "coderig.runtime.aws_wake",
-        "wake",
-        "--stack",
-        stack,
-        "--region",
-        region,
-    ]
-
-
-__all__ = ["GPU_ROLE", "PRIVATE_IP", "ROLE", "ami_filters", "cloud_init", "wake_command", "waker_policy"]
+__all__ = ["GPU_ROLE", "PRIVATE_IP", "ROLE", "ami_filters", "cloud_init", "waker_policy"]
