@@ -349,8 +349,7 @@ def options(args: argparse.Namespace, routes: Sequence[Route]) -> WakeOptions:
     wake = WakeOptions(
         args.wake, args.start_budget, args.control, args.reaper, tuple(args.served_name), args.probe_interval, *aws
     )
-    if wake.mechanism != "ec2":  # the ec2 waker is built once, in serve
-        gates_for(routes, wake)
+    gates_for(routes, wake)  # ec2: boto3 and the region are there (no EC2 call yet)
     return wake
 
 

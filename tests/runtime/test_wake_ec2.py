@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -18,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import ROOT
 from frontdoor_fixtures import free_port
+from moto.core.authorization import enable_iam_authentication
 from moto_aws import MotoServer, moto_server
 from wake_rig import MODEL, Rig, start_model_process, wake_rig
 
@@ -81,10 +85,16 @@ def state(moto: MotoServer, iid: str) -> str:
 
 @contextlib.contextmanager
 def front_door(
-    tmp_path: Path, *, budget_s: float = 30, model_port: int = 0, stopped: bool = True
+    tmp_path: Path,
+    *,
+    budget_s: float = 30,
+    model_port: int = 0,
+    stopped: bool = True,
+    role_policy: dict[str, Any] | None = None,
 ) -> Iterator[tuple[MotoServer, str, int, Rig]]:
     """A (stopped) GPU instance of the stack, the front door's own instance, and the gateway + relay as
-    the front door runs them (`--wake ec2 --aws-region …`, the stack read from the front door's tag)."""
+    the front door runs them (`--wake ec2 --aws-region …`, the stack read from the front door's tag).
+    `role_policy`: the relay holds the keys of an IAM user with only that policy, and moto checks it."""
     with moto_server() as moto:
         door = launch(moto, frontdoor.ROLE, "t3.medium")
         gpu = launch(moto, GPU_ROLE)
@@ -95,8 +105,20 @@ def front_door(
         with imds(door) as metadata:
             wake = ["--wake", "ec2", "--aws-region", "us-east-1", "--aws-imds-url", metadata]
             env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), **moto.env()}
-            with wake_rig(tmp_path, model_port, budget_s=budget_s, wake=wake, env=env) as rig:
+            iam = contextlib.nullcontext()
+            if role_policy is not None:
+                env |= user_keys(moto, role_policy)
+                iam = enable_iam_authentication()
+            with iam, wake_rig(tmp_path, model_port, budget_s=budget_s, wake=wake, env=env) as rig:
                 yield moto, gpu, model_port, rig
+
+
+def user_keys(moto: MotoServer, policy: dict[str, Any]) -> dict[str, str]:
+    iam = moto.client("iam")
+    iam.create_user(UserName="front-door")
+    iam.put_user_policy(UserName="front-door", PolicyName="p", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName="front-door")["AccessKey"]
+    return {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
 
 
 def boot_when_started(moto: MotoServer, iid: str, port: int, procs: list[Any], delay_s: float) -> threading.Thread:
@@ -238,3 +260,40 @@ def test_the_front_doors_reaper_stops_the_gpu_instance_only_through_the_relays_h
     finally:
         model.terminate()
         model.wait(10)
+
+
+def test_a_start_the_role_may_not_make_ends_the_held_request_with_the_fix(tmp_path: Path) -> None:
+    """IAM refuses ec2:StartInstances (moto checks the action; the tag condition it cannot): the held
+    request hears AWS's code and what to fix, and the instance stays stopped."""
+    describe_only = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "ec2:DescribeInstances", "Resource": "*"}],
+    }
+    with front_door(tmp_path, role_policy=describe_only) as (moto, gpu, _, rig):
+        assert rig.relay_state()["state"] == "stopped"  # DescribeInstances is allowed
+        status, body = rig.post("/v1/messages", MSG)
+        message = json.loads(body)["error"]["message"]
+        assert status == 529 and message.startswith(f"could not wake the model: could not start {gpu}: "), message
+        assert "must carry the tag coderig:stack of this stack" in message
+        assert "StartInstances" in moto.actions  # asked, and refused
+        env = rig.relay_env or {}
+        ec2 = moto.client(
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"]
+        )
+        found = ec2.describe_instances(InstanceIds=[gpu])["Reservations"][0]["Instances"][0]
+        assert found["State"]["Name"] == "stopped"
+        assert rig.relay_state()["state"] == "stopped"
+
+
+def test_a_relay_that_cannot_build_its_ec2_waker_says_why_at_start(tmp_path: Path) -> None:
+    """No region given and no instance metadata (not on EC2): one line and exit 2, not a traceback on
+    the first request."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "coderig.runtime.sse_keepalive", "--route", f"127.0.0.1:{free_port()}=127.0.0.1:1",
+         "--wake", "ec2", "--control", f"127.0.0.1:{free_port()}", "--aws-imds-url", dead],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc
+    assert proc.stderr.startswith("sse_keepalive: --wake ec2: instance metadata placement/region unreadable")
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
