@@ -20,8 +20,8 @@ for the served model gets the stream's headers at once and an SSE comment every 
 model's own stream is spliced in after the wake; a wake that fails ends the stream with an error
 event in the client's shape (Anthropic on /v1/messages, OpenAI elsewhere) saying why. A request
 that does not stream, or names another model (Claude Code's `claude-*` names, which nginx replays
-to LiteLLM on the model server's 404), waits silently and gets a 503 in its shape on failure
-(coderig.runtime.relay_shapes).
+to LiteLLM on the model server's 404), waits silently and gets an error in its shape on failure
+(Anthropic's 529 overloaded_error, OpenAI's 503; coderig.runtime.relay_shapes).
 
 Between requests each Gate keeps asking its model what state it is in (every `probe_s`, never while
 a wake or a reaper's hold is underway), so GET /state tells the truth about a model that came up

@@ -3,7 +3,7 @@
 A streaming request for the served model gets the stream's headers at once (EARLY_HEAD), SSE
 keepalives while it waits, then the model's own stream spliced in (Splice); a wake that fails ends
 it with an error event in the client's shape (Anthropic on /v1/messages, OpenAI elsewhere). A
-request that does not stream waits silently and gets a 503 in its shape on failure.
+request that does not stream waits silently and gets an error response in its shape on failure (529 or 503).
 """
 
 from __future__ import annotations
