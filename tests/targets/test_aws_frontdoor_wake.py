@@ -10,8 +10,9 @@ from conftest import HOST_KEY, ssh_config
 from programs import aws_config, run_stack
 
 from coderig.core import budgets, planner
-from coderig.core.settings import StackSettings, parse_settings
+from coderig.core.settings import StackSettings
 from coderig.runtime import aws_wake, idle
+from coderig.targets import parse_settings
 from coderig.targets.compose import idle as node_idle
 from coderig.targets.compose import spec
 from coderig.targets.compose.machines import node_specs
