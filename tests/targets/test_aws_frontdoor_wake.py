@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from conftest import HOST_KEY, ssh_config
 from programs import aws_config, run_stack
 
 from coderig.core import budgets, planner
+from coderig.core.errors import UserError
 from coderig.core.settings import StackSettings
 from coderig.runtime import aws_wake, idle
 from coderig.targets import parse_settings
@@ -76,13 +78,31 @@ def test_no_ec2_wake_without_an_idle_policy_or_without_a_front_door() -> None:
     assert first.spec.runs_model and "--wake" not in relay(first)
 
 
-def test_an_ssh_front_door_does_not_get_the_ec2_waker() -> None:
+def test_an_ssh_front_door_holds_and_sleeps_its_replicas_through_the_links() -> None:
+    """ssh hosts do not stop: the front door's relay wakes a sleeping replica (POST /wake_up through
+    its link) and its reaper sleeps it, as the first machine does for its replicas."""
     c = ssh_config()
     c["target"]["frontDoor"] = {"address": "10.0.0.4", "user": "ops", "hostKey": HOST_KEY}
     c["idle"] = {"stopAfterMinutes": 30}
-    door = nodes(c)[0]
-    assert "ec2" not in relay(door)
+    door, replica = nodes(c)
+    cmd = relay(door)
+    assert cmd[cmd.index("--wake") + 1] == "sleep" and "--aws-region" not in cmd
     assert not any(p.endswith("aws_wake.py") for p in door.files)
+    reaper = door.compose["services"][node_idle.REAPER_SERVICE]
+    rcmd = reaper["entrypoint"] + reaper["command"]
+    assert rcmd[rcmd.index("--action") + 1] == "sleep"
+    assert [rcmd[i + 1] for i, a in enumerate(rcmd) if a == "--model"] == ["http://127.0.0.1:4201"]
+    assert "--enable-sleep-mode" in replica.compose["services"]["model"]["command"]
+
+
+def test_stop_with_an_ssh_front_door_is_refused_naming_the_key() -> None:
+    """`stop` needs the model host's docker socket, which a front door does not hold."""
+    c = ssh_config()
+    c["target"]["frontDoor"] = {"address": "10.0.0.4", "user": "ops", "hostKey": HOST_KEY}
+    c["idle"] = {"stopAfterMinutes": 30, "action": "stop"}
+    with pytest.raises(UserError) as err:
+        parse_settings(c)
+    assert any(p.startswith("coderig:idle.action: got 'stop' with a frontDoor") for p in err.value.problems), err.value
 
 
 def test_with_a_front_door_the_reaper_lambda_is_not_deployed() -> None:

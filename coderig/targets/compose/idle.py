@@ -52,7 +52,9 @@ def action(settings: StackSettings) -> str | None:
         return settings.idle.action
     if settings.model.spec.engine == "vllm":
         return "sleep"
-    return "stop" if settings.target.replica_count == 1 else None  # stop reaches the first host's model only
+    # stop reaches the model of the machine the reaper runs on only: one host, no separate front door
+    alone = settings.target.replica_count == 1 and settings.target.front_door_machine is None
+    return "stop" if alone else None
 
 
 def plan_note(settings: StackSettings) -> str | None:
@@ -89,13 +91,13 @@ def machine_wake(settings: StackSettings) -> dict[str, str] | None:
 
 def relay_args(settings: StackSettings, spec: NodeSpec) -> list[str]:
     """What the relay's command gains where requests must wait for a model: on the first machine
-    (sleep, stop), or on a front-door machine before replicas on machines that stop (ec2)."""
+    (sleep, stop), or on a front-door machine before replicas (sleep through their links; ec2)."""
     act, machine = action(settings), machine_wake(settings)
     served = ["--served-name", settings.model.served_name]
     if machine and _fronts_replicas(spec):
         args = [a for key, value in machine.items() for a in (f"--{key}", value)]
         return [*args, "--control", RELAY_CONTROL, "--start-budget", str(_start_budget(settings, spec)), *served]
-    if act is None or not (spec.runs_model and spec.runs_front_door):
+    if act is None or not _acts_here(act, spec):
         return []
     args = ["--wake", act, "--control", RELAY_CONTROL, "--start-budget", str(_budget(settings)), *served]
     return args + (["--reaper", f"http://{REAPER_CONTROL}"] if act == "stop" else [])
@@ -118,13 +120,19 @@ def _fronts_replicas(spec: NodeSpec) -> bool:
     return spec.runs_front_door and not spec.runs_model and bool(spec.replica_links)
 
 
+def _acts_here(act: str, spec: NodeSpec) -> bool:
+    """The relay and reaper for `act` run on this machine: the first machine, or a front door before
+    replicas whose models sleep (reached through their links; `stop` needs the model's own docker)."""
+    return (spec.runs_model and spec.runs_front_door) or (act == "sleep" and _fronts_replicas(spec))
+
+
 def _reaper_action(settings: StackSettings, spec: NodeSpec) -> tuple[str, list[str]] | None:
     """(node_reaper --action, its extra flags) on this machine, or None: it runs no reaper."""
     act, machine = action(settings), machine_wake(settings)
     if machine and _fronts_replicas(spec):
         options = [a for key, value in machine.items() if key != "wake" for a in (f"--{key}", value)]
         return machine["wake"], options
-    if act and spec.runs_model and spec.runs_front_door:
+    if act and _acts_here(act, spec):
         return act, (["--container", MODEL_CONTAINER, "--control", REAPER_CONTROL] if act == "stop" else [])
     return None
 
