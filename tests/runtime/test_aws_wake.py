@@ -287,3 +287,18 @@ def test_sleep_stops_the_stacks_running_gpu_instances_and_nothing_else(moto: Aws
     assert [instance_state(moto, i) for i in others] == ["running", "running"]
     assert waker.state() == "stopped"
     waker.sleep()  # nothing running: nothing to do
+
+
+def test_a_start_not_yet_visible_reads_waking_for_a_minute_not_stopped(moto: Aws) -> None:
+    """DescribeInstances may lag a StartInstances: the relay must not fail the wake as "stopped while
+    waking" on that read; past START_SETTLE_S a stopped instance reads stopped again."""
+    stopped(moto, GPU)
+    now = [0.0]
+    waker = Ec2Waker(STACK, ec2=_Stopping(moto.ec2, 0), clock=lambda: now[0])
+    waker.wake()
+    lagging = Ec2Waker(STACK, ec2=moto.ec2)  # a second look at the same instances, stopped again meanwhile
+    moto.ec2.stop_instances(InstanceIds=[i["InstanceId"] for i in lagging.instances()])
+    assert waker.state() == "waking"
+    now[0] = aws_wake.START_SETTLE_S + 1
+    assert waker.state() == "stopped"
+    assert lagging.state() == "stopped"  # a waker that started nothing reads it as it is

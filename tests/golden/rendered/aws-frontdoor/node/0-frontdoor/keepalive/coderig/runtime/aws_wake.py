@@ -28,6 +28,9 @@ from coderig.runtime.idle import ReaperError
 from coderig.runtime.wake import WakeError
 
 STOP_WAIT_S = 300.0  # an instance still stopping is waited for this long before it can be started
+# DescribeInstances is eventually consistent: just after StartInstances it may still say "stopped"
+# (docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html); that long, stopped reads waking
+START_SETTLE_S = 60.0
 GPU_ROLE = "gpu-node"  # the coderig:role tag of the instances a front door may start (aws_plan.tags)
 
 # EC2 instance state -> Waker state. "stopping" reads as stopped: wake() waits for it, then starts it.
@@ -90,6 +93,7 @@ class Ec2Waker:
         self.stop_wait_seconds, self.poll_seconds = stop_wait_seconds, poll_seconds
         self._sleep, self._clock = sleep, clock
         self._one_wake = threading.Lock()
+        self._started = float("-inf")  # when this waker last started instances (clock)
         self.own_stack: Callable[[], str] | None = None  # stack "auto": how to read the front door's tag
 
     def _stack(self) -> str:
@@ -128,6 +132,8 @@ class Ec2Waker:
             return "unknown"
         if not states or "unknown" in states:
             return "unknown"
+        if "stopped" in states and self._clock() - self._started < START_SETTLE_S:
+            return "waking"  # a start we just made, not yet visible
         for s in ("stopped", "waking"):
             if s in states:
                 return s
@@ -180,6 +186,7 @@ class Ec2Waker:
             self.ec2.start_instances(InstanceIds=list(instance_ids))
         except Exception as exc:
             raise WakeError(_error_line(exc, f"could not start {', '.join(instance_ids)}")) from exc
+        self._started = self._clock()
 
 
 def ec2_client(region: str) -> Any:
