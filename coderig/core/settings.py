@@ -442,6 +442,7 @@ def parse_settings(raw: dict[str, Any], other_keys: Iterable[str] = ()) -> Stack
             developers=len(settings.developers),
         )
     )
+    problems.extend(settings.target.volume_problems(m.spec))
     if problems:
         raise UserError(problems)
     return settings

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import Field, field_validator
 
-from coderig.core import catalog, hostkeys
+from coderig.core import catalog, hostkeys, restart
 from coderig.core.settings_base import Model
 
 if TYPE_CHECKING:
@@ -75,6 +75,8 @@ def check_cache_path(v: str) -> str:
 
 
 NODE_CACHE_PATH = "/var/lib/coderig"  # the weights cache on a machine coderig prepares (ssh, aws)
+WEIGHTS_READ_KEY = "coderig:target.weightsReadMBps"
+WEIGHTS_READ_HELP = "the weights volume's sequential read, MB/s, for the plan's restart estimate"
 
 
 class TargetSettings(Model):
@@ -153,3 +155,13 @@ class TargetSettings(Model):
     def front_door_machine(self) -> FrontDoorMachine | None:
         """The separate always-on machine holding the gateway (None: the first machine holds it)."""
         return None
+
+    def volume_problems(self, preset: catalog.Preset) -> list[str]:
+        """Why the weights volume the stack sizes cannot hold `preset`'s weights and compile caches."""
+        return []
+
+    @property
+    def weights_read(self) -> restart.ReadRate:
+        """The weights volume's read throughput the restart estimate uses: the stack's
+        `weightsReadMBps` where the kind has the key, else a local NVMe drive's."""
+        return restart.nvme(getattr(self, "weightsReadMBps", None), WEIGHTS_READ_KEY)

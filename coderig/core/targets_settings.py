@@ -10,10 +10,20 @@ from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import Field, field_validator
 
+from coderig.core import restart
 from coderig.core.aws_settings import AwsTarget
 from coderig.core.frontdoor_machine import FrontDoorMachine, ssh_front_door_checks
 from coderig.core.settings_base import Loc, Model
-from coderig.core.target_base import HOST_KEY_HELP, NODE_CACHE_PATH, GpuSpec, SshHost, TargetSettings, check_cache_path
+from coderig.core.target_base import (
+    HOST_KEY_HELP,
+    NODE_CACHE_PATH,
+    WEIGHTS_READ_HELP,
+    WEIGHTS_READ_KEY,
+    GpuSpec,
+    SshHost,
+    TargetSettings,
+    check_cache_path,
+)
 
 
 def _ssh_hosts_pinned_and_distinct(given: dict[str, Any]) -> list[tuple[Loc, str, Any]]:
@@ -82,6 +92,7 @@ class LocalTarget(TargetSettings):
     idle_actions: ClassVar[tuple[str, ...]] = ("sleep", "stop")
     gpu: GpuSpec | None = Field(default=None, description="GPUs on this machine; omit for CPU (llama.cpp)")
     cachePath: str = "~/.cache/coderig"
+    weightsReadMBps: int | None = Field(default=None, ge=10, le=1_000_000, description=WEIGHTS_READ_HELP)
 
     @property
     def runs_locally(self) -> bool:
@@ -100,6 +111,7 @@ class SshTarget(TargetSettings):
     cachePath: str = NODE_CACHE_PATH
     insecureSkipHostKeyCheck: bool = False
     frontDoor: SshHost | None = Field(default=None, description="a small always-on host for the gateway")
+    weightsReadMBps: int | None = Field(default=None, ge=10, le=1_000_000, description=WEIGHTS_READ_HELP)
 
     _cache = field_validator("cachePath")(check_cache_path)
 
@@ -143,6 +155,7 @@ class KubernetesTarget(TargetSettings):
     context: str | None = None
     namespace: str = "coderig"
     storageClass: str | None = None
+    weightsReadMBps: int | None = Field(default=None, ge=10, le=1_000_000, description=WEIGHTS_READ_HELP)
     replicas: int = Field(default=1, ge=0, le=64)
     frontDoorReplicas: int = Field(default=2, ge=1, le=16)
     nodeSelector: dict[str, str] = Field(default_factory=dict)
@@ -160,6 +173,10 @@ class KubernetesTarget(TargetSettings):
     @property
     def replica_count(self) -> int:
         return self.replicas
+
+    @property
+    def weights_read(self) -> restart.ReadRate:
+        return restart.pvc(self.weightsReadMBps, WEIGHTS_READ_KEY, self.storageClass)
 
     @field_validator("namespace")
     @classmethod

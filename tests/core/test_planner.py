@@ -180,7 +180,7 @@ def test_cpu_preset_one_slot_q8_0_and_budgets():
     assert "KV cache q8_0" in plan_text.format_plan(r)
     big = PRESETS["deepseek-v3.2"]
     assert budgets.load_budget_seconds(big) > 1800  # a 700 GB load cannot use a 10-minute budget
-    assert budgets.weights_volume_gb(big) >= 689 * 1.25
+    assert budgets.weights_volume_gb(big, 8) >= 689 * 1.25
     assert budgets.download_budget_seconds(big) > budgets.load_budget_seconds(big)
 
 

@@ -113,8 +113,9 @@ def test_probe_budget_shm_and_gpus_follow_the_plan(preset: str, gpus: int) -> No
     assert int(vllm["resources"]["requests"]["memory"].removesuffix("Gi")) > kube.shm_size_gi(gpus)
     # the weights volume: planner size, shared (RWX) only when replicas share it
     pvc = by_key(objects_of(s, "prod"))[f"persistentvolumeclaim-{kube.WEIGHTS}"]
-    # worked: weights + 25%, up to the next 10 GB: 689 × 1.25 = 861.25 -> 870; 362 × 1.25 = 452.5 -> 460
-    assert pvc["spec"]["resources"]["requests"]["storage"] == {"deepseek-v3.2": "870Gi", "glm-4.7": "460Gi"}[preset]
+    # worked: weights + 25% + compile caches (8 GiB + 2 GiB per GPU), up to the next 10 GB:
+    # 689 × 1.25 = 861.25 + 25.8 (8 GPUs) -> 890; 362 × 1.25 = 452.5 + 17.2 (4 GPUs) -> 470
+    assert pvc["spec"]["resources"]["requests"]["storage"] == {"deepseek-v3.2": "890Gi", "glm-4.7": "470Gi"}[preset]
     replicas = PRESETS[preset]["target"].get("replicas", 1)
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany" if replicas > 1 else "ReadWriteOnce"]
 

@@ -165,7 +165,7 @@ def startup_budget_seconds(settings: StackSettings) -> int:
 
 
 def weights_volume_size(settings: StackSettings) -> str:
-    return f"{budgets.weights_volume_gb(settings.model.spec)}Gi"
+    return f"{budgets.weights_volume_gb(settings.model.spec, settings.target.gpus[1])}Gi"
 
 
 def model_resources(gpu_count: int) -> Obj:
