@@ -40,6 +40,7 @@ from coderig.core import layout as lay
 from coderig.core import prefill as pf
 from coderig.core.catalog import AWS_INSTANCES, GB, GPU_COUNTS, GPUS, LLAMACPP_CACHE_TYPE, GiB, Preset
 from coderig.core.layout import OVERHEAD_PER_GPU, Layout, kv_bytes_per_request, kv_bytes_per_token
+from coderig.core.prefill import Workload
 
 if TYPE_CHECKING:
     from coderig.core.settings import StackSettings
@@ -50,29 +51,6 @@ RULE = (
     "the lowest-latency layout (TP < TP+DCP < DP+EP) that carries the workload and sustains its peak prefill, "
     "else that carries it, else the one with the most full-context concurrency"
 )
-
-
-@dataclass(frozen=True)
-class Workload:
-    """The peak a stack is sized for: `developers × share × sessions` requests of `context` tokens at
-    once, `reuse` of each turn's input cached (coderig.core.prefill). Without coderig:workload, every
-    listed developer with one full-context request (declared False)."""
-
-    developers: int
-    share: float
-    context: int
-    declared: bool = True
-    sessions: float = 1.0  # concurrent sessions per active developer (sub-agent fan-out)
-    reuse: float = pf.PREFIX_REUSE
-
-    @property
-    def peak(self) -> int:
-        return max(1, math.ceil(self.developers * self.share * self.sessions - 1e-9))
-
-    @property
-    def live(self) -> float:
-        """Every developer's sessions: the prefixes worth keeping cached."""
-        return self.developers * self.sessions
 
 
 @dataclass(frozen=True)

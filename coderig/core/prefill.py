@@ -26,6 +26,7 @@ EFFICIENCY is DeepSeek's own production figure (see PREFILL_ANCHOR). Estimates, 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from coderig.core.catalog import Preset
@@ -78,6 +79,29 @@ ACTIVE_PARAMS: dict[str, float] = {
 DSA_TOP_K = 2048
 DSA_INDEXER_FLOPS_PER_TOKEN_PER_LAYER = 2 * 64 * 128
 MLA_V_DIM = 512  # the latent attention returns (kv_lora_rank)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The peak a stack is sized for: `developers × share × sessions` requests of `context` tokens at
+    once, `reuse` of each turn's input cached (coderig.core.prefill). Without coderig:workload, every
+    listed developer with one full-context request (declared False)."""
+
+    developers: int
+    share: float
+    context: int
+    declared: bool = True
+    sessions: float = 1.0  # concurrent sessions per active developer (sub-agent fan-out)
+    reuse: float = PREFIX_REUSE
+
+    @property
+    def peak(self) -> int:
+        return max(1, math.ceil(self.developers * self.share * self.sessions - 1e-9))
+
+    @property
+    def live(self) -> float:
+        """Every developer's sessions: the prefixes worth keeping cached."""
+        return self.developers * self.sessions
 
 
 def flops_per_token(preset: Preset, context: int) -> float | None:
