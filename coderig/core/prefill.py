@@ -27,7 +27,8 @@ EFFICIENCY is DeepSeek's own production figure (see PREFILL_ANCHOR). Estimates, 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from coderig.core.catalog import Preset
 
@@ -152,6 +153,11 @@ class Check:
     gpus: int
     tier_tokens: int
     replicas_needed: int  # replicas of this layout that would sustain it (0: none up to MAX_REPLICAS)
+    inputs: dict[str, Any] = field(default_factory=dict, compare=False)  # check()'s arguments
+
+    def with_tier(self, tier_tokens_per_replica: int) -> Check:
+        """The same check with a host KV tier of `tier_tokens_per_replica` tokens (0: none)."""
+        return check(**{**self.inputs, "tier_tokens_per_replica": tier_tokens_per_replica})
 
     @property
     def sustained(self) -> bool:
@@ -205,6 +211,16 @@ def check(
         gpus=gpus,
         tier_tokens=tier_tokens_per_replica,
         replicas_needed=enough[0] if enough else 0,
+        inputs={
+            "per_gpu": per_gpu,
+            "gpus": gpus,
+            "replicas": replicas,
+            "active": active,
+            "live": live,
+            "context": context,
+            "reuse": reuse,
+            "resident_per_replica": resident_per_replica,
+        },
     )
 
 

@@ -51,6 +51,7 @@ def test_demand_and_what_a_host_tier_adds_worked_examples() -> None:
     assert t.needed == pytest.approx(586_905, rel=1e-5) and t.needed_without_tier == c.needed
     assert t.tier_saves == pytest.approx(205_128, rel=1e-4)
     assert t.replicas_needed == 5  # 5 × (7 + 7.63) = 73 ≥ 70 contexts cached: 39,210 ≤ 49,696
+    assert c.with_tier(1_000_000) == t and t.with_tier(0) == c  # what the plan does once the tier is sized
     assert pf.tier_sessions(0, 131072) == 0.0  # no tier adds nothing
 
 
