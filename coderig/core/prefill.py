@@ -76,9 +76,12 @@ ACTIVE_PARAMS: dict[str, float] = {
     "gpt-oss-120b": 5.1e9,
     "qwen3.6-35b-a3b": 3e9,
 }
-# DSA (DeepSeek-V3.2's config.json: index_topk 2048, index_n_heads 64, index_head_dim 128; GLM-5 took DSA over)
+# DSA: each token's indexer scores every earlier token with `heads × 128` dims, then attends the top
+# 2048 (DeepSeek-V3.2's config.json: index_topk 2048, index_n_heads 64, index_head_dim 128; GLM-5's
+# technical report, arXiv:2602.15763, architecture table: 32 indexer heads of dim 128)
 DSA_TOP_K = 2048
-DSA_INDEXER_FLOPS_PER_TOKEN_PER_LAYER = 2 * 64 * 128
+DSA_INDEXER_HEAD_DIM = 128
+DSA_INDEXER_HEADS: dict[str, int] = {"deepseek-v3.2": 64, "glm-5": 32}
 MLA_V_DIM = 512  # the latent attention returns (kv_lora_rank)
 
 
@@ -115,7 +118,7 @@ def flops_per_token(preset: Preset, context: int) -> float | None:
         attended = min(context, DSA_TOP_K) if a.sparse else context
         per_layer = 2 * a.attention_heads * (a.latent_dim + MLA_V_DIM) * attended
         if a.sparse:
-            per_layer += DSA_INDEXER_FLOPS_PER_TOKEN_PER_LAYER * context
+            per_layer += 2 * DSA_INDEXER_HEADS.get(preset.id, 64) * DSA_INDEXER_HEAD_DIM * context
         attention = a.layers * per_layer
     else:
         qkv = 2 * a.attention_heads * 2 * a.head_dim

@@ -30,6 +30,9 @@ def test_per_gpu_prefill_worked_examples() -> None:
     assert pf.tokens_per_s_per_gpu(DS, "H200", 32768) == pytest.approx(2104.7, rel=1e-3)
     # GLM-4.7 (GQA, every token attends all 131,072): 6.4e10 + 2 × 96 × 2 × 128 × 92 × 131,072 = 6.567e11 → 454/s
     assert pf.tokens_per_s_per_gpu(PRESETS["glm-4.7"], "H200", 131072) == pytest.approx(453.6, rel=1e-3)
+    # GLM-5 (DSA with 32 indexer heads): 8e10 + 78 × (2 × 64 × 1,088 × 2,048 + 2 × 32 × 128 × 131,072)
+    # = 1.860e11 FLOPs → 0.15054 × 4.5e15 ÷ 1.860e11 = 3,642/s per B200
+    assert pf.tokens_per_s_per_gpu(PRESETS["glm-5"], "B200", 131072) == pytest.approx(3642.1, rel=1e-3)
     # no figure: a GPU without a datasheet number, a preset without an active-parameter count
     assert pf.tokens_per_s_per_gpu(DS, "A10G", 131072) is None
     assert pf.tokens_per_s_per_gpu(PRESETS["qwen3-1.7b-cpu"], "L4", 8192) is None
