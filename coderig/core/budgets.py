@@ -33,11 +33,13 @@ DOWNLOAD_BYTES_PER_S = 100 * 10**6
 ENGINE_WARMUP_S = 600  # CUDA graph capture, torch.compile, kernel JIT
 
 
-def load_budget_seconds(preset: Preset) -> int:
-    """How long a model server may take to become healthy once the weights are on the volume."""
+def load_budget_seconds(preset: Preset, read_bytes_per_s: int = LOAD_BYTES_PER_S) -> int:
+    """How long a model server may take to become healthy once the weights are on the volume, read at
+    LOAD_BYTES_PER_S or the volume's own throughput where that is slower (coderig.core.restart)."""
+    rate = min(LOAD_BYTES_PER_S, read_bytes_per_s)
     if preset.engine == "llama.cpp":
-        return 120 + math.ceil(preset.weight_bytes / LOAD_BYTES_PER_S)
-    return ENGINE_WARMUP_S + math.ceil(preset.weight_bytes / LOAD_BYTES_PER_S)
+        return 120 + math.ceil(preset.weight_bytes / rate)
+    return ENGINE_WARMUP_S + math.ceil(preset.weight_bytes / rate)
 
 
 def download_budget_seconds(preset: Preset) -> int:

@@ -57,7 +57,7 @@ def pvc(stack_value_mbps: int | None, key: str, storage_class: str | None) -> Re
     if stack_value_mbps:
         return ReadRate(stack_value_mbps * MB, f"{key}: {stack_value_mbps} MB/s")
     cls = f"storage class {storage_class}" if storage_class else "the cluster's default storage class"
-    return ReadRate(PVC_BASELINE_READ, f"{cls} assumed at gp3's baseline 125 MiB/s (set {key})")
+    return ReadRate(PVC_BASELINE_READ, f"{cls}: its throughput unknown here, gp3's baseline assumed; set {key}")
 
 
 def gp3(throughput_mibs: int) -> ReadRate:

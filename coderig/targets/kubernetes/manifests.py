@@ -161,7 +161,7 @@ def startup_probe(budget_s: int, period_s: int = 10) -> Obj:
 
 def startup_budget_seconds(settings: StackSettings) -> int:
     """The model server's startup probe budget: the planner's load budget for these weights."""
-    return budgets.load_budget_seconds(settings.model.spec)
+    return budgets.load_budget_seconds(settings.model.spec, settings.target.weights_read.bytes_per_s)
 
 
 def weights_volume_size(settings: StackSettings) -> str:
