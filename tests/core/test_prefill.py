@@ -12,9 +12,10 @@ from coderig.cli import main
 from coderig.core import planner
 from coderig.core import prefill as pf
 from coderig.core.catalog import PRESETS
+from coderig.core.errors import UserError
 from coderig.core.plan_text import format_plan
 from coderig.core.planner import plan_stack
-from coderig.core.settings import UserError, parse_settings
+from coderig.targets import parse_settings
 
 DS = PRESETS["deepseek-v3.2"]
 

@@ -12,9 +12,10 @@ from conftest import ROOT, ssh_config
 from coderig.cli import main
 from coderig.core import budgets, compile_caches, restart
 from coderig.core.catalog import GB, PRESETS, GiB
+from coderig.core.errors import UserError
 from coderig.core.planner import plan_stack as planner_plan
 from coderig.core.report import restart_estimate, summary, text
-from coderig.core.settings import UserError, parse_settings
+from coderig.targets import parse_settings
 from coderig.targets.aws import resources as aws_resources
 
 GOLDEN = ROOT / "tests" / "golden" / "stacks"

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from coderig import frontdoor
 from coderig.core import engine, planner, versions
 from coderig.core.secrets import NodeSecrets
-from coderig.core.settings import KubernetesTarget, StackSettings
+from coderig.core.settings import StackSettings
 from coderig.frontdoor.assemble import (
     MODEL_API_KEY_ENV,
     RELAY_FILES,
@@ -52,6 +52,7 @@ from coderig.targets.kubernetes.manifests import (
     selector,
     target,
 )
+from coderig.targets.kubernetes.settings import KubernetesTarget
 
 # Labels only GPU nodes carry: the NVIDIA GPU Operator's (node feature discovery) presence label; the
 # model's own coderig:target.nodeSelector keys are added.
