@@ -37,8 +37,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from coderig.core import layout as lay
+from coderig.core import mtp
 from coderig.core import prefill as pf
 from coderig.core.catalog import AWS_INSTANCES, GB, GPU_COUNTS, GPUS, LLAMACPP_CACHE_TYPE, GiB, Preset
+from coderig.core.kv_tier import RankKv, Tier
+from coderig.core.kv_tier import tier as host_tier
 from coderig.core.layout import OVERHEAD_PER_GPU, Layout, kv_bytes_per_request, kv_bytes_per_token
 from coderig.core.prefill import Workload
 
@@ -110,6 +113,8 @@ class Plan:
     instance_type: str | None = None
     ram_bytes: int = 0  # CPU (llama.cpp): weights + one slot's KV
     prefill: pf.Check | None = None  # the peak's prefill against the layout (None: no per-GPU figure)
+    mtp_on: bool = False  # MTP speculative decoding on (coderig.core.mtp; the figures include its layer)
+    kv_tier: Tier | None = None  # the host-memory KV tier of each model host (coderig.core.kv_tier)
 
     @property
     def layout(self) -> Layout:
@@ -190,6 +195,9 @@ class Plan:
             }
         else:
             out["ram_gb"] = round(self.ram_bytes / GB, 1)
+        if self.kv_tier is not None:
+            out["kv_tier"] = self.kv_tier.summary()
+        out["mtp"] = self.mtp_on
         if self.workload is not None:
             w = self.workload
             out["workload"] = {
@@ -457,8 +465,8 @@ def plan_stack(settings: StackSettings) -> Plan:
         )
     else:
         workload = Workload(max(1, len(settings.developers)), 1.0, m.max_model_len, declared=False)
-    return plan(
-        m.spec,
+    p = plan(
+        mtp.effective(m.spec, m.mtp_on),
         gpu=gpu,
         gpu_count=count,
         max_model_len=m.max_model_len,
@@ -470,3 +478,11 @@ def plan_stack(settings: StackSettings) -> Plan:
         parallel=m.parallel.layout(count) if m.parallel and count else None,
         workload=workload,
     )
+    c = p.chosen
+    rank = None
+    if c is not None and p.fits:
+        per_token = c.kv_per_request_per_gpu / p.max_model_len
+        rank = RankKv(c.layout.tensor, c.layout.data, per_token, c.kv_space_per_gpu, workload.context)
+    tier = host_tier(m.kvOffload, settings.kv_host, rank) if p.served_here else None
+    fill = p.prefill.with_tier(tier.tokens) if p.prefill and tier and tier.on else p.prefill  # what the tier adds
+    return dataclasses.replace(p, mtp_on=m.mtp_on, kv_tier=tier, prefill=fill)

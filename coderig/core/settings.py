@@ -28,8 +28,9 @@ from pydantic import (
     model_validator,
 )
 
-from coderig.core import catalog, images, naming, sizing, templates, versions, vllm_flags
+from coderig.core import catalog, images, kv_tier, mtp, naming, sizing, templates, versions, vllm_flags
 from coderig.core.cost import CostSettings
+from coderig.core.developers import ENTRY_HINT, Roster, entry_names
 from coderig.core.errors import UserError
 from coderig.core.idle_settings import IdlePolicy, OfficeHours
 from coderig.core.log_settings import LogSettings
@@ -90,6 +91,8 @@ class ModelSettings(_Model):
     revision: str = Field(default="main", description="the weights' commit sha (pins them) or a branch (floats)")
     chatTemplate: templates.Name = Field(default=None, description="a coderig chat template or 'model' (its own)")
     image: str | None = Field(default=None, description="the model server image instead of the pinned one")
+    mtp: bool | None = Field(default=None, description="MTP speculative decoding; default: the preset's (core/mtp.py)")
+    kvOffload: kv_tier.KvOffloadSettings | None = Field(default=None, description="the host-memory KV tier")
 
     @field_validator("image")
     @classmethod
@@ -146,6 +149,10 @@ class ModelSettings(_Model):
         return catalog.PRESETS[self.preset]
 
     @property
+    def mtp_on(self) -> bool:
+        return mtp.enabled(self.spec, self.mtp)
+
+    @property
     def served_name(self) -> str:
         return self.servedName or self.spec.served_name
 
@@ -190,23 +197,19 @@ DEVELOPER_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 
 def _developer_names(given: dict[str, Any]) -> list[tuple[Loc, str, Any]]:
     """Every invalid name and every name listed twice, each with its index."""
-    names = given.get("developers")
-    if not isinstance(names, list):
-        return []
     out: list[tuple[Loc, str, Any]] = []
     seen: dict[str, int] = {}
-    for i, name in enumerate(names):
-        if not isinstance(name, str):
-            continue  # the list's own validation names it
+    for loc, name in entry_names(given.get("developers")):
+        i = int(loc[1])
         if not DEVELOPER_RE.fullmatch(name):
             why = f"got {name!r}: not a valid name; use lowercase letters, digits, '.', '_', '-' (max 63)"
             if DEVELOPER_RE.fullmatch(name.lower()):
                 why += f", e.g. {name.lower()!r}"
-            out.append((("developers", i), why, name))
+            out.append((loc, why, name))
         elif name in seen:
             out.append(
                 (
-                    ("developers", i),
+                    loc,
                     f"got {name!r}: listed twice (also developers[{seen[name]}]); each developer gets exactly one key",
                     name,
                 )
@@ -214,6 +217,26 @@ def _developer_names(given: dict[str, Any]) -> list[tuple[Loc, str, Any]]:
         else:
             seen[name] = i
     return out
+
+
+def _budgets_counted(given: dict[str, Any], kinds: Kinds) -> list[tuple[Loc, str, Any]]:
+    """A daily budget needs the gateway's usage record, which only some targets keep."""
+    target, entries = given.get("target"), given.get("developers")
+    kind = str(target.get("kind")) if isinstance(target, dict) else ""
+    model = kinds.get(kind)
+    if model is None or model.counts_usage or not isinstance(entries, list):
+        return []
+    counted = ", ".join(k for k, m in kinds.items() if m.counts_usage)
+    return [
+        (
+            ("developers", i, "dailyTokens"),
+            f"the {kind} target's gateway keeps no usage record to count a budget against "
+            f"(budgets work on: {counted}); remove dailyTokens",
+            entry["dailyTokens"],
+        )
+        for i, entry in enumerate(entries)
+        if isinstance(entry, dict) and entry.get("dailyTokens") is not None
+    ]
 
 
 def _secrets_present(given: dict[str, Any], kinds: Kinds) -> list[tuple[Loc, str, Any]]:
@@ -252,7 +275,7 @@ class StackSettings(_Model):
 
     target: TargetSettings
     model: ModelSettings
-    developers: list[str] = Field(default_factory=list)
+    developers: Roster = Field(default_factory=Roster, description=ENTRY_HINT)
     idle: IdlePolicy = Field(default_factory=IdlePolicy)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     environment: str | None = Field(default=None, description="tag value; defaults to the stack name")
@@ -281,6 +304,23 @@ class StackSettings(_Model):
         pinned = versions.LLAMACPP_IMAGE if self.model.spec.engine == "llama.cpp" else versions.VLLM_IMAGE
         out += images.override_warning(self.model.image, pinned)
         return out
+
+    @property
+    def kv_host(self) -> kv_tier.Host:
+        """The model hosts as the host KV tier sizes them (coderig.core.kv_tier)."""
+        t, m = self.target, self.model
+        gpus, sleeping = t.gpus[1], self.sleeping_weights
+        return kv_tier.Host(m.preset, m.spec.engine, t.serves_model, t.kind, gpus, t.instance_type, sleeping)
+
+    @property
+    def sleeping_weights(self) -> int:
+        """Weights vLLM sleep mode (level 1) keeps in host RAM: the checkpoint as the preflight counts it
+        (CODERIG_SLEEP_RAM_BYTES), when the idle action is sleep, the compose targets' default for vLLM
+        (coderig.targets.compose.idle.action; tests/core/test_kv_tier.py checks they agree)."""
+        t, idle, m = self.target, self.idle, self.model
+        if not (idle.enabled and t.idle_actions and t.serves_model) or m.spec.engine != "vllm":
+            return 0
+        return mtp.effective(m.spec, m.mtp_on).weight_bytes if (idle.action or "sleep") == "sleep" else 0
 
     @model_validator(mode="after")
     def _cross_checks(self) -> StackSettings:
@@ -335,7 +375,11 @@ def _validating_model(kinds: tuple[tuple[str, type[TargetSettings]], ...]) -> ty
     target: Any = Annotated[Union[members], Field(discriminator="kind")]  # noqa: UP007 - built at run time
     model = create_model("StackSettings", __base__=StackSettings, __module__=__name__, target=(target, ...))
     model.kinds = models
-    model.given_checks = (_developer_names, functools.partial(_secrets_present, kinds=models))
+    model.given_checks = (
+        _developer_names,
+        functools.partial(_budgets_counted, kinds=models),
+        functools.partial(_secrets_present, kinds=models),
+    )
     return model
 
 
@@ -402,6 +446,8 @@ def _allowed_keys(loc: tuple[Any, ...], settings_model: type[StackSettings]) -> 
 def _inner_model(annotation: Any) -> Any:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
+    if hasattr(annotation, "entry_model"):  # a list type validated from entries (developers.Roster)
+        return annotation.entry_model
     for arg in getattr(annotation, "__args__", ()):
         found = _inner_model(arg)
         if found is not None:
@@ -448,6 +494,7 @@ def parse_settings(raw: dict[str, Any], other_keys: Iterable[str] = (), *, kinds
         )
     )
     problems.extend(settings.target.volume_problems(m.spec))
+    problems += [why for why in [mtp.problem(m.spec, m.mtp)] if why] + kv_tier.problems(m.kvOffload, settings.kv_host)
     if problems:
         raise UserError(problems)
     return settings
