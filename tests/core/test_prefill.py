@@ -137,3 +137,15 @@ def test_readme_workload_example() -> None:
     assert w.peak == 15 and dcp2.per_replica_at_peak * 2 == 28  # holds the 15, 28 of the 60 prefixes
     assert p.layout.name == "TP8+DCP8" and p.prefill is not None and p.prefill.sustained
     assert p.prefill.gpus * p.replicas == 16
+
+
+def test_the_stacks_host_kv_tier_feeds_the_prefill_check() -> None:
+    config = stack()
+    config["model"] = {"preset": "minimax-m2.1", "maxModelLen": 131072, "kvOffload": {"hostMemoryGiB": 1024}}
+    config["target"]["gpu"] = {"model": "H200", "count": 4}
+    p = plan_stack(parse_settings(config))
+    assert p.kv_tier is not None and p.kv_tier.on and p.prefill is not None
+    assert p.prefill.tier_tokens == p.kv_tier.tokens > 0
+    assert p.prefill.tier_saves > 0  # 70 live sessions: more of their prefixes stay in host memory
+    assert p.prefill.with_tier(0).needed == p.prefill.needed_without_tier > p.prefill.needed
+    assert "the host KV tier (" in format_plan(p, "t")
