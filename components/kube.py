@@ -30,6 +30,7 @@ from coderig.core.settings import KubernetesTarget, StackSettings
 from coderig.targets.kubernetes import frontdoor as kube_fd
 from coderig.targets.kubernetes import manifests as kube
 from coderig.targets.kubernetes import render as kube_render
+from coderig.targets.kubernetes import wake as kube_wake
 
 # (apiVersion, kind) -> typed resource class
 KINDS: dict[tuple[str, str], Any] = {
@@ -245,6 +246,10 @@ def build_resources(
         ],
     )
 
+    if f"rolebinding-{kube_wake.WAKE}" in objs:  # the relay scales the model back (idle policy)
+        add(f"serviceaccount-{kube_wake.WAKE}", ns)
+        add(f"role-{kube_wake.WAKE}", ns)
+        add(f"rolebinding-{kube_wake.WAKE}", [*ns, *on(f"role-{kube_wake.WAKE}", f"serviceaccount-{kube_wake.WAKE}")])
     add(f"configmap-{kube.LITELLM_CONFIG}", ns)
     add(f"configmap-{kube.GATEWAY_CONFIG}", ns)
     _with_checksum(objs[f"deployment-{kube.FRONTDOOR}"], sums)
@@ -258,6 +263,7 @@ def build_resources(
                 f"secret-{kube.SECRET_FRONTDOOR}",
                 f"secret-{kube.SECRET_TLS}",
                 f"service-{kube.MODEL}",
+                f"rolebinding-{kube_wake.WAKE}",
             ),
         ],
     )

@@ -9,10 +9,12 @@ It implements the Waker interface of coderig.runtime.wake (IDLE owns it): `name`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from coderig.runtime.idle import ReaperError
-from coderig.runtime.kube_reaper import KubeApi
+from coderig.runtime.kube_reaper import SA_DIR, KubeApi
 
 
 class _WakeError(RuntimeError):
@@ -42,6 +44,26 @@ class ScaleWaker:
         self.deployment = deployment
         self.state_configmap = state_configmap
         self.replicas = max(1, replicas)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ScaleWaker:
+        """The relay's waker in the front-door pod (`--wake scale`): the API server from the pod's
+        KUBERNETES_SERVICE_HOST/PORT, the token and CA its projected service-account volume mounts (the
+        `coderig-wake` account: coderig.targets.kubernetes.wake), the Deployment from CODERIG_NAMESPACE,
+        CODERIG_DEPLOYMENT and CODERIG_REPLICAS. CODERIG_SA_DIR moves the token directory (a relay run
+        outside a pod, as the tests run it). ValueError names what is missing."""
+        missing = [k for k in ("KUBERNETES_SERVICE_HOST", "CODERIG_NAMESPACE", "CODERIG_DEPLOYMENT") if not env.get(k)]
+        if missing:
+            raise ValueError(f"--wake scale needs {', '.join(missing)} in the environment (set in the front-door pod)")
+        host, port = env["KUBERNETES_SERVICE_HOST"], env.get("KUBERNETES_SERVICE_PORT") or "443"
+        sa_dir = Path(env.get("CODERIG_SA_DIR") or SA_DIR)
+        try:
+            replicas = int(env.get("CODERIG_REPLICAS") or "1")
+        except ValueError:
+            raise ValueError(f"CODERIG_REPLICAS: {env['CODERIG_REPLICAS']!r} is not a number") from None
+        base = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+        api = KubeApi(base, sa_dir / "token", sa_dir / "ca.crt")
+        return cls(api, env["CODERIG_NAMESPACE"], env["CODERIG_DEPLOYMENT"], replicas=replicas)
 
     def _read(self) -> dict[str, Any]:
         return self.api.deployment(self.namespace, self.deployment)
