@@ -191,7 +191,7 @@ def relay(rig: Rig, tmp_path: Path, *, budget: float | None = None, sa_dir: Path
     log = (tmp_path / "relay.log").open("wb")
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
     try:
-        rig.kube.wait_for("the relay's control port", lambda: state(rig) is not None, timeout=20, every=0.1)
+        rig.kube.wait_for("the relay's control port", lambda: maybe_state(rig) is not None, timeout=20, every=0.1)
         yield rig
     finally:
         proc.terminate()
@@ -199,7 +199,14 @@ def relay(rig: Rig, tmp_path: Path, *, budget: float | None = None, sa_dir: Path
         log.close()
 
 
-def state(rig: Rig) -> dict[str, Any] | None:
+def state(rig: Rig) -> dict[str, Any]:
+    """The relay's GET /state of its one route."""
+    found = maybe_state(rig)
+    assert found is not None, "the relay's control port does not answer"
+    return found
+
+
+def maybe_state(rig: Rig) -> dict[str, Any] | None:
     try:
         conn = http.client.HTTPConnection("127.0.0.1", rig.control, timeout=5)
         conn.request("GET", "/state")
