@@ -1,8 +1,10 @@
 """The "scale" Waker: a kubernetes stack's model Deployment at zero replicas (scaled there by the idle
 reaper, coderig.runtime.kube_reaper) is scaled back when a request arrives. Standard library only; it
-uses the reaper's API client (urllib, a service-account token, the cluster CA) and needs the same Role:
-get/patch `deployments/scale` of the model Deployment, get of the Deployment, get of the reaper's state
-ConfigMap (where the reaper records how many replicas it stopped).
+uses the reaper's API client (urllib, a service-account token, the cluster CA) and needs get/patch of
+`deployments/scale` of the model Deployment and get of the Deployment; with `state_configmap`, also get
+of the reaper's state ConfigMap (where the reaper records how many replicas it stopped). In the
+front-door pod (`--wake scale`, `from_env`) it runs as `coderig-wake`, which has the first two only and
+scales back to the stack's replicas.
 
 It implements the Waker interface of coderig.runtime.wake (IDLE owns it): `name`, `state()`, `wake()`.
 """
