@@ -18,6 +18,7 @@ from coderig.core.secrets import placeholder_secrets
 from coderig.targets.kubernetes import frontdoor as kube_fd
 from coderig.targets.kubernetes import manifests as km
 from coderig.targets.kubernetes import render as kube_render
+from coderig.targets.kubernetes import wake as kube_wake
 
 pytestmark = pytest.mark.integration
 
@@ -179,7 +180,7 @@ def test_front_door_prefers_nodes_without_gpus(kube: KubeCluster) -> None:
     try:
         for node in ("gpu-0", "gpu-1"):
             kube.kubectl("taint", "nodes", node, f"{taint}-")
-        kube.apply([dep, plain])
+        kube.apply([*kube_wake.wake_rbac(s, "affinity"), dep, plain])  # its pods run as the wake account
 
         def placed(component: str) -> list[str] | None:
             found = kube.get("pods", "-n", ns, "-l", f"app.kubernetes.io/component={component}")["items"]
