@@ -31,7 +31,8 @@ from kube_helpers import settings_of
 from standin import StandIn, start_standin
 
 from coderig.core import planner
-from coderig.runtime import kube_reaper
+from coderig.frontdoor.assemble import USAGE_DIR
+from coderig.runtime import kube_reaper, usage_record
 from coderig.runtime.idle import ReaperError
 from coderig.targets.kubernetes import frontdoor as kube_fd
 from coderig.targets.kubernetes import manifests as km
@@ -174,7 +175,12 @@ def relay(rig: Rig, tmp_path: Path, *, budget: float | None = None, sa_dir: Path
     Service's address moved to loopback ports, the API server's address as the kubelet would set it."""
     container = kube_fd.keepalive_container(settings())
     assert container is not None
-    cmd = [sys.executable, *container["command"][1:]]
+    cmd = [sys.executable if arg == "python3" else arg for arg in container["command"]]
+    assert cmd[:4] == [sys.executable, "-m", "coderig.runtime.usage_slot", "--"], cmd  # takes a record slot
+    record = cmd.index("--usage-file") + 1
+    assert cmd[record] == f"{USAGE_DIR}/usage.json"  # on the usage volume (the coderig-usage claim)
+    cmd[record] = str(tmp_path / "usage" / "usage.json")
+    cmd[cmd.index("--metrics") + 1] = f"127.0.0.1:{free_port()}"
     rig.relay_port, rig.control = free_port(), free_port()
     route = cmd.index("--route") + 1
     assert cmd[route].endswith(f"={km.MODEL}.{NS}.svc.cluster.local:8000"), cmd[route]
@@ -220,7 +226,9 @@ def post(rig: Rig, path: str, body: dict[str, Any]) -> tuple[int, list[tuple[flo
     conn = http.client.HTTPConnection("127.0.0.1", rig.relay_port, timeout=90)
     sent = time.monotonic()
     try:
-        conn.request("POST", path, json.dumps(body).encode(), {"content-type": "application/json"})
+        # the developer header is the gateway's (from the key), as nginx sends it to the relay
+        headers = {"content-type": "application/json", "x-coderig-developer": "alice"}
+        conn.request("POST", path, json.dumps(body).encode(), headers)
         resp = conn.getresponse()
         lines = []
         while line := resp.readline():
@@ -281,6 +289,20 @@ def test_requests_at_zero_are_held_one_scale_up_serves_them_all(rig: Rig, tmp_pa
             assert ("event: message_stop" in text) if path == "/v1/messages" else ("data: [DONE]" in text), text[-4:]
         # the model is awake: the next request goes straight through, no second scale
         assert post(rig, *KINDS[3])[0] == 200 and replicas(rig.kube)[2] == generation + 1
+    # every request was counted for its developer, tokens as the model server reported them; the record is
+    # on the usage volume, written when the relay stops (a pod's termination)
+    reported = rig.service.server.reported if rig.service.server else []
+    assert len(reported) == 9 and {r["developer"] for r in reported} == {"alice"}
+    ledger = usage_record.load(tmp_path / "usage" / "usage-0.json")
+    assert sum(n for (dev, _, code), n in ledger.requests.items() if dev == "alice" and code == "200") == 9
+    assert ledger.tokens[("alice", "input")] == sum(r["input"] for r in reported)
+    assert ledger.tokens[("alice", "output")] == sum(r["output"] for r in reported)
+    # a new relay (the pod restarted) takes the freed slot and carries on from the record
+    with relay(rig, tmp_path):
+        assert post(rig, *KINDS[3])[0] == 200
+    again = usage_record.load(tmp_path / "usage" / "usage-0.json")
+    assert sum(n for (dev, _, _), n in again.requests.items() if dev == "alice") == 10
+    assert not (tmp_path / "usage" / "usage-1.json").exists()
 
 
 def test_a_wake_past_the_start_budget_ends_every_held_request_in_its_shape(rig: Rig, tmp_path: Path) -> None:

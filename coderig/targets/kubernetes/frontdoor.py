@@ -16,7 +16,6 @@ from coderig.frontdoor.assemble import (
     GatewayPaths,
     assemble,
     from_settings,
-    relay_command,
 )
 from coderig.runtime.scripts import script_text
 from coderig.targets.kubernetes.manifests import (
@@ -52,6 +51,8 @@ from coderig.targets.kubernetes.manifests import (
     selector,
     target,
 )
+from coderig.targets.kubernetes.usage import SHIPPED as USAGE_SHIPPED
+from coderig.targets.kubernetes.usage import counted_relay_command, usage_mount, usage_volume
 from coderig.targets.kubernetes.wake import WAKE, WAKE_MODULES, relay_args, relay_env, token_mount, token_volume, wakes
 
 # Labels only GPU nodes carry: the NVIDIA GPU Operator's (node feature discovery) presence label; the
@@ -143,7 +144,7 @@ KEEPALIVE_DIR = "/opt/coderig-keepalive"  # on PYTHONPATH; the module sits at co
 def _keepalive_files(settings: StackSettings) -> dict[str, str]:
     """ConfigMap key -> path below KEEPALIVE_DIR, for each file the relay runs from (with its wake path)."""
     wake = [f"coderig/runtime/{m}" for m in WAKE_MODULES] if wakes(settings) else []
-    return {path.rsplit("/", 1)[1]: path for path in (*RELAY_FILES, *wake)}
+    return {path.rsplit("/", 1)[1]: path for path in (*RELAY_FILES, *USAGE_SHIPPED, *wake)}
 
 
 def _keepalive_data(settings: StackSettings) -> dict[str, str]:
@@ -155,7 +156,7 @@ def _keepalive_data(settings: StackSettings) -> dict[str, str]:
 def keepalive_container(settings: StackSettings) -> Obj | None:
     """The SSE keepalive relay between nginx and the model Service for the native routes (the pinned
     LiteLLM image has python3; the stdlib module comes from the gateway ConfigMap)."""
-    command = relay_command(front_door(settings)[1])
+    command = counted_relay_command(front_door(settings)[1])  # with per-developer accounting
     if not command:
         return None
     return {
@@ -168,6 +169,7 @@ def keepalive_container(settings: StackSettings) -> Obj | None:
         "securityContext": container_security(read_only_root=True, uid=LITELLM_UID),
         "volumeMounts": [
             {"name": "keepalive-code", "mountPath": KEEPALIVE_DIR, "readOnly": True},
+            usage_mount(),
             *([token_mount()] if wakes(settings) else []),
         ],
     }
@@ -288,6 +290,7 @@ def frontdoor_deployment(settings: StackSettings, stack: str, plan: planner.Plan
             },
             {"name": "tls", "secret": {"secretName": SECRET_TLS, "defaultMode": 0o440}},
             empty_dir("tmp", "1Gi"),
+            *([usage_volume(settings)] if keepalive else []),
             *([token_volume()] if waking else []),
         ],
     }

@@ -24,6 +24,7 @@ from coderig.core import planner
 from coderig.core.settings import KubernetesTarget, StackSettings
 from coderig.targets.kubernetes import frontdoor as kube_fd
 from coderig.targets.kubernetes import manifests as kube
+from coderig.targets.kubernetes import usage as kube_usage
 
 Obj = dict[str, Any]
 GPU = "nvidia.com/gpu"
@@ -98,6 +99,7 @@ def plan_lines(settings: StackSettings, plan: planner.Plan) -> list[str]:
         f"detokenizer), at most 96; memory: 32 GiB per GPU + {shm} GiB /dev/shm (NCCL)",
         "    nodes            each replica needs one node with that much allocatable; `pulumi up` checks the "
         "cluster first and names the key to change",
+        f"  usage record       {kube_usage.plan_note(settings)}",
     ]
 
 
