@@ -225,7 +225,7 @@ def frontdoor_deployment(settings: StackSettings, stack: str, plan: planner.Plan
             frontdoor_litellm_workers(settings, plan),
         ),
         "env": [
-            *env_list({"LITELLM_TELEMETRY": "False", "LITELLM_LOG": "ERROR", "HOME": "/tmp"}),
+            *env_list({**frontdoor.LITELLM_ENV, "HOME": "/tmp"}),
             secret_env(frontdoor.MASTER_KEY_ENV, SECRET_FRONTDOOR, frontdoor.MASTER_KEY_ENV),
             secret_env(MODEL_API_KEY_ENV, SECRET_FRONTDOOR, MODEL_API_KEY_ENV),
         ],
