@@ -10,26 +10,30 @@ to Ready pods and refuses connections while it has no endpoints)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.client
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import ROOT
-from frontdoor_fixtures import free_port
+from frontdoor_fixtures import free_port, require_tool
 from kube_cluster import KubeCluster
 from kube_helpers import settings_of
 from standin import StandIn, start_standin
 
+from coderig import frontdoor
 from coderig.core import planner
 from coderig.frontdoor.assemble import USAGE_DIR
 from coderig.runtime import kube_reaper, usage_record
@@ -45,6 +49,7 @@ NS = "coderig-wake-t"
 STACK = "wake"
 CLASS = "coderig-test-wake"
 MODEL = "wake-coder"
+DEV_KEY = "crk-" + "a" * 40
 
 
 def settings() -> Any:
@@ -247,8 +252,11 @@ KINDS = [
 ]
 
 
-def concurrently(rig: Rig, n: int) -> list[tuple[str, bool, int, list[tuple[float, str]]]]:
-    """n requests at once (the kinds above in turn): (path, streams, status, lines) each."""
+def concurrently(
+    rig: Rig, n: int, meanwhile: Callable[[], None] = lambda: None
+) -> list[tuple[str, bool, int, list[tuple[float, str]]]]:
+    """n requests at once (the kinds above in turn): (path, streams, status, lines) each; `meanwhile`
+    runs while they are in flight."""
     results: list[Any] = [None] * n
 
     def one(i: int) -> None:
@@ -258,6 +266,7 @@ def concurrently(rig: Rig, n: int) -> list[tuple[str, bool, int, list[tuple[floa
     threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
+    meanwhile()
     for t in threads:
         t.join(120)
     return results
@@ -265,17 +274,33 @@ def concurrently(rig: Rig, n: int) -> list[tuple[str, bool, int, list[tuple[floa
 
 def test_requests_at_zero_are_held_one_scale_up_serves_them_all(rig: Rig, tmp_path: Path) -> None:
     generation = to_zero(rig)
+    allowed: list[float] = []
+
+    def all_held_then_serve() -> None:
+        """Every request waits in the relay while the pod is scaled back and Ready in the API; only then
+        does the "pod" answer (kwok makes a pod Ready in well under a second: too quick to watch)."""
+        rig.kube.wait_for("8 requests held", lambda: state(rig)["inflight"] == 8, timeout=30, every=0.05)
+        rig.kube.wait_for("the model pod Ready in the API", lambda: replicas(rig.kube)[1] == 1, timeout=60)
+        assert state(rig)["state"] == "waking"
+        time.sleep(1.0)  # keepalives every 0.3 s meanwhile
+        allowed.append(time.monotonic())
+        rig.service.follow = True
+
+    rig.service.follow = False
     with relay(rig, tmp_path):
         assert state(rig)["state"] == "stopped"  # learned from the API server at start, not assumed
         started = time.monotonic()
-        results = concurrently(rig, 8)
+        try:
+            results = concurrently(rig, 8, all_held_then_serve)
+        finally:
+            rig.service.follow = True
         assert [r[2] for r in results] == [200] * 8, [r[3][-3:] for r in results]
         spec, ready, after = replicas(rig.kube)
         assert (spec, ready, after) == (1, 1, generation + 1)  # one scale-up for the eight requests
         final = state(rig)
         assert final["state"] == "awake" and final["wakes_total"] == 1 and final["inflight"] == 0, final
         up = rig.service.up_at
-        assert up is not None
+        assert up is not None and allowed and up >= allowed[0]
         for path, streams, _, lines in results:
             text = [line for _, line in lines]
             if not streams:
@@ -303,6 +328,85 @@ def test_requests_at_zero_are_held_one_scale_up_serves_them_all(rig: Rig, tmp_pa
     again = usage_record.load(tmp_path / "usage" / "usage-0.json")
     assert sum(n for (dev, _, _), n in again.requests.items() if dev == "alice") == 10
     assert not (tmp_path / "usage" / "usage-1.json").exists()
+
+
+@contextlib.contextmanager
+def gateway(rig: Rig, tmp_path: Path) -> Iterator[int]:
+    """The front-door pod's rendered nginx config (the idle stack's: no 503 gate) in real nginx, plain HTTP
+    on loopback, before the running relay; yields its port. Keys: alice's developer key."""
+    nginx = require_tool("nginx")
+    port = free_port()
+    temp_dir = Path(tempfile.mkdtemp(prefix="coderig-kube-wake-"))  # nginx's workers reach it (as the pod's /tmp)
+    temp_dir.chmod(0o711)
+    (tmp_path / "keys.conf").write_text(frontdoor.render_gateway_keys({"alice": DEV_KEY}, "sk-" + "m" * 40, "mk" * 16))
+    spec = dataclasses.replace(
+        kube_fd.front_door(settings())[1],
+        listen=f"127.0.0.1:{port}",
+        litellm=f"127.0.0.1:{free_port()}",  # nothing: every request here is for the served model
+        model_health_url=f"http://127.0.0.1:{rig.relay_port}/health",
+        direct_chat_backends=(f"127.0.0.1:{rig.service.port}",),
+        native_relays=(f"127.0.0.1:{rig.relay_port}",),
+        keys_include=str(tmp_path / "keys.conf"),
+        tls_cert=None,
+        tls_key=None,
+        pid_path=str(tmp_path / "nginx.pid"),
+        error_log=str(tmp_path / "error.log"),
+        access_log=str(tmp_path / "access.log"),
+        temp_dir=str(temp_dir),
+    )
+    assert spec.model_gate_retry_after_s is None
+    (tmp_path / "nginx.conf").write_text(frontdoor.render_gateway_conf(spec))
+    proc = subprocess.Popen([nginx, "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)])
+    try:
+        rig.kube.wait_for("nginx", lambda: _listens(port), timeout=20, every=0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _listens(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+        return True
+    return False
+
+
+def test_through_the_rendered_gateway_a_request_at_zero_is_held_and_answered(rig: Rig, tmp_path: Path) -> None:
+    """nginx -> relay -> the model Service: no 503 + Retry-After any more; the stream's keepalives pass
+    nginx unbuffered while the pod comes back; the developer is the one the gateway read from the key."""
+    generation = to_zero(rig)
+    rig.service.follow = False
+    got: list[Any] = []
+
+    def send(port: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=90)
+        body = json.dumps({**MESSAGES, "stream": True}).encode()
+        headers = {"x-api-key": DEV_KEY, "content-type": "application/json", "anthropic-version": "2023-06-01"}
+        conn.request("POST", "/v1/messages", body, headers)
+        resp = conn.getresponse()
+        got.append((resp.status, resp.getheader("Retry-After")))
+        got.append([line.decode().rstrip("\r\n") for line in iter(resp.readline, b"")])
+        conn.close()
+
+    try:
+        with relay(rig, tmp_path), gateway(rig, tmp_path) as port:
+            sender = threading.Thread(target=send, args=(port,))
+            sender.start()
+            rig.kube.wait_for("the request held", lambda: state(rig)["inflight"] == 1, timeout=30, every=0.05)
+            rig.kube.wait_for("the model pod Ready in the API", lambda: replicas(rig.kube)[1] == 1, timeout=60)
+            time.sleep(1.0)
+            rig.service.follow = True
+            sender.join(90)
+    finally:
+        rig.service.follow = True
+    (status, retry_after), lines = got
+    assert status == 200 and retry_after is None
+    assert ": keepalive" in lines and "event: message_stop" in lines, lines[:6]
+    assert lines.index(": keepalive") < lines.index("event: message_start")
+    assert replicas(rig.kube) == (1, 1, generation + 1)
+    reported = rig.service.server.reported if rig.service.server else []
+    assert [r["developer"] for r in reported] == ["alice"]
 
 
 def test_a_wake_past_the_start_budget_ends_every_held_request_in_its_shape(rig: Rig, tmp_path: Path) -> None:
