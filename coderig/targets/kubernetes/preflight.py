@@ -297,6 +297,11 @@ def problems(settings: StackSettings, stack: str, facts: ClusterFacts, plan: pla
             f"{KEY}.storageClass is unset and the cluster has no default StorageClass (it has: {have}); "
             "the weights claim would stay Pending: name one"
         )
+    if t.usageStorageClass and t.usageStorageClass not in classes:
+        out.append(
+            f"{KEY}.usageStorageClass: StorageClass {t.usageStorageClass!r} does not exist in the cluster (it "
+            f"has: {have}); the usage record's claim, and with it the front door, would stay Pending"
+        )
     if facts.namespace is None and not facts.can_create_namespace:
         out.append(
             f"{KEY}.namespace: namespace {t.namespace!r} does not exist and this kubeconfig may not create "
