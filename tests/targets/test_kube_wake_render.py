@@ -4,15 +4,22 @@ real API server: tests/kube/test_kube_wake.py."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import subprocess
 import sys
+from pathlib import Path
 
-from conftest import ROOT
+import pytest
+from conftest import ROOT, write_stack
 from kube_helpers import by_key, glm_config, k8s_config, objects_of, settings_of
 
+from coderig.core.stack_file import load_stack_file
 from coderig.runtime.kube_reaper import SA_DIR
+from coderig.runtime.relay_wake import Gate, control_answer
 from coderig.targets.kubernetes import frontdoor as kube_fd
 from coderig.targets.kubernetes import manifests as kube
+from coderig.targets.kubernetes import ops as kube_ops
 from coderig.targets.kubernetes import wake as kube_wake
 
 
@@ -89,3 +96,36 @@ def test_a_relay_asked_to_scale_outside_a_pod_says_what_is_missing() -> None:
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "--wake scale needs KUBERNETES_SERVICE_HOST, CODERIG_NAMESPACE, CODERIG_DEPLOYMENT" in proc.stderr
+
+
+def test_coderig_idle_shows_what_the_front_door_holds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`coderig idle` reads the relay's GET /state in a front-door pod (kubectl exec into its keepalive
+    container); the answer here is the relay's own control API on a real Gate."""
+    gate = Gate(f"{kube.MODEL}.coderig-prod.svc.cluster.local:8000", None, "http://unused/health", 60)
+    gate.settled("stopped")
+    gate.wakes_total, gate.last_error = 2, "the model server was not ready within the 60 s start budget"
+    status, body = control_answer([gate], "GET", "/state")
+    assert status == 200
+    reaper = {"last": {"action": "stop", "at": "2026-12-07T03:00:00Z", "reason": "idle 45 min"}, "samples": []}
+    calls: list[list[str]] = []
+
+    def kubectl(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+        calls.append(cmd)
+        out = json.dumps(body) if "exec" in cmd else json.dumps({"data": {"state.json": json.dumps(reaper)}})
+        return subprocess.CompletedProcess(cmd, 0, out, "")
+
+    path = write_stack(tmp_path, k8s_config(), "prod")
+    args = argparse.Namespace(stack="prod", config=str(path), json=False)
+    assert kube_ops.cmd_idle(args, load_stack_file(path), run=kubectl) == 0
+    out = capsys.readouterr().out
+    assert f"front door: model stopped since {gate.since}; 0 in flight, 0 requests, 2 wakes" in out, out
+    assert "last wake failed: the model server was not ready within the 60 s start budget" in out
+    exec_call = next(c for c in calls if "exec" in c)
+    assert exec_call[exec_call.index("-c") + 1] == "keepalive" and kube_wake.RELAY_CONTROL in exec_call[-1]
+    # a relay that cannot be read is said, not guessed
+
+    def no_exec(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(cmd, 1, "", "x") if "exec" in cmd else kubectl(cmd)
+
+    assert kube_ops.cmd_idle(args, load_stack_file(path), run=no_exec) == 0
+    assert "front door: its relay's state cannot be read" in capsys.readouterr().out
