@@ -14,9 +14,9 @@ import pytest
 from conftest import ROOT, write_stack
 from kube_helpers import by_key, glm_config, k8s_config, objects_of, settings_of
 
-from coderig.core.stack_file import load_stack_file
 from coderig.runtime.kube_reaper import SA_DIR
 from coderig.runtime.relay_wake import Gate, control_answer
+from coderig.targets import load_stack_file
 from coderig.targets.kubernetes import frontdoor as kube_fd
 from coderig.targets.kubernetes import manifests as kube
 from coderig.targets.kubernetes import ops as kube_ops

@@ -28,9 +28,10 @@ from link_tls import issue, make_ca, run
 from coderig import frontdoor
 from coderig.core import planner
 from coderig.core.secrets import LinkTls, NodeSecrets
-from coderig.core.settings import StackSettings, parse_settings
+from coderig.core.settings import StackSettings
 from coderig.frontdoor import links
 from coderig.frontdoor.assemble import relay_command
+from coderig.targets import parse_settings
 from coderig.targets.compose import machines
 from coderig.targets.compose import spec as node
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from coderig import frontdoor
 from coderig.core import engine, planner, versions
 from coderig.core.secrets import NodeSecrets
-from coderig.core.settings import KubernetesTarget, StackSettings
+from coderig.core.settings import StackSettings
 from coderig.frontdoor.assemble import (
     MODEL_API_KEY_ENV,
     RELAY_FILES,
@@ -51,6 +51,7 @@ from coderig.targets.kubernetes.manifests import (
     selector,
     target,
 )
+from coderig.targets.kubernetes.settings import KubernetesTarget
 from coderig.targets.kubernetes.usage import SHIPPED as USAGE_SHIPPED
 from coderig.targets.kubernetes.usage import counted_relay_command, usage_mount, usage_volume
 from coderig.targets.kubernetes.wake import WAKE, WAKE_MODULES, relay_args, relay_env, token_mount, token_volume, wakes
