@@ -26,7 +26,8 @@ from frontdoor_fixtures import NPM_PREFIX
 MAX_STEPS = 3  # model calls per turn: the tool call, the closing answer, one spare
 FIRST = ("hello.txt", "hello from the dev stack")
 SECOND = ("second.txt", "second turn")
-DONE = "When a tool result says the file was {verb}, the task is done: answer with the word done, call no more tools."
+STOP = "the task is done: answer with the word done and call no more tools."
+AGENT = "You are a coding agent."
 TIMEOUT = 900  # per turn; the first prompt on 2 busy cores takes minutes
 
 
@@ -83,7 +84,7 @@ def claude_code(claude: str, home: Path, work: Path) -> Run:
     model like any other tool, and a small model calls it."""
     run = Run("claude", session=str(uuid.uuid4()))
     env = base_env(home) | {"ENABLE_TOOL_SEARCH": "false"}
-    system = f"You are a coding agent. Create files with the Write tool. {DONE.format(verb='created')}"
+    system = f"{AGENT} Create files with the Write tool. When a tool result says the file was created, {STOP}"
     flags = [
         "--tools",
         "Write",
@@ -128,7 +129,7 @@ def codex(home: Path, work: Path, stack: str, tmp: Path) -> Run:
     run = Run("codex")
     instructions = tmp / "codex-instructions.md"
     instructions.write_text(
-        f"You are a coding agent. Run shell commands with exec_command. {DONE.format(verb='created')}\n"
+        f"{AGENT} Run shell commands with the exec_command tool. When a command has created the file, {STOP}\n"
     )
     scratch = tmp / "codex-tmp"
     scratch.mkdir()
@@ -159,7 +160,7 @@ def codex(home: Path, work: Path, stack: str, tmp: Path) -> Run:
         run.session = thread
         items = [e["item"] for e in events if e["type"] == "item.completed"]
         commands = [i for i in items if i["type"] == "command_execution"]
-        assert any(c["exit_code"] == 0 and target[0] in c["command"] for c in commands), commands
+        assert any(c["exit_code"] == 0 and target[0] in c["command"] for c in commands), (items, proc.stderr[-2000:])
         assert len([e for e in events if e["type"] == "turn.completed"]) == 1
         _file_is(work, target)
     _file_is(work, FIRST)
@@ -176,7 +177,7 @@ def opencode(home: Path, work: Path, stack: str) -> Run:
         "steps": MAX_STEPS,
         "tools": {"*": False, "write": True},
         "permission": {"edit": "allow"},
-        "prompt": f"You are a coding agent. Create files with the write tool. {DONE.format(verb='written')}",
+        "prompt": f"{AGENT} Create files with the write tool. When a tool result says the file was written, {STOP}",
     }
     env = base_env(home) | {
         "OPENCODE_CONFIG_CONTENT": json.dumps({"agent": {"rig": agent}}),
