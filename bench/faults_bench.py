@@ -4,15 +4,17 @@ Starts two stand-in model servers (tests/standin.py, own processes: two replicas
 `coderig frontdoor run` (plain HTTP on loopback, 2 LiteLLM workers) in front of them, keeps a
 steady load of streams on every path (chat: nginx -> model; messages and responses: nginx ->
 relay -> model; litellm: a claude-* name, replayed to LiteLLM), then kills with SIGKILL, in turn:
-  model    one replica's model server (restarted on its port afterwards)
+  model    the second replica's model server (restarted on its port afterwards)
+  link     the replica's end of its mutual-TLS link (the replica machine unreachable; restarted)
   relay    the keepalive relay
   litellm  LiteLLM's master process (its workers are what could be orphaned)
   worker   one nginx worker
   master   the nginx master
 and reports for each: streams lost (in flight at the kill and ended without their last event),
 seconds until a new request succeeds on every path, and processes of the killed part's group left
-behind (orphans) once it is back. The replica link (mutual TLS between machines) is not in this
-bench: tests/targets/test_replica_link.py covers its failover.
+behind (orphans) once it is back. The second replica sits behind a replica link as on another
+machine: the link nginx processes coderig renders (links.render_client_conf / render_server_conf),
+mutual TLS with certificates made as the stack makes them, the replica's end on 127.0.0.2.
 
     uv run python bench/faults_bench.py
     uv run python bench/faults_bench.py --streams 4 --faults relay,master
@@ -21,6 +23,7 @@ bench: tests/targets/test_replica_link.py covers its failover.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -35,7 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+from frontdoor_fixtures import nginx_stream_module  # noqa: E402
+from link_tls import issue, make_ca  # noqa: E402
+
+from coderig.frontdoor import links  # noqa: E402
+from coderig.frontdoor.run import find_nginx  # noqa: E402
 from coderig.frontdoor.supervise import group_members  # noqa: E402
 
 KEY = "bench-0123456789abcdefABCDEF"
@@ -131,6 +139,58 @@ def standin(port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("the stand-in did not start")
 
 
+class Link:
+    """Replica 1's link: the first machine's end on loopback (links.link_listen(1)) opening verified
+    TLS to the replica's end on REPLICA_ADDRESS, which forwards to the replica's model server."""
+
+    REPLICA_ADDRESS = "127.0.0.2"
+
+    def __init__(self, state: Path, model_port: int) -> None:
+        self.nginx = find_nginx()
+        ca = make_ca(state / "link-ca", "bench-link-ca")
+        self.port = free_port()
+        ends = {
+            "client": (issue(state / "link-ca", ca, links.link_certificate(0)), None),
+            "server": (issue(state / "link-ca", ca, links.link_certificate(1, self.REPLICA_ADDRESS)), model_port),
+        }
+        self.dirs: dict[str, Path] = {}
+        for end, (tls, model) in ends.items():
+            d = state / f"link-{end}"
+            d.mkdir()
+            (d / "link.crt").write_text(tls.cert)
+            (d / "ca.crt").write_text(tls.ca_cert)
+            (d / "link.key").write_text(tls.key)
+            (d / "link.key").chmod(0o600)
+            paths = links.LinkPaths(
+                cert=str(d / "link.crt"),
+                key=str(d / "link.key"),
+                ca=str(d / "ca.crt"),
+                pid_path=str(d / "nginx.pid"),
+                error_log=str(d / "error.log"),
+                load_stream_module=nginx_stream_module(self.nginx),
+            )
+            conf = (
+                links.render_client_conf([(1, self.REPLICA_ADDRESS)], self.port, paths, 1800)
+                if model is None
+                else links.render_server_conf(self.REPLICA_ADDRESS, self.port, f"127.0.0.1:{model}", paths, 1800)
+            )
+            (d / "link.conf").write_text(conf)
+            self.dirs[end] = d
+        self.procs = {end: self.start(end) for end in ("server", "client")}
+        self.backend = f"http://{links.link_listen(1)}/v1"
+
+    def start(self, end: str) -> subprocess.Popen[bytes]:
+        d = self.dirs[end]
+        cmd = [self.nginx, "-c", str(d / "link.conf"), "-p", str(d)]
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(10)
+
+
 def measure(load: Load, kill_at: float, gone_pgid: int, timeout_s: float) -> dict[str, object]:
     """Streams lost, seconds until every path served a new request, orphans of the killed group."""
     deadline = kill_at + timeout_s
@@ -157,7 +217,7 @@ def measure(load: Load, kill_at: float, gone_pgid: int, timeout_s: float) -> dic
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--streams", type=int, default=2, help="concurrent streams per path (default: 2)")
-    ap.add_argument("--faults", default="model,relay,litellm,worker,master")
+    ap.add_argument("--faults", default="model,link,relay,litellm,worker,master")
     ap.add_argument("--recover-timeout", type=float, default=300, help="seconds to wait for recovery")
     args = ap.parse_args(argv)
     state = Path(tempfile.mkdtemp(prefix="coderig-faults-bench-"))
@@ -166,9 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     os.chmod(keys, 0o600)
     ports = [free_port(), free_port()]
     models = [standin(p) for p in ports]
+    link = Link(state, ports[1])
+    backends = (f"http://127.0.0.1:{ports[0]}/v1", link.backend)
     port = free_port()
     runner = subprocess.Popen(
-        [sys.executable, "-m", "coderig.cli", "frontdoor", "run", *[a for p in ports for a in ("--backend", f"http://127.0.0.1:{p}/v1")],
+        [sys.executable, "-m", "coderig.cli", "frontdoor", "run", *[a for b in backends for a in ("--backend", b)],
          "--model", MODEL, "--listen", f"127.0.0.1:{port}", "--keys-file", str(keys), "--state-dir", str(state),
          "--plain-http", "--litellm-workers", "2", "--startup-timeout", "600", "--rate-limit-per-minute", "60000",
          "--rate-burst", "1000"],
@@ -191,20 +253,28 @@ def main(argv: list[str] | None = None) -> int:
             kids = children(runner.pid)
             if fault == "model":
                 victim = models[1].pid
+            elif fault == "link":
+                victim = link.procs["server"].pid
             elif fault == "worker":
                 victim = children(kids["nginx"][0])["nginx"][0]
             else:
                 victim = kids[{"relay": "relay", "litellm": "litellm", "master": "nginx"}[fault]][0]
             pgid = os.getpgid(victim)
             kill_at = time.monotonic()
-            os.kill(victim, signal.SIGKILL)
+            if fault == "link":  # the replica's end goes as a machine or container does: every process
+                os.killpg(pgid, signal.SIGKILL)
+                link.procs["server"].wait(5)
+            else:
+                os.kill(victim, signal.SIGKILL)
             if fault == "model":
                 models[1].wait(5)
             results[fault] = measure(
-                load, kill_at, pgid if fault in ("relay", "litellm", "master") else 0, args.recover_timeout
+                load, kill_at, pgid if fault in ("link", "relay", "litellm", "master") else 0, args.recover_timeout
             )
             if fault == "model":  # the replica comes back for the next fault
                 models[1] = standin(ports[1])
+            if fault == "link":
+                link.procs["server"] = link.start("server")
             print(f"{fault:8} {json.dumps(results[fault])}", flush=True)
             time.sleep(5)
     finally:
@@ -214,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         for m in models:
             m.terminate()
             m.wait(10)
+        link.stop()
     total = sum(o.ok for o in load.outcomes)
     print(json.dumps({"streams": args.streams, "completed_streams": total, "faults": results}, indent=2))
     return 0

@@ -35,9 +35,9 @@ from zoneinfo import ZoneInfo
 
 from coderig.core import budgets, catalog
 from coderig.core.frontdoor_machine import DEFAULT_FRONT_DOOR_TYPE, HOURS_PER_MONTH, monthly_cost
-from coderig.core.settings import parse_settings
 from coderig.runtime import idle
 from coderig.runtime.idle_sim import Mechanism, Request, Result, awake_hours, p50, p99, simulate
+from coderig.targets import parse_settings
 from coderig.targets.aws import resources as aws_resources
 
 DAY = 86400.0

@@ -17,10 +17,10 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_tls as tls
 
-from coderig.core.settings import AwsTarget
 from coderig.runtime import aws_reaper
 from coderig.targets.aws import resources as aws_resources
 from coderig.targets.aws.resources import Rule, VolumeSpec
+from coderig.targets.aws.settings import AwsTarget
 
 # --- network -------------------------------------------------------------------------------------------
 
@@ -122,7 +122,13 @@ class GpuNodes(pulumi.ComponentResource):
     def __init__(self, name: str, args: NodeArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("coderig:aws:GpuNodes", name, None, opts)
         self.security_group = _security_group(self, name, args)
-        self.profile = _instance_profile(self, name, args)
+        self.profile = instance_profile(
+            self,
+            name,
+            purpose=f"coderig {args.stack} GPU node: SSM and this stack's metrics only",
+            tags=_tags(args, "gpu-node"),
+            policy=("metrics", aws_resources.node_policy()),
+        )
         self.nodes = [_node(self, f"{name}-{i}", args, i) for i in range(args.target.count)]
         self.public_ips = pulumi.Output.all(*[n.eip.public_ip for n in self.nodes])  # type: ignore[assignment]
         self.instance_ids = pulumi.Output.all(*[n.instance.id for n in self.nodes])  # type: ignore[assignment]
@@ -178,19 +184,43 @@ def _security_group(parent: pulumi.Resource, name: str, args: NodeArgs) -> aws.e
     )
 
 
-def _instance_profile(parent: pulumi.Resource, name: str, args: NodeArgs) -> aws.iam.InstanceProfile:
+def instance_profile(
+    parent: pulumi.Resource, name: str, *, purpose: str, tags: dict[str, str], policy: tuple[str, dict[str, object]]
+) -> aws.iam.InstanceProfile:
+    """An EC2 role with SSM and one inline policy (`policy`: its name suffix and document), and its
+    instance profile: the GPU nodes' and the front door's."""
     child = pulumi.ResourceOptions(parent=parent)
-    tags = _tags(args, "gpu-node")
     role = aws.iam.Role(
         f"{name}-role",
         assume_role_policy=json.dumps(aws_resources.assume_role_policy("ec2.amazonaws.com")),
-        description=f"coderig {args.stack} GPU node: SSM and this stack's metrics only",
+        description=purpose,
         tags=tags,
         opts=child,
     )
     aws.iam.RolePolicyAttachment(f"{name}-ssm", role=role.name, policy_arn=aws_resources.SSM_CORE_POLICY, opts=child)
-    aws.iam.RolePolicy(f"{name}-metrics", role=role.id, policy=json.dumps(aws_resources.node_policy()), opts=child)
+    aws.iam.RolePolicy(f"{name}-{policy[0]}", role=role.id, policy=json.dumps(policy[1]), opts=child)
     return aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=tags, opts=child)
+
+
+def hardened_instance(root_gb: int, root_tags: dict[str, str] | None = None) -> dict[str, object]:
+    """What every instance coderig launches sets: IMDSv2 only (one hop), an encrypted gp3 root deleted
+    with it."""
+    return {
+        "metadata_options": aws.ec2.InstanceMetadataOptionsArgs(
+            http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1
+        ),
+        "root_block_device": aws.ec2.InstanceRootBlockDeviceArgs(
+            volume_type="gp3", volume_size=root_gb, encrypted=True, delete_on_termination=True, tags=root_tags
+        ),
+    }
+
+
+# cloud-init acts on first boot only: a newer AMI or edited user data must not replace or stop/start a
+# running instance (`pulumi up --replace` takes a new AMI on purpose); the user data holds the host key
+FIRST_BOOT_ONLY = {
+    "ignore_changes": ["ami", "userData", "userDataBase64"],
+    "additional_secret_outputs": ["userData", "userDataBase64"],
+}
 
 
 def _market_options(t: AwsTarget) -> dict[str, object]:
@@ -262,24 +292,12 @@ def _node(gpu: GpuNodes, name: str, args: NodeArgs, index: int) -> Node:
         vpc_security_group_ids=[gpu.security_group.id],
         iam_instance_profile=gpu.profile.name,
         user_data_base64=user_data,
-        metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
-            http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1
-        ),
-        root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
-            volume_type="gp3",
-            volume_size=aws_resources.ROOT_VOLUME_GB,
-            encrypted=True,
-            delete_on_termination=True,
-            tags=_tags(args, "root-volume", Name=f"{name}-root"),
-        ),
+        **hardened_instance(aws_resources.ROOT_VOLUME_GB, _tags(args, "root-volume", Name=f"{name}-root")),  # type: ignore[arg-type]
         tags=tags,
         **_market_options(args.target),  # type: ignore[arg-type]
         opts=pulumi.ResourceOptions(
             parent=gpu,
-            # A newer DLAMI or edited cloud-init must not replace or stop/start a running GPU node:
-            # cloud-init only acts on first boot; `pulumi up --replace` takes a new AMI on purpose.
-            ignore_changes=["ami", "userData", "userDataBase64"],
-            additional_secret_outputs=["userData", "userDataBase64"],
+            **FIRST_BOOT_ONLY,  # type: ignore[arg-type]
             # a fixed private address (LiteLLM on node 0 reaches replicas by it) cannot be held by
             # two instances: a replacement terminates the old one first
             delete_before_replace=args.private_ips[index] is not None,

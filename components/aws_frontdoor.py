@@ -7,7 +7,6 @@ coderig.targets.aws.frontdoor. Children are named f"{name}-…" and parented to 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import pulumi
@@ -16,6 +15,7 @@ import pulumi_tls as tls
 
 from coderig.targets.aws import frontdoor
 from coderig.targets.aws import resources as aws_plan
+from components.aws import FIRST_BOOT_ONLY, hardened_instance, instance_profile
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,13 @@ class FrontDoorNode(pulumi.ComponentResource):
         super().__init__("coderig:aws:FrontDoorNode", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         tags = aws_plan.tags(args.stack, args.environment, frontdoor.ROLE)
-        profile = _profile(self, name, args, tags)
+        profile = instance_profile(
+            self,
+            name,
+            purpose=f"coderig {args.stack} front door: start this stack's GPU instances, SSM",
+            tags=tags,
+            policy=("wake", frontdoor.waker_policy(args.stack)),
+        )
         self.key = tls.PrivateKey(f"{name}-host-key", algorithm="ED25519", opts=child)
         user_data = pulumi.Output.secret(
             pulumi.Output.all(self.key.private_key_openssh, self.key.public_key_openssh, args.login_public_key).apply(
@@ -60,20 +66,11 @@ class FrontDoorNode(pulumi.ComponentResource):
             vpc_security_group_ids=[args.security_group_id],
             iam_instance_profile=profile.name,
             user_data_base64=user_data,
-            metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
-                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1
-            ),
-            root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
-                volume_type="gp3",
-                volume_size=frontdoor.ROOT_GB,
-                encrypted=True,
-                delete_on_termination=True,
-            ),
+            **hardened_instance(frontdoor.ROOT_GB),  # type: ignore[arg-type]
             tags={**tags, "Name": f"{name}-instance"},
             opts=pulumi.ResourceOptions(
                 parent=self,
-                ignore_changes=["ami", "userData", "userDataBase64"],
-                additional_secret_outputs=["userData", "userDataBase64"],
+                **FIRST_BOOT_ONLY,  # type: ignore[arg-type]
                 delete_before_replace=True,  # its fixed private address cannot be held twice
             ),
         )
@@ -88,17 +85,3 @@ class FrontDoorNode(pulumi.ComponentResource):
         self.instance_id = self.instance.id
         self.host_key = self.key.public_key_openssh
         self.register_outputs({"public_ip": self.public_ip, "instance_id": self.instance_id, "host_key": self.host_key})
-
-
-def _profile(parent: pulumi.Resource, name: str, args: FrontDoorArgs, tags: dict[str, str]) -> aws.iam.InstanceProfile:
-    child = pulumi.ResourceOptions(parent=parent)
-    role = aws.iam.Role(
-        f"{name}-role",
-        assume_role_policy=json.dumps(aws_plan.assume_role_policy("ec2.amazonaws.com")),
-        description=f"coderig {args.stack} front door: start this stack's GPU instances, SSM",
-        tags=tags,
-        opts=child,
-    )
-    aws.iam.RolePolicyAttachment(f"{name}-ssm", role=role.name, policy_arn=aws_plan.SSM_CORE_POLICY, opts=child)
-    aws.iam.RolePolicy(f"{name}-wake", role=role.id, policy=json.dumps(frontdoor.waker_policy(args.stack)), opts=child)
-    return aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=tags, opts=child)

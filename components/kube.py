@@ -26,10 +26,11 @@ import pulumi_kubernetes as k8s
 
 from coderig.core import planner
 from coderig.core.secrets import NodeSecrets, placeholder_secrets
-from coderig.core.settings import KubernetesTarget, StackSettings
+from coderig.core.settings import StackSettings
 from coderig.targets.kubernetes import frontdoor as kube_fd
 from coderig.targets.kubernetes import manifests as kube
 from coderig.targets.kubernetes import render as kube_render
+from coderig.targets.kubernetes.settings import KubernetesTarget
 
 # (apiVersion, kind) -> typed resource class
 KINDS: dict[tuple[str, str], Any] = {

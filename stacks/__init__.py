@@ -17,8 +17,8 @@ import pulumi.runtime.config as runtime_config
 
 from coderig.core import planner
 from coderig.core.errors import UserError
-from coderig.core.settings import NAMESPACE, SECRET, SECRET_KEYS, StackSettings, parse_settings
-from coderig.targets import kind_of
+from coderig.core.settings import NAMESPACE, SECRET, SECRET_KEYS, StackSettings
+from coderig.targets import kind_of, parse_settings
 
 
 @dataclass

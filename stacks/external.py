@@ -5,6 +5,7 @@ InferenceService URL) gets only the front door (LiteLLM + gateway), on this work
 from __future__ import annotations
 
 from coderig.targets.compose.rendered import render_nodes
+from coderig.targets.external.settings import ExternalTarget
 from components.node import NodeStack, NodeStackArgs, front_door_access, local_connection, ssh_connection
 from stacks import StackContext
 from stacks.local import bundle_dir
@@ -14,7 +15,7 @@ from stacks.outputs import client_outputs
 def build(ctx: StackContext) -> dict[str, object]:
     s = ctx.settings
     t = s.target
-    assert t.kind == "external"
+    assert isinstance(t, ExternalTarget)
     (node,) = render_nodes(s, ctx.plan)
     if t.frontDoor == "ssh":
         assert t.host is not None

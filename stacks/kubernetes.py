@@ -12,7 +12,7 @@ import pulumi
 from coderig.core import planner
 from coderig.core.settings import StackSettings
 from coderig.targets.kubernetes import frontdoor as kube_fd
-from coderig.targets.kubernetes import preflight
+from coderig.targets.kubernetes import manifests, preflight
 from components.kube import GATEWAY_PORT, KubernetesStack, KubernetesStackArgs
 from components.node import front_door_access
 from stacks import ConfigError, StackContext
@@ -21,13 +21,13 @@ from stacks.outputs import client_outputs
 
 def build(ctx: StackContext) -> dict[str, object]:
     s = ctx.settings
-    assert s.target.kind == "kubernetes"
+    t = manifests.target(s)
     check_cluster(s, ctx.stack, ctx.plan)
     access = front_door_access(s, kube_fd.certificate_names(s), ctx.secrets)
     cluster = KubernetesStack("k8s", KubernetesStackArgs(s, ctx.stack, ctx.plan, access.secrets))
     return {
         **client_outputs(ctx, host=cluster.host, port=GATEWAY_PORT, ca_pem=access.ca_pem, tokens=access.developer_keys),
-        "namespace": s.target.namespace,
+        "namespace": t.namespace,
     }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from coderig.targets.compose.rendered import render_nodes
+from coderig.targets.local.settings import LocalTarget
 from components.node import NodeStack, NodeStackArgs, front_door_access, local_connection
 from stacks import StackContext
 from stacks.outputs import client_outputs
@@ -21,7 +22,7 @@ def bundle_dir(stack: str) -> str:
 
 def build(ctx: StackContext) -> dict[str, object]:
     s = ctx.settings
-    assert s.target.kind == "local"
+    assert isinstance(s.target, LocalTarget)
     (node,) = render_nodes(s, ctx.plan)
     access = front_door_access(s, ["localhost", "127.0.0.1", *s.gateway.hostnames], ctx.secrets)
     stack = NodeStack(

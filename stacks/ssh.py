@@ -8,6 +8,7 @@ gateway instead, and every GPU host is a replica behind its mutual-TLS link.
 from __future__ import annotations
 
 from coderig.targets.compose.rendered import render_nodes
+from coderig.targets.ssh.settings import SshTarget
 from components.node import NodeStack, NodeStackArgs, front_door_access, replicas_first, ssh_connection
 from stacks import StackContext
 from stacks.outputs import client_outputs
@@ -16,7 +17,7 @@ from stacks.outputs import client_outputs
 def build(ctx: StackContext) -> dict[str, object]:
     s = ctx.settings
     t = s.target
-    assert t.kind == "ssh"
+    assert isinstance(t, SshTarget)
     nodes = render_nodes(s, ctx.plan)
     # machine i: the front door (when set) first, then the GPU hosts; each with its settings key
     hosts = [(t.frontDoor, "coderig:target.frontDoor")] if t.frontDoor else []

@@ -33,6 +33,8 @@ from typing import Any
 import pytest
 import yaml
 
+from coderig.frontdoor import local_tls
+
 KUBE_VERSION = "v1.34.4"  # .ci/kube-deps.sh kube_version
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok")
 FAKE_NODE = {"kwok.x-k8s.io/node": "fake"}  # kwok manages nodes with this annotation
@@ -108,26 +110,11 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 def make_pki(d: Path) -> None:
     """A CA, the API server's serving certificate (127.0.0.1), an admin client certificate
-    (system:masters) and the service-account signing key pair."""
+    (system:masters) and the service-account signing key pair; the CA and certificates are made by
+    the front door's own openssl steps (coderig.frontdoor.local_tls)."""
     d.mkdir(parents=True, exist_ok=True)
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-days",
-        "2",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-subj",
-        "/CN=coderig-test-ca",
-        cwd=d,
-    )
+    ca = (d / "ca.crt", d / "ca.key")
+    local_tls.new_ca(*ca, "/CN=coderig-test-ca", 2)
     for name, subj, ext in (
         (
             "apiserver",
@@ -136,40 +123,7 @@ def make_pki(d: Path) -> None:
         ),
         ("admin", "/O=system:masters/CN=coderig-admin", "extendedKeyUsage=clientAuth"),
     ):
-        _openssl(
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            f"{name}.key",
-            "-out",
-            f"{name}.csr",
-            "-subj",
-            subj,
-            cwd=d,
-        )
-        (d / f"{name}.ext").write_text(ext + "\n")
-        _openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-out",
-            f"{name}.crt",
-            "-extfile",
-            f"{name}.ext",
-            cwd=d,
-        )
+        local_tls.new_signed(d / f"{name}.crt", d / f"{name}.key", subj, ext + "\n", ca, 2)
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=d)
     _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=d)
     for key in d.glob("*.key"):

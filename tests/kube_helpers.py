@@ -9,7 +9,8 @@ from typing import Any
 
 from coderig.core import planner
 from coderig.core.secrets import placeholder_secrets
-from coderig.core.settings import StackSettings, parse_settings
+from coderig.core.settings import StackSettings
+from coderig.targets import parse_settings
 from coderig.targets.kubernetes import frontdoor as kube_fd
 from coderig.targets.kubernetes import render as kube_render
 

@@ -13,10 +13,11 @@ from coderig.client import bundle as clients
 from coderig.client import configs
 from coderig.core.errors import UserError
 from coderig.core.files import write_file
-from coderig.core.settings import EXTERNAL_HEALTH_PATH, GatewaySettings
+from coderig.core.settings import GatewaySettings
 from coderig.frontdoor import run
 from coderig.frontdoor.nginx import WILDCARDS, public_name
 from coderig.runtime.http import http_get
+from coderig.targets.external.settings import EXTERNAL_HEALTH_PATH
 
 
 def rate_per_second(args: argparse.Namespace) -> int:

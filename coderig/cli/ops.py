@@ -9,9 +9,8 @@ from typing import Any
 
 from coderig.core.errors import REFUSED, UserError
 from coderig.core.settings import StackSettings
-from coderig.core.stack_file import load_stack_file
 from coderig.runtime.aws_reaper import TAG_STACK
-from coderig.targets import REGISTRY, operations
+from coderig.targets import REGISTRY, load_stack_file, operations
 
 
 def stack_settings(args: argparse.Namespace) -> StackSettings | None:

@@ -11,8 +11,8 @@ from coderig.core import planner
 from coderig.core.errors import REFUSED, UserError
 from coderig.core.files import FileSet, write_file, write_files
 from coderig.core.settings import StackSettings
-from coderig.core.stack_file import load_stack_file, stack_name_from_path
-from coderig.targets import REGISTRY, plan_report, plan_summary, render_stack
+from coderig.core.stack_file import stack_name_from_path
+from coderig.targets import REGISTRY, load_stack_file, plan_report, plan_summary, render_stack
 from coderig.targets.compose.idle import plan_note as idle_plan_note
 
 MANIFEST = ".coderig-render"  # in the --out directory: the files the last render wrote

@@ -21,10 +21,10 @@ from pathlib import Path
 import coderig.cli.usage_report as usage_report
 from coderig.core import planner
 from coderig.core.errors import INVALID, UserError
-from coderig.core.stack_file import load_stack_file
 from coderig.frontdoor import is_loopback
 from coderig.runtime import usage_record
 from coderig.runtime.usage_record import Ledger, RecordError
+from coderig.targets import load_stack_file
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

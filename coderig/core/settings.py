@@ -12,22 +12,23 @@ stack file they are `{secure: v1:…}` and are kept as the opaque `SECRET` marke
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import re
-from collections.abc import Iterable
-from typing import Any, Literal
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
     BaseModel,
     Field,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
 
 from coderig.core import catalog, images, naming, sizing, templates, versions, vllm_flags
-from coderig.core.aws_settings import AWS_FIRST_HOST, AWS_REGIONS, AWS_SUBNET_PREFIX, AwsTarget
 from coderig.core.cost import CostSettings
 from coderig.core.errors import UserError
 from coderig.core.idle_settings import IdlePolicy, OfficeHours
@@ -35,34 +36,15 @@ from coderig.core.log_settings import LogSettings
 from coderig.core.settings_base import KeyProblem as _KeyError
 from coderig.core.settings_base import Loc, cidr
 from coderig.core.settings_base import Model as _Model
-from coderig.core.target_base import NODE_CACHE_PATH, GpuSpec, SshHost
-from coderig.core.targets_settings import (
-    EXTERNAL_HEALTH_PATH,
-    TARGET_KINDS,
-    TARGET_MODELS,
-    ExternalTarget,
-    KubernetesTarget,
-    LocalTarget,
-    SshTarget,
-    Target,
-    Toleration,
-)
+from coderig.core.target_base import NODE_CACHE_PATH, GpuSpec, SshHost, TargetSettings
 
-# the target models live in core/targets_settings.py, aws_settings.py and target_base.py; importers use this module
 __all__ = [
-    "AWS_FIRST_HOST",
-    "AWS_REGIONS",
-    "AWS_SUBNET_PREFIX",
-    "AwsTarget",
     "COMMIT_RE",
     "DEVELOPER_RE",
-    "EXTERNAL_HEALTH_PATH",
-    "ExternalTarget",
     "GatewaySettings",
     "GpuSpec",
     "IdlePolicy",
-    "KubernetesTarget",
-    "LocalTarget",
+    "Kinds",
     "ModelSettings",
     "NAMESPACE",
     "NODE_CACHE_PATH",
@@ -71,12 +53,7 @@ __all__ = [
     "SECRET_KEYS",
     "Secret",
     "SshHost",
-    "SshTarget",
     "StackSettings",
-    "TARGET_KINDS",
-    "TARGET_MODELS",
-    "Target",
-    "Toleration",
     "UserError",
     "misspelt_namespaces",
     "parse_settings",
@@ -239,7 +216,7 @@ def _developer_names(given: dict[str, Any]) -> list[tuple[Loc, str, Any]]:
     return out
 
 
-def _secrets_present(given: dict[str, Any]) -> list[tuple[Loc, str, Any]]:
+def _secrets_present(given: dict[str, Any], kinds: Kinds) -> list[tuple[Loc, str, Any]]:
     """Secrets that go together, and the SSH key an SSH target needs, whatever else is wrong."""
     out: list[tuple[Loc, str, Any]] = []
     if ("tlsCertificate" in given) != ("tlsPrivateKey" in given):
@@ -248,7 +225,7 @@ def _secrets_present(given: dict[str, Any]) -> list[tuple[Loc, str, Any]]:
     if not isinstance(target, dict) or "sshPrivateKey" in given:
         return out
     kind = str(target.get("kind"))
-    model = TARGET_MODELS.get(kind)
+    model = kinds.get(kind)
     if model is None:
         return out
     fields = {k: v for k, v in target.items() if k in model.model_fields}
@@ -264,8 +241,16 @@ def _secrets_present(given: dict[str, Any]) -> list[tuple[Loc, str, Any]]:
     return out
 
 
+# kind -> its `coderig:target` model: the registry (coderig.targets) hands these to validation
+Kinds = Mapping[str, type[TargetSettings]]
+
+
 class StackSettings(_Model):
-    target: Target
+    """The validated `coderig:` namespace. `target` is typed as what every kind shares; code that needs a
+    kind's own keys narrows it with isinstance on the kind's model. A stack is validated by the model
+    `validating_model(kinds)` derives from this one, whose target is the kinds' discriminated union."""
+
+    target: TargetSettings
     model: ModelSettings
     developers: list[str] = Field(default_factory=list)
     idle: IdlePolicy = Field(default_factory=IdlePolicy)
@@ -281,7 +266,7 @@ class StackSettings(_Model):
     tlsPrivateKey: Any = None
     externalApiKey: Any = None
 
-    given_checks = (_developer_names, _secrets_present)
+    kinds: ClassVar[Kinds] = {}  # set on the validating model: the kinds its target accepts
 
     @property
     def warnings(self) -> list[str]:
@@ -338,21 +323,38 @@ class StackSettings(_Model):
 _TOP_KEYS = set(StackSettings.model_fields)
 
 
-def _key_path(loc: tuple[Any, ...]) -> str:
+def validating_model(kinds: Kinds) -> type[StackSettings]:
+    """StackSettings whose target is one of `kinds` (picked by its `kind` tag), with their checks."""
+    return _validating_model(tuple(kinds.items()))
+
+
+@functools.cache
+def _validating_model(kinds: tuple[tuple[str, type[TargetSettings]], ...]) -> type[StackSettings]:
+    models = dict(kinds)
+    members: Any = tuple(models.values())
+    target: Any = Annotated[Union[members], Field(discriminator="kind")]  # noqa: UP007 - built at run time
+    model = create_model("StackSettings", __base__=StackSettings, __module__=__name__, target=(target, ...))
+    model.kinds = models
+    model.given_checks = (_developer_names, functools.partial(_secrets_present, kinds=models))
+    return model
+
+
+def _is_branch(loc: tuple[Any, ...], i: int, kinds: Kinds) -> bool:
+    """loc[i] is the discriminated union's branch (`target.<kind>`), not a key (a key may share its name)."""
+    return i == 1 and loc[0] == "target" and loc[1] in kinds
+
+
+def _key_path(loc: tuple[Any, ...], kinds: Kinds) -> str:
     parts: list[str] = []
-    for item in loc:
+    for i, item in enumerate(loc):
         if isinstance(item, int):
             parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
-        elif item in TARGET_KINDS and parts and parts[-1] == "target":
-            continue  # the discriminated-union branch name is not a key
-        elif isinstance(item, str) and item.startswith(("function-", "list[", "dict[")):
-            continue
-        else:
+        elif not _is_branch(loc, i, kinds) and not str(item).startswith(("function-", "list[", "dict[")):
             parts.append(str(item))
     return f"{NAMESPACE}:" + ".".join(parts)
 
 
-def _format_error(err: dict[str, Any]) -> str:
+def _format_error(err: dict[str, Any], model: type[StackSettings]) -> str:
     loc = tuple(err["loc"])
     msg = str(err.get("msg", ""))
     ctx_err = (err.get("ctx") or {}).get("error")
@@ -361,17 +363,18 @@ def _format_error(err: dict[str, Any]) -> str:
         msg = str(ctx_err).split(": ", 1)[1]
     else:
         msg = msg.removeprefix("Value error, ")
-    path = _key_path(loc)
+    kinds = model.kinds
+    path = _key_path(loc, kinds)
     given = err.get("input")
     etype = err.get("type", "")  # the pydantic error type
     if etype == "extra_forbidden":
         parent = loc[:-1]
-        allowed = _allowed_keys(parent)
+        allowed = _allowed_keys(parent, model)
         return f"{path}: unknown key; allowed here: {', '.join(sorted(allowed))}"
     if etype == "union_tag_invalid":
-        return f"{_key_path((*loc, 'kind'))}: got {err['ctx']['tag']!r}; allowed: {', '.join(TARGET_KINDS)}"
+        return f"{_key_path((*loc, 'kind'), kinds)}: got {err['ctx']['tag']!r}; allowed: {', '.join(kinds)}"
     if etype == "union_tag_not_found":
-        return f"{_key_path((*loc, 'kind'))}: missing; allowed: {', '.join(TARGET_KINDS)}"
+        return f"{_key_path((*loc, 'kind'), kinds)}: missing; allowed: {', '.join(kinds)}"
     if etype == "missing":
         return f"{path}: required but not set"
     if etype == "literal_error":
@@ -381,11 +384,11 @@ def _format_error(err: dict[str, Any]) -> str:
     return f"{path}: {msg}"
 
 
-def _allowed_keys(loc: tuple[Any, ...]) -> set[str]:
-    model: Any = StackSettings
-    for item in loc:
-        if item in TARGET_MODELS:
-            model = TARGET_MODELS[item]
+def _allowed_keys(loc: tuple[Any, ...], settings_model: type[StackSettings]) -> set[str]:
+    model: Any = settings_model
+    for i, item in enumerate(loc):
+        if _is_branch(loc, i, settings_model.kinds):
+            model = settings_model.kinds[item]
             continue
         if isinstance(item, int):
             continue
@@ -417,18 +420,20 @@ def misspelt_namespaces(keys: Iterable[str]) -> list[str]:
     return out
 
 
-def parse_settings(raw: dict[str, Any], other_keys: Iterable[str] = ()) -> StackSettings:
-    """Validate the `coderig:` namespace (keys without the prefix); `other_keys` are the config's keys
+def parse_settings(raw: dict[str, Any], other_keys: Iterable[str] = (), *, kinds: Kinds) -> StackSettings:
+    """Validate the `coderig:` namespace (keys without the prefix) for a target of one of `kinds` (the
+    registry's models: coderig.targets.parse_settings passes them); `other_keys` are the config's keys
     in other namespaces (checked for a misspelt `coderig`). Raises UserError with every problem."""
     problems: list[str] = misspelt_namespaces(other_keys)
     unknown = sorted(set(raw) - _TOP_KEYS)
     for key in unknown:
         problems.append(f"{NAMESPACE}:{key}: unknown key; allowed: {', '.join(sorted(_TOP_KEYS))}")
     known = {k: v for k, v in raw.items() if k in _TOP_KEYS}
+    model = validating_model(kinds)
     try:
-        settings = StackSettings.model_validate(known)
+        settings = model.model_validate(known)
     except ValidationError as exc:
-        problems.extend(_format_error(dict(e)) for e in exc.errors())
+        problems.extend(_format_error(dict(e), model) for e in exc.errors())
         raise UserError(problems) from None
     m = settings.model
     problems.extend(

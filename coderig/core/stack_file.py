@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from coderig.core.errors import UserError
-from coderig.core.settings import NAMESPACE, SECRET, StackSettings, misspelt_namespaces, parse_settings
+from coderig.core.settings import NAMESPACE, SECRET, Kinds, StackSettings, misspelt_namespaces, parse_settings
 
 
 def _opaque_secrets(value: Any) -> Any:
@@ -44,8 +44,9 @@ def namespace_from_stack_file(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_stack_file(path: str | Path) -> StackSettings:
-    """Read and validate `Pulumi.<stack>.yaml`, the file `coderig plan/render` take."""
+def load_stack_file(path: str | Path, *, kinds: Kinds) -> StackSettings:
+    """Read and validate `Pulumi.<stack>.yaml`, the file `coderig plan/render` take, for a target of one
+    of `kinds` (coderig.targets.load_stack_file passes the registry's)."""
     p = Path(path)
     try:
         data = yaml.safe_load(p.read_text()) or {}
@@ -58,7 +59,8 @@ def load_stack_file(path: str | Path) -> StackSettings:
     if not isinstance(data, dict):
         raise UserError([f"{p}: expected a mapping with a config: section"])
     config = data.get("config")
-    return parse_settings(namespace_from_stack_file(data), map(str, config if isinstance(config, dict) else {}))
+    other_keys = map(str, config if isinstance(config, dict) else {})
+    return parse_settings(namespace_from_stack_file(data), other_keys, kinds=kinds)
 
 
 def stack_name_from_path(path: str | Path) -> str:

@@ -1,11 +1,12 @@
 """What every `coderig:target` settings model shares: the GPU and host shapes, and the base class on
 which each kind declares its differences (class attributes and properties; the rest of coderig asks
-these instead of comparing `kind`). The kinds' models are in `coderig.core.targets_settings` and
-`coderig.core.aws_settings`."""
+these instead of comparing `kind`). Each kind's own model lives in its folder, e.g.
+`coderig.targets.ssh.settings`, and reaches validation through its registry entry (`coderig.targets`):
+core knows no kind by name."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field, field_validator
 
@@ -81,6 +82,10 @@ class TargetSettings(Model):
     """What differs between target kinds, declared once per kind (class attributes and properties);
     the rest of coderig asks these instead of comparing `kind`."""
 
+    if TYPE_CHECKING:
+        # each kind declares `kind: Literal["<its name>"]`, the tag validation picks its model by
+        kind: Any
+
     engines: ClassVar[tuple[str, ...]] = ("vllm", "llama.cpp")  # model servers it can run
     min_gateway_port: ClassVar[int] = 1
     serves_model: ClassVar[bool] = True  # False: only the front door runs here (external)
@@ -129,6 +134,16 @@ class TargetSettings(Model):
     def over_ssh(self) -> bool:
         """`pulumi up` reaches the machines over SSH with coderig:sshPrivateKey."""
         return False
+
+    @property
+    def upstream(self) -> tuple[str, str] | None:
+        """(base URL, health path) of the model endpoint a target that serves no model forwards to."""
+        return None
+
+    @property
+    def ssh_machines(self) -> list[SshHost]:
+        """The machines reached over SSH, the first machine (gateway, relay, reaper) first; [] when none."""
+        return []
 
     @property
     def runs_locally(self) -> bool:

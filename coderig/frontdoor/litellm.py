@@ -17,6 +17,21 @@ from coderig.core.engine import CLAUDE_WILDCARD
 MASTER_KEY_ENV = "LITELLM_MASTER_KEY"
 DEFAULT_TIMEOUT_S = 1800  # every hop: >= 30 min (a Claude Code turn can run many minutes)
 
+# The proxy's environment on every target (litellm 1.106.2). JSON_LOGS: one JSON line per record,
+# the traceback inside it (`litellm/_logging.py` JsonFormatter): a failing request logs 1 line, not
+# ~55 (measured: 2 failures to a dead backend wrote 110 lines in plain mode, 2 with JSON_LOGS).
+# LITELLM_LOCAL_MODEL_COST_MAP: no fetch of the cost map from the internet at start (nodes may have
+# none). The admin UI and API docs are off: nginx's allow-list never routes to them anyway.
+LITELLM_ENV = {
+    "LITELLM_TELEMETRY": "False",
+    "LITELLM_LOG": "ERROR",
+    "JSON_LOGS": "true",
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    "DISABLE_ADMIN_UI": "True",
+    "NO_DOCS": "True",
+    "NO_REDOC": "True",
+}
+
 
 @dataclass(frozen=True)
 class ModelRoute:

@@ -109,17 +109,9 @@ def read_keys(path: Path) -> dict[str, str]:
 
 def litellm_env(master_key: str, base: dict[str, str]) -> dict[str, str]:
     env = dict(base)
-    env.update(
-        {
-            frontdoor.MASTER_KEY_ENV: master_key,
-            "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no fetch of the cost map from the internet
-            "LITELLM_TELEMETRY": "False",
-            "DISABLE_ADMIN_UI": "True",
-            "NO_DOCS": "True",
-            "NO_REDOC": "True",
-            "LITELLM_LOG": env.get("LITELLM_LOG", "ERROR"),
-        }
-    )
+    env.update(frontdoor.LITELLM_ENV)
+    env[frontdoor.MASTER_KEY_ENV] = master_key
+    env["LITELLM_LOG"] = base.get("LITELLM_LOG", frontdoor.LITELLM_ENV["LITELLM_LOG"])
     return env
 
 

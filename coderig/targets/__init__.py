@@ -2,34 +2,43 @@
 its settings model, its renderer (what `coderig render` writes), the stacks module that builds it
 for `pulumi up` (named, since stacks/ imports coderig and not the reverse), its operator commands
 (`coderig stop|start|idle`, None where it has none) and the features it declares, which the CLI and
-the docs read. Nothing else dispatches on the kind. Adding a kind: its settings model (core), one
-folder here, one stacks module, one entry below (tests/core/test_layers.py walks every entry).
+the docs read. Nothing else dispatches on the kind: validation takes the kinds' settings models from
+here (`parse_settings`, `load_stack_file`), core knows none by name. Adding a kind: one folder here
+holding its settings model (and whatever else it renders or runs), its Pulumi builder in stacks/ (or an
+existing one it shares), one entry below (tests/core/test_layers.py walks every entry;
+tests/targets/test_new_kind.py adds a throwaway kind this way and nothing else).
 
-    local, ssh, external, aws   compose-based machines (coderig.targets.compose); aws adds the instances,
-                                their weights volumes and the idle reaper (coderig.targets.aws)
+    local, ssh, external, aws   compose-based machines (coderig.targets.compose, shared); aws adds the
+                                instances, their weights volumes and the idle reaper (coderig.targets.aws)
     kubernetes                  manifests on an existing cluster (coderig.targets.kubernetes)
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from coderig.core import engine, planner, report
-from coderig.core.aws_settings import AwsTarget
+from coderig.core import engine, planner, report, stack_file
+from coderig.core import settings as core_settings
 from coderig.core.files import FileSet, RenderedFile
 from coderig.core.settings import StackSettings
 from coderig.core.target_base import TargetSettings
-from coderig.core.targets_settings import ExternalTarget, KubernetesTarget, LocalTarget, SshTarget
 from coderig.targets import operations as feature
 from coderig.targets.aws.ops import OPERATIONS as AWS_OPERATIONS
+from coderig.targets.aws.settings import AwsTarget
 from coderig.targets.compose.ops import OPERATIONS as COMPOSE_OPERATIONS
 from coderig.targets.compose.rendered import render_node_files
+from coderig.targets.external.settings import ExternalTarget
 from coderig.targets.kubernetes.ops import OPERATIONS as KUBERNETES_OPERATIONS
 from coderig.targets.kubernetes.preflight import plan_lines as kubernetes_plan_lines
 from coderig.targets.kubernetes.render import render_manifests
+from coderig.targets.kubernetes.settings import KubernetesTarget
+from coderig.targets.local.settings import LocalTarget
 from coderig.targets.operations import TargetOperations
+from coderig.targets.ssh.settings import SshTarget
 
 Renderer = Callable[[StackSettings, str, planner.Plan], FileSet]
 
@@ -38,7 +47,7 @@ Renderer = Callable[[StackSettings, str, planner.Plan], FileSet]
 class TargetKind:
     """One target kind: everything coderig does differently for it."""
 
-    settings: type[TargetSettings]  # its `coderig:target` model (coderig.core)
+    settings: type[TargetSettings]  # its `coderig:target` model (in its folder: coderig.targets.<kind>.settings)
     render: Renderer  # the target's own files for `coderig render`
     stack_module: str  # the stacks/ module whose build(ctx) registers its resources
     operations: TargetOperations | None  # `coderig idle|stop|start`; None: it has none
@@ -58,7 +67,8 @@ class TargetKind:
         return found[0] if found else None
 
 
-REGISTRY: Mapping[str, TargetKind] = {
+# one entry per kind, in the order error messages list the kinds
+REGISTRY: dict[str, TargetKind] = {
     "local": TargetKind(
         LocalTarget,
         render_node_files,
@@ -72,14 +82,6 @@ REGISTRY: Mapping[str, TargetKind] = {
         "stacks.ssh",
         COMPOSE_OPERATIONS,
         frozenset({feature.COMPOSE_NODES, feature.OVER_SSH, feature.IDLE_SLEEP_OR_STOP}),
-    ),
-    "external": TargetKind(
-        ExternalTarget,
-        render_node_files,
-        "stacks.external",
-        None,
-        frozenset({feature.COMPOSE_NODES, feature.OVER_SSH}),
-        "the endpoint's own platform starts and stops its model (coderig runs only the front door, no GPU)",
     ),
     "aws": TargetKind(
         AwsTarget,
@@ -96,12 +98,35 @@ REGISTRY: Mapping[str, TargetKind] = {
         frozenset({feature.IDLE_SCALE_TO_ZERO}),
         plan_lines=kubernetes_plan_lines,
     ),
+    "external": TargetKind(
+        ExternalTarget,
+        render_node_files,
+        "stacks.external",
+        None,
+        frozenset({feature.COMPOSE_NODES, feature.OVER_SSH}),
+        "the endpoint's own platform starts and stops its model (coderig runs only the front door, no GPU)",
+    ),
 }
 
 
 def kind_of(settings: StackSettings) -> TargetKind:
     """The registry entry of a validated stack."""
     return REGISTRY[settings.target.kind]
+
+
+def target_models() -> core_settings.Kinds:
+    """kind -> its `coderig:target` settings model: what validation accepts, read off the registry."""
+    return {kind: entry.settings for kind, entry in REGISTRY.items()}
+
+
+def parse_settings(raw: dict[str, Any], other_keys: Iterable[str] = ()) -> StackSettings:
+    """Validate the `coderig:` namespace for a target of a registered kind (coderig.core.settings)."""
+    return core_settings.parse_settings(raw, other_keys, kinds=target_models())
+
+
+def load_stack_file(path: str | Path) -> StackSettings:
+    """Read and validate `Pulumi.<stack>.yaml` for a target of a registered kind (coderig.core.stack_file)."""
+    return stack_file.load_stack_file(path, kinds=target_models())
 
 
 def plan_summary(settings: StackSettings, stack: str, p: planner.Plan) -> dict[str, object]:

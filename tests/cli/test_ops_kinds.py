@@ -6,20 +6,22 @@ stack's health probe is configurable."""
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ssh_config, write_stack
+from conftest import HOST_KEY, ssh_config, write_stack
 from kube_helpers import k8s_config
 from programs import external_config
 
 from coderig.cli import build_parser, main
 from coderig.cli import frontdoor as cli_frontdoor
 from coderig.core import planner
-from coderig.core.stack_file import load_stack_file
+from coderig.targets import load_stack_file
 from coderig.targets.compose.machines import node_specs
+from coderig.targets.compose.ops import ComposeOperations
 from coderig.targets.compose.spec import front_door
 from coderig.targets.kubernetes import ops as kube_ops
 
@@ -90,6 +92,29 @@ def test_kubernetes_idle_without_policy_says_so(tmp_path: Path, capsys: pytest.C
     path = write_stack(tmp_path, config, "prod")
     assert main(["idle", "prod", "--config", str(path)]) == 1
     assert "has no idle policy" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("front_door", "asked"), [(False, "ubuntu@gpu1.internal"), (True, "admin@door.internal")])
+def test_ssh_idle_asks_the_machine_holding_the_relay(
+    front_door: bool, asked: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The relay and the reaper run on the first machine: the front door's when the stack has one."""
+    config = ssh_config()
+    config["idle"] = {"stopAfterMinutes": 30, "action": "sleep"}
+    if front_door:
+        config["target"]["frontDoor"] = {"address": "door.internal", "user": "admin", "hostKey": HOST_KEY}
+    path = write_stack(tmp_path, config, "prod")
+    ran: list[list[str]] = []
+    status = {"relay": {"routes": []}, "reaper": None}
+
+    def fake(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+        ran.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, json.dumps(status), "")
+
+    args = argparse.Namespace(stack="prod", config=str(path), json=True, ssh_key=None)
+    assert ComposeOperations(run=fake).idle(args, load_stack_file(path)) == 0
+    assert [cmd[0] for cmd in ran] == ["ssh"] and asked in ran[0], ran
+    assert json.loads(capsys.readouterr().out) == status
 
 
 # ---------------------------------------------------------------- frontdoor run: one rate-limit unit

@@ -24,7 +24,7 @@ from coderig.client import bundle as clients
 from coderig.client import configs
 from coderig.client.bundle import UserError
 from coderig.core import planner
-from coderig.core.settings import parse_settings
+from coderig.targets import parse_settings
 
 # ---------------------------------------------------------------- schema
 

@@ -18,7 +18,7 @@ import pytest
 from conftest import ROOT
 from frontdoor_fixtures import NPM_PREFIX, require_tool, running_frontdoor, standin_server
 
-from coderig.core.stack_file import load_stack_file
+from coderig.targets import load_stack_file
 
 pytestmark = pytest.mark.integration
 

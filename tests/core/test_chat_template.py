@@ -8,7 +8,8 @@ from conftest import ssh_config
 from coderig.core import engine, templates
 from coderig.core.errors import UserError
 from coderig.core.layout import Layout
-from coderig.core.settings import ModelSettings, parse_settings
+from coderig.core.settings import ModelSettings
+from coderig.targets import parse_settings
 
 FENCED = "qwen2.5-coder-fenced-tools.jinja"
 

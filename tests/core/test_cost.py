@@ -9,9 +9,8 @@ from programs import aws_config, dev_config, external_config, kube_config, ssh_t
 
 from coderig.core import cost, planner, report
 from coderig.core.errors import UserError
-from coderig.core.settings import parse_settings
 from coderig.runtime import idle
-from coderig.targets import kind_of
+from coderig.targets import kind_of, parse_settings
 
 MON_FRI = ("mon", "tue", "wed", "thu", "fri")
 CONFIGS = {

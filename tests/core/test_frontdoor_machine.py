@@ -13,8 +13,8 @@ from conftest import HOST_KEY, ssh_config
 from coderig.cli import main
 from coderig.core import planner
 from coderig.core.frontdoor_machine import FRONT_DOOR_TYPES, HOURS_PER_MONTH, monthly_cost
-from coderig.core.settings import SECRET, UserError, parse_settings
-from coderig.targets import render_stack
+from coderig.core.settings import SECRET, UserError
+from coderig.targets import parse_settings, render_stack
 
 
 def aws(**target: Any) -> dict[str, Any]:

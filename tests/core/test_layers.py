@@ -10,11 +10,12 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
 from conftest import ROOT
+from registry_check import registry_problems
 
-from coderig.core.settings import TARGET_KINDS
+from coderig.targets import REGISTRY
 
 PACKAGES = ("coderig", "components", "stacks")
 # each layer may import these (its own modules included); DESIGN.md "Layers"
@@ -196,65 +197,32 @@ def test_each_layer_imports_only_the_layers_below_it() -> None:
                 assert any(m == ok or m.startswith(ok + ".") for ok in ALLOWED[layer]), f"{name} imports {m}"
 
 
-def registry_problems(registry: Mapping[str, Any], models: Mapping[str, type]) -> list[str]:
-    """Every way a registry entry is incomplete: each kind validation knows has one entry holding its
-    settings model, a renderer in coderig.targets, a stacks module with build(ctx), operations that
-    implement TargetOperations (or None, with what to do instead) and only known features."""
-    import importlib
-
-    from coderig.core.target_base import TargetSettings
-    from coderig.targets import operations
-
-    out = [f"{k}: validated but has no registry entry" for k in models if k not in registry]
-    for kind, entry in registry.items():
-        if models.get(kind) is not entry.settings:
-            out.append(f"{kind}: settings model {entry.settings} is not the validated one")
-        if not entry.render.__module__.startswith("coderig.targets."):
-            out.append(f"{kind}: renderer {entry.render.__module__} outside coderig.targets")
-        if not callable(getattr(importlib.import_module(entry.stack_module), "build", None)):
-            out.append(f"{kind}: {entry.stack_module} has no build(ctx)")
-        if entry.operations is not None and not isinstance(entry.operations, operations.TargetOperations):
-            out.append(f"{kind}: operations lack idle/stop/start")
-        if (entry.operations is None) != bool(entry.instead):
-            out.append(f"{kind}: say what to do instead exactly when there are no operations")
-        if entry.operations is not None and entry.idle_mechanism is None:
-            out.append(f"{kind}: operations but no declared idle mechanism")
-        out += [f"{kind}: unknown feature {f!r}" for f in sorted(entry.features - operations.FEATURES)]
-        ssh_key = entry.settings.over_ssh is not TargetSettings.over_ssh  # the model can say True
-        if ssh_key != (operations.OVER_SSH in entry.features):
-            out.append(f"{kind}: over-ssh declared {not ssh_key} but its settings model says {ssh_key}")
-    return out
-
-
 def test_the_registry_has_one_complete_entry_per_target_kind() -> None:
-    from coderig.core.settings import TARGET_MODELS
-    from coderig.targets import REGISTRY
-
-    assert set(REGISTRY) == set(TARGET_KINDS)
-    assert registry_problems(REGISTRY, TARGET_MODELS) == []
+    assert registry_problems(REGISTRY) == []
 
 
 def test_the_registry_check_finds_an_incomplete_entry() -> None:
     import dataclasses
 
-    from coderig.core.settings import TARGET_MODELS
-    from coderig.targets import REGISTRY
-
     broken = dict(REGISTRY)
     broken["ssh"] = dataclasses.replace(REGISTRY["ssh"], stack_module="stacks.local", declared=frozenset({"teleport"}))
-    broken["aws"] = dataclasses.replace(REGISTRY["aws"], settings=TARGET_MODELS["ssh"], instead="")
-    del broken["external"]
-    assert registry_problems(broken, TARGET_MODELS) == [
-        "external: validated but has no registry entry",
+    broken["aws"] = dataclasses.replace(REGISTRY["aws"], settings=REGISTRY["ssh"].settings, instead="")
+
+    class NoUpstream(REGISTRY["local"].settings):  # a model that serves none and forwards nowhere
+        serves_model: ClassVar[bool] = False
+
+    broken["local"] = dataclasses.replace(REGISTRY["local"], settings=NoUpstream)
+    assert registry_problems(broken) == [
+        "local: serves no model but names no upstream endpoint",
         "ssh: operations but no declared idle mechanism",
         "ssh: unknown feature 'teleport'",
         "ssh: over-ssh declared False but its settings model says True",
-        "aws: settings model <class 'coderig.core.targets_settings.SshTarget'> is not the validated one",
+        "aws: settings model <class 'coderig.targets.ssh.settings.SshTarget'> is tagged kind ('ssh',), not ('aws',)",
         "aws: over-ssh declared False but its settings model says True",
     ]
 
 
-_KINDS = "local|ssh|aws|kubernetes|external"
+_KINDS = "|".join(REGISTRY)
 KIND_TEST = re.compile(rf"""kind\s*(==|!=)\s*["']({_KINDS})["']|kind\s+(not\s+)?in\s*[(\[{{]\s*["']({_KINDS})["']""")
 
 

@@ -10,8 +10,7 @@ from programs import kube_config
 
 from coderig.core import planner, versions
 from coderig.core.errors import UserError
-from coderig.core.settings import parse_settings
-from coderig.targets import render_stack
+from coderig.targets import parse_settings, render_stack
 
 IMAGE = "registry.internal:5000/vllm/vllm-openai:v0.29.1-patched"
 

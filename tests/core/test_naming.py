@@ -8,8 +8,8 @@ import yaml
 from conftest import ssh_config
 
 from coderig.core import catalog, naming
-from coderig.core.settings import parse_settings
 from coderig.frontdoor import assemble, litellm
+from coderig.targets import parse_settings
 
 # The real-model test presets (tests/realmodel.py) still serve as coderig-dev: their tests send that name
 # straight to llama-server. Renaming them belongs with that work; listed here so a new preset cannot join.

@@ -11,7 +11,7 @@ from conftest import ssh_config
 from coderig.core import planner
 from coderig.core.catalog import PRESETS
 from coderig.core.errors import UserError
-from coderig.core.settings import parse_settings
+from coderig.targets import parse_settings
 
 CTX = 131072
 

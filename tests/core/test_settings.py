@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 from conftest import HOST_KEY, ssh_config
 
-from coderig.core.settings import SECRET, SshTarget, UserError, parse_settings
-from coderig.core.stack_file import load_stack_file, namespace_from_stack_file
+from coderig.core.settings import SECRET, UserError
+from coderig.core.stack_file import namespace_from_stack_file
+from coderig.targets import load_stack_file, parse_settings
+from coderig.targets.ssh.settings import SshTarget
 
 
 def problems(config: dict[str, Any]) -> str:

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from coderig.core.settings import UserError, parse_settings
+from coderig.core.settings import UserError
+from coderig.targets import parse_settings
 
 MODEL = {"preset": "deepseek-v3.2"}
 
@@ -50,3 +51,12 @@ def test_kubernetes_with_three_problems_reports_three() -> None:
 def test_external_ssh_front_door_without_host_is_reported_with_a_bad_endpoint() -> None:
     lines = problems({"kind": "external", "endpoint": "llm.internal/v1", "frontDoor": "ssh"})
     assert keys(lines) == {"target.endpoint", "target.host", "sshPrivateKey"}, lines
+
+
+def test_kubernetes_names_that_are_not_dns_labels_come_together() -> None:
+    gpu = {"model": "H200", "count": 8}
+    lines = problems({"kind": "kubernetes", "gpu": gpu, "namespace": "Team_A", "weightsVolumeName": "w" * 64})
+    assert lines == [
+        "coderig:target.namespace: got 'Team_A'; a namespace is lowercase letters, digits and '-' (max 63)",
+        f"coderig:target.weightsVolumeName: got {'w' * 64!r}; a PVC name is lowercase letters, digits and '-' (max 63)",
+    ]

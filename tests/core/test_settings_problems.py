@@ -14,8 +14,9 @@ import yaml
 from conftest import HOST_KEY, ssh_config
 
 from coderig.cli import main
-from coderig.core.settings import AWS_REGIONS, SECRET, UserError, parse_settings
-from coderig.core.stack_file import load_stack_file
+from coderig.core.settings import SECRET, UserError
+from coderig.targets import load_stack_file, parse_settings
+from coderig.targets.aws.settings import AWS_REGIONS
 
 SHA = "a" * 40
 

@@ -8,7 +8,7 @@ from conftest import ssh_config
 
 from coderig.core import vllm_flags
 from coderig.core.errors import UserError
-from coderig.core.settings import parse_settings
+from coderig.targets import parse_settings
 
 
 def test_flags_vllm_takes_pass() -> None:

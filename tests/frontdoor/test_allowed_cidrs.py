@@ -19,8 +19,8 @@ from sshhost import network_namespace
 
 from coderig import frontdoor
 from coderig.core import planner
-from coderig.core.settings import parse_settings
 from coderig.frontdoor import cidrs
+from coderig.targets import parse_settings
 
 KEY = "alice-key-0123456789abcdef"
 PORT = 8443

@@ -1,19 +1,25 @@
 """`coderig frontdoor run` heals itself (real nginx, LiteLLM and relay in front of the stand-in): a
 child killed with -9 leaves no process of its group behind, comes back on the same address, and
 /healthz answers 503 meanwhile; a stream the model leaves silent ends at the gateway's read timeout
-with an error event although keepalives flow."""
+with an error event although keepalives flow; LiteLLM's failures log one line each."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from frontdoor_fixtures import FrontDoor, running_frontdoor, standin_server
+from frontdoor_fixtures import FrontDoor, free_port, running_frontdoor, standin_server
 
+from coderig.frontdoor import ModelRoute
+from coderig.frontdoor.litellm import render_litellm_config
+from coderig.frontdoor.run import ensure_litellm, http_ok, litellm_command, litellm_env
 from coderig.frontdoor.supervise import group_members
 
 pytestmark = pytest.mark.integration
@@ -143,3 +149,42 @@ def test_a_wedged_stream_ends_at_the_read_timeout_although_keepalives_flow(tmp_p
         del responses["messages"]
         events = list(door.stream("/v1/responses", responses, KEY, timeout=30))
         assert events[-1][1] == "error" and events[-1][2]["code"] == "timeout"
+
+
+def test_a_litellm_failure_logs_one_line_and_answers_json(tmp_path: Path) -> None:
+    """LiteLLM in the environment every target gives it, before a model server that refuses
+    connections: each failing request answers JSON in the client's shape and logs one line (the
+    traceback inside it), where plain logs wrote ~55 lines per request (issue 21)."""
+    config = tmp_path / "config.yaml"
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    config.write_text(render_litellm_config(ModelRoute(MODEL, (dead,), 64)))
+    port = free_port()
+    env = litellm_env("sk-master-0123456789abcdef", {"PATH": os.environ["PATH"], "HOME": str(tmp_path)})
+    log = tmp_path / "litellm.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(litellm_command(ensure_litellm(), config, port, 1), env=env, stdout=out, stderr=out)
+    try:
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/health/liveliness"), 120)
+        before = len(log.read_text().splitlines())
+        headers = {"authorization": "Bearer sk-master-0123456789abcdef", "content-type": "application/json"}
+        for path, body, anthropic in (
+            ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}, False),
+            ("/v1/messages", {"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}, True),
+        ):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            conn.request("POST", path, json.dumps(body), headers)
+            resp = conn.getresponse()
+            error = json.loads(resp.read())
+            conn.close()
+            assert resp.status == 500
+            assert "Cannot connect to host" in error["error"]["message"]
+            assert error.get("type") == ("error" if anthropic else None)
+        time.sleep(1)  # the log line is written after the answer
+        lines = log.read_text().splitlines()[before:]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    records = [json.loads(line) for line in lines]  # every line is one JSON record
+    assert len(records) == 2, lines
+    assert all("Traceback" in r.get("stacktrace", "") + r["message"] for r in records), records
+    assert "sk-master" not in "".join(lines)

@@ -16,8 +16,8 @@ from conftest import ProgramRun, Registered
 from programs import AMI_FROM_LOOKUP, aws_config, aws_outputs, is_secret, run_stack, unsecret
 
 from coderig.core.errors import UserError
-from coderig.core.settings import parse_settings
 from coderig.runtime import aws_reaper, idle
+from coderig.targets import parse_settings
 from coderig.targets.aws import resources as aws_resources
 
 STACK = "prod"

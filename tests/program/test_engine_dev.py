@@ -30,7 +30,7 @@ from engine import ROOT, project_copy
 from frontdoor_fixtures import require_tool
 
 from coderig.core import planner
-from coderig.core.settings import parse_settings
+from coderig.targets import parse_settings
 from coderig.targets.compose import machines
 from coderig.targets.compose.rendered import render_node
 

@@ -15,9 +15,10 @@ from conftest import HOST_KEY, ProgramRun, run_program, ssh_config
 from moto_aws import launch, mocked_aws
 from programs import aws_config, run_stack, unsecret
 
-from coderig.core.settings import UserError, parse_settings
+from coderig.core.settings import UserError
 from coderig.frontdoor import links
 from coderig.runtime import aws_reaper
+from coderig.targets import parse_settings
 from coderig.targets.aws import frontdoor
 
 OTHER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBX4Cb1bVdp0Zq1kG0Bmb3x4d0Vv3fW2bQ2Yc7cQvN1a"

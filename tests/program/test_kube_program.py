@@ -20,7 +20,7 @@ from kube_helpers import (
 )
 
 from coderig.core.errors import UserError
-from coderig.core.settings import parse_settings
+from coderig.targets import parse_settings
 from coderig.targets.kubernetes import frontdoor as kube_fd
 from coderig.targets.kubernetes import manifests as kube
 from coderig.targets.kubernetes import render as kube_render

@@ -38,7 +38,7 @@ def test_a_program_run_plans_once_and_renders_each_machine_once(kind: str) -> No
 
 def test_the_counter_sees_every_call() -> None:
     """Control: a second plan of the same stack inside the window is counted."""
-    from coderig.core.stack_file import load_stack_file
+    from coderig.targets import load_stack_file
 
     settings = load_stack_file(STACK_FILES[0])
     with bench.counting() as counts:

@@ -17,8 +17,9 @@ from kube_helpers import all_objects, k8s_config
 
 from coderig.cli import main
 from coderig.core import engine, planner, versions
-from coderig.core.settings import SECRET, parse_settings
+from coderig.core.settings import SECRET
 from coderig.runtime.scripts import SCRIPT_NAMES
+from coderig.targets import parse_settings
 from coderig.targets.compose import machines
 from coderig.targets.compose.rendered import render_node
 

@@ -8,65 +8,31 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from conftest import ssh_config, write_stack
-from moto import mock_aws
+from moto_aws import REGION, Aws, instance_state, launch, mocked_aws
 from standin import start_standin
 
 from coderig.cli import main
-from coderig.core.stack_file import load_stack_file
 from coderig.runtime import aws_reaper, idle
 from coderig.runtime.aws_reaper import ReaperConfig
 from coderig.runtime.idle import ReaperError
+from coderig.targets import load_stack_file
 from coderig.targets.aws import ops as aws_ops
 from coderig.targets.aws import resources as aws_resources
 
-REGION = "us-east-1"
 STACK = "prod"
-
-
-@dataclass
-class Aws:
-    ec2: Any
-    cw: Any
-    ami: str
 
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_REGION": REGION,
-    }.items():
-        monkeypatch.setenv(key, value)
-    for key in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
-        monkeypatch.delenv(key, raising=False)
-    with mock_aws():
-        ec2 = boto3.client("ec2", region_name=REGION)
-        yield Aws(ec2, boto3.client("cloudwatch", region_name=REGION), "ami-12c6146b")
-
-
-def launch(aws: Aws, tags: dict[str, str] | None) -> str:
-    kwargs: dict[str, Any] = {"ImageId": aws.ami, "MinCount": 1, "MaxCount": 1, "InstanceType": "p5en.48xlarge"}
-    if tags:
-        kwargs["TagSpecifications"] = [
-            {"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
-        ]
-    return aws.ec2.run_instances(**kwargs)["Instances"][0]["InstanceId"]
-
-
-def state(aws: Aws, iid: str) -> str:
-    return aws.ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"]["Name"]
+    with mocked_aws(monkeypatch) as session:
+        yield session
 
 
 def later(aws: Aws, iid: str, hours: float = 2) -> datetime:
@@ -119,7 +85,7 @@ def test_idle_instance_is_stopped_and_the_reason_logged(aws: Aws) -> None:
     put_series(aws, iid, now, 60)
     reports, logs = run_reaper(aws, now, stop_after_minutes=45)
     assert [(r.instance_id, r.action, r.applied) for r in reports] == [(iid, "stop", True)]
-    assert state(aws, iid) == "stopped"
+    assert instance_state(aws, iid) == "stopped"
     assert logs[0]["instance"] == iid and logs[0]["action"] == "stop" and "idle for 45 min" in logs[0]["reason"]
 
 
@@ -129,7 +95,7 @@ def test_busy_instance_is_kept(aws: Aws) -> None:
     put_series(aws, iid, now, 60, busy_minutes_ago=(30,))
     reports, logs = run_reaper(aws, now, stop_after_minutes=45)
     assert reports[0].action == "keep" and "active in the last 45 min" in reports[0].reason
-    assert state(aws, iid) == "running"
+    assert instance_state(aws, iid) == "running"
     assert logs[0]["reason"] == reports[0].reason
 
 
@@ -139,7 +105,7 @@ def test_request_running_keeps(aws: Aws) -> None:
     put_series(aws, iid, now, 60, running_minutes_ago=(1,))
     reports, _ = run_reaper(aws, now, stop_after_minutes=45)
     assert reports[0].action == "keep" and "1 requests running" in reports[0].reason
-    assert state(aws, iid) == "running"
+    assert instance_state(aws, iid) == "running"
 
 
 def test_missing_metrics_keep_with_reason(aws: Aws) -> None:
@@ -147,7 +113,7 @@ def test_missing_metrics_keep_with_reason(aws: Aws) -> None:
     now = later(aws, iid)
     reports, logs = run_reaper(aws, now, stop_after_minutes=45)
     assert reports[0].action == "keep" and "no metrics" in logs[0]["reason"]
-    assert state(aws, iid) == "running"
+    assert instance_state(aws, iid) == "running"
 
 
 def test_one_missing_metric_keeps(aws: Aws) -> None:
@@ -156,10 +122,10 @@ def test_one_missing_metric_keeps(aws: Aws) -> None:
     put_series(aws, iid, now, 60, metrics=("RequestsRunning", "RequestsCompleted"))
     reports, _ = run_reaper(aws, now, stop_after_minutes=45)
     assert reports[0].action == "keep" and "no gateway requests metric" in reports[0].reason
-    assert state(aws, iid) == "running"
+    assert instance_state(aws, iid) == "running"
     # a deployment without a gateway counter opts out of that signal explicitly
     reports, _ = run_reaper(aws, now, stop_after_minutes=45, signals=("running", "completed"))
-    assert reports[0].action == "stop" and state(aws, iid) == "stopped"
+    assert reports[0].action == "stop" and instance_state(aws, iid) == "stopped"
 
 
 def test_stale_metrics_keep_with_reason(aws: Aws) -> None:
@@ -168,7 +134,7 @@ def test_stale_metrics_keep_with_reason(aws: Aws) -> None:
     put_series(aws, iid, now, 60, end_ago=15)  # publisher died 15 minutes ago
     reports, _ = run_reaper(aws, now, stop_after_minutes=45)
     assert reports[0].action == "keep" and "stale" in reports[0].reason
-    assert state(aws, iid) == "running"
+    assert instance_state(aws, iid) == "running"
 
 
 def test_other_stacks_and_untagged_instances_are_untouched(aws: Aws) -> None:
@@ -181,8 +147,8 @@ def test_other_stacks_and_untagged_instances_are_untouched(aws: Aws) -> None:
         put_series(aws, iid, now, 60)  # all idle, all publishing under our stack's dimension
     reports, _ = run_reaper(aws, now, stop_after_minutes=45)
     assert [r.instance_id for r in reports] == [ours]
-    assert state(aws, ours) == "stopped"
-    assert [state(aws, i) for i in (other, untagged, lookalike)] == ["running"] * 3
+    assert instance_state(aws, ours) == "stopped"
+    assert [instance_state(aws, i) for i in (other, untagged, lookalike)] == ["running"] * 3
 
 
 def test_dry_run_changes_nothing(aws: Aws, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -191,12 +157,12 @@ def test_dry_run_changes_nothing(aws: Aws, monkeypatch: pytest.MonkeyPatch, caps
     put_series(aws, iid, now, 60)
     reports, logs = run_reaper(aws, now, stop_after_minutes=45, dry_run=True)
     assert reports[0].action == "stop" and not reports[0].applied and logs[0]["dry_run"] is True
-    assert state(aws, iid) == "running"
+    assert instance_state(aws, iid) == "running"
     # the Lambda handler honours the environment's dry-run flag too
     monkeypatch.setenv(aws_reaper.ENV_STACK, STACK)
     monkeypatch.setenv(aws_reaper.ENV_DRY_RUN, "true")
     out = aws_reaper.handler({}, None)
-    assert out["dry_run"] is True and state(aws, iid) == "running"
+    assert out["dry_run"] is True and instance_state(aws, iid) == "running"
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["instance"] == iid
 
 
@@ -209,7 +175,7 @@ def test_handler_event_can_force_dry_run(aws: Aws, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv(aws_reaper.ENV_STACK, STACK)
     monkeypatch.setenv(aws_reaper.ENV_SCHEDULE, json.dumps(schedule))
     out = aws_reaper.handler({"dryRun": True}, None)
-    assert out["instances"][0]["action"] == "start" and state(aws, iid) == "stopped"
+    assert out["instances"][0]["action"] == "start" and instance_state(aws, iid) == "stopped"
 
 
 def test_schedule_starts_inside_office_hours(aws: Aws) -> None:
@@ -222,7 +188,7 @@ def test_schedule_starts_inside_office_hours(aws: Aws) -> None:
     )  # fmt: skip
     reports, _ = run_reaper(aws, now, schedule=inside)
     assert reports[0].action == "start" and reports[0].applied
-    assert state(aws, iid) == "running"
+    assert instance_state(aws, iid) == "running"
 
 
 def test_schedule_outside_office_hours_stops_idle_and_does_not_start(aws: Aws) -> None:
@@ -239,7 +205,7 @@ def test_schedule_outside_office_hours_stops_idle_and_does_not_start(aws: Aws) -
     by_id = {r.instance_id: r for r in reports}
     assert by_id[idle_node].action == "stop" and "outside office hours" in by_id[idle_node].reason
     assert by_id[stopped].action == "keep"
-    assert state(aws, idle_node) == "stopped" and state(aws, stopped) == "stopped"
+    assert instance_state(aws, idle_node) == "stopped" and instance_state(aws, stopped) == "stopped"
 
 
 def test_metrics_read_failure_keeps(aws: Aws) -> None:
@@ -252,7 +218,7 @@ def test_metrics_read_failure_keeps(aws: Aws) -> None:
     logs: list[dict[str, Any]] = []
     reports = aws_reaper.reap(ReaperConfig(stack=STACK), ec2=aws.ec2, cw=Broken(), now=later(aws, iid), log=logs.append)
     assert reports[0].action == "keep" and "could not read metrics" in reports[0].reason
-    assert state(aws, iid) == "running"
+    assert instance_state(aws, iid) == "running"
 
 
 def test_config_from_env_round_trip_and_errors() -> None:
@@ -423,7 +389,7 @@ def test_cli_idle_reports_without_changing_anything(
     assert cli("idle", STACK, "--config", str(stack_file(tmp_path)), "--json") == 0
     out = json.loads(capsys.readouterr().out)
     assert out[0]["instance_id"] == iid and out[0]["action"] == "keep"
-    assert state(aws, iid) == "running"
+    assert instance_state(aws, iid) == "running"
 
 
 def test_cli_stop_refuses_with_requests_running_unless_forced(
@@ -435,16 +401,16 @@ def test_cli_stop_refuses_with_requests_running_unless_forced(
     cfg = str(stack_file(tmp_path))
     assert cli("stop", STACK, "--config", cfg) == 1
     assert "requests running: not stopping" in capsys.readouterr().err
-    assert state(aws, iid) == "running"
+    assert instance_state(aws, iid) == "running"
     assert cli("stop", STACK, "--config", cfg, "--force") == 0
-    assert state(aws, iid) == "stopped"
+    assert instance_state(aws, iid) == "stopped"
 
 
 def test_cli_stop_leaves_other_stacks(aws: Aws, tmp_path: Path) -> None:
     ours = launch(aws, {aws_reaper.TAG_STACK: STACK})
     other = launch(aws, {aws_reaper.TAG_STACK: "staging"})
     assert cli("stop", STACK, "--config", str(stack_file(tmp_path))) == 0
-    assert (state(aws, ours), state(aws, other)) == ("stopped", "running")
+    assert (instance_state(aws, ours), instance_state(aws, other)) == ("stopped", "running")
 
 
 class _Health(BaseHTTPRequestHandler):
@@ -478,7 +444,7 @@ def test_cli_start_waits_for_gateway_ready(aws: Aws, tmp_path: Path, health: Any
     url = f"http://127.0.0.1:{health.server_port}/healthz"
     rc = cli("start", STACK, "--config", str(stack_file(tmp_path)), "--health-url", url, "--interval", "0.05")
     assert rc == 0
-    assert state(aws, iid) == "running"
+    assert instance_state(aws, iid) == "running"
     assert health.hits == 3  # two 503s, then ready
 
 
@@ -586,7 +552,7 @@ def test_publisher_and_reaper_agree_end_to_end(aws: Aws, text_server: Any, tmp_p
     reports, _ = run_reaper(aws, now, stop_after_minutes=45, signals=aws_ops.NODE_SIGNALS)
     assert reports[0].action == "keep" and "1 completed" in reports[0].reason
     reports, _ = run_reaper(aws, now + timedelta(minutes=1), stop_after_minutes=5, signals=aws_ops.NODE_SIGNALS)
-    assert reports[0].action == "stop" and state(aws, iid) == "stopped"
+    assert reports[0].action == "stop" and instance_state(aws, iid) == "stopped"
 
 
 def test_cli_start_waits_for_the_front_door_gateway_not_each_gpu_node(
@@ -600,7 +566,7 @@ def test_cli_start_waits_for_the_front_door_gateway_not_each_gpu_node(
     url = f"http://127.0.0.1:{health.server_port}/healthz"
     rc = cli("start", STACK, "--config", str(stack_file(tmp_path)), "--health-url", url, "--interval", "0.05")
     assert rc == 0
-    assert state(aws, gpu) == "running"
+    assert instance_state(aws, gpu) == "running"
     out = capsys.readouterr().out
     assert f"starting {gpu}" in out and f"{door}  ready" in out and f"{gpu}  ready" not in out
     assert health.hits == 3

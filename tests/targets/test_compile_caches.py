@@ -11,7 +11,7 @@ from kube_helpers import by_key, k8s_config, objects_of, settings_of
 
 from coderig.core import engine, planner
 from coderig.core.compile_caches import COMPILE_CACHES, compile_cache_env
-from coderig.core.settings import parse_settings
+from coderig.targets import parse_settings
 from coderig.targets.compose import machines
 from coderig.targets.compose.rendered import render_node
 from coderig.targets.kubernetes import manifests as kube

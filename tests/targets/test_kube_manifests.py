@@ -28,8 +28,7 @@ from coderig.cli import main
 from coderig.core import engine, planner, versions
 from coderig.core.errors import UserError
 from coderig.core.secrets import NodeSecrets, placeholder_secrets
-from coderig.core.settings import parse_settings
-from coderig.core.stack_file import load_stack_file
+from coderig.targets import load_stack_file, parse_settings
 from coderig.targets.kubernetes import frontdoor as kube_fd
 from coderig.targets.kubernetes import manifests as kube
 from coderig.targets.kubernetes import render as kube_render

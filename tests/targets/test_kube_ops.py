@@ -25,7 +25,7 @@ from coderig import targets
 from coderig.cli import main
 from coderig.cli import ops as cli_ops
 from coderig.core import budgets
-from coderig.core.stack_file import load_stack_file
+from coderig.targets import load_stack_file
 from coderig.targets.kubernetes import manifests as kube
 from coderig.targets.kubernetes import ops as kube_ops
 

@@ -8,7 +8,8 @@ from typing import Any
 from conftest import HOST_KEY, ssh_config
 
 from coderig.core import planner
-from coderig.core.settings import StackSettings, parse_settings
+from coderig.core.settings import StackSettings
+from coderig.targets import parse_settings
 from coderig.targets.compose import commands, spec
 from coderig.targets.compose import idle as node_idle
 from coderig.targets.compose.machines import NodeSpec, node_specs

@@ -17,8 +17,7 @@ from conftest import ssh_config
 from coderig.core import planner, versions
 from coderig.core.errors import UserError
 from coderig.core.log_settings import LogSettings
-from coderig.core.settings import parse_settings
-from coderig.targets import render_stack
+from coderig.targets import parse_settings, render_stack
 
 
 def rendered(config: dict) -> dict[str, str]:

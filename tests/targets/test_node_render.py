@@ -33,8 +33,9 @@ from coderig import frontdoor, targets
 from coderig.core import budgets, engine, hostkeys, planner, versions
 from coderig.core.files import RenderedFile
 from coderig.core.secrets import LinkTls
-from coderig.core.settings import NODE_CACHE_PATH, StackSettings, parse_settings
+from coderig.core.settings import NODE_CACHE_PATH, StackSettings
 from coderig.runtime.scripts import SCRIPT_NAMES
+from coderig.targets import parse_settings
 from coderig.targets.compose import commands, machines
 from coderig.targets.compose import spec as node
 from coderig.targets.compose.rendered import render_node, render_node_files

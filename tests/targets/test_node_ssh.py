@@ -19,10 +19,12 @@ import pytest
 from sshhost import SshHost, keygen, ssh_run
 
 from coderig.core import hostkeys, planner
-from coderig.core.settings import StackSettings, parse_settings
+from coderig.core.settings import StackSettings
+from coderig.targets import parse_settings
 from coderig.targets.compose import commands, machines
 from coderig.targets.compose import spec as node
 from coderig.targets.compose.rendered import render_node
+from coderig.targets.ssh.settings import SshTarget
 
 pytestmark = [
     pytest.mark.integration,
@@ -51,7 +53,7 @@ def ssh_settings(host: SshHost, cache_path: Path, *, cpu: bool = False, **model:
 
 def preflight_over_ssh(host: SshHost, settings: StackSettings) -> subprocess.CompletedProcess[str]:
     t = settings.target
-    assert t.kind == "ssh"
+    assert isinstance(t, SshTarget)
     spec = machines.node_specs(settings, planner.plan_stack(settings))[0]
     return ssh_run(host, commands.preflight_command(settings, spec, t.hosts[0]))
 
@@ -146,7 +148,7 @@ def test_every_node_step_over_ssh_in_order(ssh_host: SshHost, tmp_path: Path) ->
     roomy_disk = ssh_host.roomy_disk
     settings = ssh_settings(ssh_host, roomy_disk / "cache", cpu=True)
     t = settings.target
-    assert t.kind == "ssh"
+    assert isinstance(t, SshTarget)
     spec = machines.node_specs(settings, planner.plan_stack(settings))[0]
     bundle_dir = str(tmp_path / "opt-coderig")
     cmds = node_commands(

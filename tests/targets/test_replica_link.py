@@ -23,13 +23,15 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, ssh_config
 from frontdoor_fixtures import nginx_stream_module, require_tool
+from link_tls import issue, make_ca, run
 
 from coderig import frontdoor
 from coderig.core import planner
 from coderig.core.secrets import LinkTls, NodeSecrets
-from coderig.core.settings import StackSettings, parse_settings
+from coderig.core.settings import StackSettings
 from coderig.frontdoor import links
 from coderig.frontdoor.assemble import relay_command
+from coderig.targets import parse_settings
 from coderig.targets.compose import machines
 from coderig.targets.compose import spec as node
 
@@ -42,37 +44,6 @@ MARKER = "MARKER-def-secret-sauce-7f3a91"  # the "source code" in the prompt
 MODEL_KEY = "model-key-" + "k" * 30
 DEV_KEY = "crk-" + "d" * 44
 SERVED = "umans-coder-v0"
-
-
-def run(*cmd: str) -> str:
-    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-
-
-# ---------------------------------------------------------------- certificates (openssl, as the component)
-
-_USES = {"digital_signature": "keyUsage=critical,digitalSignature", "server_auth": "extendedKeyUsage=serverAuth",
-         "client_auth": "extendedKeyUsage=clientAuth"}  # fmt: skip
-
-
-def make_ca(d: Path, name: str) -> tuple[Path, Path]:
-    d.mkdir(parents=True, exist_ok=True)
-    run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"), "-days", "2", "-subj", f"/CN={name}",
-        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
-    return d / "ca.crt", d / "ca.key"
-
-
-def issue(d: Path, ca: tuple[Path, Path], want: links.LinkCertificate) -> LinkTls:
-    """A certificate with exactly what `links.link_certificate` decides (what ReplicaLinks issues)."""
-    tag = want.common_name
-    sans = [f"DNS:{n}" for n in want.dns_names] + [f"IP:{a}" for a in want.ip_addresses]
-    ext = [_USES[u] for u in want.allowed_uses] + ([f"subjectAltName={','.join(sans)}"] if sans else [])
-    (d / f"{tag}.ext").write_text("\n".join(["basicConstraints=critical,CA:FALSE", *ext]) + "\n")
-    run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", str(d / f"{tag}.key"), "-out", str(d / f"{tag}.csr"), "-subj", f"/CN={tag}")  # fmt: skip
-    run("openssl", "x509", "-req", "-in", str(d / f"{tag}.csr"), "-CA", str(ca[0]), "-CAkey", str(ca[1]),
-        "-CAcreateserial", "-days", "2", "-out", str(d / f"{tag}.crt"), "-extfile", str(d / f"{tag}.ext"))  # fmt: skip
-    return LinkTls(ca[0].read_text(), (d / f"{tag}.crt").read_text(), (d / f"{tag}.key").read_text())
 
 
 # ---------------------------------------------------------------- two hosts

@@ -24,8 +24,8 @@ from conftest import ROOT, ssh_config
 from coderig.core import catalog, engine, layout, planner, versions, vllm_flags
 from coderig.core.catalog import Preset
 from coderig.core.errors import UserError
-from coderig.core.settings import ModelSettings, parse_settings
-from coderig.core.stack_file import load_stack_file
+from coderig.core.settings import ModelSettings
+from coderig.targets import load_stack_file, parse_settings
 
 pytestmark = pytest.mark.integration
 

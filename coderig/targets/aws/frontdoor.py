@@ -11,11 +11,11 @@ from __future__ import annotations
 import importlib.resources
 from typing import Any
 
-from coderig.core.aws_settings import AWS_FIRST_HOST, AWS_SUBNET_PREFIX
 from coderig.core.frontdoor_machine import FRONT_DOOR_ROOT_GB
 from coderig.runtime.aws_reaper import FRONT_DOOR_ROLE, TAG_STACK
 from coderig.runtime.aws_wake import GPU_ROLE
 from coderig.targets.aws.resources import INSTALL_BOTO3, cloud_config, minify
+from coderig.targets.aws.settings import AWS_FIRST_HOST, AWS_SUBNET_PREFIX
 
 ROLE = FRONT_DOOR_ROLE  # the coderig:role tag of the front-door instance (the reaper skips it)
 PRIVATE_IP = f"{AWS_SUBNET_PREFIX}{AWS_FIRST_HOST - 1}"  # below the GPU nodes' .10, .11, …

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from coderig.core import budgets, engine
-from coderig.core.settings import AWS_SUBNET_PREFIX, AwsTarget, StackSettings
+from coderig.core.settings import StackSettings
 from coderig.runtime import aws_reaper, idle
+from coderig.targets.aws.settings import AWS_SUBNET_PREFIX, AwsTarget
 
 SSM_CORE_POLICY = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
 # gp3 limits (raised in 2025 from 1,000 MiB/s and 16,000 IOPS): at most 500 IOPS per GiB.

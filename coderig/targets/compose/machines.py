@@ -89,8 +89,9 @@ def node_specs(settings: StackSettings, plan: planner.Plan, cache_path: str | No
     listen = f"0.0.0.0:{settings.gateway.port}"
     path = cache_path or t.node_cache_path
     if not t.serves_model:
-        endpoint = str(getattr(t, "endpoint"))  # noqa: B009 - every front-door-only target has one
-        health_path = str(getattr(t, "healthPath"))  # noqa: B009 - and says how to probe it
+        if t.upstream is None:
+            raise ValueError(f"the {t.kind} target serves no model and names no upstream endpoint")
+        endpoint, health_path = t.upstream
         front = NodeSpec(
             role="frontdoor",
             cache_path=path,

@@ -51,12 +51,12 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 def first_machine(settings: StackSettings, args: argparse.Namespace, command: str, run: Runner = _run) -> str:
-    """stdout of `command` on the stack's first machine."""
-    hosts = getattr(settings.target, "hosts", None)
-    if not hosts:
+    """stdout of `command` on the stack's first machine (the front door's, when there is one: it holds the
+    relay and the reaper)."""
+    host = next(iter(settings.target.ssh_machines), None)
+    if host is None:
         done = run(["sh", "-c", command])
     else:
-        host = hosts[0]
         with tempfile.TemporaryDirectory() as tmp:
             known = os.path.join(tmp, "known_hosts")
             opts = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-p", str(host.port)]
@@ -75,7 +75,7 @@ def first_machine(settings: StackSettings, args: argparse.Namespace, command: st
                 opts += ["-o", "IdentitiesOnly=yes", "-i", args.ssh_key]
             done = run(["ssh", "-F", "/dev/null", *opts, f"{host.user}@{host.address}", command])
     if done.returncode != 0:
-        where = f"{hosts[0].user}@{hosts[0].address}" if hosts else "this machine"
+        where = f"{host.user}@{host.address}" if host else "this machine"
         raise UserError(f"could not read the idle state on {where}: {done.stderr.strip()[-300:] or done.returncode}")
     return done.stdout
 

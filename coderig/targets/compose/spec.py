@@ -192,7 +192,7 @@ def litellm_service(spec: NodeSpec) -> dict[str, Any]:
             "/etc/litellm/config.yaml", engine.MODEL_HOST, engine.LITELLM_PORT, spec.litellm_workers
         ),
         "env_file": [f"{SECRETS_DIR}/litellm.env"],
-        "environment": {"LITELLM_TELEMETRY": "False", "LITELLM_LOG": "ERROR"},
+        "environment": dict(frontdoor.LITELLM_ENV),
         "volumes": [f"./{LITELLM_CONFIG}:/etc/litellm/config.yaml:ro"],
         "healthcheck": _healthcheck(
             _py_probe(f"http://{engine.MODEL_HOST}:{engine.LITELLM_PORT}/health/liveliness", "python"), 60

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from coderig import frontdoor
 from coderig.core import engine, planner, versions
 from coderig.core.secrets import NodeSecrets
-from coderig.core.settings import KubernetesTarget, StackSettings
+from coderig.core.settings import StackSettings
 from coderig.frontdoor.assemble import (
     MODEL_API_KEY_ENV,
     RELAY_FILES,
@@ -52,6 +52,7 @@ from coderig.targets.kubernetes.manifests import (
     selector,
     target,
 )
+from coderig.targets.kubernetes.settings import KubernetesTarget
 
 # Labels only GPU nodes carry: the NVIDIA GPU Operator's (node feature discovery) presence label; the
 # model's own coderig:target.nodeSelector keys are added.
@@ -214,7 +215,7 @@ def frontdoor_deployment(settings: StackSettings, stack: str, plan: planner.Plan
             frontdoor_litellm_workers(settings, plan),
         ),
         "env": [
-            *env_list({"LITELLM_TELEMETRY": "False", "LITELLM_LOG": "ERROR", "HOME": "/tmp"}),
+            *env_list({**frontdoor.LITELLM_ENV, "HOME": "/tmp"}),
             secret_env(frontdoor.MASTER_KEY_ENV, SECRET_FRONTDOOR, frontdoor.MASTER_KEY_ENV),
             secret_env(MODEL_API_KEY_ENV, SECRET_FRONTDOOR, MODEL_API_KEY_ENV),
         ],

@@ -34,8 +34,9 @@ from typing import Any
 from coderig import frontdoor
 from coderig.core import budgets, engine, planner
 from coderig.core.compile_caches import compile_cache_env
-from coderig.core.settings import KubernetesTarget, StackSettings
+from coderig.core.settings import StackSettings
 from coderig.runtime.scripts import script_text
+from coderig.targets.kubernetes.settings import KubernetesTarget
 
 Obj = dict[str, Any]
 

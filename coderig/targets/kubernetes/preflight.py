@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coderig.core import planner
-from coderig.core.settings import KubernetesTarget, StackSettings
+from coderig.core.settings import StackSettings
 from coderig.targets.kubernetes import frontdoor as kube_fd
 from coderig.targets.kubernetes import manifests as kube
+from coderig.targets.kubernetes.settings import KubernetesTarget
 
 Obj = dict[str, Any]
 GPU = "nvidia.com/gpu"
