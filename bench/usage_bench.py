@@ -3,12 +3,17 @@
 with accounting (--usage-file, --metrics: every response parsed for its usage, the record written
 every second, the health probe), streaming /v1/messages at 64 concurrent streams (Claude Code's
 path). Only the relay differs between the two, so the difference is what accounting costs; the
-gateway in front adds the same to both. Runs alternate (plain, accounted, accounted, plain, …) and the
-medians are reported, with the relay's CPU per run. Target (issue #19): at most 2 % of throughput
-and 2 ms of p50 time to first token.
+gateway in front adds the same to both. Target (issue #19): at most 2 % of throughput and 2 ms of p50
+time to first token.
+
+Robust to a shared, noisy machine: the two variants run in short back-to-back pairs (ABBA order, so
+neither always runs second), and each pair's difference is taken between two runs seconds apart,
+which cancels the load drifting over minutes; the report gives each variant's median and spread
+(interquartile range) and the median and spread of the paired differences, plus every run's raw
+row. The in-process CPU per token of the readers (no I/O, not blurred by load) comes last.
 
     uv run python bench/usage_bench.py
-    uv run python bench/usage_bench.py --streams 64 --runs 5 --tokens 64
+    uv run python bench/usage_bench.py --streams 64 --pairs 12 --tokens 64
 """
 
 from __future__ import annotations
@@ -70,20 +75,32 @@ def parse_cost(tokens: int = 20_000) -> tuple[float, float]:
             framer.feed(c)
     framer_t = time.process_time() - framer_t
     meter_t = time.process_time()
-    for _ in range(streams):
-        framer, meter = ResponseFramer(), ResponseMeter(deque([Exchange("a", "/v1/messages", 0.0)]), time.monotonic, id)
+    for _ in range(streams):  # the meter feeds its own framer: the relay parses the framing once
+        meter = ResponseMeter(deque([Exchange("a", "/v1/messages", 0.0)]), time.monotonic, id)
         for c in chunks:
-            framer.feed(c)
             meter.feed(c)
     meter_t = time.process_time() - meter_t
     return framer_t / tokens * 1e6, meter_t / tokens * 1e6
 
 
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """(first quartile, median, third quartile)."""
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    q1, med, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, med, q3
+
+
+def spread(values: list[float], fmt: str) -> str:
+    q1, med, q3 = quartiles(values)
+    return f"{med:{fmt}} ({q1:{fmt}} … {q3:{fmt}})"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--streams", type=int, default=64)
-    ap.add_argument("--runs", type=int, default=5, help="runs per variant (alternating)")
-    ap.add_argument("--rounds", type=int, default=3, help="sequential streams per client in a run")
+    ap.add_argument("--pairs", type=int, default=12, help="back-to-back pairs of runs (one of each variant)")
+    ap.add_argument("--rounds", type=int, default=2, help="sequential streams per client in a run")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--token-delay", type=float, default=0.02, help="stand-in seconds per token")
     args = ap.parse_args()
@@ -125,37 +142,54 @@ def main() -> int:
                 procs[2],
             ),
         }
-        results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in variants}
-        for run in range(args.runs):  # ABBA order: neither variant always runs second on a warmer machine
-            for name, (target, proc) in list(variants.items())[:: 1 if run % 2 == 0 else -1]:
+        names = list(variants)
+        results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in names}
+        raw: list[str] = []
+        for pair in range(args.pairs):  # ABBA: neither variant always runs second on a warmer machine
+            for name in names[:: 1 if pair % 2 == 0 else -1]:
+                target, proc = variants[name]
+                load = os.getloadavg()[0]
                 cpu = cpu_seconds(proc.pid)
                 samples, wall = asyncio.run(level(target, args.streams, args.rounds, args.tokens))
                 cpu = cpu_seconds(proc.pid) - cpu
-                ttft = statistics.median(s.ttft * 1000 for s in samples)
-                results[name].append((ttft, sum(s.tokens for s in samples) / wall, cpu * 1000))
+                row = (
+                    statistics.median(s.ttft * 1000 for s in samples),
+                    sum(s.tokens for s in samples) / wall,
+                    cpu * 1000,
+                )
+                results[name].append(row)
+                raw.append(f"| {pair} | {name} | {row[0]:.1f} | {row[1]:.0f} | {row[2]:.0f} | {load:.1f} |")
         print(f"# machine: {platform.machine()} {os.cpu_count()} cores, python {platform.python_version()}")
         print(
             f"# /v1/messages, {args.streams} streams, {args.tokens} tokens/stream, stand-in "
             f"{args.token_delay * 1000:.0f} ms/token, {args.rounds} streams per client per run, "
-            f"{args.runs} alternating runs per variant (medians)"
+            f"{args.pairs} back-to-back pairs of runs (ABBA)"
         )
-        print("| relay | TTFT p50 ms | tokens/s | relay CPU ms per run |")
+        print("\n| relay | TTFT p50 ms: median (IQR) | tokens/s: median (IQR) | relay CPU ms per run |")
         print("|---|---|---|---|")
-        med = {}
-        for name, rows in results.items():
-            med[name] = tuple(statistics.median(r[i] for r in rows) for i in range(3))
-            print(f"| {name} | {med[name][0]:.1f} | {med[name][1]:.0f} | {med[name][2]:.0f} |")
+        for name in names:
+            rows = results[name]
+            print(
+                f"| {name} | {spread([r[0] for r in rows], '.1f')} | {spread([r[1] for r in rows], '.0f')} "
+                f"| {spread([r[2] for r in rows], '.0f')} |"
+            )
+        plain, counted_rows = results[names[0]], results[names[1]]
+        d_ttft = [b[0] - a[0] for a, b in zip(plain, counted_rows, strict=True)]
+        d_tput = [100 * (b[1] / a[1] - 1) for a, b in zip(plain, counted_rows, strict=True)]
+        d_cpu = [b[2] - a[2] for a, b in zip(plain, counted_rows, strict=True)]
+        print(
+            f"\naccounting, paired (each pair's two runs seconds apart), median (IQR): "
+            f"{spread(d_ttft, '+.1f')} ms p50 TTFT, {spread(d_tput, '+.1f')} % throughput, "
+            f"{spread(d_cpu, '+.0f')} ms relay CPU per run"
+        )
         framing, accounted = parse_cost()
         print(
             f"\nper streamed token, in-process: framing {framing:.1f} µs CPU, "
-            f"framing + accounting {accounted:.1f} µs CPU"
+            f"framing + accounting (the meter feeding its framer) {accounted:.1f} µs CPU"
         )
-        plain, counted_m = med["plain relay"], med["relay + accounting"]
-        print(
-            f"\naccounting: {counted_m[0] - plain[0]:+.1f} ms p50 TTFT, "
-            f"{100 * (counted_m[1] / plain[1] - 1):+.1f} % throughput, "
-            f"{counted_m[2] - plain[2]:+.0f} ms relay CPU per run"
-        )
+        print("\nevery run:\n\n| pair | relay | TTFT p50 ms | tokens/s | relay CPU ms | load avg (1 min) |")
+        print("|---|---|---|---|---|---|")
+        print("\n".join(raw))
         return 0
     finally:
         for proc in reversed(procs):

@@ -13,7 +13,7 @@ from coderig.client import bundle as clients
 from coderig.client import configs
 from coderig.core.errors import UserError
 from coderig.core.files import write_file
-from coderig.core.settings import GatewaySettings
+from coderig.core.settings import DEVELOPER_RE, GatewaySettings
 from coderig.frontdoor import run
 from coderig.frontdoor.nginx import WILDCARDS, public_name
 from coderig.runtime.http import http_get
@@ -127,6 +127,21 @@ def bundle_writer(args: argparse.Namespace) -> Callable[[str, str | None, dict[s
     return write
 
 
+def daily_tokens(given: list[str]) -> tuple[tuple[str, int], ...]:
+    """--daily-tokens NAME=TOKENS, each checked; every problem at once."""
+    out: dict[str, int] = {}
+    problems = []
+    for item in given:
+        name, _, tokens = item.partition("=")
+        if not DEVELOPER_RE.fullmatch(name) or not tokens.isdigit() or int(tokens) < 1:
+            problems.append(f"--daily-tokens {item!r}: expected NAME=TOKENS, e.g. alice=2000000 (TOKENS >= 1)")
+        else:
+            out[name] = int(tokens)
+    if problems:
+        raise UserError(problems)
+    return tuple(sorted(out.items()))
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     problem = unserved_model(args.backend, args.model)
     if problem:  # every request would fail with the backend's 404 while /healthz said ready
@@ -155,6 +170,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             native_routes=tuple(r for r in args.native_routes.split(",") if r),
             keepalive_s=args.keepalive,
             metrics_listen=args.metrics_listen,
+            daily_tokens=daily_tokens(args.daily_tokens),
             on_keys=on_keys,
         )
     )
@@ -242,6 +258,14 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         default="",
         metavar="HOST:PORT",
         help="loopback address of the usage metrics listener (/metrics, /usage; default: a free port)",
+    )
+    p.add_argument(
+        "--daily-tokens",
+        action="append",
+        default=[],
+        metavar="NAME=TOKENS",
+        help="a developer's daily token budget (input + output, UTC day; over it: 429 until 00:00 UTC), "
+        "as coderig:developers[].dailyTokens on a stack (repeatable)",
     )
     p.add_argument("--startup-timeout", type=float, default=120, help="seconds to wait for LiteLLM")
     p.add_argument(

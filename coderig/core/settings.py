@@ -30,6 +30,7 @@ from pydantic import (
 
 from coderig.core import catalog, images, naming, sizing, templates, versions, vllm_flags
 from coderig.core.cost import CostSettings
+from coderig.core.developers import ENTRY_HINT, Roster, entry_names
 from coderig.core.errors import UserError
 from coderig.core.idle_settings import IdlePolicy, OfficeHours
 from coderig.core.log_settings import LogSettings
@@ -190,23 +191,19 @@ DEVELOPER_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 
 def _developer_names(given: dict[str, Any]) -> list[tuple[Loc, str, Any]]:
     """Every invalid name and every name listed twice, each with its index."""
-    names = given.get("developers")
-    if not isinstance(names, list):
-        return []
     out: list[tuple[Loc, str, Any]] = []
     seen: dict[str, int] = {}
-    for i, name in enumerate(names):
-        if not isinstance(name, str):
-            continue  # the list's own validation names it
+    for loc, name in entry_names(given.get("developers")):
+        i = int(loc[1])
         if not DEVELOPER_RE.fullmatch(name):
             why = f"got {name!r}: not a valid name; use lowercase letters, digits, '.', '_', '-' (max 63)"
             if DEVELOPER_RE.fullmatch(name.lower()):
                 why += f", e.g. {name.lower()!r}"
-            out.append((("developers", i), why, name))
+            out.append((loc, why, name))
         elif name in seen:
             out.append(
                 (
-                    ("developers", i),
+                    loc,
                     f"got {name!r}: listed twice (also developers[{seen[name]}]); each developer gets exactly one key",
                     name,
                 )
@@ -214,6 +211,26 @@ def _developer_names(given: dict[str, Any]) -> list[tuple[Loc, str, Any]]:
         else:
             seen[name] = i
     return out
+
+
+def _budgets_counted(given: dict[str, Any], kinds: Kinds) -> list[tuple[Loc, str, Any]]:
+    """A daily budget needs the gateway's usage record, which only some targets keep."""
+    target, entries = given.get("target"), given.get("developers")
+    kind = str(target.get("kind")) if isinstance(target, dict) else ""
+    model = kinds.get(kind)
+    if model is None or model.counts_usage or not isinstance(entries, list):
+        return []
+    counted = ", ".join(k for k, m in kinds.items() if m.counts_usage)
+    return [
+        (
+            ("developers", i, "dailyTokens"),
+            f"the {kind} target's gateway keeps no usage record to count a budget against "
+            f"(budgets work on: {counted}); remove dailyTokens",
+            entry["dailyTokens"],
+        )
+        for i, entry in enumerate(entries)
+        if isinstance(entry, dict) and entry.get("dailyTokens") is not None
+    ]
 
 
 def _secrets_present(given: dict[str, Any], kinds: Kinds) -> list[tuple[Loc, str, Any]]:
@@ -252,7 +269,7 @@ class StackSettings(_Model):
 
     target: TargetSettings
     model: ModelSettings
-    developers: list[str] = Field(default_factory=list)
+    developers: Roster = Field(default_factory=Roster, description=ENTRY_HINT)
     idle: IdlePolicy = Field(default_factory=IdlePolicy)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     environment: str | None = Field(default=None, description="tag value; defaults to the stack name")
@@ -335,7 +352,11 @@ def _validating_model(kinds: tuple[tuple[str, type[TargetSettings]], ...]) -> ty
     target: Any = Annotated[Union[members], Field(discriminator="kind")]  # noqa: UP007 - built at run time
     model = create_model("StackSettings", __base__=StackSettings, __module__=__name__, target=(target, ...))
     model.kinds = models
-    model.given_checks = (_developer_names, functools.partial(_secrets_present, kinds=models))
+    model.given_checks = (
+        _developer_names,
+        functools.partial(_budgets_counted, kinds=models),
+        functools.partial(_secrets_present, kinds=models),
+    )
     return model
 
 
@@ -402,6 +423,8 @@ def _allowed_keys(loc: tuple[Any, ...], settings_model: type[StackSettings]) -> 
 def _inner_model(annotation: Any) -> Any:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
+    if hasattr(annotation, "entry_model"):  # a list type validated from entries (developers.Roster)
+        return annotation.entry_model
     for arg in getattr(annotation, "__args__", ()):
         found = _inner_model(arg)
         if found is not None:

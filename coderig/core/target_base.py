@@ -89,6 +89,8 @@ class TargetSettings(Model):
     engines: ClassVar[tuple[str, ...]] = ("vllm", "llama.cpp")  # model servers it can run
     min_gateway_port: ClassVar[int] = 1
     serves_model: ClassVar[bool] = True  # False: only the front door runs here (external)
+    # the gateway's relay keeps the usage record (coderig usage, daily budgets); False: nothing counts
+    counts_usage: ClassVar[bool] = True
     idle_actions: ClassVar[tuple[str, ...]] = ()  # what coderig:idle.action may choose (ssh, local)
 
     def idle_action_problem(self, action: str, engine: str) -> str | None:

@@ -60,6 +60,8 @@ class FrontDoorInputs:
     litellm_timeout_s: int = DEFAULT_TIMEOUT_S
     gate_retry_after_s: int | None = None  # 503 + Retry-After while the model is at zero or loading
     allowed_cidrs: tuple[str, ...] = ()  # coderig:gateway.allowedCidrs; () -> every address
+    daily_tokens: tuple[tuple[str, int], ...] = ()  # coderig:developers[].dailyTokens (frontdoor.budget)
+    budget_check: str = ""  # host:port of the relay's usage listener, which keeps the day's counts
 
 
 def from_settings(
@@ -95,6 +97,8 @@ def from_settings(
         # endpoint's are unknown, so it keeps everything on LiteLLM
         native_routes=engine.NATIVE_APIS.get(p.engine, ()) if direct_chat else (),
         gate_retry_after_s=gate_retry_after_s,
+        daily_tokens=tuple(sorted(settings.developers.budgets.items())),
+        budget_check=METRICS_LISTEN,
     )
 
 
@@ -139,7 +143,9 @@ RELAY_FILES = (RELAY_FILE, "coderig/runtime/http_framing.py")
 RELAY_INTERVAL_S = 15
 # the relay's usage accounting (coderig.runtime.usage*): shipped next to it, the record on a host
 # directory (survives the container and a reboot), the metrics listener on the machine's loopback
-USAGE_FILES = tuple(f"coderig/runtime/{m}.py" for m in ("usage", "usage_args", "usage_record", "usage_server"))
+USAGE_FILES = tuple(
+    f"coderig/runtime/{m}.py" for m in ("usage", "usage_args", "usage_budget", "usage_record", "usage_server")
+)
 USAGE_DIR = "/var/lib/coderig/usage"
 USAGE_RECORD = f"{USAGE_DIR}/usage.json"
 METRICS_LISTEN = "127.0.0.1:9300"
@@ -183,6 +189,8 @@ def assemble(inputs: FrontDoorInputs, paths: GatewayPaths, **gateway: Any) -> tu
     """The LiteLLM route and the gateway spec of one front door; `gateway` sets GatewaySpec's process
     knobs (worker_processes, daemon, …)."""
     relayed = relays(inputs)
+    if inputs.daily_tokens and not relayed:
+        raise ValueError("daily token budgets need the relay (its usage record): this front door has none")
     route = ModelRoute(
         served_name=inputs.served_name,
         backends=inputs.backends,
@@ -215,6 +223,8 @@ def assemble(inputs: FrontDoorInputs, paths: GatewayPaths, **gateway: Any) -> tu
         native_relays=relayed,
         model_gate_retry_after_s=inputs.gate_retry_after_s,
         allowed_cidrs=inputs.allowed_cidrs,
+        daily_tokens=inputs.daily_tokens,
+        budget_check=inputs.budget_check,
         **gateway,
     )
     return route, spec

@@ -8,7 +8,6 @@ import ctypes
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -124,9 +123,6 @@ def clean_stale_prefixes(tmp: Path, min_age_s: float = 60) -> list[Path]:
 
 def usage_flags(state_dir: Path, metrics_listen: str, gateway: str) -> list[str]:
     """The relay's accounting flags for `frontdoor run`: the record in the state directory, the
-    metrics listener on `metrics_listen` (a free loopback port when empty), the gateway it probes."""
-    if not metrics_listen:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            metrics_listen = f"127.0.0.1:{sock.getsockname()[1]}"
+    metrics listener on `metrics_listen` (which the gateway's budget check also asks), the gateway
+    it probes."""
     return ["--usage-file", str(state_dir / USAGE_FILE), "--metrics", metrics_listen, "--gateway", gateway]

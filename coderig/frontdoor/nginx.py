@@ -78,6 +78,10 @@ class GatewaySpec:
     # shape) instead of LiteLLM's 500/502. None: no per-request check (one subrequest less).
     model_gate_retry_after_s: int | None = None
     allowed_cidrs: tuple[str, ...] = ()  # coderig:gateway.allowedCidrs (cidrs.py); () -> every address
+    # (developer, tokens a UTC day) from coderig:developers[].dailyTokens, checked before every model
+    # request against the relay's usage listener at `budget_check` (host:port; frontdoor.budget)
+    daily_tokens: tuple[tuple[str, int], ...] = ()
+    budget_check: str = ""
 
 
 def upstream_hostport(backend: str) -> str:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+import coderig.frontdoor.budget as budget
 from coderig.frontdoor.cidrs import http_lines as cidr_http_lines
 from coderig.frontdoor.cidrs import server_lines as cidr_server_lines
 from coderig.frontdoor.native import failover, fallback_location, native_route, replayable
@@ -145,7 +146,7 @@ def _method_guard(route: Route) -> list[str]:
     ]
 
 
-def _auth_guard(shape: Shape, spec: GatewaySpec) -> list[str]:
+def _auth_guard(shape: Shape, spec: GatewaySpec, path: str) -> list[str]:
     """Key check (rewrite phase, so before anything else), per-developer limit, model gate."""
     gate = (
         ["auth_request /_coderig_model_health;", f"error_page 500 = @coderig_gate_{shape};"]
@@ -157,6 +158,7 @@ def _auth_guard(shape: Shape, spec: GatewaySpec) -> list[str]:
         f"    {_return(shape, 401)}",
         "}",
         f"limit_req zone=coderig_per_developer burst={spec.rate_burst} nodelay;",
+        *budget.guard(shape, spec.daily_tokens, path),
         f"error_page 413 = @coderig_413_{shape};",
         f"error_page 429 = @coderig_429_{shape};",
         f"error_page 502 503 504 = @coderig_503_{shape};",
@@ -204,7 +206,7 @@ Handler = Callable[[Route, GatewaySpec], list[str]]
 def _to_litellm(route: Route, spec: GatewaySpec) -> list[str]:
     # the path is the route's own (nginx's normalized URI), never the raw request target
     return [
-        *_auth_guard(route.shape, spec),
+        *_auth_guard(route.shape, spec, route.path),
         *_long_timeouts(spec),
         *_litellm_errors(route.shape, spec),
         *proxy_headers("$coderig_upstream_authorization"),
@@ -226,7 +228,7 @@ def _chat(route: Route, spec: GatewaySpec) -> list[str]:
     if not spec.direct_chat_backends:
         return _to_litellm(route, spec)
     return [
-        *_auth_guard(route.shape, spec),
+        *_auth_guard(route.shape, spec, route.path),
         *_long_timeouts(spec),
         *failover(),
         *_model_headers(spec),
@@ -242,7 +244,7 @@ def _native(route: Route, spec: GatewaySpec, name: str, upstream: str) -> list[s
     """A route the model servers serve themselves (coderig.frontdoor.native): straight there (the
     streaming ones through the keepalive relay), replayed to LiteLLM on the model server's 404."""
     return [
-        *_auth_guard(route.shape, spec),
+        *_auth_guard(route.shape, spec, route.path),
         *_long_timeouts(spec),
         *replayable(name),
         *_model_headers(spec),
@@ -361,6 +363,7 @@ def _server_block(spec: GatewaySpec, routes: tuple[Route, ...]) -> list[str]:
         "# Anything else: 404 in the client's shape, never forwarded (LiteLLM's admin/UI routes included).",
         *[line for prefix, shape in NOT_FOUND_SHAPES for line in _location(prefix, [_return(shape, 404)])],
         *_named_errors(spec),
+        *budget.server_lines(spec.daily_tokens),
         *own_error_locations(),
     ]
     return ["server {", *_indent(body, 1), "}"]
@@ -380,6 +383,7 @@ def _temp_paths(spec: GatewaySpec) -> list[str]:
 
 def render_gateway_http(spec: GatewaySpec, routes: tuple[Route, ...] = ROUTES) -> str:
     """The http-level part: maps, limits, log format, health cache, upstreams and the server block."""
+    budget.check_spec(spec.daily_tokens, spec.budget_check, bool(spec.model_gate_retry_after_s))
     lines = [
         "# Rendered by coderig (frontdoor). Holds no key material: see the keys include.",
         f"include {spec.keys_include};",
@@ -391,6 +395,7 @@ def render_gateway_http(spec: GatewaySpec, routes: tuple[Route, ...] = ROUTES) -
         json_log_format(),
         *http_lines(),
         *cidr_http_lines(spec.allowed_cidrs),
+        *budget.http_lines(spec.daily_tokens, spec.budget_check),
         f"limit_req_zone $coderig_developer zone=coderig_per_developer:10m rate={spec.rate_per_second}r/s;",
         f"limit_req_zone $binary_remote_addr zone=coderig_healthz:1m rate={HEALTHZ_RATE};",
         "limit_req_status 429;",

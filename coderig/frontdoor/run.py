@@ -251,6 +251,7 @@ class RunOptions:
     native_routes: tuple[str, ...] = ("messages", "count_tokens", "responses")
     keepalive_s: float = 15.0
     metrics_listen: str = ""  # the relay's /metrics and /usage (loopback); "" -> a free loopback port
+    daily_tokens: tuple[tuple[str, int], ...] = ()  # (developer, tokens a UTC day): frontdoor.budget
 
 
 def direct_chat(opts: RunOptions) -> tuple[str, ...]:
@@ -267,9 +268,11 @@ def direct_chat(opts: RunOptions) -> tuple[str, ...]:
     return direct
 
 
-def inputs_of(opts: RunOptions, litellm_port: int, relay_port: int) -> FrontDoorInputs:
+def inputs_of(opts: RunOptions, litellm_port: int, relay_port: int, metrics: str = "") -> FrontDoorInputs:
     """What `assemble` builds this front door from: the same function every stack's front door uses."""
     direct = direct_chat(opts)
+    if opts.daily_tokens and not direct:
+        raise ValueError("--daily-tokens needs the relay (a plain http backend), which keeps the usage record")
     return FrontDoorInputs(
         served_name=opts.model,
         backends=tuple(opts.backends),
@@ -286,6 +289,8 @@ def inputs_of(opts: RunOptions, litellm_port: int, relay_port: int) -> FrontDoor
         relay_port=relay_port,
         timeout_s=opts.timeout_s,
         litellm_timeout_s=opts.litellm_timeout_s,
+        daily_tokens=opts.daily_tokens,
+        budget_check=metrics,
     )
 
 
@@ -297,7 +302,8 @@ def run(opts: RunOptions) -> int:
     try:
         keys = read_keys(opts.keys_file)
         litellm_port = opts.litellm_port or free_port()
-        inputs = inputs_of(opts, litellm_port, free_ports(len(opts.backends)))
+        metrics = opts.metrics_listen or f"127.0.0.1:{free_port()}"  # the relay's usage listener
+        inputs = inputs_of(opts, litellm_port, free_ports(len(opts.backends)), metrics)
         frontdoor.validate_route(assemble(inputs, GatewayPaths(keys_include=""))[0])
         nginx = find_nginx()
     except (OSError, ValueError, RuntimeError, UserError) as exc:
@@ -357,7 +363,7 @@ def run(opts: RunOptions) -> int:
 
         relay = relay_command(spec, sys.executable, opts.keepalive_s)
         gateway = hostport(local_address(host), frontdoor.parse_listen(opts.listen)[1])  # what the relay probes
-        usage = usage_flags(state_dir, opts.metrics_listen, gateway)  # the relay counts every request
+        usage = usage_flags(state_dir, metrics, gateway)  # the relay counts every request
         relay += usage if relay else []
         if relay:  # the SSE keepalive relay in front of each backend (native streaming routes)
             last = frontdoor.parse_listen(spec.native_relays[-1])

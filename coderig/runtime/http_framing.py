@@ -7,6 +7,7 @@ checks it against h11 on random splits)."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 _HEAD_LIMIT = 1 << 16
 
@@ -20,9 +21,14 @@ _DIGITS = re.compile(rb"[0-9]{1,19}")
 
 class ResponseFramer:
     """Follows HTTP/1.1 response framing in the bytes it is fed (any split) and says when the
-    stream sits between SSE events inside a chunked event-stream body. Pure: no I/O."""
+    stream sits between SSE events inside a chunked event-stream body. Pure: no I/O.
 
-    __slots__ = ("state", "buf", "remaining", "sse", "at_event_end", "tail", "completed")
+    With a `sink` (the usage meter, coderig.runtime.usage.ResponseMeter) it also hands over what it
+    parsed, so the bytes are framed once: `on_head(status, content_type, raw_head, chunked)` for
+    each final (non-1xx) head, `on_body(piece)` for each piece of the body without its chunk framing
+    (a head too long to be HTTP is handed over as body too), `on_end()` when a response ends."""
+
+    __slots__ = ("state", "buf", "remaining", "sse", "at_event_end", "tail", "completed", "sink")
 
     @property
     def between_responses(self) -> bool:
@@ -34,7 +40,8 @@ class ResponseFramer:
         """The upstream's framing is malformed (a bad chunk size or content-length): stop relaying it."""
         return self.state == _BROKEN
 
-    def __init__(self) -> None:
+    def __init__(self, sink: Any = None) -> None:
+        self.sink = sink
         self.state = _HEAD
         self.buf = b""
         self.remaining = 0
@@ -42,6 +49,16 @@ class ResponseFramer:
         self.at_event_end = True
         self.tail = b""
         self.completed = 0  # responses whose end was seen
+
+    @property
+    def between_chunks(self) -> bool:
+        """Nothing of a head, a chunk or a trailer is part-way through: the next byte starts one."""
+        return self.state in (_HEAD, _SIZE) and not self.buf
+
+    @property
+    def until_close(self) -> bool:
+        """The body runs to the end of the connection (no length, not chunked, or not HTTP)."""
+        return self.state == _UNTIL_CLOSE
 
     def can_inject(self) -> bool:
         return self.sse and self.state == _SIZE and not self.buf and self.at_event_end
@@ -56,6 +73,8 @@ class ResponseFramer:
                 if payload and self.sse:
                     end = pos + payload
                     self.tail = (self.tail + data[max(pos, end - 4) : end])[-4:]
+                if payload and self.sink is not None:
+                    self.sink.on_body(data[pos : pos + payload])
                 ending = data[pos + payload : pos + take]  # part of the CRLF after the chunk's data
                 if ending and ending != b"\r\n"[2 - min(2, self.remaining) :][: len(ending)]:
                     self.state, self.sse = _BROKEN, False
@@ -68,12 +87,15 @@ class ResponseFramer:
                 continue
             if st == _LENGTH:
                 take = min(self.remaining, n - pos)
+                if self.sink is not None:
+                    self.sink.on_body(data[pos : pos + take])
                 self.remaining -= take
                 pos += take
                 if self.remaining == 0:
-                    self.state = _HEAD
-                    self.completed += 1
+                    self._ended()
                 continue
+            if st == _UNTIL_CLOSE and self.sink is not None:
+                self.sink.on_body(data[pos:] if pos else data)
             if st in (_UNTIL_CLOSE, _BROKEN):
                 return
             # line-oriented states: head, chunk size, trailer
@@ -85,11 +107,13 @@ class ResponseFramer:
             if idx < 0:
                 self.buf = data[pos:]
                 if len(self.buf) > _HEAD_LIMIT:  # not HTTP framing we understand: stop looking
+                    if self.sink is not None:
+                        self.sink.on_body(self.buf)
                     self.state, self.sse, self.buf = _UNTIL_CLOSE, False, b""
                 return
             line, pos = data[pos:idx], idx + len(sep)
             if st == _HEAD:
-                self._head(line)
+                self._head(line, data[idx - len(line) : pos] if self.sink is not None else b"")
             elif st == _SIZE:
                 match = _CHUNK_SIZE.fullmatch(line)
                 if match is None:
@@ -101,14 +125,20 @@ class ResponseFramer:
                 else:
                     self.remaining, self.state = size + 2, _DATA  # data + CRLF
             elif st == _TRAILER and not line:
-                self.state, self.sse = _HEAD, False
-                self.completed += 1
+                self.sse = False
+                self._ended()
 
-    def _head(self, head: bytes) -> None:
+    def _ended(self) -> None:
+        self.state = _HEAD
+        self.completed += 1
+        if self.sink is not None:
+            self.sink.on_end()
+
+    def _head(self, head: bytes, wire: bytes) -> None:
         lines = head.split(b"\r\n")
         parts = lines[0].split(b" ", 2)
         status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-        chunked, length, sse = False, None, False
+        chunked, length, sse, ctype = False, None, False, b""
         for raw in lines[1:]:
             name, _, value = raw.partition(b":")
             name = name.strip().lower()
@@ -122,16 +152,18 @@ class ResponseFramer:
                     return
                 length = int(given)
             elif name == b"content-type":
-                sse = value.strip().lower().startswith(b"text/event-stream")
+                ctype = value.strip().lower()
+                sse = ctype.startswith(b"text/event-stream")
         if 100 <= status < 200:
             self.state = _HEAD
-        elif status in (204, 304):
-            self.state = _HEAD
-            self.completed += 1
+            return
+        if self.sink is not None:
+            self.sink.on_head(status, ctype, wire, chunked and status not in (204, 304))
+        if status in (204, 304) or (not chunked and length == 0):
+            self._ended()
         elif chunked:
             self.state, self.sse, self.at_event_end, self.tail = _SIZE, sse, True, b""
         elif length is not None:
-            self.state, self.remaining = (_LENGTH, length) if length else (_HEAD, 0)
-            self.completed += 0 if length else 1
+            self.state, self.remaining = _LENGTH, length
         else:
             self.state = _UNTIL_CLOSE

@@ -307,7 +307,7 @@ def exposition(ledger: Ledger, awake: dict[str, bool | None], gateway_up: bool |
         *(f'coderig_tokens_total{{developer="{_label(d)}",kind="{k}"}} {n}' for (d, k), n in tokens),
         *_histogram("coderig_ttft_seconds", "Time from the request to the first response byte.", ledger.ttft),
         *_histogram("coderig_request_duration_seconds", "Time to the response's end.", ledger.duration),
-        "# HELP coderig_node_awake 1 when the node's model server answered its last health probe.",
+        "# HELP coderig_node_awake 1 when the node's model server answered its last health probe and is not asleep.",
         "# TYPE coderig_node_awake gauge",
         *(f'coderig_node_awake{{node="{_label(n)}"}} {int(bool(a))}' for n, a in nodes if a is not None),
         *_gateway_lines(gateway_up),

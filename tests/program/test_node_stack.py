@@ -148,6 +148,19 @@ def test_triggers_new_developer_reloads_front_door_only() -> None:
     assert _trigger(base, "node-1-up") == _trigger(changed, "node-1-up")
 
 
+def test_a_daily_budget_reloads_the_front_door_and_keeps_every_key() -> None:
+    """coderig:developers entries with dailyTokens: the same keys (names), a new gateway config."""
+    base = ok(run_program(two_host_config()))
+    budgeted = two_host_config()
+    budgeted["developers"] = ["alice", {"name": "bob", "dailyTokens": 2_000_000}]
+    changed = ok(run_program(budgeted))
+    names = sorted(r.name for r in base.resources)
+    assert names == sorted(r.name for r in changed.resources)  # nothing added or replaced by name
+    assert _trigger(base, "node-0-frontdoor") != _trigger(changed, "node-0-frontdoor")
+    assert _trigger(base, "node-0-up") == _trigger(changed, "node-0-up")
+    assert changed.outputs["clientBundle"]["developers"] == ["alice", "bob"]  # names only, as before
+
+
 def test_triggers_model_change_restarts_the_stack() -> None:
     base = ok(run_program(two_host_config()))
     c = two_host_config()

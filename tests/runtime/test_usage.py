@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from coderig.runtime import usage_record
+from coderig.runtime.http_framing import ResponseFramer
 from coderig.runtime.usage import Exchange, RequestReader, ResponseMeter, Usage, ask_for_usage, usage_from
 from coderig.runtime.usage_record import Ledger, RecordError
 from coderig.runtime.usage_server import relabel
@@ -338,3 +339,86 @@ def test_a_killed_relay_loses_at_most_one_flush_interval(tmp_path: Path) -> None
     for r in standin.reported:
         assert tokens[(r["developer"], "output")] == r["output"] and tokens[(r["developer"], "input")] == r["input"]
     assert os.stat(record).st_mode & 0o777 == 0o600
+
+
+def node_gauge(metrics: int) -> str:
+    lines = [x for x in get(metrics, "/metrics").decode().splitlines() if x.startswith("coderig_node_awake{")]
+    assert len(lines) == 1, lines
+    return lines[0].rsplit(" ", 1)[1]
+
+
+def wait_gauge(metrics: int, value: str, within_s: float = 5) -> None:
+    deadline = time.monotonic() + within_s
+    while node_gauge(metrics) != value:
+        assert time.monotonic() < deadline, f"coderig_node_awake never became {value}"
+        time.sleep(0.1)
+
+
+def test_node_awake_follows_the_health_probe_so_a_dead_model_server_shows_down(tmp_path: Path) -> None:
+    standin = standin_server(model="m")
+    server = standin.__enter__()
+    try:
+        with relay(f"127.0.0.1:{server.port}", tmp_path / "usage.json", "--probe", "0.2") as (_port, metrics):
+            wait_gauge(metrics, "1")
+            standin.__exit__(None, None, None)  # the model server dies
+            wait_gauge(metrics, "0")
+    finally:
+        standin.__exit__(None, None, None)
+
+
+def test_node_awake_is_down_while_the_wake_gate_has_the_model_asleep(tmp_path: Path) -> None:
+    """vLLM in sleep mode still answers /health: the gate's state, not the probe alone, says asleep."""
+    control = free_port()
+    wake = ("--wake", "sleep", "--control", f"127.0.0.1:{control}", "--served-name", "m", "--probe", "0.2")
+    with (
+        standin_server(model="m", dev_mode=True) as standin,
+        relay(f"127.0.0.1:{standin.port}", tmp_path / "usage.json", *wake) as (_port, metrics),
+    ):
+        wait_gauge(metrics, "1")
+        req = urllib.request.Request(f"http://127.0.0.1:{control}/hold?route=0&state=sleeping", method="POST")
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback
+            assert json.loads(resp.read())["ok"] is True
+        with urllib.request.urlopen(f"{standin.url.removesuffix('/v1')}/health", timeout=10) as resp:  # noqa: S310
+            assert resp.status == 200  # the model server still answers its health probe
+        wait_gauge(metrics, "0")
+
+
+def test_the_framer_hands_the_meter_every_head_body_byte_and_end_in_any_split() -> None:
+    """The relay parses response framing once (http_framing.ResponseFramer); what it hands its sink
+    is each response's head as sent, its body without chunk framing, and its end."""
+
+    class Sink:
+        def __init__(self) -> None:
+            self.seen: list[tuple[str, bytes]] = []
+
+        def on_head(self, status: int, ctype: bytes, raw: bytes, chunked: bool) -> None:
+            self.seen.append(("head", raw))
+
+        def on_body(self, piece: bytes) -> None:
+            if self.seen[-1][0] == "body":
+                self.seen[-1] = ("body", self.seen[-1][1] + piece)
+            else:
+                self.seen.append(("body", piece))
+
+        def on_end(self) -> None:
+            self.seen.append(("end", b""))
+
+    body = b'{"usage": {"input_tokens": 1}}'
+    plain = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+    empty = b"HTTP/1.1 204 No Content\r\n\r\n"
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n"
+    wire = interim + SSE_HEAD + chunked(ANTHROPIC) + plain + empty + SSE_HEAD + chunked(CHAT)
+    want = [
+        ("head", SSE_HEAD), ("body", b"".join(ANTHROPIC)), ("end", b""),
+        ("head", plain[: -len(body)]), ("body", body), ("end", b""),
+        ("head", empty), ("end", b""),
+        ("head", SSE_HEAD), ("body", b"".join(CHAT)), ("end", b""),
+    ]  # fmt: skip
+    rng = random.Random(7)
+    for _ in range(300):
+        sink = Sink()
+        framer = ResponseFramer(sink)
+        cuts = sorted(rng.sample(range(1, len(wire)), rng.randint(0, 40)))
+        for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True):
+            framer.feed(wire[a:b])
+        assert sink.seen == want and framer.completed == 4 and not framer.broken

@@ -33,6 +33,7 @@ EXTERNAL_HEALTH_PATH = "/v1/models"
 class ExternalTarget(TargetSettings):
     kind: Literal["external"]
     serves_model: ClassVar[bool] = False
+    counts_usage: ClassVar[bool] = False  # no relay: the model server is someone else's
     endpoint: str = Field(description="OpenAI-compatible base URL ending in /v1")
     frontDoor: Literal["local", "ssh"] = "local"
     host: SshHost | None = Field(default=None, description="where the front door runs when frontDoor is ssh")

@@ -45,6 +45,7 @@ class KubernetesTarget(TargetSettings):
     engines: ClassVar[tuple[str, ...]] = ("vllm",)
     # the gateway runs as non-root in its pod (the Service still exposes 443)
     min_gateway_port: ClassVar[int] = 1024
+    counts_usage: ClassVar[bool] = False  # the front-door pod's relay keeps no usage record yet
     gpu: GpuSpec
     kubeconfig: str | None = None
     context: str | None = None

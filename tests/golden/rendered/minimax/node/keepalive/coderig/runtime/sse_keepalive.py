@@ -127,7 +127,8 @@ class _Upstream(asyncio.Protocol):
 
     def __init__(self, pair: _Pair, interval: float, silence: float = 0) -> None:
         self.pair = pair
-        self.framer = ResponseFramer()
+        # one parser of the response framing: the usage meter's, when accounting is on
+        self.framer = pair.meter.framer if pair.meter is not None else ResponseFramer()
         self.interval = interval
         self.silence = silence  # > 0: end a response the model server left silent this long
         self.loop = asyncio.get_running_loop()
@@ -141,14 +142,15 @@ class _Upstream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last = self.heard = self.loop.time()
-        self.framer.feed(data)
+        if self.pair.meter is not None:
+            data = self.pair.meter.feed(data)  # feeds the framer; the bytes to pass on
+        else:
+            self.framer.feed(data)
         self.pair.responses = self.framer.completed
         if self.framer.broken:  # malformed framing: drop this one connection, never guess
             self.pair.abort()
             return
         client = self.pair.client
-        if self.pair.meter is not None:
-            data = self.pair.meter.feed(data)
         out = data if self.pair.splice is None else self.pair.splice.feed(data)
         if client is not None and not self.pair.closed and out:
             client.write(out)
@@ -330,6 +332,8 @@ async def serve(
     loop = asyncio.get_running_loop()
     servers = []
     gates = relay_wake_module().gates_for(routes, wake) if wake else [None for _ in routes]
+    if accounting is not None:
+        accounting.watch(gates)  # the node-awake gauge: health probe and the gate's state
     for ((lhost, lport), target), gate in zip(routes, gates, strict=True):
         client = functools.partial(_Client, target, interval, silence, gate, accounting)
         servers.append(await loop.create_server(client, lhost, lport, reuse_address=True, backlog=1024))

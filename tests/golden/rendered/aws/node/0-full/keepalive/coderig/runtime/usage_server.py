@@ -5,8 +5,9 @@ listener (stdlib only; runs inside coderig.runtime.sse_keepalive).
 The metrics listener is never public: it binds a loopback address, or another address only with
 `--metrics-allow CIDR` (the stack's admin network), and then answers only peers inside it. It
 serves `GET /metrics` (Prometheus text: the record's counters and histograms, each node's awake
-gauge, and each model server's own /metrics with a `replica` label) and `GET /usage` (the record as
-JSON, what `coderig usage` reads). Developer keys never reach it: the gateway does not route there.
+gauge, and each model server's own /metrics with a `replica` label), `GET /usage` (the record as
+JSON, what `coderig usage` reads) and `GET /budget` (the gateway's per-request daily budget check,
+coderig.runtime.usage_budget). Developer keys never reach it: the gateway does not route there.
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from coderig.runtime import usage_record
+from coderig.runtime import usage_budget, usage_record
 from coderig.runtime.usage import Exchange, RequestReader, ResponseMeter
 from coderig.runtime.usage_record import Ledger
 
 DEFAULT_FLUSH_S = 10.0
 DEFAULT_PROBE_S = 30.0
 _SCRAPE_TIMEOUT_S = 3.0
+_IDLE_S = 10.0  # a listener connection silent this long (before or between requests) is closed
 
 
 class Accounting:
@@ -48,6 +51,9 @@ class Accounting:
         self.probe_s = probe_s
         self.ledger = usage_record.load(path) if path is not None and path.exists() else Ledger()
         self.awake: dict[str, bool | None] = {f"{h}:{p}": None for h, p in self.targets}
+        # the wake gate of each route (relay --wake), whose state says a model server that answers its
+        # health probe is nonetheless asleep (vLLM sleep mode keeps answering /health)
+        self.gates: dict[str, Any] = {}
         self.gateway = gateway  # the gateway's listener on this machine: accepts connections or not
         self.gateway_up: bool | None = None
         self.tasks: list[asyncio.Task[None]] = []
@@ -104,11 +110,23 @@ class Accounting:
             if self.gateway is not None:
                 self.gateway_up = await _accepts(*self.gateway)
             for (h, p), (status, _body) in zip(self.targets, results, strict=True):
-                self.awake[f"{h}:{p}"] = status == 200
-            if any(status == 200 for status, _ in results):
+                node = f"{h}:{p}"
+                self.awake[node] = node_awake(status, self.gates.get(node))
+            if any(self.awake.values()):
                 # awake until the next probe says otherwise (a stop is counted up to one interval late)
                 self.ledger.mark_awake(start, start + self.probe_s, self.probe_s * 1.5)
             await asyncio.sleep(self.probe_s)
+
+    def budget(self, headers: dict[str, str]) -> usage_budget.Refusal | None:
+        """The gateway's question before a model request: may this developer go on today?"""
+        developer = headers.get(usage_budget.DEVELOPER_HEADER, "")
+        limit = usage_budget.parse_limit(headers.get(usage_budget.LIMIT_HEADER, ""))
+        now = time.time()
+        return usage_budget.verdict(developer, limit, self.ledger.tokens_today(developer, now), now)
+
+    def watch(self, gates: Sequence[Any]) -> None:
+        """The wake gates (relay_wake.Gate or None), one per target in order."""
+        self.gates = {f"{h}:{p}": g for (h, p), g in zip(self.targets, gates, strict=True) if g is not None}
 
     # ------------------------------------------------------------ the metrics listener
 
@@ -121,30 +139,44 @@ class Accounting:
         ]
         return usage_record.exposition(self.ledger, self.awake, self.gateway_up) + relabel(texts)
 
+    async def _answer(self, head: bytes, allowed: bool) -> tuple[int, str, bytes, list[tuple[str, str]], str]:
+        """(status, content type, body, extra headers, path) for one request head."""
+        method, _, rest = head.decode("latin-1").partition(" ")
+        path = rest.split(" ", 1)[0].split("?", 1)[0]
+        if not allowed:
+            return 403, "text/plain", b"forbidden\n", [], path
+        if method != "GET":
+            return 405, "text/plain", b"GET only\n", [], path
+        if path == "/metrics":
+            return 200, "text/plain; version=0.0.4", (await self.metrics_text()).encode(), [], path
+        if path == "/usage":
+            return 200, "application/json", json.dumps(self.ledger.to_json()).encode(), [], path
+        if path == usage_budget.BUDGET_PATH:
+            status, extra = usage_budget.answer(self.budget(_headers(head)))
+            return status, "text/plain", b"", extra, path
+        return 404, "text/plain", b"not found: /metrics, /usage or /budget\n", [], path
+
     async def serve_metrics(self, host: str, port: int, allow: Sequence[str]) -> asyncio.Server:
         networks = [ipaddress.ip_network(c, strict=False) for c in allow]
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
                 peer = writer.get_extra_info("peername")[0]
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-                method, _, rest = head.decode("latin-1").partition(" ")
-                path = rest.split(" ", 1)[0].split("?", 1)[0]
-                if not peer_allowed(peer, networks):
-                    status, ctype, body = 403, "text/plain", b"forbidden\n"
-                elif method != "GET":
-                    status, ctype, body = 405, "text/plain", b"GET only\n"
-                elif path == "/metrics":
-                    status, ctype, body = 200, "text/plain; version=0.0.4", (await self.metrics_text()).encode()
-                elif path == "/usage":
-                    status, ctype, body = 200, "application/json", json.dumps(self.ledger.to_json()).encode()
-                else:
-                    status, ctype, body = 404, "text/plain", b"not found: /metrics or /usage\n"
-                writer.write(
-                    b"HTTP/1.1 %d X\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-                    % (status, ctype.encode(), len(body), body)
-                )
-                await writer.drain()
+                # the gateway's budget checks keep their connection (one per model request otherwise);
+                # anything else is one request per connection
+                while True:
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _IDLE_S)
+                    status, ctype, body, extra, path = await self._answer(head, peer_allowed(peer, networks))
+                    headers = _headers(head)
+                    keep = path == usage_budget.BUDGET_PATH and headers.get("connection", "").lower() != "close"
+                    more = "".join(f"{k}: {v}\r\n" for k, v in extra).encode("latin-1")
+                    writer.write(
+                        b"HTTP/1.1 %d X\r\nContent-Type: %s\r\nContent-Length: %d\r\n%sConnection: %s\r\n\r\n%s"
+                        % (status, ctype.encode(), len(body), more, b"keep-alive" if keep else b"close", body)
+                    )
+                    await writer.drain()
+                    if not keep:
+                        break
             except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
                 pass
             finally:
@@ -154,6 +186,23 @@ class Accounting:
 
 
 _WRITING = threading.Lock()  # one write at a time, in snapshot order (a cancelled flush's thread runs on)
+
+
+def node_awake(health_status: int, gate: Any = None) -> bool:
+    """Awake: the model server answered its health probe (a dead or stopped one does not) and, where a
+    wake gate holds its requests, the gate has not put it to sleep or stopped it (a sleeping vLLM
+    still answers /health: its GPU memory is free all the same)."""
+    return health_status == 200 and (gate is None or gate.state in ("awake", "waking"))
+
+
+def _headers(head: bytes) -> dict[str, str]:
+    """A request head's header fields, names lowercased (the last of a repeated one)."""
+    out: dict[str, str] = {}
+    for raw in head.decode("latin-1").split("\r\n")[1:]:
+        name, sep, value = raw.partition(":")
+        if sep:
+            out[name.strip().lower()] = value.strip()
+    return out
 
 
 def _write(data: bytes, path: Path) -> None:

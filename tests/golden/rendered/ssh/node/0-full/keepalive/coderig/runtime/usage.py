@@ -16,9 +16,10 @@ No prompt or completion text is kept: a response body is looked at only for the 
 route, to ask for usage in a stream whose client did not (`RequestReader`); the extra usage chunk is
 then taken out of what the client receives (`ResponseMeter(strip_usage=True)`).
 
-Both readers follow HTTP/1.1 framing in bytes fed in any split (keepalive connections, many
-exchanges each), like `http_framing.ResponseFramer`, and cost one `find` per buffer while nothing
-they need is in it.
+Both follow HTTP/1.1 framing in bytes fed in any split (keepalive connections, many exchanges
+each): the response side through `http_framing.ResponseFramer`, the one parser of response framing
+in the relay (it hands the meter each head, body piece and end), the request side itself; both cost
+one `find` per buffer while nothing they need is in it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import json
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
+
+from coderig.runtime.http_framing import ResponseFramer
 
 DEVELOPER_HEADER = b"x-coderig-developer"  # set by the gateway from the key (client input replaced)
 CHAT_PATH = "/v1/chat/completions"
@@ -215,145 +218,82 @@ def set_content_length(head: bytes, length: int) -> bytes:
     return b"\r\n".join(out) + b"\r\n\r\n"
 
 
-# response parser states
-_HEAD, _SIZE, _DATA, _CRLF, _TRAILER, _LENGTH, _UNTIL_CLOSE = range(7)
-
-
 class ResponseMeter:
     """Server -> client bytes: status, time to first body byte, the usage events, the end of each
-    response; `feed` returns the bytes to pass on (the same object unless a usage chunk the client
-    did not ask for was taken out). Finished exchanges go to `on_done`."""
+    response, from the framing its `framer` (http_framing.ResponseFramer, which the relay also asks
+    where a keepalive may go) parses once and hands over; `feed` returns the bytes to pass on (the
+    same object unless a usage chunk the client did not ask for was taken out: then the body is
+    re-chunked one SSE event a chunk, and trailers, which vLLM never sends, are dropped). Finished
+    exchanges go to `on_done`."""
 
     def __init__(self, exchanges: deque[Exchange], clock: Any, on_done: Any) -> None:
         self.exchanges = exchanges
         self.clock = clock
         self.on_done = on_done
+        self.framer = ResponseFramer(self)
         self.current: Exchange | None = None
-        self.state = _HEAD
-        self.buf = b""
-        self.remaining = 0
         self.sse = False
+        self.chunked = False
         self.event = b""  # the SSE event being gathered (only while it may hold usage)
         self.body = b""  # a non-streamed JSON body being gathered
         self.json_body = False
+        self.out: list[bytes] | None = None  # what to pass on, while rewriting
+        self.passing = False  # on_body's hot path applies (see there)
         self.withheld = False  # the last feed rewrote and kept bytes back: the next one must too
 
     def feed(self, data: bytes) -> bytes:
-        original = data
         strip = (
             self.withheld
             or (self.current is not None and self.current.strip_usage)
-            or any(e.strip_usage for e in self.exchanges)
+            or (self.exchanges and any(e.strip_usage for e in self.exchanges))
         )
-        if not strip and self.state == _UNTIL_CLOSE:
+        if not strip:
+            self.framer.feed(data)
             return data
-        out: list[bytes] | None = [] if strip else None
-        pos, n = 0, len(data)
-        while pos < n:
-            st = self.state
-            if st == _DATA:
-                take = min(self.remaining, n - pos)
-                self._payload(data[pos : pos + take], out)
-                self.remaining -= take
-                pos += take
-                if self.remaining == 0:
-                    self.state = _CRLF
-                    self.remaining = 2
-                continue
-            if st == _CRLF:
-                take = min(self.remaining, n - pos)
-                self.remaining -= take
-                pos += take
-                if self.remaining == 0:
-                    self.state = _SIZE
-                continue
-            if st == _LENGTH:
-                take = min(self.remaining, n - pos)
-                self._body(data[pos : pos + take])
-                if out is not None:
-                    out.append(data[pos : pos + take])
-                self.remaining -= take
-                pos += take
-                if self.remaining == 0:
-                    self._finish()
-                continue
-            if st == _UNTIL_CLOSE:
-                if out is not None:
-                    out.append(data[pos:])
-                break
-            sep = b"\r\n\r\n" if st == _HEAD else b"\r\n"
-            start = pos
-            if self.buf:
-                data, n, pos, start = self.buf + data[pos:], len(self.buf) + n - pos, 0, 0
-                self.buf = b""
-            idx = data.find(sep, pos)
-            if idx < 0:
-                self.buf = data[pos:]
-                if len(self.buf) > _HEAD_LIMIT:
-                    self.state, self.buf = _UNTIL_CLOSE, b""
-                    if out is not None:
-                        out.append(data[pos:])
-                break
-            line, pos = data[pos:idx], idx + len(sep)
-            if st == _HEAD:
-                self._head(line)
-                if out is not None:
-                    out.append(data[start:pos])
-            elif st == _SIZE:
-                size = int(line.split(b";", 1)[0].strip() or b"0", 16)
-                if size == 0:
-                    self.state = _TRAILER
-                    self._flush_event(out)
-                    if out is not None:
-                        out.append(b"0\r\n")
-                else:
-                    self.remaining, self.state = size, _DATA
-            elif st == _TRAILER:
-                if out is not None:
-                    out.append(line + b"\r\n")
-                if not line:
-                    self._finish()
-        if out is None:
-            return original
+        self.out = out = []
+        try:
+            self.framer.feed(data)
+        finally:
+            self.out = None
         # the wire may go back to passing bytes through only between two chunks or two responses
-        self.withheld = bool(self.buf or self.event) or self.state not in (_HEAD, _SIZE)
+        self.withheld = bool(self.event) or not self.framer.between_chunks
         return b"".join(out)
 
-    # ------------------------------------------------------------ pieces
+    # ------------------------------------------------------------ the framer's sink
 
-    def _head(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
-        parts = lines[0].split(b" ", 2)
-        status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-        chunked, length, ctype = False, None, b""
-        for raw in lines[1:]:
-            name, _, value = raw.partition(b":")
-            name = name.strip().lower()
-            if name == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-            elif name == b"content-length":
-                length = int(value.strip() or b"0")
-            elif name == b"content-type":
-                ctype = value.strip().lower()
-        if 100 <= status < 200:
-            return  # an interim answer: the real one follows
+    def on_head(self, status: int, ctype: bytes, raw: bytes, chunked: bool) -> None:
         if self.current is None and self.exchanges:
             self.current = self.exchanges.popleft()
         if self.current is not None:
             self.current.status = status
         self.sse = ctype.startswith(b"text/event-stream")
         self.json_body = ctype.startswith(b"application/json") and status == 200
+        self.chunked = chunked
+        self.passing = False  # set once the first byte of a chunked event stream is timed
         self.event, self.body = b"", b""
-        if status in (204, 304):
-            self._finish()
-        elif chunked:
-            self.state = _SIZE
-        elif length is not None:
-            self.state, self.remaining = (_LENGTH, length) if length else (_HEAD, 0)
-            if not length:
-                self._finish()
-        else:
-            self.state = _UNTIL_CLOSE  # ends with the connection: `close()` finishes it
+        if self.out is not None:
+            self.out.append(raw)
+
+    def on_body(self, piece: bytes) -> None:
+        # the hot path, once per streamed token: a whole SSE event (vLLM sends one a chunk) without a
+        # usage key, the first byte already timed, nothing to rewrite: nothing to do
+        if self.passing and not self.event and self.out is None and piece.endswith(b"\n\n") and _USAGE_KEY not in piece:
+            return
+        if self.chunked and not self.framer.until_close:
+            self._payload(piece, self.out)
+            return
+        self._body(piece)
+        if self.out is not None:
+            self.out.append(piece)
+
+    def on_end(self) -> None:
+        if self.chunked:
+            self._flush_event(self.out)
+            if self.out is not None:
+                self.out.append(b"0\r\n\r\n")
+        self._finish()
+
+    # ------------------------------------------------------------ pieces
 
     def _first(self) -> None:
         ex = self.current
@@ -380,6 +320,7 @@ class ResponseMeter:
                 out.append(b"%x\r\n%s\r\n" % (len(piece), piece))
             return
         self._first()
+        self.passing = True
         event = self.event + piece if self.event else piece
         start = 0
         while True:
@@ -431,7 +372,6 @@ class ResponseMeter:
         return True
 
     def _finish(self) -> None:
-        self.state = _HEAD
         ex, self.current = self.current, None
         if ex is None:
             return
