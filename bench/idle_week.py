@@ -158,17 +158,17 @@ def timings() -> Timings:
 
 
 def mechanisms(t: Timings) -> list[tuple[str, Mechanism]]:
-    """(row label, mechanism). On ssh/local the reaper runs next to the gateway: it reads the
-    counters directly each minute and re-reads the in-flight count before acting. On aws the reaper
-    is the Lambda (both layouts, as deployed): it reads CloudWatch every 5 minutes
-    (aws_resources.REAPER_SCHEDULE), whose newest datapoints are a publisher minute plus delivery old
-    (2 min), and stops without a second look."""
-    lam = Mechanism("ec2", t.ec2_wake_s, t.ec2_stop_s, period_s=300, lag_s=120, recheck=False)
+    """(row label, mechanism). On ssh/local, and on the aws front door, the reaper runs next to the
+    gateway: it reads the relay's counters directly each minute and holds the model (refused while a
+    request is in flight) before acting. On a single aws machine the reaper is the Lambda: it reads
+    CloudWatch every 5 minutes (aws_resources.REAPER_SCHEDULE), whose newest datapoints are a
+    publisher minute plus delivery old (2 min), and stops without a second look."""
+    lam = Mechanism("ec2-single", t.ec2_wake_s, t.ec2_stop_s, period_s=300, lag_s=120, recheck=False, holds=False)
     return [
         ("ssh/local · vLLM sleep (gateway holds)", Mechanism("sleep", t.sleep_wake_s, t.sleep_wake_s)),
         ("ssh/local · container stop (gateway holds)", Mechanism("stop", t.container_start_s, 10.0)),
-        ("aws · front door + EC2 stop (held)", lam),
-        ("aws · single machine (refused)", replace(lam, name="ec2-single", holds=False)),
+        ("aws · front door + EC2 stop (held)", Mechanism("ec2", t.ec2_wake_s, t.ec2_stop_s)),
+        ("aws · single machine (refused)", lam),
     ]
 
 

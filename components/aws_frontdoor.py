@@ -1,5 +1,5 @@
 """The `aws` target's front-door machine: a small always-on instance that holds the gateway, the
-developer keys and the waker, in front of GPU instances the idle reaper stops.
+developer keys, the waker and the idle reaper, in front of the GPU instances it stops.
 
 Thin: every decision (type, address, AMI filter, IAM policy, cloud-init) comes from
 coderig.targets.aws.frontdoor. Children are named f"{name}-…" and parented to the component.
@@ -32,7 +32,7 @@ class FrontDoorArgs:
 
 class FrontDoorNode(pulumi.ComponentResource):
     """One always-on instance at a fixed private address, its Elastic IP, its SSH host key, and a
-    role that may start (never stop) this stack's tagged GPU instances."""
+    role that may start and stop (never terminate) this stack's tagged GPU instances."""
 
     public_ip: pulumi.Output[str]
     instance_id: pulumi.Output[str]
@@ -45,7 +45,7 @@ class FrontDoorNode(pulumi.ComponentResource):
         profile = instance_profile(
             self,
             name,
-            purpose=f"coderig {args.stack} front door: start this stack's GPU instances, SSM",
+            purpose=f"coderig {args.stack} front door: start and stop this stack's GPU instances, SSM",
             tags=tags,
             policy=("wake", frontdoor.waker_policy(args.stack)),
         )

@@ -73,9 +73,43 @@ def check_one(argv: list[str]) -> str | None:
     try:
         ServeSubcommand().validate(args)
         validate_api_server_args(args)
+        check_configs(args)
     except (ValueError, TypeError, KeyError) as e:
         return f"{type(e).__name__}: {e}"
     return None
+
+
+def check_configs(args: Any) -> None:
+    """What argparse passes through as values, checked by the config classes vLLM builds from them (those
+    need the model's own config to be built whole, which is not here):
+    --kv-offloading-size/--kv-offloading-backend through CacheConfig (config/cache.py), and each key of
+    --speculative-config against SpeculativeConfig's fields, its `method` against the methods vLLM names
+    (config/speculative.py: SpeculativeMethod; the field also takes any string, for a draft model's type)
+    and its num_speculative_tokens through the field's own validator (> 0)."""
+    import typing
+
+    from pydantic import create_model
+    from vllm.config.cache import CacheConfig  # pyright: ignore[reportMissingImports]
+    from vllm.config.speculative import SpeculativeConfig  # pyright: ignore[reportMissingImports]
+
+    if args.kv_offloading_size is not None:
+        if args.kv_offloading_size <= 0:
+            raise ValueError(f"--kv-offloading-size {args.kv_offloading_size}: not a size in GiB")
+        CacheConfig(kv_offloading_size=args.kv_offloading_size, kv_offloading_backend=args.kv_offloading_backend)
+    spec = args.speculative_config
+    if spec is None:
+        return
+    fields = SpeculativeConfig.__pydantic_fields__
+    unknown = sorted(set(spec) - set(fields))
+    if unknown:
+        raise KeyError(f"--speculative-config: not SpeculativeConfig fields: {unknown}")
+    literal = next(a for a in typing.get_args(fields["method"].annotation) if typing.get_origin(a) is typing.Literal)
+    if spec.get("method") not in typing.get_args(literal):
+        raise ValueError(f"--speculative-config: method {spec.get('method')!r} is not one vLLM names")
+    draft = create_model(
+        "Draft", num_speculative_tokens=(fields["num_speculative_tokens"].annotation, fields["num_speculative_tokens"])
+    )
+    draft.model_validate({"num_speculative_tokens": spec.get("num_speculative_tokens")})
 
 
 def tool_calls(outputs: list[dict[str, str]], markers: list[str]) -> dict[str, dict[str, Any]]:

@@ -20,6 +20,9 @@ def weights_volume_gb(preset: Preset) -> int:
 LOAD_BYTES_PER_S = 500 * 10**6
 DOWNLOAD_BYTES_PER_S = 100 * 10**6
 ENGINE_WARMUP_S = 600  # CUDA graph capture, torch.compile, kernel JIT
+# EC2 stopped -> running and OS boot: ~1-2 min for current types with encrypted EBS
+# (martysweet.co.uk/ec2-launch-times, 2023); 8-GPU types with EFA boot slower: 180 s (bench/idle_week.py)
+EC2_BOOT_S = 180
 
 
 def load_budget_seconds(preset: Preset) -> int:

@@ -52,19 +52,23 @@ class AwsInstance:
     gpu: str
     gpu_count: int
     usd_per_hour: float  # us-east-1 on-demand, checked 2026-11
+    # Host memory (GiB), AWS's accelerated-computing instance specifications (the EC2 instance-type
+    # pages; the same figures in openshift-docs rosa-sdpolicy-am-aws-compute-types.adoc and torchx
+    # named_resources_aws.py): what the host KV tier is sized from (coderig.core.kv_tier).
+    ram_gib: int = 0
 
 
 AWS_INSTANCES: dict[str, AwsInstance] = {
     i.name: i
     for i in (
-        AwsInstance("g6.xlarge", "L4", 1, 0.805),
-        AwsInstance("g6e.xlarge", "L40S", 1, 1.861),
-        AwsInstance("g6e.12xlarge", "L40S", 4, 10.49),
-        AwsInstance("g6e.48xlarge", "L40S", 8, 30.13),
-        AwsInstance("p4de.24xlarge", "A100", 8, 40.97),
-        AwsInstance("p5.48xlarge", "H100", 8, 55.04),
-        AwsInstance("p5en.48xlarge", "H200", 8, 63.30),
-        AwsInstance("p6-b200.48xlarge", "B200", 8, 113.93),
+        AwsInstance("g6.xlarge", "L4", 1, 0.805, 16),
+        AwsInstance("g6e.xlarge", "L40S", 1, 1.861, 32),
+        AwsInstance("g6e.12xlarge", "L40S", 4, 10.49, 384),
+        AwsInstance("g6e.48xlarge", "L40S", 8, 30.13, 1536),
+        AwsInstance("p4de.24xlarge", "A100", 8, 40.97, 1152),
+        AwsInstance("p5.48xlarge", "H100", 8, 55.04, 2048),
+        AwsInstance("p5en.48xlarge", "H200", 8, 63.30, 2048),
+        AwsInstance("p6-b200.48xlarge", "B200", 8, 113.93, 2048),
     )
 }
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Sequence
 
-from coderig.core import templates, versions
+from coderig.core import mtp, templates, versions
 from coderig.core.catalog import LLAMACPP_CACHE_TYPE, Preset
 from coderig.core.layout import Layout
 from coderig.core.settings import ModelSettings
@@ -33,9 +34,16 @@ CACHE_MOUNT = "/cache"  # the weights volume inside containers; HF_HOME lives be
 HF_HOME = f"{CACHE_MOUNT}/hf"
 
 
-def vllm_args(model: ModelSettings, layout: Layout, host: str = MODEL_HOST, port: int = MODEL_PORT) -> list[str]:
-    """Arguments after `vllm serve`. The parallel layout is the plan's (`planner.plan_stack(...).layout`);
-    tool calling and reasoning parsers come from the preset. --gpu-memory-utilization is always
+def vllm_args(
+    model: ModelSettings,
+    layout: Layout,
+    host: str = MODEL_HOST,
+    port: int = MODEL_PORT,
+    tier: Sequence[str] = (),
+) -> list[str]:
+    """Arguments after `vllm serve`. The parallel layout is the plan's (`planner.plan_stack(...).layout`),
+    `tier` the plan's host KV tier flags (`kv_tier.flags(plan.kv_tier)`); tool calling and reasoning
+    parsers and MTP (coderig.core.mtp) come from the preset. --gpu-memory-utilization is always
     passed (coderig's 0.90 default): unset, vLLM 0.34 uses 1.0 with its extensible KV cache on CUDA and
     0.92 otherwise (config/cache.py: resolved_gpu_memory_utilization), so the plan's arithmetic is what runs."""
     p = model.spec
@@ -56,6 +64,8 @@ def vllm_args(model: ModelSettings, layout: Layout, host: str = MODEL_HOST, port
         "fp8" if model.kvCacheDtype == "fp8" else "auto",
         "--enable-prefix-caching",
         "--enable-auto-tool-choice",
+        *tier,
+        *mtp.flags(p, model.mtp_on),
     ]
     if model.revision != "main":  # the weights step fetched this revision; load exactly it (offline)
         args += ["--revision", model.revision, "--tokenizer-revision", model.revision]
@@ -134,12 +144,12 @@ def gguf_path(preset: Preset, cache_mount: str = CACHE_MOUNT) -> str:
     return f"{cache_mount}/models/{preset.gguf_file}"
 
 
-def command_line(model: ModelSettings, layout: Layout) -> str:
+def command_line(model: ModelSettings, layout: Layout, tier: Sequence[str] = ()) -> str:
     """The model server's command as one shell-quoted line (what `coderig render` writes)."""
     p = model.spec
     if p.engine == "llama.cpp":
         return shlex.join(["llama-server", *llamacpp_args(model, gguf_path(p))])
-    return shlex.join(["vllm", "serve", *vllm_args(model, layout)])
+    return shlex.join(["vllm", "serve", *vllm_args(model, layout, tier=tier)])
 
 
 WEIGHTS_SCRIPT_DIR = "/coderig"  # where fetch_weights.py (and its requirements file) are mounted

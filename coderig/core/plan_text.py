@@ -3,8 +3,9 @@ arithmetic that produced it. Reads a `coderig.core.planner.Plan`; decides nothin
 
 from __future__ import annotations
 
+from coderig.core import kv_tier, mtp
 from coderig.core import layout as lay
-from coderig.core.catalog import GB, GPUS, PRESETS, Preset
+from coderig.core.catalog import GB, GPUS, PRESETS, GiB, Preset
 from coderig.core.layout import OVERHEAD_PER_GPU
 from coderig.core.planner import RULE, Plan
 
@@ -27,7 +28,7 @@ def _kv_breakdown(p: Plan, preset: Preset) -> str:
 
 
 def format_plan(p: Plan, stack: str = "") -> str:
-    preset = PRESETS[p.preset]
+    preset = mtp.effective(PRESETS[p.preset], p.mtp_on)
     est = "weights" in p.estimates
     arch = "" if "architecture" not in p.estimates else f" (architecture {preset.checked}, see catalog)"
     lines = [f"stack {stack}: {p.preset} ({p.engine})" if stack else f"{p.preset} ({p.engine})"]
@@ -73,6 +74,10 @@ def format_plan(p: Plan, stack: str = "") -> str:
             alts += f"; no TP+DCP on {p.gpu} ({backend.name} cannot run decode context parallelism)"
         lines.append(f"  layouts            full-context requests per replica: {alts}")
         lines.append(f"  layout rule        {RULE}")
+    if p.engine == "vllm":
+        lines.append(f"  speculative        {mtp.describe(PRESETS[p.preset], p.mtp_on)}")
+    if p.kv_tier is not None and p.engine == "vllm":
+        lines.append(_tier_line(p.kv_tier))
     if p.workload is not None:
         w = p.workload
         src = "coderig:workload" if w.declared else "no coderig:workload: every developer, full context"
@@ -86,3 +91,16 @@ def format_plan(p: Plan, stack: str = "") -> str:
     if p.suggestion:
         lines.append(f"  {p.suggestion}")
     return "\n".join(lines)
+
+
+def _tier_line(t: kv_tier.Tier) -> str:
+    if not t.on:
+        return f"  host KV tier       {t.why}"
+    line = (
+        f"  host KV tier       {t.size_bytes / GiB:.0f} GiB per host (--kv-offloading-size {t.per_engine_gib:g} × "
+        f"{t.engines} engine{'s' if t.engines > 1 else ''}): {t.tokens} tokens, {t.sessions(t.tokens)} sessions "
+        f"of {t.context} tokens, beside the GPUs' {t.gpu_tokens} tokens ({t.sessions(t.gpu_tokens)} sessions); {t.why}"
+    )
+    if t.tokens <= t.gpu_tokens:
+        line += "; no larger than the GPUs' KV space, so it mostly mirrors what they hold (recipes taxonomy.yaml)"
+    return line

@@ -34,7 +34,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from coderig.core import layout as lay
+from coderig.core import mtp
 from coderig.core.catalog import AWS_INSTANCES, GB, GPU_COUNTS, GPUS, LLAMACPP_CACHE_TYPE, GiB, Preset
+from coderig.core.kv_tier import RankKv, Tier
+from coderig.core.kv_tier import tier as host_tier
 from coderig.core.layout import OVERHEAD_PER_GPU, Layout, kv_bytes_per_request, kv_bytes_per_token
 
 if TYPE_CHECKING:
@@ -119,6 +122,8 @@ class Plan:
     usd_per_hour: float | None = None
     instance_type: str | None = None
     ram_bytes: int = 0  # CPU (llama.cpp): weights + one slot's KV
+    mtp_on: bool = False  # MTP speculative decoding on (coderig.core.mtp; the figures include its layer)
+    kv_tier: Tier | None = None  # the host-memory KV tier of each model host (coderig.core.kv_tier)
 
     @property
     def layout(self) -> Layout:
@@ -199,6 +204,9 @@ class Plan:
             }
         else:
             out["ram_gb"] = round(self.ram_bytes / GB, 1)
+        if self.kv_tier is not None:
+            out["kv_tier"] = self.kv_tier.summary()
+        out["mtp"] = self.mtp_on
         if self.workload is not None:
             w = self.workload
             out["workload"] = {
@@ -436,8 +444,8 @@ def plan_stack(settings: StackSettings) -> Plan:
         workload = Workload(developers, w.peakActiveShare, w.contextTokens or m.max_model_len)
     else:
         workload = Workload(max(1, len(settings.developers)), 1.0, m.max_model_len, declared=False)
-    return plan(
-        m.spec,
+    p = plan(
+        mtp.effective(m.spec, m.mtp_on),
         gpu=gpu,
         gpu_count=count,
         max_model_len=m.max_model_len,
@@ -449,3 +457,10 @@ def plan_stack(settings: StackSettings) -> Plan:
         parallel=m.parallel.layout(count) if m.parallel and count else None,
         workload=workload,
     )
+    c = p.chosen
+    rank = None
+    if c is not None and p.fits:
+        per_token = c.kv_per_request_per_gpu / p.max_model_len
+        rank = RankKv(c.layout.tensor, c.layout.data, per_token, c.kv_space_per_gpu, workload.context)
+    tier = host_tier(m.kvOffload, settings.kv_host, rank) if p.served_here else None
+    return dataclasses.replace(p, mtp_on=m.mtp_on, kv_tier=tier)

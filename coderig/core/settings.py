@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from coderig.core import catalog, images, naming, sizing, templates, versions, vllm_flags
+from coderig.core import catalog, images, kv_tier, mtp, naming, sizing, templates, versions, vllm_flags
 from coderig.core.cost import CostSettings
 from coderig.core.developers import ENTRY_HINT, Roster, entry_names
 from coderig.core.errors import UserError
@@ -91,6 +91,8 @@ class ModelSettings(_Model):
     revision: str = Field(default="main", description="the weights' commit sha (pins them) or a branch (floats)")
     chatTemplate: templates.Name = Field(default=None, description="a coderig chat template or 'model' (its own)")
     image: str | None = Field(default=None, description="the model server image instead of the pinned one")
+    mtp: bool | None = Field(default=None, description="MTP speculative decoding; default: the preset's (core/mtp.py)")
+    kvOffload: kv_tier.KvOffloadSettings | None = Field(default=None, description="the host-memory KV tier")
 
     @field_validator("image")
     @classmethod
@@ -145,6 +147,10 @@ class ModelSettings(_Model):
     @property
     def spec(self) -> catalog.Preset:
         return catalog.PRESETS[self.preset]
+
+    @property
+    def mtp_on(self) -> bool:
+        return mtp.enabled(self.spec, self.mtp)
 
     @property
     def served_name(self) -> str:
@@ -298,6 +304,23 @@ class StackSettings(_Model):
         pinned = versions.LLAMACPP_IMAGE if self.model.spec.engine == "llama.cpp" else versions.VLLM_IMAGE
         out += images.override_warning(self.model.image, pinned)
         return out
+
+    @property
+    def kv_host(self) -> kv_tier.Host:
+        """The model hosts as the host KV tier sizes them (coderig.core.kv_tier)."""
+        t, m = self.target, self.model
+        gpus, sleeping = t.gpus[1], self.sleeping_weights
+        return kv_tier.Host(m.preset, m.spec.engine, t.serves_model, t.kind, gpus, t.instance_type, sleeping)
+
+    @property
+    def sleeping_weights(self) -> int:
+        """Weights vLLM sleep mode (level 1) keeps in host RAM: the checkpoint as the preflight counts it
+        (CODERIG_SLEEP_RAM_BYTES), when the idle action is sleep, the compose targets' default for vLLM
+        (coderig.targets.compose.idle.action; tests/core/test_kv_tier.py checks they agree)."""
+        t, idle, m = self.target, self.idle, self.model
+        if not (idle.enabled and t.idle_actions and t.serves_model) or m.spec.engine != "vllm":
+            return 0
+        return mtp.effective(m.spec, m.mtp_on).weight_bytes if (idle.action or "sleep") == "sleep" else 0
 
     @model_validator(mode="after")
     def _cross_checks(self) -> StackSettings:
@@ -470,6 +493,7 @@ def parse_settings(raw: dict[str, Any], other_keys: Iterable[str] = (), *, kinds
             developers=len(settings.developers),
         )
     )
+    problems += [why for why in [mtp.problem(m.spec, m.mtp)] if why] + kv_tier.problems(m.kvOffload, settings.kv_host)
     if problems:
         raise UserError(problems)
     return settings

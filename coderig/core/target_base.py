@@ -100,6 +100,12 @@ class TargetSettings(Model):
                 f"got {action!r}; idle.action is for the ssh and local targets (aws stops its instances, kubernetes "
                 "scales the model to zero, an external endpoint idles on its own platform): remove it"
             )
+        if action == "stop" and self.front_door_machine is not None:
+            return (
+                "got 'stop' with a frontDoor: a model container is stopped by the reaper on its own host, and "
+                "the front door holds no GPU host's docker; use idle.action: sleep (the front door sleeps every "
+                "host's model through its link), or omit frontDoor"
+            )
         if action == "stop" and self.replica_count > 1:
             return (
                 f"got 'stop' with {self.replica_count} hosts: the reaper on the first host stops its own model "
@@ -169,4 +175,10 @@ class TargetSettings(Model):
     @property
     def front_door_machine(self) -> FrontDoorMachine | None:
         """The separate always-on machine holding the gateway (None: the first machine holds it)."""
+        return None
+
+    @property
+    def machine_wake(self) -> dict[str, str] | None:
+        """How the front-door machine's relay starts GPU machines the idle policy stopped: its `--wake`
+        mechanism and that mechanism's options, as relay flags without the dashes (None: it does not)."""
         return None

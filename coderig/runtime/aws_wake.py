@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -26,6 +27,10 @@ from coderig.runtime.aws_reaper import IMDS_URL, TAG_ROLE, TAG_STACK, imds_get
 from coderig.runtime.idle import ReaperError
 from coderig.runtime.wake import WakeError
 
+STOP_WAIT_S = 300.0  # an instance still stopping is waited for this long before it can be started
+# DescribeInstances is eventually consistent: just after StartInstances it may still say "stopped"
+# (docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html); that long, stopped reads waking
+START_SETTLE_S = 60.0
 GPU_ROLE = "gpu-node"  # the coderig:role tag of the instances a front door may start (aws_plan.tags)
 
 # EC2 instance state -> Waker state. "stopping" reads as stopped: wake() waits for it, then starts it.
@@ -63,7 +68,10 @@ def _tags(instance: Mapping[str, Any]) -> dict[str, str]:
 
 
 class Ec2Waker:
-    """Starts this stack's stopped GPU instances (found by tag) and reports their state."""
+    """Starts this stack's stopped GPU instances (found by tag) and reports their state. One waker
+    serves every route of the relay: its wakes run one at a time, so N held requests for M replicas
+    start each stopped instance once. `stack` "auto": the coderig:stack tag of the machine it runs on
+    (the front door), read when first needed, so the relay starts even while EC2 does not answer."""
 
     name = "ec2"
 
@@ -74,7 +82,7 @@ class Ec2Waker:
         ec2: Any,
         tag_key: str = TAG_STACK,
         role: str = GPU_ROLE,
-        stop_wait_seconds: float = 300.0,
+        stop_wait_seconds: float = STOP_WAIT_S,
         poll_seconds: float = 5.0,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -84,11 +92,22 @@ class Ec2Waker:
         self.stack, self.ec2, self.tag_key, self.role = stack, ec2, tag_key, role
         self.stop_wait_seconds, self.poll_seconds = stop_wait_seconds, poll_seconds
         self._sleep, self._clock = sleep, clock
+        self._one_wake = threading.Lock()
+        self._started = float("-inf")  # when this waker last started instances (clock)
+        self.own_stack: Callable[[], str] | None = None  # stack "auto": how to read the front door's tag
+
+    def _stack(self) -> str:
+        if self.stack == "auto":
+            if self.own_stack is None:
+                raise WakeError("stack 'auto' needs the front door's instance metadata")
+            self.stack = self.own_stack()
+        return self.stack
 
     def instances(self) -> list[dict[str, Any]]:
         """This stack's GPU instances (not terminated), found by tag and checked again client-side."""
+        stack = self._stack()
         filters = [
-            {"Name": f"tag:{self.tag_key}", "Values": [self.stack]},
+            {"Name": f"tag:{self.tag_key}", "Values": [stack]},
             {"Name": f"tag:{TAG_ROLE}", "Values": [self.role]},
             {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]},
         ]
@@ -98,7 +117,7 @@ class Ec2Waker:
                 for reservation in page.get("Reservations", []):
                     for inst in reservation.get("Instances", []):
                         tags = _tags(inst)
-                        if tags.get(self.tag_key) == self.stack and tags.get(TAG_ROLE) == self.role:
+                        if tags.get(self.tag_key) == stack and tags.get(TAG_ROLE) == self.role:
                             found.append(inst)
         except Exception as exc:  # one line for the client, never a traceback
             raise WakeError(_error_line(exc, "cannot list the GPU instances")) from exc
@@ -113,6 +132,8 @@ class Ec2Waker:
             return "unknown"
         if not states or "unknown" in states:
             return "unknown"
+        if "stopped" in states and self._clock() - self._started < START_SETTLE_S:
+            return "waking"  # a start we just made, not yet visible
         for s in ("stopped", "waking"):
             if s in states:
                 return s
@@ -121,6 +142,10 @@ class Ec2Waker:
     def wake(self) -> None:
         """Start every stopped instance of the stack (idempotent: running or pending ones are left
         alone). An instance still stopping is waited for, up to `stop_wait_seconds`, then started."""
+        with self._one_wake:
+            self._wake()
+
+    def _wake(self) -> None:
         deadline = self._clock() + self.stop_wait_seconds
         while True:
             instances = self.instances()
@@ -143,11 +168,25 @@ class Ec2Waker:
                 )
             self._sleep(self.poll_seconds)
 
+    def sleep(self) -> None:
+        """Stop the stack's running GPU instances (the front door's reaper, once the relay holds every
+        model server: nothing in flight, every new request held). Their EBS weights stay; the next
+        request's wake starts them again."""
+        with self._one_wake:
+            up = [i["InstanceId"] for i in self.instances() if i["State"]["Name"] in ("pending", "running")]
+            if not up:
+                return
+            try:
+                self.ec2.stop_instances(InstanceIds=up)
+            except Exception as exc:
+                raise WakeError(_error_line(exc, f"could not stop {', '.join(up)}")) from exc
+
     def _start(self, instance_ids: Sequence[str]) -> None:
         try:
             self.ec2.start_instances(InstanceIds=list(instance_ids))
         except Exception as exc:
             raise WakeError(_error_line(exc, f"could not start {', '.join(instance_ids)}")) from exc
+        self._started = self._clock()
 
 
 def ec2_client(region: str) -> Any:
@@ -156,10 +195,29 @@ def ec2_client(region: str) -> Any:
     return boto3.client("ec2", region_name=region)
 
 
+def front_door_stack(ec2: Any, imds_url: str = IMDS_URL, tag_key: str = TAG_STACK) -> str:
+    """The coderig:stack tag of the instance this runs on (the front door carries its stack's tags)."""
+    try:
+        iid = imds_get("instance-id", imds_url)
+        found = ec2.describe_instances(InstanceIds=[iid])["Reservations"]
+    except ReaperError as exc:
+        raise WakeError(str(exc)) from exc
+    except Exception as exc:
+        raise WakeError(_error_line(exc, "cannot read the front door's own tags")) from exc
+    tags = _tags(found[0]["Instances"][0]) if found and found[0].get("Instances") else {}
+    if not tags.get(tag_key):
+        raise WakeError(f"the front door {iid} has no {tag_key} tag: run `pulumi up`, or give the stack name")
+    return tags[tag_key]
+
+
 def waker(stack: str, region: str = "auto", imds_url: str = IMDS_URL) -> Ec2Waker:
     """The front door's waker for this stack, as the relay builds it (`--wake ec2`): the region from
-    instance metadata unless given. Raises ReaperError when the metadata cannot be read."""
-    return Ec2Waker(stack, ec2=ec2_client(region if region != "auto" else imds_get("placement/region", imds_url)))
+    instance metadata unless given, the stack ("auto") from the front door's own tag when first
+    needed. Raises ReaperError when the region's metadata cannot be read."""
+    ec2 = ec2_client(region if region != "auto" else imds_get("placement/region", imds_url))
+    w = Ec2Waker(stack, ec2=ec2)
+    w.own_stack = lambda: front_door_stack(ec2, imds_url)
+    return w
 
 
 def main(argv: Sequence[str] | None = None) -> int:

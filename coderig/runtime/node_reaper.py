@@ -1,4 +1,5 @@
-"""The idle reaper of the `ssh` and `local` targets (stdlib only; a compose service on the first machine).
+"""The idle reaper of the `ssh` and `local` targets, and of the `aws` front-door machine (stdlib only; a
+compose service on the machine that runs the gateway).
 
 Each period it:
   1. reads the keepalive relay's control API (GET /state): per model server the requests that went
@@ -14,6 +15,12 @@ Each period it:
        stop   the same, with `docker stop` of the model container (weights stay on the cache volume);
               the relay wakes it through this reaper's loopback control port (POST /wake), the one
               place that holds the docker socket.
+       ec2    (the aws front door, every model server a replica on a GPU instance behind its link)
+              the instances stop together, so only once every model server is idle: the relay
+              holds every route first (refused while anything is in flight), then the stack's
+              GPU instances stop (coderig.runtime.aws_wake); the relay starts them on the next
+              request. Acting on the relay's live count, not on minutes-old CloudWatch data, is
+              why the front door runs this reaper instead of the Lambda.
      Office hours wake a model that is not awake at their start.
 A missing or stale signal keeps the model awake (decide() says why); dry run decides and acts on nothing.
 The state file (JSON) holds each model server's history and last decision: `coderig idle STACK` reads it.
@@ -40,7 +47,7 @@ from coderig.runtime import idle
 from coderig.runtime.http import http_get, poll_ready
 from coderig.runtime.wake import SleepWaker, WakeError, Waker
 
-ACTIONS = ("sleep", "stop")
+ACTIONS = ("sleep", "stop", "ec2")
 HISTORY_KEEP = 400  # samples per model server kept in the state file (a week at 30 min periods)
 
 
@@ -133,6 +140,7 @@ class Config:
     container: str | None = None  # stop: the model container on this machine (route 0)
     start_budget_s: float = 600.0
     state_file: Path | None = None
+    aws_region: str = "auto"  # ec2: the stack's region ("auto": instance metadata)
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
@@ -236,7 +244,7 @@ def tick(
             d = idle.Decision("keep", f"no running-requests metric from {base}/metrics now: not acting without it")
         node.decision, node.reason = d.action, d.reason
         decisions.append(d)
-        if cfg.dry_run or d.action == "keep":
+        if cfg.dry_run or d.action == "keep" or cfg.action == "ec2":  # ec2: the machines act together, below
             log(f"model {i} ({base}): {state}; {d.action}: {d.reason}" + (" [dry run]" if cfg.dry_run else ""))
             continue
         log(f"model {i} ({base}): {state}; {d.action}: {d.reason}")
@@ -244,7 +252,40 @@ def tick(
             put_down(cfg, i, waker, post, log)
         else:
             bring_up(cfg, i, base, waker, post, log)
+    if cfg.action == "ec2" and not cfg.dry_run and decisions:
+        if all(d.action == "stop" for d in decisions):
+            put_down_machines(cfg, wakers[0], post, log)
+        elif any(d.action == "start" for d in decisions):
+            bring_up(cfg, 0, cfg.models[0], wakers[0], post, log)  # starts every instance of the stack
     return decisions
+
+
+def put_down_machines(cfg: Config, waker: Waker, post: Post, log: Callable[[str], None]) -> bool:
+    """ec2: hold every model server at the relay (each refused while a request is in flight), then stop
+    the GPU instances; any refusal or failure releases every hold and leaves them running."""
+    held: list[int] = []
+
+    def release() -> None:
+        for r in held:
+            post(f"{cfg.relay}/settled?route={r}&state=awake")
+
+    for route in range(len(cfg.models)):
+        status, answer = post(f"{cfg.relay}/hold?route={route}&state=stopped")
+        if status != 200:
+            release()
+            log(f"GPU instances: not stopped: the relay refused to hold model {route} ({answer.get('detail', status)})")
+            return False
+        held.append(route)
+    try:
+        waker.sleep()  # type: ignore[attr-defined]
+    except WakeError as exc:
+        release()
+        log(f"GPU instances: {exc}; left running")
+        return False
+    for r in held:
+        post(f"{cfg.relay}/settled?route={r}&state=stopped")
+    log("GPU instances: stopped")
+    return True
 
 
 def put_down(cfg: Config, route: int, waker: Waker, post: Post, log: Callable[[str], None]) -> bool:
@@ -347,6 +388,10 @@ def control_server(listen: tuple[str, int], waker: ContainerWaker) -> ThreadingH
 def build(cfg: Config, docker: Docker | None = None) -> list[Waker]:
     if cfg.action == "sleep":
         return [SleepWaker(base) for base in cfg.models]
+    if cfg.action == "ec2":
+        from coderig.runtime import aws_wake  # noqa: PLC0415 - boto3 only where the front door runs it
+
+        return [aws_wake.waker("auto", cfg.aws_region)] * len(cfg.models)  # one: the stack's instances
     assert cfg.container is not None
     return [ContainerWaker(docker or Docker(), cfg.container)]
 
@@ -364,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-name")
     ap.add_argument("--start-budget", type=float, default=600.0)
     ap.add_argument("--state-file", type=Path)
+    ap.add_argument("--aws-region", default="auto", help="ec2: the stack's region")
     ap.add_argument("--once", action="store_true", help="one period, then exit")
     args = ap.parse_args(argv)
     try:
@@ -379,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
             container=args.container,
             start_budget_s=args.start_budget,
             state_file=args.state_file,
+            aws_region=args.aws_region,
         )
         wakers = build(cfg, Docker(args.docker_socket))
         if args.control:

@@ -20,7 +20,16 @@ for the served model gets the stream's headers at once and an SSE comment every 
 model's own stream is spliced in after the wake; a wake that fails ends the stream with an error
 event in the client's shape (Anthropic on /v1/messages, OpenAI elsewhere) saying why. A request
 that does not stream, or names another model (Claude Code's `claude-*` names, which nginx replays
-to LiteLLM on the model server's 404), waits silently and gets a 503 in its shape on failure.
+to LiteLLM on the model server's 404), waits silently and gets an error in its shape on failure
+(Anthropic's 529 overloaded_error, OpenAI's 503; coderig.runtime.relay_shapes).
+
+Between requests each Gate keeps asking its model what state it is in (every `probe_s`, never while
+a wake or a reaper's hold is underway), so GET /state tells the truth about a model that came up
+after the relay, or was started or stopped by someone else.
+
+Mechanisms (coderig.runtime.wake): `sleep` and `stop` on the machine that runs the model; `ec2` on
+the `aws` front-door machine, where one Ec2Waker (coderig.runtime.aws_wake) starts the stack's
+stopped GPU instances for every route: the replicas behind the links.
 """
 
 from __future__ import annotations
@@ -36,10 +45,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from coderig.runtime.relay_shapes import EARLY_HEAD, Splice, error_event, error_response, request_info, shape_of
 from coderig.runtime.wake import STATES, SleepWaker, StopWaker, WakeError, Waker
 
 SETTLE_WAIT_S = 120.0  # how long a wake waits for the reaper to finish what it started
 HEALTH_POLL_S = 0.25
+PROBE_S = 10.0  # between requests: how often a gate asks its model what state it is in
 
 
 def _now_iso() -> str:
@@ -72,8 +83,10 @@ class Gate:
         self.idle_conns: set[Callable[[], None]] = set()  # close callbacks of connections between requests
         self._settled: asyncio.Event | None = None
         self._wake: asyncio.Task[str | None] | None = None
+        self._changes = 0  # every state decision: a probe that began before one is stale
 
     def _set(self, state: str) -> None:
+        self._changes += 1
         if state != self.state:
             self.state, self.since = state, _now_iso()
 
@@ -127,6 +140,21 @@ class Gate:
         if state in ("sleeping", "stopped"):
             self._set(state)
 
+    async def probe(self) -> None:
+        """Between requests: what state is the model in now? Skipped while anything is in flight,
+        waking or held by the reaper, and dropped if the gate's state was decided meanwhile. A model
+        whose mechanism says awake but whose /health does not answer yet is waking (a booting
+        instance, a loading container): the next request waits for it like any wake."""
+        if self.waker is None or self.inflight or self._wake is not None or self._settled is not None:
+            return
+        before, loop = self._changes, asyncio.get_running_loop()
+        state = await loop.run_in_executor(None, self.waker.state)
+        if state == "awake" and not await loop.run_in_executor(None, _health_ok, self.health_url):
+            state = "waking"
+        busy = self.inflight or self._wake is not None or self._settled is not None
+        if state in ("awake", "sleeping", "stopped", "waking") and not busy and before == self._changes:
+            self._set(state)
+
     # -- the request's side
     def begin(self) -> None:
         self.inflight += 1
@@ -176,136 +204,28 @@ class Gate:
             try:
                 await loop.run_in_executor(None, self.waker.wake)
             except WakeError as exc:
-                return self._failed(str(exc))
+                return await self._failed(str(exc))
+            # the mechanism's own state is asked less often where each look is an API call (ec2)
+            every, asked = float(getattr(self.waker, "poll_seconds", HEALTH_POLL_S)), loop.time()
             while loop.time() < deadline:
                 if await loop.run_in_executor(None, _health_ok, self.health_url):
                     self._set("awake")
                     self.last_error = ""
                     return None
-                now_state = await loop.run_in_executor(None, self.waker.state)
-                if now_state == "stopped":
-                    return self._failed("the model server stopped while waking (it exited or was killed)")
+                if loop.time() - asked >= every:
+                    asked = loop.time()
+                    if await loop.run_in_executor(None, self.waker.state) == "stopped":
+                        return await self._failed("the model server stopped while waking (it exited or was killed)")
                 await asyncio.sleep(HEALTH_POLL_S)
-            return self._failed(f"the model server was not ready within the {self.budget_s:g} s start budget")
+            return await self._failed(f"the model server was not ready within the {self.budget_s:g} s start budget")
         finally:
             self._wake = None
 
-    def _failed(self, why: str) -> str:
+    async def _failed(self, why: str) -> str:
         self.last_error = why
-        state = self.waker.state() if self.waker else "unknown"
+        state = await asyncio.get_running_loop().run_in_executor(None, self.waker.state) if self.waker else "unknown"
         self._set(state if state in ("sleeping", "stopped") else "stopped")
         return f"could not wake the model: {why}"
-
-
-# ---------------------------------------------------------------- what the held client sees
-
-
-def request_info(data: bytes) -> tuple[str, bool, str] | None:
-    """(path, streams, model) of the HTTP request at the start of `data` once its whole body is
-    there; None while more bytes are needed. nginx sends buffered bodies with Content-Length."""
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    lines = data[:end].split(b"\r\n")
-    parts = lines[0].split(b" ")
-    path = parts[1].split(b"?", 1)[0].decode("latin-1") if len(parts) > 1 else "/"
-    length = 0
-    for raw in lines[1:]:
-        name, _, value = raw.partition(b":")
-        if name.strip().lower() == b"content-length" and value.strip().isdigit():
-            length = int(value.strip())
-    if len(data) < end + 4 + length:
-        return None
-    try:
-        body = json.loads(data[end + 4 : end + 4 + length] or b"{}")
-    except ValueError:
-        body = {}
-    if not isinstance(body, dict):
-        body = {}
-    return path, body.get("stream") is True, str(body.get("model", ""))
-
-
-def shape_of(path: str) -> str:
-    return "anthropic" if path.startswith("/v1/messages") else "openai"
-
-
-def error_json(shape: str, message: str) -> bytes:
-    if shape == "anthropic":
-        return json.dumps({"type": "error", "error": {"type": "overloaded_error", "message": message}}).encode()
-    err = {"message": message, "type": "server_error", "param": None, "code": "model_unavailable"}
-    return json.dumps({"error": err}).encode()
-
-
-def error_response(shape: str, message: str) -> bytes:
-    body = error_json(shape, message)
-    head = (
-        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
-    )
-    return head + body
-
-
-EARLY_HEAD = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\n"
-    b"Transfer-Encoding: chunked\r\n\r\n"
-)
-
-
-def chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
-def error_event(shape: str, message: str) -> bytes:
-    """An SSE error event and the stream's end, as the client's SDK reads one."""
-    payload = error_json(shape, message)
-    event = (b"event: error\ndata: %s\n\n" if shape == "anthropic" else b"data: %s\n\n") % payload
-    return chunk(event) + b"0\r\n\r\n"
-
-
-class Splice:
-    """After early headers: turns the model server's response into the rest of the client's
-    stream. A 200 chunked event stream loses its head (the client already has one); anything else
-    becomes an error event carrying the model server's message."""
-
-    def __init__(self, shape: str) -> None:
-        self.shape = shape
-        self.buf = b""
-        self.done = False  # the head is handled: pass bytes through
-        self.failed = False  # an error event replaced the response: drop the rest
-
-    def feed(self, data: bytes) -> bytes:
-        if self.done:
-            return b"" if self.failed else data
-        self.buf += data
-        end = self.buf.find(b"\r\n\r\n")
-        if end < 0:
-            return b""
-        head, rest = self.buf[:end].lower(), self.buf[end + 4 :]
-        status = head.split(b" ", 2)[1] if head.count(b" ") >= 1 else b""
-        if status == b"200" and b"text/event-stream" in head and b"chunked" in head:
-            self.done = True
-            return rest
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip() == b"content-length" and value.strip().isdigit():
-                length = int(value.strip())
-        if len(rest) < length:
-            return b""
-        self.done = self.failed = True
-        message = _message_of(rest[:length]) or f"the model server answered HTTP {status.decode() or '?'}"
-        return error_event(self.shape, message)
-
-
-def _message_of(body: bytes) -> str:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return body.decode("utf-8", "replace")[:300]
-    err = data.get("error") if isinstance(data, dict) else None
-    if isinstance(err, dict):
-        return str(err.get("message", ""))[:300]
-    return str(err or data.get("message", "") if isinstance(data, dict) else "")[:300]
 
 
 def parse_control(target: str) -> tuple[str, dict[str, str]]:
@@ -373,11 +293,16 @@ Route = tuple[tuple[str, int], tuple[str, int]]
 class WakeOptions:
     """How the relay holds and wakes its model servers."""
 
-    mechanism: str  # "sleep": POST /wake_up on the target; "stop": the reaper's control port starts it
+    mechanism: str  # "sleep": POST /wake_up on the target; "stop": the reaper's control port starts it;
+    # "ec2": start the stack's stopped GPU instances (the aws front door)
     budget_s: float  # the start budget: a wake that takes longer fails every held request
     control: str  # the relay's own control listener (host:port, loopback)
     reaper: str | None = None  # http://127.0.0.1:PORT of the node's reaper ("stop")
     served: tuple[str, ...] = ()  # the served model names (a held stream for another name waits silently)
+    probe_s: float = PROBE_S  # between requests, how often each gate asks its model's state
+    aws_stack: str = "auto"  # ec2: the coderig:stack tag of the GPU instances; auto: the front door's own
+    aws_region: str = "auto"  # ec2: auto reads it from instance metadata
+    aws_imds: str = ""  # ec2: the instance metadata URL ("" : the real one)
 
 
 def hostport(host: str, port: int) -> str:
@@ -391,15 +316,28 @@ def waker_for(mechanism: str, target: tuple[str, int], reaper: str | None) -> Wa
         if not reaper:
             raise ValueError("--wake stop needs --reaper http://127.0.0.1:PORT (it alone starts containers)")
         return StopWaker(reaper)
-    raise ValueError(f"--wake: {mechanism!r}; allowed: sleep, stop")
+    raise ValueError(f"--wake: {mechanism!r}; allowed: sleep, stop, ec2")
+
+
+def ec2_waker(wake: WakeOptions) -> Waker:
+    """One waker for every route of the aws front door: the GPU instances are the stack's, found by
+    tag, whichever replica a request was for. boto3 comes with the relay's image (LiteLLM's
+    requirements.txt pins it for Bedrock/SageMaker)."""
+    from coderig.runtime import aws_wake  # noqa: PLC0415 - boto3 only where --wake ec2 runs
+    from coderig.runtime.idle import ReaperError  # noqa: PLC0415
+
+    try:
+        return aws_wake.waker(wake.aws_stack, wake.aws_region, wake.aws_imds or aws_wake.IMDS_URL)
+    except (ReaperError, ImportError) as exc:
+        raise ValueError(f"--wake ec2: {exc}") from exc
 
 
 def gates_for(routes: Sequence[Route], wake: WakeOptions) -> list[Gate | None]:
     gates: list[Gate | None] = []
+    shared = ec2_waker(wake) if wake.mechanism == "ec2" else None
     for _, t in routes:
-        gate = Gate(
-            hostport(*t), waker_for(wake.mechanism, t, wake.reaper), f"http://{hostport(*t)}/health", wake.budget_s
-        )
+        waker = shared or waker_for(wake.mechanism, t, wake.reaper)
+        gate = Gate(hostport(*t), waker, f"http://{hostport(*t)}/health", wake.budget_s)
         gate.served = wake.served
         gates.append(gate)
     return gates
@@ -407,8 +345,11 @@ def gates_for(routes: Sequence[Route], wake: WakeOptions) -> list[Gate | None]:
 
 def options(args: argparse.Namespace, routes: Sequence[Route]) -> WakeOptions:
     """The relay's --wake arguments; a bad --reaper is refused here, not on the first request."""
-    wake = WakeOptions(args.wake, args.start_budget, args.control, args.reaper, tuple(args.served_name))
-    gates_for(routes, wake)
+    aws = (args.aws_stack, args.aws_region, args.aws_imds_url)
+    wake = WakeOptions(
+        args.wake, args.start_budget, args.control, args.reaper, tuple(args.served_name), args.probe_interval, *aws
+    )
+    gates_for(routes, wake)  # ec2: boto3 and the region are there (no EC2 call yet)
     return wake
 
 
@@ -418,7 +359,19 @@ async def start(gates: Sequence[Gate | None], wake: WakeOptions, control: tuple[
     for gate in held:
         await gate.learn()
     loop = asyncio.get_running_loop()
+    _probing.add(loop.create_task(_keep_probing(held, wake.probe_s)))
     return await loop.create_server(lambda: Control(held), *control, reuse_address=True)
+
+
+_probing: set[asyncio.Task[None]] = set()  # the probe loop of each running relay (kept referenced)
+
+
+async def _keep_probing(gates: Sequence[Gate], every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        for gate in gates:
+            with contextlib.suppress(Exception):  # a probe that fails leaves the state as it was
+                await gate.probe()
 
 
 async def found_asleep(gate: Gate) -> bool:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coderig.core import engine, planner, report, stack_file
+from coderig.core import engine, kv_tier, planner, report, stack_file
 from coderig.core import settings as core_settings
 from coderig.core.files import FileSet, RenderedFile
 from coderig.core.settings import StackSettings
@@ -149,7 +149,7 @@ def plan_files(settings: StackSettings, stack: str, p: planner.Plan) -> FileSet:
 def model_server_files(settings: StackSettings, stack: str, p: planner.Plan) -> FileSet:
     if not settings.target.serves_model:
         return {}
-    line = engine.command_line(settings.model, p.layout)
+    line = engine.command_line(settings.model, p.layout, kv_tier.flags(p.kv_tier))
     return {"model-server/command.sh": RenderedFile(f"#!/bin/sh\nexec {line}\n", 0o755)}
 
 

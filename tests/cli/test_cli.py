@@ -20,8 +20,9 @@ def test_plan_json_deepseek_on_8xh200(stack_file, capsys):
     out = json.loads(capsys.readouterr().out)
     assert rc == 0
     assert out["fits"] is True
-    # 61 layers × (656 B fp8_ds_mla latent + 132 B DSA indexer) × 131072 tokens
-    assert out["kv_gb_per_request"] == pytest.approx(6.30, abs=0.01)
+    # (61 layers + the MTP layer, on by default) × (656 B fp8_ds_mla latent + 132 B DSA indexer) × 131072 tokens
+    assert out["kv_gb_per_request"] == pytest.approx(6.40, abs=0.01)
+    assert out["mtp"] is True
     assert out["parallel"] == {"tensor": 8, "data": 1, "decode_context": 1, "expert": False}
     assert 1 <= out["max_concurrent_requests_per_replica"] <= 9  # the latent is on every TP rank
     assert out["max_concurrent_requests"] == out["max_concurrent_requests_per_replica"] * out["replicas"]

@@ -148,9 +148,9 @@ def _user_with(policy: dict[str, Any], name: str) -> dict[str, str]:
     return {"aws_access_key_id": key["AccessKeyId"], "aws_secret_access_key": key["SecretAccessKey"]}
 
 
-def test_the_waker_policy_lets_the_front_door_list_and_never_stop_or_terminate(moto: Aws) -> None:
+def test_the_waker_policy_lets_the_front_door_list_and_never_terminate(moto: Aws) -> None:
     """moto checks actions, and resources only as "*": it cannot grant the instance-ARN statement, so
-    the start itself is proven by the tests above with moto's default credentials."""
+    the start and stop themselves are proven by the tests above with moto's default credentials."""
     policy = frontdoor.waker_policy(STACK)
     # a document IAM accepts (moto runs AWS's policy grammar checks on create_policy)
     boto3.client("iam", region_name=REGION).create_policy(PolicyName="waker", PolicyDocument=json.dumps(policy))
@@ -159,30 +159,34 @@ def test_the_waker_policy_lets_the_front_door_list_and_never_stop_or_terminate(m
     with enable_iam_authentication():
         ec2 = boto3.client("ec2", region_name=REGION, aws_session_token=None, **creds)
         assert Ec2Waker(STACK, ec2=ec2).state() == "awake"  # DescribeInstances is allowed
-        for forbidden in (ec2.stop_instances, ec2.terminate_instances):
-            with pytest.raises(Exception, match="not authorized"):
-                forbidden(InstanceIds=[iid])
+        with pytest.raises(Exception, match="not authorized"):
+            ec2.terminate_instances(InstanceIds=[iid])
     assert instance_state(moto, iid) == "running"
 
 
-def test_the_waker_policy_starts_only_instances_tagged_with_the_stack() -> None:
-    """moto does not evaluate conditions: the scoping is asserted on the document itself."""
+def test_the_waker_policy_starts_and_stops_only_the_stacks_gpu_instances() -> None:
+    """moto does not evaluate conditions: the scoping is asserted on the document itself. The front
+    door carries the stack tag too: the role tag keeps it from stopping itself."""
     policy = frontdoor.waker_policy("prod")
     start = [s for s in policy["Statement"] if "ec2:StartInstances" in json.dumps(s["Action"])]
     assert start == [
         {
-            "Sid": "StartThisStacksGpuNodes",
+            "Sid": "StartStopThisStacksGpuNodes",
             "Effect": "Allow",
-            "Action": "ec2:StartInstances",
+            "Action": ["ec2:StartInstances", "ec2:StopInstances"],
             "Resource": "arn:aws:ec2:*:*:instance/*",
-            "Condition": {"StringEquals": {"aws:ResourceTag/coderig:stack": "prod"}},
+            "Condition": {
+                "StringEquals": {"aws:ResourceTag/coderig:stack": "prod", "aws:ResourceTag/coderig:role": "gpu-node"}
+            },
         }
     ]
     actions = {a for s in policy["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
-    assert actions == {"ec2:DescribeInstances", "ec2:StartInstances"}
+    assert actions == {"ec2:DescribeInstances", "ec2:StartInstances", "ec2:StopInstances"}
     assert all(s["Effect"] == "Allow" for s in policy["Statement"])
     # the tag the policy names is the tag every GPU node carries
-    assert aws_plan.tags("prod", "production", aws_wake.GPU_ROLE)[TAG_STACK] == "prod"
+    gpu_tags = aws_plan.tags("prod", "production", aws_wake.GPU_ROLE)
+    assert (gpu_tags[TAG_STACK], gpu_tags[TAG_ROLE]) == ("prod", "gpu-node")
+    assert aws_plan.tags("prod", "production", frontdoor.ROLE)[TAG_ROLE] != "gpu-node"
 
 
 def test_a_refused_start_is_one_line_with_the_fix(moto: Aws) -> None:
@@ -268,3 +272,33 @@ def test_the_relays_factory_reads_the_region_or_says_why_it_cannot(moto: Aws) ->
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
     with pytest.raises(ReaperError, match="instance metadata placement/region unreadable"):
         aws_wake.waker(STACK, "auto", imds_url=dead)
+
+
+def test_sleep_stops_the_stacks_running_gpu_instances_and_nothing_else(moto: Aws) -> None:
+    """What the front door's reaper calls once the relay holds every route (idle.action on aws: stop)."""
+    ours = [launch(moto, GPU), launch(moto, GPU)]
+    others = [
+        launch(moto, {TAG_STACK: STACK, TAG_ROLE: frontdoor.ROLE}),  # the front door itself
+        launch(moto, {TAG_STACK: "staging", TAG_ROLE: aws_wake.GPU_ROLE}),
+    ]
+    waker = Ec2Waker(STACK, ec2=moto.ec2)
+    waker.sleep()
+    assert [instance_state(moto, i) for i in ours] == ["stopped", "stopped"]
+    assert [instance_state(moto, i) for i in others] == ["running", "running"]
+    assert waker.state() == "stopped"
+    waker.sleep()  # nothing running: nothing to do
+
+
+def test_a_start_not_yet_visible_reads_waking_for_a_minute_not_stopped(moto: Aws) -> None:
+    """DescribeInstances may lag a StartInstances: the relay must not fail the wake as "stopped while
+    waking" on that read; past START_SETTLE_S a stopped instance reads stopped again."""
+    stopped(moto, GPU)
+    now = [0.0]
+    waker = Ec2Waker(STACK, ec2=_Stopping(moto.ec2, 0), clock=lambda: now[0])
+    waker.wake()
+    lagging = Ec2Waker(STACK, ec2=moto.ec2)  # a second look at the same instances, stopped again meanwhile
+    moto.ec2.stop_instances(InstanceIds=[i["InstanceId"] for i in lagging.instances()])
+    assert waker.state() == "waking"
+    now[0] = aws_wake.START_SETTLE_S + 1
+    assert waker.state() == "stopped"
+    assert lagging.state() == "stopped"  # a waker that started nothing reads it as it is

@@ -120,10 +120,10 @@ def test_waits_match_each_mechanism_timing(bench: ModuleType, week: dict) -> Non
     assert max(week["sleep"].waits) <= 2 * t.sleep_wake_s + 1  # a wake, plus a sleep still finishing
     assert p50(week["ec2"].waits) <= t.ec2_wake_s + t.ec2_stop_s
     assert max(week["stop"].waits) <= t.container_start_s + 10
-    for name in ("sleep", "stop"):  # a local reaper, every minute: within two periods
+    for name in ("sleep", "stop", "ec2"):  # a reaper next to the gateway, every minute: within two periods
         assert week[name].worst_overshoot_s <= 2 * 60, name
-    for name in ("ec2", "ec2-single"):  # the Lambda: 5-minute period, CloudWatch 2 minutes behind
-        assert week[name].worst_overshoot_s <= 2 * 300 + 120, name
+    # the Lambda (single aws machine): 5-minute period, CloudWatch 2 minutes behind
+    assert 2 * 60 < week["ec2-single"].worst_overshoot_s <= 2 * 300 + 120
 
 
 def test_the_plan_model_agrees_with_the_replay(bench: ModuleType, week: dict) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from coderig.runtime import idle, node_reaper, relay_wake
+from coderig.runtime import idle, node_reaper, relay_shapes, relay_wake
 from coderig.runtime.wake import WakeError
 
 NOW = idle.utcnow()
@@ -137,16 +137,76 @@ def test_the_gate_refuses_to_hold_a_model_with_a_request_in_flight() -> None:
 def test_request_info_waits_for_the_whole_body() -> None:
     body = json.dumps({"model": "m", "stream": True}).encode()
     head = b"POST /v1/messages?beta=true HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body)
-    assert relay_wake.request_info(head + body[:-1]) is None
-    assert relay_wake.request_info(head + body) == ("/v1/messages", True, "m")
+    assert relay_shapes.request_info(head + body[:-1]) is None
+    assert relay_shapes.request_info(head + body) == ("/v1/messages", True, "m")
 
 
 def test_a_model_error_after_early_headers_becomes_an_error_event_in_the_clients_shape() -> None:
-    splice = relay_wake.Splice("anthropic")
+    splice = relay_shapes.Splice("anthropic")
     err = json.dumps({"type": "error", "error": {"type": "invalid_request_error", "message": "too long"}}).encode()
     out = splice.feed(b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n" % len(err) + err)
     assert b"event: error\ndata: " in out and b"too long" in out and out.endswith(b"0\r\n\r\n") and splice.failed
-    ok = relay_wake.Splice("openai")
+    ok = relay_shapes.Splice("openai")
     stream = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n5\r\ndata:\r\n"
     assert ok.feed(stream) == b"5\r\ndata:\r\n" and not ok.failed
-    assert json.loads(relay_wake.error_json("openai", "why"))["error"]["message"] == "why"
+    assert json.loads(relay_shapes.error_json("openai", "why"))["error"]["message"] == "why"
+
+
+def test_ec2_stops_the_machines_only_when_every_route_is_held_and_releases_them_otherwise() -> None:
+    """The aws front door: the GPU instances stop together, so every route is held first; a refusal
+    (a request in flight on one) or a stop AWS refuses reopens every route held so far."""
+    cfg = node_reaper.Config(relay=RELAY, models=(BASE, "http://127.0.0.1:4201"), action="ec2", stop_after_minutes=30)
+
+    def run(refuse_route: int | None, waker: FakeWaker) -> list[str]:
+        posts: list[str] = []
+
+        def post(url: str) -> tuple[int, dict[str, Any]]:
+            posts.append(url)
+            refused = refuse_route is not None and f"hold?route={refuse_route}&" in url
+            return (409, {"detail": "busy: 1 requests in flight"}) if refused else (200, {})
+
+        node_reaper.put_down_machines(cfg, waker, post, lambda _: None)
+        return posts
+
+    ok = FakeWaker()
+    assert run(None, ok) == [
+        f"{RELAY}/hold?route=0&state=stopped",
+        f"{RELAY}/hold?route=1&state=stopped",
+        f"{RELAY}/settled?route=0&state=stopped",
+        f"{RELAY}/settled?route=1&state=stopped",
+    ]
+    assert ok.calls == ["sleep"]
+    busy = FakeWaker()
+    assert run(1, busy)[-1] == f"{RELAY}/settled?route=0&state=awake" and busy.calls == []
+
+    class Refused(FakeWaker):
+        def sleep(self) -> None:
+            raise WakeError("could not stop i-1: UnauthorizedOperation")
+
+    assert run(None, Refused())[-2:] == [f"{RELAY}/settled?route=0&state=awake", f"{RELAY}/settled?route=1&state=awake"]
+
+
+def test_ec2_acts_once_for_all_routes_and_only_when_all_are_idle() -> None:
+    cfg = node_reaper.Config(relay=RELAY, models=(BASE, "http://127.0.0.1:4201"), action="ec2", stop_after_minutes=30)
+    two = json.loads(relay_state())["routes"] * 2
+    posts: list[str] = []
+
+    def post(url: str) -> tuple[int, dict[str, Any]]:
+        posts.append(url)
+        return 200, {}
+
+    def tick(busy_second: bool) -> list[idle.Decision]:
+        routes = [two[0], {**two[1], "inflight": 1 if busy_second else 0}]
+        waker = FakeWaker()
+        return node_reaper.tick(
+            cfg, [idle_node(), idle_node()], [waker, waker], NOW,
+            get=lambda u: json.dumps({"routes": routes}) if u.endswith("/state") else IDLE_METRICS,
+            post=post, log=lambda _: None,
+        )  # fmt: skip
+
+    assert [d.action for d in tick(busy_second=True)] == ["stop", "keep"] and posts == []
+    assert [d.action for d in tick(busy_second=False)] == ["stop", "stop"]
+    assert [p.rsplit("/", 1)[1] for p in posts] == [
+        "hold?route=0&state=stopped", "hold?route=1&state=stopped",
+        "settled?route=0&state=stopped", "settled?route=1&state=stopped",
+    ]  # fmt: skip

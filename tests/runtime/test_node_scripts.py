@@ -591,3 +591,26 @@ def test_preflight_host_ram_must_hold_the_sleeping_weights(tmp_path: Path) -> No
     assert big.returncode == 1
     none = run("preflight.sh", env)  # no sleep: no check
     assert "host-ram" not in none.stdout
+
+
+def test_preflight_checks_the_ram_and_shm_the_host_kv_tier_was_sized_for(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       65536000 kB\nMemFree:        1000 kB\n")  # 67.1 GB
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    env = {
+        "CODERIG_MODE": "cpu",
+        "CODERIG_CACHE_PATH": str(tmp_path / "c"),
+        "CODERIG_MEMINFO": str(meminfo),
+        "CODERIG_SHM_PATH": str(shm),
+    }
+    fits = run("preflight.sh", env | {"CODERIG_KV_TIER_BYTES": "4096", "CODERIG_KV_HOST_BYTES": str(64 * 2**30)})
+    oks = [f.removeprefix("preflight: ok ") for f in preflight_lines(fits.stdout, "ok")]
+    assert any(f.startswith("kv-tier: 67.1 GB of RAM, as the plan assumed (68.7 GB)") for f in oks), fits.stdout
+    assert any(f.startswith(f"kv-shm: {shm} holds") for f in oks), fits.stdout
+    short = run("preflight.sh", env | {"CODERIG_KV_TIER_BYTES": str(2**62), "CODERIG_KV_HOST_BYTES": str(1024 * 2**30)})
+    fails = [f for f in preflight_lines(short.stdout, "FAIL") if f.startswith("preflight: FAIL kv-")]
+    assert len(fails) == 2 and short.returncode == 1, short.stdout
+    assert "the plan sized the host KV tier for 1099.5 GB: set coderig:model.kvOffload.hostMemoryGiB" in fails[0]
+    assert "lower coderig:model.kvOffload.sizeGiB" in fails[1]
+    assert "kv-" not in run("preflight.sh", env).stdout  # no tier: no check

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,12 +47,15 @@ class Rig:
     control: int
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     relay_cmd: list[str] = field(default_factory=list)
+    relay_env: dict[str, str] | None = None
 
     def restart_relay(self) -> None:
         """A new relay process (a container restart): it learns the model's state from the model itself."""
         self.procs[0].terminate()
         self.procs[0].wait(10)
-        self.procs[0] = subprocess.Popen(self.relay_cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.procs[0] = subprocess.Popen(
+            self.relay_cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=self.relay_env
+        )
         wait_port(self.relay_port)
         wait_port(self.control)
 
@@ -114,10 +117,18 @@ def start_model_process(port: int, *extra: str) -> subprocess.Popen[bytes]:
 
 @contextlib.contextmanager
 def wake_rig(
-    tmp_path: Path, model_port: int, *, budget_s: float = 30, interval_s: float = 0.5, reaper: str | None = None
+    tmp_path: Path,
+    model_port: int,
+    *,
+    budget_s: float = 30,
+    interval_s: float = 0.5,
+    reaper: str | None = None,
+    wake: Sequence[str] = (),
+    env: dict[str, str] | None = None,
 ) -> Iterator[Rig]:
     """nginx + relay before whatever listens on `model_port` (the caller starts it): `--wake sleep`, or
-    `--wake stop` through the reaper's control URL `reaper`."""
+    `--wake stop` through the reaper's control URL `reaper`, or the relay flags `wake` (`--wake ec2 …`)
+    with the relay's environment `env`."""
     nginx = require_tool("nginx")
     rig = Rig(free_port(), model_port, free_port(), free_port())
     inputs = FrontDoorInputs(
@@ -137,13 +148,13 @@ def wake_rig(
     (tmp_path / "nginx.conf").write_text(frontdoor.render_gateway_conf(spec))
     relay = [*relay_command(spec, sys.executable)]
     relay[relay.index("--interval") + 1] = str(interval_s)
-    relay += ["--wake", "stop" if reaper else "sleep", "--control", f"127.0.0.1:{rig.control}",
+    relay += [*(wake or ("--wake", "stop" if reaper else "sleep")), "--control", f"127.0.0.1:{rig.control}",
               "--served-name", MODEL, "--start-budget", str(budget_s)]  # fmt: skip
     relay += ["--reaper", reaper] if reaper else []
     log = (tmp_path / "relay.log").open("wb")
     try:
-        rig.relay_cmd = relay
-        rig.procs.append(subprocess.Popen(relay, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+        rig.relay_cmd, rig.relay_env = relay, env
+        rig.procs.append(subprocess.Popen(relay, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env))
         rig.procs.append(subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")]))
         wait_port(rig.gateway)
         wait_port(rig.relay_port)

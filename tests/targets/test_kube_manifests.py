@@ -407,3 +407,22 @@ def test_gateway_keys_secret_carries_the_model_key_its_direct_chat_path_sends() 
     (front,) = [o for o in kube_fd.secret_objects(s, "prod", secrets) if o["metadata"]["name"] == kube.SECRET_FRONTDOOR]
     keys = front["stringData"]["gateway-keys.conf"]
     assert "$coderig_model_authorization" in keys and "Bearer " + "v" * 32 in keys
+
+
+def test_the_host_kv_tier_grows_the_pods_shm_and_memory_request_and_validates() -> None:
+    """glm-4.7 on 4×H200 nodes of 1024 GiB: a 496 GiB tier (half the RAM less 4 × 4 GiB for NCCL) in
+    /dev/shm, which vLLM maps it from; the memory request counts it, so the scheduler finds a node for it."""
+    config = glm_config()
+    config["model"]["kvOffload"] = {"hostMemoryGiB": 1024}
+    s = settings_of(config)
+    dep = by_key(objects_of(s, "prod"))[f"deployment-{kube.MODEL}"]
+    pod = dep["spec"]["template"]["spec"]
+    vllm = pod["containers"][0]
+    args = vllm["args"]
+    assert args[args.index("--kv-offloading-size") + 1] == "496"
+    shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"]["sizeLimit"] == f"{4 * 4 + 496}Gi"
+    assert vllm["resources"]["requests"]["memory"] == f"{32 * 4 + 4 * 4 + 496}Gi"
+    kubernetes_validate.validate(dep, versions.KUBERNETES_SCHEMA_VERSION, strict=True)
+    without = by_key(objects_of(settings_of(glm_config()), "prod"))[f"deployment-{kube.MODEL}"]
+    assert "--kv-offloading-size" not in without["spec"]["template"]["spec"]["containers"][0]["args"]

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from conftest import ROOT, ssh_config
 
-from coderig.core import catalog, engine, layout, planner, versions, vllm_flags
+from coderig.core import catalog, engine, kv_tier, layout, mtp, planner, versions, vllm_flags
 from coderig.core.catalog import Preset
 from coderig.core.errors import UserError
 from coderig.core.settings import ModelSettings
@@ -38,6 +38,15 @@ REFUSED = {
     "auto tool choice without a parser": ["serve", "m", "--enable-auto-tool-choice"],
     "unknown tool parser": ["serve", "m", "--enable-auto-tool-choice", "--tool-call-parser", "qwen9_coder"],
     "bad value": ["serve", "m", "--tensor-parallel-size", "two"],
+    "unknown offload backend": ["serve", "m", "--kv-offloading-size", "8", "--kv-offloading-backend", "disk"],
+    "unknown speculative method": [
+        "serve",
+        "m",
+        "--speculative-config",
+        '{"method":"mtpx","num_speculative_tokens":1}',
+    ],
+    "no draft tokens": ["serve", "m", "--speculative-config", '{"method":"mtp","num_speculative_tokens":0}'],
+    "unknown speculative key": ["serve", "m", "--speculative-config", '{"method":"mtp","draft_tokens":3}'],
 }
 # Prefixes of real flags: argparse (so vLLM) accepts them; coderig refuses them.
 ABBREVIATED = ["--enable-prefix-cachin", "--max-num-seq", "8"]
@@ -99,10 +108,16 @@ def rendered_commands() -> dict[str, list[str]]:
         variant = model(p.id, extraArgs=EXTRA_ARGS, revision="0" * 40, kvCacheDtype="bf16", servedName="x.y",
                         chatTemplate="qwen2.5-coder-fenced-tools.jinja")  # fmt: skip
         out[f"{p.id} {lay.name} extraArgs+revision+bf16+chatTemplate"] = ["serve", *engine.vllm_args(variant, lay)]
+        # the host KV tier and MTP, each way the stack can set them
+        mtp_on = model(p.id, mtp=True) if p.id in mtp.MTP else model(p.id)
+        tier = kv_tier.flags(kv_tier.Tier(True, "test", size_bytes=96 * 2**30 + 2**29, engines=lay.data))
+        out[f"{p.id} {lay.name} kvOffload+mtp"] = ["serve", *engine.vllm_args(mtp_on, lay, tier=tier)]
+        out[f"{p.id} {lay.name} mtp off"] = ["serve", *engine.vllm_args(model(p.id, mtp=False), lay)]
     for stack in sorted((ROOT / "tests" / "golden" / "stacks").glob("Pulumi.*.yaml")):
         settings = load_stack_file(stack)
         if settings.model.spec.engine == "vllm":
-            argv = shlex.split(engine.command_line(settings.model, planner.plan_stack(settings).layout))
+            plan = planner.plan_stack(settings)
+            argv = shlex.split(engine.command_line(settings.model, plan.layout, kv_tier.flags(plan.kv_tier)))
             assert argv[:2] == ["vllm", "serve"]
             out[f"golden {stack.name}"] = argv[1:]
     return out
@@ -150,6 +165,7 @@ def test_every_rendered_command_passes_vllms_parser_and_validators(report: dict[
     # every layout shape the planner renders was among them
     shapes = {name.split(" ", 1)[1] for name in results if not name.startswith("golden")}
     assert {"TP8", "TP8+DCP2", "DP8+EP", "TP8+EP"} <= shapes, shapes
+    assert any("--kv-offloading-size" in rendered_commands()[n] for n in results if n.startswith("golden"))
     assert any(name.startswith("golden Pulumi.ssh") for name in results)
 
 
@@ -159,6 +175,11 @@ def test_vllm_refuses_what_it_should(report: dict[str, Any]) -> None:
     assert "--enable-auto-tool-choice requires --tool-call-parser" in errors["auto tool choice without a parser"]
     assert "invalid tool call parser: qwen9_coder" in errors["unknown tool parser"]
     assert "--tensor-parallel-size" in errors["bad value"] and "two" in errors["bad value"]
+    assert "--kv-offloading-backend" in errors["unknown offload backend"]
+    assert "disk" in errors["unknown offload backend"]
+    assert "method 'mtpx' is not one vLLM names" in errors["unknown speculative method"]
+    assert "greater than 0" in errors["no draft tokens"]
+    assert "not SpeculativeConfig fields: ['draft_tokens']" in errors["unknown speculative key"]
 
 
 @pytest.mark.parametrize("preset", VLLM_PRESETS, ids=lambda p: p.id)

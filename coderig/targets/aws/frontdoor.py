@@ -2,8 +2,9 @@
 environment. Pure; components/aws.py turns these into resources.
 
 The front door starts this stack's stopped GPU instances when a request arrives
-(coderig.runtime.aws_wake); the reaper Lambda stops them. So the front door's role may start, never
-stop or terminate, and only instances carrying this stack's tag.
+(coderig.runtime.aws_wake), and its reaper (coderig.runtime.node_reaper, `--action ec2`) stops them
+once the relay holds every model server. So the front door's role may start and stop, never
+terminate, and only the GPU instances carrying this stack's tag (not itself).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import importlib.resources
 from typing import Any
 
 from coderig.core.frontdoor_machine import FRONT_DOOR_ROOT_GB
-from coderig.runtime.aws_reaper import FRONT_DOOR_ROLE, TAG_STACK
+from coderig.runtime.aws_reaper import FRONT_DOOR_ROLE, TAG_ROLE, TAG_STACK
 from coderig.runtime.aws_wake import GPU_ROLE
 from coderig.targets.aws.resources import INSTALL_BOTO3, cloud_config, minify
 from coderig.targets.aws.settings import AWS_FIRST_HOST, AWS_SUBNET_PREFIX
@@ -51,38 +52,25 @@ def cloud_init(*, host_private_key: str, host_public_key: str, login_public_key:
 
 
 def waker_policy(stack: str, *, tag_key: str = TAG_STACK) -> dict[str, Any]:
-    """Least privilege for the front door's waker: list instances (Describe* has no resource-level
-    permission), start only instances tagged `tag_key=stack`. EBS volumes encrypted with the AWS
-    managed key (coderig's default) need no KMS grant to start; a customer key would."""
+    """Least privilege for the front door's waker and reaper: list instances (Describe* has no
+    resource-level permission), start and stop only instances tagged `tag_key=stack` and
+    coderig:role=gpu-node. EBS volumes encrypted with the AWS managed key (coderig's default) need
+    no KMS grant to start; a customer key would."""
     return {
         "Version": "2012-10-17",
         "Statement": [
             {"Sid": "ListInstances", "Effect": "Allow", "Action": "ec2:DescribeInstances", "Resource": "*"},
             {
-                "Sid": "StartThisStacksGpuNodes",
+                "Sid": "StartStopThisStacksGpuNodes",
                 "Effect": "Allow",
-                "Action": "ec2:StartInstances",
+                "Action": ["ec2:StartInstances", "ec2:StopInstances"],
                 "Resource": "arn:aws:ec2:*:*:instance/*",
-                "Condition": {"StringEquals": {f"aws:ResourceTag/{tag_key}": stack}},
+                "Condition": {
+                    "StringEquals": {f"aws:ResourceTag/{tag_key}": stack, f"aws:ResourceTag/{TAG_ROLE}": GPU_ROLE}
+                },
             },
         ],
     }
 
 
-def wake_command(stack: str, region: str) -> list[str]:
-    """What the relay on the front door runs to wake the GPU instances (prints the state after)."""
-    return [
-        "env",
-        f"PYTHONPATH={WAKE_DIR}",
-        "/usr/bin/python3",
-        "-m",
-        "coderig.runtime.aws_wake",
-        "wake",
-        "--stack",
-        stack,
-        "--region",
-        region,
-    ]
-
-
-__all__ = ["GPU_ROLE", "PRIVATE_IP", "ROLE", "ami_filters", "cloud_init", "wake_command", "waker_policy"]
+__all__ = ["GPU_ROLE", "PRIVATE_IP", "ROLE", "ami_filters", "cloud_init", "waker_policy"]

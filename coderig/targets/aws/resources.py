@@ -185,8 +185,10 @@ def reaper_policy(*, tag_key: str, tag_value: str, log_group_arn: str) -> dict[s
 
 
 def reaper_enabled(settings: StackSettings) -> bool:
-    """The reaper is deployed when the stack has an idle policy (the same rule on every target)."""
-    return settings.idle.enabled
+    """The reaper Lambda is deployed when the stack has an idle policy, unless a front-door machine runs
+    the reaper instead: there it acts on the relay's live count and holds requests before a stop
+    (coderig.runtime.node_reaper, action ec2), where the Lambda reads minutes-old CloudWatch data."""
+    return settings.idle.enabled and settings.target.front_door_machine is None
 
 
 def reaper_config(settings: StackSettings, stack: str, *, gateway_signal: bool = False) -> aws_reaper.ReaperConfig:

@@ -162,6 +162,11 @@ class AwsTarget(TargetSettings):
         door = self.frontDoor
         return FrontDoorMachine(door.instanceType, monthly_cost(door.instanceType)) if door else None
 
+    @property
+    def machine_wake(self) -> dict[str, str] | None:
+        """The front door starts this stack's stopped GPU instances (coderig.runtime.aws_wake)."""
+        return {"wake": "ec2", "aws-region": self.region} if self.frontDoor else None
+
     @field_validator("region")
     @classmethod
     def _known_region(cls, v: str) -> str:

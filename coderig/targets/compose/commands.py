@@ -78,6 +78,10 @@ def preflight_env(settings: StackSettings, spec: NodeSpec, cache_device: str | N
         env["CODERIG_CACHE_DEVICE"] = cache_device
     if node_idle.action(settings) == "sleep" and spec.runs_model:
         env["CODERIG_SLEEP_RAM_BYTES"] = str(preset.weight_bytes)  # the sleeping weights wait in host RAM
+    tier = spec.kv_tier if spec.runs_model else None
+    if tier is not None and tier.on:  # the host must have the RAM the tier was sized from, and the /dev/shm for it
+        env["CODERIG_KV_TIER_BYTES"] = str(tier.size_bytes)
+        env["CODERIG_KV_HOST_BYTES"] = str(tier.host_bytes)
     return env
 
 

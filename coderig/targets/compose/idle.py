@@ -21,7 +21,7 @@ from typing import Any
 from coderig.core import budgets, engine, versions
 from coderig.core.files import FileSet, RenderedFile
 from coderig.core.settings import StackSettings
-from coderig.runtime import idle
+from coderig.runtime import aws_wake, idle
 from coderig.runtime.scripts import script_text
 from coderig.targets.compose.machines import NodeSpec
 
@@ -32,7 +32,16 @@ MODEL_CONTAINER = "coderig-model-1"  # compose's name for the model service's co
 STATE_DIR = "idle"  # bundle directory for the reaper's state file
 STATE_MOUNT = "/var/lib/coderig-idle"
 # the stdlib modules the relay and the reaper run, shipped below the keepalive directory
-RUNTIME_MODULES = ("sse_keepalive.py", "relay_wake.py", "wake.py", "node_reaper.py", "idle.py", "http.py")
+RUNTIME_MODULES = (
+    "sse_keepalive.py",
+    "relay_wake.py",
+    "relay_shapes.py",
+    "wake.py",
+    "node_reaper.py",
+    "idle.py",
+    "http.py",
+)
+EC2_MODULES = ("aws_wake.py", "aws_reaper.py")  # --wake ec2: the waker and the tags it shares with the reaper
 
 
 def action(settings: StackSettings) -> str | None:
@@ -43,7 +52,9 @@ def action(settings: StackSettings) -> str | None:
         return settings.idle.action
     if settings.model.spec.engine == "vllm":
         return "sleep"
-    return "stop" if settings.target.replica_count == 1 else None  # stop reaches the first host's model only
+    # stop reaches the model of the machine the reaper runs on only: one host, no separate front door
+    alone = settings.target.replica_count == 1 and settings.target.front_door_machine is None
+    return "stop" if alone else None
 
 
 def plan_note(settings: StackSettings) -> str | None:
@@ -72,29 +83,67 @@ def model_overrides(settings: StackSettings) -> tuple[list[str], dict[str, str]]
     return ["--enable-sleep-mode"], {"VLLM_SERVER_DEV_MODE": "1"}
 
 
+def machine_wake(settings: StackSettings) -> dict[str, str] | None:
+    """With an idle policy, how a separate front-door machine's relay starts the GPU machines the
+    policy stopped (aws: `--wake ec2`; None where the target does not stop machines)."""
+    return settings.target.machine_wake if settings.idle.enabled and settings.target.serves_model else None
+
+
 def relay_args(settings: StackSettings, spec: NodeSpec) -> list[str]:
-    """What the relay's command gains on the first machine: hold and wake."""
-    act = action(settings)
-    if act is None or not (spec.runs_model and spec.runs_front_door):
+    """What the relay's command gains where requests must wait for a model: on the first machine
+    (sleep, stop), or on a front-door machine before replicas (sleep through their links; ec2)."""
+    act, machine = action(settings), machine_wake(settings)
+    served = ["--served-name", settings.model.served_name]
+    if machine and _fronts_replicas(spec):
+        args = [a for key, value in machine.items() for a in (f"--{key}", value)]
+        return [*args, "--control", RELAY_CONTROL, "--start-budget", str(_start_budget(settings, spec)), *served]
+    if act is None or not _acts_here(act, spec):
         return []
-    served = [settings.model.served_name]
-    args = ["--wake", act, "--control", RELAY_CONTROL, "--start-budget", str(_budget(settings))]
-    args += [a for name in served for a in ("--served-name", name)]
-    if act == "stop":
-        args += ["--reaper", f"http://{REAPER_CONTROL}"]
-    return args
+    args = ["--wake", act, "--control", RELAY_CONTROL, "--start-budget", str(_budget(settings)), *served]
+    return args + (["--reaper", f"http://{REAPER_CONTROL}"] if act == "stop" else [])
 
 
 def _budget(settings: StackSettings) -> int:
     return budgets.load_budget_seconds(settings.model.spec)
 
 
+def _start_budget(settings: StackSettings, spec: NodeSpec) -> int:
+    """The model's load; before replicas on stopped machines (ec2) also their boot, after waiting for
+    one still stopping (aws_wake.STOP_WAIT_S)."""
+    if machine_wake(settings) and _fronts_replicas(spec):
+        return _budget(settings) + budgets.EC2_BOOT_S + int(aws_wake.STOP_WAIT_S)
+    return _budget(settings)
+
+
+def _fronts_replicas(spec: NodeSpec) -> bool:
+    """A front-door machine before our own replicas (not the first GPU machine, not an external endpoint)."""
+    return spec.runs_front_door and not spec.runs_model and bool(spec.replica_links)
+
+
+def _acts_here(act: str, spec: NodeSpec) -> bool:
+    """The relay and reaper for `act` run on this machine: the first machine, or a front door before
+    replicas whose models sleep (reached through their links; `stop` needs the model's own docker)."""
+    return (spec.runs_model and spec.runs_front_door) or (act == "sleep" and _fronts_replicas(spec))
+
+
+def _reaper_action(settings: StackSettings, spec: NodeSpec) -> tuple[str, list[str]] | None:
+    """(node_reaper --action, its extra flags) on this machine, or None: it runs no reaper."""
+    act, machine = action(settings), machine_wake(settings)
+    if machine and _fronts_replicas(spec):
+        options = [a for key, value in machine.items() if key != "wake" for a in (f"--{key}", value)]
+        return machine["wake"], options
+    if act and _acts_here(act, spec):
+        return act, (["--container", MODEL_CONTAINER, "--control", REAPER_CONTROL] if act == "stop" else [])
+    return None
+
+
 def reaper_service(settings: StackSettings, spec: NodeSpec, code_dir: str, code_mount: str) -> dict[str, Any] | None:
-    """The reaper on the first machine (None without an idle policy): the pinned LiteLLM image has
-    python3; the stdlib modules come from the bundle, like the relay's."""
-    act = action(settings)
-    if act is None or not (spec.runs_model and spec.runs_front_door):
+    """The reaper on the first machine, or on the aws front door (None without an idle policy): the
+    pinned LiteLLM image has python3 (and boto3, for ec2); the stdlib modules come from the bundle."""
+    found = _reaper_action(settings, spec)
+    if found is None:
         return None
+    act, extra = found
     models = [f"http://{b}" for b in _model_hostports(spec)]
     command = [
         "python3",
@@ -112,13 +161,13 @@ def reaper_service(settings: StackSettings, spec: NodeSpec, code_dir: str, code_
         "--model-name",
         settings.model.served_name,
         "--start-budget",
-        str(_budget(settings)),
+        str(_start_budget(settings, spec)),
         "--state-file",
         f"{STATE_MOUNT}/reaper.json",
+        *extra,
     ]
     volumes = [f"./{code_dir}:{code_mount}:ro", f"./{STATE_DIR}:{STATE_MOUNT}"]
     if act == "stop":
-        command += ["--container", MODEL_CONTAINER, "--control", REAPER_CONTROL]
         volumes.append("/var/run/docker.sock:/var/run/docker.sock")  # this service only
     return {
         "image": versions.LITELLM_IMAGE,
@@ -142,9 +191,10 @@ def services(settings: StackSettings, spec: NodeSpec, code_dir: str, code_mount:
 
 def runtime_files(settings: StackSettings, code_dir: str) -> FileSet:
     """The stdlib modules the relay (--wake) and the reaper import, below the keepalive directory."""
-    if action(settings) is None:
+    if action(settings) is None and machine_wake(settings) is None:
         return {}
-    return {f"{code_dir}/coderig/runtime/{name}": RenderedFile(script_text(name)) for name in RUNTIME_MODULES}
+    names = RUNTIME_MODULES + (EC2_MODULES if machine_wake(settings) else ())
+    return {f"{code_dir}/coderig/runtime/{name}": RenderedFile(script_text(name)) for name in names}
 
 
 def _model_hostports(spec: NodeSpec) -> list[str]:

@@ -9,6 +9,7 @@ from typing import Literal
 
 from coderig import frontdoor
 from coderig.core import budgets, engine, planner
+from coderig.core.kv_tier import Tier
 from coderig.core.layout import Layout
 from coderig.core.settings import DEFAULT_GATEWAY_PORT, StackSettings
 from coderig.frontdoor import links
@@ -41,6 +42,7 @@ class NodeSpec:
     litellm_workers: int = 1  # full/frontdoor: sized from the concurrency the plan allows
     health_path: str = "/health"  # what the gateway's /healthz asks backends[0] (vLLM's own: /health)
     model_layout: Layout | None = None  # the plan's parallel layout for its model server; None: no model
+    kv_tier: Tier | None = None  # the plan's host KV tier of its model server (coderig.core.kv_tier)
 
     @property
     def runs_model(self) -> bool:
@@ -115,9 +117,17 @@ def node_specs(settings: StackSettings, plan: planner.Plan, cache_path: str | No
         replica_links=replicas,
         litellm_workers=frontdoor.litellm_workers(plan.max_concurrent_requests),
         model_layout=plan.layout,
+        kv_tier=plan.kv_tier,
     )
     others = [
-        NodeSpec(role="replica", cache_path=path, gpu_count=plan.gpu_count, link_address=a, model_layout=plan.layout)
+        NodeSpec(
+            role="replica",
+            cache_path=path,
+            gpu_count=plan.gpu_count,
+            link_address=a,
+            model_layout=plan.layout,
+            kv_tier=plan.kv_tier,
+        )
         for _, a in replicas
     ]
     return [first, *others]

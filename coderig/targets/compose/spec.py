@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from coderig import frontdoor
-from coderig.core import budgets, engine, versions
+from coderig.core import budgets, engine, kv_tier, versions
 from coderig.core import files as render
 from coderig.core.compile_caches import compile_cache_env
 from coderig.core.secrets import NodeSecrets
@@ -117,7 +117,7 @@ def model_service(settings: StackSettings, spec: NodeSpec) -> dict[str, Any]:
     if spec.model_layout is None:
         raise ValueError("NodeSpec: a model server needs the plan's layout (model_layout)")
     sleep_args, sleep_env = node_idle.model_overrides(settings)
-    args = engine.vllm_args(settings.model, spec.model_layout) + sleep_args
+    args = engine.vllm_args(settings.model, spec.model_layout, tier=kv_tier.flags(spec.kv_tier)) + sleep_args
     return base | {
         "image": engine.model_image(settings.model),
         "entrypoint": ["vllm", "serve"],

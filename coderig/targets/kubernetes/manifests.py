@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from coderig import frontdoor
-from coderig.core import budgets, engine, planner
+from coderig.core import budgets, engine, kv_tier, planner
 from coderig.core.compile_caches import compile_cache_env
 from coderig.core.settings import StackSettings
 from coderig.runtime.scripts import script_text
@@ -145,10 +145,17 @@ def weights_claim(settings: StackSettings) -> str:
 # --- sizing from the plan -------------------------------------------------------------------------
 
 
-def shm_size_gi(gpu_count: int) -> int:
+def shm_size_gi(gpu_count: int, tier_gi: int = 0) -> int:
     """/dev/shm for NCCL and the multiprocessing executor: 1 GiB alone, 4 GiB per GPU with tensor
-    parallelism (NCCL's shared-memory transport and CUDA-graph capture all-reduce buffers)."""
-    return 1 if gpu_count <= 1 else 4 * gpu_count
+    parallelism (NCCL's shared-memory transport and CUDA-graph capture all-reduce buffers), + the host
+    KV tier, which vLLM maps from files in /dev/shm (coderig.core.kv_tier)."""
+    return (1 if gpu_count <= 1 else 4 * gpu_count) + tier_gi
+
+
+def tier_gi(plan: planner.Plan) -> int:
+    """The plan's host KV tier in whole GiB (0: none): the pod's /dev/shm and memory request grow by it."""
+    t = plan.kv_tier
+    return math.ceil(t.size_bytes / 2**30) if t is not None and t.on else 0
 
 
 def startup_probe(budget_s: int, period_s: int = 10) -> Obj:
@@ -169,13 +176,13 @@ def weights_volume_size(settings: StackSettings) -> str:
     return f"{budgets.weights_volume_gb(settings.model.spec)}Gi"
 
 
-def model_resources(gpu_count: int) -> Obj:
+def model_resources(gpu_count: int, tier: int = 0) -> Obj:
     """Requests sized per GPU (TP workers, tokenizer, detokenizer); the GPU is also a limit (required
     for extended resources). No memory limit: loading maps weights through the page cache."""
     return {
         "requests": {
             "cpu": str(min(8 * gpu_count, 96)),
-            "memory": f"{32 * gpu_count + shm_size_gi(gpu_count)}Gi",
+            "memory": f"{32 * gpu_count + shm_size_gi(gpu_count, tier)}Gi",
             "nvidia.com/gpu": str(gpu_count),
         },
         "limits": {"nvidia.com/gpu": str(gpu_count)},
@@ -364,7 +371,8 @@ def model_deployment(settings: StackSettings, stack: str, plan: planner.Plan) ->
     t = target(settings)
     p = plan
     gpus = p.gpu_count
-    args = engine.vllm_args(settings.model, p.layout, host="0.0.0.0")  # noqa: S104 - pod IP; NetworkPolicy + API key
+    tier = kv_tier.flags(p.kv_tier)
+    args = engine.vllm_args(settings.model, p.layout, host="0.0.0.0", tier=tier)  # noqa: S104 - pod IP; NetworkPolicy + API key
     env = {
         "HF_HOME": HF_HOME,
         "HF_HUB_OFFLINE": "1",  # the Job already downloaded everything
@@ -385,7 +393,7 @@ def model_deployment(settings: StackSettings, stack: str, plan: planner.Plan) ->
         "args": args,
         "ports": [{"name": "http", "containerPort": engine.MODEL_PORT, "protocol": "TCP"}],
         "env": [*env_list(env), secret_env("VLLM_API_KEY", SECRET_MODEL, "VLLM_API_KEY")],
-        "resources": model_resources(gpus),
+        "resources": model_resources(gpus, tier_gi(p)),
         "startupProbe": startup_probe(budget),
         "readinessProbe": probe_http | {"periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3},
         "livenessProbe": probe_http | {"periodSeconds": 30, "timeoutSeconds": 10, "failureThreshold": 5},
@@ -420,7 +428,7 @@ def model_deployment(settings: StackSettings, stack: str, plan: planner.Plan) ->
         "containers": [container],
         "volumes": [
             {"name": "cache", "persistentVolumeClaim": {"claimName": t.weightsVolumeName}},
-            empty_dir("dshm", f"{shm_size_gi(gpus)}Gi", memory=True),
+            empty_dir("dshm", f"{shm_size_gi(gpus, tier_gi(p))}Gi", memory=True),
             empty_dir("tmp", "50Gi"),
         ],
     }

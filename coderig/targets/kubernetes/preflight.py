@@ -84,19 +84,20 @@ class PodRequest:
 
 def model_pod_request(settings: StackSettings, plan: planner.Plan | None = None) -> PodRequest:
     p = plan or planner.plan_stack(settings)
-    return PodRequest.of(kube.model_resources(p.gpu_count))
+    return PodRequest.of(kube.model_resources(p.gpu_count, kube.tier_gi(p)))
 
 
 def plan_lines(settings: StackSettings, plan: planner.Plan) -> list[str]:
     """`coderig plan`'s lines for a kubernetes stack: what one model pod requests and why."""
     t = kube.target(settings)
     r = model_pod_request(settings, plan)
-    shm = kube.shm_size_gi(plan.gpu_count)
+    shm = kube.shm_size_gi(plan.gpu_count, kube.tier_gi(plan))
     where = ", ".join(f"{k}={v}" for k, v in t.nodeSelector.items()) or "any node"
     return [
         f"  model pod requests {r.text()} per pod, × {t.replicas} replicas ({where})",
         f"    why              {GPU}: {KEY}.gpu.count; CPUs: 8 per GPU (tensor-parallel workers, tokenizer, "
-        f"detokenizer), at most 96; memory: 32 GiB per GPU + {shm} GiB /dev/shm (NCCL)",
+        f"detokenizer), at most 96; memory: 32 GiB per GPU + {shm} GiB /dev/shm (NCCL"
+        + (f" + the {kube.tier_gi(plan)} GiB host KV tier)" if kube.tier_gi(plan) else ")"),
         "    nodes            each replica needs one node with that much allocatable; `pulumi up` checks the "
         "cluster first and names the key to change",
     ]

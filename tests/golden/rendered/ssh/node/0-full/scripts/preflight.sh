@@ -21,6 +21,9 @@
 #   CODERIG_OS_RELEASE      os-release file to read (default /etc/os-release)
 #   CODERIG_SLEEP_RAM_BYTES weights the host RAM must hold while vLLM sleeps (idle.action sleep; default 0: no check)
 #   CODERIG_MEMINFO         meminfo file to read (default /proc/meminfo)
+#   CODERIG_KV_TIER_BYTES   the host KV tier vLLM keeps in /dev/shm (coderig:model.kvOffload; default 0: no check)
+#   CODERIG_KV_HOST_BYTES   the host RAM the plan sized the tier from: MemTotal must be at least this
+#   CODERIG_SHM_PATH        where the tier lives (default /dev/shm; the model container runs with ipc: host)
 #   CODERIG_TARGET          node (default): a server we may install on | local: this workstation
 #                           (any OS with Docker; nothing is installed, so Docker must be present)
 set -euo pipefail
@@ -210,6 +213,32 @@ if (( SLEEP_RAM_BYTES > 0 )); then
     ok host-ram "$(human $((mem_kb * 1024))) holds the sleeping model's weights ($(human "$SLEEP_RAM_BYTES") + 10%)"
   else
     fail host-ram "$(human $((mem_kb * 1024))) of RAM cannot hold the weights ($(human "$SLEEP_RAM_BYTES") + 10%) while the model sleeps (vLLM sleep level 1 keeps them in host RAM): set coderig:idle.action: stop, or use hosts with more RAM"
+  fi
+fi
+
+# --- host KV tier (coderig:model.kvOffload) -----------------------------------
+# vLLM's native CPU offloading maps its tier from files in /dev/shm (v1/kv_offload/cpu/shared_offload_region.py);
+# the plan sized it from CODERIG_KV_HOST_BYTES of RAM, so the host must have that RAM and that much shm.
+KV_TIER_BYTES="${CODERIG_KV_TIER_BYTES:-0}"
+KV_HOST_BYTES="${CODERIG_KV_HOST_BYTES:-0}"
+SHM_PATH="${CODERIG_SHM_PATH:-/dev/shm}"
+if (( KV_TIER_BYTES > 0 )); then
+  mem_kb="$(awk '/^MemTotal:/ {print $2}' "$MEMINFO" 2>/dev/null || true)"
+  # MemTotal is RAM less what the kernel keeps (a few %): allow 5% below the declared size
+  if [[ -z "$mem_kb" ]]; then
+    fail kv-tier "cannot read MemTotal from $MEMINFO"
+  elif (( mem_kb * 1024 < KV_HOST_BYTES * 95 / 100 )); then
+    fail kv-tier "$(human $((mem_kb * 1024))) of RAM, but the plan sized the host KV tier for $(human "$KV_HOST_BYTES"): set coderig:model.kvOffload.hostMemoryGiB to this host's RAM (or a smaller sizeGiB)"
+  else
+    ok kv-tier "$(human $((mem_kb * 1024))) of RAM, as the plan assumed ($(human "$KV_HOST_BYTES"))"
+  fi
+  shm_bytes="$(df -B1 --output=size "$SHM_PATH" 2>/dev/null | tail -n 1 | tr -d ' ' || true)"
+  if ! [[ "$shm_bytes" =~ ^[0-9]+$ ]]; then
+    fail kv-shm "cannot read the size of $SHM_PATH"
+  elif (( shm_bytes < KV_TIER_BYTES )); then
+    fail kv-shm "$SHM_PATH holds $(human "$shm_bytes"), the host KV tier needs $(human "$KV_TIER_BYTES") there: lower coderig:model.kvOffload.sizeGiB, or grow $SHM_PATH (mount -o remount,size=...)"
+  else
+    ok kv-shm "$SHM_PATH holds $(human "$shm_bytes") >= the host KV tier's $(human "$KV_TIER_BYTES")"
   fi
 fi
 

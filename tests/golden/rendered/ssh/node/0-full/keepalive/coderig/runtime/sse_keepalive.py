@@ -25,8 +25,8 @@ When the model server cannot be reached the relay closes the client connection w
 which nginx counts as a failed attempt (`proxy_next_upstream error`) and retries on another replica.
 Listen addresses must be loopback: the relay has no authentication of its own.
 
-The one hop to a model server on every path: with `--wake sleep|stop` it also holds the requests for
-a model put to sleep or stopped, and wakes it (coderig.runtime.relay_wake).
+The one hop to a model server on every path: with `--wake sleep|stop|ec2` it also holds the requests
+for a model put to sleep, stopped, or on a stopped GPU instance, and wakes it (coderig.runtime.relay_wake).
 """
 
 from __future__ import annotations
@@ -371,11 +371,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="SSE keepalive relay (loopback only)")
     ap.add_argument("--route", action="append", required=True, help="LISTEN_HOST:PORT=TARGET_HOST:PORT (repeatable)")
     ap.add_argument("--interval", type=float, default=DEFAULT_INTERVAL_S, help="seconds of silence before a comment")
-    ap.add_argument("--wake", choices=("sleep", "stop"), help="hold and wake requests for an idle model")
+    ap.add_argument("--wake", choices=("sleep", "stop", "ec2"), help="hold and wake requests for an idle model")
     ap.add_argument("--start-budget", type=float, default=600.0, help="--wake: seconds a wake may take")
     ap.add_argument("--control", help="--wake: loopback HOST:PORT of the control API (GET /state, POST /hold)")
     ap.add_argument("--reaper", help="--wake stop: http://127.0.0.1:PORT of the node's reaper")
     ap.add_argument("--served-name", action="append", default=[], help="--wake: a model name it serves")
+    ap.add_argument("--probe-interval", type=float, default=10.0, help="--wake: seconds between state probes")
+    ap.add_argument("--aws-stack", default="auto", help="--wake ec2: the GPU instances' coderig:stack tag")
+    ap.add_argument("--aws-region", default="auto", help="--wake ec2: 'auto' reads it from instance metadata")
+    ap.add_argument("--aws-imds-url", default="", help=argparse.SUPPRESS)  # tests: a stand-in metadata service
     ap.add_argument(
         "--silence", type=float, default=0, help="end a response the model server left silent this long (0: never)"
     )
@@ -394,8 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"sse_keepalive: {exc}", file=sys.stderr)
         return 2
-    if args.interval <= 0 or args.silence < 0 or args.start_budget <= 0:
-        problem = "--interval and --start-budget must be > 0 and --silence >= 0"
+    if args.interval <= 0 or args.silence < 0 or args.start_budget <= 0 or args.probe_interval <= 0:
+        problem = "--interval, --start-budget and --probe-interval must be > 0 and --silence >= 0"
     if problem:
         print(f"sse_keepalive: {problem}", file=sys.stderr)
         return 2

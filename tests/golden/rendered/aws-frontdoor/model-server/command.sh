@@ -1,0 +1,2 @@
+#!/bin/sh
+exec vllm serve deepseek-ai/DeepSeek-V3.2 --served-model-name deepseek-v3.2 --host 127.0.0.1 --port 8000 --tensor-parallel-size 8 --max-model-len 131072 --gpu-memory-utilization 0.90 --kv-cache-dtype fp8 --enable-prefix-caching --enable-auto-tool-choice --speculative-config '{"method":"mtp","num_speculative_tokens":3}' --tool-call-parser deepseek_v32 --reasoning-parser deepseek_v3 --tokenizer-mode deepseek_v32 --override-generation-config '{"temperature":1.0,"top_p":0.95}' --default-chat-template-kwargs '{"thinking":true}'
