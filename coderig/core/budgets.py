@@ -7,12 +7,23 @@ from __future__ import annotations
 
 import math
 
+from coderig.core import compile_caches
 from coderig.core.catalog import GB, Preset
 
 
-def weights_volume_gb(preset: Preset) -> int:
-    """Cache volume size: weights + 25% headroom (partial downloads, a second revision), min 100 GB."""
-    return max(100, math.ceil(preset.weight_bytes * 1.25 / GB / 10) * 10)
+def caches_bytes(preset: Preset, gpus: int) -> int:
+    """The compile caches of a replica on `gpus` GPUs (coderig.core.compile_caches; llama.cpp writes none)."""
+    return compile_caches.cache_bytes(gpus) if preset.engine == "vllm" else 0
+
+
+def weights_and_caches_bytes(preset: Preset, gpus: int) -> int:
+    return preset.weight_bytes + caches_bytes(preset, gpus)
+
+
+def weights_volume_gb(preset: Preset, gpus: int) -> int:
+    """Cache volume size: weights + 25% headroom (partial downloads, a second revision) + the compile
+    caches of a replica on `gpus` GPUs, min 100 GB."""
+    return max(100, math.ceil((preset.weight_bytes * 1.25 + caches_bytes(preset, gpus)) / GB / 10) * 10)
 
 
 # Throughputs the time budgets assume. Loading reads the cache volume (gp3 tops out at 2000 MiB/s);
@@ -25,11 +36,13 @@ ENGINE_WARMUP_S = 600  # CUDA graph capture, torch.compile, kernel JIT
 EC2_BOOT_S = 180
 
 
-def load_budget_seconds(preset: Preset) -> int:
-    """How long a model server may take to become healthy once the weights are on the volume."""
+def load_budget_seconds(preset: Preset, read_bytes_per_s: int = LOAD_BYTES_PER_S) -> int:
+    """How long a model server may take to become healthy once the weights are on the volume, read at
+    LOAD_BYTES_PER_S or the volume's own throughput where that is slower (coderig.core.restart)."""
+    rate = min(LOAD_BYTES_PER_S, read_bytes_per_s)
     if preset.engine == "llama.cpp":
-        return 120 + math.ceil(preset.weight_bytes / LOAD_BYTES_PER_S)
-    return ENGINE_WARMUP_S + math.ceil(preset.weight_bytes / LOAD_BYTES_PER_S)
+        return 120 + math.ceil(preset.weight_bytes / rate)
+    return ENGINE_WARMUP_S + math.ceil(preset.weight_bytes / rate)
 
 
 def download_budget_seconds(preset: Preset) -> int:

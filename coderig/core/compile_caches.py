@@ -29,6 +29,8 @@ volume share one cache.
 
 from __future__ import annotations
 
+GiB = 1024**3
+
 # variable -> directory below the weights volume's mount point
 COMPILE_CACHES: dict[str, str] = {
     "VLLM_CACHE_ROOT": "vllm",
@@ -45,3 +47,17 @@ def compile_cache_env(volume_mount: str) -> dict[str, str]:
     weights volume mounted at `volume_mount` (the same table on every target)."""
     root = volume_mount.rstrip("/")
     return {var: f"{root}/{sub}" for var, sub in COMPILE_CACHES.items()}
+
+
+# Room the caches take on the weights volume, counted in its size (coderig.core.budgets): torch.compile's
+# artifacts are per rank (`torch_compile_cache/<hash>/rank_<i>_0`, vllm/compilation/backends.py), the
+# kernel caches (Triton, DeepGEMM, FlashInfer, CUDA's ComputeCache) per kernel and shape, shared by the
+# ranks. A heuristic, not measured here (no GPU): 2 GiB per GPU rank + 8 GiB shared. Unverified.
+CACHE_BYTES_PER_GPU = 2 * GiB
+CACHE_BYTES_SHARED = 8 * GiB
+
+
+def cache_bytes(gpus: int) -> int:
+    """What the compile/autotune/JIT caches of one replica on `gpus` GPUs take on the weights volume
+    (replicas sharing a volume share these content-addressed files)."""
+    return CACHE_BYTES_SHARED + CACHE_BYTES_PER_GPU * max(gpus, 1)

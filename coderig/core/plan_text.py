@@ -3,7 +3,7 @@ arithmetic that produced it. Reads a `coderig.core.planner.Plan`; decides nothin
 
 from __future__ import annotations
 
-from coderig.core import kv_tier, mtp
+from coderig.core import kv_tier, mtp, prefill
 from coderig.core import layout as lay
 from coderig.core.catalog import GB, GPUS, PRESETS, GiB, Preset
 from coderig.core.layout import OVERHEAD_PER_GPU
@@ -12,6 +12,10 @@ from coderig.core.planner import RULE, Plan
 
 def _n(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _sessions(n: float) -> str:
+    return "" if n == 1 else f" × {n:g} sessions"
 
 
 def _gb(n: float) -> str:
@@ -82,11 +86,14 @@ def format_plan(p: Plan, stack: str = "") -> str:
         w = p.workload
         src = "coderig:workload" if w.declared else "no coderig:workload: every developer, full context"
         verdict = "carried" if p.carried else "NOT carried"
+        who = f"{_n(w.developers, 'developer')} × {w.share:.0%}{_sessions(w.sessions)}"
         line = (
-            f"  workload           {_n(w.developers, 'developer')} × {w.share:.0%} at {w.context} tokens = "
+            f"  workload           {who} at {w.context} tokens = "
             f"{_n(w.peak, 'concurrent request')} ({src}): {verdict}, capacity {p.capacity_at_peak}"
         )
         lines.append(line + (f"; {p.advice}" if p.advice else ""))
+        if p.prefill is not None:
+            lines.append(prefill.plan_line(p.prefill, p.replicas))
     lines.append(f"  {'fits' if p.fits else 'DOES NOT FIT'}: {p.reason}")
     if p.suggestion:
         lines.append(f"  {p.suggestion}")

@@ -21,8 +21,10 @@ docs/serving/data_parallel_deployment.md):
 Layout rule (printed by `coderig plan`): of the layouts the pinned vLLM runs for the preset on the
 GPUs (layout.candidates: TP; TP + decode context parallelism for MLA where the recipe and the
 attention backend support it; data-parallel attention + expert parallelism for MoE), take the one
-with the lowest per-request latency (TP < TP+DCP < DP+EP) that still carries the stack's workload,
-else the one with the most full-context concurrency. `coderig:model.parallel` overrides it.
+with the lowest per-request latency (TP < TP+DCP < DP+EP) that still carries the stack's workload
+and sustains its peak prefill (coderig.core.prefill: a layout holding more contexts in its KV cache
+recomputes fewer evicted prefixes), else the lowest-latency one that carries it, else the one with the
+most full-context concurrency. `coderig:model.parallel` overrides it.
 """
 
 from __future__ import annotations
@@ -30,15 +32,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from coderig.core import layout as lay
 from coderig.core import mtp
+from coderig.core import prefill as pf
 from coderig.core.catalog import AWS_INSTANCES, GB, GPU_COUNTS, GPUS, LLAMACPP_CACHE_TYPE, GiB, Preset
 from coderig.core.kv_tier import RankKv, Tier
 from coderig.core.kv_tier import tier as host_tier
 from coderig.core.layout import OVERHEAD_PER_GPU, Layout, kv_bytes_per_request, kv_bytes_per_token
+from coderig.core.prefill import Workload
 
 if TYPE_CHECKING:
     from coderig.core.settings import StackSettings
@@ -46,24 +51,9 @@ if TYPE_CHECKING:
 __all__ = ["OVERHEAD_PER_GPU", "Layout", "Plan", "Workload", "kv_bytes_per_request", "kv_bytes_per_token", "plan"]
 
 RULE = (
-    "the lowest-latency layout (TP < TP+DCP < DP+EP) that carries the workload, "
-    "else the one with the most full-context concurrency"
+    "the lowest-latency layout (TP < TP+DCP < DP+EP) that carries the workload and sustains its peak prefill, "
+    "else that carries it, else the one with the most full-context concurrency"
 )
-
-
-@dataclass(frozen=True)
-class Workload:
-    """The peak a stack is sized for: `developers × share` requests of `context` tokens at once.
-    Without coderig:workload, every listed developer with one full-context request (declared False)."""
-
-    developers: int
-    share: float
-    context: int
-    declared: bool = True
-
-    @property
-    def peak(self) -> int:
-        return max(1, math.ceil(self.developers * self.share - 1e-9))
 
 
 @dataclass(frozen=True)
@@ -122,6 +112,7 @@ class Plan:
     usd_per_hour: float | None = None
     instance_type: str | None = None
     ram_bytes: int = 0  # CPU (llama.cpp): weights + one slot's KV
+    prefill: pf.Check | None = None  # the peak's prefill against the layout (None: no per-GPU figure)
     mtp_on: bool = False  # MTP speculative decoding on (coderig.core.mtp; the figures include its layer)
     kv_tier: Tier | None = None  # the host-memory KV tier of each model host (coderig.core.kv_tier)
 
@@ -218,6 +209,9 @@ class Plan:
                 "capacity": self.capacity_at_peak,
                 "carried": self.carried,
                 "advice": self.advice,
+                "sessions_per_developer": w.sessions,
+                "prefix_reuse": w.reuse,
+                "prefill": self.prefill.summary() if self.prefill else None,
             }
         return out
 
@@ -236,6 +230,7 @@ def plan(
     suggest: bool = True,
     parallel: Layout | None = None,
     workload: Workload | None = None,
+    kv_tier_tokens: int = 0,
 ) -> Plan:
     usd = AWS_INSTANCES[instance_type].usd_per_hour * replicas if instance_type else None
     estimates = (("weights",) if preset.weights_source is None else ()) + (
@@ -304,7 +299,21 @@ def plan(
         _option(preset, gpu, x, max_model_len, workload.context, kv_cache_dtype, gpu_memory_utilization)
         for x in layouts
     )
-    chosen, why = _choose(options, workload, max(replicas, 1), overridden=parallel is not None)
+    per_gpu = pf.tokens_per_s_per_gpu(preset, gpu, workload.context)
+    peak = {"active": workload.peak, "live": workload.live, "context": workload.context, "reuse": workload.reuse}
+    peak["tier_tokens_per_replica"] = kv_tier_tokens  # the host KV tier (KVTIER sizes it; 0: none)
+
+    def prefill_of(o: Option) -> pf.Check | None:
+        if per_gpu is None:
+            return None
+        n, held = max(replicas, 1), o.per_replica_at_peak
+        return pf.check(per_gpu=per_gpu, gpus=o.layout.gpus, replicas=n, resident_per_replica=held, **peak)
+
+    def sustains(o: Option) -> bool:
+        c = prefill_of(o)
+        return c is None or c.sustained
+
+    chosen, why = _choose(options, workload, max(replicas, 1), overridden=parallel is not None, sustains=sustains)
     where = f"{gpu_count}× {gpu} ({g.memory_bytes * gpu_count / GiB:.0f} GiB, {gpu_memory_utilization:.0%} usable)"
     if chosen.weights_per_gpu + OVERHEAD_PER_GPU > chosen.usable_per_gpu:
         fits = False
@@ -336,19 +345,25 @@ def plan(
         options=options,
         why=why,
         suggestion=suggestion,
+        prefill=prefill_of(chosen) if fits else None,
     )
     if fits and suggest and not p.carried:
         p = _with_advice(p, preset, kv_cache_dtype)
     return p
 
 
-def _choose(options: tuple[Option, ...], w: Workload, replicas: int, *, overridden: bool) -> tuple[Option, str]:
+def _choose(
+    options: tuple[Option, ...], w: Workload, replicas: int, *, overridden: bool, sustains: Callable[[Option], bool]
+) -> tuple[Option, str]:
     if overridden:
         return options[0], "set by coderig:model.parallel"
     fitting = [o for o in options if o.per_replica >= 1]
-    for o in fitting:  # lowest latency first
-        if o.per_replica_at_peak * replicas >= w.peak:
+    carrying = [o for o in fitting if o.per_replica_at_peak * replicas >= w.peak]  # lowest latency first
+    for o in carrying:
+        if sustains(o):
             return o, "the lowest-latency layout that carries the workload"
+    if carrying:
+        return carrying[0], "the lowest-latency layout that carries the workload (none sustains its prefill)"
     if not fitting:
         return options[0], "no layout holds a full-context request"
     best = max(fitting, key=lambda o: o.per_replica)  # max() keeps the first (lowest latency) of equals
@@ -441,7 +456,13 @@ def plan_stack(settings: StackSettings) -> Plan:
     w = settings.workload
     if w is not None:
         developers = w.developers or len(settings.developers)
-        workload = Workload(developers, w.peakActiveShare, w.contextTokens or m.max_model_len)
+        workload = Workload(
+            developers,
+            w.peakActiveShare,
+            w.contextTokens or m.max_model_len,
+            sessions=w.sessionsPerDeveloper,
+            reuse=w.prefixReuse,
+        )
     else:
         workload = Workload(max(1, len(settings.developers)), 1.0, m.max_model_len, declared=False)
     p = plan(
@@ -463,4 +484,5 @@ def plan_stack(settings: StackSettings) -> Plan:
         per_token = c.kv_per_request_per_gpu / p.max_model_len
         rank = RankKv(c.layout.tensor, c.layout.data, per_token, c.kv_space_per_gpu, workload.context)
     tier = host_tier(m.kvOffload, settings.kv_host, rank) if p.served_here else None
-    return dataclasses.replace(p, mtp_on=m.mtp_on, kv_tier=tier)
+    fill = p.prefill.with_tier(tier.tokens) if p.prefill and tier and tier.on else p.prefill  # what the tier adds
+    return dataclasses.replace(p, mtp_on=m.mtp_on, kv_tier=tier, prefill=fill)

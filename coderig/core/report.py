@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from coderig.core import catalog, cost, plan_text, planner
+from coderig.core import catalog, cost, plan_text, planner, restart
 
 if TYPE_CHECKING:
     from coderig.core.settings import StackSettings
@@ -15,9 +15,11 @@ if TYPE_CHECKING:
 def text(settings: StackSettings, p: planner.Plan, stack: str, idle_mechanism: str | None) -> str:
     """The capacity plan, what it costs, and the always-on front-door machine's line when there is one."""
     door = settings.target.front_door_machine
+    r = restart_estimate(settings)
     return "\n".join(
         [
             plan_text.format_plan(p, stack),
+            *([restart.plan_line(r)] if r else []),
             *cost_estimate(settings, idle_mechanism).lines(),
             *([door.plan_line()] if door else []),
         ]
@@ -26,9 +28,11 @@ def text(settings: StackSettings, p: planner.Plan, stack: str, idle_mechanism: s
 
 def summary(settings: StackSettings, p: planner.Plan, stack: str, idle_mechanism: str | None) -> dict[str, object]:
     door = settings.target.front_door_machine
+    r = restart_estimate(settings)
     return {
         "stack": stack,
         **p.summary(),
+        **({"restart": r.summary()} if r else {}),
         "cost": cost_estimate(settings, idle_mechanism).summary(),
         **({"front_door": door.summary()} if door else {}),
     }
@@ -55,3 +59,8 @@ def cost_estimate(settings: StackSettings, idle_mechanism: str | None) -> cost.E
         awake=awake,
         serves_model=t.serves_model,
     )
+
+
+def restart_estimate(settings: StackSettings) -> restart.Restart | None:
+    m, t = settings.model.spec, settings.target
+    return restart.estimate(m.weight_bytes, m.engine, t.serves_model, t.weights_read)

@@ -493,6 +493,7 @@ def parse_settings(raw: dict[str, Any], other_keys: Iterable[str] = (), *, kinds
             developers=len(settings.developers),
         )
     )
+    problems.extend(settings.target.volume_problems(m.spec))
     problems += [why for why in [mtp.problem(m.spec, m.mtp)] if why] + kv_tier.problems(m.kvOffload, settings.kv_host)
     if problems:
         raise UserError(problems)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from coderig.core import catalog, layout
+from coderig.core import catalog, layout, prefill
 
 PARALLEL_KEY = "coderig:model.parallel"
 WORKLOAD_KEY = "coderig:workload"
@@ -31,7 +31,8 @@ class ParallelSettings(BaseModel):
 
 
 class WorkloadSettings(BaseModel):
-    """The peak the stack must carry: developers × peakActiveShare requests at contextTokens.
+    """The peak the stack must carry: developers × peakActiveShare × sessionsPerDeveloper requests at
+    contextTokens, prefixReuse of each turn's input cached.
 
     No published figure for the share of developers whose agents run a request at the same time was
     found, so peakActiveShare has no default: set it from your own gateway logs (requests in flight
@@ -41,6 +42,14 @@ class WorkloadSettings(BaseModel):
     developers: int | None = Field(default=None, ge=1, le=100_000, description="default: len(coderig:developers)")
     peakActiveShare: float = Field(gt=0, le=1, description="share of developers with a request in flight at peak")
     contextTokens: int | None = Field(default=None, ge=1, description="tokens per request at peak; default maxModelLen")
+    # issue #23 (llm-d, real Claude Code traffic): sub-agents fan out to a median of 7 concurrent sessions
+    # per developer (p90 51); 96 % of turns reuse >= 90 % of their prefix (coderig.core.prefill)
+    sessionsPerDeveloper: float = Field(
+        default=prefill.SESSIONS_PER_DEVELOPER, ge=1, le=1000, description="concurrent sessions per active developer"
+    )
+    prefixReuse: float = Field(
+        default=prefill.PREFIX_REUSE, ge=0, lt=1, description="share of a turn's input served from the prefix cache"
+    )
 
 
 def problems(

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field, field_validator
 
-from coderig.core import catalog, hostkeys
+from coderig.core import catalog, hostkeys, restart
 from coderig.core.settings_base import Model
 
 if TYPE_CHECKING:
@@ -76,6 +76,8 @@ def check_cache_path(v: str) -> str:
 
 
 NODE_CACHE_PATH = "/var/lib/coderig"  # the weights cache on a machine coderig prepares (ssh, aws)
+WEIGHTS_READ_KEY = "coderig:target.weightsReadMBps"
+WEIGHTS_READ_HELP = "the weights volume's sequential read, MB/s, for the plan's restart estimate"
 
 
 class TargetSettings(Model):
@@ -176,6 +178,16 @@ class TargetSettings(Model):
     def front_door_machine(self) -> FrontDoorMachine | None:
         """The separate always-on machine holding the gateway (None: the first machine holds it)."""
         return None
+
+    def volume_problems(self, preset: catalog.Preset) -> list[str]:
+        """Why the weights volume the stack sizes cannot hold `preset`'s weights and compile caches."""
+        return []
+
+    @property
+    def weights_read(self) -> restart.ReadRate:
+        """The weights volume's read throughput the restart estimate uses: the stack's
+        `weightsReadMBps` where the kind has the key, else a local NVMe drive's."""
+        return restart.nvme(getattr(self, "weightsReadMBps", None), WEIGHTS_READ_KEY)
 
     @property
     def machine_wake(self) -> dict[str, str] | None:

@@ -44,16 +44,22 @@ SESSION_HEADERS: tuple[tuple[str, str], ...] = (
 )
 
 
-def affinity_map() -> list[str]:
-    """One replica per agent session (its prefix cache), whichever client sent it; session-less
-    clients spread. A chain of maps, last header first: each falls back to the next one's value."""
+def session_chain(result: str, fallback: str, prefix: str) -> list[str]:
+    """A chain of maps over SESSION_HEADERS, last header first, each falling back to the next one's
+    value: `result` holds the first header sent (in SESSION_HEADERS' order), else `fallback`. The
+    intermediate variables are named `$<prefix><client>`."""
     out: list[str] = []
-    fallback = "$request_id"
     for i, (client, header) in enumerate(reversed(SESSION_HEADERS)):
-        var = AFFINITY_VAR if i == len(SESSION_HEADERS) - 1 else f"$coderig_session_{client}"
+        var = result if i == len(SESSION_HEADERS) - 1 else f"${prefix}{client}"
         out += [f"map $http_{header} {var} {{", f'    "" {fallback};', f"    default $http_{header};", "}"]
         fallback = var
     return out
+
+
+def affinity_map() -> list[str]:
+    """One replica per agent session (its prefix cache), whichever client sent it; session-less
+    clients spread (their own $request_id)."""
+    return session_chain(AFFINITY_VAR, "$request_id", "coderig_session_")
 
 
 def balanced_servers(zone: str, servers: Sequence[str], keepalive: int, idle_s: int) -> list[str]:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 
+from coderig.frontdoor.native import session_chain
+
 # A handshake plus request headers take milliseconds; a slow mobile link a few seconds.
 HANDSHAKE_HEADER_TIMEOUT_S = 10
 # Requests in progress from one address: an office behind one NAT address runs many developers'
@@ -75,6 +77,8 @@ _OWN_ERRORS = {
     505: (505, "HTTP version not supported"),
 }
 LOG_NOT_ASCII = "(not printable ASCII)"
+# the first session header a client sent (coderig.frontdoor.native.SESSION_HEADERS order), "" when none
+LOG_SESSION_RAW = "$coderig_log_session_sent"
 OWN_ERROR_PATH = "/_coderig_error_"
 
 
@@ -103,8 +107,11 @@ def http_lines() -> list[str]:
         '    "~^[ -~]*$" $uri;',
         f'    default "{LOG_NOT_ASCII}";',
         "}",
-        "map $http_x_claude_code_session_id $coderig_log_session {",
-        '    "~^[ -~]*$" $http_x_claude_code_session_id;',
+        # the session as the affinity key reads it: Claude Code's, Codex's or opencode's header
+        *session_chain(LOG_SESSION_RAW, '""', "coderig_log_session_"),
+        f"map {LOG_SESSION_RAW} $coderig_log_session {{",
+        '    "" "";',  # nginx tries a map's regexes on non-empty values only (ngx_http_map_find)
+        f'    "~^[ -~]*$" {LOG_SESSION_RAW};',
         f'    default "{LOG_NOT_ASCII}";',
         "}",
     ]

@@ -103,8 +103,9 @@ LAYOUT_CASES = [
     ("H200", None, None, ["--tensor-parallel-size 8"]),
     ("H200", {"data": 8, "expert": True}, None,
      ["--tensor-parallel-size 1", "--data-parallel-size 8", "--enable-expert-parallel"]),
-    # 29 at once: one ssh replica of TP8+DCP4 holds 29 (DCP2 14); two Kubernetes replicas of DCP2 hold 28
-    ("H200", None, {"developers": 58, "peakActiveShare": 0.5},
+    # 29 at once (one session each): one ssh replica of TP8+DCP4 holds 29 (DCP2 14); two Kubernetes
+    # replicas of DCP2 hold 28
+    ("H200", None, {"developers": 58, "peakActiveShare": 0.5, "sessionsPerDeveloper": 1},
      ["--tensor-parallel-size 8", "--decode-context-parallel-size 4"]),
     ("B200", {"tensor": 8, "decodeContext": 8}, None,
      ["--tensor-parallel-size 8", "--decode-context-parallel-size 8"]),
@@ -146,7 +147,8 @@ def test_each_layout_reaches_compose_the_deployment_and_command_sh(
 
 
 def test_plan_prints_layout_rule_and_workload(stack_file, capsys):
-    c = _layout_config("ssh", "H200", None, {"developers": 400, "peakActiveShare": 0.5, "contextTokens": 65536})
+    w = {"developers": 400, "peakActiveShare": 0.5, "contextTokens": 65536, "sessionsPerDeveloper": 1}
+    c = _layout_config("ssh", "H200", None, w)
     assert main(["plan", "--config", str(stack_file(c))]) == 0
     out = capsys.readouterr().out
     assert "layout rule        the lowest-latency layout" in out

@@ -174,6 +174,26 @@ def test_access_log_stays_utf8_json_whatever_bytes_a_client_sends(tmp_path: Path
         assert LOG_NOT_ASCII in {e["path"] for e in entries}
 
 
+def test_access_log_session_comes_from_each_clients_header_in_affinity_order(tmp_path: Path) -> None:
+    """Codex's `session-id` and opencode's `x-session-id` fill the log's session as Claude Code's
+    header does; with several, the one the affinity key reads (coderig.frontdoor.native) wins."""
+    sent = {
+        "claude": b"x-claude-code-session-id: cc-1\r\n",
+        "codex": b"session-id: cx-1\r\n",
+        "opencode": b"x-session-id: oc-1\r\n",
+        "all three": b"x-session-id: oc-2\r\nsession-id: cx-2\r\nx-claude-code-session-id: cc-2\r\n",
+        "codex and opencode": b"x-session-id: oc-3\r\nsession-id: cx-3\r\n",
+        "codex, not ASCII": b"session-id: \xfe\xff\r\n",
+        "none": b"",
+    }
+    with gateway(tmp_path) as gw:
+        for i, headers in enumerate(sent.values()):
+            raw(gw.port, f"GET /v1/models?case={i} HTTP/1.1\r\nHost: x\r\n".encode() + headers + CLOSE)
+        time.sleep(0.3)
+        entries = [json.loads(line) for line in gw.access_log.read_bytes().decode("utf-8").splitlines()]
+    assert [e["session"] for e in entries] == ["cc-1", "cx-1", "oc-1", "cc-2", "cx-3", LOG_NOT_ASCII, ""]
+
+
 def test_litellm_headers_never_reach_the_client(tmp_path: Path) -> None:
     with gateway(tmp_path) as gw:
         status, headers, _body = raw(

@@ -59,7 +59,7 @@ def test_start_scales_back_and_waits_for_ready(tmp_path: Path, capsys: pytest.Ca
     prefix = ["kubectl", "--kubeconfig", os.path.expanduser("~/.kube/gpu-cluster"), "--context", "prod-gpu",
               "--namespace", "coderig-prod"]  # fmt: skip
     s = settings_of(k8s_config())
-    budget = budgets.load_budget_seconds(s.model.spec) + budgets.IMAGE_PULL_S
+    budget = kube.startup_budget_seconds(s) + budgets.IMAGE_PULL_S
     assert kubectl.calls == [
         [*prefix, "scale", f"deployment/{kube.MODEL}", "--replicas=2"],
         [*prefix, "rollout", "status", f"deployment/{kube.MODEL}", f"--timeout={budget}s"],

@@ -78,12 +78,10 @@ def weights_volume(settings: StackSettings) -> VolumeSpec:
     """Size from the plan (weights + headroom) unless `volumeSizeGb` says otherwise; gp3 at its maximum
     throughput, and the most IOPS the size allows, so a restart reads the weights as fast as EBS can."""
     t = aws_target(settings)
-    size = t.volumeSizeGb or budgets.weights_volume_gb(settings.model.spec)
-    need = settings.model.spec.weight_bytes / 10**9
-    if size < need:
-        raise ValueError(
-            f"coderig:target.volumeSizeGb: {size} GB cannot hold the {need:.0f} GB of {settings.model.preset} weights"
-        )
+    size = t.volumeSizeGb or budgets.weights_volume_gb(settings.model.spec, t.gpus[1])
+    problems = t.volume_problems(settings.model.spec)  # reported at validation; this guards other callers
+    if problems:
+        raise ValueError(problems[0])
     iops = min(GP3_MAX_IOPS, GP3_IOPS_PER_GIB * size)
     throughput = min(GP3_MAX_THROUGHPUT_MIBS, iops // 4)  # gp3 allows 0.25 MiB/s per provisioned IOPS
     return VolumeSpec(size_gb=size, iops=iops, throughput_mibs=throughput, retain=t.retainWeights)

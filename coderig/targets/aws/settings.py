@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from coderig.core import catalog
+from coderig.core import budgets, catalog, restart
 from coderig.core.frontdoor_machine import AwsFrontDoor, FrontDoorMachine, monthly_cost
 from coderig.core.settings_base import Loc, cidr, is_everyone
 from coderig.core.target_base import TargetSettings
@@ -115,6 +116,12 @@ def _aws_combinations(given: dict[str, Any]) -> list[tuple[Loc, str, Any]]:
     return out
 
 
+# The weights volume's throughput coderig.targets.aws.resources.weights_volume provisions at every size
+# volumeSizeGb allows (>= 100 GB at 500 IOPS per GiB: >= 50,000 IOPS, over the 8,000 that gp3's
+# 2000 MiB/s cap needs at 0.25 MiB/s per IOPS); tests/core/test_restart.py checks the two agree.
+WEIGHTS_VOLUME_MIBS = 2000
+
+
 class AwsTarget(TargetSettings):
     kind: Literal["aws"]
     instanceType: str
@@ -145,6 +152,21 @@ class AwsTarget(TargetSettings):
     @property
     def instance_type(self) -> str | None:
         return self.instanceType
+
+    @property
+    def weights_read(self) -> restart.ReadRate:
+        return restart.gp3(WEIGHTS_VOLUME_MIBS)
+
+    def volume_problems(self, preset: catalog.Preset) -> list[str]:
+        size = self.volumeSizeGb
+        need = budgets.weights_and_caches_bytes(preset, self.gpus[1]) / 10**9
+        if size is None or size >= need:
+            return []
+        return [
+            f"coderig:target.volumeSizeGb: got {size}; the volume holds {preset.weight_bytes / 10**9:.0f} GB of "
+            f"{preset.id} weights and its compile caches, {need:.0f} GB (allowed: {math.ceil(need)}..16384; "
+            f"unset: {budgets.weights_volume_gb(preset, self.gpus[1])}, with headroom)"
+        ]
 
     @property
     def private_ips(self) -> list[str | None]:

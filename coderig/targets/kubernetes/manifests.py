@@ -169,11 +169,11 @@ def startup_probe(budget_s: int, period_s: int = 10) -> Obj:
 
 def startup_budget_seconds(settings: StackSettings) -> int:
     """The model server's startup probe budget: the planner's load budget for these weights."""
-    return budgets.load_budget_seconds(settings.model.spec)
+    return budgets.load_budget_seconds(settings.model.spec, settings.target.weights_read.bytes_per_s)
 
 
 def weights_volume_size(settings: StackSettings) -> str:
-    return f"{budgets.weights_volume_gb(settings.model.spec)}Gi"
+    return f"{budgets.weights_volume_gb(settings.model.spec, settings.target.gpus[1])}Gi"
 
 
 def model_resources(gpu_count: int, tier: int = 0) -> Obj:

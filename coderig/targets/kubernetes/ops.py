@@ -40,7 +40,7 @@ def load_kube_stack(args: argparse.Namespace, settings: StackSettings | None) ->
     if settings is None:
         raise UserError(f"no Pulumi.{stack}.yaml here: pass --config FILE (a kubernetes stack's settings are needed)")
     t = kube.target(settings)
-    budget = budgets.load_budget_seconds(settings.model.spec) + budgets.IMAGE_PULL_S
+    budget = kube.startup_budget_seconds(settings) + budgets.IMAGE_PULL_S
     return KubeStack(
         stack=stack,
         namespace=t.namespace,

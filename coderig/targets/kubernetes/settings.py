@@ -7,8 +7,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
+from coderig.core import restart
 from coderig.core.settings_base import Loc, Model
-from coderig.core.target_base import GpuSpec, TargetSettings
+from coderig.core.target_base import WEIGHTS_READ_HELP, WEIGHTS_READ_KEY, GpuSpec, TargetSettings
 
 
 def _kubernetes_combinations(given: dict[str, Any]) -> list[tuple[Loc, str, Any]]:
@@ -51,6 +52,7 @@ class KubernetesTarget(TargetSettings):
     context: str | None = None
     namespace: str = "coderig"
     storageClass: str | None = None
+    weightsReadMBps: int | None = Field(default=None, ge=10, le=1_000_000, description=WEIGHTS_READ_HELP)
     replicas: int = Field(default=1, ge=0, le=64)
     frontDoorReplicas: int = Field(default=2, ge=1, le=16)
     nodeSelector: dict[str, str] = Field(default_factory=dict)
@@ -68,6 +70,10 @@ class KubernetesTarget(TargetSettings):
     @property
     def replica_count(self) -> int:
         return self.replicas
+
+    @property
+    def weights_read(self) -> restart.ReadRate:
+        return restart.pvc(self.weightsReadMBps, WEIGHTS_READ_KEY, self.storageClass)
 
     _namespace = field_validator("namespace")(lambda v: _dns_label(v, "a namespace"))
     _pvc_name = field_validator("weightsVolumeName")(lambda v: _dns_label(v, "a PVC name"))

@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from coderig.core.target_base import GpuSpec, TargetSettings
+from coderig.core.target_base import WEIGHTS_READ_HELP, GpuSpec, TargetSettings
 
 
 class LocalTarget(TargetSettings):
@@ -15,6 +15,7 @@ class LocalTarget(TargetSettings):
     idle_actions: ClassVar[tuple[str, ...]] = ("sleep", "stop")
     gpu: GpuSpec | None = Field(default=None, description="GPUs on this machine; omit for CPU (llama.cpp)")
     cachePath: str = "~/.cache/coderig"
+    weightsReadMBps: int | None = Field(default=None, ge=10, le=1_000_000, description=WEIGHTS_READ_HELP)
 
     @property
     def runs_locally(self) -> bool:

@@ -8,7 +8,15 @@ from pydantic import Field, field_validator
 
 from coderig.core.frontdoor_machine import FrontDoorMachine, ssh_front_door_checks
 from coderig.core.settings_base import Loc
-from coderig.core.target_base import HOST_KEY_HELP, NODE_CACHE_PATH, GpuSpec, SshHost, TargetSettings, check_cache_path
+from coderig.core.target_base import (
+    HOST_KEY_HELP,
+    NODE_CACHE_PATH,
+    WEIGHTS_READ_HELP,
+    GpuSpec,
+    SshHost,
+    TargetSettings,
+    check_cache_path,
+)
 
 
 def _ssh_hosts_pinned_and_distinct(given: dict[str, Any]) -> list[tuple[Loc, str, Any]]:
@@ -52,6 +60,7 @@ class SshTarget(TargetSettings):
     cachePath: str = NODE_CACHE_PATH
     insecureSkipHostKeyCheck: bool = False
     frontDoor: SshHost | None = Field(default=None, description="a small always-on host for the gateway")
+    weightsReadMBps: int | None = Field(default=None, ge=10, le=1_000_000, description=WEIGHTS_READ_HELP)
 
     _cache = field_validator("cachePath")(check_cache_path)
 
