@@ -30,6 +30,8 @@ from coderig.core.settings import StackSettings
 from coderig.targets.kubernetes import frontdoor as kube_fd
 from coderig.targets.kubernetes import manifests as kube
 from coderig.targets.kubernetes import render as kube_render
+from coderig.targets.kubernetes import usage as kube_usage
+from coderig.targets.kubernetes import wake as kube_wake
 from coderig.targets.kubernetes.settings import KubernetesTarget
 
 # (apiVersion, kind) -> typed resource class
@@ -246,6 +248,14 @@ def build_resources(
         ],
     )
 
+    if f"rolebinding-{kube_wake.WAKE}" in objs:  # the relay scales the model back (idle policy)
+        add(f"serviceaccount-{kube_wake.WAKE}", ns)
+        add(f"role-{kube_wake.WAKE}", ns)
+        add(f"rolebinding-{kube_wake.WAKE}", [*ns, *on(f"role-{kube_wake.WAKE}", f"serviceaccount-{kube_wake.WAKE}")])
+    usage_key = f"persistentvolumeclaim-{kube_usage.USAGE_CLAIM}"
+    if usage_key in objs:  # the usage record: bound when the first front-door pod mounts it; never deleted
+        _no_await(objs[usage_key])
+        add(usage_key, ns, retain_on_delete=True, ignore_changes=list(kube.WEIGHTS_PVC_FIXED_FIELDS))
     add(f"configmap-{kube.LITELLM_CONFIG}", ns)
     add(f"configmap-{kube.GATEWAY_CONFIG}", ns)
     _with_checksum(objs[f"deployment-{kube.FRONTDOOR}"], sums)
@@ -259,6 +269,8 @@ def build_resources(
                 f"secret-{kube.SECRET_FRONTDOOR}",
                 f"secret-{kube.SECRET_TLS}",
                 f"service-{kube.MODEL}",
+                f"rolebinding-{kube_wake.WAKE}",
+                usage_key,
             ),
         ],
     )

@@ -13,6 +13,7 @@ Serves until SIGTERM/SIGINT.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -68,6 +69,13 @@ def params(a: argparse.Namespace) -> xlc.CommonParams:
         c.sampling.temp = a.temp
     if a.seed is not None:
         c.sampling.seed = a.seed
+    # the environment llama-server reads (common/arg.cpp set_env): the compose file's model.env and threads
+    if key := os.environ.get("LLAMA_API_KEY"):
+        c.api_keys = [key]
+    threads = int(os.environ.get("LLAMA_ARG_THREADS", "0") or 0)
+    if threads > 0 and not a.threads:
+        c.cpuparams.n_threads = threads
+        c.cpuparams_batch.n_threads = threads
     return c
 
 

@@ -35,6 +35,9 @@ from typing import Any, NoReturn
 
 HERE = Path(__file__).resolve().parent
 XLLAMACPP_VERSION = "2026.10.11549"  # llama.cpp server build 11549, CPU wheel from PyPI
+# the real llama.cpp server as an image (tests/images/build.sh builds it: the xllamacpp wheel from PyPI with
+# tests/llamacpp_server.py as `llama-server`); a stack serves the real model with it via coderig:model.image
+REAL_LLAMACPP_IMAGE = f"coderig/llama-server-xllamacpp:{XLLAMACPP_VERSION}"
 PIP_VERSION = "25.3"  # the pip that downloads the parts (through uvx; wheels only)
 CACHE = Path(os.environ.get("CODERIG_MODEL_CACHE", Path.home() / ".cache" / "coderig" / "models"))
 

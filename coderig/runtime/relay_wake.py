@@ -38,6 +38,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -316,7 +317,11 @@ def waker_for(mechanism: str, target: tuple[str, int], reaper: str | None) -> Wa
         if not reaper:
             raise ValueError("--wake stop needs --reaper http://127.0.0.1:PORT (it alone starts containers)")
         return StopWaker(reaper)
-    raise ValueError(f"--wake: {mechanism!r}; allowed: sleep, stop, ec2")
+    if mechanism == "scale":  # a Kubernetes Deployment at zero; ships only in the front-door pod
+        from coderig.runtime.kube_wake import ScaleWaker  # noqa: PLC0415
+
+        return ScaleWaker.from_env(os.environ)
+    raise ValueError(f"--wake: {mechanism!r}; allowed: sleep, stop, ec2, scale")
 
 
 def ec2_waker(wake: WakeOptions) -> Waker:
@@ -379,7 +384,7 @@ async def found_asleep(gate: Gate) -> bool:
     if gate.waker is None:
         return False
     state = await asyncio.get_running_loop().run_in_executor(None, gate.waker.state)
-    if state not in ("sleeping", "stopped"):
+    if state not in ("sleeping", "stopped", "waking"):  # waking: started by another relay (front-door pod)
         return False
     gate.settled(state)
     return True

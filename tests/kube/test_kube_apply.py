@@ -18,6 +18,9 @@ from coderig.core.secrets import placeholder_secrets
 from coderig.targets.kubernetes import frontdoor as kube_fd
 from coderig.targets.kubernetes import manifests as km
 from coderig.targets.kubernetes import render as kube_render
+from coderig.targets.kubernetes import usage as kube_usage
+from coderig.targets.kubernetes import wake as kube_wake
+from coderig.targets.kubernetes.manifests import empty_dir
 
 pytestmark = pytest.mark.integration
 
@@ -76,6 +79,19 @@ def storage(size: str = "2Ti") -> list[dict[str, Any]]:
                 "nfs": {"server": "127.0.0.1", "path": "/weights"},
             },
         },
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": "coderig-test-usage"},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": CLASS,
+                "persistentVolumeReclaimPolicy": "Retain",
+                "claimRef": {"namespace": NS, "name": kube_usage.USAGE_CLAIM},  # the usage record's claim
+                "nfs": {"server": "127.0.0.1", "path": "/usage"},
+            },
+        },
     ]
 
 
@@ -114,7 +130,7 @@ def applied(kube: KubeCluster) -> Iterator[KubeCluster]:
     assert out.count("serverside-applied") == len(objs), out
     yield kube
     kube.kubectl("delete", "namespace", NS, "--wait=false", check=False)
-    kube.kubectl("delete", "pv", "coderig-test-weights", "--wait=false", check=False)
+    kube.kubectl("delete", "pv", "coderig-test-weights", "coderig-test-usage", "--wait=false", check=False)
 
 
 def test_first_apply_brings_everything_up(applied: KubeCluster) -> None:
@@ -169,6 +185,10 @@ def test_front_door_prefers_nodes_without_gpus(kube: KubeCluster) -> None:
     s = settings_of(config(["alice"]) | {"target": {**config(["alice"])["target"], "namespace": ns}})
     dep = kube_fd.frontdoor_deployment(s, "affinity", planner.plan_stack(s))
     dep["spec"]["replicas"] = 2
+    # placement only: the usage record in the pod (its claim would need a volume of its own here)
+    pod = dep["spec"]["template"]["spec"]
+    usage = kube_usage.USAGE_VOLUME
+    pod["volumes"] = [v if v["name"] != usage else empty_dir(usage, "64Mi") for v in pod["volumes"]]
     plain = copy.deepcopy(dep)
     plain["metadata"]["name"] = "no-node-affinity"
     del plain["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
@@ -179,7 +199,7 @@ def test_front_door_prefers_nodes_without_gpus(kube: KubeCluster) -> None:
     try:
         for node in ("gpu-0", "gpu-1"):
             kube.kubectl("taint", "nodes", node, f"{taint}-")
-        kube.apply([dep, plain])
+        kube.apply([*kube_wake.wake_rbac(s, "affinity"), dep, plain])  # its pods run as the wake account
 
         def placed(component: str) -> list[str] | None:
             found = kube.get("pods", "-n", ns, "-l", f"app.kubernetes.io/component={component}")["items"]

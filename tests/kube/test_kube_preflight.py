@@ -88,6 +88,9 @@ def test_a_missing_storage_class_names_the_key_and_what_exists() -> None:
     assert line.startswith("coderig:target.storageClass is unset and the cluster has no default StorageClass")
     default = {"metadata": {"name": "gp3", "annotations": {preflight.DEFAULT_CLASS: "true"}}}
     assert problems(config(replicas=1, storageClass=None), facts(storage_classes=[default])) == []
+    (line,) = problems(config(usageStorageClass="nfs"), facts())  # the usage record's class, too
+    assert line.startswith("coderig:target.usageStorageClass: StorageClass 'nfs' does not exist")
+    assert problems(config(usageStorageClass="fast-rwx"), facts()) == []
 
 
 def test_nodes_that_cannot_hold_a_pod_are_refused_naming_the_key() -> None:

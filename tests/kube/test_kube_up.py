@@ -17,6 +17,7 @@ from engine import Project, project_copy
 from kube_cluster import KubeCluster, pod_ready
 
 from coderig.targets.kubernetes import manifests as km
+from coderig.targets.kubernetes import usage as kube_usage
 
 pytestmark = pytest.mark.integration
 
@@ -88,6 +89,19 @@ def test_up_no_changes_add_a_developer_refusal_destroy(kube: KubeCluster, tmp_pa
                     "nfs": {"server": "127.0.0.1", "path": "/weights"},
                 },
             },
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": f"{CLASS}-usage"},
+                "spec": {
+                    "capacity": {"storage": "1Gi"},
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": CLASS,
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "claimRef": {"namespace": NS, "name": kube_usage.USAGE_CLAIM},  # the usage record's claim
+                    "nfs": {"server": "127.0.0.1", "path": "/usage"},
+                },
+            },
         ]
     )
     try:
@@ -131,10 +145,11 @@ def test_up_no_changes_add_a_developer_refusal_destroy(kube: KubeCluster, tmp_pa
             for o in left
             if o["metadata"].get("labels", {}).get("app.kubernetes.io/name") == "coderig"
         )
-        assert ours == [f"PersistentVolumeClaim/{km.WEIGHTS}"], ours
+        # the weights and the usage record stay
+        assert ours == [f"PersistentVolumeClaim/{kube_usage.USAGE_CLAIM}", f"PersistentVolumeClaim/{km.WEIGHTS}"], ours
         assert kube.get("namespace", NS)["status"]["phase"] == "Active"
         assert project.plugins_downloaded() == []
         print("engine timings (s):", project.timings)
     finally:
         kube.kubectl("delete", "namespace", NS, "--wait=false", check=False)
-        kube.kubectl("delete", "pv", CLASS, "--wait=false", check=False)
+        kube.kubectl("delete", "pv", CLASS, f"{CLASS}-usage", "--wait=false", check=False)

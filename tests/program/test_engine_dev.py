@@ -1,12 +1,18 @@
-"""The README's main job, as written, with the real engine and a real Docker engine: `./up.sh` on the
-unchanged dev stack (`Pulumi.dev.yaml`, target `local`), then `coderig bundle` → `coderig onboard`
-→ the real Claude Code completes a Write tool round trip through the deployed gateway; `pulumi
-destroy` keeps the weights cache.
+"""The README's main job with the real engine, a real Docker engine and a real model: `./up.sh` on the dev
+stack (`Pulumi.dev.yaml`, target `local`) serving Qwen2.5-Coder-1.5B-Instruct (Qwen's GGUF, sha256-verified,
+tests/realmodel.py) from a locally built llama.cpp server image, then `coderig bundle` → `coderig onboard`
+→ the real Claude Code, Codex and opencode each create a file through a tool call and a second one in
+the same session, through the deployed gateway (tests/real_agents.py); `pulumi destroy` keeps the
+weights cache.
 
-No image registry is reachable: tests/images/build.sh builds the images the compose file names,
-tagged with the pinned names (the model image is the stand-in model server speaking llama.cpp's
-shapes). The weights are pre-seeded with their completion marker, as a second `up` finds them.
-HOME is a temporary directory, so the weights cache (`~/.cache/coderig`) is the test's own.
+The stack file is the dev stack's own with `coderig:model` set to the real model: the
+qwen2.5-coder-1.5b-cpu preset (its fenced tool-call chat template), `image:` the real llama.cpp server
+tests/images/build.sh builds (no registry is reachable, so the pinned image cannot be pulled) and
+`extraArgs: [--temp, "0"]`. The 1.5B, not the 0.5B: on Claude Code's task the 0.5B wrote the first file,
+then called Write again until the step cap, and on the second turn overwrote hello.txt instead of
+creating second.txt. The weights are pre-seeded as a second `up` finds them: the completion marker and
+the verified GGUF in the cache the weights step fills (no download). HOME is a temporary directory, so
+that cache (`~/.cache/coderig`) is the test's own.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import real_agents
+import realmodel
 from engine import ROOT, project_copy
-from frontdoor_fixtures import NPM_PREFIX, require_tool
+from frontdoor_fixtures import require_tool
 
 from coderig.core import planner
 from coderig.targets import parse_settings
@@ -47,9 +55,23 @@ def docker_ready() -> None:
         pytest.skip(message)
 
 
-def seed_weights(home: Path) -> Path:
-    """The weights step's completion marker (and the model file) where the dev stack's cache is."""
-    settings = parse_settings(yaml_config(ROOT / "Pulumi.dev.yaml"))
+MODEL = realmodel.QWEN_15B
+STACK_MODEL = {"preset": "qwen2.5-coder-1.5b-cpu", "image": realmodel.REAL_LLAMACPP_IMAGE, "extraArgs": ["--temp", "0"]}
+
+
+def real_model_stack(dest: Path) -> dict[str, object]:
+    """The dev stack file with `coderig:model` set to the real model; returns its config (no prefix)."""
+    import yaml
+
+    doc = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())
+    doc["config"]["coderig:model"] = STACK_MODEL
+    dest.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return yaml_config(dest)
+
+
+def seed_weights(home: Path, config: dict[str, object]) -> Path:
+    """The weights step's completion marker and the verified model file where the stack's cache is."""
+    settings = parse_settings(config)
     spec = machines.node_specs(settings, planner.plan_stack(settings))[0]
     env = render_node(settings, spec).compose["services"]["weights"]["environment"]
     cache = home / ".cache" / "coderig"
@@ -57,11 +79,31 @@ def seed_weights(home: Path) -> Path:
     marker.parent.mkdir(parents=True)
     patterns = sorted(p for p in env["CODERIG_ALLOW_PATTERNS"].split(",") if p)
     marker.write_text(json.dumps({"repo": env["CODERIG_REPO"], "revision": env["CODERIG_REVISION"],
-                                  "allow_patterns": patterns, "commit": "0" * 40, "bytes": 1}))  # fmt: skip
-    model = cache / "models" / env["CODERIG_LINK_FILE"]
+                                  "allow_patterns": patterns, "commit": "0" * 40, "bytes": MODEL.size}))  # fmt: skip
+    assert env["CODERIG_LINK_FILE"] == MODEL.file
+    verified = realmodel.verify(MODEL, realmodel.CACHE / MODEL.file)  # Qwen's bytes or no test
+    model = cache / "models" / MODEL.file
     model.parent.mkdir(parents=True)
-    model.write_text("stand-in weights")
+    try:
+        os.link(verified, model)  # read-only to the model server; a copy where the link cannot be made
+    except OSError:
+        shutil.copy2(verified, model)
     return marker
+
+
+def access_log() -> list[dict[str, str]]:
+    """The deployed gateway's JSON access log (nginx writes it to the container's stdout)."""
+    out = subprocess.run(["docker", "compose", "-p", "coderig", "logs", "--no-log-prefix", "gateway"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return [json.loads(line) for line in out.splitlines() if line.startswith('{"time"')]
+
+
+def requests_by_path(log: list[dict[str, str]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for e in log:
+        if e["developer"] == "dev" and e["status"] == "200":
+            out[e["path"]] = out.get(e["path"], 0) + 1
+    return out
 
 
 def yaml_config(path: Path) -> dict[str, object]:
@@ -71,16 +113,20 @@ def yaml_config(path: Path) -> dict[str, object]:
     return {k.removeprefix("coderig:"): v for k, v in doc["config"].items()}
 
 
-def test_dev_stack_up_bundle_onboard_claude_code_destroy(tmp_path: Path) -> None:
+def test_dev_stack_real_model_three_agents_two_turns_destroy(tmp_path: Path) -> None:
     docker_ready()
     claude = require_tool("claude")
+    require_tool("codex")
+    require_tool("opencode")
+    if not (realmodel.CACHE / MODEL.file).exists():
+        realmodel.require("the Qwen GGUF files")
     build = subprocess.run(["bash", "tests/images/build.sh"], cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert build.returncode == 0, build.stdout + build.stderr
     project = project_copy(tmp_path)
-    shutil.copy2(ROOT / "Pulumi.dev.yaml", project.dir / "Pulumi.dev.yaml")
+    config = real_model_stack(project.dir / "Pulumi.dev.yaml")
     real_home = Path.home()
     home = tmp_path / "home"
-    marker = seed_weights(home)
+    marker = seed_weights(home, config)
     docker_config = os.environ.get("DOCKER_CONFIG") or str(real_home / ".docker")
     project.env |= {"HOME": str(home), "DOCKER_CONFIG": docker_config,
                     "UV_CACHE_DIR": os.environ.get("UV_CACHE_DIR") or str(real_home / ".cache" / "uv")}  # fmt: skip
@@ -99,17 +145,23 @@ def test_dev_stack_up_bundle_onboard_claude_code_destroy(tmp_path: Path) -> None
         dev_home = tmp_path / "dev-home"
         dev_home.mkdir()
         project.run("uv", "run", "coderig", "onboard", str(bundle), "--home", str(dev_home))
-        work = tmp_path / "work"
-        work.mkdir()
-        env = {"PATH": f"{NPM_PREFIX / 'bin'}:/usr/local/bin:/usr/bin:/bin", "HOME": str(dev_home), "LANG": "C.UTF-8"}
-        run = subprocess.run(
-            [claude, "-p", "Create a file hello.txt containing hello from the dev stack",
-             "--permission-mode", "acceptEdits", "--output-format", "json"],
-            cwd=work, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-        assert json.loads(run.stdout)["subtype"] == "success"
-        assert (work / "hello.txt").read_text() == "hello from the dev stack\n"
+        agents = {  # the agent, and the route its requests take through the gateway
+            "claude": (lambda work: real_agents.claude_code(claude, dev_home, work), "/v1/messages"),
+            "codex": (lambda work: real_agents.codex(dev_home, work, "dev", tmp_path), "/v1/responses"),
+            "opencode": (lambda work: real_agents.opencode(dev_home, work, "dev"), "/v1/chat/completions"),
+        }
+        runs: list[real_agents.Run] = []
+        for agent, (drive, path) in agents.items():
+            work = tmp_path / f"work-{agent}"
+            work.mkdir()
+            before = requests_by_path(access_log())
+            runs.append(drive(work))
+            after = requests_by_path(access_log())
+            # two turns, each at least the tool call and the answer to its result, reached the model
+            assert after.get(path, 0) - before.get(path, 0) >= 4, (agent, before, after)
+        claude_session = [e for e in access_log() if e["session"] == runs[0].session and e["status"] == "200"]
+        assert len(claude_session) >= 4, claude_session  # both Claude Code turns: one session at the gateway
+        print("agent turns (s):", {r.agent: r.seconds for r in runs})
 
         again = project.run("./up.sh", "dev", "--expect-no-changes", label="up (dev, no changes)", timeout=600)
         assert "unchanged" in again.stdout

@@ -24,6 +24,7 @@ from coderig.targets import parse_settings
 from coderig.targets.kubernetes import frontdoor as kube_fd
 from coderig.targets.kubernetes import manifests as kube
 from coderig.targets.kubernetes import render as kube_render
+from coderig.targets.kubernetes import usage as kube_usage
 
 # --- the Pulumi graph (mocks) ---------------------------------------------------------------------
 
@@ -118,7 +119,8 @@ def _leaves(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def pvc_of(config: dict[str, Any]) -> dict[str, Any]:
-    (pvc,) = [o for o in objects_of(settings_of(config), "prod") if o["kind"] == "PersistentVolumeClaim"]
+    objs = objects_of(settings_of(config), "prod")
+    (pvc,) = [o for o in objs if o["kind"] == "PersistentVolumeClaim" and o["metadata"]["name"] == kube.WEIGHTS]
     return pvc
 
 
@@ -131,8 +133,15 @@ def test_destroy_and_config_changes_never_delete_the_weights(monkeypatch: pytest
     assert ns.retain_on_delete is True and pvc.retain_on_delete is True
     assert set(pvc.ignore_changes or []) >= {"spec.accessModes", "spec.storageClassName",
                                              "spec.resources.requests.storage"}  # fmt: skip
+    # the usage record's claim is kept the same way (immutable spec ignored, never deleted)
+    usage = opts[f"k8s-persistentvolumeclaim-{kube_usage.USAGE_CLAIM}"]
+    assert usage.retain_on_delete is True and set(usage.ignore_changes or []) == set(pvc.ignore_changes or [])
     # nothing else is kept behind by `pulumi destroy`
-    assert set(opts) == {"k8s-namespace-coderig-prod", f"k8s-persistentvolumeclaim-{kube.WEIGHTS}"}
+    assert set(opts) == {
+        "k8s-namespace-coderig-prod",
+        f"k8s-persistentvolumeclaim-{kube.WEIGHTS}",
+        f"k8s-persistentvolumeclaim-{kube_usage.USAGE_CLAIM}",
+    }
 
 
 @pytest.mark.parametrize(

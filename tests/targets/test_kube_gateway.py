@@ -1,4 +1,4 @@
-"""The rendered kubernetes gateway on real nginx: 503 + Retry-After while the model is at zero."""
+"""The rendered kubernetes gateway on real nginx: 503 + Retry-After while the model is at zero (no idle policy)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ class _KeyedModel(_Ok):
 
 
 @pytest.mark.integration
-def test_gateway_answers_503_with_retry_after_while_the_model_is_at_zero(tmp_path: Path) -> None:
+def test_gateway_answers_503_with_retry_after_while_the_model_is_at_zero_without_idle_policy(tmp_path: Path) -> None:
     """The k8s gateway config (kube.gateway_spec) in real nginx, on loopback, plain HTTP: a model with
     no ready replica (connection refused, as a Service without endpoints) gives 503 + Retry-After in
     the client's error shape; a missing key is still a 401; with the model up, requests go through."""
@@ -76,7 +76,11 @@ def test_gateway_answers_503_with_retry_after_while_the_model_is_at_zero(tmp_pat
     temp_dir.chmod(0o711)
     lite = ThreadingHTTPServer(("127.0.0.1", lite_port), _Ok)
     threading.Thread(target=lite.serve_forever, daemon=True).start()
-    s = settings_of(k8s_config())
+    # without an idle policy nothing wakes a model at zero (an operator stopped it): the gate answers; with
+    # one, the relay holds and wakes instead (tests/kube/test_kube_wake.py)
+    s = settings_of({**k8s_config(), "idle": {}})
+    assert kube_fd.front_door(s)[1].model_gate_retry_after_s == kube.RETRY_AFTER_S
+    assert kube_fd.front_door(settings_of(k8s_config()))[1].model_gate_retry_after_s is None
     key = "crk-" + "k" * 40
     (tmp_path / "keys.conf").write_text(
         frontdoor.render_gateway_keys({"alice": key}, "sk-" + "m" * 40, model_key=_KeyedModel.key)

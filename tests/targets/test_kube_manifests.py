@@ -190,7 +190,8 @@ def test_every_pod_is_restricted(preset: str) -> None:
             assert sc["privileged"] is False
             assert "resources" in c and c["resources"]["requests"], c["name"]
         for v in pod["volumes"]:
-            assert set(v) & {"emptyDir", "configMap", "secret", "persistentVolumeClaim"}, v
+            # projected: the wake account's token (the restricted profile allows it, like configMap and secret)
+            assert set(v) & {"emptyDir", "configMap", "secret", "persistentVolumeClaim", "projected"}, v
 
 
 def test_only_the_front_door_and_the_reaper_reach_the_model_server() -> None:

@@ -16,7 +16,6 @@ from coderig.frontdoor.assemble import (
     GatewayPaths,
     assemble,
     from_settings,
-    relay_command,
 )
 from coderig.runtime.scripts import script_text
 from coderig.targets.kubernetes.manifests import (
@@ -53,6 +52,9 @@ from coderig.targets.kubernetes.manifests import (
     target,
 )
 from coderig.targets.kubernetes.settings import KubernetesTarget
+from coderig.targets.kubernetes.usage import SHIPPED as USAGE_SHIPPED
+from coderig.targets.kubernetes.usage import counted_relay_command, usage_mount, usage_volume
+from coderig.targets.kubernetes.wake import WAKE, WAKE_MODULES, relay_args, relay_env, token_mount, token_volume, wakes
 
 # Labels only GPU nodes carry: the NVIDIA GPU Operator's (node feature discovery) presence label; the
 # model's own coderig:target.nodeSelector keys are added.
@@ -104,7 +106,8 @@ GATEWAY_PATHS = GatewayPaths(
 def front_door(settings: StackSettings) -> tuple[frontdoor.ModelRoute, frontdoor.GatewaySpec]:
     """The front-door pod: LiteLLM's one backend is the model Service (kube-proxy balances over ready
     pods); OpenAI-native chat goes from nginx straight to it with the model's API key; while the model
-    is at zero (or loading) every API call gets 503 + Retry-After, never LiteLLM's 500/502."""
+    is at zero (or loading) every API call gets 503 + Retry-After, never LiteLLM's 500/502, unless the
+    relay wakes it (coderig.targets.kubernetes.wake): then the relay holds the request instead."""
     url = model_url(settings)
     inputs = from_settings(
         settings,
@@ -113,7 +116,7 @@ def front_door(settings: StackSettings) -> tuple[frontdoor.ModelRoute, frontdoor
         litellm=f"{engine.MODEL_HOST}:{engine.LITELLM_PORT}",
         health_url=f"{url}/health",
         direct_chat=(frontdoor.upstream_hostport(url),),
-        gate_retry_after_s=RETRY_AFTER_S,
+        gate_retry_after_s=None if wakes(settings) else RETRY_AFTER_S,
     )
     return assemble(inputs, GATEWAY_PATHS)
 
@@ -137,31 +140,39 @@ def frontdoor_configmaps(settings: StackSettings, stack: str) -> list[Obj]:
 
 
 KEEPALIVE_DIR = "/opt/coderig-keepalive"  # on PYTHONPATH; the module sits at coderig/runtime/ below it
-# ConfigMap key -> path below KEEPALIVE_DIR, for each file the relay runs from
-_KEEPALIVE_FILES = {path.rsplit("/", 1)[1]: path for path in RELAY_FILES}
+
+
+def _keepalive_files(settings: StackSettings) -> dict[str, str]:
+    """ConfigMap key -> path below KEEPALIVE_DIR, for each file the relay runs from (with its wake path)."""
+    wake = [f"coderig/runtime/{m}" for m in WAKE_MODULES] if wakes(settings) else []
+    return {path.rsplit("/", 1)[1]: path for path in (*RELAY_FILES, *USAGE_SHIPPED, *wake)}
 
 
 def _keepalive_data(settings: StackSettings) -> dict[str, str]:
     if not front_door(settings)[1].native_relays:
         return {}
-    return {key: script_text(key) for key in _KEEPALIVE_FILES}
+    return {key: script_text(key) for key in _keepalive_files(settings)}
 
 
 def keepalive_container(settings: StackSettings) -> Obj | None:
     """The SSE keepalive relay between nginx and the model Service for the native routes (the pinned
     LiteLLM image has python3; the stdlib module comes from the gateway ConfigMap)."""
-    command = relay_command(front_door(settings)[1])
+    command = counted_relay_command(front_door(settings)[1])  # with per-developer accounting
     if not command:
         return None
     return {
         "name": "keepalive",
         "image": versions.LITELLM_IMAGE,
-        "command": command,
-        "env": env_list({"PYTHONPATH": KEEPALIVE_DIR, "PYTHONDONTWRITEBYTECODE": "1"}),
+        "command": command + relay_args(settings),
+        "env": env_list({"PYTHONPATH": KEEPALIVE_DIR, "PYTHONDONTWRITEBYTECODE": "1", **relay_env(settings)}),
         "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
         "livenessProbe": {"tcpSocket": {"port": engine.KEEPALIVE_PORT}, "periodSeconds": 20, "failureThreshold": 3},
         "securityContext": container_security(read_only_root=True, uid=LITELLM_UID),
-        "volumeMounts": [{"name": "keepalive-code", "mountPath": KEEPALIVE_DIR, "readOnly": True}],
+        "volumeMounts": [
+            {"name": "keepalive-code", "mountPath": KEEPALIVE_DIR, "readOnly": True},
+            usage_mount(),
+            *([token_mount()] if wakes(settings) else []),
+        ],
     }
 
 
@@ -240,7 +251,9 @@ def frontdoor_deployment(settings: StackSettings, stack: str, plan: planner.Plan
         ],
     }
     keepalive = keepalive_container(settings)
+    waking = keepalive is not None and wakes(settings)
     pod: Obj = {
+        **({"serviceAccountName": WAKE} if waking else {}),  # its token: the relay container's volume only
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 60,
@@ -260,7 +273,7 @@ def frontdoor_deployment(settings: StackSettings, stack: str, plan: planner.Plan
                         "name": "keepalive-code",
                         "configMap": {
                             "name": GATEWAY_CONFIG,
-                            "items": [{"key": k, "path": p} for k, p in _KEEPALIVE_FILES.items()],
+                            "items": [{"key": k, "path": p} for k, p in _keepalive_files(settings).items()],
                         },
                     }
                 ]
@@ -278,6 +291,8 @@ def frontdoor_deployment(settings: StackSettings, stack: str, plan: planner.Plan
             },
             {"name": "tls", "secret": {"secretName": SECRET_TLS, "defaultMode": 0o440}},
             empty_dir("tmp", "1Gi"),
+            *([usage_volume(settings)] if keepalive else []),
+            *([token_volume()] if waking else []),
         ],
     }
     return {

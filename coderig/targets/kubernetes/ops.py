@@ -18,6 +18,7 @@ from coderig.core.settings import StackSettings
 from coderig.runtime.kube_reaper import STATE_KEY
 from coderig.targets.kubernetes import manifests as kube
 from coderig.targets.kubernetes.idle import idle_env
+from coderig.targets.kubernetes.wake import RELAY_CONTROL
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,19 @@ def running_requests(k: KubeStack, model_name: str, run: Runner = _run) -> float
         return None
 
 
+def relay_state(k: KubeStack, run: Runner = _run) -> dict[str, object] | None:
+    """What one front-door pod's relay holds for the model (awake, stopped, waking, since when, its
+    counters: GET /state on its loopback control port); None when it cannot be read."""
+    url = f"http://{RELAY_CONTROL}/state"
+    probe = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=5).read().decode())"
+    res = run(kubectl(k, "exec", f"deployment/{k.frontdoor}", "-c", "keepalive", "--", "python3", "-c", probe))
+    try:
+        routes = json.loads(res.stdout)["routes"] if res.returncode == 0 else []
+    except (ValueError, KeyError, TypeError):
+        return None
+    return routes[0] if routes and isinstance(routes[0], dict) else None
+
+
 def cmd_start(args: argparse.Namespace, settings: StackSettings | None, run: Runner = _run) -> int:
     """Scale the model server back to the stack's replicas and wait until every replica is ready."""
     k = load_kube_stack(args, settings)
@@ -156,10 +170,12 @@ def cmd_stop(args: argparse.Namespace, settings: StackSettings | None, run: Runn
     if res.returncode != 0:
         print(f"coderig stop: {res.stderr.strip() or res.stdout.strip()}", file=sys.stderr)
         return 1
-    print(
-        f"scaled deployment/{k.deployment} to 0 (weights kept on the PVC); the gateway answers 503 until "
-        f"`coderig start {k.stack}`"
+    then = (
+        "the next request scales it back (the front door holds it meanwhile)"
+        if settings is not None and settings.idle.enabled
+        else f"the gateway answers 503 until `coderig start {k.stack}`"
     )
+    print(f"scaled deployment/{k.deployment} to 0 (weights kept on the PVC); {then}")
     return 0
 
 
@@ -181,11 +197,19 @@ def cmd_idle(args: argparse.Namespace, settings: StackSettings | None, run: Runn
         return 1
     state = json.loads((json.loads(res.stdout).get("data") or {}).get(STATE_KEY) or "{}")
     last = state.get("last") or {}
+    relay = relay_state(k, run)
     if getattr(args, "json", False):
-        print(json.dumps(state, indent=2))
-    else:
-        print(f"{k.deployment}  {last.get('action', '?')} at {last.get('at', '?')}: {last.get('reason', 'no run yet')}")
-        print(f"  samples in window: {len(state.get('samples') or [])}")
+        print(json.dumps({**state, "front_door": relay}, indent=2))
+        return 0
+    print(f"{k.deployment}  {last.get('action', '?')} at {last.get('at', '?')}: {last.get('reason', 'no run yet')}")
+    print(f"  samples in window: {len(state.get('samples') or [])}")
+    if relay is None:
+        print("  front door: its relay's state cannot be read (kubectl exec into the keepalive container)")
+        return 0
+    line = f"  front door: model {relay.get('state')} since {relay.get('since')}; {relay.get('inflight')} in flight, "
+    print(line + f"{relay.get('requests_total')} requests, {relay.get('wakes_total')} wakes")
+    if relay.get("last_error"):
+        print(f"  last wake failed: {relay['last_error']}")
     return 0
 
 

@@ -24,6 +24,7 @@ from coderig.core import planner
 from coderig.core.settings import StackSettings
 from coderig.targets.kubernetes import frontdoor as kube_fd
 from coderig.targets.kubernetes import manifests as kube
+from coderig.targets.kubernetes import usage as kube_usage
 from coderig.targets.kubernetes.settings import KubernetesTarget
 
 Obj = dict[str, Any]
@@ -100,6 +101,7 @@ def plan_lines(settings: StackSettings, plan: planner.Plan) -> list[str]:
         + (f" + the {kube.tier_gi(plan)} GiB host KV tier)" if kube.tier_gi(plan) else ")"),
         "    nodes            each replica needs one node with that much allocatable; `pulumi up` checks the "
         "cluster first and names the key to change",
+        f"  usage record       {kube_usage.plan_note(settings)}",
     ]
 
 
@@ -296,6 +298,11 @@ def problems(settings: StackSettings, stack: str, facts: ClusterFacts, plan: pla
         out.append(
             f"{KEY}.storageClass is unset and the cluster has no default StorageClass (it has: {have}); "
             "the weights claim would stay Pending: name one"
+        )
+    if t.usageStorageClass and t.usageStorageClass not in classes:
+        out.append(
+            f"{KEY}.usageStorageClass: StorageClass {t.usageStorageClass!r} does not exist in the cluster (it "
+            f"has: {have}); the usage record's claim, and with it the front door, would stay Pending"
         )
     if facts.namespace is None and not facts.can_create_namespace:
         out.append(

@@ -37,6 +37,8 @@ from coderig.targets.kubernetes.manifests import (
     weights_pvc,
     weights_script_configmap,
 )
+from coderig.targets.kubernetes.usage import usage_pvc
+from coderig.targets.kubernetes.wake import wake_rbac
 
 # --- everything -----------------------------------------------------------------------------------
 
@@ -53,6 +55,8 @@ def objects(settings: StackSettings, stack: str, plan: planner.Plan) -> list[Obj
         *model_services(settings, stack),
         model_deployment(settings, stack, plan),
         model_network_policy(settings, stack),
+        *wake_rbac(settings, stack),  # the front-door pod's account (with an idle policy): before its pods
+        *[c for c in [usage_pvc(settings, stack)] if c],  # the usage record's claim (ReadWriteMany)
         *frontdoor_configmaps(settings, stack),
         frontdoor_deployment(settings, stack, plan),
         gateway_service(settings, stack),

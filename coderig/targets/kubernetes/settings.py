@@ -66,6 +66,11 @@ class KubernetesTarget(TargetSettings):
         default="coderig-weights",
         description="the weights PVC's name; a new name makes a new PVC (the old one is kept, never deleted)",
     )
+    usageStorageClass: str | None = Field(
+        default=None,
+        description="a ReadWriteMany class for the front door's usage record (default: storageClass when "
+        "replicas > 1, whose weights claim is ReadWriteMany already; else the record lives in the pod)",
+    )
 
     @property
     def replica_count(self) -> int:

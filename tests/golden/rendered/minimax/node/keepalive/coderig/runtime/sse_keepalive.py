@@ -25,8 +25,9 @@ When the model server cannot be reached the relay closes the client connection w
 which nginx counts as a failed attempt (`proxy_next_upstream error`) and retries on another replica.
 Listen addresses must be loopback: the relay has no authentication of its own.
 
-The one hop to a model server on every path: with `--wake sleep|stop|ec2` it also holds the requests
-for a model put to sleep, stopped, or on a stopped GPU instance, and wakes it (coderig.runtime.relay_wake).
+The one hop to a model server on every path: with `--wake sleep|stop|ec2|scale` it also holds the
+requests for a model put to sleep, stopped, on a stopped GPU instance or scaled to zero, and wakes it
+(coderig.runtime.relay_wake).
 """
 
 from __future__ import annotations
@@ -371,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="SSE keepalive relay (loopback only)")
     ap.add_argument("--route", action="append", required=True, help="LISTEN_HOST:PORT=TARGET_HOST:PORT (repeatable)")
     ap.add_argument("--interval", type=float, default=DEFAULT_INTERVAL_S, help="seconds of silence before a comment")
-    ap.add_argument("--wake", choices=("sleep", "stop", "ec2"), help="hold and wake requests for an idle model")
+    ap.add_argument("--wake", choices=("sleep", "stop", "ec2", "scale"), help="hold and wake requests to an idle model")
     ap.add_argument("--start-budget", type=float, default=600.0, help="--wake: seconds a wake may take")
     ap.add_argument("--control", help="--wake: loopback HOST:PORT of the control API (GET /state, POST /hold)")
     ap.add_argument("--reaper", help="--wake stop: http://127.0.0.1:PORT of the node's reaper")
