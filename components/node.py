@@ -9,6 +9,8 @@ Steps, each a child named f"{name}-<step>", each depending on the one before:
   install    Docker + compose + NVIDIA toolkit when missing       (ssh only: never apt on a laptop)
   volume     the cache directory, or a block device formatted only when blank, mounted by UUID
   bundle     the bundle unpacked from a base64 tar.gz on stdin   (secrets: logging off, outputs secret)
+  image-check  with `coderig:model.image` only: the image's own vLLM parser reads the model command
+             (coderig.targets.compose.image_check) before `up` stops the running model server
   up         `docker compose up -d`, replaced when the model half of the bundle changes;
              its delete is `docker compose down` (weights stay on the volume), so it is
              delete-before-replace: the old stack stops before the new one starts
@@ -17,6 +19,10 @@ Steps, each a child named f"{name}-<step>", each depending on the one before:
   ready      readiness wait streaming progress, within a budget sized from the weights; on the
              first host it also waits for every replica's ready step (`after`), so LiteLLM never
              balances onto a replica that is still loading
+  restart-gate  several machines only: the next machine's `up` depends on it; replaced with this
+             machine's model half, its delete waits until this machine's model is ready again, so model
+             restarts roll one machine at a time while the first create stays parallel
+             (coderig.targets.compose.rolling)
 
 `machine`: the identity of a machine that can be replaced under the same address (an AWS instance id
 and its volume attachment id). Every step's triggers include it, so a new instance behind the same
@@ -27,7 +33,7 @@ Empty for `ssh` and `local`: their triggers are unchanged.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pulumi
@@ -38,7 +44,7 @@ from coderig.core import access, hostkeys
 from coderig.core.files import FileSet
 from coderig.core.secrets import LinkTls, NodeSecrets
 from coderig.core.settings import SshHost, StackSettings
-from coderig.targets.compose import commands
+from coderig.targets.compose import commands, image_check, rolling
 from coderig.targets.compose import spec as compose_spec
 from coderig.targets.compose.rendered import RenderedNode
 from components.frontdoor import (
@@ -148,7 +154,9 @@ class NodeCommands:
     down: str
     frontdoor_reload: str | None
     wait: str
+    wait_env: dict[str, str]  # the readiness wait's parameters (the restart-gate runs the shipped copy)
     wait_budget_s: int
+    image_check: str | None = None  # coderig:model.image: the image's vLLM reads the model command first
 
 
 def node_commands(
@@ -174,8 +182,18 @@ def node_commands(
         down=commands.down_command(bundle_dir, user),
         frontdoor_reload=commands.frontdoor_reload_command(front, bundle_dir, user) if front else None,
         wait=commands.wait_command(rendered, bundle_dir, user),
+        wait_env=commands.wait_env(rendered, bundle_dir),
         wait_budget_s=rendered.ready_budget_s,
+        image_check=image_check.image_check_command(settings, rendered, user),
     )
+
+
+@dataclass(frozen=True)
+class Rolling:
+    """This machine's place in the rolling model restart (coderig.targets.compose.rolling)."""
+
+    after: NodeStack | None = None  # its model restarts only once that machine's is ready again
+    gates_next: bool = False  # another machine's restart waits for this one's: it has a restart-gate
 
 
 @dataclass(frozen=True)
@@ -193,6 +211,7 @@ class NodeStackArgs:
     # developer, so the preview shows no model restart and no replica bundle change
     model_secrets: pulumi.Output[NodeSecrets] | None = None
     link: pulumi.Output[LinkTls] | None = None  # this machine's replica-link certificate (several machines)
+    rolling: Rolling = field(default_factory=Rolling)  # rolling model restarts (several machines)
 
 
 def _with_link(secrets: pulumi.Output[NodeSecrets], link: pulumi.Output[LinkTls] | None) -> pulumi.Output[NodeSecrets]:
@@ -218,8 +237,8 @@ class NodeStack(pulumi.ComponentResource):
         secrets = model_secrets if spec.is_replica else _with_link(a.secrets, a.link)
         files = secrets.apply(lambda s: a.node.files | compose_spec.node_secret_files(spec, s))
         model_files = model_secrets.apply(lambda s: compose_spec.model_secret_files(spec, s))
-        self.ready_step: pulumi.Resource
-        self.ready_step, self.ready, self.bundle_hash = build_steps(
+        after = a.rolling.after.restart_gate if a.rolling.after else None
+        steps = build_steps(
             self,
             name,
             a.conn,
@@ -229,16 +248,41 @@ class NodeStack(pulumi.ComponentResource):
             machine=list(a.machine),
             after=[n.ready_step for n in a.after],
             model_files=model_files,
+            restart_after=[after] if after else [],
+            gate=a.rolling.gates_next and spec.runs_model,
         )
+        self.ready_step: pulumi.Resource = steps.ready
+        self.restart_gate: pulumi.Resource | None = steps.gate
+        self.ready: pulumi.Output[str] = steps.ready.stdout  # type: ignore[attr-defined]
+        self.bundle_hash = steps.bundle_hash
         self.register_outputs({"ready": self.ready, "bundle_hash": self.bundle_hash})
 
 
-def replicas_first(count: int, make: Callable[[int, list[NodeStack]], NodeStack]) -> list[NodeStack]:
-    """The machines of a stack, first machine first, built replicas first: the first machine's ready
-    step waits for every replica's, so "ready" means LiteLLM balances only onto replicas that serve.
-    `make(i, after)` builds machine i."""
-    replicas = [make(i, []) for i in range(1, count)]
-    return [make(0, replicas), *replicas]
+def replicas_first(
+    runs_model: Sequence[bool], make: Callable[[int, list[NodeStack], Rolling], NodeStack]
+) -> list[NodeStack]:
+    """The machines of a stack (`runs_model[i]`: machine i runs a model server), first machine first,
+    built replicas first: the first machine's ready step waits for every replica's, so "ready" means
+    LiteLLM balances only onto replicas that serve; model restarts roll replicas first, the first machine
+    last (coderig.targets.compose.rolling). `make(i, after, rolling)` builds machine i."""
+    waits = rolling.restart_after(runs_model)
+    gates = set(waits.values())
+    built: dict[int, NodeStack] = {}
+
+    def one(i: int, after: list[NodeStack]) -> NodeStack:
+        prev = built.get(waits[i]) if i in waits else None
+        built[i] = make(i, after, Rolling(after=prev, gates_next=i in gates))
+        return built[i]
+
+    replicas = [one(i, []) for i in range(1, len(runs_model))]
+    return [one(0, replicas), *replicas]
+
+
+@dataclass(frozen=True)
+class Steps:
+    ready: pulumi.Resource
+    bundle_hash: pulumi.Output[str]
+    gate: pulumi.Resource | None  # the restart-gate (Rolling.gates_next), else None
 
 
 def build_steps(
@@ -252,11 +296,13 @@ def build_steps(
     machine: Sequence[pulumi.Input[str]] = (),
     after: Sequence[pulumi.Resource] = (),
     model_files: pulumi.Output[FileSet] | None = None,
-) -> tuple[pulumi.Resource, pulumi.Output[str], pulumi.Output[str]]:
-    """The steps; returns (the ready step, its stdout, the bundle hash). `machine` joins every
-    step's triggers; `after` are other nodes' ready steps this node's ready step waits for;
-    `model_files` (the model server's secret files alone) gives the model half's hash without
-    waiting on the front door's secrets (default: from `files`)."""
+    restart_after: Sequence[pulumi.Resource] = (),
+    gate: bool = False,
+) -> Steps:
+    """The steps. `machine` joins every step's triggers; `after` are other nodes' ready steps this
+    node's ready step waits for; `model_files` (the model server's secret files alone) gives the model
+    half's hash without waiting on the front door's secrets (default: from `files`); `restart_after`:
+    another machine's restart-gate this `up` waits for; `gate`: build this machine's restart-gate."""
 
     def child(*deps: pulumi.Resource, **extra: Any) -> pulumi.ResourceOptions:
         return pulumi.ResourceOptions(parent=parent, depends_on=list(deps), **extra)
@@ -297,15 +343,21 @@ def build_steps(
         triggers=triggers(full_hash),
         secret=True,
     )
+    checked: list[pulumi.Resource] = []
+    if cmds.image_check:
+        checked.append(
+            _cmd(conn, f"{name}-image-check", child(bundle), create=cmds.image_check, triggers=triggers(model_hash))
+        )
     up = _cmd(
         conn,
         f"{name}-up",
-        child(bundle, delete_before_replace=True),
+        child(bundle, *checked, *restart_after, delete_before_replace=True),
         create=cmds.up,
         delete=cmds.down,
         triggers=triggers(model_hash),
     )
     waits_on: list[pulumi.Resource] = [up]
+    budget = f"{cmds.wait_budget_s + 600}s"
     if cmds.frontdoor_reload:
         waits_on.append(
             _cmd(conn, f"{name}-frontdoor", child(up), create=cmds.frontdoor_reload, triggers=triggers(frontdoor_hash))
@@ -313,11 +365,23 @@ def build_steps(
     ready = _cmd(
         conn,
         f"{name}-ready",
-        child(*waits_on, *after, custom_timeouts=pulumi.CustomTimeouts(create=f"{cmds.wait_budget_s + 600}s")),
+        child(*waits_on, *after, custom_timeouts=pulumi.CustomTimeouts(create=budget)),
         create=cmds.wait,
         triggers=triggers(model_hash, frontdoor_hash),
     )
-    return ready, ready.stdout, full_hash  # type: ignore[attr-defined]
+    restart_gate = None
+    if gate:
+        restart_gate = _cmd(
+            conn,
+            f"{name}-restart-gate",
+            child(up, delete_before_replace=True, custom_timeouts=pulumi.CustomTimeouts(delete=budget)),
+            create=rolling.GATE_CREATE,
+            delete=rolling.gate_delete_command(
+                rolling.model_files_digest(rendered.files), cmds.wait_env, cmds.bundle_dir, cmds.user
+            ),
+            triggers=triggers(model_hash),
+        )
+    return Steps(ready, full_hash, restart_gate)
 
 
 def _secret_part(files: FileSet) -> FileSet:

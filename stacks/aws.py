@@ -28,7 +28,7 @@ from coderig.targets.aws import resources as aws_resources
 from coderig.targets.compose.rendered import render_nodes
 from components.aws import GpuNodes, IdleReaper, Network, NetworkArgs, NodeArgs, ReaperArgs
 from components.aws_frontdoor import FrontDoorArgs, FrontDoorNode
-from components.node import Connection, NodeStack, NodeStackArgs, front_door_access, replicas_first
+from components.node import Connection, NodeStack, NodeStackArgs, Rolling, front_door_access, replicas_first
 from stacks import StackContext
 from stacks.outputs import client_outputs
 
@@ -167,7 +167,7 @@ def build(ctx: StackContext) -> dict[str, object]:
             aws_resources.LOGIN_USER,
         )
 
-    def node_stack(i: int, after: list[NodeStack]) -> NodeStack:
+    def node_stack(i: int, after: list[NodeStack], rolling: Rolling) -> NodeStack:
         if door and i == 0:
             return NodeStack(
                 "node-0",
@@ -181,6 +181,7 @@ def build(ctx: StackContext) -> dict[str, object]:
                     after=after,
                     model_secrets=access.model_secrets,
                     link=access.link(0),
+                    rolling=rolling,
                 ),
                 opts=pulumi.ResourceOptions(depends_on=[door.eip_association]),
             )
@@ -199,11 +200,12 @@ def build(ctx: StackContext) -> dict[str, object]:
                 after=after,
                 model_secrets=access.model_secrets,
                 link=access.link(i),
+                rolling=rolling,
             ),
             opts=pulumi.ResourceOptions(depends_on=[n.attachment, n.eip_association]),
         )
 
-    runtimes = replicas_first(len(nodes), node_stack)
+    runtimes = replicas_first([n.spec.runs_model for n in nodes], node_stack)
     # No login private key among the outputs: `coderig bundle` reads every output with
     # --show-secrets into files handed to developers. Ops get the key from the stack state:
     #   supplied:  pulumi config get coderig:sshPrivateKey   (prints a secret value decrypted)

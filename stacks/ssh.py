@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from coderig.targets.compose.rendered import render_nodes
 from coderig.targets.ssh.settings import SshTarget
-from components.node import NodeStack, NodeStackArgs, front_door_access, replicas_first, ssh_connection
+from components.node import NodeStack, NodeStackArgs, Rolling, front_door_access, replicas_first, ssh_connection
 from stacks import StackContext
 from stacks.outputs import client_outputs
 
@@ -27,7 +27,7 @@ def build(ctx: StackContext) -> dict[str, object]:
     access = front_door_access(s, [first.address, *s.gateway.hostnames], ctx.secrets)
     key = ctx.secrets["sshPrivateKey"]
 
-    def node_stack(i: int, after: list[NodeStack]) -> NodeStack:
+    def node_stack(i: int, after: list[NodeStack], rolling: Rolling) -> NodeStack:
         host, where = hosts[i]
         conn = ssh_connection(host, key, insecure_skip=t.insecureSkipHostKeyCheck, where=where)
         return NodeStack(
@@ -41,10 +41,11 @@ def build(ctx: StackContext) -> dict[str, object]:
                 after=after,
                 model_secrets=access.model_secrets,
                 link=access.link(i),
+                rolling=rolling,
             ),
         )
 
-    stacks = replicas_first(len(hosts), node_stack)
+    stacks = replicas_first([n.spec.runs_model for n in nodes], node_stack)
     return {
         **client_outputs(
             ctx, host=first.address, port=s.gateway.port, ca_pem=access.ca_pem, tokens=access.developer_keys

@@ -2,8 +2,10 @@
 a stack upgrades (or pins a patched) vLLM or llama.cpp without editing code.
 
 Only a reference that cannot move is accepted: a tag other than `latest`, or a digest. The flags and
-parser names coderig renders are checked against the pinned vLLM (coderig.core.versions.VLLM_IMAGE);
-with another image `coderig plan` and `pulumi up` say so, since that check does not cover it.
+parser names coderig renders are checked against the pinned vLLM (coderig.core.versions.VLLM_IMAGE) by
+the suite; with another vLLM image each compose node asks that image's own `vllm serve` parser before
+its running model server is replaced (coderig.targets.compose.image_check), and `coderig plan` and
+`pulumi up` say so.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ def override_warning(ref: str | None, pinned: str) -> list[str]:
     if not ref or ref == pinned:
         return []
     return [
-        f"coderig:model.image: {ref} replaces the pinned {pinned}; the model-server flags and parsers coderig "
-        "renders are checked against the pinned version only: read `coderig render` and the first `pulumi up`'s "
-        "model log"
+        f"coderig:model.image: {ref} replaces the pinned {pinned}; coderig's flags and parsers were checked "
+        "against the pinned version: on ssh/local/aws hosts `pulumi up` first has the new image's vLLM parser "
+        "read the model command (the image-check step; a refusal leaves the running server as it was), "
+        "elsewhere read `coderig render` and the first start's model log"
     ]

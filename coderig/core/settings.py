@@ -86,11 +86,11 @@ class ModelSettings(_Model):
     kvCacheDtype: Literal["fp8", "auto", "bf16"] = "fp8"
     gpuMemoryUtilization: float = Field(default=0.90, gt=0.1, le=0.98)
     maxOutputTokens: int | None = Field(default=None, ge=256)
+    image: str | None = Field(default=None, description="the model server image instead of the pinned one")
     extraArgs: list[str] = Field(default_factory=list, description="extra model-server flags, appended")
     parallel: sizing.ParallelSettings | None = Field(default=None, description="override the planned layout")
     revision: str = Field(default="main", description="the weights' commit sha (pins them) or a branch (floats)")
     chatTemplate: templates.Name = Field(default=None, description="a coderig chat template or 'model' (its own)")
-    image: str | None = Field(default=None, description="the model server image instead of the pinned one")
     mtp: bool | None = Field(default=None, description="MTP speculative decoding; default: the preset's (core/mtp.py)")
     kvOffload: kv_tier.KvOffloadSettings | None = Field(default=None, description="the host-memory KV tier")
 
@@ -113,7 +113,7 @@ class ModelSettings(_Model):
     @field_validator("extraArgs")
     @classmethod
     def _vllm_flags(cls, v: list[str], info: ValidationInfo) -> list[str]:
-        return vllm_flags.checked_extra_args(v, catalog.PRESETS.get(info.data.get("preset", "")))
+        return vllm_flags.checked_extra_args(v, info.data)  # preset, image: validated before (declared before)
 
     @field_validator("preset")
     @classmethod

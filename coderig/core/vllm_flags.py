@@ -13,9 +13,11 @@ from __future__ import annotations
 import difflib
 import functools
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from coderig.core.catalog import Preset
+from coderig.core import catalog, versions
 
 FLAGS_FILE = Path(__file__).with_name("vllm_serve_flags.txt")
 HEADER = "`vllm serve` option strings, from vLLM's own parser (tests/vllm_check.py); do not edit"
@@ -68,9 +70,14 @@ def unknown_flags(args: list[str]) -> list[str]:
     return out
 
 
-def checked_extra_args(args: list[str], preset: Preset | None) -> list[str]:
-    """`coderig:model.extraArgs` for `preset`: refused (ValueError, every bad token) when the preset runs
-    vLLM and a token is not one of its flags."""
+def checked_extra_args(args: list[str], model: Mapping[str, Any]) -> list[str]:
+    """`coderig:model.extraArgs`, given the model keys validated before it (`preset`, `image`: declared
+    before extraArgs, pydantic validates in order): refused (ValueError, every bad token) when the preset
+    runs the pinned vLLM and a token is not one of its flags. Another vLLM `image`: each node asks that
+    image's own parser instead (coderig.targets.compose.image_check)."""
+    if model.get("image") not in (None, versions.VLLM_IMAGE):
+        return args
+    preset = catalog.PRESETS.get(model.get("preset", ""))
     if preset is not None and preset.engine == "vllm" and (bad := unknown_flags(args)):
         raise ValueError("; ".join(bad))
     return args

@@ -62,6 +62,9 @@ def affinity_map() -> list[str]:
     return session_chain(AFFINITY_VAR, "$request_id", "coderig_session_")
 
 
+FAIL_TIMEOUT_S = 30  # a replica that failed once gets no request for this long (rolling restarts wait it out)
+
+
 def balanced_servers(zone: str, servers: Sequence[str], keepalive: int, idle_s: int) -> list[str]:
     """The body of an upstream block over model replicas: session-keyed consistent hash; a replica
     that fails once is left alone for 30 s (its sessions move to the next point on the ring). The
@@ -69,7 +72,7 @@ def balanced_servers(zone: str, servers: Sequence[str], keepalive: int, idle_s: 
     return [
         f"    zone {zone} 64k;",
         f"    hash {AFFINITY_VAR} consistent;",
-        *(f"    server {s} max_fails=1 fail_timeout=30s;" for s in servers),
+        *(f"    server {s} max_fails=1 fail_timeout={FAIL_TIMEOUT_S}s;" for s in servers),
         f"    keepalive {keepalive};",
         f"    keepalive_timeout {idle_s}s;",
     ]

@@ -15,9 +15,12 @@ import contextlib
 import json
 import os
 import re
+import ssl
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +33,7 @@ from frontdoor_fixtures import nginx_stream_module, require_tool
 from sshhost import SshHost, keygen, ssh_host
 
 from coderig.core import engine
+from coderig.core.settings import ModelSettings
 from coderig.frontdoor import links
 
 pytestmark = [
@@ -296,3 +300,208 @@ def test_a_host_whose_key_is_not_the_pinned_one_is_refused(hosts: list[SshHost],
     assert project.timings["up (host key mismatch)"] < 60, "a host key mismatch must not be retried"
     print("refused:", next(ln.strip() for ln in out.splitlines() if "host key mismatch" in ln)[:400])
     project.pulumi("destroy", "--yes", "--stack", STACK)
+
+
+# The test hosts' docker, timed: every call logged with its time; `compose up -d` also starts a model
+# stand-in on the host (tests/standin.py, the bundle's model API key, listening only after LAG seconds
+# like a loading model server) and `down` stops it; each service reads "starting" for LAG seconds after
+# `up -d`, then as the sshd hosts' stand-in docker reports it.
+ROLL_LAG_S = 4
+TIMED_DOCKER = r"""#!/usr/bin/env bash
+echo "$(date +%s.%N) $*" >> WORK/docker.timed
+state=WORK/docker.state
+stop_model() { if [ -f WORK/model.pid ]; then kill "$(cat WORK/model.pid)" 2>/dev/null; rm -f WORK/model.pid; fi; }
+case "$*" in
+  *" ps -a --format "*)
+    if [ -f "$state" ] && [ $(( $(date +%s) - $(stat -c %Y "$state") )) -lt LAG ]; then
+      for s in model link litellm gateway; do echo "$s|running|starting|0"; done
+      echo 'weights|exited||0'
+      exit 0
+    fi ;;
+  *" up -d --remove-orphans"*)
+    stop_model
+    key=$(sed -n 's/^VLLM_API_KEY=//p' BUNDLE/secrets/model.env)
+    nohup PYTHON STANDIN --port MODEL_PORT --model "$(cat WORK/served)" --api-key "$key" --engine llama.cpp \
+      --load-delay LAG --record WORK/requests.jsonl > WORK/model.log 2>&1 &
+    echo $! > WORK/model.pid ;;
+  *" down "*|*" down") stop_model ;;
+esac
+exec WORK/bin/docker-standin "$@"
+"""
+
+
+@contextlib.contextmanager
+def timed_docker(hosts: list[SshHost], served: str) -> Iterator[None]:
+    for h in hosts:
+        b = h.workdir / "bin"
+        (b / "docker").rename(b / "docker-standin")
+        (h.workdir / "served").write_text(served)
+        script = TIMED_DOCKER.replace("WORK", str(h.workdir)).replace("LAG", str(ROLL_LAG_S))
+        script = script.replace("BUNDLE", "/opt/coderig").replace("PYTHON", sys.executable)
+        script = script.replace("STANDIN", str(ROOT / "tests" / "standin.py"))
+        (b / "docker").write_text(script.replace("MODEL_PORT", str(engine.MODEL_PORT)))
+        (b / "docker").chmod(0o755)
+    try:
+        yield
+    finally:
+        for h in hosts:
+            b = h.workdir / "bin"
+            (b / "docker-standin").replace(b / "docker")
+            pid = h.workdir / "model.pid"
+            if pid.exists():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid.read_text()), 15)
+
+
+def timed(host: SshHost, pattern: str, since: float) -> list[float]:
+    """When (epoch seconds) the host's docker was called with `pattern` in its arguments, after `since`."""
+    path = host.workdir / "docker.timed"
+    lines = path.read_text().splitlines() if path.exists() else []
+    times = [float(ln.split(" ", 1)[0]) for ln in lines if pattern in ln]
+    return [t for t in times if t >= since]
+
+
+@contextlib.contextmanager
+def request_path(hosts: list[SshHost], work: Path) -> Iterator[None]:
+    """The gateway and the replica link as `up` rendered them, each in its host's namespace: the first
+    host's gateway nginx and link client, the replica's link server (container paths mapped onto the
+    bundle). The model servers are the timed docker's stand-ins."""
+    nginx = require_tool("nginx")
+    module = nginx_stream_module(nginx)
+    work.mkdir()
+    procs: list[subprocess.Popen[bytes]] = []
+    # the hosts' namespaces reach each other through this host (it forwards): the link crosses machines
+    routes = [[*in_netns(h), "ip", "route", "replace", "10.250.0.0/16", "via", h.address.rsplit(".", 1)[0] + ".1"]
+              for h in hosts if h.netns]  # fmt: skip
+    for route in routes:
+        subprocess.run(route, check=True)
+    try:
+        for name, host, conf_path in (
+            ("link-1", hosts[1], "link/nginx.conf"),
+            ("link-0", hosts[0], "link/nginx.conf"),
+            ("gateway", hosts[0], "gateway/nginx.conf"),
+        ):
+            d = bundle_dir(host)
+            conf = (d / conf_path).read_text().replace("/etc/nginx/", f"{d}/")
+            conf = conf.replace("pid /var/run/nginx.pid;", f"pid {work}/{name}.pid;")
+            conf = conf.replace("/var/log/nginx/error.log", f"{work}/{name}-error.log")
+            if module and name.startswith("link"):
+                conf = f"load_module {module};\n{conf}"
+            (work / f"{name}.conf").write_text(conf)
+            log = (work / f"{name}.log").open("wb")
+            procs.append(subprocess.Popen([*in_netns(host), nginx, "-c", str(work / f"{name}.conf"), "-p", str(work)],
+                                          stdout=log, stderr=log))  # fmt: skip
+        # the gateway's keepalive relay in front of both model servers, as the first host's compose runs it
+        d = bundle_dir(hosts[0])
+        relay = yaml.safe_load((d / "compose.yaml").read_text())["services"]["keepalive"]
+        args = [str(work / "usage.json") if a.startswith("/var/lib/coderig/") else a for a in relay["command"]]
+        env = ["env", f"PYTHONPATH={d / 'keepalive'}", "PYTHONDONTWRITEBYTECODE=1"]
+        log = (work / "relay.log").open("wb")
+        procs.append(subprocess.Popen([*in_netns(hosts[0]), *env, sys.executable, *relay["entrypoint"][1:], *args],
+                                      stdout=log, stderr=log))  # fmt: skip
+        yield
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=10)
+        for route in routes:
+            subprocess.run([*route[:-4], "del", "10.250.0.0/16"], capture_output=True)
+
+
+def requests_seen(host: SshHost) -> int:
+    """How many requests the host's model stand-ins have answered (their --record files)."""
+    path = host.workdir / "requests.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def in_netns(host: SshHost) -> list[str]:
+    return ["ip", "netns", "exec", host.netns] if host.netns else []
+
+
+def poll_chat(url: str, token: str, model: str, stop: threading.Event, seen: list[tuple[float, object]]) -> None:
+    """POST a one-token chat through the gateway every 0.2 s until `stop`: (time, status or error)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # the stack's own CA; TLS is not the point
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}).encode()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    while not stop.is_set():
+        t = time.time()
+        try:
+            req = urllib.request.Request(url, data=body, headers=headers)
+            with urllib.request.urlopen(req, timeout=15, context=ctx) as resp:
+                seen.append((t, resp.status))
+        except urllib.error.HTTPError as e:
+            seen.append((t, e.code))
+        except OSError as e:
+            seen.append((t, repr(e)))
+        stop.wait(0.2)
+
+
+def test_a_model_change_restarts_the_hosts_one_at_a_time(hosts: list[SshHost], tmp_path: Path) -> None:
+    """First up: both hosts start at once. A model change: the replica (node-1) goes down and up first;
+    the first host's model (node-0) goes down only once the replica reports ready again; a chat request
+    through the gateway every 0.2 s meanwhile is answered every time."""
+    project = project_copy(tmp_path)
+    (project.dir / ".pulumi-state").mkdir()
+    write_stack(project, hosts, ["alice"])
+    project.pulumi("stack", "init", STACK, "--secrets-provider", "passphrase")
+    private_key = hosts[0].client_key.read_text()
+    project.pulumi("config", "set", "--secret", "coderig:sshPrivateKey", "--stack", STACK, stdin=private_key)
+    first, replica = hosts
+    served = ModelSettings.model_validate({"preset": "qwen3-1.7b-cpu"}).served_name
+    with timed_docker(hosts, served):
+        t0 = time.time()
+        project.run("./up.sh", STACK, label="up (create, timed)")
+        up_first = timed(first, "-p coderig up -d --remove-orphans", t0)
+        up_replica = timed(replica, "-p coderig up -d --remove-orphans", t0)
+        assert len(up_first) == len(up_replica) == 1
+        # create stays parallel: the first host started before the replica was ready (LAG after its start)
+        assert up_first[0] < up_replica[0] + ROLL_LAG_S, (up_first, up_replica)
+        outputs = json.loads(project.pulumi("stack", "output", "--json", "--show-secrets", "--stack", STACK).stdout)
+        url = outputs["endpoint"] + "/v1/chat/completions"
+
+        doc = yaml.safe_load((project.dir / f"Pulumi.{STACK}.yaml").read_text())
+        doc["config"]["coderig:model"]["maxModelLen"] = 16384  # the model half: both model servers restart
+        (project.dir / f"Pulumi.{STACK}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+        seen: list[tuple[float, object]] = []
+        stop = threading.Event()
+        with request_path(hosts, tmp_path / "path"):
+            poller = threading.Thread(target=poll_chat, args=(url, outputs["developerTokens"]["alice"], served, stop,
+                                                              seen))  # fmt: skip
+            poller.start()
+            deadline = time.monotonic() + 60  # nginx marks an upstream that refused at start down for 30 s
+            while not any(r == 200 for _, r in seen) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            t1 = time.time()
+            served_before = [requests_seen(h) for h in hosts]
+            try:
+                rolled = project.run("./up.sh", STACK, label="up (model change, rolling)")
+                time.sleep(1)
+            finally:
+                stop.set()
+                poller.join(timeout=30)
+        down = {h.address: timed(h, "-p coderig down", t1) for h in hosts}
+        up = {h.address: timed(h, "-p coderig up -d --remove-orphans", t1) for h in hosts}
+        assert all(len(v) == 1 for v in [*down.values(), *up.values()]), (down, up)
+        # the replica first; the first host only once the replica's model was back (LAG after its start)
+        assert down[replica.address][0] < up[replica.address][0] < down[first.address][0]
+        assert down[first.address][0] >= up[replica.address][0] + ROLL_LAG_S, (down, up)
+        assert "the next machine restarts once this one is ready again" in rolled.stdout
+        print("rolling restart (s after the up began):", {a: [round(t - t1, 1) for t in down[a] + up[a]] for a in up})
+        # through the gateway, every request answered, while each host's model server was down in turn
+        seen = [(t, r) for t, r in seen if t >= t1]  # from the rolling up's start
+        failed = [(round(t - t1, 1), r) for t, r in seen if r != 200]
+        logs = [*(tmp_path / "path").glob("*.log"), *(h.workdir / "model.log" for h in hosts)]
+        tails = {str(p): p.read_text()[-1500:] for p in logs if p.exists()}
+        assert seen and not failed, (failed[:10], tails)
+        for h in hosts:
+            window = [t for t, _ in seen if down[h.address][0] <= t <= up[h.address][0] + ROLL_LAG_S]
+            assert window, f"no request while {h.address}'s model server was down"
+        served_during = [requests_seen(h) - n for h, n in zip(hosts, served_before, strict=True)]
+        assert all(served_during), served_during  # both model servers answered some (the replica over its link)
+        print(f"{len(seen)} chat requests through the gateway during the rolling up, all answered", served_during)
+
+        t2 = time.time()
+        project.pulumi("destroy", "--yes", "--stack", STACK, label="destroy (timed)")
+    for h in hosts:
+        assert timed(h, "-p coderig down", t2), "destroy did not stop the stack"

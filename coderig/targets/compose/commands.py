@@ -185,6 +185,11 @@ def down_command(bundle_dir: str = REMOTE_BUNDLE_DIR, user: str | None = None) -
 
 def wait_command(node: RenderedNode, bundle_dir: str = REMOTE_BUNDLE_DIR, user: str | None = None) -> str:
     """The readiness wait of one rendered machine: its own services, within its budget."""
+    return script_command("wait-ready.sh", wait_env(node, bundle_dir), user=user)
+
+
+def wait_env(node: RenderedNode, bundle_dir: str = REMOTE_BUNDLE_DIR) -> dict[str, str]:
+    """The readiness wait's parameters for one rendered machine (wait-ready.sh reads them)."""
     spec = node.spec
     services = [s for s in ("model", LINK_SERVICE, "litellm", "gateway") if s in node.services]
     env = {
@@ -201,4 +206,4 @@ def wait_command(node: RenderedNode, bundle_dir: str = REMOTE_BUNDLE_DIR, user: 
         env["CODERIG_GATEWAY_SERVICE"] = "gateway"
         links_health = [f"http://{links.link_listen(i)}/health" for i, _ in spec.replica_links]
         env["CODERIG_GATEWAY_URL"] = " ".join([gateway_url(spec, "/healthz"), *links_health])
-    return script_command("wait-ready.sh", env, user=user)
+    return env
