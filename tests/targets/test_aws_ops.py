@@ -392,6 +392,21 @@ def test_cli_idle_reports_without_changing_anything(
     assert instance_state(aws, iid) == "running"
 
 
+def test_cli_idle_shows_each_instances_state_since_when(
+    aws: Aws, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    iid = launch(aws, {aws_reaper.TAG_STACK: STACK})
+    cfg = str(stack_file(tmp_path))
+    started = aws.ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["LaunchTime"]
+    assert cli("idle", STACK, "--config", cfg) == 0
+    assert f"{iid}  running   since {started:%Y-%m-%d %H:%M} UTC  keep" in capsys.readouterr().out
+    assert cli("stop", STACK, "--config", cfg, "--force") == 0
+    capsys.readouterr()
+    assert cli("idle", STACK, "--config", cfg, "--json") == 0
+    since = datetime.fromisoformat(json.loads(capsys.readouterr().out)[0]["since"])
+    assert abs((since - datetime.now(UTC)).total_seconds()) < 120  # EC2's "User initiated (… GMT)"
+
+
 def test_cli_stop_refuses_with_requests_running_unless_forced(
     aws: Aws, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

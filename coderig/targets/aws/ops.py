@@ -82,7 +82,8 @@ def _print_table(reports: Sequence[InstanceReport], out: Any) -> None:
         return
     for r in reports:
         mark = " (done)" if r.applied else ""
-        print(f"{r.instance_id}  {r.state:<9} {r.action}{mark}: {r.reason}", file=out)
+        since = f" since {r.since:%Y-%m-%d %H:%M} UTC" if r.since else ""
+        print(f"{r.instance_id}  {r.state:<9}{since}  {r.action}{mark}: {r.reason}", file=out)
         if r.error:
             print(f"{r.instance_id}  error: {r.error}", file=out)
 

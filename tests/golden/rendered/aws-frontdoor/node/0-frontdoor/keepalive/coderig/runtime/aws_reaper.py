@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 import urllib.error
@@ -135,6 +136,7 @@ class InstanceReport:
     public_ip: str | None = None
     samples: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    since: datetime | None = None  # when the instance entered its state (None: EC2 does not say)
 
 
 def _tags(instance: Mapping[str, Any]) -> dict[str, str]:
@@ -199,10 +201,27 @@ def _print_log(record: dict[str, Any]) -> None:
     print(json.dumps(record, default=str), flush=True)
 
 
+# EC2's StateTransitionReason after a stop, e.g. "User initiated (2016-05-20 22:41:57 GMT)"
+_TRANSITION_AT = re.compile(r"\((\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}) (?:GMT|UTC)\)")
+
+
+def state_since(inst: Mapping[str, Any]) -> datetime | None:
+    """When the instance entered its current state: its last start (LaunchTime, which EC2 moves on
+    every start) while running, the time in StateTransitionReason once stopped."""
+    state = inst.get("State", {}).get("Name")
+    if state in ("running", "pending"):
+        launch = inst.get("LaunchTime")
+        if isinstance(launch, datetime):
+            return launch if launch.tzinfo else launch.replace(tzinfo=UTC)
+        return None
+    found = _TRANSITION_AT.search(str(inst.get("StateTransitionReason") or ""))
+    return datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC) if found else None
+
+
 def _decide(cfg: ReaperConfig, cw: Any, inst: Mapping[str, Any], now: datetime) -> InstanceReport:
     iid = inst["InstanceId"]
     state = inst.get("State", {}).get("Name", "unknown")
-    report = InstanceReport(iid, state, "keep", "", public_ip=inst.get("PublicIpAddress"))
+    report = InstanceReport(iid, state, "keep", "", public_ip=inst.get("PublicIpAddress"), since=state_since(inst))
     samples: list[idle.Sample] = []
     if state == "running":
         try:
