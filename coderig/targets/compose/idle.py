@@ -169,17 +169,21 @@ def reaper_service(settings: StackSettings, spec: NodeSpec, code_dir: str, code_
     volumes = [f"./{code_dir}:{code_mount}:ro", f"./{STATE_DIR}:{STATE_MOUNT}"]
     if act == "stop":
         volumes.append("/var/run/docker.sock:/var/run/docker.sock")  # this service only
+    return stdlib_service(command, code_mount, volumes, idle.policy_env(settings.idle.schedule(), settings.idle.dryRun))
+
+
+def stdlib_service(
+    command: list[str], code_mount: str, volumes: list[str], environment: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """A service that runs one of coderig's stdlib runtime modules (`python3 -m coderig.runtime.…`)
+    from the bundle mounted at `code_mount`: the pinned LiteLLM image has python3."""
     return {
         "image": versions.LITELLM_IMAGE,
         "network_mode": "host",
         "restart": "unless-stopped",
         "entrypoint": command[:3],
         "command": command[3:],
-        "environment": {
-            "PYTHONPATH": code_mount,
-            "PYTHONDONTWRITEBYTECODE": "1",
-            **idle.policy_env(settings.idle.schedule(), settings.idle.dryRun),
-        },
+        "environment": {"PYTHONPATH": code_mount, "PYTHONDONTWRITEBYTECODE": "1", **(environment or {})},
         "volumes": volumes,
     }
 

@@ -293,14 +293,9 @@ def keepalive_service(gateway: frontdoor.GatewaySpec) -> dict[str, Any] | None:
     command = relay_command(gateway, usage=True)
     if not command:
         return None
+    volumes = [f"./{KEEPALIVE_DIR}:{KEEPALIVE_MOUNT}:ro", f"{USAGE_DIR}:{USAGE_DIR}"]
     return {
-        "image": versions.LITELLM_IMAGE,
-        "network_mode": "host",
-        "restart": "unless-stopped",
-        "entrypoint": command[:3],
-        "command": command[3:],
-        "environment": {"PYTHONPATH": KEEPALIVE_MOUNT, "PYTHONDONTWRITEBYTECODE": "1"},
-        "volumes": [f"./{KEEPALIVE_DIR}:{KEEPALIVE_MOUNT}:ro", f"{USAGE_DIR}:{USAGE_DIR}"],
+        **node_idle.stdlib_service(command, KEEPALIVE_MOUNT, volumes),
         # every listener accepts (the relay has no endpoint of its own; /healthz asks the model through it)
         "healthcheck": _healthcheck(["CMD", *relay_probe(gateway)], 10),
     }
