@@ -45,6 +45,9 @@ CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_to
 # ---------------------------------------------------------------- helpers
 
 
+HEALTH_PROBE = b"GET /health "  # what coderig.runtime.usage_server's prober sends, on its own connection
+
+
 class CountingProxy:
     """A TCP relay in front of the stand-in that counts connections and the bytes that reach it
     (the stand-in only records requests it read whole: a body cut mid-way leaves no trace there)."""
@@ -79,11 +82,17 @@ class CountingProxy:
             threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
+        first = True
         with contextlib.suppress(OSError):
             while data := src.recv(65536):
+                if count and first and data.startswith(HEALTH_PROBE):
+                    count = False  # the relay's accounting probes /health every 30 s: not a request
+                    with self.lock:
+                        self.connections -= 1
                 if count:
                     with self.lock:
                         self.bytes_in += len(data)
+                first = False
                 dst.sendall(data)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
